@@ -1,0 +1,149 @@
+"""MMSA pickles (CMU-MOSI, CMU-MOSEI, CH-SIMS, IEMOCAP) as MMSA and the official DecAlign code write them.
+
+Layout (``mosi_aligned_50.pkl``, ``unaligned_39.pkl``, ...)::
+
+    {"train": {"text": [N, T, 768], "audio": [N, T, 5], "vision": [N, T, 20],
+               "regression_labels": [N] or [N, 1],     # IEMOCAP-like files: only classification_labels
+               "classification_labels": [N], "raw_text": [N], "id": [N] ("video$_$clip"),
+               "audio_lengths": [N], "vision_lengths": [N],   # unaligned files; lists or arrays
+               "text_bert": [N, 3, T], "annotations": [N], "regression_labels_T": [N], ...},
+     "valid": {...}, "test": {...}}
+
+The file is unpickled once, through :mod:`.safe_pickle`, never with ``pickle.load``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .dataset import SPLITS, DataError, MultimodalDataset
+from .loading import RawData, RawSplit
+from .npz import write_atomically
+from .safe_pickle import safe_load
+
+MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
+LABEL_KEYS = ("regression_labels", "classification_labels")
+LENGTH_KEYS = {"audio_lengths": "audio", "vision_lengths": "vision"}
+IGNORED_KEYS = ("text_bert", "annotations")
+PER_MODALITY_LABEL = re.compile(r"(regression|classification)_labels_[A-Za-z]+$")
+KNOWN_KEYS = (*MODALITIES, *LABEL_KEYS, *LENGTH_KEYS, *IGNORED_KEYS, "raw_text", "id")
+
+
+def read_mmsa(file: BinaryIO, shown: str, hint: str = "") -> RawData:
+    """Unpickle an MMSA file safely and take it apart into raw splits (checked later, in one place).
+
+    Regression is the task when ``regression_labels`` exist; otherwise (IEMOCAP-like files) the
+    ``classification_labels``. ``text_bert``, ``annotations`` and per-modality labels are ignored
+    and the report says so.
+    """
+    obj = safe_load(file, shown, hint)
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"{shown}: the pickle holds a {type(obj).__name__} at the top level; "
+            f"expected a dict with keys {', '.join(SPLITS)}"
+        )
+    for key in obj:
+        if key not in SPLITS:
+            raise DataError(f"{shown}: unknown top-level key {key!r}; expected only {', '.join(SPLITS)}")
+    for split, part in obj.items():
+        _check_split_keys(part, split, shown)
+    label_key = _label_key(obj, shown)
+    splits = {s: _raw_split(obj[s], s, label_key) for s in SPLITS if s in obj}
+    task = {"regression_labels": "regression", "classification_labels": "classification"}.get(label_key)
+    return RawData(splits=splits, task=task, notes=_notes(obj, label_key))
+
+
+def _check_split_keys(part: Any, split: str, shown: str) -> None:
+    if not isinstance(part, dict):
+        raise DataError(f"{shown}: key [{split!r}] holds a {type(part).__name__}; expected a dict of arrays")
+    for key in part:
+        if key not in KNOWN_KEYS and not (isinstance(key, str) and PER_MODALITY_LABEL.match(key)):
+            raise DataError(
+                f"{shown}: unknown key [{split!r}][{key!r}]; expected MMSA keys: {', '.join(KNOWN_KEYS)} "
+                "(and per-modality labels such as regression_labels_T)"
+            )
+
+
+def _label_key(obj: dict, shown: str) -> str | None:
+    """regression_labels if any split has them, else classification_labels; every split must agree."""
+    present = [k for k in LABEL_KEYS if any(k in part for part in obj.values())]
+    if not present:
+        return None
+    key = present[0]
+    for split, part in obj.items():
+        if key not in part:
+            raise DataError(f"{shown}: key [{split!r}][{key!r}] is missing; other splits have it")
+    return key
+
+
+def _raw_split(part: dict, split: str, label_key: str | None) -> RawSplit:
+    def key(name: str) -> str:
+        return f"[{split!r}][{name!r}]"
+
+    keys = {m: key(m) for m in MODALITIES if m in part}
+    keys.update(
+        {"ids": key("id"), "raw_text": key("raw_text"), "labels": key(label_key or "regression_labels")}
+    )
+    keys.update({f"lengths/{m}": key(k) for k, m in LENGTH_KEYS.items()})
+    return RawSplit(
+        features={m: part[m] for m in MODALITIES if m in part},
+        labels=part.get(label_key) if label_key else None,
+        ids=part.get("id"),
+        raw_text=part.get("raw_text"),
+        lengths={m: part[k] for k, m in LENGTH_KEYS.items() if k in part},
+        keys=keys,
+    )
+
+
+def _notes(obj: dict, label_key: str | None) -> list[str]:
+    keys = {k for part in obj.values() for k in part}
+    notes = []
+    if "text_bert" in keys:
+        notes.append("text_bert (BERT token ids and masks) is ignored; the 'text' features are used")
+    per_modality = sorted(k for k in keys if PER_MODALITY_LABEL.match(str(k)))
+    if per_modality:
+        notes.append(f"per-modality labels ignored: {', '.join(per_modality)}")
+    if label_key == "regression_labels" and "classification_labels" in keys:
+        notes.append("classification_labels ignored: the task is regression on regression_labels")
+    if label_key is None:
+        notes.append("no regression_labels or classification_labels: the data are unlabelled")
+    return notes
+
+
+def write_mmsa_pickle(dataset: MultimodalDataset, path: str | Path) -> None:
+    """Write ``dataset`` as a genuine MMSA pickle (plain ``pickle.dump``), atomically.
+
+    For tests and benchmarks: the modalities must be among text/audio/vision. Like MMSA, a
+    regression file also carries 3-class ``classification_labels`` (negative 0, neutral 1,
+    positive 2) and ``annotations``; ids and raw text are object arrays; audio/vision lengths are lists.
+    """
+    unknown = [m for m in dataset.widths if m not in MODALITIES]
+    if unknown:
+        raise ValueError(f"MMSA pickles hold only {', '.join(MODALITIES)}; found modalities {unknown}")
+    payload = {name: _mmsa_split(part, dataset.task) for name, part in dataset.splits.items()}
+    write_atomically(path, lambda file: pickle.dump(payload, file))
+
+
+def _mmsa_split(part: Any, task: str) -> dict[str, Any]:
+    out: dict[str, Any] = {m: x for m, x in part.features.items()}
+    out["id"] = np.array(part.ids.tolist(), dtype=object)
+    if part.raw_text is not None:
+        out["raw_text"] = np.array(part.raw_text.tolist(), dtype=object)
+    if part.labels is not None and task == "regression":
+        y = part.labels.astype(np.float32)
+        out["regression_labels"] = y
+        out["classification_labels"] = (np.sign(y) + 1).astype(np.float32)
+        out["annotations"] = np.array(
+            [("Negative", "Neutral", "Positive")[int(c)] for c in np.sign(y) + 1], dtype=object
+        )
+    elif part.labels is not None:
+        out["classification_labels"] = part.labels.astype(np.float32)
+    for key, m in LENGTH_KEYS.items():  # MMSA stores no text lengths
+        if m in part.lengths:
+            out[key] = part.lengths[m].tolist()
+    return out

@@ -1,0 +1,59 @@
+"""Small fixtures for the data-layer tests: tiny MMSA-shaped payloads and a writer for raw pickles."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def mmsa_split(n: int, rng: np.random.Generator, *, t: int = 4, widths=(6, 3, 5), label_shape=None) -> dict:
+    """One split as MMSA writes it: float arrays, object-array ids and raw text, 1-D float labels."""
+    y = rng.uniform(-3, 3, size=n).astype(np.float32)
+    return {
+        "text": rng.standard_normal((n, t, widths[0])).astype(np.float32),
+        "audio": rng.standard_normal((n, t, widths[1])).astype(np.float32),
+        "vision": rng.standard_normal((n, t, widths[2])).astype(np.float32),
+        "raw_text": np.array([f"clip {i} text" for i in range(n)], dtype=object),
+        "id": np.array([f"vid{i // 2}$_${i % 2}" for i in range(n)], dtype=object),
+        "regression_labels": y if label_shape is None else y.reshape(label_shape),
+        "classification_labels": (np.sign(y) + 1).astype(np.float32),
+        "annotations": np.array(["Positive"] * n, dtype=object),
+    }
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def mmsa_payload(rng) -> dict:
+    return {"train": mmsa_split(10, rng), "valid": mmsa_split(4, rng), "test": mmsa_split(5, rng)}
+
+
+@pytest.fixture
+def dump(tmp_path):
+    """Write any object with plain pickle (the fixture plays the role of MMSA's own scripts)."""
+
+    def write(obj, name: str = "data.pkl", protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def npz_file(tmp_path):
+    """Write a dict of arrays as an npz archive with np.savez."""
+
+    def write(arrays: dict, name: str = "data.npz") -> Path:
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        return path
+
+    return write
