@@ -1,0 +1,78 @@
+"""The validated in-memory dataset every loader returns and every consumer reads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """A file that cannot be used; the message names the file, the key, what was found and expected."""
+
+
+@dataclass
+class Split:
+    """One split: features per modality, labels and sample metadata, all with the same N."""
+
+    features: dict[str, np.ndarray]  # name -> float32 (N, T, D)
+    labels: np.ndarray | None  # (N,) float32 for regression, int64 for classification; None if unlabelled
+    ids: np.ndarray  # (N,) str
+    raw_text: np.ndarray | None = None  # (N,) str
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,) int64 valid steps
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray) -> Split:
+        return Split(
+            features={m: x[index] for m, x in self.features.items()},
+            labels=None if self.labels is None else self.labels[index],
+            ids=self.ids[index],
+            raw_text=None if self.raw_text is None else self.raw_text[index],
+            lengths={m: v[index] for m, v in self.lengths.items()},
+        )
+
+
+@dataclass
+class LoadReport:
+    """What the loader did to the data, for the user to see."""
+
+    source: str
+    nonfinite_replaced: dict[str, int] = field(default_factory=dict)  # "split/modality" -> count
+    carved_splits: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MultimodalDataset:
+    splits: dict[str, Split]  # subset of SPLITS, in that order
+    task: str  # "regression" | "classification"
+    num_classes: int | None = None
+    report: LoadReport = field(default_factory=lambda: LoadReport(source="memory"))
+
+    @property
+    def modalities(self) -> dict[str, tuple[int, int]]:
+        """name -> (T, D) taken from the first split."""
+        first = next(iter(self.splits.values()))
+        return {m: (x.shape[1], x.shape[2]) for m, x in first.features.items()}
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {m: d for m, (_, d) in self.modalities.items()}
+
+    def fingerprint(self, split: str | None = None) -> str:
+        """sha256 over the feature and label bytes (of one split, or all), in a fixed order."""
+        digest = hashlib.sha256()
+        for name in [split] if split else list(self.splits):
+            part = self.splits[name]
+            digest.update(name.encode())
+            for m in sorted(part.features):
+                digest.update(m.encode())
+                digest.update(np.ascontiguousarray(part.features[m]).tobytes())
+            if part.labels is not None:
+                digest.update(np.ascontiguousarray(part.labels).tobytes())
+        return digest.hexdigest()

@@ -1,0 +1,213 @@
+"""The DecAlign model: decouple, align hierarchically, fuse. One loop over a dict of modalities."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .alignment import decoupling_loss, gaussian_mmd, moment_matching_loss, sample_to_prototype_loss
+from .dropout import dropout
+from .fusion import CrossModalEncoder
+from .output import AlignmentLevels, DecAlignOutput, Prototypes
+from .prototypes import fit_gmm, posteriors
+from .transport import align_prototypes
+
+
+class DistributionEncoder(nn.Module):
+    """Maps pooled common features to the space where moments and MMD are matched (official ``pde_*``)."""
+
+    def __init__(self, dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DecAlign(nn.Module):
+    """DecAlign (Qian et al., ICLR 2026) over any two or more named modalities.
+
+    Parameters
+    ----------
+    config : architecture and alignment settings.
+    widths : modality name -> input feature width D_m, in the order used for fusion and the head.
+    output_dim : 1 for regression, C for C-class classification.
+    """
+
+    def __init__(self, config: ModelConfig, widths: dict[str, int], output_dim: int = 1):
+        super().__init__()
+        config.validate()
+        if len(widths) < 2:
+            raise ValueError(f"DecAlign needs at least two modalities, found {list(widths)}")
+        self.config, self.widths, self.output_dim = config, dict(widths), output_dim
+        d = config.d_model
+        self.projections = nn.ModuleDict({
+            m: nn.Identity() if w == d else nn.Conv1d(w, d, config.kernel_size(m), bias=False)
+            for m, w in widths.items()
+        })
+        self.unique_encoders = nn.ModuleDict({m: nn.Conv1d(d, d, 1, bias=False) for m in widths})
+        self.common_encoder = nn.Conv1d(d, d, 1, bias=False)
+        self.transformers = nn.ModuleDict({m: self._encoder(m) for m in widths})
+        self.distribution_encoders = nn.ModuleDict(
+            {m: DistributionEncoder(d, config.pde_dim, config.relu_dropout) for m in widths}
+        )
+        self.head = nn.Linear(2 * len(widths) * d, output_dim)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.widths)
+
+    def _encoder(self, modality: str) -> CrossModalEncoder:
+        c = self.config
+        return CrossModalEncoder(
+            c.d_model, c.num_heads, c.num_layers, attn_dropout=c.attn_dropout_for(modality),
+            relu_dropout=c.relu_dropout, res_dropout=c.res_dropout, embed_dropout=c.embed_dropout,
+            positional_encoding=c.positional_encoding,
+        )
+
+    def forward(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None, *,
+                align: bool | None = None, need_attention: bool = False,
+                prototypes: dict[str, Prototypes] | None = None) -> DecAlignOutput:
+        """Run the model.
+
+        Parameters
+        ----------
+        inputs : modality -> (N, T_m, D_m) features.
+        lengths : optional modality -> (N,) valid steps, used when ``use_sequence_mask`` is on.
+        align : compute prototypes, transport and the five alignment levels; default: in training only.
+        need_attention : also return head-averaged attention weights of every layer.
+        prototypes : fixed prototypes (e.g. fitted on the training set) to align against instead of
+            fitting a mixture to this batch.
+        """
+        self.check_inputs(inputs)
+        projected = {m: self._project(m, x) for m, x in inputs.items()}  # (N, T', d)
+        masks = self._step_masks(projected, lengths)  # (N, T') bool or None
+        unique = {m: _pointwise(self.unique_encoders[m], x) for m, x in projected.items()}
+        common = {m: _pointwise(self.common_encoder, x) for m, x in projected.items()}
+        unique_pooled = {m: _masked_mean(x, masks[m]) for m, x in unique.items()}  # (N, d)
+        common_pooled = {m: _masked_mean(x, masks[m]) for m, x in common.items()}  # (N, d)
+        fused, attention, keys = self._fuse(unique, masks, need_attention)  # (N, d) each
+        names = [f"unique:{m}" for m in self.widths] + [f"common:{m}" for m in self.widths]
+        branches = torch.cat([fused[m] for m in self.widths] + [common_pooled[m] for m in self.widths], 1)
+        prediction = self.head(dropout(branches, self.config.output_dropout, self.training))  # (N, out)
+        out = DecAlignOutput(prediction, unique, common, unique_pooled, common_pooled, fused, branches,
+                             names, attention, keys)
+        if self.training if align is None else align:
+            self._align(out, prototypes)
+        return out
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Raise a ValueError naming the modality and what was expected, before any maths runs."""
+        if set(inputs) != set(self.widths):
+            raise ValueError(f"expected modalities {sorted(self.widths)}, found {sorted(inputs)}")
+        sizes = {x.shape[0] if x.dim() else -1 for x in inputs.values()}
+        for m, x in inputs.items():
+            kernel = 1 if isinstance(self.projections[m], nn.Identity) else self.config.kernel_size(m)
+            if x.dim() != 3 or x.shape[2] != self.widths[m] or x.shape[1] < kernel:
+                raise ValueError(f"modality {m!r}: expected (N, T>={kernel}, {self.widths[m]}), "
+                                 f"found {tuple(x.shape)}")
+        if len(sizes) != 1:
+            raise ValueError(f"modalities have different numbers of samples: {sorted(sizes)}")
+
+    def _project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        x = dropout(x, self.config.input_dropout_for(modality), self.training)
+        proj = self.projections[modality]
+        if isinstance(proj, nn.Identity):
+            return x
+        if proj.kernel_size[0] == 1:  # a 1-wide convolution is a matmul; skip the transposes
+            return _pointwise(proj, x)
+        return proj(x.transpose(1, 2)).transpose(1, 2)
+
+    def _step_masks(self, projected, lengths) -> dict[str, torch.Tensor | None]:
+        """(N, T') True at valid steps, from per-sample lengths shortened by the projection's kernel."""
+        if not (self.config.use_sequence_mask and lengths):
+            return {m: None for m in projected}
+        masks = {}
+        for m, x in projected.items():
+            steps = x.shape[1]
+            lost = 0 if isinstance(self.projections[m], nn.Identity) else self.config.kernel_size(m) - 1
+            valid = (lengths[m].to(x.device) - lost).clamp(1, steps)
+            masks[m] = torch.arange(steps, device=x.device) < valid.unsqueeze(1)
+        return masks
+
+    def _fuse(self, unique, masks, need_attention):
+        fused, attention, keys = {}, {}, {}
+        for m in self.widths:
+            others = [n for n in self.widths if n != m]
+            if self.config.cross_modal_attention:
+                memory = torch.cat([unique[n] for n in others], dim=1)  # (N, sum T_n, d)
+                mask = _key_mask([masks[n] for n in others], unique[m].shape[1], [unique[n] for n in others])
+                keys[m] = [(n, unique[n].shape[1]) for n in others]
+            else:
+                memory, mask = None, _self_mask(unique[m], masks[m], self.config.attn_mask)
+                keys[m] = [(m, unique[m].shape[1])]
+            hidden, attention[m] = self.transformers[m](unique[m], memory, mask, need_attention)
+            fused[m] = _masked_mean(hidden, masks[m])
+        return fused, attention, keys
+
+    def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None) -> None:
+        c = self.config
+        order = self.modalities
+        out.prototypes = {m: self._prototypes(m, out.unique_pooled[m], fixed) for m in order}
+        check_every = 1 if out.prediction.device.type == "cpu" else 10
+        out.transport = align_prototypes(out.prototypes, lambda_ot=c.lambda_ot, max_iter=c.ot_num_iters,
+                                         tol=c.ot_tol, check_every=check_every)
+        out.distribution = {m: self.distribution_encoders[m](out.common_pooled[m]) for m in order}
+        dec = {m: decoupling_loss(out.unique[m], out.common[m]) for m in order}
+        local = {(a, b): sample_to_prototype_loss(out.unique_pooled[a], out.prototypes[a], out.prototypes[b],
+                                                  out.transport.pair_plan(a, b, order))
+                 for a, b in itertools.permutations(order, 2)}
+        pairs = list(itertools.combinations(order, 2))
+        moment = {(a, b): moment_matching_loss(out.distribution[a], out.distribution[b]) for a, b in pairs}
+        mmd = {(a, b): gaussian_mmd(out.distribution[a], out.distribution[b], c.mmd_bandwidth) for a, b in pairs}
+        out.alignment = AlignmentLevels(
+            decoupling=sum(dec.values()), prototype_transport=out.transport.transport_cost,
+            sample_to_prototype=sum(local.values()), moment_matching=sum(moment.values()),
+            mmd=sum(mmd.values()), decoupling_per_modality=dec, sample_to_prototype_per_pair=local,
+            moment_matching_per_pair=moment, mmd_per_pair=mmd,
+        )
+
+    def _prototypes(self, modality: str, pooled: torch.Tensor, fixed) -> Prototypes:
+        if fixed is not None:
+            given = fixed[modality]
+            proto = Prototypes(given.means.to(pooled), given.variances.to(pooled), given.weights.to(pooled))
+            proto.posteriors = posteriors(pooled, proto)
+            return proto
+        c = self.config
+        return fit_gmm(pooled, c.num_prototypes, iterations=c.gmm_em_iters, var_floor=c.gmm_var_floor)
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a kernel-1 Conv1d to (N, T, C) as a matmul."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over time of (N, T, d), counting only valid steps when a (N, T) mask is given."""
+    if mask is None:
+        return x.mean(1)
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _key_mask(masks, query_len: int, memories) -> torch.Tensor | None:
+    if all(m is None for m in masks):
+        return None
+    parts = [torch.ones(mem.shape[:2], dtype=torch.bool, device=mem.device) if m is None else m
+             for m, mem in zip(masks, memories)]
+    return torch.cat(parts, dim=1).unsqueeze(1).expand(-1, query_len, -1)  # (N, Tq, Tk)
+
+
+def _self_mask(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    steps = x.shape[1]
+    allowed = None
+    if causal:  # official: upper-triangular entries (future steps) are masked
+        allowed = torch.ones(steps, steps, dtype=torch.bool, device=x.device).tril().unsqueeze(0)
+    if mask is not None:
+        keys = mask.unsqueeze(1)  # (N, 1, T)
+        allowed = keys if allowed is None else allowed & keys
+    return allowed
