@@ -1,0 +1,114 @@
+"""Run a model over a whole split in chunks and keep only what the product shows.
+
+Memory is bounded: activations live for one chunk at a time; what is kept per sample is the prediction,
+the head's input (2*M*d floats), the pooled unique and common features (2*M*d) and the posteriors over
+the training prototypes (M*K). For MOSI shapes (d = 40, M = 3, K = 7) that is under 2 KiB a sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data.dataset import Split
+from .data.torch_batches import iterate_batches
+from .model import DecAlign, Prototypes, posteriors
+
+
+@dataclass
+class InferenceResult:
+    ids: np.ndarray  # (N,) str
+    labels: np.ndarray | None  # (N,)
+    outputs: np.ndarray  # (N, out) raw head outputs (regression value or logits)
+    branch_inputs: np.ndarray  # (N, 2*M*d) input of the linear head
+    branch_names: list[str]  # "unique:<m>", "common:<m>"
+    unique_pooled: dict[str, np.ndarray]  # (N, d)
+    common_pooled: dict[str, np.ndarray]  # (N, d)
+    posteriors: dict[str, np.ndarray] | None  # (N, K) over the training prototypes, if the card has them
+    head_weight: np.ndarray  # (out, 2*M*d)
+    head_bias: np.ndarray  # (out,)
+    task: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) regression values, or predicted class indices."""
+        return self.outputs[:, 0] if self.task == "regression" else self.outputs.argmax(1)
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        if self.task == "regression":
+            return None
+        shifted = self.outputs - self.outputs.max(1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(1, keepdims=True)
+
+    def branch_slices(self) -> dict[str, slice]:
+        """Columns of ``branch_inputs`` belonging to each branch (each d wide)."""
+        width = self.branch_inputs.shape[1] // len(self.branch_names)
+        return {name: slice(i * width, (i + 1) * width) for i, name in enumerate(self.branch_names)}
+
+    def contributions(self) -> np.ndarray:
+        """(N, out, B + 1) exact split of every output into branch terms plus the bias (last column).
+
+        The head is linear, ``y = W h + b``, so ``y_o = sum_b W[o, S_b] . h[S_b] + b_o`` exactly.
+        """
+        parts = [self.branch_inputs[:, s] @ self.head_weight[:, s].T for s in self.branch_slices().values()]
+        bias = np.broadcast_to(self.head_bias, (len(self), self.head_bias.shape[0]))
+        return np.stack(parts + [bias], axis=2)
+
+    def subset(self, index: np.ndarray) -> InferenceResult:
+        pick = lambda d: None if d is None else {m: v[index] for m, v in d.items()}  # noqa: E731
+        return InferenceResult(self.ids[index], None if self.labels is None else self.labels[index],
+                               self.outputs[index], self.branch_inputs[index], self.branch_names,
+                               pick(self.unique_pooled), pick(self.common_pooled), pick(self.posteriors),
+                               self.head_weight, self.head_bias, self.task)
+
+
+def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int = 256,
+                  device: str | torch.device | None = None, prototypes: dict[str, Prototypes] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> InferenceResult:
+    """Predict every sample of ``split`` in chunks of ``batch_size`` without building autograd graphs."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    chunks: dict[str, list] = {"out": [], "branch": []}
+    unique, common, post = {m: [] for m in model.modalities}, {m: [] for m in model.modalities}, {}
+    done = 0
+    with torch.inference_mode():
+        for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
+            out = model(batch.inputs, batch.lengths)
+            chunks["out"].append(out.prediction.float().cpu().numpy())
+            chunks["branch"].append(out.branch_inputs.float().cpu().numpy())
+            for m in model.modalities:
+                unique[m].append(out.unique_pooled[m].float().cpu().numpy())
+                common[m].append(out.common_pooled[m].float().cpu().numpy())
+                if prototypes is not None:
+                    proto = _on(prototypes[m], device)
+                    post.setdefault(m, []).append(posteriors(out.unique_pooled[m].float(), proto).cpu().numpy())
+            done += len(batch)
+            if progress:
+                progress(done, len(split))
+    head = model.head
+    return InferenceResult(
+        ids=split.ids, labels=split.labels, outputs=_cat(chunks["out"], (0, model.output_dim)),
+        branch_inputs=_cat(chunks["branch"], (0, head.in_features)),
+        branch_names=[f"unique:{m}" for m in model.modalities] + [f"common:{m}" for m in model.modalities],
+        unique_pooled={m: _cat(v, (0, model.config.d_model)) for m, v in unique.items()},
+        common_pooled={m: _cat(v, (0, model.config.d_model)) for m, v in common.items()},
+        posteriors={m: np.concatenate(v) for m, v in post.items()} if prototypes is not None else None,
+        head_weight=head.weight.detach().cpu().numpy(), head_bias=head.bias.detach().cpu().numpy(), task=task,
+    )
+
+
+def _on(proto: Prototypes, device) -> Prototypes:
+    return Prototypes(proto.means.to(device).float(), proto.variances.to(device).float(),
+                      proto.weights.to(device).float())
+
+
+def _cat(parts: list[np.ndarray], empty_shape: tuple[int, int]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype=np.float32)
