@@ -107,13 +107,11 @@ def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> Mul
     content = sniff(head)
     # Protocol 0 pickles are text and protocol 1 ones have no magic number, so for a pickle only
     # content we can positively name as something else is refused before unpickling.
-    expected = "zip archive" if suffix == ".npz" else "pickle"
-    if content != expected and (
-        expected == "zip archive" or content not in ("text", "unrecognised binary data")
-    ):
+    expected = "a zip archive" if suffix == ".npz" else "a pickle"
+    if content != expected and (suffix == ".npz" or content not in ("text", "unrecognised binary data")):
         raise DataError(
             f"{shown}: the extension {suffix} says {SUFFIXES[suffix]}, but the content is {content}; "
-            f"expected a {expected}"
+            f"expected {expected}"
         )
     if suffix == ".npz":
         raw = npz.read_npz(file, shown, max_bytes)
@@ -125,9 +123,9 @@ def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> Mul
 def sniff(head: bytes) -> str:
     """Name the kind of content from a file's first bytes (magic numbers)."""
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip archive"
+        return "a zip archive"
     if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:
-        return "pickle"
+        return "a pickle"
     if head.startswith(b"\x93NUMPY"):
         return "a single .npy array"
     if head.startswith(b"\x1f\x8b"):
@@ -392,7 +390,7 @@ def _carve_missing(splits: dict[str, Split], source: str, report: LoadReport) ->
     perm = np.random.default_rng(CARVE_SEED).permutation(n)
     carved = {s: np.sort(perm[i * k : (i + 1) * k]) for i, s in enumerate(missing)}
     train = splits["train"]
-    out = {"train": train.subset(np.sort(perm[k * len(missing) :]))}
+    out = {**splits, "train": train.subset(np.sort(perm[k * len(missing) :]))}
     out.update({s: train.subset(idx) for s, idx in carved.items()})
     report.carved_splits = list(missing)
     report.notes.append(

@@ -25,6 +25,11 @@ def mmsa_split(n: int, rng: np.random.Generator, *, t: int = 4, widths=(6, 3, 5)
 
 
 @pytest.fixture
+def make_mmsa_split():
+    return mmsa_split
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -109,7 +109,9 @@ def test_truncated_pickle_is_reported():
 
 def test_pickle_from_numpy_1_module_names_loads():
     # numpy 1.x pickles name numpy.core.multiarray; rewrite a numpy 2 pickle's module names to that.
-    data = pickle.dumps(np.arange(4.0), protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    data = pickle.dumps(np.arange(4.0), protocol=2).replace(
+        b"numpy._core.multiarray", b"numpy.core.multiarray"
+    )
     assert b"numpy.core.multiarray" in data
     np.testing.assert_array_equal(safe_loads(data, "old.pkl"), np.arange(4.0))
 

@@ -1,0 +1,109 @@
+"""MMSA pickles: regression (MOSI/MOSEI/CH-SIMS), classification (IEMOCAP-like), unaligned lengths."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from decalign.data import load_dataset, load_dataset_bytes, make_synthetic, write_mmsa_pickle
+from decalign.data import mmsa as mmsa_module
+
+
+def test_regression_pickle_loads_as_mmsa_wrote_it(mmsa_payload, dump):
+    data = load_dataset(dump(mmsa_payload, "mosi_aligned_50.pkl"))
+    assert data.task == "regression" and data.num_classes is None
+    assert list(data.splits) == ["train", "valid", "test"]
+    assert data.modalities == {"text": (4, 6), "audio": (4, 3), "vision": (4, 5)}
+    train = data.splits["train"]
+    for m in ("text", "audio", "vision"):
+        x = train.features[m]
+        assert x.dtype == np.float32 and x.flags.c_contiguous
+        np.testing.assert_array_equal(x, mmsa_payload["train"][m])
+    np.testing.assert_array_equal(train.labels, mmsa_payload["train"]["regression_labels"])
+    assert train.labels.dtype == np.float32
+    assert train.ids[1] == "vid0$_$1" and train.ids.dtype.kind == "U"
+    assert train.raw_text[3] == "clip 3 text"
+    assert train.lengths == {}
+    assert any("classification_labels ignored" in n for n in data.report.notes)
+    assert data.report.carved_splits == [] and data.report.nonfinite_replaced == {}
+
+
+def test_labels_shaped_n_by_1_are_flattened(rng, dump, make_mmsa_split):
+    payload = {s: make_mmsa_split(6, rng, label_shape=(6, 1)) for s in ("train", "valid", "test")}
+    data = load_dataset(dump(payload))
+    assert data.splits["valid"].labels.shape == (6,)
+    np.testing.assert_array_equal(data.splits["valid"].labels, payload["valid"]["regression_labels"][:, 0])
+
+
+def test_iemocap_like_classification_labels(mmsa_payload, dump):
+    for part in mmsa_payload.values():
+        del part["regression_labels"], part["annotations"]
+        part["classification_labels"] = np.arange(len(part["id"]), dtype=np.float32) % 4
+    data = load_dataset(dump(mmsa_payload, "iemocap.pkl"))
+    assert data.task == "classification" and data.num_classes == 4
+    assert data.splits["train"].labels.dtype == np.int64
+    np.testing.assert_array_equal(data.splits["train"].labels, np.arange(10) % 4)
+
+
+def test_unaligned_lengths_as_lists_and_text_bert_noted(mmsa_payload, dump, rng):
+    for part in mmsa_payload.values():
+        n = len(part["id"])
+        part["audio_lengths"] = [int(v) for v in rng.integers(1, 5, size=n)]  # MMSA: plain lists
+        part["vision_lengths"] = np.full(n, 9)  # longer than T=4: clipped to T
+        part["text_bert"] = np.zeros((n, 3, 4), dtype=np.float32)
+        part["regression_labels_T"] = part["regression_labels"]
+    data = load_dataset(dump(mmsa_payload, "unaligned_39.pkl"))
+    train = data.splits["train"]
+    np.testing.assert_array_equal(train.lengths["audio"], mmsa_payload["train"]["audio_lengths"])
+    assert train.lengths["audio"].dtype == np.int64
+    np.testing.assert_array_equal(train.lengths["vision"], np.full(10, 4))
+    notes = " | ".join(data.report.notes)
+    assert "text_bert" in notes and "regression_labels_T" in notes and "clipped to 4" in notes
+
+
+def test_file_is_unpickled_once(mmsa_payload, dump, monkeypatch):
+    calls = []
+    original = mmsa_module.safe_load
+    monkeypatch.setattr(mmsa_module, "safe_load", lambda *a, **k: calls.append(1) or original(*a, **k))
+    load_dataset(dump(mmsa_payload))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_every_pickle_protocol(mmsa_payload, dump, protocol):
+    data = load_dataset(dump(mmsa_payload, protocol=protocol))
+    np.testing.assert_array_equal(data.splits["test"].features["vision"], mmsa_payload["test"]["vision"])
+
+
+def test_write_mmsa_pickle_is_a_plain_mmsa_file(tmp_path):
+    dataset = make_synthetic(
+        12, 4, 4, widths={"text": 8, "audio": 5, "vision": 3}, seq_len=6, variable_lengths=True
+    )
+    path = tmp_path / "synthetic.pkl"
+    write_mmsa_pickle(dataset, path)
+    raw = pickle.loads(path.read_bytes())  # our own file: checking its layout with plain pickle is fine
+    assert set(raw) == {"train", "valid", "test"}
+    assert {"text", "audio", "vision", "id", "raw_text", "regression_labels", "classification_labels"} <= set(
+        raw["train"]
+    )
+    assert isinstance(raw["train"]["audio_lengths"], list)
+    back = load_dataset(path)
+    assert back.fingerprint() == dataset.fingerprint()
+    np.testing.assert_array_equal(
+        back.splits["valid"].lengths["vision"], dataset.splits["valid"].lengths["vision"]
+    )
+    np.testing.assert_array_equal(back.splits["test"].ids, dataset.splits["test"].ids)
+
+
+def test_write_mmsa_pickle_refuses_unknown_modalities(tmp_path):
+    dataset = make_synthetic(5, 2, 2, widths={"text": 3, "depth": 2}, seq_len=2)
+    with pytest.raises(ValueError, match="depth"):
+        write_mmsa_pickle(dataset, tmp_path / "x.pkl")
+
+
+def test_bytes_upload_uses_the_filename(mmsa_payload):
+    data = load_dataset_bytes(pickle.dumps(mmsa_payload), "my_upload.pkl")
+    assert data.report.source == "my_upload.pkl"
+    assert len(data.splits["test"]) == 5

@@ -1,0 +1,97 @@
+"""npz archives: any modalities, [N, D] features, carved splits, save_npz round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from decalign.data import load_dataset, make_synthetic, save_npz
+
+
+def _arrays(rng, splits=("train", "valid", "test"), n=(12, 5, 6), labels_dtype=np.float32):
+    out = {}
+    for split, count in zip(splits, n):
+        out[f"{split}/eeg"] = rng.standard_normal((count, 7, 4))
+        out[f"{split}/gaze"] = rng.standard_normal((count, 2)).astype(np.float32)  # [N, D]
+        out[f"{split}/labels"] = (np.arange(count) % 3).astype(labels_dtype)
+    return out
+
+
+def test_full_npz_with_any_modality_names(npz_file, rng):
+    arrays = _arrays(rng)
+    arrays["test/ids"] = np.array([f"s{i}" for i in range(6)])
+    arrays["test/raw_text"] = np.array(["hello"] * 6)
+    data = load_dataset(npz_file(arrays))
+    assert data.task == "regression"
+    assert data.modalities == {"eeg": (7, 4), "gaze": (1, 2)}
+    eeg = data.splits["valid"].features["eeg"]
+    assert eeg.dtype == np.float32 and eeg.flags.c_contiguous
+    np.testing.assert_allclose(eeg, arrays["valid/eeg"].astype(np.float32))
+    np.testing.assert_array_equal(data.splits["train"].features["gaze"][:, 0, :], arrays["train/gaze"])
+    assert data.splits["test"].ids[2] == "s2" and data.splits["test"].raw_text[0] == "hello"
+    assert data.splits["train"].ids[3] == "train-3"  # made up where the file has none
+    assert any("[N, 1, D]" in note for note in data.report.notes)
+
+
+def test_integer_labels_mean_classification(npz_file, rng):
+    data = load_dataset(npz_file(_arrays(rng, labels_dtype=np.int32)))
+    assert data.task == "classification" and data.num_classes == 3
+    assert data.splits["train"].labels.dtype == np.int64
+
+
+def test_missing_valid_and_test_are_carved_from_train(npz_file, rng):
+    arrays = _arrays(rng, splits=("train",), n=(40,))
+    data = load_dataset(npz_file(arrays))
+    sizes = {s: len(p) for s, p in data.splits.items()}
+    assert sizes == {"train": 32, "valid": 4, "test": 4}
+    assert data.report.carved_splits == ["valid", "test"]
+    assert any("carved" in n or "moved into them" in n for n in data.report.notes)
+    # The three parts partition train exactly, and the carve is the same on every load.
+    ids = np.concatenate([p.ids for p in data.splits.values()])
+    assert sorted(ids.tolist()) == sorted(f"train-{i}" for i in range(40))
+    again = load_dataset(npz_file(arrays, "again.npz"))
+    np.testing.assert_array_equal(again.splits["valid"].ids, data.splits["valid"].ids)
+    # Features stay attached to their sample.
+    row = int(data.splits["test"].ids[0].split("-")[1])
+    np.testing.assert_allclose(
+        data.splits["test"].features["eeg"][0], arrays["train/eeg"][row].astype(np.float32)
+    )
+
+
+def test_only_test_missing_is_carved(npz_file, rng):
+    data = load_dataset(npz_file(_arrays(rng, splits=("train", "valid"), n=(20, 5))))
+    assert data.report.carved_splits == ["test"]
+    assert [len(p) for p in data.splits.values()] == [18, 5, 2]
+
+
+def test_evaluation_only_file_keeps_its_splits(npz_file, rng):
+    data = load_dataset(npz_file(_arrays(rng, splits=("test",), n=(6,))))
+    assert list(data.splits) == ["test"] and data.report.carved_splits == []
+    assert any("no train split" in n for n in data.report.notes)
+
+
+def test_save_npz_round_trip(tmp_path):
+    dataset = make_synthetic(
+        15, 4, 5, widths={"text": 6, "audio": 3, "vision": 4}, seq_len=5, variable_lengths=True
+    )
+    path = tmp_path / "round.npz"
+    save_npz(dataset, path)
+    back = load_dataset(path)
+    assert back.fingerprint() == dataset.fingerprint()
+    for split, part in dataset.splits.items():
+        np.testing.assert_array_equal(back.splits[split].ids, part.ids)
+        np.testing.assert_array_equal(back.splits[split].raw_text, part.raw_text)
+        for m in part.lengths:
+            np.testing.assert_array_equal(back.splits[split].lengths[m], part.lengths[m])
+    assert [p.name for p in tmp_path.iterdir()] == ["round.npz"]  # no temp file left behind
+
+
+def test_save_npz_replaces_atomically_and_refuses_reserved_names(tmp_path):
+    path = tmp_path / "d.npz"
+    path.write_bytes(b"old")
+    save_npz(make_synthetic(5, 2, 2, widths={"a": 2, "b": 2}, seq_len=2), path)
+    assert len(load_dataset(path).splits["train"]) == 5
+    bad = make_synthetic(5, 2, 2, widths={"labels": 2, "b": 2}, seq_len=2)
+    with pytest.raises(ValueError, match="labels"):
+        save_npz(bad, tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
