@@ -202,15 +202,15 @@ def _build_split(split: str, raw: RawSplit, source: str, report: LoadReport) -> 
                 f"{where} gives lengths of {m!r}, which has no features; expected one of {sorted(features)}"
             )
         lengths[m] = _lengths(value, n, features[m].shape[1], where, report)
+    ids = (
+        _default_ids(split, n) if raw.ids is None else _strings(raw.ids, n, _where(source, raw, "ids"), split)
+    )
+    text = raw.raw_text
     return Split(
         features=features,
         labels=_labels(raw.labels, n, _where(source, raw, "labels"), counts),
-        ids=_default_ids(split, n)
-        if raw.ids is None
-        else _strings(raw.ids, n, _where(source, raw, "ids"), split),
-        raw_text=None
-        if raw.raw_text is None
-        else _strings(raw.raw_text, n, _where(source, raw, "raw_text"), split),
+        ids=ids,
+        raw_text=None if text is None else _strings(text, n, _where(source, raw, "raw_text"), split),
         lengths=lengths,
     )
 
@@ -238,9 +238,8 @@ def _features(value: Any, where: str, count_key: str, report: LoadReport) -> np.
         raise DataError(
             f"{where} has shape {arr.shape} with an empty axis; expected N, T and D of at least 1"
         )
-    with np.errstate(
-        over="ignore", invalid="ignore"
-    ):  # float64 beyond float32's range becomes inf, counted below
+    # float64 values beyond float32's range become inf here; they are counted and zeroed below.
+    with np.errstate(over="ignore", invalid="ignore"):
         x = np.ascontiguousarray(arr, dtype=np.float32)
     if not x.flags.writeable:  # arrays rebuilt from read-only buffers (pickle protocol 5)
         x = x.copy()

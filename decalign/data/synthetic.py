@@ -88,7 +88,17 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _split(name, n, rng, directions, steps, signal, task, num_classes, variable_lengths) -> Split:
+def _split(
+    name: str,
+    n: int,
+    rng: np.random.Generator,
+    directions: dict[str, np.ndarray],
+    steps: dict[str, int],
+    signal: float,
+    task: str,
+    num_classes: int,
+    variable_lengths: bool,
+) -> Split:
     scores = rng.standard_normal((n, len(directions)))  # s_m[n]
     features, lengths = {}, {}
     for j, (m, w) in enumerate(directions.items()):
