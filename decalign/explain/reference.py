@@ -1,0 +1,310 @@
+"""What the training set looked like, kept beside a checkpoint so explanations and audits can compare.
+
+A :class:`TrainingReference` holds the training set's mean input per modality (the "missing modality"
+stand-in), the prototypes, the pooled unique and common features of every training sample, and the
+thresholds the audit flags use. It is written as ``reference.safetensors`` (arrays) plus
+``reference.json`` (ids, raw text, thresholds) in the run directory; nothing is pickled.
+
+Typicality (out-of-distribution) distance, per modality: for a pooled unique feature ``x`` and the
+training prototypes ``(mu_k, var_k)``,
+
+``dist(x) = min_k sqrt( sum_j (x_j - mu_kj)^2 / var_kj )``
+
+the diagonal Mahalanobis distance to the nearest prototype. The OOD threshold is its 99th percentile
+over the training samples, so about 1% of training samples are flagged by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from ..atomic import atomic_write, atomic_write_json
+from ..checkpoint import CheckpointError, ModelCard
+from ..data.dataset import Split
+from ..inference import run_inference
+from ..model import DecAlign, Prototypes, TransportResult, align_prototypes, fit_gmm
+
+REFERENCE_ARRAYS = "reference.safetensors"
+REFERENCE_JSON = "reference.json"
+REFERENCE_FORMAT = 1
+OOD_QUANTILE = 0.99
+DECOUPLING_QUANTILE = 0.99
+MMD_REFERENCE_SIZE = 128  # batch size of the stored MMD band (drift recomputes for other sizes)
+MMD_RESAMPLES = 20
+
+
+@dataclass
+class TrainingReference:
+    """Summary of a model's training set, used by counterfactuals, flags, drift and prototype stories.
+
+    Attributes
+    ----------
+    input_means : modality -> (T, D) mean training input (step-wise, over samples valid at that step).
+    prototypes : modality -> training prototypes (means, variances, weights).
+    ood_thresholds : modality -> 99th percentile over training samples of :func:`prototype_distance`.
+    train_unique, train_common : modality -> (N_train, d) pooled unique / common features.
+    train_ids : (N_train,) str; train_labels : (N_train,) or None; train_raw_text : (N_train,) str or None.
+    decoupling_threshold : 99th percentile over training samples of the largest (over modalities)
+        ``|cos(unique_pooled, common_pooled)|``.
+    common_mmd_band : modality -> {"bandwidth": median-heuristic Gaussian bandwidth of the training
+        common features, "batch_size": n, "band_low"/"band_high": 5th/95th percentile of the MMD^2
+        between two disjoint random training subsets of size n}.
+    """
+
+    input_means: dict[str, np.ndarray]
+    prototypes: dict[str, Prototypes]
+    ood_thresholds: dict[str, float]
+    train_unique: dict[str, np.ndarray]
+    train_common: dict[str, np.ndarray]
+    train_ids: np.ndarray
+    train_labels: np.ndarray | None
+    train_raw_text: np.ndarray | None = None
+    decoupling_threshold: float = 1.0
+    common_mmd_band: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.input_means)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distances used by flags and stories
+# ---------------------------------------------------------------------------------------------
+
+def mahalanobis_to_prototypes(x: np.ndarray, prototypes: Prototypes) -> np.ndarray:
+    """(N, K) diagonal Mahalanobis distances ``sqrt(sum_j (x_j - mu_kj)^2 / var_kj)``."""
+    means = prototypes.means.detach().cpu().double().numpy()
+    variances = prototypes.variances.detach().cpu().double().numpy()
+    diff_sq = (np.asarray(x, dtype=np.float64)[:, None, :] - means[None]) ** 2  # (N, K, d)
+    return np.sqrt((diff_sq / variances[None]).sum(-1))
+
+
+def prototype_distance(x: np.ndarray, prototypes: Prototypes) -> np.ndarray:
+    """(N,) distance of each pooled unique feature to its nearest prototype (see module docstring)."""
+    return mahalanobis_to_prototypes(x, prototypes).min(1)
+
+
+def abs_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) ``|<a_i, b_i>| / (||a_i|| ||b_i||)``; 0 where either vector is zero."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.abs((a * b).sum(1))
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def decoupling_cosines(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """modality -> (N,) |cos| between each sample's pooled unique and common features."""
+    return {m: abs_cosine(unique[m], common[m]) for m in unique}
+
+
+def median_bandwidth(x: np.ndarray, max_points: int = 1000, seed: int = 0) -> float:
+    """Median heuristic: ``s = sqrt(median ||x_i - x_j||^2 / 2)`` over pairs i < j (subsampled)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) > max_points:
+        x = x[np.random.default_rng(seed).choice(len(x), max_points, replace=False)]
+    sq = ((x[:, None, :] - x[None]) ** 2).sum(-1)
+    pairs = sq[np.triu_indices(len(x), k=1)]
+    med = float(np.median(pairs)) if pairs.size else 1.0
+    return float(np.sqrt(med / 2)) if med > 0 else 1.0
+
+
+def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
+    """Biased MMD^2 with ``k(x, y) = exp(-||x - y||^2 / (2 s^2))`` (same estimate as ``gaussian_mmd``)."""
+    def kernel_mean(a, b):
+        sq = ((a[:, None, :] - b[None]) ** 2).sum(-1)
+        return float(np.exp(-sq / (2 * bandwidth**2)).mean())
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    return max(kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y), 0.0)
+
+
+def mmd_null_band(train: np.ndarray, size: int, bandwidth: float, *, n_resamples: int = MMD_RESAMPLES,
+                  seed: int = 0) -> np.ndarray:
+    """MMD^2 between a random training subset of ``size`` and the rest, ``n_resamples`` times.
+
+    Comparing against the *rest* of the training set (not all of it) keeps the subset out of its own
+    reference, as a genuinely new batch would be.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(train)
+    size = max(1, min(size, n - 1))
+    values = []
+    for _ in range(n_resamples):
+        order = rng.permutation(n)
+        values.append(mmd2(train[order[:size]], train[order[size:]], bandwidth))
+    return np.asarray(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, saving, loading
+# ---------------------------------------------------------------------------------------------
+
+def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
+                    batch_size: int = 256) -> TrainingReference:
+    """Summarise ``train_split`` as seen by ``model`` (run in eval mode, no gradients).
+
+    Uses the card's prototypes; if the card has none, fits a diagonal GMM (K = ``num_prototypes``) to the
+    training pooled unique features.
+    """
+    if len(train_split) < 2:
+        raise ValueError(f"build_reference: the training split has {len(train_split)} samples, need at least 2")
+    prototypes = card.prototype_tensors()
+    result = run_inference(model, train_split, task=card.task, batch_size=batch_size, prototypes=prototypes)
+    if prototypes is None:
+        prototypes = _fit_prototypes(result.unique_pooled, model.config.num_prototypes)
+    prototypes = {m: Prototypes(p.means.float(), p.variances.float(), p.weights.float())
+                  for m, p in prototypes.items()}
+    ood = {m: float(np.quantile(prototype_distance(result.unique_pooled[m], prototypes[m]), OOD_QUANTILE))
+           for m in model.modalities}
+    cosines = decoupling_cosines(result.unique_pooled, result.common_pooled)
+    worst = np.max(np.stack(list(cosines.values())), axis=0)
+    return TrainingReference(
+        input_means=_input_means(train_split), prototypes=prototypes, ood_thresholds=ood,
+        train_unique=result.unique_pooled, train_common=result.common_pooled,
+        train_ids=np.asarray(train_split.ids).astype(str), train_labels=train_split.labels,
+        train_raw_text=None if train_split.raw_text is None else np.asarray(train_split.raw_text).astype(str),
+        decoupling_threshold=float(np.quantile(worst, DECOUPLING_QUANTILE)),
+        common_mmd_band={m: _mmd_band(x) for m, x in result.common_pooled.items()},
+    )
+
+
+def _fit_prototypes(unique: dict[str, np.ndarray], k: int) -> dict[str, Prototypes]:
+    # More EM steps than in training: this is a one-off fit on the whole set, not a per-batch estimate.
+    return {m: fit_gmm(torch.from_numpy(x).double(), k, iterations=50) for m, x in unique.items()}
+
+
+def _input_means(split: Split) -> dict[str, np.ndarray]:
+    """(T, D) mean input; at step t only samples whose length exceeds t count (padding excluded)."""
+    means = {}
+    for m, x in split.features.items():
+        n, steps = x.shape[:2]
+        lengths = split.lengths.get(m, np.full(n, steps))
+        valid = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)  # (N, T)
+        total = np.einsum("nt,ntd->td", valid, x.astype(np.float64))
+        means[m] = (total / np.maximum(valid.sum(0), 1.0)[:, None]).astype(np.float32)
+    return means
+
+
+def _mmd_band(common: np.ndarray) -> dict[str, float]:
+    bandwidth = median_bandwidth(common)
+    size = min(MMD_REFERENCE_SIZE, len(common) // 2)
+    values = mmd_null_band(common, size, bandwidth)
+    return {"bandwidth": bandwidth, "batch_size": float(size),
+            "band_low": float(np.quantile(values, 0.05)), "band_high": float(np.quantile(values, 0.95))}
+
+
+def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
+    """Write ``reference.safetensors`` and ``reference.json`` into ``run_dir`` atomically; returns the JSON path."""
+    run_dir = Path(run_dir)
+    arrays = {}
+    for m in ref.modalities:
+        p = ref.prototypes[m]
+        arrays[f"input_means/{m}"] = ref.input_means[m].astype(np.float32)
+        arrays[f"prototypes/{m}/means"] = p.means.detach().cpu().float().numpy()
+        arrays[f"prototypes/{m}/variances"] = p.variances.detach().cpu().float().numpy()
+        arrays[f"prototypes/{m}/weights"] = p.weights.detach().cpu().float().numpy()
+        arrays[f"train_unique/{m}"] = np.asarray(ref.train_unique[m], dtype=np.float32)
+        arrays[f"train_common/{m}"] = np.asarray(ref.train_common[m], dtype=np.float32)
+    if ref.train_labels is not None:
+        arrays["train_labels"] = np.asarray(ref.train_labels)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write(run_dir / REFERENCE_ARRAYS, lambda tmp: save_file(arrays, tmp))
+    meta = {
+        "format": REFERENCE_FORMAT, "modalities": ref.modalities,
+        "train_ids": [str(i) for i in ref.train_ids],
+        "train_raw_text": None if ref.train_raw_text is None else [str(t) for t in ref.train_raw_text],
+        "ood_thresholds": ref.ood_thresholds, "decoupling_threshold": ref.decoupling_threshold,
+        "common_mmd_band": ref.common_mmd_band,
+    }
+    return atomic_write_json(run_dir / REFERENCE_JSON, meta)
+
+
+def load_reference(run_dir: str | Path) -> TrainingReference | None:
+    """Read the reference written by :func:`save_reference`; None when the run directory has none."""
+    run_dir = Path(run_dir)
+    meta_path, arrays_path = run_dir / REFERENCE_JSON, run_dir / REFERENCE_ARRAYS
+    if not meta_path.exists() or not arrays_path.exists():
+        return None
+    meta = _read_meta(meta_path)
+    try:
+        arrays = load_file(str(arrays_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{arrays_path}: not a readable safetensors file ({exc})") from exc
+    mods = meta["modalities"]
+    get = lambda key: _array(arrays, key, arrays_path)
+    ref = TrainingReference(
+        input_means={m: get(f"input_means/{m}") for m in mods},
+        prototypes={m: Prototypes(*(torch.from_numpy(get(f"prototypes/{m}/{part}"))
+                                    for part in ("means", "variances", "weights"))) for m in mods},
+        ood_thresholds={m: float(meta["ood_thresholds"][m]) for m in mods},
+        train_unique={m: get(f"train_unique/{m}") for m in mods},
+        train_common={m: get(f"train_common/{m}") for m in mods},
+        train_ids=np.asarray(meta["train_ids"], dtype=str),
+        train_labels=arrays.get("train_labels"),
+        train_raw_text=None if meta["train_raw_text"] is None else np.asarray(meta["train_raw_text"], dtype=str),
+        decoupling_threshold=float(meta["decoupling_threshold"]),
+        common_mmd_band=meta["common_mmd_band"],
+    )
+    _check_sizes(ref, arrays_path)
+    return ref
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    required = ("modalities", "train_ids", "train_raw_text", "ood_thresholds", "decoupling_threshold",
+                "common_mmd_band")
+    if not isinstance(meta, dict) or any(k not in meta for k in required):
+        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: expected a JSON object with keys {list(required)}, found {found}")
+    if meta.get("format", REFERENCE_FORMAT) > REFERENCE_FORMAT:
+        raise CheckpointError(f"{path}: format {meta['format']} is newer than this program's ({REFERENCE_FORMAT})")
+    missing = [m for m in meta["modalities"] if m not in meta["ood_thresholds"]]
+    if missing:
+        raise CheckpointError(f"{path}: 'ood_thresholds' lacks modalities {missing}")
+    return meta
+
+
+def _array(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
+    if key not in arrays:
+        raise CheckpointError(f"{path}: missing array {key!r}")
+    return arrays[key]
+
+
+def _check_sizes(ref: TrainingReference, path: Path) -> None:
+    n = len(ref.train_ids)
+    for m in ref.modalities:
+        for name, x in (("train_unique", ref.train_unique[m]), ("train_common", ref.train_common[m])):
+            if x.ndim != 2 or len(x) != n:
+                raise CheckpointError(f"{path}: {name}/{m} has shape {x.shape}, expected ({n}, d)")
+    for name, x in (("train_labels", ref.train_labels), ("train_raw_text", ref.train_raw_text)):
+        if x is not None and len(x) != n:
+            raise CheckpointError(f"{path}: {name} has {len(x)} entries, expected {n} (one per train id)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The transport plan between the training prototypes
+# ---------------------------------------------------------------------------------------------
+
+def training_plan(reference: TrainingReference, lambda_ot: float = 0.1, max_iter: int = 200,
+                  tol: float = 1e-6) -> TransportResult:
+    """Multi-marginal OT between the training prototypes, marginals = the training mixture weights.
+
+    Pure in its arguments (the dashboard may cache it). ``align_prototypes`` takes its marginals from the
+    mean posteriors, so each modality gets a single "posterior row" equal to its mixture weights.
+    """
+    protos = {}
+    for m, p in reference.prototypes.items():
+        weights = p.weights.double() / p.weights.double().sum()
+        protos[m] = Prototypes(p.means.double(), p.variances.double(), weights, weights.unsqueeze(0))
+    with torch.no_grad():
+        return align_prototypes(protos, lambda_ot=lambda_ot, max_iter=max_iter, tol=tol)
