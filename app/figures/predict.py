@@ -1,0 +1,81 @@
+"""Predict page: the predictions table, its filters and the summary figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from decalign.data import Split
+from decalign.inference import InferenceResult
+from decalign.train.metrics import confusion_matrix
+
+
+def predictions_frame(result: InferenceResult, split: Split) -> pd.DataFrame:
+    """One row per sample: id, raw text (if any), prediction, label, error, probability.
+
+    ``error`` is ``|prediction - label|`` for regression and ``1 - p(label)`` (probability mass the model
+    puts off the true class) for classification; ``probability`` is the predicted class's probability.
+    """
+    frame = pd.DataFrame({"id": result.ids})
+    if split.raw_text is not None:
+        frame["text"] = split.raw_text
+    frame["prediction"] = result.predictions
+    if result.labels is not None:
+        frame["label"] = result.labels
+    probs = result.probabilities
+    if probs is None:
+        if result.labels is not None:
+            frame["error"] = np.abs(result.predictions - result.labels)
+    else:
+        if result.labels is not None:
+            frame["error"] = 1.0 - probs[np.arange(len(result)), result.labels]
+        frame["probability"] = probs.max(1)
+    return frame
+
+
+def filter_frame(frame: pd.DataFrame, *, error_range: tuple[float, float] | None = None,
+                 labels: list | tuple[float, float] | None = None,
+                 predictions: list | tuple[float, float] | None = None) -> pd.DataFrame:
+    """Rows whose error lies in ``error_range`` and whose label/prediction passes its filter.
+
+    A list keeps the listed values (classes); a tuple ``(low, high)`` keeps the closed range (regression);
+    None or an empty list keeps everything.
+    """
+    keep = np.ones(len(frame), dtype=bool)
+    if error_range is not None and "error" in frame:
+        keep &= frame["error"].between(*error_range).to_numpy()
+    for column, rule in (("label", labels), ("prediction", predictions)):
+        if column not in frame or rule is None or (isinstance(rule, list) and not rule):
+            continue
+        values = frame[column]
+        keep &= (values.between(*rule) if isinstance(rule, tuple) else values.isin(rule)).to_numpy()
+    return frame[keep]
+
+
+def summary_figure(frame: pd.DataFrame, task: str, num_classes: int | None = None,
+                   class_names: list[str] | None = None) -> go.Figure:
+    """Confusion matrix (classification) or prediction-vs-label scatter (regression) of the given rows;
+    a histogram of predictions when there are no labels."""
+    if "label" not in frame:
+        fig = go.Figure(go.Histogram(x=frame["prediction"], nbinsx=30))
+        fig.update_layout(title="Predictions", xaxis_title="prediction", yaxis_title="samples")
+    elif task == "classification":
+        k = num_classes or int(max(frame["label"].max(), frame["prediction"].max())) + 1
+        matrix = confusion_matrix(frame["prediction"].to_numpy(), frame["label"].to_numpy(), k)
+        names = class_names or [str(i) for i in range(k)]
+        fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix,
+                                   texttemplate="%{text}", hovertemplate="label %{y}, predicted %{x}: %{z}"))
+        fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="label",
+                          yaxis_autorange="reversed")
+    else:
+        fig = go.Figure(go.Scattergl(x=frame["label"], y=frame["prediction"], mode="markers",
+                                     text=frame["id"], marker={"size": 5, "opacity": 0.6}))
+        lo = float(min(frame["label"].min(), frame["prediction"].min())) if len(frame) else 0.0
+        hi = float(max(frame["label"].max(), frame["prediction"].max())) if len(frame) else 1.0
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
+                                 line={"dash": "dash", "color": "grey"}))
+        fig.update_layout(title="Prediction against label", xaxis_title="label", yaxis_title="prediction",
+                          showlegend=False)
+    fig.update_layout(height=420, margin={"t": 50, "b": 40})
+    return fig

@@ -1,0 +1,46 @@
+"""Overview: the model card, training curves and the dataset at a glance."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from app.figures import overview as fig
+from app.state import get_context
+
+
+def render() -> None:
+    ctx = get_context()
+    card = ctx.card
+    st.title("Overview")
+    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}**")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Model card")
+        st.markdown(f"Task: **{card.task}** · outputs: **{card.output_dim}** · source: **{card.source}** · "
+                    f"best epoch: **{card.best_epoch}** · seed: **{card.seed}**")
+        st.dataframe(fig.card_summary(card), hide_index=True, key="overview_modalities")
+        st.markdown(f"Training data: `{card.data_source}`  \nFingerprint: `{card.data_fingerprint}`  \n"
+                    f"Model id: `{ctx.model_id[:16]}…` · created {card.created_at}")
+    with right:
+        st.subheader("Metrics per split")
+        metrics = fig.metrics_table(card)
+        if metrics.empty:
+            st.info("The card records no metrics.")
+        else:
+            st.dataframe(metrics, key="overview_metrics")
+        with st.expander("Configuration"):
+            st.code(json.dumps(card.config.to_dict(), indent=2), language="json")
+    st.subheader("Training curves")
+    figures = fig.history_figures(fig.read_history(ctx.run_dir))
+    if not figures:
+        st.info("This run has no history.json (imported or uploaded model): no training curves to show.")
+    for i, (title, figure) in enumerate(figures.items()):
+        st.plotly_chart(figure, key=f"overview_curve_{i}")
+    st.subheader("Dataset")
+    if ctx.dataset.report.notes:
+        st.caption(" · ".join(ctx.dataset.report.notes))
+    left, right = st.columns(2)
+    left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
+    right.plotly_chart(fig.label_distribution_figure(ctx.dataset, card.class_names), key="overview_labels")

@@ -1,0 +1,67 @@
+"""Predict: every prediction of the chosen split or upload, filterable, downloadable; pick a row to open it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.figures import predict as fig
+from app.pages import sample
+from app.state import Context, get_context, select_sample, selected_sample
+from decalign.train.metrics import compute_metrics, display_name
+
+
+def render() -> None:
+    ctx = get_context()
+    st.title("Predict")
+    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
+               f"{len(ctx.result):,} samples")
+    frame = fig.predictions_frame(ctx.result, ctx.split_data)
+    _metrics(ctx)
+    shown = fig.filter_frame(frame, **_filters(ctx, frame))
+    st.caption(f"{len(shown):,} of {len(frame):,} rows shown; click a row to select that sample.")
+    event = st.dataframe(shown, hide_index=True, on_select="rerun", selection_mode="single-row",
+                         key="predict_table", height=420)
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        select_sample(shown.iloc[rows[0]]["id"])
+    chosen = selected_sample()
+    left, right = st.columns(2)
+    if left.button(f"Open sample {chosen} on the Sample page" if chosen else "Select a row first",
+                   key="predict_open", disabled=chosen is None):
+        st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
+    right.download_button("Download CSV", shown.to_csv(index=False).encode("utf-8"),
+                          file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
+    st.plotly_chart(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
+                                       ctx.card.class_names), key="predict_summary")
+
+
+def _metrics(ctx: Context) -> None:
+    if ctx.result.labels is None:
+        st.info("This split has no labels: predictions only, no metrics.")
+        return
+    values = compute_metrics(ctx.card.task, ctx.result.predictions, ctx.result.labels,
+                             num_classes=ctx.card.num_classes or ctx.dataset.num_classes)
+    shown = {k: v for k, v in values.items() if not k.startswith("F1_class_")}
+    for column, (name, value) in zip(st.columns(len(shown)), shown.items()):
+        column.metric(display_name(name), f"{value:.4f}")
+
+
+def _filters(ctx: Context, frame) -> dict:
+    cols = st.columns(3)
+    out: dict = {}
+    if "error" in frame and len(frame):
+        lo, hi = float(frame["error"].min()), float(frame["error"].max())
+        if hi > lo:
+            out["error_range"] = cols[0].slider("Error", lo, hi, (lo, hi), key="predict_error")
+    if ctx.card.task == "classification":
+        classes = sorted(int(v) for v in frame["prediction"].unique())
+        if "label" in frame:
+            labels = sorted(int(v) for v in frame["label"].unique())
+            out["labels"] = cols[1].multiselect("Label", labels, key="predict_labels")
+        out["predictions"] = cols[2].multiselect("Prediction", classes, key="predict_predictions")
+    else:
+        for col, name in ((cols[1], "label"), (cols[2], "prediction")):
+            if name in frame and len(frame) and frame[name].max() > frame[name].min():
+                lo, hi = float(frame[name].min()), float(frame[name].max())
+                out[f"{name}s"] = tuple(col.slider(name.capitalize(), lo, hi, (lo, hi), key=f"predict_{name}"))
+    return out

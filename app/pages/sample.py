@@ -1,0 +1,111 @@
+"""Sample: one sample's inputs, prediction, exact branch contributions, prototypes and transport cells."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.figures import sample as fig
+from app.state import Context, get_context, select_sample, selected_sample, training_transport
+from decalign.explain import branch_contributions
+
+URL_PATH = "sample"
+
+
+def render() -> None:
+    ctx = get_context()
+    st.title("Sample")
+    row = _pick(ctx)
+    sample_id = str(ctx.result.ids[row])
+    _header(ctx, row)
+    _raw_inputs(ctx, row)
+    st.subheader("Why this prediction: exact branch contributions")
+    contributions = branch_contributions(ctx.result, row)
+    output = _output_name(ctx, row)
+    st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
+    st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
+               f"up exactly to {output}.")
+    _prototypes(ctx, row)
+    st.session_state["sample_shown"] = sample_id
+
+
+def _pick(ctx: Context) -> int:
+    ids = [str(i) for i in ctx.result.ids]
+    wanted = selected_sample()
+    if wanted in ids and st.session_state.get("sample_synced") != wanted:
+        st.session_state["sample_id"] = wanted  # chosen on another page
+    if st.session_state.get("sample_id") not in ids:
+        st.session_state["sample_id"] = wanted if wanted in ids else ids[0]
+    st.session_state["sample_synced"] = st.session_state["sample_id"]
+    choice = st.selectbox("Sample id", ids, key="sample_id",
+                          on_change=lambda: select_sample(st.session_state["sample_id"]))
+    return ids.index(choice)
+
+
+def _output_name(ctx: Context, row: int) -> str:
+    if ctx.card.task == "regression":
+        return "prediction"
+    k = int(ctx.result.predictions[row])
+    return f"logit of class {_class_name(ctx, k)}"
+
+
+def _class_name(ctx: Context, k: int) -> str:
+    names = ctx.card.class_names
+    return names[k] if names and k < len(names) else str(k)
+
+
+def _header(ctx: Context, row: int) -> None:
+    result = ctx.result
+    cols = st.columns(3)
+    if ctx.card.task == "classification":
+        k = int(result.predictions[row])
+        cols[0].metric("Prediction", _class_name(ctx, k))
+        cols[1].metric("Probability", f"{result.probabilities[row, k]:.3f}")
+        if result.labels is not None:
+            cols[2].metric("Label", _class_name(ctx, int(result.labels[row])))
+    else:
+        cols[0].metric("Prediction", f"{result.predictions[row]:.3f}")
+        if result.labels is not None:
+            cols[1].metric("Label", f"{result.labels[row]:.3f}")
+            cols[2].metric("Error", f"{abs(result.predictions[row] - result.labels[row]):.3f}")
+
+
+def _raw_inputs(ctx: Context, row: int) -> None:
+    st.subheader("Inputs")
+    part = ctx.split_data
+    if part.raw_text is not None:
+        st.markdown(f"> {part.raw_text[row]}")
+    images = [m for m in part.features if m in fig.IMAGE_MODALITIES]
+    others = list(part.features)
+    cols = st.columns([1, 3]) if images else [None, st.container()]
+    if images:
+        with cols[0]:
+            for m in images:
+                st.plotly_chart(fig.image_figure(part.features[m][row], f"{m} (as an image)"),
+                                key=f"sample_image_{m}")
+    with cols[1]:
+        for m in others:
+            length = int(part.lengths[m][row]) if m in part.lengths else None
+            st.plotly_chart(fig.sequence_figure(part.features[m][row], m, length), key=f"sample_seq_{m}")
+
+
+def _prototypes(ctx: Context, row: int) -> None:
+    st.subheader("Prototypes and transport")
+    if ctx.result.posteriors is None:
+        st.info("The model card has no training prototypes, so no prototype assignment can be shown.")
+        return
+    post = {m: p[row] for m, p in ctx.result.posteriors.items()}
+    left, right = st.columns([2, 1])
+    left.plotly_chart(fig.posterior_figure(post), key="sample_posteriors")
+    table = fig.assignment_table(post)
+    right.dataframe(table, hide_index=True, key="sample_assignment")
+    plan = training_transport(ctx)
+    if plan is None:
+        st.info("This run has no training reference (reference.json), so the transport plan between the "
+                "training prototypes is not available.")
+        return
+    order = list(ctx.result.posteriors)
+    cells = dict(zip(table["modality"], table["prototype"]))
+    pairs = {(a, b): plan.pair_plan(a, b, order).detach().cpu().numpy()
+             for i, a in enumerate(order) for b in order[i + 1:]}
+    st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
+    st.dataframe(fig.transport_cells_table(pairs, cells), hide_index=True, key="sample_cells")

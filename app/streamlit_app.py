@@ -1,0 +1,25 @@
+"""DecAlign Studio: navigation only. Each page is a ``render()`` function in ``app/pages``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run app/streamlit_app.py` puts app/ on the path, not the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import state
+from app.pages import overview, predict, sample
+
+st.set_page_config(page_title="DecAlign Studio", layout="wide")
+
+PAGES = [
+    st.Page(overview.render, title="Overview", url_path="overview", default=True),
+    st.Page(predict.render, title="Predict", url_path="predict"),
+    st.Page(sample.render, title="Sample", url_path=sample.URL_PATH),
+]
+navigation = st.navigation(PAGES)
+state.sidebar()
+navigation.run()
