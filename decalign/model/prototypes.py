@@ -61,8 +61,15 @@ def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_fl
     n, d = x.shape
     if n == 0:
         raise ValueError("cannot fit prototypes to an empty batch")
-    means = _farthest_point_init(x.detach(), num_components) if init_means is None else init_means
-    spread = (x - x.mean(0, keepdim=True)).pow(2).mean(0) + var_floor  # (d,)
+    # EM is translation-equivariant: fit the centred features and shift the means back. Sums of raw
+    # features (e.g. 1e4 + noise in float32) would lose the noise in round-off before centring.
+    centre = x.mean(0, keepdim=True)  # (1, d)
+    x = x - centre
+    if init_means is None:
+        means = _farthest_point_init(x.detach(), num_components)
+    else:
+        means = init_means - centre
+    spread = x.pow(2).mean(0) + var_floor  # (d,)
     variances = spread.unsqueeze(0).expand(num_components, d)
     weights = x.new_full((num_components,), 1.0 / num_components)
     for _ in range(iterations):
@@ -72,8 +79,8 @@ def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_fl
         centred_sq = (x.unsqueeze(1) - means.unsqueeze(0)).pow(2)  # (N, K, d)
         variances = (resp.unsqueeze(2) * centred_sq).sum(0) / counts.unsqueeze(1) + var_floor
         weights = counts / counts.sum()
-    fitted = Prototypes(means, variances, weights)
-    fitted.posteriors = posteriors(x, fitted)
+    fitted = Prototypes(means + centre, variances, weights)
+    fitted.posteriors = posteriors(x, Prototypes(means, variances, weights))
     return fitted
 
 
