@@ -58,6 +58,11 @@ def convert_state_dict(official: dict[str, torch.Tensor], widths: dict[str, int]
             continue
         match = _KEY.match(key)
         if match and match.group(1) == "proj" and widths[OFFICIAL_MODALITIES[match.group(2)]] == d_model:
+            if tensor.dim() != 3 or tensor.shape[1] != d_model:  # (d, D_m, k) records the trained width
+                modality = OFFICIAL_MODALITIES[match.group(2)]
+                raise OfficialImportError(f"{source}: {key} has shape {tuple(tensor.shape)}: the weights were "
+                                          f"trained on {modality} width {tensor.shape[1]}, --feature-dims "
+                                          f"gives {d_model}")
             unused.append(key)  # the official forward skips the projection when D == d
             continue
         converted[new_key] = tensor
