@@ -29,8 +29,6 @@ from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
 
 ROOT = Path(__file__).resolve().parents[1]
-# DECALIGN_DEMO_MODEL lets tests and development point at another run directory.
-DEMO_MODEL = Path(os.environ.get("DECALIGN_DEMO_MODEL", ROOT / "assets" / "demo_model"))
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
 MODEL_KINDS = ("Bundled demo", "Checkpoint directory", "Upload a zip")
 DATA_KINDS = ("Model's bundled data", "Upload a file")
@@ -141,17 +139,21 @@ def _dataset(source: DataSource, card: ModelCard, run_dir: Path | None
     return dataset, fingerprint, path.name
 
 
+def demo_model_dir() -> Path:
+    """assets/demo_model, or the run directory named by DECALIGN_DEMO_MODEL (tests, development)."""
+    return Path(os.environ.get("DECALIGN_DEMO_MODEL", ROOT / "assets" / "demo_model"))
+
+
 def _default_model() -> ModelSource | None:
-    if (DEMO_MODEL / "card.json").is_file():
-        return ModelSource("dir", "bundled demo", DEMO_MODEL)
-    return None
+    demo = demo_model_dir()
+    return ModelSource("dir", "bundled demo", demo) if (demo / "card.json").is_file() else None
 
 
 def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
     source = st.session_state.get("model_source") or _default_model()
     if source is None:
-        st.warning(f"No model loaded: the bundled demo model ({DEMO_MODEL}) is not there. Choose a checkpoint "
+        st.warning(f"No model loaded: the bundled demo model ({demo_model_dir()}) is not there. Choose a checkpoint "
                    "directory or upload a zipped run directory in the sidebar.")
         st.stop()
     try:

@@ -1,0 +1,114 @@
+"""Unit tests of the Overview, Predict and Sample figure builders (no Streamlit)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix as sk_confusion
+
+from app.figures import overview, predict, sample
+from decalign.data import Split
+from decalign.explain import branch_contributions
+from decalign.inference import InferenceResult
+
+
+@pytest.fixture
+def result() -> InferenceResult:
+    rng = np.random.default_rng(0)
+    n, d, names = 40, 3, ["unique:a", "unique:b", "common:a", "common:b"]
+    h = rng.normal(size=(n, 4 * d)).astype(np.float32)
+    w, b = rng.normal(size=(4, 4 * d)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    labels = rng.integers(0, 4, n)
+    return InferenceResult(np.array([f"s{i}" for i in range(n)]), labels, h @ w.T + b, h, names, {}, {}, None,
+                           w, b, "classification")
+
+
+def test_waterfall_total_is_the_head_output(result):
+    row = 5
+    frame = branch_contributions(result, row)
+    fig = sample.waterfall_figure(frame, "logit")
+    trace = fig.data[0]
+    assert list(trace.measure) == ["relative"] * 5 + ["total"]
+    k = int(result.outputs[row].argmax())
+    assert trace.y[-1] == pytest.approx(float(result.outputs[row, k]), abs=1e-4)
+    assert list(trace.x[:-1]) == ["unique:a", "unique:b", "common:a", "common:b", "bias"]
+
+
+def test_predictions_frame_errors_and_probabilities(result):
+    split = Split({}, result.labels, result.ids, raw_text=np.array([f"t{i}" for i in range(40)]))
+    frame = predict.predictions_frame(result, split)
+    assert list(frame.columns) == ["id", "text", "prediction", "label", "error", "probability"]
+    logits = result.outputs.astype(np.float64)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(frame["error"], 1 - probs[np.arange(40), result.labels], atol=1e-6)
+    np.testing.assert_allclose(frame["probability"], probs.max(1), atol=1e-6)
+    np.testing.assert_array_equal(frame["prediction"], logits.argmax(1))
+
+
+def test_regression_frame_error_is_absolute_difference():
+    out = np.array([[0.5], [-1.0], [2.0]], dtype=np.float32)
+    res = InferenceResult(np.array(["a", "b", "c"]), np.array([1.0, -1.0, 0.0], np.float32), out,
+                          np.zeros((3, 4), np.float32), ["unique:x", "common:x"], {}, {}, None,
+                          np.zeros((1, 4), np.float32), np.zeros(1, np.float32), "regression")
+    frame = predict.predictions_frame(res, Split({}, res.labels, res.ids))
+    np.testing.assert_allclose(frame["error"], [0.5, 0.0, 2.0])
+    assert "probability" not in frame
+
+
+def test_filter_frame_lists_ranges_and_error():
+    frame = pd.DataFrame({"id": list("abcde"), "prediction": [0, 1, 1, 2, 0], "label": [0, 1, 2, 2, 1],
+                          "error": [0.1, 0.2, 0.9, 0.3, 0.8]})
+    assert list(predict.filter_frame(frame, labels=[2])["id"]) == ["c", "d"]
+    assert list(predict.filter_frame(frame, predictions=[0], error_range=(0.5, 1.0))["id"]) == ["e"]
+    assert list(predict.filter_frame(frame, labels=(1, 2), predictions=[])["id"]) == ["b", "c", "d", "e"]
+    assert len(predict.filter_frame(frame)) == 5
+
+
+def test_confusion_figure_matches_sklearn(result):
+    frame = predict.predictions_frame(result, Split({}, result.labels, result.ids))
+    fig = predict.summary_figure(frame, "classification", 4)
+    expected = sk_confusion(result.labels, result.outputs.argmax(1), labels=range(4))
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), expected)
+
+
+def test_history_figures_from_history_json(tmp_path):
+    rows = [{"epoch": e, "train": {"total": 3.0 / e, "task": 2.0 / e, "mmd": 0.1 * e},
+             "valid": {"Acc": 0.5 + 0.1 * e, "F1_class_0": 0.3}} for e in (1, 2, 3)]
+    (tmp_path / "history.json").write_text(json.dumps(rows))
+    history = overview.read_history(tmp_path)
+    figs = overview.history_figures(history)
+    assert set(figs) == {"Loss terms", "Alignment levels", "Validation metrics"}
+    assert [t.name for t in figs["Loss terms"].data] == ["total", "task"]
+    np.testing.assert_allclose(figs["Loss terms"].data[0].y, [3.0, 1.5, 1.0])
+    assert [t.name for t in figs["Validation metrics"].data] == ["Acc"]  # per-class F1 left out
+    assert overview.read_history(None).empty and overview.history_figures(pd.DataFrame()) == {}
+
+
+def test_label_distribution_counts_classes():
+    from decalign.data import MultimodalDataset
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    part = Split({"a": np.zeros((6, 1, 2), np.float32)}, labels, np.arange(6).astype(str))
+    fig = overview.label_distribution_figure(MultimodalDataset({"train": part}, "classification", 3))
+    np.testing.assert_array_equal(fig.data[0].y, [2, 1, 3])
+
+
+def test_transport_cells_table_reads_the_plan():
+    plan = np.array([[0.1, 0.2], [0.3, 0.4]])
+    table = sample.transport_cells_table({("a", "b"): plan}, {"a": 1, "b": 0})
+    assert table.loc[0, "plan mass"] == pytest.approx(0.3)
+    assert table.loc[0, "share of row"] == pytest.approx(0.3 / 0.7)
+    fig = sample.transport_cells_figure({("a", "b"): plan}, {"a": 1, "b": 0})
+    rect = fig.layout.shapes[0]
+    assert (rect.x0, rect.x1, rect.y0, rect.y1) == (-0.5, 0.5, 0.5, 1.5)
+
+
+def test_assignment_table_and_sequence_padding():
+    table = sample.assignment_table({"a": np.array([0.2, 0.7, 0.1]), "b": np.array([0.9, 0.1])})
+    assert list(table["prototype"]) == [1, 0] and table["posterior"].tolist() == pytest.approx([0.7, 0.9])
+    fig = sample.sequence_figure(torch.ones(4, 3).numpy(), "a", length=2)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert np.isnan(z[2:]).all() and (z[:2] == 1).all()

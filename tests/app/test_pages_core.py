@@ -1,0 +1,121 @@
+"""AppTest of the Overview, Predict and Sample pages and of the sidebar's model and data pickers."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from browser_utils import ROOT
+from streamlit.testing.v1 import AppTest
+
+from decalign.checkpoint import load_model
+from decalign.data import load_dataset
+from decalign.inference import run_inference
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def _upload_data(at: AppTest, path) -> AppTest:
+    at.radio(key="data_kind").set_value("Upload a file").run()
+    at.file_uploader(key="data_upload").set_value((path.name, path.read_bytes(), "application/octet-stream"))
+    return at.run()
+
+
+def test_entry_app_opens_on_overview_with_demo(demo_dir):
+    at = _ok(AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=90).run())
+    assert [t.value for t in at.title] == ["Overview"]
+    assert _charts(at) >= 2  # split sizes and label distribution at least
+    assert "bundled demo" in " ".join(c.value for c in at.caption)
+
+
+def test_overview_shows_card_curves_and_data(page_test, demo_dir):
+    at = _ok(page_test("overview").run())
+    assert at.title[0].value == "Overview"
+    # split sizes + labels + loss / alignment / validation curves from history.json
+    assert _charts(at) >= 5
+    assert len(at.dataframe) >= 2  # modalities and metrics tables
+
+
+def test_predict_table_metrics_and_selection(page_test, demo_dir):
+    at = _ok(page_test("predict").run())
+    model, card = load_model(demo_dir)
+    split = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"]
+    frame = at.dataframe[0].value
+    assert len(frame) == len(split)
+    expected = run_inference(model, split, task=card.task).predictions
+    np.testing.assert_array_equal(frame["prediction"].to_numpy(), expected)
+    accuracy = next(m for m in at.metric if m.label == "Acc")
+    assert float(accuracy.value) == pytest.approx(float(np.mean(expected == split.labels)), abs=1e-4)
+    assert _charts(at) == 1
+    at.multiselect(key="predict_labels").set_value([3]).run()
+    assert set(_ok(at).dataframe[0].value["label"]) == {3}
+
+
+def test_sample_page_opens_selected_sample(page_test, demo_dir):
+    ids = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"].ids
+    at = page_test("sample")
+    at.session_state["selected_sample"] = str(ids[7])
+    _ok(at.run())
+    assert at.selectbox(key="sample_id").value == ids[7]
+    # pixel image + one heatmap per modality + waterfall + posteriors + transport cells
+    assert _charts(at) >= 7
+    at.selectbox(key="sample_id").set_value(str(ids[2])).run()
+    assert _ok(at).session_state["selected_sample"] == ids[2]
+
+
+def test_fitting_npz_upload_replaces_the_data(page_test, demo_npz):
+    at = _ok(_upload_data(page_test("predict").run(), demo_npz))
+    assert not at.error
+    assert len(at.dataframe[0].value) == 50
+    assert f"Using: **{demo_npz.name}**" in [c.value for c in at.caption]
+
+
+def test_mismatched_mmsa_upload_is_refused_and_data_kept(page_test, tav_pickle):
+    at = _ok(_upload_data(page_test("predict").run(), tav_pickle))
+    message = at.error[0].value
+    assert "does not match the checkpoint" in message and "'text'" in message and "fourier" in message
+    assert len(at.dataframe[0].value) == 300  # still the bundled test split
+
+
+def test_broken_file_shows_error_and_app_keeps_working(page_test, demo_npz, tmp_path):
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    at = _upload_data(page_test("predict").run(), demo_npz)
+    at.file_uploader(key="data_upload").set_value((bad.name, bad.read_bytes(), "application/octet-stream"))
+    _ok(at.run())
+    assert "broken.npz" in at.error[0].value
+    assert len(at.dataframe[0].value) == 50  # the previous upload stays selected
+
+
+def test_bad_model_zip_keeps_the_demo(page_test, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("run/card.json", "{not json")
+    at = page_test("overview").run()
+    at.radio(key="model_kind").set_value("Upload a zip").run()
+    at.file_uploader(key="model_zip").set_value(("bad.zip", buffer.getvalue(), "application/zip")).run()
+    _ok(at)
+    assert "not valid JSON" in at.error[0].value
+    assert "bundled demo" in " ".join(c.value for c in at.caption)
+
+
+def test_checkpoint_directory_then_fitting_mmsa_upload(page_test, tav_run, tav_pickle, tav_dataset):
+    at = page_test("predict").run()
+    at.radio(key="model_kind").set_value("Checkpoint directory").run()
+    at.text_input(key="model_dir").set_value(str(tav_run)).run()
+    at.button(key="model_dir_load").click().run()
+    # the digits data does not fit a text/audio/vision model, and it has no bundled data
+    assert "no bundled data" in _ok(at).warning[0].value
+    _ok(_upload_data(at, tav_pickle))
+    assert not at.error
+    assert len(at.dataframe[0].value) == len(tav_dataset.splits["test"])
+    assert _charts(at) == 1
