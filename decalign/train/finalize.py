@@ -1,0 +1,112 @@
+"""Evaluation during training and what is computed once training ends (prototypes, alignment, metrics).
+
+Everything here runs the model in eval mode without autograd, over a split in chunks, so memory is
+bounded by one chunk's activations plus what is kept per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import ModelCard
+from ..config import DecAlignConfig
+from ..data.dataset import MultimodalDataset, Split
+from ..data.torch_batches import iterate_batches
+from ..model import AlignmentLevels, DecAlign, Prototypes, fit_gmm
+from .losses import task_loss
+from .metrics import compute_metrics
+
+FINAL_EM_ITERS = 50  # EM steps for the prototypes stored with the model (at least)
+
+
+@dataclass
+class EvalArgs:
+    task: str
+    task_loss: str
+    num_classes: int | None
+    convention: str
+    batch_size: int
+    class_weight: torch.Tensor | None = None
+
+
+def predict_outputs(model: DecAlign, split: Split, batch_size: int) -> np.ndarray:
+    """(N, out) raw head outputs of every sample, in order."""
+    device = next(model.parameters()).device
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
+            parts.append(model(batch.inputs, batch.lengths, align=False).prediction.float().cpu().numpy())
+    return np.concatenate(parts)
+
+
+def evaluate_split(model: DecAlign, split: Split, args: EvalArgs) -> dict[str, float]:
+    """Every metric of ``compute_metrics`` plus ``loss`` (the task loss over the whole split)."""
+    outputs = predict_outputs(model, split, args.batch_size)
+    weight = None if args.class_weight is None else args.class_weight.cpu()
+    loss = float(task_loss(torch.from_numpy(outputs), torch.from_numpy(split.labels), args.task_loss, weight))
+    preds = outputs[:, 0] if args.task == "regression" else outputs
+    metrics = compute_metrics(args.task, preds, split.labels, num_classes=args.num_classes,
+                              convention=args.convention)
+    return {**metrics, "loss": loss}
+
+
+def fit_training_prototypes(model: DecAlign, split: Split, config: DecAlignConfig, batch_size: int
+                            ) -> dict[str, Prototypes]:
+    """Gaussian-mixture prototypes per modality over the pooled unique features of the whole split.
+
+    Uses ``max(gmm_em_iters, FINAL_EM_ITERS)`` EM steps: one fit over all samples, not per batch.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    pooled: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
+    with torch.inference_mode():
+        for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
+            out = model(batch.inputs, batch.lengths, align=False)
+            for m in model.modalities:
+                pooled[m].append(out.unique_pooled[m].float())
+    c = config.model
+    iters = max(c.gmm_em_iters, FINAL_EM_ITERS)
+    with torch.inference_mode():
+        return {m: fit_gmm(torch.cat(parts), c.num_prototypes, iterations=iters, var_floor=c.gmm_var_floor)
+                for m, parts in pooled.items()}
+
+
+def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prototypes], batch_size: int
+                       ) -> dict[str, float]:
+    """Sample-weighted mean over chunks of each alignment level, against the fixed training prototypes."""
+    device = next(model.parameters()).device
+    model.eval()
+    fixed = {m: Prototypes(p.means.to(device), p.variances.to(device), p.weights.to(device))
+             for m, p in prototypes.items()}
+    summed = torch.zeros(len(AlignmentLevels.LEVELS), device=device)
+    with torch.inference_mode():
+        for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
+            levels = model(batch.inputs, batch.lengths, align=True, prototypes=fixed).alignment
+            summed += torch.stack([getattr(levels, n).float() for n in AlignmentLevels.LEVELS]) * len(batch)
+    return dict(zip(AlignmentLevels.LEVELS, (summed / len(split)).tolist()))
+
+
+def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, config: DecAlignConfig,
+                args: EvalArgs) -> None:
+    """Fill the card with the training prototypes, the training alignment and metrics per split."""
+    train = dataset.splits["train"]
+    prototypes = fit_training_prototypes(model, train, config, args.batch_size)
+    card.set_prototypes(prototypes)
+    card.extra["training_alignment"] = training_alignment(model, train, prototypes, args.batch_size)
+    card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
+                    if split.labels is not None and len(split)}
+
+
+def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split) -> bool:
+    """Save the explanation reference of the training set, when ``decalign.explain.reference`` exists."""
+    try:
+        from ..explain.reference import build_reference, save_reference
+    except ImportError:
+        return False
+    save_reference(run_dir, build_reference(model, card, train))
+    return True

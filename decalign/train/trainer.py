@@ -1,0 +1,296 @@
+"""The training loop: Adam, ReduceLROnPlateau, gradient clipping, early stopping, checkpoints, resume.
+
+``train(dataset, config, run_dir)`` is the entry point. Every finished epoch appends a row to
+``history.json``::
+
+    {"epoch": 3, "lr": 0.001, "seconds": 4.2,
+     "train": {"total", "task", "contrastive", "decoupling", "prototype_transport", "sample_to_prototype",
+               "moment_matching", "mmd"}       (sample-weighted means over the epoch's batches)
+     "valid": {every metric of decalign.train.metrics.compute_metrics, "loss"},
+     "selection": value of the selection metric, "improved": bool}
+
+The data order of epoch e is drawn from (seed, e), and every RNG is saved with the epoch, so a resumed
+run reproduces an uninterrupted one exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoint import ModelCard, load_card, save_card, save_model
+from ..config import DecAlignConfig
+from ..data.dataset import MultimodalDataset
+from ..data.torch_batches import iterate_batches
+from ..device import resolve_device
+from ..model import AlignmentLevels
+from . import finalize
+from .callbacks import Callback, CallbackList
+from .losses import balanced_class_weight, total_loss
+from .metrics import metric_direction, resolve_metric_name
+from .runs import (
+    ResumeState,
+    RunError,
+    check_resumable,
+    has_resume,
+    load_resume,
+    read_history,
+    save_resume,
+    write_history,
+    write_status,
+)
+
+BATCH_KEYS = ("total", "task", "contrastive", *AlignmentLevels.LEVELS)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | cancelled
+    best_epoch: int | None
+    best_value: float | None
+    selection_metric: str
+    history: list[dict[str, Any]]
+    card: ModelCard
+
+
+def train(dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
+          device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False
+          ) -> TrainResult:
+    """Train a DecAlign model on ``dataset`` and write the run directory (see ``decalign.train.runs``).
+
+    Parameters
+    ----------
+    dataset : needs labelled ``train`` and ``valid`` splits; ``test`` is evaluated at the end if present.
+    config : model and training settings (``config.train`` holds the optimisation ones).
+    run_dir : output folder; must not hold a run unless ``resume``.
+    device : ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a torch.device.
+    callbacks : progress reporting and cancellation (``decalign.train.callbacks``).
+    resume : continue the run in ``run_dir`` after its last finished epoch; refused when the data or the
+        configuration (other than ``train.num_epochs``) differ.
+    """
+    return Trainer(dataset, config, run_dir, device=device, callbacks=callbacks, resume=resume).fit()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s data order: a function of (seed, epoch) only, so resuming is exact."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch]).generate_state(1)[0])
+
+
+class Trainer:
+    """One training run; see ``train``. ``sync_every``: on a GPU, report batch losses this often."""
+
+    sync_every = 10
+
+    def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
+                 device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False):
+        self.dataset, self.config, self.run_dir = dataset, config.validate(), Path(run_dir)
+        self.device = resolve_device(device)
+        self.callbacks = CallbackList(callbacks)
+        self.resume = resume
+        _check_dataset(dataset)
+        self.task = dataset.task
+        self.convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
+        self.selection, self.mode = selection_rule(config, self.task, self.convention)
+
+    # ------------------------------------------------------------------------ setup
+
+    def fit(self) -> TrainResult:
+        self._prepare()
+        write_status(self.run_dir, "running", self.state.epoch)
+        self.callbacks.on_train_start(self.config.train.num_epochs, self.state.epoch + 1, self._num_batches())
+        try:
+            status = self._loop()
+            self._finish(status)
+        except BaseException as exc:
+            write_status(self.run_dir, "failed", self.state.epoch, error=f"{type(exc).__name__}: {exc}")
+            self.callbacks.on_train_end("failed")
+            raise
+        self.callbacks.on_train_end(status)
+        return TrainResult(self.run_dir, status, self.state.best_epoch, self.state.best_value, self.selection,
+                           self.history, self.card)
+
+    def _prepare(self) -> None:
+        cfg = self.config.train
+        fingerprint = self.dataset.fingerprint()
+        if self.resume:
+            check_resumable(self.run_dir, self.config, fingerprint)
+        elif (self.run_dir / "card.json").exists():
+            raise RunError(f"{self.run_dir}: already holds a run; pass --resume to continue it or choose "
+                           "another output folder")
+        seed_everything(cfg.seed)
+        self.card = self._new_card(fingerprint) if not self.resume else _resumed_card(self.run_dir, self.config)
+        self.model = self.card.build_model().to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
+                                          weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode=self.mode, patience=cfg.scheduler_patience, factor=cfg.factor)
+        self.class_weight = self._class_weight()
+        self.state, self.history = ResumeState(0, None, None, 0), []
+        if self.resume and has_resume(self.run_dir):
+            self.state = load_resume(self.run_dir, self.model, self.optimizer, self.scheduler)
+            self.history = read_history(self.run_dir)[: self.state.epoch]
+        save_card(self.run_dir, self.card)
+
+    def _new_card(self, fingerprint: str) -> ModelCard:
+        train = self.dataset.splits["train"]
+        classes = self.dataset.num_classes if self.task == "classification" else None
+        return ModelCard(
+            config=self.config, widths=self.dataset.widths, task=self.task, output_dim=classes or 1,
+            seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
+            label_range=[float(train.labels.min()), float(train.labels.max())],
+            data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
+            extra={"selection_metric": self.selection, "selection_mode": self.mode,
+                   "metric_convention": self.convention},
+        )
+
+    def _class_weight(self) -> torch.Tensor | None:
+        if self.task != "classification" or self.config.train.class_weight != "balanced":
+            return None
+        labels = self.dataset.splits["train"].labels
+        return balanced_class_weight(labels, self.dataset.num_classes).to(self.device)
+
+    def _num_batches(self) -> int:
+        return math.ceil(len(self.dataset.splits["train"]) / self.config.train.batch_size)
+
+    # ------------------------------------------------------------------------ the loop
+
+    def _loop(self) -> str:
+        cfg = self.config.train
+        for epoch in range(self.state.epoch + 1, cfg.num_epochs + 1):
+            if self._early_stop_due():
+                break
+            self.callbacks.on_epoch_start(epoch)
+            start = time.perf_counter()
+            means = self._train_epoch(epoch)
+            if means is None:  # cancelled mid-epoch: keep the weights reached, best stays as it was
+                save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
+                return "cancelled"
+            row = self._end_epoch(epoch, means, time.perf_counter() - start)
+            self.callbacks.on_epoch_end(epoch, row)
+            if self.callbacks.should_stop():
+                return "cancelled"
+        return "finished"
+
+    def _early_stop_due(self) -> bool:
+        patience = self.config.train.early_stop_patience
+        return patience >= 1 and self.state.bad_epochs >= patience
+
+    def _train_epoch(self, epoch: int) -> dict[str, float] | None:
+        """One pass over the training split; the epoch's mean of every term, or None if cancelled."""
+        cfg, model = self.config.train, self.model
+        train_split, n_batches = self.dataset.splits["train"], self._num_batches()
+        model.train()
+        summed = torch.zeros(len(BATCH_KEYS), device=self.device)  # stays on the device: one sync an epoch
+        batches = iterate_batches(train_split, cfg.batch_size, shuffle=True, seed=epoch_seed(cfg.seed, epoch),
+                                  device=self.device)
+        for i, batch in enumerate(batches, 1):
+            out = model(batch.inputs, batch.lengths, align=True)
+            total, terms = total_loss(out, batch.labels, cfg, self.task, self.class_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            self.optimizer.step()
+            values = _batch_values(terms, out.alignment)  # (len(BATCH_KEYS),) detached
+            summed += values * len(batch)
+            if self.device.type == "cpu" or i % self.sync_every == 0 or i == n_batches:
+                self.callbacks.on_batch_end(epoch, i, n_batches, dict(zip(BATCH_KEYS, values.tolist())))
+            if self.callbacks.should_stop():
+                return None
+        return dict(zip(BATCH_KEYS, (summed / len(train_split)).tolist()))
+
+    def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float) -> dict[str, Any]:
+        valid = finalize.evaluate_split(self.model, self.dataset.splits["valid"], self._eval_args())
+        value = valid[self.selection]
+        improved = self._improved(value)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if improved:
+            self.state.best_value, self.state.best_epoch, self.state.bad_epochs = value, epoch, 0
+            self.card.best_epoch, self.card.metrics = epoch, {"valid": valid}
+            save_model(self.run_dir, self.model, self.card, tag="best")
+        else:
+            self.state.bad_epochs += 1
+        self.scheduler.step(value)
+        self.state.epoch = epoch
+        row = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3), "train": means, "valid": valid,
+               "selection": value, "improved": improved}
+        self.history.append(row)
+        save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
+        save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
+        write_history(self.run_dir, self.history)
+        write_status(self.run_dir, "running", epoch)
+        return row
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        best = self.state.best_value
+        return best is None or (value < best if self.mode == "min" else value > best)
+
+    def _eval_args(self) -> finalize.EvalArgs:
+        return finalize.EvalArgs(self.task, self.config.train.task_loss, self.dataset.num_classes,
+                                 self.convention, max(self.config.train.batch_size, 256), self.class_weight)
+
+    # ------------------------------------------------------------------------ the end
+
+    def _finish(self, status: str) -> None:
+        best = self.run_dir / "best.safetensors"
+        if best.exists():
+            self.model.load_state_dict(load_file(str(best)))
+            self.model.to(self.device)
+            finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
+            self.card.extra.update(status=status, epochs_run=self.state.epoch,
+                                   stopped_early=status == "finished" and self._early_stop_due())
+            save_card(self.run_dir, self.card)
+            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
+        write_status(self.run_dir, status, self.state.epoch)
+
+
+def selection_rule(config: DecAlignConfig, task: str, convention: str = "mosi") -> tuple[str, str]:
+    """(metric key, "min"|"max") to select and early-stop on; "auto" = MAE (regression) or WAF1."""
+    cfg = config.train
+    name = cfg.selection_metric
+    if name.strip().lower() == "auto":
+        name = "MAE" if task == "regression" else "WAF1"
+    key = resolve_metric_name(name, task, convention)
+    mode = metric_direction(key) if cfg.selection_mode == "auto" else cfg.selection_mode
+    return key, mode
+
+
+def _batch_values(terms: dict[str, torch.Tensor], levels: AlignmentLevels) -> torch.Tensor:
+    parts = [terms["total"], terms["task"], terms["contrastive"]]
+    parts += [getattr(levels, name) for name in AlignmentLevels.LEVELS]
+    return torch.stack([p.detach().float().reshape(()) for p in parts])
+
+
+def _check_dataset(dataset: MultimodalDataset) -> None:
+    for name in ("train", "valid"):
+        split = dataset.splits.get(name)
+        if split is None or len(split) == 0:
+            raise ValueError(f"{dataset.report.source}: training needs a non-empty {name!r} split")
+        if split.labels is None:
+            raise ValueError(f"{dataset.report.source}: the {name!r} split has no labels; training needs them")
+    if dataset.task == "classification" and not dataset.num_classes:
+        raise ValueError(f"{dataset.report.source}: classification data without num_classes")
+
+
+def _resumed_card(run_dir: Path, config: DecAlignConfig) -> ModelCard:
+    card = load_card(run_dir)
+    card.config = config  # only num_epochs may differ (checked by check_resumable)
+    return card
