@@ -1,0 +1,50 @@
+"""Cross-modal attention of one sample: who each modality's steps looked at, layer by layer.
+
+Each modality's transformer uses its own steps as queries and the other modalities' steps, concatenated,
+as keys (``DecAlignOutput.attention_keys`` says which key columns belong to which modality). Weights are
+averaged over heads; each query row sums to 1.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..data.dataset import Split
+from ..model import DecAlign
+from .counterfactual import sample_inputs
+
+
+def key_labels(keys: list[tuple[str, int]]) -> list[str]:
+    """``["<source>:0", ..., "<source>:T-1", ...]`` for the key axis described by ``attention_keys``."""
+    return [f"{source}:{t}" for source, length in keys for t in range(length)]
+
+
+def cross_modal_attention(model: DecAlign, split: Split, row: int) -> dict[str, list[pd.DataFrame]]:
+    """modality -> one (T_q, T_k) DataFrame per layer; index "<m>:t", columns "<source>:t"."""
+    device = next(model.parameters()).device
+    inputs, lengths = sample_inputs(split, row, device)
+    model.eval()
+    with torch.inference_mode():
+        out = model(inputs, lengths or None, need_attention=True)
+    result = {}
+    for m, layers in out.attention.items():
+        columns = key_labels(out.attention_keys[m])
+        result[m] = [pd.DataFrame(w[0].float().cpu().numpy(), columns=columns,
+                                  index=[f"{m}:{t}" for t in range(w.shape[1])]) for w in layers]
+    return result
+
+
+def attention_to_modalities(attention: dict[str, list[pd.DataFrame]]) -> pd.DataFrame:
+    """How much each modality attended to each source, per layer.
+
+    Columns modality, layer, source, weight: the mean over query steps of the attention mass on the
+    source's keys (per modality and layer the weights over sources sum to 1).
+    """
+    records = []
+    for m, layers in attention.items():
+        for layer, frame in enumerate(layers):
+            sources = [c.rsplit(":", 1)[0] for c in frame.columns]
+            mass = frame.T.groupby(sources, sort=False).sum().T.mean(axis=0)  # per source
+            records += [(m, layer, source, float(w)) for source, w in mass.items()]
+    return pd.DataFrame.from_records(records, columns=["modality", "layer", "source", "weight"])

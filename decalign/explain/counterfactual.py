@@ -1,0 +1,107 @@
+"""What-if analysis for one sample: drop a modality (replace it with the training mean) or swap it in
+from another sample, re-run the model, and compare prediction, prototype assignment and transport cell.
+
+The "transport cell" of a sample is the tuple of its most likely prototype in every modality: the cell
+of the joint multi-marginal plan it falls in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.dataset import Split
+from ..model import DecAlign, Prototypes, posteriors
+from .reference import TrainingReference
+
+
+def sample_inputs(split: Split, row: int, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(1, T, D) inputs and (1,) lengths of one sample of ``split``."""
+    if not isinstance(row, (int, np.integer)) or isinstance(row, bool) or not 0 <= row < len(split):
+        raise IndexError(f"row must be an integer in [0, {len(split)}), found {row!r}")
+    inputs = {m: torch.as_tensor(x[row:row + 1], device=device, dtype=dtype) for m, x in split.features.items()}
+    lengths = {m: torch.as_tensor(split.lengths[m][row:row + 1], device=device) for m in split.lengths}
+    return inputs, lengths
+
+
+def fit_to_length(mean: np.ndarray, steps: int) -> np.ndarray:
+    """Crop a (T_ref, D) mean input to ``steps``; if shorter, pad with its average over time."""
+    if len(mean) >= steps:
+        return mean[:steps]
+    pad = np.repeat(mean.mean(0, keepdims=True), steps - len(mean), axis=0)
+    return np.concatenate([mean, pad])
+
+
+def evaluate(model: DecAlign, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None,
+             prototypes: dict[str, Prototypes]) -> tuple[np.ndarray, dict[str, int]]:
+    """Model output (out,) and the most likely prototype per modality for a single sample."""
+    model.eval()
+    with torch.inference_mode():
+        out = model(inputs, lengths or None)
+        assigned = {}
+        for m, pooled in out.unique_pooled.items():
+            p = prototypes[m]
+            proto = Prototypes(p.means.to(pooled), p.variances.to(pooled), p.weights.to(pooled))
+            assigned[m] = int(posteriors(pooled, proto)[0].argmax())
+    return out.prediction[0].double().cpu().numpy(), assigned
+
+
+def modality_counterfactuals(model: DecAlign, split: Split, row: int, reference: TrainingReference, *,
+                             swap_row: int | None = None,
+                             prototypes: dict[str, Prototypes] | None = None) -> pd.DataFrame:
+    """Drop (and optionally swap) each modality of sample ``row`` and re-run the model.
+
+    Columns: modality, change ("drop" | "swap"), prediction_before, prediction_after, delta, then
+    ``prototype_before:<m>`` / ``prototype_after:<m>`` for every modality, cell_before, cell_after.
+    For regression ``delta`` is the change of the predicted value; for classification it is the change
+    in the probability of the class predicted before the change (predictions are class indices).
+    """
+    prototypes = reference.prototypes if prototypes is None else prototypes
+    device = next(model.parameters()).device
+    inputs, lengths = sample_inputs(split, row, device)
+    swap = None if swap_row is None else sample_inputs(split, swap_row, device)
+    base, base_cell = evaluate(model, inputs, lengths, prototypes)
+    records = []
+    for m in model.modalities:
+        changes = {"drop": _dropped(inputs, lengths, m, reference, device)}
+        if swap is not None:
+            changes["swap"] = ({**inputs, m: swap[0][m]}, {**lengths, **({m: swap[1][m]} if m in swap[1] else {})})
+        for change, (new_inputs, new_lengths) in changes.items():
+            after, cell = evaluate(model, new_inputs, new_lengths, prototypes)
+            records.append(_record(m, change, base, after, base_cell, cell))
+    return pd.DataFrame.from_records(records)
+
+
+def _dropped(inputs, lengths, modality, reference, device):
+    steps = inputs[modality].shape[1]
+    mean = fit_to_length(reference.input_means[modality], steps)
+    replaced = torch.as_tensor(mean[None], device=device, dtype=inputs[modality].dtype)
+    new_lengths = dict(lengths)
+    if modality in new_lengths:  # the mean input is valid at every step
+        new_lengths[modality] = torch.full_like(new_lengths[modality], steps)
+    return {**inputs, modality: replaced}, new_lengths
+
+
+def _record(modality, change, base, after, base_cell, cell) -> dict:
+    regression = base.shape[0] == 1
+    if regression:
+        before_pred, after_pred, delta = float(base[0]), float(after[0]), float(after[0] - base[0])
+    else:
+        cls = int(base.argmax())
+        before_pred, after_pred = cls, int(after.argmax())
+        delta = float(_softmax(after)[cls] - _softmax(base)[cls])
+    record = {"modality": modality, "change": change, "prediction_before": before_pred,
+              "prediction_after": after_pred, "delta": delta}
+    for m in base_cell:
+        record[f"prototype_before:{m}"] = base_cell[m]
+        record[f"prototype_after:{m}"] = cell[m]
+    record["cell_before"] = tuple(base_cell.values())
+    record["cell_after"] = tuple(cell.values())
+    return record
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
