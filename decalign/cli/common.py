@@ -1,0 +1,63 @@
+"""Helpers shared by the subcommands: common options, loading data and configs, hashing, tables."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from ..config import DecAlignConfig
+from ..data import MultimodalDataset, Split, load_dataset
+from ..train.metrics import display_name
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="auto (a GPU when there is one), cpu, cuda or cuda:N (default: auto)")
+
+
+def add_data(parser: argparse.ArgumentParser, help_text: str = "dataset file (.pkl MMSA pickle or .npz)"
+             ) -> None:
+    parser.add_argument("--data", required=True, metavar="FILE", help=help_text)
+
+
+def load_config(path: str | None, assignments: list[str] | None) -> DecAlignConfig:
+    """Defaults, then the JSON file (ours or an official DecAlign config), then ``--set key=value``."""
+    config = DecAlignConfig.from_json(path) if path else DecAlignConfig()
+    return config.override(assignments) if assignments else config
+
+
+def load_data(path: str) -> MultimodalDataset:
+    return load_dataset(path)
+
+
+def pick_split(dataset: MultimodalDataset, name: str, source: str, *, labelled: bool = False) -> Split:
+    if name not in dataset.splits:
+        raise ValueError(f"{source}: no split {name!r}; the file has {', '.join(dataset.splits)}")
+    split = dataset.splits[name]
+    if labelled and split.labels is None:
+        raise ValueError(f"{source}: the {name!r} split has no labels; evaluation needs them")
+    return split
+
+
+def check_task(dataset: MultimodalDataset, task: str, num_classes: int | None, source: str) -> None:
+    if dataset.task != task:
+        raise ValueError(f"{source}: the data are for {dataset.task}, the checkpoint does {task}")
+    if task == "classification" and dataset.num_classes and num_classes and dataset.num_classes > num_classes:
+        raise ValueError(f"{source}: the data have {dataset.num_classes} classes, the checkpoint "
+                         f"predicts {num_classes}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns: the display name and the value with 4 decimals."""
+    names = {key: display_name(key) for key in metrics}
+    width = max((len(n) for n in names.values()), default=0)
+    return "\n".join(f"{names[k]:<{width}}  {v:.4f}" for k, v in metrics.items())

@@ -1,0 +1,49 @@
+"""``decalign eval``: metrics of a trained checkpoint on one split of a dataset file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data, add_device, check_task, load_data, metrics_table, pick_split
+
+HELP = "metrics of a checkpoint on a split of a dataset file"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help=HELP,
+        description="Evaluate a run directory (or a zip of one) on one split of a dataset file. The data "
+                    "must have exactly the checkpoint's modalities and widths.")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory or its zip")
+    add_data(parser)
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                        help="split to evaluate (default: test)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="samples per forward pass")
+    add_device(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..data import check_compatible
+    from ..device import resolve_device
+    from ..train.finalize import EvalArgs, evaluate_split
+
+    device = resolve_device(args.device)
+    model, card = load_model(args.checkpoint, device=device)
+    dataset = load_data(args.data)
+    check_compatible(dataset, card.widths, args.data)
+    check_task(dataset, card.task, card.num_classes, args.data)
+    split = pick_split(dataset, args.split, args.data, labelled=True)
+    convention = card.extra.get("metric_convention", "mosi")
+    eval_args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, convention,
+                         max(1, args.batch_size))
+    metrics = evaluate_split(model, split, eval_args)
+    if args.json:
+        print(json.dumps({"split": args.split, "samples": len(split), "metrics": metrics}, indent=2))
+    else:
+        print(f"{args.split} split of {args.data}: {len(split)} samples")
+        print(metrics_table(metrics))
+    return 0

@@ -1,0 +1,140 @@
+"""``decalign predict``: predictions with exact per-branch contributions, streamed to a CSV file.
+
+The split is processed in chunks of ``--batch-size`` samples, each chunk's rows appended to a temporary
+file that replaces ``--out`` at the end, so memory stays bounded for any number of samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .common import add_data, add_device, check_task, file_sha256, load_data
+
+HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help=HELP,
+        description="One CSV row per sample: id, split, prediction (for classification the predicted class "
+                    "and prob_<c> per class), label when known, and the exact contribution of every branch "
+                    "of the linear head (contrib_unique_<m>, contrib_common_<m>, contrib_bias; for "
+                    "classification those of the predicted class), which sum to the head's output. "
+                    "The predictions are also appended to the audit trail ($DECALIGN_AUDIT_DB or "
+                    "~/.local/share/decalign-studio/audit.sqlite3) unless --no-audit.")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory or its zip")
+    add_data(parser)
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
+                        help="split to predict, or all of them (default: test)")
+    parser.add_argument("--out", required=True, metavar="CSV", help="CSV file to write")
+    parser.add_argument("--batch-size", type=int, default=1024, metavar="N",
+                        help="samples per chunk (default: 1024)")
+    parser.add_argument("--no-audit", action="store_true", help="do not record the predictions")
+    add_device(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write
+    from ..checkpoint import load_model
+    from ..data import check_compatible
+    from ..device import resolve_device
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, found {args.batch_size}")
+    model, card = load_model(args.checkpoint, device=resolve_device(args.device))
+    dataset = load_data(args.data)
+    check_compatible(dataset, card.widths, args.data)
+    check_task(dataset, card.task, card.num_classes, args.data)
+    names = list(dataset.splits) if args.split == "all" else [args.split]
+    missing = [n for n in names if n not in dataset.splits]
+    if missing:
+        raise ValueError(f"{args.data}: no split {missing[0]!r}; the file has {', '.join(dataset.splits)}")
+    audit = None if args.no_audit else _Audit(args.checkpoint, args.data)
+    count = 0
+
+    def write(tmp: str) -> None:
+        nonlocal count
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header(model.modalities, card.task, card.output_dim))
+            for name in names:
+                for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
+                    rows = list(result_rows(result, name))
+                    writer.writerows(rows)
+                    count += len(rows)
+                    if audit is not None:
+                        audit.record(result, name)
+
+    atomic_write(Path(args.out), write)
+    print(f"wrote {count} predictions to {args.out}" + ("" if audit is None else f"; audit trail {audit.path}"))
+    return 0
+
+
+def header(modalities: list[str], task: str, output_dim: int) -> list[str]:
+    probs = [f"prob_{c}" for c in range(output_dim)] if task == "classification" else []
+    branches = [f"contrib_unique_{m}" for m in modalities] + [f"contrib_common_{m}" for m in modalities]
+    return ["id", "split", "prediction", *probs, "label", *branches, "contrib_bias"]
+
+
+def result_rows(result, split: str) -> Iterator[list]:
+    """CSV rows of one chunk's ``InferenceResult``: contributions of the predicted output."""
+    picked = _picked_contributions(result)  # (N, B + 1)
+    probs = result.probabilities
+    labels = result.labels
+    for i, sample_id in enumerate(result.ids):
+        pred = result.predictions[i]
+        row = [sample_id, split, int(pred) if result.task == "classification" else float(pred)]
+        if probs is not None:
+            row += [float(p) for p in probs[i]]
+        row.append("" if labels is None else labels[i].item())
+        row += [float(v) for v in picked[i]]
+        yield row
+
+
+def _picked_contributions(result) -> np.ndarray:
+    contrib = result.contributions()  # (N, out, B + 1)
+    index = np.zeros(len(result), dtype=np.int64) if result.task == "regression" else result.predictions
+    return contrib[np.arange(len(result)), index]
+
+
+def _chunks(model, split, task: str, size: int):
+    from ..inference import run_inference
+
+    for start in range(0, len(split), size):
+        part = split.subset(np.arange(start, min(start + size, len(split))))
+        yield run_inference(model, part, task=task, batch_size=size)
+
+
+class _Audit:
+    """Appends each chunk's predictions to the audit trail, tagged with the checkpoint and input file."""
+
+    def __init__(self, checkpoint: str, data: str):
+        from ..audit.store import AuditTrail
+        from ..checkpoint import model_fingerprint
+
+        self.trail = AuditTrail()
+        self.path = self.trail.path
+        self.fingerprint = model_fingerprint(checkpoint)
+        self.sha = file_sha256(data)
+        self.name = Path(data).name
+
+    def record(self, result, split: str) -> None:
+        picked = _picked_contributions(result)
+        names = [*result.branch_names, "bias"]
+        rows = []
+        for i, sample_id in enumerate(result.ids):
+            pred = result.predictions[i]
+            rows.append({
+                "source": "cli", "checkpoint_fingerprint": self.fingerprint, "input_sha256": self.sha,
+                "input_name": self.name, "split": split, "sample_id": str(sample_id),
+                "prediction": int(pred) if result.task == "classification" else float(pred),
+                "label": None if result.labels is None else result.labels[i].item(),
+                "contributions": dict(zip(names, (float(v) for v in picked[i]))),
+            })
+        self.trail.record_predictions(rows)

@@ -1,0 +1,55 @@
+"""``decalign train``: fit a DecAlign model on a dataset file and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_data, add_device, load_config, load_data, metrics_table
+
+HELP = "train a model on a dataset file and write a run directory"
+DESCRIPTION = """Train DecAlign on a dataset file (MMSA pickle or npz) and write a run directory:
+card.json (config, modalities, metrics, prototypes), best.safetensors, last.safetensors, history.json,
+status.json and resume/. The configuration starts from the defaults, then --config (this project's
+JSON or an official DecAlign config such as dec_mosi_config.json), then every --set."""
+EPILOG = """examples:
+  decalign train --data mosi.pkl --config dec_mosi_config.json --out runs/mosi
+  decalign train --data mosi.pkl --set num_epochs=5 --set train.learning_rate=1e-3 --out runs/quick
+  decalign train --data mosi.pkl --out runs/mosi --resume     (continue after the last finished epoch)"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data(parser)
+    parser.add_argument("--config", metavar="JSON", help="configuration file (ours or an official one)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. num_epochs=5 or model.d_model=32 (repeatable)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out; refused if the data or the configuration differ "
+                             "(except num_epochs)")
+    add_device(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import TqdmCallback, selection_rule, train
+
+    config = load_config(args.config, args.set)
+    dataset = load_data(args.data)
+    callbacks = []
+    if not args.quiet:
+        convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
+        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
+    result = train(dataset, config, args.out, device=args.device, callbacks=callbacks, resume=args.resume)
+    print(f"{result.status}: best epoch {result.best_epoch} "
+          f"(valid {result.selection_metric} = {_fmt(result.best_value)}); run directory {result.run_dir}")
+    if "test" in result.card.metrics:
+        print("test metrics:")
+        print(metrics_table(result.card.metrics["test"]))
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

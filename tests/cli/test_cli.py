@@ -1,0 +1,164 @@
+"""The ``decalign`` command line end to end: train -> eval -> predict, errors, help, import-official."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from decalign import cli
+from decalign.audit.store import AuditTrail
+from decalign.checkpoint import load_card, load_model, model_fingerprint
+from decalign.cli import main
+from decalign.cli.common import file_sha256
+from decalign.data import load_dataset, make_synthetic, save_npz
+from decalign.inference import run_inference
+
+
+def test_train_writes_a_run(regression_run, capsys):
+    _, run = regression_run
+    for name in ("card.json", "best.safetensors", "last.safetensors", "history.json", "status.json"):
+        assert (run / name).exists()
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert len(json.loads((run / "history.json").read_text())) == 2
+
+
+def test_eval_json_matches_the_card(regression_run, capsys):
+    data, run = regression_run
+    assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and report["samples"] == 30
+    assert report["metrics"]["MAE"] == pytest.approx(load_card(run).metrics["test"]["MAE"], rel=1e-6)
+    assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "valid"]) == 0
+    table = capsys.readouterr().out
+    assert "MAE" in table and "Acc-2 (non0)" in table
+
+
+def test_predict_csv_rows_columns_contributions_and_audit(regression_run, tmp_path, audit_db, capsys):
+    data, run = regression_run
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--checkpoint", str(run), "--data", str(data), "--out", str(out),
+                 "--batch-size", "7"]) == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "split", "prediction", "label", "contrib_unique_a", "contrib_unique_b",
+                                   "contrib_common_a", "contrib_common_b", "contrib_bias"]
+    test = load_dataset(data).splits["test"]
+    assert len(frame) == 30 and list(frame["id"]) == list(test.ids) and set(frame["split"]) == {"test"}
+    np.testing.assert_allclose(frame["label"], test.labels, rtol=1e-6)
+    contrib = frame.filter(like="contrib_").sum(axis=1)
+    np.testing.assert_allclose(contrib, frame["prediction"], rtol=1e-5, atol=1e-5)
+    model, _ = load_model(run)
+    expected = run_inference(model, test, task="regression").predictions  # chunking changes nothing
+    np.testing.assert_allclose(frame["prediction"], expected, rtol=1e-5, atol=1e-6)
+    rows = AuditTrail(audit_db).predictions()
+    assert len(rows) == 30 and set(rows["source"]) == {"cli"}
+    assert set(rows["checkpoint_fingerprint"]) == {model_fingerprint(run)}
+    assert set(rows["input_sha256"]) == {file_sha256(data)}
+
+
+def test_predict_all_splits_without_audit(regression_run, tmp_path, audit_db):
+    data, run = regression_run
+    out = tmp_path / "all.csv"
+    assert main(["predict", "--checkpoint", str(run), "--data", str(data), "--split", "all",
+                 "--out", str(out), "--no-audit"]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 150 and list(frame["split"].unique()) == ["train", "valid", "test"]
+    assert not audit_db.exists() or len(AuditTrail(audit_db).predictions()) == 0
+
+
+def test_predict_classification_probabilities_and_contributions(classification_run, tmp_path):
+    data, run = classification_run
+    out = tmp_path / "cls.csv"
+    assert main(["predict", "--checkpoint", str(run), "--data", str(data), "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    probs = frame[["prob_0", "prob_1", "prob_2"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert np.array_equal(frame["prediction"], probs.argmax(1))
+    model, _ = load_model(run)
+    test = load_dataset(data).splits["test"]
+    logits = run_inference(model, test, task="classification").outputs
+    picked = logits[np.arange(len(frame)), frame["prediction"].to_numpy()]
+    np.testing.assert_allclose(frame.filter(like="contrib_").sum(axis=1), picked, rtol=1e-5, atol=1e-5)
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("decalign: error: "), err
+    return err[0]
+
+
+def test_missing_data_file_exits_2_with_one_line(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 2 and "nope.npz" in one_error_line(capsys)
+
+
+def test_bad_set_key_exits_2(regression_run, tmp_path, capsys):
+    data, _ = regression_run
+    code = main(["train", "--data", str(data), "--set", "model.no_such_key=3", "--out", str(tmp_path / "r")])
+    assert code == 2 and "no_such_key" in one_error_line(capsys)
+
+
+def test_eval_on_width_mismatched_data_exits_2(regression_run, tmp_path, capsys):
+    _, run = regression_run
+    other = tmp_path / "other.npz"
+    save_npz(make_synthetic(20, 10, 10, widths={"a": 5, "b": 6}, seq_len=3, seed=0), other)
+    code = main(["eval", "--checkpoint", str(run), "--data", str(other)])
+    line = one_error_line(capsys)
+    assert code == 2 and "'a' has width 5, expected 4" in line
+
+
+def test_train_refuses_an_existing_run_and_bad_device(regression_run, capsys):
+    data, run = regression_run
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet"]) == 2
+    assert "already holds a run" in one_error_line(capsys)
+    assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--device", "tpu"]) == 2
+    assert "unknown device" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "import-official"])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out
+
+
+def test_missing_subcommand_module_is_skipped(monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "not_written_yet"))
+    parser = cli.build_parser()
+    assert "train" in parser.format_help()
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "decalign", "--help"], check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "import-official" in done.stdout
+
+
+def test_import_official(tmp_path, capsys):
+    from tests.reference.official_model import OfficialDecAlign, official_config_dict
+
+    cfg = official_config_dict(dst_feature_dim_nheads=[8, 2], nlevels=1, num_prototypes=3, pde_dim=8,
+                               use_bert=False)
+    torch.manual_seed(0)
+    official = OfficialDecAlign(cfg, feature_dims=(6, 3, 4), output_dim=1).eval()
+    torch.save(official.state_dict(), tmp_path / "model.pth")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    args = ["import-official", "--state-dict", str(tmp_path / "model.pth"), "--config", str(tmp_path / "cfg.json"),
+            "--out", str(tmp_path / "run")]
+    with pytest.warns(UserWarning, match="BERT"):
+        assert main([*args, "--feature-dims", "6,3,4"]) == 0
+    model, card = load_model(tmp_path / "run")
+    assert card.widths == {"text": 6, "audio": 3, "vision": 4} and card.source == "imported-official"
+    x = [torch.randn(2, 5, w) for w in (6, 3, 4)]
+    with torch.no_grad():
+        ours = model(dict(zip(card.widths, x))).prediction
+        theirs = official(*x)["output_logit"]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert main([*args, "--feature-dims", "6,3"]) == 2
+    assert "feature-dims" in one_error_line(capsys)
