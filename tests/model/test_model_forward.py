@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decalign.config import ModelConfig
 from decalign.model import DecAlign, DecAlignOutput, Prototypes, fit_gmm, posteriors
 from tests.model.helpers import random_inputs, small_config
 
@@ -110,9 +111,10 @@ def test_self_attention_is_causal_when_cross_modal_attention_is_off(widths):
             torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
 
 
-def test_gradients_reach_every_parameter(widths):
+@pytest.mark.parametrize("config", [small_config(num_layers=2), ModelConfig()], ids=["small", "default"])
+def test_gradients_reach_every_parameter(widths, config):
     torch.manual_seed(0)
-    model = DecAlign(small_config(num_layers=2), widths, 1).train()
+    model = DecAlign(config, widths, 1).train()
     out = model(random_inputs(widths, {"text": 4, "audio": 6, "vision": 3}, batch=8))
     total_loss(out, torch.randn(8)).backward()
     params = dict(model.named_parameters())
@@ -130,6 +132,7 @@ def permute_time(inputs: dict[str, torch.Tensor], seed: int) -> dict[str, torch.
 def test_without_positions_prediction_ignores_time_order_of_each_modality(widths):
     # Queries are equivariant and keys/values invariant under a time permutation, and pooling is a mean.
     model = DecAlign(small_config(num_layers=2), widths, 1).eval()
+    assert model.config.positional_encoding is False  # the default
     x = random_inputs(widths, {"text": 5, "audio": 7, "vision": 4})
     shuffled = permute_time(x, seed=3)
     assert not torch.equal(shuffled["audio"], x["audio"])
@@ -164,6 +167,9 @@ def test_padded_steps_do_not_change_the_prediction_with_sequence_mask(widths, cr
     with_clean = model(clean, lengths).prediction
     with_garbage = model(padded, lengths).prediction
     torch.testing.assert_close(with_garbage, with_clean, atol=1e-5, rtol=1e-5)
+    # the explicit-softmax path (need_attention) masks exactly like the fused one
+    torch.testing.assert_close(model(padded, lengths, need_attention=True).prediction, with_clean,
+                               atol=1e-5, rtol=1e-5)
     # and each sample equals a run on just its valid steps, alone
     for i in range(3):
         alone = {m: x[i:i + 1, : int(lengths[m][i])] for m, x in clean.items()}
