@@ -109,17 +109,21 @@ def median_bandwidth(x: np.ndarray, max_points: int = 1000, seed: int = 0) -> fl
     x = np.asarray(x, dtype=np.float64)
     if len(x) > max_points:
         x = x[np.random.default_rng(seed).choice(len(x), max_points, replace=False)]
-    sq = ((x[:, None, :] - x[None]) ** 2).sum(-1)
-    pairs = sq[np.triu_indices(len(x), k=1)]
+    pairs = squared_distances(x, x)[np.triu_indices(len(x), k=1)]
     med = float(np.median(pairs)) if pairs.size else 1.0
     return float(np.sqrt(med / 2)) if med > 0 else 1.0
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) ``||a_i - b_j||^2`` as ``|a|^2 + |b|^2 - 2 a.b`` (no (N, M, d) temporary), clipped at 0."""
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(sq, 0.0)
 
 
 def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
     """Biased MMD^2 with ``k(x, y) = exp(-||x - y||^2 / (2 s^2))`` (same estimate as ``gaussian_mmd``)."""
     def kernel_mean(a, b):
-        sq = ((a[:, None, :] - b[None]) ** 2).sum(-1)
-        return float(np.exp(-sq / (2 * bandwidth**2)).mean())
+        return float(np.exp(-squared_distances(a, b) / (2 * bandwidth**2)).mean())
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     return max(kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y), 0.0)

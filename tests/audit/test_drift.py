@@ -1,0 +1,56 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
+
+from explain_fixtures import digits, train_small
+
+from decalign.audit.drift import batch_drift, gmm_ot_distance
+from decalign.explain import build_reference
+from decalign.model import Prototypes
+
+
+@pytest.fixture(scope="module")
+def reference():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ds = digits()
+    model, card = train_small(ds, steps=60)
+    yield build_reference(model, card, ds.splits["train"])
+    torch.set_num_threads(threads)
+
+
+def test_training_resample_is_not_drifted(reference):
+    idx = np.random.default_rng(5).choice(len(reference.train_ids), 100, replace=False)
+    batch = {"unique": {m: x[idx] for m, x in reference.train_unique.items()},
+             "common": {m: x[idx] for m, x in reference.train_common.items()}}
+    drift = batch_drift(batch, reference, n_resamples=10)
+    assert list(drift.columns) == ["modality", "space", "statistic", "value", "band_low", "band_high", "drifted"]
+    assert len(drift) == 6
+    assert not drift.drifted.any()
+
+
+def test_shifted_batch_is_drifted(reference):
+    idx = np.random.default_rng(6).choice(len(reference.train_ids), 100, replace=False)
+    shift = lambda d: {m: x[idx] + 3 * x.std(0) for m, x in d.items()}
+    drift = batch_drift({"unique": shift(reference.train_unique), "common": shift(reference.train_common)},
+                        reference, n_resamples=10)
+    assert drift.drifted.all()
+    assert (drift.value > 3 * drift.band_high).all()
+
+
+def test_gmm_ot_of_identical_single_gaussians_matches_bures():
+    # One component each: GMM-OT reduces to W2^2 between two diagonal Gaussians (closed form).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3)) * [1.0, 2.0, 0.5] + [1.0, 0.0, -1.0]
+    target = Prototypes(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([1.0]))
+    got = gmm_ot_distance(x, target, 1)
+    mean, var = x.mean(0), x.var(0) + 1e-4  # fit_gmm adds its variance floor
+    expected = ((mean - 0) ** 2).sum() + ((np.sqrt(var) - 1) ** 2).sum()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert ot.__version__.startswith("0.9")

@@ -1,0 +1,77 @@
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
+
+from explain_fixtures import digits, train_small
+
+from decalign.audit.flags import compute_flags
+from decalign.audit.slices import dominant_branch, prediction_table, slice_metrics
+from decalign.explain import build_reference
+from decalign.inference import run_inference
+from decalign.train.metrics import compute_metrics
+
+
+@pytest.fixture(scope="module")
+def setup():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ds = digits()
+    model, card = train_small(ds, steps=60)
+    ref = build_reference(model, card, ds.splits["train"])
+    result = run_inference(model, ds.splits["test"], task=card.task, prototypes=ref.prototypes)
+    yield card, ref, result, compute_flags(result, ref, card)
+    torch.set_num_threads(threads)
+
+
+def test_class_slices_match_direct_metrics(setup):
+    card, _, result, flags = setup
+    table = slice_metrics(result, flags, card, by="class")
+    assert table.n.sum() == len(result)
+    row = table[table.slice == 3].iloc[0]
+    idx = result.labels == 3
+    assert row.Acc == pytest.approx(np.mean(result.predictions[idx] == 3))
+    assert "F1_class_0" not in table.columns
+
+
+def test_flag_and_prototype_slices(setup):
+    card, _, result, flags = setup
+    by_flag = slice_metrics(result, flags, card, by="flags", min_samples=1)
+    assert set(by_flag.slice) <= {"flagged", "not flagged"}
+    assert by_flag.n.sum() == len(result)
+    by_proto = slice_metrics(result, flags, card, by="prototype:pixel", min_samples=1000)
+    assert by_proto.n.sum() == len(result) and by_proto.drop(columns=["slice", "n"]).empty
+    with pytest.raises(ValueError, match="by must be"):
+        slice_metrics(result, flags, card, by="colour")
+
+
+def test_regression_label_bins(setup):
+    card, _, result, _ = setup
+    reg = result.subset(np.arange(len(result)))
+    reg.task = "regression"
+    reg.outputs = reg.outputs[:, :1]
+    reg.labels = (result.labels.astype(np.float32) / 1.5 - 3).astype(np.float32)
+    reg.head_weight, reg.head_bias = reg.head_weight[:1], reg.head_bias[:1]
+    rcard = replace(card, task="regression", label_range=[-3.0, 3.0])
+    table = slice_metrics(reg, None, rcard, by="label_bin", min_samples=5)
+    assert set(table.slice) <= set(range(-3, 4))
+    row = table[table.slice == -3].iloc[0]
+    idx = np.clip(np.round(reg.labels), -3, 3) == -3
+    assert row.MAE == pytest.approx(compute_metrics("regression", reg.outputs[idx, 0], reg.labels[idx])["MAE"])
+
+
+def test_prediction_table_and_dominant_branch(setup):
+    card, _, result, flags = setup
+    table = prediction_table(result, flags, "test", None, card)
+    assert list(table.columns[:6]) == ["id", "split", "raw_text", "prediction", "label", "error"]
+    assert table.error.mean() == pytest.approx(1 - np.mean(result.predictions == result.labels))
+    terms = result.contributions()[0, result.outputs[0].argmax(), :-1]
+    assert dominant_branch(result)[0] == result.branch_names[int(np.abs(terms).argmax())]
+    assert table.dominant_branch[0] == dominant_branch(result)[0]
+    flagged = table[table.any_flag]
+    assert all(f for f in flagged["flags"])
