@@ -172,7 +172,7 @@ def sankey_links(view: PlanView, order: list[str] | None = None) -> pd.DataFrame
     if sorted(order) != sorted(view.order):
         raise ValueError(f"order must list the plan's modalities {view.order}, found {order}")
     rows = []
-    for a, b in zip(order[:-1], order[1:]):
+    for a, b in itertools.pairwise(order):
         pair = _pair(view.plan, view.order.index(a), view.order.index(b))
         for k, row in enumerate(pair):
             for j, value in enumerate(row):

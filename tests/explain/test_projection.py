@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from decalign.explain.projection import project, project_joint, project_with_points
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6.0, size=(3, 12))
+    return np.concatenate([c + rng.normal(size=(40, 12)) for c in centres])  # (120, 12)
+
+
+def _same_up_to_sign(a, b):
+    signs = np.sign((a * b).sum(0))
+    np.testing.assert_allclose(a, b * signs, atol=1e-8)
+
+
+def test_pca_equals_scikit_learn_and_svd(blobs):
+    proj = project(blobs, "pca")
+    expected = PCA(n_components=2, svd_solver="full").fit_transform(blobs)
+    np.testing.assert_allclose(proj.coords, expected, atol=1e-10)
+    centred = blobs - blobs.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    _same_up_to_sign(proj.coords, centred @ vt[:2].T)
+    assert (proj.method, proj.fitted_on, proj.note) == ("pca", 120, "")
+
+
+def test_pca_sampling_path_fits_on_seeded_sample_and_transforms_all(blobs):
+    proj = project(blobs, "pca", fit_limit=50, seed=3)
+    rows = np.sort(np.random.default_rng(3).choice(120, 50, replace=False))
+    expected = PCA(n_components=2, svd_solver="full").fit(blobs[rows]).transform(blobs)
+    np.testing.assert_allclose(proj.coords, expected, atol=1e-10)
+    assert proj.fitted_on == 50 and "50 of the 120" in proj.note
+    # a projection fitted on all rows differs: the sample really was used
+    assert not np.allclose(proj.coords, project(blobs, "pca").coords)
+
+
+def test_umap_is_deterministic_and_samples_above_fit_limit(blobs):
+    a = project(blobs, "umap", seed=1, n_neighbors=10)
+    b = project(blobs, "umap", seed=1, n_neighbors=10)
+    np.testing.assert_array_equal(a.coords, b.coords)
+    assert a.coords.shape == (120, 2) and np.isfinite(a.coords).all() and a.fitted_on == 120
+    sampled = project(blobs, "umap", seed=1, fit_limit=60, n_neighbors=10)
+    assert sampled.coords.shape == (120, 2) and np.isfinite(sampled.coords).all()
+    assert sampled.fitted_on == 60 and "60 of the 120" in sampled.note
+    # the three blobs stay apart in the transformed points too: nearest centroid recovers the blob
+    groups = np.repeat(np.arange(3), 40)
+    centroids = np.stack([sampled.coords[groups == g].mean(0) for g in range(3)])
+    nearest = np.argmin(((sampled.coords[:, None] - centroids[None]) ** 2).sum(-1), 1)
+    assert (nearest == groups).mean() > 0.95
+
+
+def test_umap_falls_back_to_pca_for_tiny_inputs():
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    proj = project(x, "umap")
+    assert proj.method == "pca" and "Too few points" in proj.note
+    np.testing.assert_allclose(proj.coords, project(x, "pca").coords)
+
+
+def test_joint_projection_stacks_modalities_in_order(blobs):
+    feats = {"a": blobs[:70], "b": blobs[70:]}
+    proj, labels = project_joint(feats, "pca")
+    np.testing.assert_allclose(proj.coords, project(blobs, "pca").coords)
+    assert list(labels[:70]) == ["a"] * 70 and list(labels[70:]) == ["b"] * 50
+    with pytest.raises(ValueError, match="different feature shapes"):
+        project_joint({"a": blobs, "b": blobs[:, :5]}, "pca")
+
+
+def test_points_share_the_samples_projection(blobs):
+    means = np.stack([blobs[:40].mean(0), blobs[40:80].mean(0)])
+    coords, points = project_with_points(blobs, means)
+    np.testing.assert_allclose(coords, project(blobs, "pca").coords)
+    # PCA is affine, so the image of a mean is the mean of the images
+    np.testing.assert_allclose(points[0], coords[:40].mean(0), atol=1e-10)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 3)), "non-empty"), (np.zeros(4), "non-empty"), (np.array([[1.0, np.nan]]), "non-finite"),
+])
+def test_bad_input_is_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        project(bad, "pca")
+    with pytest.raises(ValueError, match="method"):
+        project(np.zeros((3, 3)), "tsne")
