@@ -27,7 +27,7 @@ class TransportResult:
     marginals: dict[str, torch.Tensor]  # (K_m,) target marginal per modality
     transport_cost: torch.Tensor  # scalar <plan, cost>, not the entropic objective
     iterations: int
-    marginal_error: float  # max |plan marginal - target| at the end
+    marginal_error: float  # largest L1 gap between a plan marginal and its target, at the end
     converged: bool
 
     def pair_plan(self, a: str, b: str, order: list[str]) -> torch.Tensor:
