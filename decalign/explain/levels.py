@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,3 +151,16 @@ def _level_of(key: str) -> str | None:
         if any(word in lowered for word in words):
             return level
     return None
+
+
+def load_history(run_dir: str | Path | None) -> list[dict[str, Any]]:
+    """The rows of ``<run_dir>/history.json``; [] when there is no run directory, no file or no valid JSON
+    list (an imported or uploaded model has no history, and a half-written file must not break a page)."""
+    if run_dir is None:
+        return []
+    path = Path(run_dir) / "history.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    return data if isinstance(data, list) else []

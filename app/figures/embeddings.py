@@ -1,0 +1,134 @@
+"""Embedding figures: 2-D scatter plots of projected features, coloured by a chosen property.
+
+Every point carries its row index in ``customdata`` so a lasso or box selection maps back to samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from decalign.inference import InferenceResult
+
+COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
+# WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
+DENSE_POINTS = 5000
+
+
+def spaces(result: InferenceResult) -> list[str]:
+    """Names of the projected spaces: ``unique:<m>`` then ``common:<m>`` for every modality."""
+    return [f"unique:{m}" for m in result.unique_pooled] + [f"common:{m}" for m in result.common_pooled]
+
+
+def space_features(result: InferenceResult, space: str) -> np.ndarray:
+    """(N, d) pooled features of ``space`` ("unique:<m>" or "common:<m>")."""
+    part, _, modality = space.partition(":")
+    table = {"unique": result.unique_pooled, "common": result.common_pooled}.get(part)
+    if table is None or modality not in table:
+        raise ValueError(f"unknown space {space!r}; expected one of {spaces(result)}")
+    return table[modality]
+
+
+def colour_values(result: InferenceResult, by: str, modality: str | None,
+                  class_names: list[str] | None = None) -> tuple[np.ndarray, bool]:
+    """(N,) values to colour the samples by, and whether they are continuous (else categories).
+
+    ``error``: "correct"/"wrong" for classification, |prediction - label| for regression. ``prototype``:
+    the most probable training prototype of ``modality`` (argmax of the posteriors). Values that are not
+    available (no labels, no prototypes) are "n/a".
+    """
+    n = len(result)
+    regression = result.task == "regression"
+    if by == "modality":
+        return np.full(n, modality or "all", dtype=object), False
+    if by == "prediction":
+        return (result.predictions.astype(float), True) if regression else (_names(result.predictions, class_names), False)
+    if by == "prototype":
+        if result.posteriors is None or modality not in result.posteriors:
+            return np.full(n, "n/a", dtype=object), False
+        return np.array([f"prototype {k}" for k in result.posteriors[modality].argmax(1)], dtype=object), False
+    if result.labels is None:
+        return np.full(n, "n/a", dtype=object), False
+    if by == "label":
+        return (result.labels.astype(float), True) if regression else (_names(result.labels, class_names), False)
+    if by == "error":
+        if regression:
+            return np.abs(result.predictions - result.labels).astype(float), True
+        return np.where(result.predictions == result.labels, "correct", "wrong").astype(object), False
+    raise ValueError(f"colour_by must be one of {COLOUR_BY}, found {by!r}")
+
+
+def _names(values: np.ndarray, class_names: list[str] | None) -> np.ndarray:
+    return np.array([class_names[int(v)] if class_names and int(v) < len(class_names) else str(int(v))
+                     for v in values], dtype=object)
+
+
+def hover_texts(result: InferenceResult, raw_text: np.ndarray | None, max_chars: int = 120) -> np.ndarray:
+    """(N,) hover text: sample id and, when the data has it, the raw text (shortened)."""
+    texts = [f"id: {i}" for i in result.ids]
+    if raw_text is not None:
+        texts = [t + "<br>" + _short(str(r), max_chars) for t, r in zip(texts, raw_text)]
+    return np.array(texts, dtype=object)
+
+
+def _short(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hover: np.ndarray,
+                   rows: np.ndarray, title: str, colour_title: str = "") -> go.Figure:
+    """WebGL scatter of (N, 2) ``coords``; one trace per category (a legend) or one with a colour bar.
+
+    ``rows`` (N,) are written to ``customdata`` so selections can be mapped back (see
+    :func:`selected_rows`).
+    """
+    n = len(coords)
+    marker = {"size": 4 if n > DENSE_POINTS else 6, "opacity": 0.6 if n > DENSE_POINTS else 0.85}
+    fig = go.Figure()
+    if continuous:
+        fig.add_trace(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=rows,
+                                   text=hover, hovertemplate="%{text}<extra></extra>", showlegend=False,
+                                   marker={**marker, "color": colour, "colorscale": "Viridis",
+                                           "colorbar": {"title": colour_title}}))
+    else:
+        for value in sorted(set(colour.tolist()), key=str):
+            mask = colour == value
+            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=str(value),
+                                       customdata=rows[mask], text=hover[mask], marker=marker,
+                                       hovertemplate="%{text}<extra>" + str(value) + "</extra>"))
+    fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"title": colour_title, "itemsizing": "constant"}, dragmode="lasso")
+    fig.update_xaxes(showticklabels=False, title=None)
+    fig.update_yaxes(showticklabels=False, title=None)
+    return fig
+
+
+def selected_rows(selection) -> np.ndarray:
+    """Row indices picked in a chart, from Streamlit's plotly selection state (or a plain dict).
+
+    Reads ``selection["points"][*]["customdata"]`` (a scalar or a one-element list); unique, sorted.
+    """
+    if not selection:
+        return np.array([], dtype=int)
+    points = selection.get("points", []) if hasattr(selection, "get") else []
+    rows = []
+    for point in points:
+        data = point.get("customdata") if hasattr(point, "get") else None
+        if isinstance(data, (list, tuple)):
+            data = data[0] if data else None
+        if data is not None:
+            rows.append(int(data))
+    return np.unique(np.array(rows, dtype=int))
+
+
+def sample_table(result: InferenceResult, raw_text: np.ndarray | None, rows: np.ndarray,
+                 class_names: list[str] | None = None) -> pd.DataFrame:
+    """The selected samples: id, label, prediction (and raw text when there is some)."""
+    frame = pd.DataFrame({"id": result.ids[rows].astype(str)})
+    if result.labels is not None:
+        frame["label"] = colour_values(result, "label", None, class_names)[0][rows]
+    frame["prediction"] = colour_values(result, "prediction", None, class_names)[0][rows]
+    if raw_text is not None:
+        frame["text"] = raw_text[rows]
+    return frame

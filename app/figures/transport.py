@@ -1,0 +1,98 @@
+"""Prototype and transport figures: prototypes among their samples, plan and cost heatmaps with
+marginals, multi-marginal flows as a Sankey diagram, and the entropy sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from decalign.explain.transport_view import PlanView
+
+
+def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
+                      weights: np.ndarray, title: str) -> go.Figure:
+    """Samples (WebGL, coloured by their most probable prototype) and the prototype means (stars, sized
+    by weight) in one PCA plane."""
+    fig = go.Figure()
+    for k in range(len(proto_coords)):
+        mask = assigned == k
+        fig.add_trace(go.Scattergl(x=sample_coords[mask, 0], y=sample_coords[mask, 1], mode="markers",
+                                   name=f"prototype {k}", legendgroup=str(k), marker={"size": 5, "opacity": 0.5},
+                                   hoverinfo="skip"))
+    size = 14 + 40 * np.sqrt(np.asarray(weights, dtype=float))
+    fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers+text", name="means",
+                             text=[str(k) for k in range(len(proto_coords))], textposition="middle center",
+                             marker={"symbol": "star", "size": size, "color": "black", "opacity": 0.8,
+                                     "line": {"color": "white", "width": 1}},
+                             textfont={"color": "white", "size": 10},
+                             customdata=np.asarray(weights, dtype=float),
+                             hovertemplate="prototype %{text}<br>weight %{customdata:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"itemsizing": "constant"})
+    fig.update_xaxes(title="PC 1")
+    fig.update_yaxes(title="PC 2")
+    return fig
+
+
+def matrix_figure(matrix: np.ndarray, row_marginal: np.ndarray, col_marginal: np.ndarray, a: str, b: str,
+                  title: str, colorscale: str = "Blues") -> go.Figure:
+    """Heatmap of a (K_a, K_b) matrix with bar charts of the row marginal (right) and the column marginal
+    (top), so the plan's constraints are visible next to it."""
+    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=[0.8, 0.2],
+                        row_heights=[0.22, 0.78], horizontal_spacing=0.02, vertical_spacing=0.03)
+    ka, kb = matrix.shape
+    fig.add_trace(go.Heatmap(z=matrix, x=list(range(kb)), y=list(range(ka)), colorscale=colorscale,
+                             colorbar={"len": 0.7, "y": 0.38}, name=title,
+                             hovertemplate=f"{a} %{{y}} → {b} %{{x}}: %{{z:.4f}}<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Bar(x=list(range(kb)), y=col_marginal, name=f"{b} marginal", marker_color="#888",
+                         showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(y=list(range(ka)), x=row_marginal, orientation="h", name=f"{a} marginal",
+                         marker_color="#888", showlegend=False), row=2, col=2)
+    fig.update_yaxes(title=f"{a} prototype", autorange="reversed", dtick=1, row=2, col=1)
+    fig.update_xaxes(title=f"{b} prototype", dtick=1, row=2, col=1)
+    fig.update_layout(title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def plan_figures(view: PlanView, a: str, b: str) -> tuple[go.Figure, go.Figure]:
+    """(cost heatmap, plan heatmap) of the pair (a, b); both with the pair plan's marginals."""
+    plan = view.pair_plans[(a, b)] if (a, b) in view.pair_plans else view.pair_plans[(b, a)].T
+    cost = view.pair_costs[(a, b)] if (a, b) in view.pair_costs else view.pair_costs[(b, a)].T
+    rows, cols = plan.sum(1), plan.sum(0)
+    return (matrix_figure(cost, rows, cols, a, b, f"Cost {a} – {b} (Bures W2²)", "Reds"),
+            matrix_figure(plan, rows, cols, a, b, f"Plan {a} – {b}"))
+
+
+def sankey_figure(links: pd.DataFrame, order: list[str], title: str = "") -> go.Figure:
+    """Sankey of ``decalign.explain.transport_view.sankey_links``: nodes ``modality:k``, columns in ``order``."""
+    nodes = list(dict.fromkeys(list(links.source) + list(links.target)))
+    nodes.sort(key=lambda n: (order.index(n.rpartition(":")[0]), int(n.rpartition(":")[2])))
+    index = {n: i for i, n in enumerate(nodes)}
+    column = [order.index(n.rpartition(":")[0]) for n in nodes]
+    fig = go.Figure(go.Sankey(
+        arrangement="snap",
+        node={"label": nodes, "pad": 8, "thickness": 14,
+              "x": [0.01 + 0.98 * c / max(1, len(order) - 1) for c in column]},
+        link={"source": [index[s] for s in links.source], "target": [index[t] for t in links.target],
+              "value": links.value.tolist(),
+              "hovertemplate": "%{source.label} → %{target.label}: %{value:.4f}<extra></extra>"},
+    ))
+    fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def entropy_figure(sweep: pd.DataFrame, current: float) -> go.Figure:
+    """Entropy and transport cost of the plan against lambda_ot (log axis), the current value marked."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=sweep.lambda_ot, y=sweep.entropy, mode="lines+markers", name="entropy H(P)"),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=sweep.lambda_ot, y=sweep.transport_cost, mode="lines+markers",
+                             name="transport cost ⟨P, C⟩"), secondary_y=True)
+    fig.add_vline(x=current, line_dash="dash", line_color="grey")
+    fig.update_xaxes(type="log", title="lambda_ot (entropy setting, relative to the mean cost)")
+    fig.update_yaxes(title="entropy (nats)", secondary_y=False)
+    fig.update_yaxes(title="transport cost", secondary_y=True)
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig

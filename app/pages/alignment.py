@@ -1,0 +1,66 @@
+"""Alignment levels: the five levels of DecAlign's hierarchy on the current data, per modality pair,
+beside the training set and over the training epochs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app.figures import alignment as fig
+from app.state import Context, get_context
+from decalign.explain.levels import (
+    LEVEL_MEANING,
+    LEVEL_TITLES,
+    LEVELS,
+    alignment_levels,
+    levels_history,
+    load_history,
+)
+
+URL_PATH = "alignment"
+PROTOTYPE_CHOICES = ("Training prototypes (model card)", "Fitted on each chunk, as in training")
+MAX_SAMPLES = 4096
+
+
+@st.cache_data(show_spinner="Computing the alignment levels…", max_entries=16)
+def _levels(model_id: str, data_id: str, split: str, fixed: bool, _ctx: Context) -> pd.DataFrame:
+    prototypes = _ctx.card.prototype_tensors() if fixed else None
+    return alignment_levels(_ctx.model, _ctx.split_data, prototypes=prototypes,
+                            batch_size=_ctx.card.config.train.batch_size, max_samples=MAX_SAMPLES)
+
+
+def render() -> None:
+    ctx = get_context()
+    st.title("Alignment levels")
+    options = PROTOTYPE_CHOICES if ctx.card.prototypes else PROTOTYPE_CHOICES[1:]
+    choice = st.radio("Prototypes for levels 2 and 3", options, key="align_protos", horizontal=True)
+    levels = _levels(ctx.model_id, ctx.data_id, ctx.split, choice == PROTOTYPE_CHOICES[0], ctx)
+    training = ctx.card.extra.get("training_alignment")
+    history = levels_history(load_history(ctx.run_dir))
+    n = int(levels.samples.iloc[0])
+    st.caption(f"Split **{ctx.split}**: {n:,} samples"
+               + (f" (a random {MAX_SAMPLES:,} of {len(ctx.split_data):,})" if n < len(ctx.split_data) else "")
+               + f", in chunks of {ctx.card.config.train.batch_size} like training batches; each level is the "
+               "chunk-size-weighted mean. Lower is better-aligned for every level.")
+    st.dataframe(_summary(levels, training), hide_index=True, key="align_summary")
+    for level in LEVELS:
+        st.subheader(LEVEL_TITLES[level])
+        left, right = st.columns([3, 2])
+        left.plotly_chart(fig.level_figure(levels, level, fig.training_value(training, level), "this data"),
+                          key=f"align_level_{level}")
+        curve = fig.history_figure(history, level)
+        if curve is None:
+            right.info("No per-epoch values of this level in the run's history.json.")
+        else:
+            right.plotly_chart(curve, key=f"align_history_{level}")
+        st.caption(LEVEL_MEANING[level])
+
+
+def _summary(levels: pd.DataFrame, training: dict | None) -> pd.DataFrame:
+    totals = levels[levels.kind == "total"].set_index("level").value
+    rows = []
+    for level in LEVELS:
+        value = fig.training_value(training, level)
+        rows.append({"level": LEVEL_TITLES[level], "current data": f"{totals[level]:.4g}",
+                     "training set": "not recorded" if value is None else f"{value:.4g}"})
+    return pd.DataFrame(rows)

@@ -1,0 +1,132 @@
+"""Figure builders of the Embeddings, Prototypes and Alignment pages (no Streamlit involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from app.figures import alignment as afig
+from app.figures import embeddings as efig
+from app.figures import transport as tfig
+from decalign.explain.transport_view import sankey_links, solve_plan
+from decalign.inference import InferenceResult
+from decalign.model import Prototypes
+
+
+def _result(task="classification", n=30, seed=0) -> InferenceResult:
+    rng = np.random.default_rng(seed)
+    out_dim = 3 if task == "classification" else 1
+    feats = {m: rng.normal(size=(n, 4)).astype(np.float32) for m in ("a", "b")}
+    post = {m: rng.dirichlet(np.ones(2), size=n) for m in ("a", "b")}
+    labels = rng.integers(0, 3, n) if task == "classification" else rng.normal(size=n).astype(np.float32)
+    return InferenceResult(np.array([f"s{i}" for i in range(n)]), labels, rng.normal(size=(n, out_dim)),
+                           rng.normal(size=(n, 16)), ["unique:a", "unique:b", "common:a", "common:b"], feats,
+                           {m: v + 1 for m, v in feats.items()}, post, np.zeros((out_dim, 16)), np.zeros(out_dim),
+                           task)
+
+
+def test_spaces_and_features():
+    res = _result()
+    assert efig.spaces(res) == ["unique:a", "unique:b", "common:a", "common:b"]
+    np.testing.assert_array_equal(efig.space_features(res, "common:b"), res.common_pooled["b"])
+    with pytest.raises(ValueError, match="unknown space"):
+        efig.space_features(res, "fused:a")
+
+
+def test_colour_values_per_choice():
+    res = _result()
+    values, cont = efig.colour_values(res, "error", "a")
+    assert not cont and set(values) <= {"correct", "wrong"}
+    assert (values == "correct").sum() == int((res.predictions == res.labels).sum())
+    values, _ = efig.colour_values(res, "prototype", "b")
+    assert list(values[:3]) == [f"prototype {k}" for k in res.posteriors["b"].argmax(1)[:3]]
+    values, _ = efig.colour_values(res, "label", "a", ["zero", "one", "two"])
+    assert set(values) <= {"zero", "one", "two"}
+    reg = _result("regression")
+    values, cont = efig.colour_values(reg, "error", "a")
+    assert cont and np.allclose(values, np.abs(reg.outputs[:, 0] - reg.labels))
+
+
+def test_scatter_is_webgl_with_row_customdata_per_category():
+    res = _result()
+    values, cont = efig.colour_values(res, "label", "a")
+    rows = np.arange(len(res))
+    fig = efig.scatter_figure(np.random.default_rng(1).normal(size=(30, 2)), values, cont,
+                              efig.hover_texts(res, np.array(["t"] * 30)), rows, "t")
+    assert all(isinstance(t, go.Scattergl) for t in fig.data)
+    assert len(fig.data) == len(set(values))
+    assert sorted(np.concatenate([t.customdata for t in fig.data]).tolist()) == rows.tolist()
+    assert "id: s0<br>t" in fig.data[0].text or any("id: s0<br>t" in t.text for t in fig.data)
+    cont_fig = efig.scatter_figure(np.zeros((30, 2)), np.arange(30.0), True, np.array(["x"] * 30), rows, "t")
+    assert len(cont_fig.data) == 1 and cont_fig.data[0].marker.colorscale is not None
+
+
+def test_selected_rows_reads_customdata():
+    selection = {"points": [{"customdata": 4}, {"customdata": [2]}, {"customdata": 4}, {"x": 1.0}]}
+    assert efig.selected_rows(selection).tolist() == [2, 4]
+    assert efig.selected_rows(None).tolist() == []
+    table = efig.sample_table(_result(), None, np.array([2, 4]))
+    assert table["id"].tolist() == ["s2", "s4"] and list(table.columns) == ["id", "label", "prediction"]
+
+
+@pytest.fixture(scope="module")
+def view():
+    gen = torch.Generator().manual_seed(0)
+    protos = {m: Prototypes(torch.randn(k, 3, generator=gen, dtype=torch.float64),
+                            torch.rand(k, 3, generator=gen, dtype=torch.float64) + 0.1,
+                            torch.full((k,), 1.0 / k, dtype=torch.float64))
+              for m, k in (("a", 3), ("b", 4), ("c", 2))}
+    return solve_plan(protos, lambda_ot=0.2)
+
+
+def test_plan_heatmap_z_equals_the_pair_plan_with_marginals(view):
+    cost_fig, plan_fig = tfig.plan_figures(view, "a", "c")
+    heat = next(t for t in plan_fig.data if isinstance(t, go.Heatmap))
+    np.testing.assert_allclose(np.array(heat.z), view.pair_plans[("a", "c")])
+    np.testing.assert_allclose(np.array(next(t for t in cost_fig.data if isinstance(t, go.Heatmap)).z),
+                               view.pair_costs[("a", "c")])
+    bars = [t for t in plan_fig.data if isinstance(t, go.Bar)]
+    np.testing.assert_allclose(np.array(bars[0].y), view.marginals["c"], atol=1e-8)  # columns on top
+    np.testing.assert_allclose(np.array(bars[1].x), view.marginals["a"], atol=1e-8)  # rows on the side
+    flipped = tfig.plan_figures(view, "c", "a")[1]
+    np.testing.assert_allclose(np.array(flipped.data[0].z), view.pair_plans[("a", "c")].T)
+
+
+def test_sankey_nodes_and_link_values(view):
+    order = ["b", "a", "c"]
+    fig = tfig.sankey_figure(sankey_links(view, order), order)
+    sankey = fig.data[0]
+    assert isinstance(sankey, go.Sankey)
+    assert len(sankey.node.label) == 3 + 4 + 2 and sankey.node.label[0] == "b:0"
+    values = np.array(sankey.link.value)
+    assert values.sum() == pytest.approx(len(order) - 1)  # each consecutive pair carries mass 1
+    first = np.array([s < 4 for s in sankey.link.source])  # links leaving b's nodes
+    assert values[first].sum() == pytest.approx(1.0)
+
+
+def test_prototype_scatter_and_entropy_figure():
+    fig = tfig.prototype_scatter(np.zeros((10, 2)), np.ones((3, 2)), np.arange(10) % 3, np.array([0.5, 0.3, 0.2]),
+                                 "unique:a")
+    assert [type(t) for t in fig.data] == [go.Scattergl] * 3 + [go.Scatter]
+    assert list(fig.data[-1].text) == ["0", "1", "2"]
+    sweep = pd.DataFrame({"lambda_ot": [0.1, 1.0], "entropy": [1.0, 2.0], "transport_cost": [3.0, 4.0]})
+    efig_ = tfig.entropy_figure(sweep, 0.1)
+    assert len(efig_.data) == 2 and efig_.layout.xaxis.type == "log"
+
+
+def test_level_figure_and_history():
+    levels = pd.DataFrame({"level": ["mmd"] * 3, "scope": ["total", "a – b", "a – c"],
+                           "kind": ["total", "pair", "pair"], "value": [0.5, 0.2, 0.3], "samples": 10})
+    fig = afig.level_figure(levels, "mmd", None, "t")
+    assert list(fig.data[0].y) == [0.5, 0.0] and fig.data[0].text[1] == "not recorded"
+    assert list(fig.data[1].x) == ["a – b", "a – c"] and list(fig.data[1].y) == [0.2, 0.3]
+    assert afig.training_value({"mmd": 0.7}, "mmd") == 0.7 and afig.training_value(None, "mmd") is None
+    assert afig.training_value({"mmd": "x"}, "mmd") is None
+    history = pd.DataFrame({"epoch": [2, 1, 1], "level": ["mmd"] * 3, "source": ["train", "train", "valid"],
+                            "value": [0.1, 0.2, 0.3]})
+    curve = afig.history_figure(history, "mmd")
+    assert [t.name for t in curve.data] == ["train", "valid"] and list(curve.data[0].x) == [1, 2]
+    assert afig.history_figure(history, "decoupling") is None

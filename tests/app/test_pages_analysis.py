@@ -1,0 +1,81 @@
+"""AppTest of the Embeddings, Prototypes and transport, and Alignment levels pages on the demo run.
+
+Pages are callables in ``st.navigation``; ``AppTest.switch_page`` only finds file pages, so each page runs
+through the ``page_test`` fixture (sidebar + ``render()``), like the other page tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from browser_utils import ROOT
+
+from app.pages import embeddings
+from decalign.checkpoint import load_model
+from decalign.data import load_dataset
+from decalign.explain.levels import alignment_levels
+
+
+def _ok(at):
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def _modalities(demo_dir) -> list[str]:
+    return load_model(demo_dir)[0].modalities
+
+
+def test_embeddings_charts_and_projection_cached_across_colours(page_test, demo_dir):
+    st.cache_data.clear()
+    embeddings.PROJECTION_CALLS.clear()
+    at = page_test("embeddings")
+    at.session_state["emb_method"] = "PCA"
+    _ok(at.run())
+    m = len(_modalities(demo_dir))
+    assert at.title[0].value == "Embeddings"
+    assert _charts(at) == 2 * m + 1  # unique and common per modality, plus the joint common chart
+    assert sum(embeddings.PROJECTION_CALLS.values()) == 2 * m + 1
+    for colour in ("prediction", "error", "prototype", "modality"):
+        _ok(at.selectbox(key="emb_colour").set_value(colour).run())
+        assert _charts(at) == 2 * m + 1
+    # only the colour changed: no projection was recomputed
+    assert sum(embeddings.PROJECTION_CALLS.values()) == 2 * m + 1
+    _ok(at.radio(key="emb_method").set_value("PCA").run())
+    assert "Select points" in " ".join(c.value for c in at.caption)
+
+
+def test_prototypes_page_plans_sankey_and_entropy(page_test, demo_dir):
+    at = _ok(page_test("prototypes").run())
+    m = len(_modalities(demo_dir))
+    pairs = m * (m - 1) // 2
+    assert at.title[0].value == "Prototypes and transport"
+    assert _charts(at) == m + 2 * pairs + 2  # scatter per modality, cost + plan per pair, Sankey, entropy
+    table = at.dataframe[0].value
+    assert set(table.modality) == set(_modalities(demo_dir))
+    entropy = lambda: next(x.value for x in at.metric if x.label == "Entropy H(P)")
+    sharp = entropy()
+    _ok(at.select_slider(key="proto_lambda").set_value(2.0).run())
+    assert float(entropy().split()[0]) > float(sharp.split()[0])
+    _ok(at.radio(key="proto_source").set_value("Fitted on the current data").run())
+    _ok(at.number_input(key="proto_k").set_value(3).run())
+    assert len(at.dataframe[0].value) == 3 * m
+
+
+def test_alignment_page_values_match_the_library(page_test, demo_dir):
+    at = _ok(page_test("alignment").run())
+    assert at.title[0].value == "Alignment levels"
+    assert len(at.subheader) == 5 and _charts(at) >= 5
+    summary = at.dataframe[0].value
+    model, card = load_model(demo_dir)
+    split = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"]
+    expected = alignment_levels(model, split, prototypes=card.prototype_tensors(),
+                                batch_size=card.config.train.batch_size)
+    totals = expected[expected.kind == "total"].set_index("level").value
+    np.testing.assert_allclose(summary["current data"].astype(float).to_numpy(), totals.to_numpy(), rtol=1e-3)
+    recorded = card.extra.get("training_alignment")
+    assert (summary["training set"] == "not recorded").all() == (not recorded)
+    assert any("near 0 means they carry different information" in c.value for c in at.caption)
