@@ -171,5 +171,5 @@ def _example(r) -> str:
     if r.raw_text:
         text += f' ("{r.raw_text[:60]}")'
     if r.label is not None:
-        text += f" (label {r.label:g})" if isinstance(r.label, float) else f" (label {r.label})"
+        text += f" (label {r.label:.2f})" if isinstance(r.label, float) else f" (label {r.label})"
     return text

@@ -1,0 +1,78 @@
+"""AppTest of the Audit page, and unit tests of its figure and frame builders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from browser_utils import ROOT
+from streamlit.testing.v1 import AppTest
+
+from app.figures import audit as fig
+from decalign.audit import AuditTrail
+from decalign.checkpoint import load_model
+from decalign.data import load_dataset
+from decalign.inference import run_inference
+
+
+@pytest.fixture
+def audit_db(tmp_path, monkeypatch):
+    path = tmp_path / "audit.sqlite3"
+    monkeypatch.setenv("DECALIGN_AUDIT_DB", str(path))
+    return path
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_audit_page_renders_and_records_once(page_test, demo_dir, audit_db):
+    at = _ok(page_test("audit").run())
+    assert at.title[0].value == "Audit"
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 3  # confusion, reliability, drift
+    assert any(m.label == "Drifted from the training data?" for m in at.metric)
+    recorded = AuditTrail(audit_db).count(source="dashboard")
+    assert recorded > 0
+    _ok(at.run())  # a rerun does not record again
+    assert AuditTrail(audit_db).count(source="dashboard") == recorded
+
+
+def test_audit_filters_and_report(page_test, demo_dir, audit_db):
+    at = _ok(page_test("audit").run())
+    total = len(at.dataframe[0].value)
+    at.checkbox(key="audit_only_flagged").check()
+    _ok(at.run())
+    assert len(at.dataframe[0].value) <= total
+    at.selectbox(key="audit_slice_by").set_value("dominant_modality")
+    _ok(at.run())
+    at.button(key="audit_prepare_report").click()
+    _ok(at.run())
+    _, html = at.session_state["audit_report"]
+    assert html.startswith("<!DOCTYPE html>") and "Metrics per slice" in html
+
+
+def test_filter_predictions_by_hand():
+    table = pd.DataFrame({"label": [1, 2, 1], "prediction": [1, 1, 2], "error": [0.0, 1.0, 1.0],
+                          "dominant_branch": ["unique:a", "common:b", "unique:a"],
+                          "flags": ["", "ood_a, low_confidence", "low_confidence"],
+                          "any_flag": [False, True, True]})
+    assert fig.filter_predictions(table, labels=[1]).index.tolist() == [0, 2]
+    assert fig.filter_predictions(table, flags=["ood_a"]).index.tolist() == [1]
+    assert fig.filter_predictions(table, error_range=(0.5, 1.0), branches=["unique:a"]).index.tolist() == [2]
+    assert fig.filter_predictions(table, only_flagged=True, predictions=[1]).index.tolist() == [1]
+
+
+def test_audit_rows_and_figures(demo_dir):
+    model, card = load_model(demo_dir)
+    data = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"].subset(np.arange(40))
+    result = run_inference(model, data, task=card.task)
+    rows = fig.audit_rows(result, None, split="test", model_id="m", data_id="a" * 64, data_label="digits")
+    assert len(rows) == 40 and rows[0]["sample_id"] == str(data.ids[0])
+    assert sum(rows[3]["contributions"].values()) == pytest.approx(result.outputs[3].max(), abs=1e-3)
+    conf = fig.confusion_figure(result)
+    assert np.asarray(conf.data[0].z).sum() == 40
+    assert len(fig.reliability_figure(result).data) == 2
+    contrib = pd.DataFrame({"branch": ["a", "bias"], "contribution": [1.5, -0.5]})
+    assert list(fig.waterfall_figure(contrib).data[0].measure) == ["relative", "relative", "total"]
