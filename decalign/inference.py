@@ -101,7 +101,8 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int =
         unique_pooled={m: _cat(v, (0, model.config.d_model)) for m, v in unique.items()},
         common_pooled={m: _cat(v, (0, model.config.d_model)) for m, v in common.items()},
         posteriors={m: np.concatenate(v) for m, v in post.items()} if prototypes is not None else None,
-        head_weight=head.weight.detach().cpu().numpy(), head_bias=head.bias.detach().cpu().numpy(), task=task,
+        head_weight=head.weight.detach().cpu().numpy().copy(), head_bias=head.bias.detach().cpu().numpy().copy(),
+        task=task,
     )
 
 
