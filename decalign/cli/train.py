@@ -28,6 +28,12 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out; refused if the data or the configuration differ "
                              "(except num_epochs)")
+    parser.add_argument("--progress-file", metavar="JSON",
+                        help="rewrite this file with the epoch, batch, losses and time left while training")
+    parser.add_argument("--cancel-file", metavar="PATH",
+                        help="stop cleanly (keep best, status cancelled) as soon as this file exists")
+    parser.add_argument("--replay", action="store_true",
+                        help="record prototypes, transport plans and probe features per epoch in RUN_DIR/replay")
     add_device(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     parser.set_defaults(func=run)
@@ -35,6 +41,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import TqdmCallback, selection_rule, train
+    from ..train.progress import CancelFileCallback, ProgressFileCallback
 
     config = load_config(args.config, args.set)
     dataset = load_data(args.data)
@@ -42,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
         callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
-    result = train(dataset, config, args.out, device=args.device, callbacks=callbacks, resume=args.resume)
+    if args.progress_file:
+        callbacks.append(ProgressFileCallback(args.progress_file))
+    if args.cancel_file:
+        callbacks.append(CancelFileCallback(args.cancel_file))
+    result = train(dataset, config, args.out, device=args.device, callbacks=callbacks, resume=args.resume,
+                   replay=args.replay)
     print(f"{result.status}: best epoch {result.best_epoch} "
           f"(valid {result.selection_metric} = {_fmt(result.best_value)}); run directory {result.run_dir}")
     if "test" in result.card.metrics:

@@ -37,6 +37,7 @@ from . import finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
 from .metrics import metric_direction, resolve_metric_name
+from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
     RunError,
@@ -64,8 +65,8 @@ class TrainResult:
 
 
 def train(dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
-          device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False
-          ) -> TrainResult:
+          device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
+          replay: bool = False) -> TrainResult:
     """Train a DecAlign model on ``dataset`` and write the run directory (see ``decalign.train.runs``).
 
     Parameters
@@ -77,8 +78,11 @@ def train(dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Pat
     callbacks : progress reporting and cancellation (``decalign.train.callbacks``).
     resume : continue the run in ``run_dir`` after its last finished epoch; refused when the data or the
         configuration (other than ``train.num_epochs``) differ.
+    replay : after every epoch, record prototypes, transport plans and probe features on a fixed probe
+        batch into ``run_dir/replay`` (``decalign.train.replay``).
     """
-    return Trainer(dataset, config, run_dir, device=device, callbacks=callbacks, resume=resume).fit()
+    return Trainer(dataset, config, run_dir, device=device, callbacks=callbacks, resume=resume,
+                   replay=replay).fit()
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +102,8 @@ class Trainer:
     sync_every = 10
 
     def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
-                 device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False):
+                 device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
+                 replay: bool = False):
         self.dataset, self.config, self.run_dir = dataset, config.validate(), Path(run_dir)
         self.device = resolve_device(device)
         self.callbacks = CallbackList(callbacks)
@@ -107,6 +112,7 @@ class Trainer:
         self.task = dataset.task
         self.convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
+        self.recorder = ReplayRecorder(self.run_dir, dataset, self.config) if replay else None
 
     # ------------------------------------------------------------------------ setup
 
@@ -232,6 +238,8 @@ class Trainer:
                "selection": value, "improved": improved}
         self.history.append(row)
         save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
+        if self.recorder is not None:  # before save_resume: an epoch redone after a crash re-records itself
+            self.recorder.record(self.model, epoch)
         save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
         write_history(self.run_dir, self.history)
         write_status(self.run_dir, "running", epoch)
