@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,8 @@ class DecAlign(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None, *,
                 align: bool | None = None, need_attention: bool = False,
-                prototypes: dict[str, Prototypes] | None = None) -> DecAlignOutput:
+                prototypes: dict[str, Prototypes] | None = None,
+                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DecAlignOutput:
         """Run the model.
 
         Parameters
@@ -82,6 +84,8 @@ class DecAlign(nn.Module):
         need_attention : also return head-averaged attention weights of every layer.
         prototypes : fixed prototypes (e.g. fitted on the training set) to align against instead of
             fitting a mixture to this batch.
+        gather : maps this process's (n, ...) rows to the global batch's rows (distributed training), so
+            prototypes, transport, moments and MMD see the whole global batch; per-sample terms stay local.
         """
         self.check_inputs(inputs)
         projected = {m: self._project(m, x) for m, x in inputs.items()}  # (N, T', d)
@@ -97,7 +101,7 @@ class DecAlign(nn.Module):
         out = DecAlignOutput(prediction, unique, common, unique_pooled, common_pooled, fused, branches,
                              names, attention, keys)
         if self.training if align is None else align:
-            self._align(out, prototypes)
+            self._align(out, prototypes, gather or _identity)
         return out
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -149,16 +153,17 @@ class DecAlign(nn.Module):
             fused[m] = _masked_mean(hidden, masks[m])
         return fused, attention, keys
 
-    def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None) -> None:
+    def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None, gather) -> None:
         c = self.config
         order = self.modalities
-        out.prototypes = {m: self._prototypes(m, out.unique_pooled[m], fixed) for m in order}
+        unique = {m: gather(out.unique_pooled[m]) for m in order}  # (N_global, d)
+        out.prototypes = {m: self._prototypes(m, unique[m], fixed) for m in order}
         check_every = 1 if out.prediction.device.type == "cpu" else 10
         out.transport = align_prototypes(out.prototypes, lambda_ot=c.lambda_ot, max_iter=c.ot_num_iters,
                                          tol=c.ot_tol, check_every=check_every)
-        out.distribution = {m: self.distribution_encoders[m](out.common_pooled[m]) for m in order}
+        out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m])) for m in order}
         dec = {m: decoupling_loss(out.unique[m], out.common[m]) for m in order}
-        local = {(a, b): sample_to_prototype_loss(out.unique_pooled[a], out.prototypes[a], out.prototypes[b],
+        local = {(a, b): sample_to_prototype_loss(unique[a], out.prototypes[a], out.prototypes[b],
                                                   out.transport.pair_plan(a, b, order))
                  for a, b in itertools.permutations(order, 2)}
         pairs = list(itertools.combinations(order, 2))
@@ -179,6 +184,10 @@ class DecAlign(nn.Module):
             return proto
         c = self.config
         return fit_gmm(pooled, c.num_prototypes, iterations=c.gmm_em_iters, var_floor=c.gmm_var_floor)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
