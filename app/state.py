@@ -200,16 +200,33 @@ def sidebar() -> None:
         _split_picker()
 
 
+def _sticky_radio(label: str, options: tuple[str, ...], key: str, on_change=None) -> str:
+    """A radio whose choice survives page switches (``st.switch_page`` drops widget state otherwise):
+    the last choice is kept under a non-widget key and written back before the widget is drawn."""
+    sticky = f"{key}_choice"
+    if sticky in st.session_state:
+        st.session_state[key] = st.session_state[sticky]
+
+    def remember() -> None:
+        st.session_state[sticky] = st.session_state[key]
+        if on_change is not None:
+            on_change(st.session_state[key])
+
+    return st.radio(label, options, key=key, on_change=remember, label_visibility="collapsed")
+
+
+def _model_kind_changed(kind: str) -> None:
+    if kind == MODEL_KINDS[0] and st.session_state.get("model_source") not in (None, _default_model()):
+        _set_model(_default_model())
+
+
 def _model_picker() -> None:
-    kind = st.radio("Model", MODEL_KINDS, key="model_kind", label_visibility="collapsed")
-    if kind == MODEL_KINDS[0]:
-        if st.session_state.get("model_source") not in (None, _default_model()):
-            _set_model(_default_model())
-    elif kind == MODEL_KINDS[1]:
+    kind = _sticky_radio("Model", MODEL_KINDS, "model_kind", _model_kind_changed)
+    if kind == MODEL_KINDS[1]:
         path = st.text_input("Run directory", key="model_dir", placeholder="runs/my_run")
         if st.button("Load checkpoint", key="model_dir_load") and path:
             _try_model(ModelSource("dir", path, Path(path).expanduser()))
-    else:
+    elif kind == MODEL_KINDS[2]:
         upload = st.file_uploader("Zipped run directory", type=["zip"], key="model_zip")
         if upload is not None and st.session_state.get("model_zip_seen") != upload.file_id:
             st.session_state["model_zip_seen"] = upload.file_id
@@ -254,11 +271,14 @@ def _set_model(source: ModelSource | None) -> None:
         st.session_state["data_source"] = DataSource("bundled", "bundled")
 
 
-def _data_picker() -> None:
-    kind = st.radio("Data", DATA_KINDS, key="data_kind", label_visibility="collapsed")
+def _data_kind_changed(kind: str) -> None:
     if kind == DATA_KINDS[0]:
         st.session_state["data_source"] = DataSource("bundled", "bundled")
-    else:
+
+
+def _data_picker() -> None:
+    kind = _sticky_radio("Data", DATA_KINDS, "data_kind", _data_kind_changed)
+    if kind == DATA_KINDS[1]:
         upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key="data_upload")
         if upload is not None and st.session_state.get("data_upload_seen") != upload.file_id:
             st.session_state["data_upload_seen"] = upload.file_id
@@ -308,9 +328,9 @@ def _split_picker() -> None:
     if found is None:
         return
     splits = list(found[0].splits)
-    if st.session_state.get("split") not in splits:
-        st.session_state["split"] = "test" if "test" in splits else splits[0]
-    st.selectbox("Split", splits, key="split")
+    st.session_state["split_picker"] = _current_split(found[0])
+    st.selectbox("Split", splits, key="split_picker",
+                 on_change=lambda: st.session_state.update(split=st.session_state["split_picker"]))
 
 
 def _show_error(key: str) -> None:

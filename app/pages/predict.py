@@ -47,21 +47,23 @@ def _metrics(ctx: Context) -> None:
 
 
 def _filters(ctx: Context, frame) -> dict:
+    # Filter ranges belong to one table: keyed by data and split so a new upload starts unfiltered.
+    tag = f"{ctx.data_id[:12]}_{ctx.split}"
     cols = st.columns(3)
     out: dict = {}
     if "error" in frame and len(frame):
         lo, hi = float(frame["error"].min()), float(frame["error"].max())
         if hi > lo:
-            out["error_range"] = cols[0].slider("Error", lo, hi, (lo, hi), key="predict_error")
+            out["error_range"] = cols[0].slider("Error", lo, hi, (lo, hi), key=f"predict_error_{tag}")
     if ctx.card.task == "classification":
         classes = sorted(int(v) for v in frame["prediction"].unique())
         if "label" in frame:
             labels = sorted(int(v) for v in frame["label"].unique())
-            out["labels"] = cols[1].multiselect("Label", labels, key="predict_labels")
-        out["predictions"] = cols[2].multiselect("Prediction", classes, key="predict_predictions")
+            out["labels"] = cols[1].multiselect("Label", labels, key=f"predict_labels_{tag}")
+        out["predictions"] = cols[2].multiselect("Prediction", classes, key=f"predict_predictions_{tag}")
     else:
         for col, name in ((cols[1], "label"), (cols[2], "prediction")):
             if name in frame and len(frame) and frame[name].max() > frame[name].min():
                 lo, hi = float(frame[name].min()), float(frame[name].max())
-                out[f"{name}s"] = tuple(col.slider(name.capitalize(), lo, hi, (lo, hi), key=f"predict_{name}"))
+                out[f"{name}s"] = tuple(col.slider(name.capitalize(), lo, hi, (lo, hi), key=f"predict_{name}_{tag}"))
     return out

@@ -56,7 +56,7 @@ def test_predict_table_metrics_and_selection(page_test, demo_dir):
     accuracy = next(m for m in at.metric if m.label == "Acc")
     assert float(accuracy.value) == pytest.approx(float(np.mean(expected == split.labels)), abs=1e-4)
     assert _charts(at) == 1
-    at.multiselect(key="predict_labels").set_value([3]).run()
+    at.multiselect[0].set_value([3]).run()
     assert set(_ok(at).dataframe[0].value["label"]) == {3}
 
 

@@ -1,0 +1,138 @@
+"""End-to-end: the real app in Debian's Chromium through Playwright.
+
+Visits every page in the navigation, uploads a fitting npz, an MMSA pickle that does not fit and a broken
+file, selects a sample from the predictions table and opens it, checks the console has no errors, and
+saves a screenshot of each page into ``test-artifacts/``. Never skipped in CI: without Chromium it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from browser_utils import CHROMIUM, ROOT, free_port, launch_chromium, start_server, stop_server
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT = 30_000
+
+
+def _require_browser():
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium (see /work/shared/TESTING.md)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return pytest.importorskip("playwright.sync_api") if not os.environ.get("CI") else __import__(
+        "playwright.sync_api", fromlist=["sync_playwright"])
+
+
+@pytest.fixture(scope="module")
+def server(demo_dir):
+    port = free_port()
+    proc = start_server(port, env={"DECALIGN_DEMO_MODEL": str(demo_dir)})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
+
+
+def _settle(page, heading: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name=heading, exact=True).first).to_be_visible(timeout=TIMEOUT)
+    expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=TIMEOUT)
+
+
+def _charts(page, at_least: int = 1, timeout: int = TIMEOUT) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(".js-plotly-plot").nth(at_least - 1)).to_be_visible(timeout=timeout)
+
+
+def _upload(page, path: Path) -> None:
+    from playwright.sync_api import expect
+
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Upload a file", exact=True).click()
+    expect(sidebar.get_by_text("MMSA pickle (.pkl) or .npz")).to_be_visible(timeout=TIMEOUT)
+    uploader = sidebar.locator('[data-testid="stFileUploader"] input[type="file"]')
+    expect(uploader).to_have_count(1, timeout=TIMEOUT)
+    uploader.set_input_files(str(path))
+    expect(sidebar.get_by_text(path.name).first).to_be_visible(timeout=TIMEOUT)
+
+
+def _visit_all(page, base: str, tag: str) -> list[str]:
+    links = page.locator('[data-testid="stSidebarNav"] a')
+    names = [re.sub(r"\s+", " ", t).strip() for t in links.all_inner_texts()]
+    for name in names:
+        page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
+        _settle(page, name)
+        _charts(page, timeout=4 * TIMEOUT)  # a cold UMAP compiles with numba first
+        page.screenshot(path=str(ARTIFACTS / f"{tag}_{name.lower().replace(' ', '_').replace('&', 'and')}.png"))
+    return names
+
+
+def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
+    sync = _require_browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server)
+            _settle(page, "Overview")
+            _charts(page, 2)
+            sync.expect(page.locator('[data-testid="stSidebarNav"] a', has_text="Sample")).to_be_visible(
+                timeout=TIMEOUT)
+            names = _visit_all(page, server, "demo")
+            assert {"Overview", "Predict", "Sample"} <= set(names)
+
+            # a fitting npz upload: predictions and charts for it
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Predict").first.click()
+            _settle(page, "Predict")
+            _upload(page, demo_npz)
+            sync.expect(page.get_by_text("50 of 50 rows shown").first).to_be_visible(timeout=TIMEOUT)
+            _charts(page)
+            _select_first_row(page, sync)
+            page.screenshot(path=str(ARTIFACTS / "upload_predict.png"))
+            page.get_by_role("button", name=re.compile("^Open sample")).click()
+            _settle(page, "Sample")
+            _charts(page, 5)
+            page.screenshot(path=str(ARTIFACTS / "upload_sample.png"))
+
+            # an MMSA pickle for another model: the mismatch is explained, the npz stays selected
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(tav_pickle))
+            sync.expect(page.get_by_text("does not match the checkpoint").first).to_be_visible(timeout=TIMEOUT)
+            page.screenshot(path=str(ARTIFACTS / "mismatch.png"))
+
+            # a broken file: a message naming it, and every page still works
+            bad = tmp_path / "broken.npz"
+            bad.write_bytes(b"not a zip archive at all")
+            sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
+            sync.expect(page.locator('[data-testid="stAlert"]', has_text="broken.npz").first).to_be_visible(
+                timeout=TIMEOUT)
+            page.screenshot(path=str(ARTIFACTS / "broken_file.png"))
+            _visit_all(page, server, "after_errors")
+            sync.expect(page.get_by_text(f"Using: {demo_npz.name}").first).to_be_visible(timeout=TIMEOUT)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def _select_first_row(page, sync) -> None:
+    """Click the first row of the predictions grid (a canvas) at its row-marker column."""
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
+    sync.expect(page.get_by_role("button", name=re.compile("^Open sample"))).to_be_enabled(timeout=TIMEOUT)
