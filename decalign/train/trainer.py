@@ -240,8 +240,9 @@ class Trainer:
         save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
         if self.recorder is not None:  # before save_resume: an epoch redone after a crash re-records itself
             self.recorder.record(self.model, epoch)
-        save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
+        # History first: a kill between the two leaves a row the resume truncates, never a missing row.
         write_history(self.run_dir, self.history)
+        save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
         write_status(self.run_dir, "running", epoch)
         return row
 
