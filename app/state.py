@@ -30,7 +30,7 @@ from decalign.model import DecAlign, TransportResult
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
-MODEL_KINDS = ("Bundled demo", "Checkpoint directory", "Upload a zip")
+MODEL_KINDS = ("Bundled demo", "Checkpoint directory", "Upload a zip", "Training run")
 DATA_KINDS = ("Model's bundled data", "Upload a file")
 
 
@@ -233,9 +233,39 @@ def _model_picker() -> None:
             data = upload.getvalue()
             digest = hashlib.sha256(data).hexdigest()
             _try_model(ModelSource("zip", upload.name, None, digest), data)
+    elif kind == MODEL_KINDS[3]:
+        _run_picker()
     _show_error("model_error")
     current = st.session_state.get("model_source") or _default_model()
     st.caption(f"Using: **{current.label}**" if current else "No model loaded")
+
+
+def trained_runs() -> dict[str, Path]:
+    """Runs of the runs folder ($DECALIGN_RUNS_DIR, else ./runs) that hold a model, newest first."""
+    from decalign.train.background import list_runs
+
+    return {info.name: info.path for info in list_runs() if info.has_model}
+
+
+def _run_picker() -> None:
+    runs = trained_runs()
+    if not runs:
+        st.caption("No trained runs yet: start one on the Train page.")
+        return
+    name = st.selectbox("Run", list(runs), key="model_run")
+    if st.button("Load run", key="model_run_load"):
+        _try_model(ModelSource("dir", f"run {name}", runs[name]))
+
+
+def use_model_dir(path: Path | None, label: str) -> None:
+    """Make the run directory ``path`` (None: the bundled demo) the current model; safe in a widget callback."""
+    kind = MODEL_KINDS[0] if path is None else MODEL_KINDS[1]
+    st.session_state["model_kind"] = st.session_state["model_kind_choice"] = kind
+    if path is None:
+        _set_model(_default_model())
+    else:
+        st.session_state["model_dir"] = str(path)
+        _try_model(ModelSource("dir", label, Path(path)))
 
 
 def _try_model(source: ModelSource, zip_bytes: bytes | None = None) -> None:
