@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import state
-from app.pages import alignment, embeddings, overview, predict, prototypes, sample
+from app.pages import alignment, audit, embeddings, overview, predict, prototypes, sample
 
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 
@@ -22,6 +22,7 @@ PAGES = [
     st.Page(embeddings.render, title="Embeddings", url_path=embeddings.URL_PATH),
     st.Page(prototypes.render, title="Prototypes and transport", url_path=prototypes.URL_PATH),
     st.Page(alignment.render, title="Alignment levels", url_path=alignment.URL_PATH),
+    st.Page(audit.render, title="Audit", url_path="audit"),
 ]
 navigation = st.navigation(PAGES)
 state.sidebar()

@@ -97,3 +97,36 @@ def transport_cells_table(pair_plans: dict[tuple[str, str], np.ndarray], cells: 
         rows.append({"pair": f"{a} x {b}", "cell": f"({cells[a]}, {cells[b]})", "plan mass": mass,
                      "share of row": mass / row_mass if row_mass > 0 else 0.0})
     return pd.DataFrame(rows)
+
+
+def counterfactual_figure(counterfactuals: pd.DataFrame, task: str) -> go.Figure:
+    """Change of the prediction (regression) or of the predicted class's probability when each modality is
+    dropped (replaced by the training mean) or swapped with another sample's."""
+    fig = go.Figure()
+    for change, part in counterfactuals.groupby("change", sort=False):
+        fig.add_trace(go.Bar(x=part["modality"], y=part["delta"], name=change,
+                             text=[f"{v:+.3f}" for v in part["delta"]], textposition="outside"))
+    what = "prediction" if task == "regression" else "probability of the predicted class"
+    fig.update_layout(title=f"Change in the {what}", barmode="group", yaxis_title="delta", height=340,
+                      margin={"t": 50, "b": 40})
+    return fig
+
+
+def attribution_figure(attributions: np.ndarray, modality: str) -> go.Figure:
+    """Integrated-gradients attributions of one modality as a (T, D) heatmap centred at zero."""
+    a = np.asarray(attributions, dtype=float)
+    bound = float(np.abs(a).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=a, colorscale="RdBu", zmin=-bound, zmax=bound, colorbar={"thickness": 10},
+                               hovertemplate="step %{y}, feature %{x}: %{z:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{modality}: attribution (sum {a.sum():+.3f})", height=280, xaxis_title="feature",
+                      yaxis_title="time step", yaxis_autorange="reversed", margin={"t": 50, "b": 40})
+    return fig
+
+
+def attention_figure(weights: pd.DataFrame, title: str) -> go.Figure:
+    """Cross-modal attention weights (query steps x keys of the other modalities)."""
+    fig = go.Figure(go.Heatmap(z=weights.to_numpy(), x=list(weights.columns), y=list(weights.index),
+                               colorscale="Viridis", colorbar={"thickness": 10},
+                               hovertemplate="%{y} -> %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=300, margin={"t": 50, "b": 40}, yaxis_autorange="reversed")
+    return fig

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app.figures import sample as fig
 from app.state import Context, get_context, select_sample, selected_sample, training_transport
+from decalign.audit import AuditError, AuditTrail, default_audit_path
+from decalign.audit.store import VERDICTS
 from decalign.explain import branch_contributions
+from decalign.explain.attention import cross_modal_attention
+from decalign.explain.attributions import integrated_gradients
+from decalign.explain.counterfactual import modality_counterfactuals
+from decalign.explain.story import PrototypeStory, prototype_story
+from decalign.explain.summary import plain_summary
 
 URL_PATH = "sample"
 
@@ -24,8 +32,13 @@ def render() -> None:
     st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
     st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
                f"up exactly to {output}.")
-    _prototypes(ctx, row)
-    st.session_state["sample_shown"] = sample_id
+    story = _prototypes(ctx, row)
+    counterfactuals = _counterfactuals(ctx, row)
+    st.subheader("In plain words")
+    st.markdown(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, None, story))
+    _attributions(ctx, row)
+    _attention(ctx, row)
+    _review(ctx, sample_id)
 
 
 def _pick(ctx: Context) -> int:
@@ -88,11 +101,11 @@ def _raw_inputs(ctx: Context, row: int) -> None:
             st.plotly_chart(fig.sequence_figure(part.features[m][row], m, length), key=f"sample_seq_{m}")
 
 
-def _prototypes(ctx: Context, row: int) -> None:
+def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
     st.subheader("Prototypes and transport")
     if ctx.result.posteriors is None:
         st.info("The model card has no training prototypes, so no prototype assignment can be shown.")
-        return
+        return None
     post = {m: p[row] for m, p in ctx.result.posteriors.items()}
     left, right = st.columns([2, 1])
     left.plotly_chart(fig.posterior_figure(post), key="sample_posteriors")
@@ -101,11 +114,76 @@ def _prototypes(ctx: Context, row: int) -> None:
     plan = training_transport(ctx)
     if plan is None:
         st.info("This run has no training reference (reference.json), so the transport plan between the "
-                "training prototypes is not available.")
-        return
+                "training prototypes and the nearest training samples are not available.")
+        return None
     order = list(ctx.result.posteriors)
     cells = dict(zip(table["modality"], table["prototype"]))
     pairs = {(a, b): plan.pair_plan(a, b, order).detach().cpu().numpy()
              for i, a in enumerate(order) for b in order[i + 1:]}
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(fig.transport_cells_table(pairs, cells), hide_index=True, key="sample_cells")
+    story = prototype_story(ctx.model, ctx.card, ctx.split_data, row, ctx.reference, plan=plan)
+    st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
+    st.dataframe(story.nearest, hide_index=True, key="sample_nearest")
+    return story
+
+
+def _counterfactuals(ctx: Context, row: int) -> pd.DataFrame | None:
+    st.subheader("What if a modality were missing or swapped")
+    if ctx.reference is None:
+        st.info("Counterfactuals replace a modality by the training mean input, which needs the run's "
+                "training reference; this run has none.")
+        return None
+    ids = [str(i) for i in ctx.result.ids]
+    other = st.selectbox("Swap in the modality from sample", ids, index=(row + 1) % len(ids),
+                         key="sample_swap_with")
+    frame = modality_counterfactuals(ctx.model, ctx.split_data, row, ctx.reference, swap_row=ids.index(other))
+    st.plotly_chart(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
+    st.dataframe(frame, hide_index=True, key="sample_counterfactual_table")
+    return frame
+
+
+def _attributions(ctx: Context, row: int) -> None:
+    st.subheader("Which time steps and features mattered (integrated gradients)")
+    baselines = ["zeros"] + (["training_mean"] if ctx.reference is not None else [])
+    baseline = st.radio("Baseline", baselines, horizontal=True, key="sample_ig_baseline")
+    ig = integrated_gradients(ctx.model, ctx.split_data, row, steps=32, baseline=baseline,
+                              reference=ctx.reference)
+    st.caption(f"Output {ig.output:.4f} vs baseline {ig.baseline_output:.4f}; the attributions add up to the "
+               f"difference within {abs(ig.completeness_gap):.2e}.")
+    for m, a in ig.attributions.items():
+        st.plotly_chart(fig.attribution_figure(a, m), key=f"sample_ig_{m}")
+
+
+def _attention(ctx: Context, row: int) -> None:
+    st.subheader("Cross-modal attention")
+    attention = cross_modal_attention(ctx.model, ctx.split_data, row)
+    if not attention or not any(attention.values()):
+        st.info("This model has no cross-modal attention layers.")
+        return
+    layers = len(next(iter(attention.values())))
+    layer = st.slider("Layer", 1, layers, layers, key="sample_attention_layer") if layers > 1 else 1
+    cols = st.columns(len(attention))
+    for col, (m, frames) in zip(cols, attention.items()):
+        col.plotly_chart(fig.attention_figure(frames[layer - 1], f"{m} attends to"), key=f"sample_attention_{m}")
+
+
+def _review(ctx: Context, sample_id: str) -> None:
+    st.subheader("Review")
+    trail = AuditTrail(default_audit_path())
+    with st.form("sample_review_form", clear_on_submit=True):
+        verdict = st.radio("Verdict on this prediction", VERDICTS, horizontal=True, key="sample_review_verdict")
+        comment = st.text_area("Comment", key="sample_review_comment", max_chars=2000)
+        reviewer = st.text_input("Reviewer", key="sample_review_reviewer")
+        if st.form_submit_button("Record review"):
+            try:
+                trail.record_review(ctx.model_id, ctx.data_id, sample_id, verdict, comment, reviewer)
+                st.success("Review recorded.")
+            except AuditError as exc:
+                st.error(str(exc))
+    history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
+    if len(history):
+        st.dataframe(history[["created_at", "reviewer", "verdict", "comment"]], hide_index=True,
+                     key="sample_review_history")
+    else:
+        st.caption("No reviews of this sample yet.")

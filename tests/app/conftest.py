@@ -36,7 +36,7 @@ def subset(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """The bundled demo run; where it is not committed yet, a tiny run on the demo data stands in."""
-    if (DEMO / "card.json").is_file():
+    if (DEMO / "card.json").is_file() and (DEMO / "best.safetensors").is_file():
         run = DEMO
     else:
         run = make_tiny_run(subset(load_dataset(DEMO_DATA), 200), tmp_path_factory.mktemp("demo"), epochs=1,

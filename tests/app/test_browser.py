@@ -78,6 +78,7 @@ def _visit_all(page, base: str, tag: str) -> list[str]:
 def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
     sync = _require_browser()
     ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure.png").unlink(missing_ok=True)
     errors: list[str] = []
     with sync.sync_playwright() as p:
         browser = launch_chromium(p)

@@ -10,6 +10,7 @@ import pytest
 from browser_utils import ROOT
 from streamlit.testing.v1 import AppTest
 
+from decalign.audit import AuditTrail
 from decalign.checkpoint import load_model
 from decalign.data import load_dataset
 from decalign.inference import run_inference
@@ -66,10 +67,28 @@ def test_sample_page_opens_selected_sample(page_test, demo_dir):
     at.session_state["selected_sample"] = str(ids[7])
     _ok(at.run())
     assert at.selectbox(key="sample_id").value == ids[7]
-    # pixel image + one heatmap per modality + waterfall + posteriors + transport cells
-    assert _charts(at) >= 7
+    # pixel image, a heatmap per modality, waterfall, posteriors, transport cells, counterfactuals,
+    # an attribution heatmap per modality and an attention heatmap per modality
+    assert _charts(at) >= 14
+    assert any(m.value.startswith("The model predicts") for m in at.markdown)  # plain-language summary
     at.selectbox(key="sample_id").set_value(str(ids[2])).run()
     assert _ok(at).session_state["selected_sample"] == ids[2]
+
+
+def test_sample_review_is_recorded_with_history(page_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECALIGN_AUDIT_DB", str(tmp_path / "audit.db"))
+    at = _ok(page_test("sample").run())
+    assert "No reviews of this sample yet." in [c.value for c in at.caption]
+    at.radio(key="sample_review_verdict").set_value("wrong")
+    at.text_area(key="sample_review_comment").set_value("looks like a 7")
+    at.text_input(key="sample_review_reviewer").set_value("ana")
+    at.button[-1].click().run()
+    _ok(at)
+    history = at.dataframe[-1].value  # the review history is the last table on the page
+    assert history[["reviewer", "verdict", "comment"]].values.tolist() == [["ana", "wrong", "looks like a 7"]]
+    sample_id = at.selectbox(key="sample_id").value
+    reviews = AuditTrail(tmp_path / "audit.db").reviews(sample_id=sample_id)
+    assert reviews["verdict"].tolist() == ["wrong"]
 
 
 def test_fitting_npz_upload_replaces_the_data(page_test, demo_npz):
