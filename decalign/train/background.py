@@ -66,6 +66,22 @@ def save_upload(run_dir: str | Path, data: bytes, filename: str) -> Path:
     return atomic_write_bytes(Path(run_dir) / "data" / safe, data)
 
 
+def match_task_loss(config: DecAlignConfig, task: str) -> tuple[DecAlignConfig, str | None]:
+    """Make ``train.task_loss`` fit the data's task (cross-entropy for classes, MSE for values).
+
+    The library default is a regression loss; a dashboard user starting from the defaults on
+    classification data would otherwise get a shape error. Returns the config and a note when changed.
+    """
+    loss = config.train.task_loss
+    if task == "classification" and loss != "cross_entropy":
+        new = "cross_entropy"
+    elif task == "regression" and loss == "cross_entropy":
+        new = "mse"
+    else:
+        return config, None
+    return config.override([f"train.task_loss={new}"]), f"task_loss {loss} -> {new} for {task} data"
+
+
 # ------------------------------------------------------------------------------------------ processes
 
 

@@ -1,0 +1,189 @@
+"""Compare: two models on the same data, side by side, down to the samples whose prediction changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.figures import compare as fig
+from app.pages import sample
+from app.state import DATA_KINDS, DataSource, bundled_data_path, demo_model_dir, select_sample, use_model_dir
+from decalign.checkpoint import CheckpointError, ModelCard, load_model, model_fingerprint
+from decalign.data import DataError, MultimodalDataset, check_compatible, load_dataset
+from decalign.explain.compare import (
+    compare_metrics,
+    levels_side_by_side,
+    match_prototypes,
+    prediction_changes,
+    slice_differences,
+)
+from decalign.explain.levels import alignment_levels
+from decalign.inference import InferenceResult, run_inference
+from decalign.train import background as bg
+
+URL_PATH = "compare"
+OTHER = "Another run directory…"
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _model(path: str, fingerprint: str):
+    return load_model(path)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the data…")
+def _data(path: str, mtime: float) -> tuple[MultimodalDataset, str]:
+    dataset = load_dataset(path)
+    return dataset, dataset.fingerprint()
+
+
+@st.cache_data(max_entries=8, show_spinner="Running the model…")
+def _infer(model_id: str, data_id: str, split: str, _model, _card: ModelCard, _dataset) -> InferenceResult:
+    return run_inference(_model, _dataset.splits[split], task=_card.task, prototypes=_card.prototype_tensors())
+
+
+@st.cache_data(max_entries=8, show_spinner="Measuring the alignment levels…")
+def _levels(model_id: str, data_id: str, split: str, _model, _dataset):
+    return alignment_levels(_model, _dataset.splits[split], max_samples=512)
+
+
+def _choices() -> dict[str, Path]:
+    runs = {f"run {r.name}": r.path for r in bg.list_runs() if r.has_model}
+    demo = demo_model_dir()
+    return {**({"bundled demo": demo} if (demo / "card.json").is_file() else {}), **runs}
+
+
+def _pick(side: str, choices: dict[str, Path], default: int):
+    options = [*choices, OTHER]
+    label = st.selectbox(f"Model {side}", options, index=min(default, len(options) - 1), key=f"compare_{side}")
+    path = choices.get(label)
+    if label == OTHER:
+        text = st.text_input(f"Run directory of {side}", key=f"compare_{side}_path")
+        if not text:
+            return None
+        path = Path(text).expanduser()
+    try:
+        model, card = _model(str(path), model_fingerprint(path))
+    except (CheckpointError, OSError) as exc:
+        st.error(f"Model {side} ({path}): {exc}")
+        return None
+    return label, path, model, card, model_fingerprint(path)
+
+
+def render() -> None:
+    st.title("Compare two models")
+    choices = _choices()
+    left, right = st.columns(2)
+    with left:
+        a = _pick("A", choices, 0)
+    with right:
+        b = _pick("B", choices, 1)
+    if a is None or b is None:
+        st.info("Choose two models (the bundled demo, a run from the Train page, or a run directory).")
+        return
+    found = _same_data(a, b)
+    if found is None:
+        return
+    dataset, data_id, data_path = found
+    splits = [s for s, p in dataset.splits.items() if p.labels is not None and len(p)]
+    split = st.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="compare_split")
+    st.caption(f"Data: `{data_path.name}` ({split}, {len(dataset.splits[split])} samples)")
+    ra = _infer(a[4], data_id, split, a[2], a[3], dataset)
+    rb = _infer(b[4], data_id, split, b[2], b[3], dataset)
+    _metrics(ra, rb, a[3], b[3])
+    _changes(ra, rb, a, b, split)
+    _slices(ra, rb, a[3], b[3])
+    _levels_section(a, b, data_id, split, dataset)
+    _prototypes(ra, rb, a[3], b[3], a[1] == b[1])
+
+
+def _same_data(a, b) -> tuple[MultimodalDataset, str, Path] | None:
+    path = bundled_data_path(a[3], a[1]) or bundled_data_path(b[3], b[1])
+    if path is None:
+        st.warning("Neither model names a data file that is still there; compare them on the Train page's data.")
+        return None
+    dataset, data_id = _data(str(path), path.stat().st_mtime)
+    try:
+        for side in (a, b):
+            check_compatible(dataset, side[3].widths, f"{path.name} for model {side[0]}")
+    except DataError as exc:
+        st.error(f"The two models do not take the same inputs: {exc}")
+        return None
+    if a[3].task != b[3].task:
+        st.error(f"The models do different tasks ({a[3].task}, {b[3].task}).")
+        return None
+    return dataset, data_id, path
+
+
+def _metrics(ra, rb, card_a, card_b) -> None:
+    st.subheader("Metrics")
+    table = compare_metrics(ra, rb, card_a, card_b)
+    left, right = st.columns([2, 3])
+    left.dataframe(table.drop(columns="metric"), hide_index=True, key="compare_metrics")
+    right.plotly_chart(fig.metrics_figure(table), key="compare_metrics_fig")
+
+
+def _changes(ra, rb, a, b, split: str) -> None:
+    changes = prediction_changes(ra, rb)
+    kind = "flipped" if ra.task == "classification" else "changed sign"
+    n = int(changes["changed"].sum())
+    st.subheader(f"Predictions that changed: {n} {kind}")
+    st.dataframe(changes.drop(columns="row").head(200), hide_index=True, key="compare_changes")
+    ids = changes["id"].head(200).tolist()
+    chosen = st.selectbox("Sample", ids, key="compare_sample")
+    st.caption("The Sample page explains the current model: these buttons make A or B current, then open it.")
+    for col, letter, side in zip(st.columns(2), "AB", (a, b)):
+        path = None if side[0] == "bundled demo" else side[1]
+        if col.button(f"Explain with model {letter} ({side[0]})", key=f"compare_explain_{letter}",
+                      on_click=_make_current, args=(path, side[0], chosen, split)):
+            st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
+
+
+def _make_current(path: Path | None, label: str, sample_id: str, split: str) -> None:
+    use_model_dir(path, label)
+    st.session_state["data_kind"] = st.session_state["data_kind_choice"] = DATA_KINDS[0]
+    st.session_state["data_source"] = DataSource("bundled", "bundled")
+    st.session_state["split"] = split
+    select_sample(sample_id)
+
+
+def _slices(ra, rb, card_a, card_b) -> None:
+    st.subheader("Per slice")
+    by = st.selectbox("Slice by", ["label_bin", "dominant_modality"], key="compare_slice_by",
+                      format_func={"label_bin": "label (class or rounded value)",
+                                   "dominant_modality": "dominant modality of model A"}.get)
+    table = slice_differences(ra, rb, card_a, card_b, by=by)
+    left, right = st.columns([2, 3])
+    left.dataframe(table, hide_index=True, key="compare_slices")
+    right.plotly_chart(fig.slices_figure(table), key="compare_slices_fig")
+
+
+def _levels_section(a, b, data_id: str, split: str, dataset) -> None:
+    st.subheader("Alignment levels")
+    table = levels_side_by_side(_levels(a[4], data_id, split, a[2], dataset),
+                                _levels(b[4], data_id, split, b[2], dataset))
+    left, right = st.columns([2, 3])
+    left.dataframe(table, hide_index=True, key="compare_levels")
+    right.plotly_chart(fig.levels_figure(table), key="compare_levels_fig")
+
+
+def _prototypes(ra, rb, card_a, card_b, same: bool) -> None:
+    st.subheader("Prototypes: which of A became which of B")
+    if not card_a.prototypes or not card_b.prototypes:
+        st.info("A model card without training prototypes: nothing to match.")
+        return
+    align = st.checkbox("First map B's feature space onto A's (orthogonal Procrustes on both models' unique "
+                        "features of this split)", value=not same, key="compare_align")
+    features = (ra.unique_pooled, rb.unique_pooled) if align else (None, None)
+    try:
+        matches = match_prototypes(card_a.prototype_tensors(), card_b.prototype_tensors(),
+                                   features_a=features[0], features_b=features[1])
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    st.caption("Exact optimal transport (POT ot.emd) with the Bures cost between the Gaussian prototypes and their "
+               "weights as marginals.")
+    for m, match in matches.items():
+        left, right = st.columns([3, 2])
+        left.plotly_chart(fig.match_figure(match), key=f"compare_match_{m}")
+        right.dataframe(match.matches().head(10), hide_index=True, key=f"compare_match_table_{m}")

@@ -1,0 +1,194 @@
+"""Train: pick data and settings, start a run in its own process, follow it live, cancel or resume it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from app.figures import train as fig
+from decalign.config import ConfigError, DecAlignConfig
+from decalign.data import DataError, load_dataset_bytes
+from decalign.train import background as bg
+
+URL_PATH = "train"
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
+DEMO_CONFIG = ROOT / "assets" / "demo_config.json"
+DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
+CONFIG_KINDS = ("Demo settings", "Library defaults", "Upload a config file")
+# (section, field, label, kind): the settings the form edits; everything else comes from the base config.
+FIELDS = [
+    ("model", "num_prototypes", "Prototypes K", int), ("model", "d_model", "Width d", int),
+    ("model", "num_heads", "Attention heads", int), ("model", "num_layers", "Layers", int),
+    ("train", "dec_loss_weight", "Decoupling weight", float), ("train", "alpha", "Alpha (heterogeneity)", float),
+    ("train", "beta", "Beta (homogeneity)", float), ("train", "ct_weight", "Contrastive weight", float),
+    ("train", "learning_rate", "Learning rate", float), ("train", "num_epochs", "Epochs", int),
+    ("train", "batch_size", "Batch size", int), ("train", "seed", "Seed", int),
+]
+
+
+def render() -> None:
+    st.title("Train")
+    st.caption(f"Runs are saved in `{bg.runs_root()}` (set DECALIGN_RUNS_DIR to change it). Training runs in "
+               "its own process: refresh the page or open another tab and you see the same run.")
+    with st.expander("New run", expanded=not bg.list_runs()):
+        _new_run()
+    runs = bg.list_runs()
+    if not runs:
+        st.info("No runs yet.")
+        return
+    st.subheader("Runs")
+    st.dataframe(fig.runs_table(runs), hide_index=True, key="train_runs_table")
+    names = [r.name for r in runs]
+    if st.session_state.get("train_run") not in names:
+        st.session_state["train_run"] = names[0]
+    name = st.selectbox("Run to follow", names, key="train_run")
+    run_dir = next(r.path for r in runs if r.name == name)
+    active = bg.run_state(run_dir)["state"] in bg.ACTIVE
+    st.fragment(_live, run_every=1.0 if active else None)(str(run_dir), active)
+
+
+# --------------------------------------------------------------------------------------------- new run
+
+
+def _new_run() -> None:
+    data = _pick_data()
+    base = _pick_config()
+    if base is None or data is None:
+        return
+    config_id = hashlib.sha256(json.dumps(base.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    with st.form("train_form"):
+        st.markdown("**Settings** (the rest comes from the configuration chosen above)")
+        cols = st.columns(4)
+        values = {}
+        for i, (section, name, label, kind) in enumerate(FIELDS):
+            current = getattr(getattr(base, section), name)
+            widget_key = f"train_{name}_{config_id}"  # new defaults when the base config changes
+            with cols[i % 4]:
+                if kind is int:
+                    values[(section, name)] = st.number_input(label, value=int(current), step=1, key=widget_key)
+                else:
+                    values[(section, name)] = st.number_input(label, value=float(current), format="%g",
+                                                              key=widget_key)
+        run_name = st.text_input("Run name (optional)", key="train_name")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if submitted:
+        _start(data, base, values, run_name)
+    if st.session_state.get("train_error"):
+        st.error(st.session_state["train_error"])
+
+
+def _pick_data() -> tuple[bytes | None, str, str] | None:
+    """(bytes, file name, task) of the checked upload, (None, demo name, task) for the demo; None: no data yet."""
+    kind = st.radio("Data", DATA_KINDS, key="train_data_kind", horizontal=True)
+    if kind == DATA_KINDS[0]:
+        return None, DEMO_DATA.name, "classification"
+    upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
+                              type=["pkl", "pickle", "npz"], key="train_upload")
+    if upload is None:
+        return None
+    data = upload.getvalue()
+    try:
+        dataset = _check_upload(hashlib.sha256(data).hexdigest(), data, upload.name)
+    except DataError as exc:
+        st.error(str(exc))
+        return None
+    modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
+    st.caption(f"{upload.name}: {dataset.task}, modalities {modalities}, splits "
+               + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
+    return data, upload.name, dataset.task
+
+
+@st.cache_resource(max_entries=2, show_spinner="Checking the data…")
+def _check_upload(digest: str, _data: bytes, name: str):
+    return load_dataset_bytes(_data, name)
+
+
+def _pick_config() -> DecAlignConfig | None:
+    kind = st.radio("Start from", CONFIG_KINDS, key="train_config_kind", horizontal=True)
+    if kind == CONFIG_KINDS[0]:
+        return DecAlignConfig.from_json(DEMO_CONFIG)
+    if kind == CONFIG_KINDS[1]:
+        return DecAlignConfig()
+    upload = st.file_uploader("Configuration (this project's JSON or an official DecAlign config)", type=["json"],
+                              key="train_config_upload")
+    if upload is None:
+        st.info("Upload a JSON configuration, or start from the demo settings or the defaults.")
+        return None
+    try:
+        return DecAlignConfig.from_dict(json.loads(upload.getvalue().decode("utf-8")), source=upload.name)
+    except (ConfigError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        st.error(f"{upload.name}: {exc}")
+        return None
+
+
+def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: dict, run_name: str) -> None:
+    st.session_state.pop("train_error", None)
+    content, filename, task = data
+    try:
+        config = base.override([f"{s}.{n}={v}" for (s, n), v in values.items()])
+    except ConfigError as exc:
+        st.session_state["train_error"] = f"Settings refused: {exc}"
+        return
+    config, note = bg.match_task_loss(config, task)
+    run_dir = bg.new_run_dir(run_name)
+    path = DEMO_DATA if content is None else bg.save_upload(run_dir, content, filename)
+    bg.start_training(run_dir, path, config)
+    st.session_state["train_run"] = run_dir.name
+    st.toast(f"Started run {run_dir.name}" + (f" ({note})" if note else ""))
+
+
+# ------------------------------------------------------------------------------------------- live view
+
+
+def _live(run_dir: str, was_active: bool) -> None:
+    view = bg.live_view(run_dir)
+    state, progress, history = view["state"], view["progress"], view["history"]
+    if was_active and state["state"] not in bg.ACTIVE:
+        st.rerun()  # the run just ended: redraw the page once, the table and the buttons change
+    fraction, text = fig.progress_text(progress, state["state"])
+    st.progress(fraction, text=text)
+    _controls(Path(run_dir), state)
+    if state["state"] in bg.ACTIVE and progress and progress.get("batches"):
+        st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
+    if history:
+        left, right = st.columns(2)
+        left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")
+        right.plotly_chart(fig.valid_metrics_figure(history), key="train_valid_metrics")
+    _details(Path(run_dir))
+
+
+def _controls(run_dir: Path, state: dict) -> None:
+    name = state["state"]
+    if name in bg.ACTIVE:
+        if state["cancel_requested"]:
+            st.info("Cancelling after the current batch…")
+        elif st.button("Cancel", key="train_cancel"):
+            bg.cancel_training(run_dir)
+            st.rerun(scope="fragment")
+    elif name == "finished":
+        st.success(f"Finished after epoch {state['epoch']}. Open it on the Compare or Replay page, or pick it "
+                   "as 'Training run' in the sidebar to explore it on every page.")
+    elif name in bg.RESUMABLE:
+        message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
+        st.warning(f"{message} after epoch {state['epoch']}." + (f" {state['error']}" if state["error"] else ""))
+        if state["resumable"] and st.button("Resume", key="train_resume"):
+            try:
+                bg.resume_training(run_dir)
+            except (RuntimeError, ConfigError, OSError) as exc:
+                st.error(f"Cannot resume: {exc}")
+                return
+            st.rerun()  # full rerun: the fragment now refreshes every second
+
+
+def _details(run_dir: Path) -> None:
+    info = bg.run_info(run_dir)
+    with st.expander("Run details: configuration, data, log"):
+        st.markdown(f"Data: `{info.data}`  \nFingerprint: `{info.data_fingerprint}`  \nFolder: `{run_dir}`")
+        st.code(json.dumps(info.config, indent=2), language="json")
+        log = run_dir / "train.log"
+        if log.exists():
+            st.code(log.read_text(encoding="utf-8", errors="replace")[-3000:] or "(empty)", language="text")

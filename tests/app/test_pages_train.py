@@ -1,0 +1,141 @@
+"""AppTest of the Train, Replay and Compare pages on two tiny runs (synthetic, two modalities, d=8, 2 epochs)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from decalign.config import DecAlignConfig, ModelConfig, TrainConfig
+from decalign.data import load_dataset, make_synthetic, save_npz
+from decalign.train import train
+from decalign.train.background import kill_training, list_runs, run_state
+
+CONFIG = DecAlignConfig(ModelConfig(d_model=8, num_heads=2, num_layers=1, num_prototypes=3, pde_dim=8),
+                        TrainConfig(task_loss="cross_entropy", batch_size=32, learning_rate=3e-3, num_epochs=2))
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """A runs folder with two finished tiny runs (seeds 0 and 1) on the same npz, set as DECALIGN_RUNS_DIR."""
+    root = tmp_path_factory.mktemp("runs")
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    save_npz(make_synthetic(96, 48, 48, widths={"a": 5, "b": 4}, seq_len=3, task="classification",
+                            num_classes=3, seed=2), path)
+    dataset = load_dataset(path)
+    for seed in (0, 1):
+        run = root / f"20260101-00000{seed}-seed{seed}"
+        config = CONFIG.override([f"train.seed={seed}"])
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(config.to_dict()))
+        (run / "request.json").write_text(json.dumps({"data": str(path), "device": "cpu", "replay": True}))
+        train(dataset, config, run, replay=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DECALIGN_RUNS_DIR", str(root))
+    yield root, path
+    mp.undo()
+
+
+def frame(at, *columns: str):
+    """The first table on the page with these columns (AppTest does not keep a dataframe's key)."""
+    for table in at.dataframe:
+        value = table.value
+        if set(columns) <= set(value.columns) | set(value.index):
+            return value
+    raise AssertionError(f"no table with {columns}")
+
+
+def test_train_page_lists_runs_and_shows_a_finished_run(page_test, runs_dir):
+    at = page_test("train").run()
+    assert not at.exception
+    table = frame(at, "run", "status", "best valid")
+    assert list(table["run"]) == sorted(p.name for p in runs_dir[0].iterdir())[::-1]
+    assert set(table["status"]) == {"finished"}
+    assert any("Finished after epoch 2" in s.value for s in at.success)
+    assert at.selectbox(key="train_run").value == table["run"][0]
+    labels = [n.label for n in at.number_input]
+    assert {"Prototypes K", "Width d", "Alpha (heterogeneity)", "Learning rate", "Epochs", "Seed"} <= set(labels)
+
+
+def test_train_page_shows_config_errors(page_test, runs_dir):
+    at = page_test("train").run()
+    at.radio(key="train_config_kind").set_value("Upload a config file").run()
+    bad = json.dumps({"model": {"d_model": 8, "no_such_field": 1}}).encode()
+    at.file_uploader(key="train_config_upload").set_value(("bad.json", bad, "application/json")).run()
+    assert not at.exception
+    assert any("bad.json" in e.value and "no_such_field" in e.value for e in at.error)
+
+
+def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_dir):
+    root, data_path = runs_dir
+    at = page_test("train").run()
+    at.radio(key="train_data_kind").set_value("Upload a file").run()
+    at.file_uploader(key="train_upload").set_value(("tiny.npz", data_path.read_bytes(), "application/octet-stream"))
+    at.run()
+    at.radio(key="train_config_kind").set_value("Library defaults").run()
+    settings = {"Prototypes K": 3, "Width d": 8, "Attention heads": 2, "Layers": 1, "Epochs": 1, "Batch size": 32}
+    for widget in at.number_input:
+        if widget.label in settings:
+            widget.set_value(settings[widget.label])
+    at.text_input(key="train_name").set_value("from-upload")
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    started = [r for r in list_runs(root) if r.name.endswith("from-upload")]
+    assert len(started) == 1
+    run = started[0].path
+    try:
+        assert (run / "data" / "tiny.npz").read_bytes() == data_path.read_bytes()  # saved for the subprocess
+        config = json.loads((run / "config.json").read_text())
+        assert config["model"]["d_model"] == 8 and config["train"]["num_epochs"] == 1
+        deadline = time.monotonic() + 180
+        while run_state(run)["state"] in ("starting", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+    finally:
+        kill_training(run)
+    at.run()
+    assert at.selectbox(key="train_run").value == run.name
+    assert any("Finished after epoch 1" in s.value for s in at.success)
+
+
+def test_replay_page_plays_back_the_epochs(page_test, runs_dir):
+    root, _ = runs_dir
+    at = page_test("replay").run()
+    assert not at.exception
+    at.selectbox(key="replay_run").set_value(next(p.name for p in root.iterdir() if p.name.endswith("seed0"))).run()
+    slider = at.select_slider(key="replay_epoch")
+    assert slider.value == 2
+    slider.set_value(1).run()
+    assert not at.exception
+    values = frame(at, "value")
+    assert "separation" in values.index and "plan_entropy" in values.index
+
+
+def test_compare_page_two_runs(page_test, runs_dir):
+    root, _ = runs_dir
+    at = page_test("compare").run()
+    assert not at.exception
+    names = [f"run {p.name}" for p in sorted(root.iterdir(), reverse=True) if p.name.startswith("2026")]
+    at.selectbox(key="compare_A").set_value(names[0])
+    at.selectbox(key="compare_B").set_value(names[1]).run()
+    assert not at.exception
+    metrics = frame(at, "name", "A", "B", "better")
+    assert {"A", "B", "change", "better"} <= set(metrics.columns)
+    changes = frame(at, "prediction_A", "shift")
+    assert len(changes) == 48 and changes["changed"].iloc[0] == changes["changed"].max()
+    matches = frame(at, "prototype_A", "mass")
+    assert np.isclose(matches["mass"].sum(), 1.0)
+
+
+def test_compare_page_model_with_itself(page_test, runs_dir):
+    root, _ = runs_dir
+    at = page_test("compare").run()
+    name = next(f"run {p.name}" for p in root.iterdir() if p.name.endswith("seed0"))
+    at.selectbox(key="compare_A").set_value(name)
+    at.selectbox(key="compare_B").set_value(name).run()
+    assert not at.exception
+    assert not frame(at, "prediction_A", "shift")["changed"].any()
+    table = frame(at, "prototype_A", "mass")
+    assert (table["prototype_A"] == table["prototype_B"]).all()
