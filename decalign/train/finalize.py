@@ -37,16 +37,24 @@ def predict_outputs(model: DecAlign, split: Split, batch_size: int) -> np.ndarra
     """(N, out) raw head outputs of every sample, in order."""
     device = next(model.parameters()).device
     model.eval()
-    parts = []
+    parts = [np.zeros((0, model.output_dim), dtype=np.float32)]
     with torch.inference_mode():
         for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
             parts.append(model(batch.inputs, batch.lengths, align=False).prediction.float().cpu().numpy())
     return np.concatenate(parts)
 
 
-def evaluate_split(model: DecAlign, split: Split, args: EvalArgs) -> dict[str, float]:
-    """Every metric of ``compute_metrics`` plus ``loss`` (the task loss over the whole split)."""
-    outputs = predict_outputs(model, split, args.batch_size)
+def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) -> dict[str, float]:
+    """Every metric of ``compute_metrics`` plus ``loss`` (the task loss over the whole split).
+
+    ``shard``: in distributed training, a ``(rows, gather)`` pair: this rank predicts only ``rows`` and
+    ``gather`` joins every rank's outputs in order, so all ranks compute the same metrics.
+    """
+    if shard is None:
+        outputs = predict_outputs(model, split, args.batch_size)
+    else:
+        rows, gather = shard
+        outputs = gather(predict_outputs(model, split.subset(rows), args.batch_size))
     weight = None if args.class_weight is None else args.class_weight.cpu()
     loss = float(task_loss(torch.from_numpy(outputs), torch.from_numpy(split.labels), args.task_loss, weight))
     preds = outputs[:, 0] if args.task == "regression" else outputs

@@ -91,13 +91,19 @@ def balanced_class_weight(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def total_loss(output: DecAlignOutput, labels: torch.Tensor, config: TrainConfig, task: str,
-               class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               class_weight: torch.Tensor | None = None, *, local_scale: float = 1.0, gather=None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted training objective (module docstring) and its unweighted terms.
 
     ``output`` must carry ``alignment`` (run the model with ``align=True``). Returns the total and a
     dict with the keys of ``LOSS_TERMS`` (``heterogeneity`` = transport + local, ``homogeneity`` =
     moments + MMD); the contrastive term is computed only when ``ct_weight`` is non-zero.
+
+    Distributed training (``decalign.train.distributed``): the per-sample terms (task, decoupling) are
+    multiplied by ``local_scale = W * n_local / n_global`` in the total, and ``gather`` joins every rank's
+    rows so the contrastive term sees the global batch, as the alignment levels already do.
     """
+    gather = gather or (lambda x: x)
     if output.alignment is None:
         raise ValueError("total_loss needs the alignment levels: run the model with align=True")
     levels = output.alignment
@@ -108,9 +114,11 @@ def total_loss(output: DecAlignOutput, labels: torch.Tensor, config: TrainConfig
         "homogeneity": levels.homogeneity,
     }
     terms["contrastive"] = (
-        supervised_contrastive_loss(output.branch_inputs, contrastive_groups(labels, task), config.ct_temperature)
+        supervised_contrastive_loss(gather(output.branch_inputs), contrastive_groups(gather(labels), task),
+                                    config.ct_temperature)
         if config.ct_weight else output.prediction.new_zeros(())
     )
-    total = (terms["task"] + config.dec_loss_weight * terms["decoupling"] + config.alpha * terms["heterogeneity"]
+    per_sample = terms["task"] + config.dec_loss_weight * terms["decoupling"]
+    total = (local_scale * per_sample + config.alpha * terms["heterogeneity"]
              + config.beta * terms["homogeneity"] + config.ct_weight * terms["contrastive"])
     return total, {"total": total, **terms}

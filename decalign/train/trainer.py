@@ -34,6 +34,7 @@ from ..data.torch_batches import iterate_batches
 from ..device import resolve_device
 from ..model import AlignmentLevels
 from . import finalize
+from . import distributed
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
 from .metrics import metric_direction, resolve_metric_name
@@ -105,8 +106,10 @@ class Trainer:
                  device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
                  replay: bool = False):
         self.dataset, self.config, self.run_dir = dataset, config.validate(), Path(run_dir)
-        self.device = resolve_device(device)
-        self.callbacks = CallbackList(callbacks)
+        self.dist = distributed.context_from_env()  # a world of one unless started by torchrun
+        self.device = distributed.rank_device(self.dist, resolve_device(device))
+        distributed.init_process_group(self.dist, self.device)
+        self.callbacks = CallbackList(callbacks if self.dist.is_main else [])
         self.resume = resume
         _check_dataset(dataset)
         self.task = dataset.task
@@ -118,13 +121,13 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         self._prepare()
-        write_status(self.run_dir, "running", self.state.epoch)
+        self._write_status("running")
         self.callbacks.on_train_start(self.config.train.num_epochs, self.state.epoch + 1, self._num_batches())
         try:
             status = self._loop()
             self._finish(status)
         except BaseException as exc:
-            write_status(self.run_dir, "failed", self.state.epoch, error=f"{type(exc).__name__}: {exc}")
+            self._write_status("failed", error=f"{type(exc).__name__}: {exc}")
             self.callbacks.on_train_end("failed")
             raise
         self.callbacks.on_train_end(status)
@@ -139,9 +142,11 @@ class Trainer:
         elif (self.run_dir / "card.json").exists():
             raise RunError(f"{self.run_dir}: already holds a run; pass --resume to continue it or choose "
                            "another output folder")
+        distributed.barrier(self.dist)  # every rank has checked before rank 0 writes
         seed_everything(cfg.seed)
         self.card = self._new_card(fingerprint) if not self.resume else _resumed_card(self.run_dir, self.config)
         self.model = self.card.build_model().to(self.device)
+        self.step_model = distributed.wrap_model(self.model, self.dist, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
                                           weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -151,7 +156,8 @@ class Trainer:
         if self.resume and has_resume(self.run_dir):
             self.state = load_resume(self.run_dir, self.model, self.optimizer, self.scheduler)
             self.history = read_history(self.run_dir)[: self.state.epoch]
-        save_card(self.run_dir, self.card)
+        if self.dist.is_main:
+            save_card(self.run_dir, self.card)
 
     def _new_card(self, fingerprint: str) -> ModelCard:
         train = self.dataset.splits["train"]
@@ -185,7 +191,8 @@ class Trainer:
             start = time.perf_counter()
             means = self._train_epoch(epoch)
             if means is None:  # cancelled mid-epoch: keep the weights reached, best stays as it was
-                save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
+                if self.dist.is_main:
+                    save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
                 return "cancelled"
             row = self._end_epoch(epoch, means, time.perf_counter() - start)
             self.callbacks.on_epoch_end(epoch, row)
@@ -206,8 +213,10 @@ class Trainer:
         batches = iterate_batches(train_split, cfg.batch_size, shuffle=True, seed=epoch_seed(cfg.seed, epoch),
                                   device=self.device)
         for i, batch in enumerate(batches, 1):
-            out = model(batch.inputs, batch.lengths, align=True)
-            total, terms = total_loss(out, batch.labels, cfg, self.task, self.class_weight)
+            batch, gather, scale = distributed.local_share(batch, self.dist)
+            out = self.step_model(batch.inputs, batch.lengths, align=True, gather=gather)
+            total, terms = total_loss(out, batch.labels, cfg, self.task, self.class_weight, local_scale=scale,
+                                      gather=gather)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if cfg.clip > 0:
@@ -217,19 +226,23 @@ class Trainer:
             summed += values * len(batch)
             if self.device.type == "cpu" or i % self.sync_every == 0 or i == n_batches:
                 self.callbacks.on_batch_end(epoch, i, n_batches, dict(zip(BATCH_KEYS, values.tolist())))
-            if self.callbacks.should_stop():
+            if distributed.broadcast_flag(self.callbacks.should_stop(), self.dist):
                 return None
+        summed = distributed.all_reduce_sum(summed, self.dist)  # alignment levels are global already
         return dict(zip(BATCH_KEYS, (summed / len(train_split)).tolist()))
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float) -> dict[str, Any]:
-        valid = finalize.evaluate_split(self.model, self.dataset.splits["valid"], self._eval_args())
+        valid_split = self.dataset.splits["valid"]
+        valid = finalize.evaluate_split(self.model, valid_split, self._eval_args(),
+                                        shard=distributed.eval_shard(len(valid_split), self.dist))
         value = valid[self.selection]
         improved = self._improved(value)
         lr = self.optimizer.param_groups[0]["lr"]
         if improved:
             self.state.best_value, self.state.best_epoch, self.state.bad_epochs = value, epoch, 0
             self.card.best_epoch, self.card.metrics = epoch, {"valid": valid}
-            save_model(self.run_dir, self.model, self.card, tag="best")
+            if self.dist.is_main:
+                save_model(self.run_dir, self.model, self.card, tag="best")
         else:
             self.state.bad_epochs += 1
         self.scheduler.step(value)
@@ -237,6 +250,11 @@ class Trainer:
         row = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3), "train": means, "valid": valid,
                "selection": value, "improved": improved}
         self.history.append(row)
+        if self.dist.is_main:  # only rank 0 writes checkpoints, history and status
+            self._write_epoch(epoch)
+        return row
+
+    def _write_epoch(self, epoch: int) -> None:
         save_model(self.run_dir, self.model, self.card, tag="last", write_card=False)
         if self.recorder is not None:  # before save_resume: an epoch redone after a crash re-records itself
             self.recorder.record(self.model, epoch)
@@ -244,7 +262,6 @@ class Trainer:
         write_history(self.run_dir, self.history)
         save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
         write_status(self.run_dir, "running", epoch)
-        return row
 
     def _improved(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -258,9 +275,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------ the end
 
+    def _write_status(self, status: str, error: str | None = None) -> None:
+        if self.dist.is_main:
+            write_status(self.run_dir, status, self.state.epoch, error=error)
+
     def _finish(self, status: str) -> None:
+        distributed.barrier(self.dist)  # rank 0's last checkpoint is on disk before anyone reads it
         best = self.run_dir / "best.safetensors"
-        if best.exists():
+        if self.dist.is_main and best.exists():
             self.model.load_state_dict(load_file(str(best)))
             self.model.to(self.device)
             finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
@@ -268,7 +290,8 @@ class Trainer:
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)
             finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
-        write_status(self.run_dir, status, self.state.epoch)
+        self._write_status(status)
+        distributed.barrier(self.dist)
 
 
 def selection_rule(config: DecAlignConfig, task: str, convention: str = "mosi") -> tuple[str, str]:
