@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import state
-from app.pages import alignment, audit, embeddings, overview, predict, prototypes, sample
+from app.pages import alignment, audit, compare, embeddings, overview, predict, prototypes, replay, sample, train
 
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 
@@ -23,6 +23,9 @@ PAGES = [
     st.Page(prototypes.render, title="Prototypes and transport", url_path=prototypes.URL_PATH),
     st.Page(alignment.render, title="Alignment levels", url_path=alignment.URL_PATH),
     st.Page(audit.render, title="Audit", url_path="audit"),
+    st.Page(train.render, title="Train", url_path=train.URL_PATH),
+    st.Page(replay.render, title="Replay training", url_path=replay.URL_PATH),
+    st.Page(compare.render, title="Compare models", url_path=compare.URL_PATH),
 ]
 navigation = st.navigation(PAGES)
 state.sidebar()
