@@ -71,13 +71,13 @@ def _pick(side: str, choices: dict[str, Path], default: int):
 
 
 def render() -> None:
-    st.title("Compare two models")
+    st.title("Compare models")
     choices = _choices()
     left, right = st.columns(2)
     with left:
         a = _pick("A", choices, 0)
     with right:
-        b = _pick("B", choices, 1)
+        b = _pick("B", choices, 1 if len(choices) > 1 else 0)  # alone, a model is compared with itself
     if a is None or b is None:
         st.info("Choose two models (the bundled demo, a run from the Train page, or a run directory).")
         return

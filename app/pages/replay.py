@@ -11,6 +11,7 @@ from app.figures import train as fig
 from app.state import demo_model_dir
 from decalign.train import background as bg
 from decalign.train.replay import REPLAY_DIR, Replay, ReplayError, has_replay, load_replay
+from decalign.train.runs import read_history
 
 URL_PATH = "replay"
 
@@ -27,10 +28,15 @@ def _choices() -> dict[str, Path]:
 
 
 def render() -> None:
-    st.title("Replay: how alignment formed")
+    st.title("Replay training")
+    st.caption("How alignment formed, epoch by epoch.")
     choices = _choices()
     if not choices:
-        st.info("No run with a replay yet. Runs started on the Train page record one (decalign train --replay).")
+        st.info("No run with a replay yet: runs started on the Train page record one (decalign train --replay). "
+                "Meanwhile, the bundled demo's history shows each loss term and alignment level per epoch.")
+        history = read_history(demo_model_dir()) if (demo_model_dir() / "history.json").is_file() else []
+        if history:
+            st.plotly_chart(fig.history_loss_figure(history), key="replay_history")
         return
     name = st.selectbox("Run", list(choices), key="replay_run",
                         on_change=lambda: st.session_state.pop("replay_epoch", None))  # start at the last epoch

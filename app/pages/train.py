@@ -9,8 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from app.figures import train as fig
+from app.figures.overview import label_distribution_figure
 from decalign.config import ConfigError, DecAlignConfig
-from decalign.data import DataError, load_dataset_bytes
+from decalign.data import DataError, load_dataset, load_dataset_bytes
 from decalign.train import background as bg
 
 URL_PATH = "train"
@@ -85,7 +86,9 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
     """(bytes, file name, task) of the checked upload, (None, demo name, task) for the demo; None: no data yet."""
     kind = st.radio("Data", DATA_KINDS, key="train_data_kind", horizontal=True)
     if kind == DATA_KINDS[0]:
-        return None, DEMO_DATA.name, "classification"
+        dataset = _demo_data(DEMO_DATA.stat().st_mtime)
+        _glance(dataset, DEMO_DATA.name)
+        return None, DEMO_DATA.name, dataset.task
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
                               type=["pkl", "pickle", "npz"], key="train_upload")
     if upload is None:
@@ -96,15 +99,25 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
     except DataError as exc:
         st.error(str(exc))
         return None
-    modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
-    st.caption(f"{upload.name}: {dataset.task}, modalities {modalities}, splits "
-               + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
+    _glance(dataset, upload.name)
     return data, upload.name, dataset.task
+
+
+def _glance(dataset, name: str) -> None:
+    modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
+    st.caption(f"{name}: {dataset.task}, modalities {modalities}, splits "
+               + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
+    st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
 
 
 @st.cache_resource(max_entries=2, show_spinner="Checking the data…")
 def _check_upload(digest: str, _data: bytes, name: str):
     return load_dataset_bytes(_data, name)
+
+
+@st.cache_resource(max_entries=1, show_spinner="Reading the demo data…")
+def _demo_data(mtime: float):
+    return load_dataset(DEMO_DATA)
 
 
 def _pick_config() -> DecAlignConfig | None:
