@@ -45,6 +45,6 @@ def history_figure(history: pd.DataFrame, level: str) -> go.Figure | None:
     for source, group in rows.groupby("source", sort=True):
         group = group.sort_values("epoch")
         fig.add_trace(go.Scatter(x=group.epoch, y=group.value, mode="lines+markers", name=str(source)))
-    fig.update_xaxes(title="epoch")
+    fig.update_xaxes(title="epoch", tickformat="d", dtick=1)
     fig.update_layout(title="over the training epochs", height=320, margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig

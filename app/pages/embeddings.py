@@ -15,8 +15,9 @@ from decalign.explain.projection import Projection, project, project_joint
 
 URL_PATH = "embeddings"
 METHODS = {"UMAP": "umap", "PCA": "pca"}
-# Measured on 2 busy CPU cores: UMAP on 5,000 points of width 40 fits in about a minute (plus ~20 s of
-# one-off numba compilation); PCA fits 200,000 points in about a second.
+# Measured on the 2-core CI box under load (load average ~8): numba compiles UMAP once per process
+# (~50 s); then UMAP fits 3,000 points of width 40 in ~30 s and 5,000 in ~55 s, while fitting 5,000 of
+# 10,000 and transforming the rest took ~10 s (timings swing with the load). PCA: 200,000 points in ~1.3 s.
 FIT_LIMITS = {"umap": 5000, "pca": 200_000}
 # How often each projection was really computed (not served from the cache), by space; read by tests.
 PROJECTION_CALLS: Counter = Counter()
@@ -43,7 +44,8 @@ def render() -> None:
                f"{len(ctx.result):,} samples")
     left, right = st.columns(2)
     method = METHODS[left.radio("Projection", list(METHODS), key="emb_method", horizontal=True,
-                                help="UMAP keeps neighbourhoods; PCA is instant and linear.")]
+                                help="UMAP keeps neighbourhoods (the first UMAP run compiles for up to a minute); "
+                                     "PCA is instant and linear.")]
     colour = right.selectbox("Colour by", fig.COLOUR_BY, index=1, key="emb_colour")
     selected: set[int] = set()
     notes: set[str] = set()
@@ -102,6 +104,7 @@ def _selection(ctx: Context, rows: np.ndarray) -> None:
     if len(rows) == 0:
         st.caption("Select points with the lasso or box tool (or click one) in any chart to list them here.")
         return
+    st.caption(f"{len(rows):,} selected (union of the selections in all charts).")
     table = fig.sample_table(ctx.result, ctx.split_data.raw_text, rows, ctx.card.class_names)
     st.dataframe(table, hide_index=True, key="emb_table")
     left, right = st.columns([3, 1])
