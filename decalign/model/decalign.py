@@ -101,7 +101,8 @@ class DecAlign(nn.Module):
         out = DecAlignOutput(prediction, unique, common, unique_pooled, common_pooled, fused, branches,
                              names, attention, keys)
         if self.training if align is None else align:
-            self._align(out, prototypes, gather or _identity)
+            with torch.autocast(out.prediction.device.type, enabled=False):  # alignment maths in float32
+                self._align(out, prototypes, gather or _identity)
         return out
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -156,13 +157,13 @@ class DecAlign(nn.Module):
     def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None, gather) -> None:
         c = self.config
         order = self.modalities
-        unique = {m: gather(out.unique_pooled[m]) for m in order}  # (N_global, d)
-        out.prototypes = {m: self._prototypes(m, unique[m], fixed) for m in order}
-        check_every = 1 if out.prediction.device.type == "cpu" else 10
+        unique = {m: gather(out.unique_pooled[m]).float() for m in order}  # (N_global, d), float32 maths
+        out.prototypes = self._prototypes(unique, fixed)
+        check_every = 1 if out.prediction.device.type == "cpu" else 0  # a GPU runs the full count
         out.transport = align_prototypes(out.prototypes, lambda_ot=c.lambda_ot, max_iter=c.ot_num_iters,
                                          tol=c.ot_tol, check_every=check_every)
-        out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m])) for m in order}
-        dec = {m: decoupling_loss(out.unique[m], out.common[m]) for m in order}
+        out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m].float())) for m in order}
+        dec = {m: decoupling_loss(out.unique[m].float(), out.common[m].float()) for m in order}
         local = {(a, b): sample_to_prototype_loss(unique[a], out.prototypes[a], out.prototypes[b],
                                                   out.transport.pair_plan(a, b, order))
                  for a, b in itertools.permutations(order, 2)}
@@ -176,14 +177,21 @@ class DecAlign(nn.Module):
             moment_matching_per_pair=moment, mmd_per_pair=mmd,
         )
 
-    def _prototypes(self, modality: str, pooled: torch.Tensor, fixed) -> Prototypes:
+    def _prototypes(self, unique: dict[str, torch.Tensor], fixed) -> dict[str, Prototypes]:
+        """Prototypes per modality: the given fixed ones, or one batched EM over all modalities."""
         if fixed is not None:
-            given = fixed[modality]
-            proto = Prototypes(given.means.to(pooled), given.variances.to(pooled), given.weights.to(pooled))
-            proto.posteriors = posteriors(pooled, proto)
-            return proto
+            fitted = {}
+            for m, x in unique.items():
+                given = fixed[m]
+                proto = Prototypes(given.means.to(x), given.variances.to(x), given.weights.to(x))
+                proto.posteriors = posteriors(x, proto)
+                fitted[m] = proto
+            return fitted
         c = self.config
-        return fit_gmm(pooled, c.num_prototypes, iterations=c.gmm_em_iters, var_floor=c.gmm_var_floor)
+        stacked = fit_gmm(torch.stack(list(unique.values())), c.num_prototypes,  # (M, N, d)
+                          iterations=c.gmm_em_iters, var_floor=c.gmm_var_floor)
+        return {m: Prototypes(stacked.means[i], stacked.variances[i], stacked.weights[i], stacked.posteriors[i])
+                for i, m in enumerate(unique)}
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -16,26 +16,27 @@ def gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, variances: tor
 
     Parameters
     ----------
-    x : (N, d) samples; means, variances : (K, d).
+    x : (..., N, d) samples; means, variances : (..., K, d), with the same leading dimensions.
 
     Returns
     -------
-    (N, K) log densities.
+    (..., N, K) log densities.
     """
-    diff_sq = (x.unsqueeze(1) - means.unsqueeze(0)).pow(2)  # (N, K, d)
-    return -0.5 * ((diff_sq / variances.unsqueeze(0)).sum(-1) + torch.log(2 * math.pi * variances).sum(-1))
+    diff_sq = (x.unsqueeze(-2) - means.unsqueeze(-3)).pow(2)  # (..., N, K, d)
+    return -0.5 * ((diff_sq / variances.unsqueeze(-3)).sum(-1)
+                   + torch.log(2 * math.pi * variances).sum(-1).unsqueeze(-2))
 
 
 def posteriors(x: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
-    """(N, K) responsibilities ``p(k | x)`` of each sample under a fitted mixture."""
+    """(..., N, K) responsibilities ``p(k | x)`` of each sample under a fitted mixture."""
     log_joint = gaussian_log_likelihood(x, prototypes.means, prototypes.variances)
-    log_joint = log_joint + torch.log(prototypes.weights.clamp_min(1e-12)).unsqueeze(0)
-    return torch.softmax(log_joint, dim=1)
+    log_joint = log_joint + torch.log(prototypes.weights.clamp_min(1e-12)).unsqueeze(-2)
+    return torch.softmax(log_joint, dim=-1)
 
 
 def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_floor: float = 1e-4,
             init_means: torch.Tensor | None = None) -> Prototypes:
-    """Fit a diagonal Gaussian mixture to ``x`` with EM.
+    """Fit a diagonal Gaussian mixture to ``x`` with EM; leading dimensions fit independent mixtures.
 
     E-step: ``r_ik = softmax_k(log w_k + log N(x_i | mu_k, var_k))``;
     M-step: ``n_k = sum_i r_ik``, ``w_k = n_k / N``, ``mu_k = sum_i r_ik x_i / n_k``,
@@ -43,42 +44,39 @@ def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_fl
 
     Variances are computed from centred differences, never as ``E[x^2] - mu^2``, so they cannot cancel
     to negative values. Gradients flow back to ``x`` through every step. Works for N < K: the surplus
-    components start on repeated samples and keep the floor variance.
+    components start on repeated samples and keep the floor variance. Stacking modalities as a leading
+    dimension (all with the same N and d) fits all their mixtures in one set of kernels.
 
     Parameters
     ----------
-    x : (N, d) pooled features.
+    x : (..., N, d) pooled features.
     num_components : K.
     iterations : EM steps.
     var_floor : added to every variance.
-    init_means : optional (K, d) starting means (e.g. the previous batch's prototypes); by default a
+    init_means : optional (..., K, d) starting means (e.g. the previous batch's prototypes); by default a
         deterministic farthest-point choice among the samples.
 
     Returns
     -------
-    Prototypes with means, variances, weights and the final posteriors of ``x``.
+    Prototypes with means and variances (..., K, d), weights (..., K) and posteriors (..., N, K).
     """
-    n, d = x.shape
-    if n == 0:
+    if x.shape[-2] == 0:
         raise ValueError("cannot fit prototypes to an empty batch")
     # EM is translation-equivariant: fit the centred features and shift the means back. Sums of raw
     # features (e.g. 1e4 + noise in float32) would lose the noise in round-off before centring.
-    centre = x.mean(0, keepdim=True)  # (1, d)
+    centre = x.mean(-2, keepdim=True)  # (..., 1, d)
     x = x - centre
-    if init_means is None:
-        means = _farthest_point_init(x.detach(), num_components)
-    else:
-        means = init_means - centre
-    spread = x.pow(2).mean(0) + var_floor  # (d,)
-    variances = spread.unsqueeze(0).expand(num_components, d)
-    weights = x.new_full((num_components,), 1.0 / num_components)
+    means = _farthest_point_init(x.detach(), num_components) if init_means is None else init_means - centre
+    spread = x.pow(2).mean(-2, keepdim=True) + var_floor  # (..., 1, d)
+    variances = spread.expand(*means.shape)
+    weights = x.new_full(means.shape[:-1], 1.0 / num_components)
     for _ in range(iterations):
-        resp = posteriors(x, Prototypes(means, variances, weights))  # (N, K)
-        counts = resp.sum(0) + 1e-8  # (K,)
-        means = resp.T @ x / counts.unsqueeze(1)
-        centred_sq = (x.unsqueeze(1) - means.unsqueeze(0)).pow(2)  # (N, K, d)
-        variances = (resp.unsqueeze(2) * centred_sq).sum(0) / counts.unsqueeze(1) + var_floor
-        weights = counts / counts.sum()
+        resp = posteriors(x, Prototypes(means, variances, weights))  # (..., N, K)
+        counts = resp.sum(-2) + 1e-8  # (..., K)
+        means = resp.transpose(-1, -2) @ x / counts.unsqueeze(-1)
+        centred_sq = (x.unsqueeze(-2) - means.unsqueeze(-3)).pow(2)  # (..., N, K, d)
+        variances = (resp.unsqueeze(-1) * centred_sq).sum(-3) / counts.unsqueeze(-1) + var_floor
+        weights = counts / counts.sum(-1, keepdim=True)
     fitted = Prototypes(means + centre, variances, weights)
     fitted.posteriors = posteriors(x, Prototypes(means, variances, weights))
     return fitted
@@ -87,15 +85,18 @@ def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_fl
 def _farthest_point_init(x: torch.Tensor, k: int) -> torch.Tensor:
     """Deterministic k-means++-style seeding: the sample nearest the mean, then farthest points.
 
-    Indices stay on the device (no ``int()``), so seeding causes no host synchronisation.
+    Works on (..., N, d); indices stay on the device (no ``int()``), so seeding causes no host sync.
     """
-    n = x.shape[0]
-    first = torch.argmin((x - x.mean(0)).pow(2).sum(1))
+    n = x.shape[-2]
+    flat = x.reshape(-1, n, x.shape[-1])  # (B, N, d)
+    rows = torch.arange(flat.shape[0], device=x.device)
+    first = torch.argmin((flat - flat.mean(1, keepdim=True)).pow(2).sum(-1), dim=1)  # (B,)
     chosen = [first]
-    nearest = (x - x[first]).pow(2).sum(1)
+    nearest = (flat - flat[rows, first].unsqueeze(1)).pow(2).sum(-1)  # (B, N)
     for _ in range(1, min(k, n)):
-        nxt = torch.argmax(nearest)
+        nxt = torch.argmax(nearest, dim=1)
         chosen.append(nxt)
-        nearest = torch.minimum(nearest, (x - x[nxt]).pow(2).sum(1))
+        nearest = torch.minimum(nearest, (flat - flat[rows, nxt].unsqueeze(1)).pow(2).sum(-1))
     chosen += [chosen[i % n] for i in range(len(chosen), k)]  # fewer samples than prototypes: reuse
-    return x[torch.stack(chosen)].clone()
+    index = torch.stack(chosen, dim=1)  # (B, K)
+    return flat[rows.unsqueeze(1), index].reshape(*x.shape[:-2], k, x.shape[-1]).clone()

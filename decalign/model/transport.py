@@ -46,8 +46,8 @@ class SinkhornResult:
     plan: torch.Tensor  # (K_1, ..., K_M)
     potentials: list[torch.Tensor]  # f_m, (K_m,)
     iterations: int
-    marginal_error: float  # max over modalities of the L1 gap between plan marginal and target
-    converged: bool
+    marginal_error: float | torch.Tensor  # max over modalities of the L1 gap between plan marginal and target
+    converged: bool | torch.Tensor
 
 
 def multimarginal_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], reg: float, *,
@@ -67,7 +67,8 @@ def multimarginal_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], re
     reg : entropic regularisation, > 0.
     max_iter : cap on full sweeps.
     tol : stop once every marginal's L1 gap is at most ``tol``.
-    check_every : test convergence every this many sweeps (on a GPU, fewer host synchronisations).
+    check_every : test convergence every this many sweeps; 0 runs ``max_iter`` sweeps with no test, so a
+        GPU never waits for the host (the error and the converged flag then stay 0-d device tensors).
 
     Returns
     -------
@@ -83,11 +84,14 @@ def multimarginal_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], re
     for sweeps in range(1, max_iter + 1):
         for m in range(num):
             potentials[m] = potentials[m] + reg * (log_a[m] - _log_marginal(scaled, potentials, reg, m))
-        if sweeps % check_every == 0 or sweeps == max_iter:
-            error = _marginal_error(scaled, potentials, reg, marginals)
+        if check_every and (sweeps % check_every == 0 or sweeps == max_iter):
+            error = float(_marginal_error(scaled, potentials, reg, marginals))
             if error <= tol:
                 done = True
                 break
+    if not check_every:  # no host read: report as device tensors
+        error = _marginal_error(scaled, potentials, reg, marginals)
+        done = error <= tol
     plan = torch.exp(_log_plan(scaled, potentials, reg))
     return SinkhornResult(plan, potentials, sweeps, error, done)
 
@@ -108,13 +112,13 @@ def _log_marginal(scaled, potentials, reg, m: int) -> torch.Tensor:
     return torch.logsumexp(log_plan, dim=others) if others else log_plan
 
 
-def _marginal_error(scaled, potentials, reg, marginals) -> float:
+def _marginal_error(scaled, potentials, reg, marginals) -> torch.Tensor:
     plan = torch.exp(_log_plan(scaled, potentials, reg))
     gaps = []
     for m, a in enumerate(marginals):
         others = [i for i in range(plan.dim()) if i != m]
         gaps.append((plan.sum(dim=others) - a).abs().sum())
-    return float(torch.stack(gaps).max())
+    return torch.stack(gaps).max()
 
 
 def align_prototypes(prototypes: dict[str, Prototypes], *, lambda_ot: float, max_iter: int,
@@ -134,7 +138,7 @@ def align_prototypes(prototypes: dict[str, Prototypes], *, lambda_ot: float, max
     cost = joint_cost(pair_costs, len(names))
     marginals = {m: p.posteriors.mean(0) for m, p in prototypes.items()}
     with torch.no_grad():
-        reg = lambda_ot * float(cost.detach().mean().clamp_min(1e-12))
+        reg = lambda_ot * cost.detach().mean().clamp_min(1e-12)  # a tensor: no host synchronisation
         solved = multimarginal_sinkhorn(cost.detach(), [marginals[m].detach() for m in names], reg,
                                         max_iter=max_iter, tol=tol, check_every=check_every)
     value = (solved.plan * cost).sum()
