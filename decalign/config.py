@@ -97,6 +97,7 @@ class TrainConfig:
     selection_metric: str = "auto"  # a validation metric name, or auto (loss)
     selection_mode: str = "auto"  # min | max | auto (from the metric)
     seed: int = 1111
+    mixed_precision: bool = False  # bf16 autocast for the transformers on CUDA; alignment stays float32
 
     def validate(self) -> None:
         if self.task_loss not in ("mse", "l1", "smooth_l1", "cross_entropy"):

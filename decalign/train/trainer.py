@@ -214,7 +214,8 @@ class Trainer:
                                   device=self.device)
         for i, batch in enumerate(batches, 1):
             batch, gather, scale = distributed.local_share(batch, self.dist)
-            out = self.step_model(batch.inputs, batch.lengths, align=True, gather=gather)
+            with self._autocast():
+                out = self.step_model(batch.inputs, batch.lengths, align=True, gather=gather)
             total, terms = total_loss(out, batch.labels, cfg, self.task, self.class_weight, local_scale=scale,
                                       gather=gather)
             self.optimizer.zero_grad(set_to_none=True)
@@ -274,6 +275,11 @@ class Trainer:
                                  self.convention, max(self.config.train.batch_size, 256), self.class_weight)
 
     # ------------------------------------------------------------------------ the end
+
+    def _autocast(self):
+        """bf16 autocast on CUDA when asked; the model keeps its alignment maths in float32."""
+        enabled = self.config.train.mixed_precision and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
     def _write_status(self, status: str, error: str | None = None) -> None:
         if self.dist.is_main:
