@@ -98,6 +98,7 @@ class TrainConfig:
     selection_mode: str = "auto"  # min | max | auto (from the metric)
     seed: int = 1111
     mixed_precision: bool = False  # bf16 autocast for the transformers on CUDA; alignment stays float32
+    global_alignment: bool = True  # distributed: prototypes and alignment losses over the global batch
 
     def validate(self) -> None:
         if self.task_loss not in ("mse", "l1", "smooth_l1", "cross_entropy"):

@@ -123,8 +123,12 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device) -
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def local_share(batch: Batch, ctx: DistContext):
-    """This rank's rows of a global batch, the gather hook for the alignment, and the per-sample scale."""
+def local_share(batch: Batch, ctx: DistContext, global_alignment: bool = True):
+    """This rank's rows of a global batch, the gather hook for the alignment, and the per-sample scale.
+
+    With ``global_alignment`` off there is no gather: each rank fits prototypes and computes the
+    alignment losses on its own rows only, and DDP averages those per-rank losses' gradients.
+    """
     if not ctx.active:
         return batch, None, 1.0
     bounds = np.linspace(0, len(batch), ctx.world_size + 1).round().astype(int)
@@ -134,7 +138,8 @@ def local_share(batch: Batch, ctx: DistContext):
                   None if batch.labels is None else batch.labels[rows],
                   {m: v[rows] for m, v in batch.lengths.items()}, batch.index[rows])
     scale = ctx.world_size * sizes[ctx.rank] / len(batch)
-    return local, partial(gather_rows, ctx=ctx, sizes=sizes), scale
+    gather = partial(gather_rows, ctx=ctx, sizes=sizes) if global_alignment else None
+    return local, gather, scale
 
 
 def eval_shard(n: int, ctx: DistContext):

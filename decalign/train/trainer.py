@@ -213,7 +213,7 @@ class Trainer:
         batches = iterate_batches(train_split, cfg.batch_size, shuffle=True, seed=epoch_seed(cfg.seed, epoch),
                                   device=self.device)
         for i, batch in enumerate(batches, 1):
-            batch, gather, scale = distributed.local_share(batch, self.dist)
+            batch, gather, scale = distributed.local_share(batch, self.dist, cfg.global_alignment)
             with self._autocast():
                 out = self.step_model(batch.inputs, batch.lengths, align=True, gather=gather)
             total, terms = total_loss(out, batch.labels, cfg, self.task, self.class_weight, local_scale=scale,

@@ -76,3 +76,21 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
             assert a["train"][key] == pytest.approx(b["train"][key], rel=1e-3, abs=1e-5), key
     # Only rank 0 wrote: one status file saying finished, one card.
     assert json.loads((tmp_path / "ddp" / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_per_rank_alignment_differs_from_one_process(tmp_path: Path) -> None:
+    """With train.global_alignment off each rank fits its own prototypes on half a batch: not the same run."""
+    data = tmp_path / "tiny.npz"
+    save_npz(make_synthetic(n_train=48, n_valid=12, n_test=6, widths={"a": 6, "b": 4}, seq_len=3, seed=4), data)
+    _train([sys.executable, "-m", "decalign"], data, tmp_path / "single")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(_free_port()), "-m", "decalign"]
+    SETTINGS.append("train.global_alignment=false")
+    try:
+        _train(torchrun, data, tmp_path / "ddp")
+    finally:
+        SETTINGS.remove("train.global_alignment=false")
+    one, two = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("single", "ddp"))
+    worst = max(float(np.abs(_meaningful(k, one[k]) - _meaningful(k, two[k])).max()) for k in one)
+    assert worst > 100 * TOLERANCE
