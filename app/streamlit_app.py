@@ -11,7 +11,18 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import state
-from app.pages import alignment, audit, compare, embeddings, overview, predict, prototypes, replay, sample, train
+from app.pages import (
+    alignment,
+    audit,
+    compare,
+    embeddings,
+    overview,
+    predict,
+    prototypes,
+    replay,
+    sample,
+    train,
+)
 
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 
