@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from decalign.train.background import RunInfo
@@ -101,17 +102,20 @@ def valid_metrics_figure(history: list[dict[str, Any]]) -> go.Figure:
 def replay_scatter(epoch: ReplayEpoch, labels: np.ndarray | None) -> go.Figure:
     """Probe samples' unique (circles) and common (crosses) features per modality, prototype means (stars)."""
     fig = go.Figure()
-    for m in epoch.unique_xy:
+    palette = qualitative.Plotly
+    for i, m in enumerate(epoch.unique_xy):
+        color = palette[i % len(palette)]  # one colour per modality; the symbol tells the space
         for space, xy, symbol in (("unique", epoch.unique_xy[m], "circle"), ("common", epoch.common_xy[m], "x")):
             hover = None if labels is None else [f"label {v}" for v in labels]
             fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"{space} · {m}", text=hover,
-                                     marker={"symbol": symbol, "size": 5, "opacity": 0.55},
+                                     marker={"symbol": symbol, "size": 5, "opacity": 0.55, "color": color},
                                      legendgroup=m))
         p = epoch.prototype_xy[m]
         sizes = 10 + 40 * epoch.weights[m] / max(epoch.weights[m].max(), 1e-12)
         fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers+text", name=f"prototypes · {m}",
                                  text=[str(k) for k in range(len(p))], textposition="top center",
-                                 marker={"symbol": "star", "size": sizes, "line": {"width": 1, "color": "black"}},
+                                 marker={"symbol": "star", "size": sizes, "color": color,
+                                         "line": {"width": 1, "color": "black"}},
                                  legendgroup=m))
     fig.update_layout(title=f"Epoch {epoch.epoch}: probe features and prototypes (PCA, aligned across epochs)",
                       height=520, xaxis_title="PC 1", yaxis_title="PC 2")

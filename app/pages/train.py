@@ -35,7 +35,8 @@ def render() -> None:
     st.title("Train")
     st.caption(f"Runs are saved in `{bg.runs_root()}` (set DECALIGN_RUNS_DIR to change it). Training runs in "
                "its own process: refresh the page or open another tab and you see the same run.")
-    with st.expander("New run", expanded=not bg.list_runs()):
+    # Decided once per session: an expander whose `expanded` changes between reruns would snap shut mid-edit.
+    with st.expander("New run", expanded=st.session_state.setdefault("train_new_open", not bg.list_runs())):
         _new_run()
     runs = bg.list_runs()
     if not runs:
