@@ -271,10 +271,10 @@ def separation_score(unique: dict[str, np.ndarray], common: dict[str, np.ndarray
     from sklearn.metrics import silhouette_score
 
     scores = []
-    for m in unique:
-        x = np.concatenate([unique[m], common[m]]).astype(np.float64)
-        groups = np.r_[np.zeros(len(unique[m])), np.ones(len(common[m]))]
-        if len(unique[m]) < 2 or np.allclose(x, x[0]):
+    for m, u in unique.items():
+        x = np.concatenate([u, common[m]]).astype(np.float64)
+        groups = np.r_[np.zeros(len(u)), np.ones(len(common[m]))]
+        if len(u) < 2 or np.allclose(x, x[0]):
             scores.append(0.0)
             continue
         scores.append(float(silhouette_score(x, groups, metric="euclidean")))

@@ -60,7 +60,7 @@ def test_flips_are_found_and_ranked(pair):
 
 
 def test_results_must_match(pair):
-    result, card = pair
+    result, _card = pair
     with pytest.raises(ValueError, match="same samples"):
         prediction_changes(result, result.subset(np.arange(10)))
 

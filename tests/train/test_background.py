@@ -118,7 +118,7 @@ def test_cancel_keeps_best_then_resume_finishes(runs):
     assert state["state"] == "cancelled" and state["resumable"] and not state["alive"]
     done = len(read_history(run))
     assert done >= 1
-    model, card = load_model(run)  # best kept and loadable
+    _model, card = load_model(run)  # best kept and loadable
     assert card.best_epoch is not None and card.best_epoch <= done
     resume_training(run, num_epochs=done + 1)
     assert not run_state(run)["cancel_requested"]  # a fresh start clears the old request
@@ -137,7 +137,7 @@ def test_sigkill_mid_epoch_is_crashed_and_resumes(runs):
     wait_training(run, timeout=30)
     state = run_state(run)
     assert state["state"] == "crashed" and state["resumable"] and not state["alive"]
-    model, card = load_model(run)  # the checkpoint written before the kill is intact
+    _model, card = load_model(run)  # the checkpoint written before the kill is intact
     done = json.loads((run / "resume" / "state.json").read_text())["epoch"]  # last finished epoch
     assert done >= 1 and card.best_epoch <= done + 1
     assert len(read_history(run)) in (done, done + 1)  # a row of an unsaved epoch is dropped on resume

@@ -97,7 +97,7 @@ def test_projection_is_pca_and_stable_under_sign_flips():
     unique = {"a": rng.normal(size=(20, 5)), "b": rng.normal(size=(20, 5)) + 2}
     common = {"a": rng.normal(size=(20, 5)) - 1, "b": rng.normal(size=(20, 5))}
     means = {"a": rng.normal(size=(3, 5)), "b": rng.normal(size=(3, 5))}
-    coords, protos, frame = project_epoch(unique, common, means, None)
+    _coords, protos, frame = project_epoch(unique, common, means, None)
     stacked = np.concatenate([unique["a"], common["a"], unique["b"], common["b"]])
     ref = PCA(2).fit(stacked)
     # same subspace as scikit-learn's PCA, up to the sign of each axis
