@@ -18,10 +18,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from decalign.config import DecAlignConfig  # noqa: E402
-from decalign.model import DecAlign  # noqa: E402
-from decalign.train.losses import total_loss  # noqa: E402
-from tests.reference.official_model import official_config_dict  # noqa: E402
+from decalign.config import DecAlignConfig
+from decalign.model import DecAlign
+from decalign.train.losses import total_loss
+from tests.reference.official_model import official_config_dict
 
 WIDTHS = {"text": 768, "audio": 5, "vision": 20}
 

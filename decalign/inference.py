@@ -63,7 +63,7 @@ class InferenceResult:
         return np.stack(parts + [bias], axis=2)
 
     def subset(self, index: np.ndarray) -> InferenceResult:
-        pick = lambda d: None if d is None else {m: v[index] for m, v in d.items()}  # noqa: E731
+        pick = lambda d: None if d is None else {m: v[index] for m, v in d.items()}
         return InferenceResult(self.ids[index], None if self.labels is None else self.labels[index],
                                self.outputs[index], self.branch_inputs[index], self.branch_names,
                                pick(self.unique_pooled), pick(self.common_pooled), pick(self.posteriors),

@@ -33,8 +33,7 @@ from ..data.dataset import MultimodalDataset
 from ..data.torch_batches import iterate_batches
 from ..device import resolve_device
 from ..model import AlignmentLevels
-from . import finalize
-from . import distributed
+from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
 from .metrics import metric_direction, resolve_metric_name
