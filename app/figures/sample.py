@@ -35,8 +35,16 @@ def image_figure(x: np.ndarray, title: str) -> go.Figure:
 
 
 def sequence_figure(x: np.ndarray, modality: str, length: int | None = None) -> go.Figure:
-    """Heatmap of one modality's (T, D) input; steps beyond ``length`` (padding) are greyed out."""
+    """Heatmap of one modality's (T, D) input; steps beyond ``length`` (padding) are greyed out.
+
+    A single-step modality (T = 1, a plain feature vector) is drawn as bars instead.
+    """
     x = np.asarray(x, dtype=float)
+    if x.shape[0] == 1:
+        fig = go.Figure(go.Bar(x=np.arange(x.shape[1]), y=x[0], marker_color="steelblue"))
+        fig.update_layout(title=f"{modality}: {x.shape[1]} features", height=260, xaxis_title="feature",
+                          yaxis_title="value", margin={"t": 50, "b": 40})
+        return fig
     z = x.copy()
     if length is not None and length < len(z):
         z[length:] = np.nan

@@ -19,6 +19,35 @@ from decalign.explain.summary import plain_summary
 URL_PATH = "sample"
 
 
+# ------------------------------------------------------------------ cached explanations (per sample)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _story(model_id: str, data_id: str, split: str, row: int, _ctx: Context, _plan) -> PrototypeStory:
+    return prototype_story(_ctx.model, _ctx.card, _ctx.split_data, row, _ctx.reference, plan=_plan)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _counterfactual_frame(model_id: str, data_id: str, split: str, row: int, swap_row: int,
+                          _ctx: Context) -> pd.DataFrame:
+    return modality_counterfactuals(_ctx.model, _ctx.split_data, row, _ctx.reference, swap_row=swap_row)
+
+
+@st.cache_data(show_spinner="Integrated gradients…", max_entries=64)
+def _integrated_gradients(model_id: str, data_id: str, split: str, row: int, baseline: str, _ctx: Context):
+    return integrated_gradients(_ctx.model, _ctx.split_data, row, steps=32, baseline=baseline,
+                                reference=_ctx.reference)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _attention_frames(model_id: str, data_id: str, split: str, row: int, _ctx: Context):
+    return cross_modal_attention(_ctx.model, _ctx.split_data, row)
+
+
+def _key(ctx: Context) -> tuple[str, str, str]:
+    return ctx.model_id, ctx.data_id, ctx.split
+
+
 def render() -> None:
     ctx = get_context()
     st.title("Sample")
@@ -122,7 +151,7 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
              for i, a in enumerate(order) for b in order[i + 1:]}
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(fig.transport_cells_table(pairs, cells), hide_index=True, key="sample_cells")
-    story = prototype_story(ctx.model, ctx.card, ctx.split_data, row, ctx.reference, plan=plan)
+    story = _story(*_key(ctx), row, ctx, plan)
     st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")
     return story
@@ -137,7 +166,7 @@ def _counterfactuals(ctx: Context, row: int) -> pd.DataFrame | None:
     ids = [str(i) for i in ctx.result.ids]
     other = st.selectbox("Swap in the modality from sample", ids, index=(row + 1) % len(ids),
                          key="sample_swap_with")
-    frame = modality_counterfactuals(ctx.model, ctx.split_data, row, ctx.reference, swap_row=ids.index(other))
+    frame = _counterfactual_frame(*_key(ctx), row, ids.index(other), ctx)
     st.plotly_chart(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
     st.dataframe(frame, hide_index=True, key="sample_counterfactual_table")
     return frame
@@ -147,8 +176,7 @@ def _attributions(ctx: Context, row: int) -> None:
     st.subheader("Which time steps and features mattered (integrated gradients)")
     baselines = ["zeros"] + (["training_mean"] if ctx.reference is not None else [])
     baseline = st.radio("Baseline", baselines, horizontal=True, key="sample_ig_baseline")
-    ig = integrated_gradients(ctx.model, ctx.split_data, row, steps=32, baseline=baseline,
-                              reference=ctx.reference)
+    ig = _integrated_gradients(*_key(ctx), row, baseline, ctx)
     st.caption(f"Output {ig.output:.4f} vs baseline {ig.baseline_output:.4f}; the attributions add up to the "
                f"difference within {abs(ig.completeness_gap):.2e}.")
     for m, a in ig.attributions.items():
@@ -157,7 +185,7 @@ def _attributions(ctx: Context, row: int) -> None:
 
 def _attention(ctx: Context, row: int) -> None:
     st.subheader("Cross-modal attention")
-    attention = cross_modal_attention(ctx.model, ctx.split_data, row)
+    attention = _attention_frames(*_key(ctx), row, ctx)
     if not attention or not any(attention.values()):
         st.info("This model has no cross-modal attention layers.")
         return

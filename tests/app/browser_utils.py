@@ -103,9 +103,13 @@ def free_port() -> int:
 
 
 def start_server(port: int, env: dict[str, str] | None = None, timeout: float = 90.0) -> subprocess.Popen:
-    """Start ``streamlit run app/streamlit_app.py`` headless on 127.0.0.1:``port``; wait for /_stcore/health."""
+    """Start ``streamlit run app/streamlit_app.py`` headless on 127.0.0.1:``port``; wait for /_stcore/health.
+
+    The file watcher is off: an edit to a source file while a test runs must not pop up "source changed".
+    """
     cmd = [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout

@@ -112,3 +112,5 @@ def test_assignment_table_and_sequence_padding():
     fig = sample.sequence_figure(torch.ones(4, 3).numpy(), "a", length=2)
     z = np.asarray(fig.data[0].z, dtype=float)
     assert np.isnan(z[2:]).all() and (z[:2] == 1).all()
+    bars = sample.sequence_figure(np.array([[0.5, -1.0, 2.0]]), "vector")
+    assert bars.data[0].type == "bar" and list(bars.data[0].y) == [0.5, -1.0, 2.0]
