@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import dropout
+from .dropout import dropout, keep_mask
+
+EXPLICIT_CPU_BACKWARD = True  # see MultiheadAttention.forward
 
 
 class MultiheadAttention(nn.Module):
@@ -36,12 +38,20 @@ class MultiheadAttention(nn.Module):
         v = self._split(F.linear(value, w_v, b_v))
         mask = None if mask is None else mask.unsqueeze(1)  # broadcast over heads
         drop = self.dropout if self.training else 0.0
-        if need_weights or drop > 0:  # fused SDPA would fall back to slow Bernoulli dropout
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        # Explicit softmax attention when weights are wanted, with dropout (SDPA would fall back to slow
+        # Bernoulli draws), or for backward on the CPU, where SDPA's flash backward is twice as slow for
+        # head widths as small as DecAlign's (4).
+        explicit = need_weights or drop > 0 or (EXPLICIT_CPU_BACKWARD and query.device.type == "cpu"
+                                                and torch.is_grad_enabled())
+        if explicit:
+            # Scale q and the output, both (B, h, T, hd), rather than the (B, h, Tq, Tk) weights.
+            scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = torch.softmax(scores, dim=-1)
-            out = dropout(weights, drop, self.training) @ v
+            keep, rescale = keep_mask(weights, drop) if drop > 0 else (None, 1.0)
+            out = (weights if keep is None else weights * keep) @ v
+            out = out * rescale if keep is not None else out
             averaged = weights.mean(1) if need_weights else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
