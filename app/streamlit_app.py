@@ -1,4 +1,4 @@
-"""DecAlign Studio: navigation only. Each page is a ``render()`` function in ``app/pages``."""
+"""DecAlign Studio: navigation only. Each page is a ``render()`` function in ``app/views``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import state
-from app.pages import (
+from app.views import (
     alignment,
     audit,
     compare,

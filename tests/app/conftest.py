@@ -21,7 +21,7 @@ PAGE_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from app import state
-from app.pages import {page} as page
+from app.views import {page} as page
 state.sidebar()
 page.render()
 """

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 from browser_utils import ROOT
 
-from app.pages import embeddings
+from app.views import embeddings
 from decalign.checkpoint import load_model
 from decalign.data import load_dataset
 from decalign.explain.levels import alignment_levels

@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app.figures import embeddings as fig
-from app.pages import sample
+from app.views import sample
 from app.state import Context, get_context, select_sample
 from decalign.explain.projection import Projection, project, project_joint
 
