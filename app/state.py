@@ -8,6 +8,7 @@ shows a message and leaves the previous choice in place.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from decalign.data import (
     load_dataset,
     load_dataset_bytes,
 )
+from decalign.device import resolve_device
 from decalign.explain import TrainingReference, load_reference, training_plan
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
@@ -94,10 +96,21 @@ def _reference(path: str, fingerprint: str) -> TrainingReference | None:
     return load_reference(path)
 
 
+@st.cache_resource(max_entries=2)
+def _inference_model(model_id: str, _model: DecAlign, device: str) -> DecAlign:
+    """The model for bulk inference: on the GPU when there is one (DECALIGN_DEVICE, default auto).
+
+    Explanations keep using the CPU copy; only the whole-split pass, the heavy part, moves.
+    """
+    return _model if device == "cpu" else copy.deepcopy(_model).to(device).eval()
+
+
 @st.cache_data(show_spinner="Running the model…", max_entries=16)
 def _inference(model_id: str, data_id: str, split: str, _model: DecAlign, _card: ModelCard,
                _split: Split) -> InferenceResult:
-    return run_inference(_model, _split, task=_card.task, prototypes=_card.prototype_tensors())
+    device = str(resolve_device(os.environ.get("DECALIGN_DEVICE", "auto")))
+    model = _inference_model(model_id, _model, device)
+    return run_inference(model, _split, task=_card.task, prototypes=_card.prototype_tensors())
 
 
 # --------------------------------------------------------------------------------------- resolving

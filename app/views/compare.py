@@ -7,8 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from app.figures import compare as fig
-from app.views import sample
 from app.state import DATA_KINDS, DataSource, bundled_data_path, demo_model_dir, select_sample, use_model_dir
+from app.views import sample
 from decalign.checkpoint import CheckpointError, ModelCard, load_model, model_fingerprint
 from decalign.data import DataError, MultimodalDataset, check_compatible, load_dataset
 from decalign.explain.compare import (

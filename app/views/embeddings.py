@@ -9,8 +9,8 @@ import numpy as np
 import streamlit as st
 
 from app.figures import embeddings as fig
-from app.views import sample
 from app.state import Context, get_context, select_sample
+from app.views import sample
 from decalign.explain.projection import Projection, project, project_joint
 
 URL_PATH = "embeddings"

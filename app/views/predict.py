@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.figures import predict as fig
-from app.views import sample
 from app.state import Context, get_context, select_sample, selected_sample
+from app.views import sample
 from decalign.train.metrics import compute_metrics, display_name
 
 
