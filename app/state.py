@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from decalign.data import (
 )
 from decalign.device import resolve_device
 from decalign.explain import TrainingReference, load_reference, training_plan
+from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
 
@@ -94,6 +96,14 @@ def _dataset_from_bytes(digest: str, _data: bytes, name: str) -> MultimodalDatas
 @st.cache_resource(max_entries=4)
 def _reference(path: str, fingerprint: str) -> TrainingReference | None:
     return load_reference(path)
+
+
+@st.cache_resource
+def warm_up_projections() -> threading.Thread:
+    """Compile UMAP in the background once per server process, so the first Embeddings view is quick."""
+    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(max_entries=2)

@@ -39,5 +39,6 @@ PAGES = [
     st.Page(compare.render, title="Compare models", url_path=compare.URL_PATH),
 ]
 navigation = st.navigation(PAGES)
+state.warm_up_projections()
 state.sidebar()
 navigation.run()
