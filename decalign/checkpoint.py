@@ -180,6 +180,15 @@ def _load_weights(model: DecAlign, weights: Path) -> None:
     model.load_state_dict(state)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def model_fingerprint(run_dir: str | Path, tag: str = "best") -> str:
     """sha256 of the weights file and the card: identifies a checkpoint in the audit trail."""
     digest = hashlib.sha256()

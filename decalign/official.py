@@ -7,7 +7,6 @@ layout inside dicts keyed by modality name, so importing is a renaming with shap
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import replace
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import ModelCard, save_model
+from .checkpoint import ModelCard, file_sha256, save_model
 from .config import OFFICIAL_MODALITIES, DecAlignConfig
 
 _PREFIXES = {"proj": "projections", "encoder_uni": "unique_encoders", "trans": "transformers",
@@ -107,7 +106,7 @@ def import_official(state_dict_path: str | Path, config_path: str | Path, featur
                      output_dim=int(head.shape[0]), num_classes=None if head.shape[0] == 1 else int(head.shape[0]),
                      source="imported-official",
                      extra={"official_state_dict": Path(state_dict_path).name,
-                            "official_state_dict_sha256": _sha256(state_dict_path),
+                            "official_state_dict_sha256": file_sha256(state_dict_path),
                             "official_config": Path(config_path).name, "unused_official_keys": unused})
     model = card.build_model()
     _check_shapes(model, state, str(state_dict_path))
@@ -148,10 +147,3 @@ def _check_shapes(model, state: dict[str, torch.Tensor], source: str) -> None:
             raise OfficialImportError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected "
                                       f"{tuple(expected[key].shape)} from the config and --feature-dims")
 
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

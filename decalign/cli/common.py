@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-from pathlib import Path
 
 from ..config import DecAlignConfig
 from ..data import MultimodalDataset, Split, load_dataset
@@ -46,14 +44,6 @@ def check_task(dataset: MultimodalDataset, task: str, num_classes: int | None, s
     if task == "classification" and dataset.num_classes and num_classes and dataset.num_classes > num_classes:
         raise ValueError(f"{source}: the data have {dataset.num_classes} classes, the checkpoint "
                          f"predicts {num_classes}")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metrics_table(metrics: dict[str, float]) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_data, add_device, check_task, file_sha256, load_data
+from ..checkpoint import file_sha256
+from .common import add_data, add_device, check_task, load_data
 
 HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
 

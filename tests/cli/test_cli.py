@@ -13,9 +13,8 @@ import torch
 
 from decalign import cli
 from decalign.audit.store import AuditTrail
-from decalign.checkpoint import load_card, load_model, model_fingerprint
+from decalign.checkpoint import file_sha256, load_card, load_model, model_fingerprint
 from decalign.cli import main
-from decalign.cli.common import file_sha256
 from decalign.data import load_dataset, make_synthetic, save_npz
 from decalign.inference import run_inference
 
