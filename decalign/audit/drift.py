@@ -9,7 +9,8 @@
 
 The band is the 5th-95th percentile of the same statistic for ``n_resamples`` random training subsets of
 the batch's size (drawn without replacement; for MMD each subset is compared with the rest of the
-training set). A statistic above the band's top is reported as drifted.
+training set). A statistic above the band's top is reported as drifted. MMD uses at most 2,000 points of
+each side (seeded subsamples), which keeps the kernel matrices small for batches of any size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..model import Prototypes, fit_gmm
 COLUMNS = ["modality", "space", "statistic", "value", "band_low", "band_high", "drifted"]
 GMM_ITERATIONS = 30
 MAX_TRAIN_MMD = 2000  # training points used for MMD (kernel matrices grow with the square)
+MAX_BATCH_MMD = 2000  # batch points used for MMD: a seeded subsample estimates the same MMD^2
 
 
 def gmm_ot_distance(batch: np.ndarray, target: Prototypes, n_components: int) -> float:
@@ -88,6 +90,8 @@ def _mmd_row(m, batch, reference, n_resamples, seed):
     train = reference.train_common[m]
     if len(train) > MAX_TRAIN_MMD:
         train = train[np.random.default_rng(seed).choice(len(train), MAX_TRAIN_MMD, replace=False)]
+    if len(batch) > MAX_BATCH_MMD:  # 20,000 points would mean a 20,000^2 kernel for one number
+        batch = batch[np.random.default_rng(seed + 1).choice(len(batch), MAX_BATCH_MMD, replace=False)]
     band = reference.common_mmd_band.get(m, {})
     bandwidth = band.get("bandwidth") or median_bandwidth(train)
     value = mmd2(batch, train, bandwidth)

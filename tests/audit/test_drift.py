@@ -54,3 +54,18 @@ def test_gmm_ot_of_identical_single_gaussians_matches_bures():
     expected = ((mean - 0) ** 2).sum() + ((np.sqrt(var) - 1) ** 2).sum()
     assert got == pytest.approx(expected, rel=1e-6)
     assert ot.__version__.startswith("0.9")
+
+
+def test_large_batches_subsample_the_mmd(reference, monkeypatch):
+    # With the MMD cap below the batch size, the common-space test still tells a resample from a shift.
+    import decalign.audit.drift as drift_module
+
+    monkeypatch.setattr(drift_module, "MAX_BATCH_MMD", 60)
+    idx = np.random.default_rng(7).choice(len(reference.train_ids), 200, replace=False)
+    same = {m: x[idx] for m, x in reference.train_common.items()}
+    moved = {m: x[idx] + 3 * x.std(0) for m, x in reference.train_common.items()}
+    unique = {m: x[idx] for m, x in reference.train_unique.items()}
+    calm = batch_drift({"unique": unique, "common": same}, reference, n_resamples=10)
+    shifted = batch_drift({"unique": unique, "common": moved}, reference, n_resamples=10)
+    assert not calm[calm.space == "common"].drifted.any()
+    assert shifted[shifted.space == "common"].drifted.all()
