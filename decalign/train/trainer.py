@@ -97,7 +97,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
-    """One training run; see ``train``. ``sync_every``: on a GPU, report batch losses this often."""
+    """One training run; see ``train``. ``sync_every``: on a GPU, report batch losses and check for a
+    cancel request this often (every batch on the CPU)."""
 
     sync_every = 10
 
@@ -225,9 +226,10 @@ class Trainer:
             values = _batch_values(terms, out.alignment)  # (len(BATCH_KEYS),) detached
             summed += values * len(batch)
             if self.device.type == "cpu" or i % self.sync_every == 0 or i == n_batches:
+                # On a GPU both the report and the (broadcast) cancel check wait for the device: not every step.
                 self.callbacks.on_batch_end(epoch, i, n_batches, dict(zip(BATCH_KEYS, values.tolist())))
-            if distributed.broadcast_flag(self.callbacks.should_stop(), self.dist):
-                return None
+                if distributed.broadcast_flag(self.callbacks.should_stop(), self.dist):
+                    return None
         summed = distributed.all_reduce_sum(summed, self.dist)  # alignment levels are global already
         return dict(zip(BATCH_KEYS, (summed / len(train_split)).tolist()))
 
