@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from decalign.checkpoint import ModelCard, save_model
@@ -94,6 +95,18 @@ def _train(model: DecAlign, dataset: MultimodalDataset, config: DecAlignConfig, 
                                            num_classes=dataset.num_classes)
         history.append(row)
     return history
+
+
+def require_browser():
+    """Playwright's sync API, or skip when Chromium or Playwright is missing; in CI (``CI`` set) fail."""
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium (see /work/shared/TESTING.md)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if os.environ.get("CI"):  # in CI a missing Playwright fails too
+        return __import__("playwright.sync_api", fromlist=["sync_playwright"])
+    return pytest.importorskip("playwright.sync_api")
 
 
 def free_port() -> int:

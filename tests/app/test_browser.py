@@ -7,12 +7,18 @@ saves a screenshot of each page into ``test-artifacts/``. Never skipped in CI: w
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-from browser_utils import CHROMIUM, ROOT, free_port, launch_chromium, start_server, stop_server
+from browser_utils import (
+    ROOT,
+    free_port,
+    launch_chromium,
+    require_browser,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
@@ -22,14 +28,6 @@ CHART_PAGES = {"Overview", "Predict", "Sample", "Embeddings", "Prototypes and tr
                "Audit"}
 
 
-def _require_browser():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: apt-get install -y chromium (see /work/shared/TESTING.md)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return pytest.importorskip("playwright.sync_api") if not os.environ.get("CI") else __import__(
-        "playwright.sync_api", fromlist=["sync_playwright"])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ def _visit_all(page, base: str, tag: str) -> list[str]:
 
 
 def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
-    sync = _require_browser()
+    sync = require_browser()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "failure.png").unlink(missing_ok=True)
     errors: list[str] = []

@@ -11,7 +11,6 @@ Never skipped in CI: without Chromium it fails.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from browser_utils import CHROMIUM, ROOT, free_port, launch_chromium, start_server, stop_server
+from browser_utils import (
+    ROOT,
+    free_port,
+    launch_chromium,
+    require_browser,
+    start_server,
+    stop_server,
+)
 
 from decalign.audit import AuditTrail
 
@@ -33,15 +39,6 @@ TRAIL_FIRST = "id"
 SAMPLE_INDEX = 3  # a sample other than the first, so the page's default choice cannot pass by chance
 
 
-def _require_browser():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: apt-get install -y chromium (see /work/shared/TESTING.md)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    if os.environ.get("CI"):  # in CI a missing Playwright fails too
-        return __import__("playwright.sync_api", fromlist=["sync_playwright"])
-    return pytest.importorskip("playwright.sync_api")
 
 
 def _settle(page, heading: str, timeout: int = TIMEOUT) -> None:
@@ -188,7 +185,7 @@ def _screenshot(page, name: str) -> None:
 
 
 def test_review_survives_a_server_restart(demo_dir, tmp_path):
-    sync = _require_browser()
+    sync = require_browser()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "review_failure.png").unlink(missing_ok=True)
     audit_db = tmp_path / "audit.sqlite3"

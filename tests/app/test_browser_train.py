@@ -7,13 +7,18 @@ Screenshots go to ``test-artifacts/train_*.png``. Runs go to a temporary DECALIG
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
-from browser_utils import CHROMIUM, ROOT, free_port, launch_chromium, start_server, stop_server
+from browser_utils import (
+    ROOT,
+    free_port,
+    launch_chromium,
+    require_browser,
+    start_server,
+    stop_server,
+)
 
 from decalign.train.background import kill_training, list_runs
 
@@ -24,13 +29,6 @@ TRAIN_TIMEOUT = 240_000
 TINY = {"Width d": 16, "Attention heads": 2, "Layers": 1, "Batch size": 128, "Prototypes K": 4}
 
 
-def _require_browser():
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: apt-get install -y chromium (see /work/shared/TESTING.md)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def _progress_text(page) -> str:
 
 
 def test_train_cancel_resume_compare(server, tmp_path):
-    sync = _require_browser()
+    sync = require_browser()
     from playwright.sync_api import expect
 
     base, runs = server
