@@ -40,7 +40,21 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OfficialImportError(f"{path}: expected a dict of tensors (a state_dict)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return _strip_wrappers(state)
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop prefixes that wrappers add to every key (``module.`` from DataParallel, ``Model.`` from MMSA's
+    AMIO), as long as the first component is not one of the official model's own parts."""
+    while state:
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) != 1 or not all("." in k for k in state):
+            break
+        head = heads.pop()
+        if _KEY.match(head + ".x") or head in ("encoder_com", "out_layer", "text_model"):
+            break
+        state = {k.split(".", 1)[1]: v for k, v in state.items()}
+    return state
 
 
 def convert_state_dict(official: dict[str, torch.Tensor], widths: dict[str, int], d_model: int,

@@ -145,3 +145,13 @@ def test_not_a_state_dict(tmp_path):
         quiet_import(bad, config, [20, 5, 7], tmp_path / "run")
     with pytest.raises(OfficialImportError, match="not found"):
         quiet_import(tmp_path / "missing.pth", config, [20, 5, 7], tmp_path / "run")
+
+
+def test_wrapper_prefixes_are_stripped():
+    from decalign.official import _strip_wrappers
+
+    inner = {"proj_l.weight": torch.zeros(1), "out_layer.bias": torch.zeros(1)}
+    for prefix in ("module.", "Model.", "module.Model."):
+        assert _strip_wrappers({prefix + k: v for k, v in inner.items()}).keys() == inner.keys()
+    assert _strip_wrappers(inner).keys() == inner.keys()
+    assert _strip_wrappers({"out_layer.weight": torch.zeros(1)}).keys() == {"out_layer.weight"}
