@@ -28,7 +28,7 @@ from .safe_pickle import safe_load
 
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
 LABEL_KEYS = ("regression_labels", "classification_labels")
-LENGTH_KEYS = {"audio_lengths": "audio", "vision_lengths": "vision"}
+LENGTH_KEYS = {"text_lengths": "text", "audio_lengths": "audio", "vision_lengths": "vision"}
 IGNORED_KEYS = ("text_bert", "annotations")
 PER_MODALITY_LABEL = re.compile(r"(regression|classification)_labels_[A-Za-z]+$")
 KNOWN_KEYS = (*MODALITIES, *LABEL_KEYS, *LENGTH_KEYS, *IGNORED_KEYS, "raw_text", "id")
@@ -143,7 +143,7 @@ def _mmsa_split(part: Any, task: str) -> dict[str, Any]:
         )
     elif part.labels is not None:
         out["classification_labels"] = part.labels.astype(np.float32)
-    for key, m in LENGTH_KEYS.items():  # MMSA stores no text lengths
+    for key, m in LENGTH_KEYS.items():  # MMSA itself stores audio and vision lengths only
         if m in part.lengths:
             out[key] = part.lengths[m].tolist()
     return out
