@@ -1,4 +1,4 @@
-"""Write files atomically: a temporary file in the same folder, then ``os.replace``."""
+"""Write files atomically (a temporary file in the same folder, then ``os.replace``) and read JSON back."""
 
 from __future__ import annotations
 
@@ -33,6 +33,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_json_object(path: str | Path, error: type[Exception], missing: str | None = None) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; every failure raises ``error`` naming the file.
+
+    ``missing`` replaces the default "file not found" message.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(missing or f"{path}: file not found") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

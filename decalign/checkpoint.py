@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import tempfile
 import zipfile
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .atomic import atomic_write, atomic_write_json
+from .atomic import atomic_write, atomic_write_json, read_json_object
 from .config import ConfigError, DecAlignConfig
 from .model import DecAlign, Prototypes
 
@@ -112,14 +111,8 @@ def save_card(run_dir: str | Path, card: ModelCard) -> Path:
 
 def load_card(run_dir: str | Path) -> ModelCard:
     path = Path(run_dir) / CARD_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{run_dir}: no {CARD_NAME} (is this a DecAlign run directory?)") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    data = read_json_object(path, CheckpointError,
+                            missing=f"{run_dir}: no {CARD_NAME} (is this a DecAlign run directory?)")
     return ModelCard.from_dict(data, source=str(path))
 
 

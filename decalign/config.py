@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import read_json_object
+
 # Official single-letter modality suffixes, in the official fusion order.
 OFFICIAL_MODALITIES = {"l": "text", "a": "audio", "v": "vision"}
 
@@ -139,15 +141,7 @@ class DecAlignConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> DecAlignConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: file not found") from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        data = read_json_object(path, ConfigError)
         return cls.from_dict(data, source=str(path))
 
     def override(self, assignments: list[str]) -> DecAlignConfig:
