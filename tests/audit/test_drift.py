@@ -1,28 +1,16 @@
-import sys
-from pathlib import Path
 
 import numpy as np
 import ot
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
-
-from explain_fixtures import digits, train_small
-
 from decalign.audit.drift import batch_drift, gmm_ot_distance
-from decalign.explain import build_reference
 from decalign.model import Prototypes
 
 
 @pytest.fixture(scope="module")
-def reference():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ds = digits()
-    model, card = train_small(ds, steps=60)
-    yield build_reference(model, card, ds.splits["train"])
-    torch.set_num_threads(threads)
+def reference(trained_digits):
+    return trained_digits[2]
 
 
 def test_training_resample_is_not_drifted(reference):

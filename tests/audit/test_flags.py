@@ -1,31 +1,15 @@
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
-
-from explain_fixtures import digits, train_small
 
 from decalign.audit.flags import compute_flags, flag_columns
-from decalign.explain import build_reference
 from decalign.explain.reference import prototype_distance
-from decalign.inference import run_inference
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ds = digits()
-    model, card = train_small(ds, steps=60)
-    ref = build_reference(model, card, ds.splits["train"])
-    result = run_inference(model, ds.splits["test"], task=card.task, prototypes=ref.prototypes)
-    yield model, card, ref, result
-    torch.set_num_threads(threads)
+def setup(trained_digits):
+    return trained_digits
 
 
 def test_planted_outlier_is_flagged(setup):

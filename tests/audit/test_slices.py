@@ -1,32 +1,17 @@
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
-
-from explain_fixtures import digits, train_small
 
 from decalign.audit.flags import compute_flags
 from decalign.audit.slices import dominant_branch, prediction_table, slice_metrics
-from decalign.explain import build_reference
-from decalign.inference import run_inference
 from decalign.train.metrics import compute_metrics
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    ds = digits()
-    model, card = train_small(ds, steps=60)
-    ref = build_reference(model, card, ds.splits["train"])
-    result = run_inference(model, ds.splits["test"], task=card.task, prototypes=ref.prototypes)
-    yield card, ref, result, compute_flags(result, ref, card)
-    torch.set_num_threads(threads)
+def setup(trained_digits):
+    _, card, ref, result = trained_digits
+    return card, ref, result, compute_flags(result, ref, card)
 
 
 def test_class_slices_match_direct_metrics(setup):
