@@ -19,7 +19,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_train_epoch import machine, write_result
-from bench.official_baseline import time_official
+from bench.official_baseline import median_ms, time_official
 from decalign.config import DecAlignConfig
 from decalign.model import DecAlign
 from decalign.train.losses import total_loss
@@ -75,17 +74,6 @@ def make_step(seed: int = 0):
     return train_step, eval_forward
 
 
-def median_ms(fn, steps: int = STEPS, warmup: int = WARMUP) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def phase(name: str) -> dict:
     """Run inside a fresh subprocess: peak RSS (MiB) after each epoch of one phase."""
     torch.set_num_threads(THREADS)
@@ -114,8 +102,8 @@ def timings() -> tuple[dict, dict]:
     ours, official = {"train_step_ms": [], "eval_forward_ms": []}, {"train_step_ms": [], "eval_forward_ms": []}
     for _ in range(ROUNDS):
         torch.set_num_threads(THREADS)
-        ours["train_step_ms"].append(median_ms(train_step))
-        ours["eval_forward_ms"].append(median_ms(eval_forward))
+        ours["train_step_ms"].append(median_ms(train_step, STEPS, WARMUP))
+        ours["eval_forward_ms"].append(median_ms(eval_forward, STEPS, WARMUP))
         t = time_official(batch=BATCH, T=T, threads=THREADS, steps=STEPS, warmup=WARMUP)
         official["train_step_ms"].append(t.train_step_ms)
         official["eval_forward_ms"].append(t.eval_forward_ms)

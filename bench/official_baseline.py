@@ -49,7 +49,8 @@ def _synthetic_batch(batch: int, seq_len: int, widths: tuple[int, int, int], see
     return inputs, labels
 
 
-def _median_ms(fn, steps: int, warmup: int) -> float:
+def median_ms(fn, steps: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in ms over ``steps`` calls, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -106,8 +107,8 @@ def time_official(
             with torch.no_grad():
                 model(*inputs)
 
-        train_ms = _median_ms(train_step, steps, warmup)
-        eval_ms = _median_ms(eval_forward, steps, warmup)
+        train_ms = median_ms(train_step, steps, warmup)
+        eval_ms = median_ms(eval_forward, steps, warmup)
     finally:
         torch.set_num_threads(previous_threads)
     return BaselineTiming(train_ms, eval_ms, batch, T, threads, steps)
