@@ -1,9 +1,19 @@
-"""A restricted unpickler for pickles that come from outside: numpy arrays and builtin containers only.
+"""A restricted unpickler for pickles that come from outside: plain numpy arrays and builtin containers.
 
-``pickle.load`` runs whatever callable a file names (``os.system``, ``builtins.eval`` ...). This
-unpickler resolves a global only if it is on an allow list of the few numpy functions and classes that
-rebuild arrays, dtypes and scalars (under their numpy 1.x and 2.x module names); anything else raises
-:class:`~decalign.data.dataset.DataError` before it is called, so nothing a hostile file names can run.
+``pickle.load`` runs whatever callable a file names (``os.system``, ``builtins.eval`` ...). Allowing
+numpy's own reconstruction functions is not safe either: numpy takes dtype flags from the pickle, so a
+file can declare an object dtype that "holds no objects" and have raw bytes used as object pointers.
+So this unpickler never calls numpy's reconstructors. When a pickle names them, it gets this module's
+stand-ins, which build arrays themselves from raw bytes (``np.frombuffer``) with a dtype chosen from an
+allow-list of numeric, bool and fixed-width string type codes (never an object dtype, never flags from
+the file). An object array (MMSA's ``id`` and ``raw_text``) becomes a str array, a numeric array or a
+list of its items. Anything else a file names raises :class:`DataError` before it is called.
+
+Sizes are bounded too. It is the pure-Python unpickler (its memo is a dict, so a memo index of 2**27
+costs nothing), every length field is checked against the bytes left in the file before anything is
+allocated, ``bytearray(n)`` is refused, and conversions that allocate (object arrays to str arrays)
+spend from an :class:`AllocationBudget` proportional to the file's size. The loader still runs all of
+this in a memory-limited child process (:mod:`decalign.sandbox`): a bug here cannot take the server down.
 """
 
 from __future__ import annotations
@@ -11,21 +21,201 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import math
 import pickle
-from typing import Any, BinaryIO
-
-from .dataset import DataError
-
-try:  # numpy >= 2 keeps the implementation in numpy._core and pickles under that name
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # numpy 1.x
-    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
-    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
+import re
+import struct
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
+from ..sandbox import MIB
+from .dataset import DataError
+
+ALLOCATION_FACTOR = 4  # conversions may allocate this many times the file's size ...
+ALLOCATION_SLACK = 64 * MIB  # ... plus this much, for small files with long strings
+MAX_NDIM = 32
+MEMO_ENTRY_BYTES = 128  # what one memo entry may be charged
 _LATIN1_NAMES = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
+_TYPESTR = re.compile(r"(b1|[iu][1248]|f(2|4|8|16)|c(8|16|32)|[US][1-9][0-9]{0,8}|O[48])$")
+_NUMBERS = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+class AllocationBudget:
+    """Bytes a parse may allocate beyond the file itself; :meth:`spend` refuses once they run out."""
+
+    def __init__(self, file_size: int, shown: str) -> None:
+        self.limit = ALLOCATION_FACTOR * file_size + ALLOCATION_SLACK
+        self.left, self.file_size, self.shown = self.limit, file_size, shown
+
+    def spend(self, nbytes: int, where: str) -> None:
+        if nbytes > self.left:
+            raise DataError(
+                f"{where} would need {nbytes:,} bytes of memory, more than a {self.file_size:,}-byte file "
+                f"can plausibly hold (at most {self.limit:,} in all); refused as a likely memory bomb"
+            )
+        self.left -= nbytes
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle asked for something this unpickler does not do; the message says what."""
+
+
+class RefusedGlobal(_Refused):
+    """A pickle named a global that is not on the allow list."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualified = f"{module}.{name}"
+
+
+# ----------------------------------------------------------------------------- numpy stand-ins
+
+
+class _NdarrayType:
+    """What a pickle gets for ``numpy.ndarray``: only a marker for ``_reconstruct``."""
+
+
+NDARRAY = _NdarrayType()
+OBJECT = "object"  # the resolved dtype of an object array: its items come as a list, never as pointers
+
+
+class _Builder:
+    """A numpy object under construction: the unpickler's BUILD opcode hands it its state."""
+
+    built: Any = None
+    done = False
+
+
+class _DtypeBuilder(_Builder):
+    def __init__(self, typestr: str) -> None:
+        self.typestr = typestr
+
+    def default(self) -> np.dtype | str:
+        return OBJECT if self.typestr[0] == "O" else np.dtype(self.typestr)
+
+    def build(self, state: Any, budget: AllocationBudget) -> np.dtype | str:
+        """dtype state ``(version, byteorder, subdescr, names, fields, elsize, alignment, flags[, meta])``:
+        only the byte order is used; fields, sub-arrays and metadata are refused, flags ignored."""
+        if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
+            raise _Refused(f"dtype {self.typestr!r} with fields or sub-arrays (structured dtypes)")
+        dtype = self.default()
+        if dtype is OBJECT:
+            return OBJECT
+        order = state[1]
+        return dtype.newbyteorder(order) if order in ("<", ">") and dtype.itemsize > 1 else dtype
+
+
+class _ArrayBuilder(_Builder):
+    def build(self, state: Any, budget: AllocationBudget) -> np.ndarray | list:
+        """ndarray state ``([version,] shape, dtype, is_fortran, rawdata)``, rebuilt from raw bytes."""
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("an ndarray state that is not (version, shape, dtype, fortran, data)")
+        shape, dtype, fortran, raw = state[-4:]
+        shape = _shape(shape)
+        dtype = _resolve_dtype(dtype)
+        if dtype is OBJECT:
+            return _object_array(raw, shape, budget)
+        array = _from_bytes(raw, dtype, shape, "F" if fortran else "C")
+        # numpy's own __setstate__ swaps non-native data into native byte order: do the same
+        return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or not all(
+        type(n) is int and n >= 0 for n in shape
+    ):
+        raise _Refused(f"an array shape {shape!r:.80}; expected up to {MAX_NDIM} non-negative integers")
+    return shape
+
+
+def _resolve_dtype(dtype: Any) -> np.dtype | str:
+    if isinstance(dtype, _DtypeBuilder):
+        return dtype.built if dtype.done else dtype.default()
+    if dtype is OBJECT or (isinstance(dtype, np.dtype) and _TYPESTR.match(dtype.str[1:])):
+        return dtype
+    raise _Refused(f"an array of dtype {dtype!r:.80}")
+
+
+def _raw_bytes(raw: Any) -> bytes | bytearray | memoryview:
+    if isinstance(raw, str):  # Python 2 pickles: 8-bit strings decoded as latin-1
+        return raw.encode("latin1")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return raw
+    raise _Refused(f"array data given as {type(raw).__name__}; expected raw bytes")
+
+
+def _from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    data = _raw_bytes(raw)
+    count = math.prod(shape)
+    size = memoryview(data).nbytes
+    if size != count * dtype.itemsize:
+        raise _Refused(f"array data of {size:,} bytes for shape {shape} of {dtype} "
+                       f"({count * dtype.itemsize:,} bytes)")
+    if order not in ("C", "F"):
+        raise _Refused(f"array order {order!r}")
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order=order)
+
+
+def _object_array(items: Any, shape: tuple[int, ...], budget: AllocationBudget) -> np.ndarray | list:
+    """An object array's items as a str array (all text), a numeric array (all numbers) or a list."""
+    if not isinstance(items, list) or len(items) != math.prod(shape):
+        raise _Refused(f"an object array of shape {shape} whose items are not a list of that length")
+    if items and all(isinstance(v, (str, bytes)) for v in items):
+        texts = [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in items]
+        budget.spend(4 * len(texts) * max(map(len, texts)), "an object array of strings")
+        return np.array(texts, dtype=str).reshape(shape)
+    if items and all(isinstance(v, _NUMBERS) for v in items):
+        budget.spend(8 * len(items), "an object array of numbers")
+        try:
+            return np.array(items).reshape(shape)
+        except OverflowError:
+            raise _Refused("an object array with integers beyond 64 bits") from None
+    return items if len(shape) <= 1 else _nest(items, shape)
+
+
+def _nest(items: list, shape: tuple[int, ...]) -> list:
+    for size in reversed(shape[1:]):
+        items = [items[i:i + size] for i in range(0, len(items), size)] if size else []
+    return items
+
+
+class _NumpyFunctions:
+    """Stand-ins for the numpy globals that pickles of arrays, dtypes and scalars name."""
+
+    def __init__(self, budget: AllocationBudget) -> None:
+        self.budget = budget
+
+    @staticmethod
+    def dtype(typestr: Any, align: Any = False, copy: Any = True) -> _DtypeBuilder:
+        if not isinstance(typestr, str) or not _TYPESTR.match(typestr):
+            raise _Refused(f"numpy dtype {typestr!r:.40}; expected a numeric, bool or fixed-width string type")
+        return _DtypeBuilder(typestr)
+
+    @staticmethod
+    def reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _ArrayBuilder:
+        if subtype is not NDARRAY:
+            raise _Refused(f"_reconstruct of {subtype!r:.60}; only plain numpy.ndarray is allowed")
+        return _ArrayBuilder()
+
+    @staticmethod
+    def scalar(dtype: Any, data: Any = None) -> Any:
+        dtype = _resolve_dtype(dtype)
+        if dtype is OBJECT:
+            if isinstance(data, (str, bytes) + _NUMBERS):
+                return data
+            raise _Refused(f"an object scalar holding {type(data).__name__}")
+        return _from_bytes(data, dtype, (1,), "C")[0]
+
+    @staticmethod
+    def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+        dtype = _resolve_dtype(dtype)
+        if dtype is OBJECT:
+            raise _Refused("an object array built from a raw buffer")
+        return _from_bytes(buffer, dtype, _shape(shape), order)
+
+
+# ------------------------------------------------------------------------------- builtin stand-ins
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -38,44 +228,74 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_names() -> dict[tuple[str, str], Any]:
-    """The globals numpy's own pickles name, under both the 1.x and the 2.x module paths."""
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = _multiarray.scalar
-        # protocol 5 pickles of contiguous arrays: frombuffer(buf, dtype).reshape(shape, order)
-        allowed[(f"{package}.numeric", "_frombuffer")] = _numeric._frombuffer
+def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    """``bytearray`` from bytes or latin-1 text only: ``bytearray(n)`` would allocate n bytes."""
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    if isinstance(source, str) and str(encoding).lower().replace("_", "-") in _LATIN1_NAMES:
+        return bytearray(source.encode("latin1"))
+    raise _Refused(f"bytearray({type(source).__name__}); only bytearray(bytes) is allowed")
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    if not all(isinstance(v, (int, float)) for v in (real, imag)):
+        raise _Refused("complex() of something other than two numbers")
+    return complex(real, imag)
+
+
+def _allowed_globals(numpy: _NumpyFunctions) -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): NDARRAY, ("numpy", "dtype"): numpy.dtype,
+        ("_codecs", "encode"): _latin1_encode, ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): _bytearray, ("builtins", "complex"): _complex,
+    }
+    for package in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x module names
+        allowed[(f"{package}.multiarray", "_reconstruct")] = numpy.reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = numpy.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numpy.frombuffer
     return allowed
 
 
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **_numpy_names(),
-    ("_codecs", "encode"): _latin1_encode,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "complex"): complex,
-}
+ALLOWED_NAMES = frozenset(_allowed_globals(_NumpyFunctions(AllocationBudget(0, ""))))
+_NEW_ALLOWED = {complex: _complex, collections.OrderedDict: collections.OrderedDict}
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """A pickle named a global that is not on the allow list."""
-
-    def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}")
-        self.qualified = f"{module}.{name}"
+# ----------------------------------------------------------------------------------- the unpickler
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` only hands out :data:`ALLOWED_GLOBALS`.
+class _BoundedFile:
+    """The file as the unpickler reads it: a length field larger than what is left is refused."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self.file, self.left = file, size
+
+    def read(self, n: int) -> bytes:
+        if n > self.left:  # EOFError: the message says "ends early"
+            raise EOFError(f"it declares {n:,} bytes where only {self.left:,} remain")
+        data = self.file.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.file.readline()
+        self.left -= len(line)
+        return line
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """Pure-Python unpickler whose globals are :data:`ALLOWED_NAMES`' stand-ins, with bounded sizes.
 
     ``encoding="latin1"`` is what numpy documents for arrays pickled by Python 2.
     """
 
-    def __init__(self, file: BinaryIO) -> None:
-        super().__init__(file, encoding="latin1")
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: BinaryIO, size: int, budget: AllocationBudget) -> None:
+        super().__init__(_BoundedFile(file, size), encoding="latin1")
+        self.budget = budget
+        self.max_memo = budget.limit // MEMO_ENTRY_BYTES
+        self.allowed = _allowed_globals(_NumpyFunctions(budget))
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol 0-2 pickles name Python 2 modules (__builtin__.set); map them as pickle itself does.
@@ -83,45 +303,147 @@ class RestrictedUnpickler(pickle.Unpickler):
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise RefusedGlobal(module, name) from None
 
+    def load_bytearray8(self) -> None:
+        (size,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(size)))  # read (bounded) before allocating
 
-def safe_load(file: BinaryIO, shown: str, hint: str = "") -> Any:
-    """Unpickle ``file`` allowing only numpy arrays, dtypes, scalars and builtin containers.
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not isinstance(target, _Builder) or target.done:
+            raise _Refused(f"setting the state of a {type(target).__name__}")
+        target.built, target.done = target.build(state, self.budget), True
+        self.stack[-1] = target.built
+
+    def _memo_put(self, load) -> None:
+        load(self)
+        if len(self.memo) > self.max_memo:  # each entry costs about a hundred bytes of dict and key
+            raise _Refused(f"more than {self.max_memo:,} memo entries for a {self.budget.file_size:,}-byte file")
+
+    def load_put(self) -> None:
+        self._memo_put(pickle._Unpickler.load_put)
+
+    def load_binput(self) -> None:
+        self._memo_put(pickle._Unpickler.load_binput)
+
+    def load_long_binput(self) -> None:
+        self._memo_put(pickle._Unpickler.load_long_binput)
+
+    def load_memoize(self) -> None:
+        self._memo_put(pickle._Unpickler.load_memoize)
+
+    def _memo_get(self, index: int) -> None:
+        try:
+            value = self.memo[index]
+        except KeyError:
+            raise pickle.UnpicklingError(f"memo value not found at index {index}") from None
+        self.append(value.built if isinstance(value, _Builder) and value.done else value)
+
+    def load_get(self) -> None:
+        self._memo_get(int(self.readline()[:-1]))
+
+    def load_binget(self) -> None:
+        self._memo_get(self.read(1)[0])
+
+    def load_long_binget(self) -> None:
+        self._memo_get(struct.unpack("<I", self.read(4))[0])
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if cls not in _NEW_ALLOWED or not isinstance(args, tuple):
+            raise _Refused(f"creating a {getattr(cls, '__name__', type(cls).__name__)} object")
+        self.append(_NEW_ALLOWED[cls](*args))
+
+    def load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        self._dict()[key] = value
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self._dict()
+        for i in range(0, len(items) - 1, 2):
+            target[items[i]] = items[i + 1]
+
+    def _dict(self) -> dict:
+        target = self.stack[-1]
+        if not isinstance(target, dict):
+            raise _Refused(f"setting items of a {type(target).__name__}")
+        return target
+
+    def _refuse_opcode(self) -> None:
+        raise pickle.UnpicklingError("class instances (INST/OBJ/NEWOBJ_EX opcodes) are not supported")
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.PUT[0]] = load_put
+    dispatch[pickle.BINPUT[0]] = load_binput
+    dispatch[pickle.LONG_BINPUT[0]] = load_long_binput
+    dispatch[pickle.MEMOIZE[0]] = load_memoize
+    dispatch[pickle.GET[0]] = load_get
+    dispatch[pickle.BINGET[0]] = load_binget
+    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    for _opcode in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX):
+        dispatch[_opcode[0]] = _refuse_opcode
+    del _opcode
+
+
+def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudget | None = None) -> Any:
+    """Unpickle ``file`` allowing only plain numpy arrays, numpy scalars and builtin containers.
 
     Parameters
     ----------
     file
-        A binary stream positioned at the start of the pickle.
+        A seekable binary stream positioned at the start of the pickle.
     shown
         The file name used in error messages.
     hint
         Appended to the message when the content cannot be unpickled (e.g. "; the content looks like text").
+    budget
+        What conversions may allocate; by default :class:`AllocationBudget` of the bytes left in ``file``.
 
     Raises
     ------
     DataError
         Naming ``shown`` and, for a refused global, the global (``module.name``); or saying that the
-        file is truncated or not a pickle.
+        file is truncated, not a pickle, or asks for something that is not allowed.
     """
+    size = _bytes_left(file)
+    budget = budget or AllocationBudget(size, shown)
     try:
-        return RestrictedUnpickler(file).load()
+        return RestrictedUnpickler(file, size, budget).load()
+    except DataError:
+        raise
     except RefusedGlobal as err:
         raise DataError(
             f"{shown}: refused to load: the pickle asks for {err.qualified}, which is not allowed; "
             "expected only numpy arrays and builtin containers (dict, list, str, numbers). "
             "Nothing from the file was run."
         ) from None
-    except EOFError:
+    except _Refused as err:
         raise DataError(
-            f"{shown}: the pickle ends early (truncated file); expected a complete pickle"
+            f"{shown}: refused to load: the pickle asks for {err}, which is not allowed; expected plain "
+            "numeric or string numpy arrays and builtin containers. Nothing from the file was run."
         ) from None
-    except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+    except EOFError as err:
+        detail = f" ({err})" if str(err) else ""
+        raise DataError(
+            f"{shown}: the pickle ends early{detail}: truncated or forged file; expected a complete pickle"
+        ) from None
+    except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            OverflowError, struct.error, UnicodeDecodeError) as err:
         raise DataError(
             f"{shown}: not a readable pickle ({type(err).__name__}: {err}){hint}; expected an MMSA pickle"
         ) from None
+    except RecursionError:
+        raise DataError(f"{shown}: the pickle is nested too deeply to be read") from None
     except MemoryError:
         raise DataError(f"{shown}: the pickle needs more memory than is available") from None
 
@@ -129,3 +451,10 @@ def safe_load(file: BinaryIO, shown: str, hint: str = "") -> Any:
 def safe_loads(data: bytes, shown: str, hint: str = "") -> Any:
     """:func:`safe_load` over bytes in memory."""
     return safe_load(io.BytesIO(data), shown, hint)
+
+
+def _bytes_left(file: BinaryIO) -> int:
+    here = file.tell()
+    end = file.seek(0, io.SEEK_END)
+    file.seek(here)
+    return end - here
