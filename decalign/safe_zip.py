@@ -16,6 +16,8 @@ from typing import BinaryIO
 SUPPORTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
                      zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 MAX_MEMBERS = 100_000
+MAX_RATIO = 100  # an archive may unpack to this many times its size (zero padding compresses well) ...
+RATIO_SLACK = 256 << 20  # ... plus this much
 # What zipfile raises for archives that are broken or forged; caught where an archive is read.
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
               NotImplementedError, RuntimeError, UnicodeDecodeError, KeyError)

@@ -25,14 +25,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..safe_zip import ZIP_ERRORS, check_member, open_archive
-from ..sandbox import MIB, is_plain_dtype, read_npy_header
+from ..safe_zip import MAX_RATIO, RATIO_SLACK, ZIP_ERRORS, check_member, open_archive
+from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .loading import RawData, RawSplit
 
 RESERVED = ("labels", "ids", "raw_text", "lengths")
-MAX_RATIO = 100  # an archive may unpack to this many times its size (zero padding compresses well) ...
-RATIO_SLACK = 256 * MIB  # ... plus this much
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
 EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text' or "
 EXPECTED_KEYS += f"'<split>/lengths/<modality>', with <split> one of {', '.join(SPLITS)}"

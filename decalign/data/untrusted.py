@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .. import sandbox
+from ..safe_zip import MAX_RATIO, RATIO_SLACK
 from .dataset import SPLITS, DataError, LoadReport, MultimodalDataset, Split
-from .npz import MAX_RATIO, RATIO_SLACK
 
 
 def load_sandboxed(path: Path | None, shown: str, suffix: str, max_bytes: int, *, data: bytes | None = None

@@ -1,5 +1,6 @@
 """Append-only audit trail: schema, round trips, immutability, restarts, WAL, concurrency, export."""
 
+import csv
 import multiprocessing as mp
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ def test_schema_is_created(trail):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert {("table", "predictions"), ("table", "reviews")} <= objects
     triggers = {n for t, n in objects if t == "trigger"}
-    assert triggers == {f"{t}_no_{op}" for t in ("predictions", "reviews") for op in ("update", "delete")}
+    assert triggers == {f"{t}_no_{op}" for t in ("predictions", "reviews") for op in ("update", "delete", "replace")}
 
 
 def test_wal_mode_is_on(trail):
@@ -183,6 +184,56 @@ def test_export_csv_matches_and_is_atomic(trail, tmp_path):
     assert reviews.loc[0, "comment"] == 'a comment, with "quotes"\nand a newline'
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions.csv", "reviews.csv"]  # no temp files
     assert trail.export_csv(tmp_path / "test-only.csv", split="nope") == 0
+
+
+@pytest.mark.parametrize("sql", [
+    "REPLACE INTO predictions (id, created_at, source, checkpoint_fingerprint, input_sha256, sample_id, "
+    "prediction) VALUES (1, 'x', 'cli', 'forged', '{sha}', '1', '9')",
+    "INSERT OR REPLACE INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct')",
+    "INSERT INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct') ON CONFLICT(id) DO UPDATE SET verdict = 'correct'",
+])
+@pytest.mark.parametrize("recursive", [False, True])
+def test_replace_and_upsert_are_refused(trail, sql, recursive):
+    # REPLACE deletes the conflicting row without firing DELETE triggers (unless recursive triggers are
+    # on); the BEFORE INSERT trigger refuses it either way.
+    trail.record_predictions([_row(1)])
+    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm")
+    conn = _raw(trail)
+    conn.execute(f"PRAGMA recursive_triggers = {'ON' if recursive else 'OFF'}")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute(sql.format(sha=SHA))
+    conn.close()
+    assert trail.predictions().iloc[0]["checkpoint_fingerprint"] == "ckpt-1"
+    assert trail.reviews().iloc[0]["verdict"] == "wrong"
+    trail.record_review("ckpt-1", SHA, 1, "correct", "second look")  # appending still works
+    assert list(trail.reviews()["verdict"]) == ["wrong", "correct"]
+
+
+def test_unwritable_database_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "sub").write_text("a file where a folder is expected")
+    with pytest.raises(AuditError, match="sub/audit.sqlite3: the audit trail's folder cannot be created"):
+        AuditTrail(tmp_path / "sub" / "audit.sqlite3")
+    monkeypatch.setenv("DECALIGN_AUDIT_DB", str(tmp_path / "sub" / "audit.sqlite3"))
+    with pytest.raises(AuditError, match="set DECALIGN_AUDIT_DB to a writable file"):
+        default_audit_path()
+    (tmp_path / "folder.sqlite3").mkdir()  # a folder where the database file should be
+    with pytest.raises(AuditError, match="folder.sqlite3: the audit trail cannot be opened"):
+        AuditTrail(tmp_path / "folder.sqlite3")
+
+
+def test_export_is_formula_safe_read_back_with_the_csv_module(trail, tmp_path):
+    ids = ["=HYPERLINK(\"http://x\")", "@SUM(1+1)", "+cmd|' /C calc'!A0", "x\r=1+1", "\t=1", "-2+3", "-3", "ok"]
+    trail.record_predictions([_row(i) for i in ids])
+    trail.export_csv(tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["sample_id"] for r in rows] == [
+        "'=HYPERLINK(\"http://x\")", "'@SUM(1+1)", "'+cmd|' /C calc'!A0", "x\r=1+1", "'\t=1", "'-2+3", "-3", "ok"]
+    raw = (tmp_path / "p.csv").read_bytes()
+    assert b'"x\r=1+1"' in raw  # a bare CR inside a cell is quoted, so no line starts with =1+1
+    assert not any(line.lstrip(b"\r\n").startswith((b"=", b"@", b"+")) for line in raw.split(b"\n"))
 
 
 def test_export_defuses_spreadsheet_formulas(trail, tmp_path):
