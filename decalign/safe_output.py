@@ -7,7 +7,7 @@ otherwise interpret them:
   (or their full-width forms) runs as a formula. :func:`csv_cell` prefixes such text with ``'``.
   Numbers stay numbers: a value of a numeric type is written as it is (``-1.5`` is a number, not a
   formula), and so is text that is exactly a decimal number (``"-3"``, ``"2e5"``), which a
-  spreadsheet reads as that number. Every CSV the project writes goes through :func:`write_csv`,
+  spreadsheet reads as that number. Every CSV the project writes goes through :class:`SafeCsvWriter`,
   which also quotes every cell containing CR or LF (``\\r\\n`` line ends, RFC 4180).
 - **Markdown** (Streamlit captions, messages): :func:`markdown_text` backslash-escapes every
   character Markdown or HTML would act on, so ``![x](http://host/x)`` is shown, not fetched.
@@ -36,23 +36,29 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def csv_writer(handle: TextIO):
-    """A ``csv.writer`` with CRLF line ends and minimal quoting (so any cell with CR or LF is quoted).
+class SafeCsvWriter:
+    """``csv.writer`` that passes every cell through :func:`csv_cell`, with CRLF line ends and minimal
+    quoting (so every cell holding CR or LF is quoted). Open ``handle`` with ``newline=""``."""
 
-    Use :func:`write_csv` or pass rows through :func:`csv_cell`; open ``handle`` with ``newline=""``.
-    """
-    return csv.writer(handle, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    def __init__(self, handle: TextIO) -> None:
+        self._writer = csv.writer(handle, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+    def writerows(self, rows: Iterable[Sequence[Any]]) -> int:
+        count = 0
+        for row in rows:
+            self.writerow(row)
+            count += 1
+        return count
 
 
 def write_csv(handle: TextIO, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
     """Write ``header`` and ``rows`` formula-safe; returns the number of rows written."""
-    writer = csv_writer(handle)
-    writer.writerow([csv_cell(v) for v in header])
-    count = 0
-    for row in rows:
-        writer.writerow([csv_cell(v) for v in row])
-        count += 1
-    return count
+    writer = SafeCsvWriter(handle)
+    writer.writerow(header)
+    return writer.writerows(rows)
 
 
 def frame_csv(frame: Any) -> str:

@@ -52,16 +52,24 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    expected = (DataError, ConfigError, CheckpointError, OfficialImportError, AuditError, ValueError,
-                FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    expected = (DataError, ConfigError, CheckpointError, OfficialImportError, AuditError, ValueError, OSError)
     try:
         return int(args.func(args) or 0)
     except expected as exc:
         if os.environ.get("DECALIGN_DEBUG"):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"decalign: error: {message}", file=sys.stderr)
+        print(f"decalign: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("decalign: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line; an OSError (full disk, no permission) as ``<file>: <reason>``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else "writing or reading a file"
+        text = f"{where}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__

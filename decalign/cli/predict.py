@@ -7,14 +7,13 @@ file that replaces ``--out`` at the end, so memory stays bounded for any number 
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint import file_sha256
-from .common import add_data, add_device, check_task, load_data
+from .common import add_data, add_device, check_output_file, check_task, load_data
 
 HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
 
@@ -45,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import check_compatible
     from ..device import resolve_device
+    from ..safe_output import SafeCsvWriter
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, found {args.batch_size}")
+    out = check_output_file(args.out)
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     def write(tmp: str) -> None:
         nonlocal count
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
+            writer = SafeCsvWriter(handle)  # ids and labels come from the file: no formulas
             writer.writerow(header(model.modalities, card.task, card.output_dim))
             for name in names:
                 for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     if audit is not None:
                         audit.record(result, name)
 
-    atomic_write(Path(args.out), write)
+    atomic_write(out, write)
     print(f"wrote {count} predictions to {args.out}" + ("" if audit is None else f"; audit trail {audit.path}"))
     return 0
 
