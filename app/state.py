@@ -17,7 +17,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from decalign.checkpoint import CheckpointError, ModelCard, load_model, load_model_zip, model_fingerprint
+from decalign.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    card_data_path,
+    load_model,
+    load_model_zip,
+    model_fingerprint,
+)
 from decalign.data import (
     DataError,
     MultimodalDataset,
@@ -31,6 +38,7 @@ from decalign.explain import TrainingReference, load_reference, training_plan
 from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
+from decalign.safe_output import markdown_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
@@ -136,13 +144,15 @@ def _load(source: ModelSource) -> tuple[DecAlign, ModelCard, str]:
     return model, card, fingerprint
 
 
-def bundled_data_path(card: ModelCard, run_dir: Path | None) -> Path | None:
-    """The data a model ships with: its card's ``data_source`` if that file exists, else the demo data
-    for a model trained on the demo's modalities."""
-    if card.data_source:
-        for candidate in (Path(card.data_source), ROOT / card.data_source):
-            if candidate.is_file() and candidate.suffix.lower() in (".npz", ".pkl", ".pickle"):
-                return candidate
+def bundled_data_path(card: ModelCard, run_dir: Path | None, *, warn: bool = False) -> Path | None:
+    """The data a model ships with: its card's ``data_source`` if that file is in the run folder or the
+    bundled assets (``card_data_path``), else the demo data for a model trained on the demo's modalities.
+    With ``warn``, a card naming a file elsewhere (never read) shows a warning."""
+    path, warning = card_data_path(card, run_dir)
+    if warning and warn:
+        st.warning(markdown_text(warning))
+    if path is not None:
+        return path
     if DEMO_DATA.is_file():
         demo = _dataset_from_path(str(DEMO_DATA), DEMO_DATA.stat().st_mtime)[0]
         if demo.widths == card.widths:
@@ -150,12 +160,12 @@ def bundled_data_path(card: ModelCard, run_dir: Path | None) -> Path | None:
     return None
 
 
-def _dataset(source: DataSource, card: ModelCard, run_dir: Path | None
+def _dataset(source: DataSource, card: ModelCard, run_dir: Path | None, *, warn: bool = False
              ) -> tuple[MultimodalDataset, str, str] | None:
     if source.kind == "upload":
         data = st.session_state["data_upload_bytes"][source.digest]
         return _dataset_from_bytes(source.digest, data, source.label), source.digest, source.label
-    path = bundled_data_path(card, run_dir)
+    path = bundled_data_path(card, run_dir, warn=warn)
     if path is None:
         return None
     dataset, fingerprint = _dataset_from_path(str(path), path.stat().st_mtime)
@@ -176,18 +186,18 @@ def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
     source = st.session_state.get("model_source") or _default_model()
     if source is None:
-        st.warning(f"No model loaded: the bundled demo model ({demo_model_dir()}) is not there. Choose a checkpoint "
-                   "directory or upload a zipped run directory in the sidebar.")
+        st.warning(f"No model loaded: the bundled demo model ({markdown_text(demo_model_dir())}) is not there. "
+                   "Choose a checkpoint directory or upload a zipped run directory in the sidebar.")
         st.stop()
     try:
         model, card, model_id = _load(source)
     except CheckpointError as exc:
-        st.error(f"The model {source.label} cannot be loaded: {exc}")
+        st.error(f"The model {markdown_text(source.label)} cannot be loaded: {markdown_text(exc)}")
         st.stop()
     data_source = st.session_state.get("data_source", DataSource("bundled", "bundled"))
-    found = _dataset(data_source, card, source.path)
+    found = _dataset(data_source, card, source.path, warn=True)
     if found is None:
-        st.warning(f"The model {source.label} has no bundled data. Upload a dataset with modalities "
+        st.warning(f"The model {markdown_text(source.label)} has no bundled data. Upload a dataset with modalities "
                    f"{_widths_text(card.widths)} in the sidebar.")
         st.stop()
     dataset, data_id, data_label = found
@@ -207,7 +217,7 @@ def _current_split(dataset: MultimodalDataset) -> str:
 
 
 def _widths_text(widths: dict[str, int]) -> str:
-    return ", ".join(f"{m} (width {d})" for m, d in widths.items())
+    return ", ".join(f"{markdown_text(m)} (width {d})" for m, d in widths.items())
 
 
 # ------------------------------------------------------------------------------------------ sidebar
@@ -260,7 +270,7 @@ def _model_picker() -> None:
         _run_picker()
     _show_error("model_error")
     current = st.session_state.get("model_source") or _default_model()
-    st.caption(f"Using: **{current.label}**" if current else "No model loaded")
+    st.caption(f"Using: **{markdown_text(current.label)}**" if current else "No model loaded")
 
 
 def trained_runs() -> dict[str, Path]:
@@ -339,7 +349,7 @@ def _data_picker() -> None:
     _show_error("data_error")
     current = st.session_state.get("data_source")
     if current is not None and current.kind == "upload":
-        st.caption(f"Using: **{current.label}**")
+        st.caption(f"Using: **{markdown_text(current.label)}**")
 
 
 def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalDataset, str]:
@@ -388,7 +398,7 @@ def _split_picker() -> None:
 
 def _show_error(key: str) -> None:
     if st.session_state.get(key):
-        st.error(st.session_state[key])
+        st.error(markdown_text(st.session_state[key]))
 
 
 # ---------------------------------------------------------------------------------- selected sample

@@ -18,6 +18,7 @@ from decalign.audit.report import build_report, explain_rows
 from decalign.audit.slices import SLICE_KINDS, prediction_table, slice_metrics
 from decalign.explain import TrainingReference, build_reference
 from decalign.inference import InferenceResult, run_inference
+from decalign.safe_output import markdown_text
 
 MIN_DRIFT = 10  # fewer samples than this: no drift test
 
@@ -25,7 +26,7 @@ MIN_DRIFT = 10  # fewer samples than this: no drift test
 def render() -> None:
     ctx = get_context()
     st.title("Audit")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
     reference = _reference(ctx)
     result = _result(ctx, reference)
@@ -169,7 +170,7 @@ def _record(ctx: Context, result, flags) -> None:
             trail.record_predictions(fig.audit_rows(result, flags, split=ctx.split, model_id=ctx.model_id,
                                                     data_id=ctx.data_id, data_label=ctx.data_label))
     except AuditError as exc:
-        st.warning(f"The audit trail could not be written: {exc}")
+        st.warning(f"The audit trail could not be written: {markdown_text(exc)}")
         return
     done.add(key)
 
@@ -181,9 +182,9 @@ def _trail_section(ctx: Context) -> None:
         predictions = trail.predictions(limit=200, checkpoint_fingerprint=ctx.model_id)
         reviews = trail.reviews(limit=200, checkpoint_fingerprint=ctx.model_id)
     except AuditError as exc:
-        st.warning(f"The audit trail cannot be read: {exc}")
+        st.warning(f"The audit trail cannot be read: {markdown_text(exc)}")
         return
-    st.caption(f"{trail.path}: newest predictions and reviews of this model.")
+    st.caption(f"{markdown_text(trail.path)}: newest predictions and reviews of this model.")
     tabs = st.tabs(["Predictions", "Reviews"])
     tabs[0].dataframe(predictions.astype(str), hide_index=True, key="audit_trail_predictions")
     tabs[1].dataframe(reviews, hide_index=True, key="audit_trail_reviews")

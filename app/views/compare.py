@@ -20,6 +20,7 @@ from decalign.explain.compare import (
 )
 from decalign.explain.levels import alignment_levels
 from decalign.inference import InferenceResult, run_inference
+from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 
 URL_PATH = "compare"
@@ -65,7 +66,7 @@ def _pick(side: str, choices: dict[str, Path], default: int):
     try:
         model, card = _model(str(path), model_fingerprint(path))
     except (CheckpointError, OSError) as exc:
-        st.error(f"Model {side} ({path}): {exc}")
+        st.error(f"Model {side} ({markdown_text(path)}): {markdown_text(exc)}")
         return None
     return label, path, model, card, model_fingerprint(path)
 
@@ -87,7 +88,7 @@ def render() -> None:
     dataset, data_id, data_path = found
     splits = [s for s, p in dataset.splits.items() if p.labels is not None and len(p)]
     split = st.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="compare_split")
-    st.caption(f"Data: `{data_path.name}` ({split}, {len(dataset.splits[split])} samples)")
+    st.caption(f"Data: {markdown_text(data_path.name)} ({split}, {len(dataset.splits[split])} samples)")
     ra = _infer(a[4], data_id, split, a[2], a[3], dataset)
     rb = _infer(b[4], data_id, split, b[2], b[3], dataset)
     _metrics(ra, rb, a[3], b[3])
@@ -98,7 +99,7 @@ def render() -> None:
 
 
 def _same_data(a, b) -> tuple[MultimodalDataset, str, Path] | None:
-    path = bundled_data_path(a[3], a[1]) or bundled_data_path(b[3], b[1])
+    path = bundled_data_path(a[3], a[1], warn=True) or bundled_data_path(b[3], b[1], warn=True)
     if path is None:
         st.warning("Neither model names a data file that is still there; compare them on the Train page's data.")
         return None
@@ -107,7 +108,7 @@ def _same_data(a, b) -> tuple[MultimodalDataset, str, Path] | None:
         for side in (a, b):
             check_compatible(dataset, side[3].widths, f"{path.name} for model {side[0]}")
     except DataError as exc:
-        st.error(f"The two models do not take the same inputs: {exc}")
+        st.error(f"The two models do not take the same inputs: {markdown_text(exc)}")
         return None
     if a[3].task != b[3].task:
         st.error(f"The models do different tasks ({a[3].task}, {b[3].task}).")
@@ -134,7 +135,7 @@ def _changes(ra, rb, a, b, split: str) -> None:
     st.caption("The Sample page explains the current model: these buttons make A or B current, then open it.")
     for col, letter, side in zip(st.columns(2), "AB", (a, b)):
         path = None if side[0] == "bundled demo" else side[1]
-        if col.button(f"Explain with model {letter} ({side[0]})", key=f"compare_explain_{letter}",
+        if col.button(f"Explain with model {letter} ({markdown_text(side[0])})", key=f"compare_explain_{letter}",
                       on_click=_make_current, args=(path, side[0], chosen, split)):
             st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
 
@@ -179,7 +180,7 @@ def _prototypes(ra, rb, card_a, card_b, same: bool) -> None:
         matches = match_prototypes(card_a.prototype_tensors(), card_b.prototype_tensors(),
                                    features_a=features[0], features_b=features[1])
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(exc))
         return
     st.caption("Exact optimal transport (POT ot.emd) with the Bures cost between the Gaussian prototypes and their "
                "weights as marginals.")
