@@ -187,12 +187,12 @@ def test_export_csv_matches_and_is_atomic(trail, tmp_path):
 
 
 @pytest.mark.parametrize("sql", [
-    "REPLACE INTO predictions (id, created_at, source, checkpoint_fingerprint, input_sha256, sample_id, "
-    "prediction) VALUES (1, 'x', 'cli', 'forged', '{sha}', '1', '9')",
-    "INSERT OR REPLACE INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
-    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct')",
-    "INSERT INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
-    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct') ON CONFLICT(id) DO UPDATE SET verdict = 'correct'",
+    ("REPLACE INTO predictions (id, created_at, source, checkpoint_fingerprint, input_sha256, sample_id, "
+    "prediction) VALUES (1, 'x', 'cli', 'forged', '{sha}', '1', '9')"),
+    ("INSERT OR REPLACE INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct')"),
+    ("INSERT INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct') ON CONFLICT(id) DO UPDATE SET verdict = 'correct'"),
 ])
 @pytest.mark.parametrize("recursive", [False, True])
 def test_replace_and_upsert_are_refused(trail, sql, recursive):
