@@ -39,11 +39,24 @@ def main(folder: str) -> int:
         result = {"error": {"kind": "refused", "message": "the content is nested too deeply to be read"}}
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line for the parent
         result = {"error": _describe(exc)}
+    result["peak_rss"] = _peak_rss()
     try:
         (root / "result.json").write_text(json.dumps(result), encoding="utf-8")
     except MemoryError:
         return MEMORY_EXIT
     return 0
+
+
+def _peak_rss() -> int | None:
+    """This process's own peak resident memory in bytes (VmHWM starts afresh at exec; ``ru_maxrss``
+    would include the parent's image the child was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _limit_self(limits: dict[str, int]) -> None:

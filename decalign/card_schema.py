@@ -91,7 +91,8 @@ def check_card(data: dict[str, Any], source: str) -> DecAlignConfig:
     try:
         config = DecAlignConfig.from_dict(_object(data["config"], "config", source), source=f"{source}: config")
     except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(source) else f"{source}: config: {message}") from None
     widths = _widths(data["widths"], source)
     task, output_dim = data["task"], data["output_dim"]
     if task not in TASKS:
@@ -191,7 +192,7 @@ def _object(value: Any, name: str, source: str) -> dict:
 
 def _integer(value: Any, name: str, low: int, high: int, source: str) -> int:
     if type(value) is not int or not low <= value <= high:
-        raise CheckpointError(f"{source}: '{name}' must be a whole number in {low:,}..{high:,}, "
+        raise CheckpointError(f"{source}: {name} must be a whole number in {low:,}..{high:,}, "
                               f"found {value!r:.80}")
     return value
 

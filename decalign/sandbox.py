@@ -75,9 +75,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class SandboxReport:
-    """How the child ran: its peak resident memory (``ru_maxrss``), wall time and exit status."""
+    """How the child ran: its own peak resident memory (``VmHWM``, None when it was killed before it
+    could say), wall time and exit status."""
 
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None
     wall_seconds: float
     returncode: int
 
@@ -107,8 +108,8 @@ def run(task: str, args: dict[str, Any], limits: Limits, *, files: dict[str, byt
             (folder / name).write_bytes(data)
         request = {"task": task, "args": {**args, "folder": str(folder)}, "limits": _limit_values(limits)}
         (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        report = _spawn(folder, limits)
-        return SandboxResult(_collect(folder, limits, report), report)
+        value, report = _collect(folder, limits, _spawn(folder, limits))
+        return SandboxResult(value, report)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -126,33 +127,32 @@ def _spawn(folder: Path, limits: Limits) -> SandboxReport:
     with open(folder / "worker.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "decalign._sandbox_worker", str(folder)], cwd=folder,
                                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    status, usage, timed_out = _wait(proc, start + limits.wall_seconds)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-    report = SandboxReport(usage.ru_maxrss * 1024, time.monotonic() - start, proc.returncode)
+    timed_out = _wait(proc, start + limits.wall_seconds)
+    report = SandboxReport(None, time.monotonic() - start, proc.returncode)
     if timed_out:
         raise SandboxError(f"the parser took longer than {limits.wall_seconds:.0f} s and was stopped", "time",
                            report)
     return report
 
 
-def _wait(proc: subprocess.Popen, deadline: float):
-    """Reap the child with ``wait4`` (for its own ``ru_maxrss``), killing it at ``deadline``."""
+def _wait(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait for the child, killing it at ``deadline``; True if it had to be killed."""
     delay = 0.002
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            return status, usage, False
+    while proc.poll() is None:
         if time.monotonic() > deadline:
             proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            return status, usage, True
+            proc.wait()
+            return True
         time.sleep(delay)
         delay = min(2 * delay, 0.05)
+    return False
 
 
-def _collect(folder: Path, limits: Limits, report: SandboxReport) -> Any:
+def _collect(folder: Path, limits: Limits, report: SandboxReport) -> tuple[Any, SandboxReport]:
     manifest = _read_manifest(folder / "result.json")
     code = report.returncode
+    peak = manifest.get("peak_rss") if manifest is not None else None
+    report = SandboxReport(peak if isinstance(peak, int) else None, report.wall_seconds, code)
     if manifest is not None and "error" in manifest:
         error = manifest["error"]
         kind = error.get("kind", "failed")
@@ -172,7 +172,7 @@ def _collect(folder: Path, limits: Limits, report: SandboxReport) -> Any:
     if total > limits.memory_bytes:
         raise SandboxError(f"the parser handed back {total:,} bytes, more than its limit", "output", report)
     try:
-        return _decode(manifest["value"], out)
+        return _decode(manifest["value"], out), report
     except (OSError, ValueError) as exc:
         raise SandboxError(f"the parser handed back an unreadable result ({exc})", "failed", report) from None
 

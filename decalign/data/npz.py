@@ -96,6 +96,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, show
                 )
             data = stream.read(nbytes)
             stream.read()  # to the end, so the CRC is checked
+    except DataError:
+        raise
     except ZIP_ERRORS as err:
         raise DataError(f"{shown}: key {key!r} could not be read (truncated or corrupt: {err})") from None
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")

@@ -201,10 +201,8 @@ class _NumpyFunctions:
     @staticmethod
     def scalar(dtype: Any, data: Any = None) -> Any:
         dtype = _resolve_dtype(dtype)
-        if dtype is OBJECT:
-            if isinstance(data, (str, bytes) + _NUMBERS):
-                return data
-            raise _Refused(f"an object scalar holding {type(data).__name__}")
+        if dtype is OBJECT:  # numpy never pickles one: its raw bytes would be read as a pointer
+            raise _Refused("a numpy scalar of dtype object")
         return _from_bytes(data, dtype, (1,), "C")[0]
 
     @staticmethod
@@ -234,7 +232,7 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
         return bytearray(source)
     if isinstance(source, str) and str(encoding).lower().replace("_", "-") in _LATIN1_NAMES:
         return bytearray(source.encode("latin1"))
-    raise _Refused(f"bytearray({type(source).__name__}); only bytearray(bytes) is allowed")
+    raise _Refused(f"bytearray({type(source).__name__}) (only bytearray(bytes) is read)")
 
 
 def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
