@@ -9,8 +9,11 @@ field and its model's size computed before anything is built, and the weights co
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from . import __version__, sandbox
@@ -94,10 +98,20 @@ def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: st
     """Write ``<tag>.safetensors`` (and the card) atomically into ``run_dir``."""
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = atomic_write(run_dir / f"{tag}.safetensors", lambda tmp: save_file(state, tmp, {"tag": tag}))
+    target = run_dir / f"{tag}.safetensors"
+    path = atomic_write(target, lambda tmp: _save_weights(state, tmp, tag, target))
     if write_card:
         save_card(run_dir, card)
     return path
+
+
+def _save_weights(state: dict[str, torch.Tensor], tmp: str, tag: str, target: Path) -> None:
+    try:
+        save_file(state, tmp, {"tag": tag})
+    except SafetensorError as exc:  # the Rust writer's I/O errors (a full disk) as the OSError they are
+        match = re.search(r"os error (\d+)", str(exc))
+        code = int(match.group(1)) if match else errno.EIO
+        raise OSError(code, os.strerror(code), str(target)) from exc
 
 
 def save_card(run_dir: str | Path, card: ModelCard) -> Path:
