@@ -15,6 +15,7 @@ from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.drift import batch_drift
 from decalign.audit.flags import compute_flags, flag_columns
 from decalign.audit.report import build_report, explain_rows
+from decalign.audit.rows import prediction_rows
 from decalign.audit.slices import SLICE_KINDS, prediction_table, slice_metrics
 from decalign.explain import TrainingReference, build_reference
 from decalign.inference import InferenceResult, run_inference
@@ -166,8 +167,9 @@ def _record(ctx: Context, result, flags) -> None:
         trail = _open_trail()
         if not trail.count(checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id, split=ctx.split,
                            source="dashboard"):
-            trail.record_predictions(fig.audit_rows(result, flags, split=ctx.split, model_id=ctx.model_id,
-                                                    data_id=ctx.data_id, data_label=ctx.data_label))
+            trail.record_predictions(prediction_rows(
+                result, source="dashboard", checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id,
+                input_name=ctx.data_label, split=ctx.split, flags=flags))
     except AuditError as exc:
         st.warning(f"The audit trail could not be written: {exc}")
         return

@@ -64,9 +64,7 @@ def _low_confidence(result, reference, card, threshold, band) -> np.ndarray:
 
 
 def _disagreement(result: InferenceResult, share: float) -> np.ndarray:
-    terms = result.contributions()[..., :-1]  # (N, out, B) without the bias
-    pick = np.zeros(len(result), int) if result.task == "regression" else result.outputs.argmax(1)
-    c = terms[np.arange(len(result)), pick]  # (N, B)
+    c = result.explained_contributions()[:, :-1]  # (N, B) without the bias
     total = np.abs(c).sum(1)
     large = np.abs(c) > share * total[:, None]
     return (large & (c > 0)).any(1) & (large & (c < 0)).any(1)

@@ -16,8 +16,7 @@ SLICE_KINDS = ("label_bin", "class", "dominant_modality", "flags")
 
 def explained_terms(result: InferenceResult) -> np.ndarray:
     """(N, B) branch contributions to the predicted class (classification) or the value (regression)."""
-    pick = np.zeros(len(result), int) if result.task == "regression" else result.outputs.argmax(1)
-    return result.contributions()[np.arange(len(result)), pick, :-1]
+    return result.explained_contributions()[:, :-1]
 
 
 def dominant_branch(result: InferenceResult) -> pd.Series:

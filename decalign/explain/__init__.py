@@ -14,7 +14,7 @@ from .attributions import (
     attribution_per_feature,
     integrated_gradients,
 )
-from .contributions import branch_contributions, contribution_matrix
+from .contributions import branch_contributions
 from .counterfactual import modality_counterfactuals
 from .reference import (
     TrainingReference,
@@ -30,7 +30,7 @@ from .summary import plain_summary
 __all__ = [
     "IGResult", "PrototypeStory", "TrainingReference", "attention_to_modalities", "attribution_by_modality",
     "attribution_over_time", "attribution_per_feature", "branch_contributions", "build_reference",
-    "contribution_matrix", "cross_modal_attention", "integrated_gradients", "load_reference",
+    "cross_modal_attention", "integrated_gradients", "load_reference",
     "modality_counterfactuals", "plain_summary", "prototype_distance", "prototype_story", "save_reference",
     "training_plan",
 ]
