@@ -34,7 +34,7 @@ def render() -> None:
     if not choices:
         st.info("No run with a replay yet: runs started on the Train page record one (decalign train --replay). "
                 "Meanwhile, the bundled demo's history shows each loss term and alignment level per epoch.")
-        history = read_history(demo_model_dir()) if (demo_model_dir() / "history.json").is_file() else []
+        history = read_history(demo_model_dir())
         if history:
             st.plotly_chart(fig.history_loss_figure(history), key="replay_history")
         return

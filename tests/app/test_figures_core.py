@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +12,7 @@ from app.figures import overview, predict, sample
 from decalign.data import Split
 from decalign.explain import branch_contributions
 from decalign.inference import InferenceResult
+from decalign.train.runs import read_history, write_history
 
 
 @pytest.fixture
@@ -78,14 +77,19 @@ def test_confusion_figure_matches_sklearn(result):
 def test_history_figures_from_history_json(tmp_path):
     rows = [{"epoch": e, "train": {"total": 3.0 / e, "task": 2.0 / e, "mmd": 0.1 * e},
              "valid": {"Acc": 0.5 + 0.1 * e, "F1_class_0": 0.3}} for e in (1, 2, 3)]
-    (tmp_path / "history.json").write_text(json.dumps(rows))
-    history = overview.read_history(tmp_path)
+    for row, corr in zip(rows, (0.1, float("nan"), 0.3)):  # a diverged metric: stored with the NaN marker
+        row["valid"]["Corr"] = corr
+    write_history(tmp_path, rows)
+    assert "__float__" in (tmp_path / "history.json").read_text()
+    history = overview.history_frame(read_history(tmp_path))
     figs = overview.history_figures(history)
     assert set(figs) == {"Loss terms", "Alignment levels", "Validation metrics"}
     assert [t.name for t in figs["Loss terms"].data] == ["total", "task"]
     np.testing.assert_allclose(figs["Loss terms"].data[0].y, [3.0, 1.5, 1.0])
-    assert [t.name for t in figs["Validation metrics"].data] == ["Acc"]  # per-class F1 left out
-    assert overview.read_history(None).empty and overview.history_figures(pd.DataFrame()) == {}
+    assert [t.name for t in figs["Validation metrics"].data] == ["Acc", "Corr"]  # per-class F1 left out
+    np.testing.assert_array_equal(np.asarray(figs["Validation metrics"].data[1].y, dtype=float),
+                                  [0.1, np.nan, 0.3])  # numbers, never the marker dicts
+    assert overview.history_frame(read_history(None)).empty and overview.history_figures(pd.DataFrame()) == {}
 
 
 def test_label_distribution_counts_classes():
