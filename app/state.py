@@ -27,10 +27,10 @@ from decalign.data import (
     load_dataset_bytes,
 )
 from decalign.device import resolve_device
-from decalign.explain import TrainingReference, load_reference, training_plan
 from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
+from decalign.train.reference import TrainingReference, load_reference, training_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
@@ -407,12 +407,12 @@ def selected_sample() -> str | None:
 
 
 @st.cache_resource(max_entries=4)
-def _training_plan(model_id: str, _reference: TrainingReference, lambda_ot: float) -> TransportResult:
-    return training_plan(_reference, lambda_ot=lambda_ot)
+def _training_plan(model_id: str, _reference: TrainingReference, _card: ModelCard) -> TransportResult:
+    return training_plan(_reference, _card.config.model)
 
 
 def training_transport(ctx: Context) -> TransportResult | None:
     """The transport plan between the training prototypes (cached per model); None without a reference."""
     if ctx.reference is None:
         return None
-    return _training_plan(ctx.model_id, ctx.reference, ctx.card.config.model.lambda_ot)
+    return _training_plan(ctx.model_id, ctx.reference, ctx.card)

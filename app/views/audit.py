@@ -16,9 +16,10 @@ from decalign.audit.drift import batch_drift
 from decalign.audit.flags import compute_flags, flag_columns
 from decalign.audit.report import build_report, explain_rows
 from decalign.audit.rows import prediction_rows
-from decalign.audit.slices import SLICE_KINDS, prediction_table, slice_metrics
-from decalign.explain import TrainingReference, build_reference
+from decalign.audit.table import prediction_table
+from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
+from decalign.train.reference import TrainingReference, build_reference
 
 MIN_DRIFT = 10  # fewer samples than this: no drift test
 
@@ -86,8 +87,8 @@ def _flags(ctx: Context, reference, result) -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner="Testing for drift…", max_entries=8)
-def _cached_drift(model_id: str, data_id: str, split: str, _result, _ref) -> pd.DataFrame:
-    return batch_drift(_result, _ref, n_resamples=10)
+def _cached_drift(model_id: str, data_id: str, split: str, _result, _ref, _card) -> pd.DataFrame:
+    return batch_drift(_result, _ref, n_resamples=10, var_floor=_card.config.model.gmm_var_floor)
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -142,7 +143,7 @@ def _drift(ctx: Context, reference, result) -> None:
     if reference is None or len(result) < MIN_DRIFT:
         st.info(f"Drift needs a training reference and at least {MIN_DRIFT} samples.")
         return
-    drift = _cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference)
+    drift = _cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
     drifted = drift[drift.drifted]
     st.metric("Drifted from the training data?", "yes" if len(drifted) else "no",
               help="A statistic above the 95th percentile of the same statistic on random training subsets "
@@ -210,7 +211,7 @@ def _report(ctx: Context, reference, result, flags) -> None:
             if result.labels is not None:
                 slices = slice_metrics(result, flags, ctx.card, by="class" if result.task != "regression"
                                        else "label_bin")
-            drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference)
+            drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
                      if reference is not None and len(result) >= MIN_DRIFT else None)
             rows = explain_rows(ctx.model, ctx.card, ctx.split_data, result, reference, ids, flags)
             st.session_state["audit_report"] = (ctx.model_id, ctx.data_id, ctx.split), build_report(

@@ -13,7 +13,7 @@ from decalign.explain import branch_contributions
 from decalign.explain.attention import cross_modal_attention
 from decalign.explain.attributions import integrated_gradients
 from decalign.explain.counterfactual import modality_counterfactuals
-from decalign.explain.story import PrototypeStory, prototype_story
+from decalign.explain.story import PrototypeStory, plan_cells, prototype_story
 from decalign.explain.summary import plain_summary
 
 URL_PATH = "sample"
@@ -145,12 +145,10 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
         st.info("This run has no training reference (reference.json), so the transport plan between the "
                 "training prototypes and the nearest training samples are not available.")
         return None
-    order = list(ctx.result.posteriors)
     cells = dict(zip(table["modality"], table["prototype"]))
-    pairs = {(a, b): plan.pair_plan(a, b, order).detach().cpu().numpy()
-             for i, a in enumerate(order) for b in order[i + 1:]}
+    pairs = {k: v.detach().cpu().numpy() for k, v in plan.pair_plans().items()}
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
-    st.dataframe(fig.transport_cells_table(pairs, cells), hide_index=True, key="sample_cells")
+    st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
     st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")

@@ -11,9 +11,6 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-from ..checkpoint import file_sha256
 from .common import add_data, add_device, check_task, load_data
 
 HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
@@ -98,6 +95,8 @@ def result_rows(result, split: str) -> Iterator[list]:
 
 
 def _chunks(model, split, task: str, size: int):
+    import numpy as np
+
     from ..inference import run_inference
 
     for start in range(0, len(split), size):
@@ -110,7 +109,7 @@ class _Audit:
 
     def __init__(self, checkpoint: str, data: str):
         from ..audit.store import AuditTrail
-        from ..checkpoint import model_fingerprint
+        from ..checkpoint import file_sha256, model_fingerprint
 
         self.trail = AuditTrail()
         self.path = self.trail.path

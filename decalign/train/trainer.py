@@ -36,7 +36,7 @@ from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import metric_direction, resolve_metric_name
+from .metrics import dataset_convention, metric_direction, resolve_metric_name
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -113,7 +113,7 @@ class Trainer:
         self.resume = resume
         _check_dataset(dataset)
         self.task = dataset.task
-        self.convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
+        self.convention = dataset_convention(dataset)
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
         self.recorder = ReplayRecorder(self.run_dir, dataset, self.config) if replay else None
 

@@ -11,6 +11,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from app.figures import overview, predict, sample
 from decalign.data import Split
 from decalign.explain import branch_contributions
+from decalign.explain.story import plan_cells
 from decalign.inference import InferenceResult
 from decalign.train.runs import read_history, write_history
 
@@ -100,11 +101,12 @@ def test_label_distribution_counts_classes():
     np.testing.assert_array_equal(fig.data[0].y, [2, 1, 3])
 
 
-def test_transport_cells_table_reads_the_plan():
+def test_plan_cells_read_the_plan():
     plan = np.array([[0.1, 0.2], [0.3, 0.4]])
-    table = sample.transport_cells_table({("a", "b"): plan}, {"a": 1, "b": 0})
-    assert table.loc[0, "plan mass"] == pytest.approx(0.3)
-    assert table.loc[0, "share of row"] == pytest.approx(0.3 / 0.7)
+    table = plan_cells({("a", "b"): plan}, {"a": 1, "b": 0})
+    assert table.loc[0, "mass"] == pytest.approx(0.3)
+    assert table.loc[0, "share_of_row"] == pytest.approx(0.3 / 0.7)
+    assert plan_cells({("a", "b"): torch.tensor(plan)}, {"a": 1, "b": 0}).equals(table)
     fig = sample.transport_cells_figure({("a", "b"): plan}, {"a": 1, "b": 0})
     rect = fig.layout.shapes[0]
     assert (rect.x0, rect.x1, rect.y0, rect.y1) == (-0.5, 0.5, 0.5, 1.5)
