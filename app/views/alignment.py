@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import alignment as fig
-from app.state import Context, get_context
 from decalign.explain.levels import (
     LEVEL_MEANING,
     LEVEL_TITLES,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app import session
+from app.context import Context, get_context
 from app.figures import audit as fig
-from app.state import Context, get_context, selected_sample
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.drift import batch_drift
 from decalign.audit.flags import compute_flags, flag_columns
@@ -161,8 +162,7 @@ def _open_trail() -> AuditTrail:
 def _record(ctx: Context, result, flags) -> None:
     """Record this split's predictions once per (model, data, split)."""
     key = (ctx.model_id, ctx.data_id, ctx.split)
-    done = st.session_state.setdefault("audit_recorded", set())
-    if key in done:
+    if session.audit_recorded(key):
         return
     try:
         trail = _open_trail()
@@ -174,7 +174,7 @@ def _record(ctx: Context, result, flags) -> None:
     except AuditError as exc:
         st.warning(f"The audit trail could not be written: {exc}")
         return
-    done.add(key)
+    session.mark_audit_recorded(key)
 
 
 def _trail_section(ctx: Context) -> None:
@@ -201,7 +201,8 @@ def _trail_section(ctx: Context) -> None:
 
 def _report(ctx: Context, reference, result, flags) -> None:
     st.subheader("Report")
-    chosen = selected_sample()
+    key = (ctx.model_id, ctx.data_id, ctx.split)
+    chosen = session.selected_sample()
     ids = [chosen] if chosen is not None and chosen in set(map(str, result.ids)) else []
     st.caption("An HTML file with the model card, metrics, drift, flagged samples"
                + (f" and the explanation of sample {chosen}" if ids else "") + "; it opens offline.")
@@ -214,10 +215,10 @@ def _report(ctx: Context, reference, result, flags) -> None:
             drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
                      if reference is not None and len(result) >= MIN_DRIFT else None)
             rows = explain_rows(ctx.model, ctx.card, ctx.split_data, result, reference, ids, flags)
-            st.session_state["audit_report"] = (ctx.model_id, ctx.data_id, ctx.split), build_report(
+            session.set_audit_report(key, build_report(
                 ctx.card, ctx.data_label, result, flags, slices, drift, rows,
-                title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}", split_name=ctx.split)
-    key, html = st.session_state.get("audit_report", (None, None))
-    if html and key == (ctx.model_id, ctx.data_id, ctx.split):
+                title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}", split_name=ctx.split))
+    html = session.audit_report(key)
+    if html:
         st.download_button("Download the report (HTML)", html.encode("utf-8"), file_name="decalign_report.html",
                            mime="text/html", key="audit_report_download")

@@ -6,8 +6,8 @@ import json
 
 import streamlit as st
 
+from app.context import get_context
 from app.figures import overview as fig
-from app.state import get_context
 from decalign.train.runs import RunError, read_history
 
 

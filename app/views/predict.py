@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import predict as fig
-from app.state import Context, get_context, select_sample, selected_sample
+from app.session import select_sample, selected_sample
 from app.views import sample
 from decalign.explain.slices import result_metrics
 from decalign.train.metrics import display_name

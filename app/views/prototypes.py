@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import transport as fig
-from app.state import Context, get_context
 from decalign.config import ModelConfig
 from decalign.explain.projection import project_with_points
 from decalign.explain.transport_view import (

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app import session
+from app.context import Context, get_context, training_transport
 from app.figures import sample as fig
-from app.state import Context, get_context, select_sample, selected_sample, training_transport
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.store import VERDICTS
 from decalign.explain import branch_contributions
@@ -72,14 +73,8 @@ def render() -> None:
 
 def _pick(ctx: Context) -> int:
     ids = [str(i) for i in ctx.result.ids]
-    wanted = selected_sample()
-    if wanted in ids and st.session_state.get("sample_synced") != wanted:
-        st.session_state["sample_id"] = wanted  # chosen on another page
-    if st.session_state.get("sample_id") not in ids:
-        st.session_state["sample_id"] = wanted if wanted in ids else ids[0]
-    st.session_state["sample_synced"] = st.session_state["sample_id"]
-    choice = st.selectbox("Sample id", ids, key="sample_id",
-                          on_change=lambda: select_sample(st.session_state["sample_id"]))
+    session.sync_sample_picker(ids)  # a sample chosen on another page shows here
+    choice = st.selectbox("Sample id", ids, key=session.Key.SAMPLE_ID, on_change=session.sample_from_picker)
     return ids.index(choice)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..atomic import clean_stale_temps
 from ..checkpoint import ModelCard, load_card, save_card, save_model
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset
@@ -137,6 +138,8 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.config.train
         fingerprint = self.dataset.fingerprint()
+        if self.dist.is_main:  # a killed earlier attempt may have left temp files of unfinished writes
+            clean_stale_temps(self.run_dir)
         if self.resume:
             check_resumable(self.run_dir, self.config, fingerprint)
         elif (self.run_dir / "card.json").exists():

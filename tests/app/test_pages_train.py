@@ -90,9 +90,9 @@ def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_di
         config = json.loads((run / "config.json").read_text())
         assert config["model"]["d_model"] == 8 and config["train"]["num_epochs"] == 1
         deadline = time.monotonic() + 180
-        while run_state(run)["state"] in ("starting", "running") and time.monotonic() < deadline:
+        while run_state(run).state in ("starting", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+        assert run_state(run).state == "finished", (run / "train.log").read_text()
     finally:
         kill_training(run)
     at.run()
