@@ -8,10 +8,12 @@ import plotly.graph_objects as go
 
 from decalign.checkpoint import ModelCard
 from decalign.data import MultimodalDataset
+from decalign.model import AlignmentLevels
 from decalign.train.metrics import display_name
+from decalign.train.trainer import LOSS_KEYS
 
-LOSS_TERMS = ("total", "task", "contrastive", "decoupling")
-LEVELS = ("decoupling", "prototype_transport", "sample_to_prototype", "moment_matching", "mmd")
+LOSS_TERMS = (*LOSS_KEYS, "decoupling")  # decoupling is a loss term too (weight dec_loss_weight)
+LEVELS = AlignmentLevels.LEVELS
 
 
 def card_summary(card: ModelCard) -> pd.DataFrame:

@@ -51,7 +51,8 @@ from .runs import (
     write_status,
 )
 
-BATCH_KEYS = ("total", "task", "contrastive", *AlignmentLevels.LEVELS)
+LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
+BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
 
 
 @dataclass
