@@ -155,11 +155,7 @@ def transport_plan(prototypes: dict[str, Prototypes], config: ModelConfig, *, la
     lam = config.lambda_ot if lambda_ot is None else lambda_ot
     if not lam > 0:
         raise ValueError(f"lambda_ot must be positive, found {lam}")
-    pair_costs = {}
-    for i, j in itertools.combinations(range(len(names)), 2):
-        a, b = prototypes[names[i]], prototypes[names[j]]
-        pair_costs[(i, j)] = gaussian_cost(a.means, a.variances, b.means, b.variances)
-    cost = joint_cost(pair_costs, len(names))
+    pair_costs, cost = prototype_costs(prototypes)
     targets = {m: _target_marginal(m, p, None if marginals is None else marginals.get(m))
                for m, p in prototypes.items()}
     with torch.no_grad():
@@ -168,13 +164,21 @@ def transport_plan(prototypes: dict[str, Prototypes], config: ModelConfig, *, la
                                         max_iter=config.ot_num_iters, tol=config.ot_tol, check_every=check_every)
     value = (solved.plan * cost).sum()
     dual = sum((f * (targets[m] - targets[m].detach())).sum() for f, m in zip(solved.potentials, names))
-    return TransportResult(
-        plan=solved.plan, cost=cost,
-        pair_costs={(names[i], names[j]): c for (i, j), c in pair_costs.items()},
-        marginals=targets, transport_cost=value + dual,
-        iterations=solved.iterations, marginal_error=solved.marginal_error, converged=solved.converged,
-        reg=reg,
-    )
+    return TransportResult(plan=solved.plan, cost=cost, pair_costs=pair_costs, marginals=targets,
+                           transport_cost=value + dual, iterations=solved.iterations,
+                           marginal_error=solved.marginal_error, converged=solved.converged, reg=reg)
+
+
+def prototype_costs(prototypes: dict[str, Prototypes]
+                    ) -> tuple[dict[tuple[str, str], torch.Tensor], torch.Tensor]:
+    """The Bures cost of every modality pair (a before b in the dict's order) and their joint cost."""
+    names = list(prototypes)
+    by_index = {}
+    for i, j in itertools.combinations(range(len(names)), 2):
+        a, b = prototypes[names[i]], prototypes[names[j]]
+        by_index[(i, j)] = gaussian_cost(a.means, a.variances, b.means, b.variances)
+    pairs = {(names[i], names[j]): c for (i, j), c in by_index.items()}
+    return pairs, joint_cost(by_index, len(names))
 
 
 def _target_marginal(name: str, proto: Prototypes, given: torch.Tensor | None) -> torch.Tensor:
