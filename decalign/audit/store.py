@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_write_bytes
-from ..safe_output import frame_csv
+from ..atomic import atomic_write_file
+from ..safe_output import SafeCsvWriter
 
 ENV_VAR = "DECALIGN_AUDIT_DB"
 SCHEMA_VERSION = 1
@@ -248,7 +248,7 @@ class AuditTrail:
         get a leading ``'``, and cells with CR or LF are quoted.
         """
         frame = self._select(table, filters, None)
-        atomic_write_bytes(Path(path), frame_csv(frame).encode("utf-8"))
+        atomic_write_file(path, lambda handle: _write_frame(handle, frame), text=True)
         return len(frame)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -427,3 +427,10 @@ def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
         found = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         if found != expected:
             raise AuditError(f"{path}: table {table!r} has columns {list(found)}, expected {list(expected)}")
+
+
+def _write_frame(handle, frame: pd.DataFrame) -> None:
+    """The frame as formula-safe CSV (``decalign.safe_output``); NULL cells stay empty."""
+    writer = SafeCsvWriter(handle)
+    writer.writerow(list(frame.columns))
+    writer.writerows([None if pd.isna(v) else v for v in row] for row in frame.itertuples(index=False, name=None))

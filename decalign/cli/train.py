@@ -43,6 +43,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import TqdmCallback, selection_rule, train
     from ..train.losses import match_task_loss
+    from ..train.metrics import dataset_convention
     from ..train.progress import CancelFileCallback, ProgressFileCallback
 
     check_output_dir(args.out)
@@ -54,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"decalign: note: {note} ({args.data})", file=sys.stderr)
     callbacks = []
     if not args.quiet:
-        convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
-        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
+        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, dataset_convention(dataset))[0]))
     if args.progress_file:
         callbacks.append(ProgressFileCallback(args.progress_file))
     if args.cancel_file:

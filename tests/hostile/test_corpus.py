@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _load_like_the_dashboard(case: Case, data: bytes, card: ModelCard):
     """The functions the sidebar calls for an upload (``app.state`` caches them)."""
-    from app import state
+    from app import sidebar
 
     if case.kind == "data":
-        return state.load_upload(data, case.filename, card)[0]
+        return sidebar.load_upload(data, case.filename, card)[0]
     return load_model_zip(data, case.filename)
 
 
