@@ -50,7 +50,7 @@ def _training_curves(run_dir) -> None:
     try:
         figures = fig.history_figures(fig.history_frame(read_history(run_dir)))
     except RunError as exc:
-        st.warning(f"The training curves cannot be shown: {exc}")
+        st.warning(f"The training curves cannot be shown: {markdown_text(exc)}")
         return
     if not figures:
         st.info("This run has no history.json (imported or uploaded model): no training curves to show.")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_like_the_dashboard(case: Case, data: bytes, card: ModelCard):
-    """The functions the sidebar calls for an upload (``app.state`` caches them)."""
+    """The functions the sidebar calls for an upload (``app.loaders`` caches them)."""
     from app import sidebar
 
     if case.kind == "data":
