@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import resource
 import sys
 import tempfile
@@ -95,12 +96,11 @@ def _upload(page, case: Case, path: Path) -> str:
         uploader = ".st-key-model_zip"
     page.locator(f"{uploader} input[type=file]").set_input_files(str(path))
     sidebar = page.locator('[data-testid="stSidebar"]')
-    expect(sidebar.get_by_text(path.name).first).to_be_visible(timeout=TIMEOUT)
-    _idle(page)
-    for text in sidebar.locator('[data-testid="stAlertContentError"]').all_inner_texts():
-        if text.strip().startswith(path.name):  # an earlier upload's error may still be shown
-            return text.strip()
-    return "loaded"
+    # Done when this file's error or "Using: <file>" shows (an earlier upload's error may still be there).
+    error = sidebar.locator('[data-testid="stAlertContentError"]', has_text=re.compile("^" + re.escape(path.name)))
+    expect(error.or_(sidebar.get_by_text(f"Using: {path.name}")).first).to_be_visible(timeout=TIMEOUT)
+    _idle(page, 300)
+    return error.first.inner_text().strip() if error.count() else "loaded"
 
 
 def _child_peak(case: Case, data: bytes) -> int | None:
