@@ -26,9 +26,10 @@ import numpy as np
 
 from ..atomic import atomic_write_file
 from .dataset import SPLITS, DataError, MultimodalDataset
+from .pickle_numpy import AllocationBudget
 from .plain import to_plain_array
 from .raw import RawData, RawSplit
-from .safe_pickle import AllocationBudget, safe_load
+from .safe_pickle import safe_load
 
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
 LABEL_KEYS = ("regression_labels", "classification_labels")

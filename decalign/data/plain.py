@@ -15,7 +15,7 @@ import numpy as np
 
 from ..sandbox import is_plain_dtype
 from .dataset import DataError
-from .safe_pickle import MAX_NDIM, AllocationBudget
+from .pickle_numpy import MAX_NDIM, AllocationBudget
 
 _NUMBER_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)
 

@@ -3,8 +3,8 @@
 ``pickle.load`` runs whatever callable a file names (``os.system``, ``builtins.eval`` ...). Allowing
 numpy's own reconstruction functions is not safe either: numpy takes dtype flags from the pickle, so a
 file can declare an object dtype that "holds no objects" and have raw bytes used as object pointers.
-So this unpickler never calls numpy's reconstructors. When a pickle names them, it gets this module's
-stand-ins, which build arrays themselves from raw bytes (``np.frombuffer``) with a dtype chosen from an
+So this unpickler never calls numpy's reconstructors. When a pickle names them, it gets the
+stand-ins of :mod:`.pickle_numpy`, which build arrays from raw bytes (``np.frombuffer``) with a dtype from an
 allow-list of numeric, bool and fixed-width string type codes (never an object dtype, never flags from
 the file). An object array (MMSA's ``id`` and ``raw_text``) becomes a str array, a numeric array or a
 list of its items. Anything else a file names raises :class:`DataError` before it is called.
@@ -21,196 +21,23 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
-import math
 import pickle
-import re
 import struct
 from typing import Any, BinaryIO, ClassVar
 
-import numpy as np
-
-from ..sandbox import MIB
 from .dataset import DataError
+from .pickle_numpy import NDARRAY, AllocationBudget, Builder, NumpyFunctions, Refused
 
-ALLOCATION_FACTOR = 4  # conversions may allocate this many times the file's size ...
-ALLOCATION_SLACK = 64 * MIB  # ... plus this much, for small files with long strings
-MAX_NDIM = 32
 MEMO_ENTRY_BYTES = 128  # what one memo entry may be charged
 _LATIN1_NAMES = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
-_TYPESTR = re.compile(r"(b1|[iu][1248]|f(2|4|8|16)|c(8|16|32)|[US][1-9][0-9]{0,8}|O[48])$")
-_NUMBERS = (bool, int, float, np.bool_, np.integer, np.floating)
 
 
-class AllocationBudget:
-    """Bytes a parse may allocate beyond the file itself; :meth:`spend` refuses once they run out."""
-
-    def __init__(self, file_size: int, shown: str) -> None:
-        self.limit = ALLOCATION_FACTOR * file_size + ALLOCATION_SLACK
-        self.left, self.file_size, self.shown = self.limit, file_size, shown
-
-    def spend(self, nbytes: int, where: str) -> None:
-        if nbytes > self.left:
-            raise DataError(
-                f"{where} would need {nbytes:,} bytes of memory, more than a {self.file_size:,}-byte file "
-                f"can plausibly hold (at most {self.limit:,} in all); refused as a likely memory bomb"
-            )
-        self.left -= nbytes
-
-
-class _Refused(pickle.UnpicklingError):
-    """The pickle asked for something this unpickler does not do; the message says what."""
-
-
-class RefusedGlobal(_Refused):
+class RefusedGlobal(Refused):
     """A pickle named a global that is not on the allow list."""
 
     def __init__(self, module: str, name: str) -> None:
         super().__init__(f"{module}.{name}")
         self.qualified = f"{module}.{name}"
-
-
-# ----------------------------------------------------------------------------- numpy stand-ins
-
-
-class _NdarrayType:
-    """What a pickle gets for ``numpy.ndarray``: only a marker for ``_reconstruct``."""
-
-
-NDARRAY = _NdarrayType()
-OBJECT = "object"  # the resolved dtype of an object array: its items come as a list, never as pointers
-
-
-class _Builder:
-    """A numpy object under construction: the unpickler's BUILD opcode hands it its state."""
-
-    built: Any = None
-    done = False
-
-
-class _DtypeBuilder(_Builder):
-    def __init__(self, typestr: str) -> None:
-        self.typestr = typestr
-
-    def default(self) -> np.dtype | str:
-        return OBJECT if self.typestr[0] == "O" else np.dtype(self.typestr)
-
-    def build(self, state: Any, budget: AllocationBudget) -> np.dtype | str:
-        """dtype state ``(version, byteorder, subdescr, names, fields, elsize, alignment, flags[, meta])``:
-        only the byte order is used; fields, sub-arrays and metadata are refused, flags ignored."""
-        if not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
-            raise _Refused(f"dtype {self.typestr!r} with fields or sub-arrays (structured dtypes)")
-        dtype = self.default()
-        if dtype is OBJECT:
-            return OBJECT
-        order = state[1]
-        return dtype.newbyteorder(order) if order in ("<", ">") and dtype.itemsize > 1 else dtype
-
-
-class _ArrayBuilder(_Builder):
-    def build(self, state: Any, budget: AllocationBudget) -> np.ndarray | list:
-        """ndarray state ``([version,] shape, dtype, is_fortran, rawdata)``, rebuilt from raw bytes."""
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise _Refused("an ndarray state that is not (version, shape, dtype, fortran, data)")
-        shape, dtype, fortran, raw = state[-4:]
-        shape = _shape(shape)
-        dtype = _resolve_dtype(dtype)
-        if dtype is OBJECT:
-            return _object_array(raw, shape, budget)
-        array = _from_bytes(raw, dtype, shape, "F" if fortran else "C")
-        # numpy's own __setstate__ swaps non-native data into native byte order: do the same
-        return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or not all(
-        type(n) is int and n >= 0 for n in shape
-    ):
-        raise _Refused(f"an array shape {shape!r:.80}; expected up to {MAX_NDIM} non-negative integers")
-    return shape
-
-
-def _resolve_dtype(dtype: Any) -> np.dtype | str:
-    if isinstance(dtype, _DtypeBuilder):
-        return dtype.built if dtype.done else dtype.default()
-    if dtype is OBJECT or (isinstance(dtype, np.dtype) and _TYPESTR.match(dtype.str[1:])):
-        return dtype
-    raise _Refused(f"an array of dtype {dtype!r:.80}")
-
-
-def _raw_bytes(raw: Any) -> bytes | bytearray | memoryview:
-    if isinstance(raw, str):  # Python 2 pickles: 8-bit strings decoded as latin-1
-        return raw.encode("latin1")
-    if isinstance(raw, (bytes, bytearray, memoryview)):
-        return raw
-    raise _Refused(f"array data given as {type(raw).__name__}; expected raw bytes")
-
-
-def _from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
-    data = _raw_bytes(raw)
-    count = math.prod(shape)
-    size = memoryview(data).nbytes
-    if size != count * dtype.itemsize:
-        raise _Refused(f"array data of {size:,} bytes for shape {shape} of {dtype} "
-                       f"({count * dtype.itemsize:,} bytes)")
-    if order not in ("C", "F"):
-        raise _Refused(f"array order {order!r}")
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order=order)
-
-
-def _object_array(items: Any, shape: tuple[int, ...], budget: AllocationBudget) -> np.ndarray | list:
-    """An object array's items as a str array (all text), a numeric array (all numbers) or a list."""
-    if not isinstance(items, list) or len(items) != math.prod(shape):
-        raise _Refused(f"an object array of shape {shape} whose items are not a list of that length")
-    if items and all(isinstance(v, (str, bytes)) for v in items):
-        texts = [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in items]
-        budget.spend(4 * len(texts) * max(map(len, texts)), "an object array of strings")
-        return np.array(texts, dtype=str).reshape(shape)
-    if items and all(isinstance(v, _NUMBERS) for v in items):
-        budget.spend(8 * len(items), "an object array of numbers")
-        try:
-            return np.array(items).reshape(shape)
-        except OverflowError:
-            raise _Refused("an object array with integers beyond 64 bits") from None
-    return items if len(shape) <= 1 else _nest(items, shape)
-
-
-def _nest(items: list, shape: tuple[int, ...]) -> list:
-    for size in reversed(shape[1:]):
-        items = [items[i:i + size] for i in range(0, len(items), size)] if size else []
-    return items
-
-
-class _NumpyFunctions:
-    """Stand-ins for the numpy globals that pickles of arrays, dtypes and scalars name."""
-
-    def __init__(self, budget: AllocationBudget) -> None:
-        self.budget = budget
-
-    @staticmethod
-    def dtype(typestr: Any, align: Any = False, copy: Any = True) -> _DtypeBuilder:
-        if not isinstance(typestr, str) or not _TYPESTR.match(typestr):
-            raise _Refused(f"numpy dtype {typestr!r:.40}; expected a numeric, bool or fixed-width string type")
-        return _DtypeBuilder(typestr)
-
-    @staticmethod
-    def reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _ArrayBuilder:
-        if subtype is not NDARRAY:
-            raise _Refused(f"_reconstruct of {subtype!r:.60}; only plain numpy.ndarray is allowed")
-        return _ArrayBuilder()
-
-    @staticmethod
-    def scalar(dtype: Any, data: Any = None) -> Any:
-        dtype = _resolve_dtype(dtype)
-        if dtype is OBJECT:  # numpy never pickles one: its raw bytes would be read as a pointer
-            raise _Refused("a numpy scalar of dtype object")
-        return _from_bytes(data, dtype, (1,), "C")[0]
-
-    @staticmethod
-    def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-        dtype = _resolve_dtype(dtype)
-        if dtype is OBJECT:
-            raise _Refused("an object array built from a raw buffer")
-        return _from_bytes(buffer, dtype, _shape(shape), order)
 
 
 # ------------------------------------------------------------------------------- builtin stand-ins
@@ -232,16 +59,16 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
         return bytearray(source)
     if isinstance(source, str) and str(encoding).lower().replace("_", "-") in _LATIN1_NAMES:
         return bytearray(source.encode("latin1"))
-    raise _Refused(f"bytearray({type(source).__name__}) (only bytearray(bytes) is read)")
+    raise Refused(f"bytearray({type(source).__name__}) (only bytearray(bytes) is read)")
 
 
 def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
     if not all(isinstance(v, (int, float)) for v in (real, imag)):
-        raise _Refused("complex() of something other than two numbers")
+        raise Refused("complex() of something other than two numbers")
     return complex(real, imag)
 
 
-def _allowed_globals(numpy: _NumpyFunctions) -> dict[tuple[str, str], Any]:
+def _allowed_globals(numpy: NumpyFunctions) -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): NDARRAY, ("numpy", "dtype"): numpy.dtype,
         ("_codecs", "encode"): _latin1_encode, ("collections", "OrderedDict"): collections.OrderedDict,
@@ -255,7 +82,7 @@ def _allowed_globals(numpy: _NumpyFunctions) -> dict[tuple[str, str], Any]:
     return allowed
 
 
-ALLOWED_NAMES = frozenset(_allowed_globals(_NumpyFunctions(AllocationBudget(0, ""))))
+ALLOWED_NAMES = frozenset(_allowed_globals(NumpyFunctions(AllocationBudget(0, ""))))
 _NEW_ALLOWED = {complex: _complex, collections.OrderedDict: collections.OrderedDict}
 
 
@@ -293,7 +120,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         super().__init__(_BoundedFile(file, size), encoding="latin1")
         self.budget = budget
         self.max_memo = budget.limit // MEMO_ENTRY_BYTES
-        self.allowed = _allowed_globals(_NumpyFunctions(budget))
+        self.allowed = _allowed_globals(NumpyFunctions(budget))
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol 0-2 pickles name Python 2 modules (__builtin__.set); map them as pickle itself does.
@@ -312,15 +139,15 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_build(self) -> None:
         state = self.stack.pop()
         target = self.stack[-1]
-        if not isinstance(target, _Builder) or target.done:
-            raise _Refused(f"setting the state of a {type(target).__name__}")
+        if not isinstance(target, Builder) or target.done:
+            raise Refused(f"setting the state of a {type(target).__name__}")
         target.built, target.done = target.build(state, self.budget), True
         self.stack[-1] = target.built
 
     def _memo_put(self, load) -> None:
         load(self)
         if len(self.memo) > self.max_memo:  # each entry costs about a hundred bytes of dict and key
-            raise _Refused(f"more than {self.max_memo:,} memo entries for a {self.budget.file_size:,}-byte file")
+            raise Refused(f"more than {self.max_memo:,} memo entries for a {self.budget.file_size:,}-byte file")
 
     def load_put(self) -> None:
         self._memo_put(pickle._Unpickler.load_put)
@@ -339,7 +166,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             value = self.memo[index]
         except KeyError:
             raise pickle.UnpicklingError(f"memo value not found at index {index}") from None
-        self.append(value.built if isinstance(value, _Builder) and value.done else value)
+        self.append(value.built if isinstance(value, Builder) and value.done else value)
 
     def load_get(self) -> None:
         self._memo_get(int(self.readline()[:-1]))
@@ -354,7 +181,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         args = self.stack.pop()
         cls = self.stack.pop()
         if cls not in _NEW_ALLOWED or not isinstance(args, tuple):
-            raise _Refused(f"creating a {getattr(cls, '__name__', type(cls).__name__)} object")
+            raise Refused(f"creating a {getattr(cls, '__name__', type(cls).__name__)} object")
         self.append(_NEW_ALLOWED[cls](*args))
 
     def load_setitem(self) -> None:
@@ -370,7 +197,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _dict(self) -> dict:
         target = self.stack[-1]
         if not isinstance(target, dict):
-            raise _Refused(f"setting items of a {type(target).__name__}")
+            raise Refused(f"setting items of a {type(target).__name__}")
         return target
 
     def _refuse_opcode(self) -> None:
@@ -425,7 +252,7 @@ def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudg
             "expected only numpy arrays and builtin containers (dict, list, str, numbers). "
             "Nothing from the file was run."
         ) from None
-    except _Refused as err:
+    except Refused as err:
         raise DataError(
             f"{shown}: refused to load: the pickle asks for {err}, which is not allowed; expected plain "
             "numeric or string numpy arrays and builtin containers. Nothing from the file was run."

@@ -175,3 +175,13 @@ def test_every_length_is_checked_against_what_is_left_of_the_file():
     huge = pickle.PROTO + b"\x04" + pickle.BINUNICODE8 + (1 << 40).to_bytes(8, "little") + pickle.STOP
     with pytest.raises(DataError, match="declares 1,099,511,627,776 bytes where only 1 remain"):
         safe_loads(huge, "x.pkl")
+
+
+def test_the_allow_list_is_exactly_what_plain_data_needs():
+    from decalign.data.safe_pickle import ALLOWED_NAMES
+
+    numpy = {(f"{p}.{m}", n) for p in ("numpy.core", "numpy._core")
+             for m, n in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+    assert ALLOWED_NAMES == numpy | {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex")}
