@@ -6,8 +6,8 @@
    ``/proc/<pid>/status``; per case it records the peak while the upload is handled, the rise over the
    server's resident size before the upload, the one line the page shows, and the peak memory of the
    sandboxed parser (the same loader called here, measured in its child).
-2. Loads a MOSI-shaped MMSA pickle (1,284/229/686 samples, about 300 MB) in this process and in the
-   sandbox, alternating, and reports both times and the peak memory of this process and of the child.
+2. Loads a MOSI-shaped MMSA pickle (1,284/229/686 samples, about 350 MB) in a fresh process, parsed there
+   or in the sandbox, alternating, and reports both times and the peak memory of that process and of the child.
 
 Run: ``python bench/bench_hostile.py`` (about 5 minutes on 2 CPU cores); writes bench/results/hostile.json.
 """
@@ -15,9 +15,10 @@ Run: ``python bench/bench_hostile.py`` (about 5 minutes on 2 CPU cores); writes 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
-import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +32,7 @@ from browser_utils import free_port, launch_chromium, start_server, stop_server
 from playwright.sync_api import expect, sync_playwright
 
 from decalign.checkpoint import CheckpointError, load_model_zip
-from decalign.data import DataError, load_dataset, load_dataset_bytes, make_synthetic, write_mmsa_pickle
+from decalign.data import DataError, load_dataset_bytes, make_synthetic, write_mmsa_pickle
 from tests.hostile.corpus import Case, all_cases, model_zip
 
 TIMEOUT = 180_000
@@ -166,27 +167,36 @@ def upload_corpus(work: Path) -> list[dict]:
     return rows, hwm
 
 
+_LOAD = """
+import sys, time
+from decalign.data import load_dataset
+start = time.perf_counter()
+data = load_dataset(sys.argv[1], sandbox=sys.argv[2] == "sandboxed")
+seconds = time.perf_counter() - start
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+arrays = sum(x.nbytes for part in data.splits.values() for x in part.features.values())
+print(seconds, int(hwm) * 1024, arrays, data.report.parser_peak_rss_bytes or 0)
+"""
+
+
 def sandbox_cost(work: Path) -> dict:
-    """A MOSI-shaped MMSA pickle loaded here and in the sandbox, three alternating rounds each."""
+    """A MOSI-shaped MMSA pickle loaded in a fresh process, parsed there or in the sandbox, three
+    alternating rounds each: time, that process's peak memory (VmHWM) and the child's."""
     dataset = make_synthetic(1284, 229, 686, widths={"text": 768, "audio": 5, "vision": 20}, seq_len=50, seed=0)
     path = work / "mosi_shaped.pkl"
     write_mmsa_pickle(dataset, path)
     del dataset
-    times = {"in_process": [], "sandboxed": []}
-    child = []
+    runs = {"in_process": [], "sandboxed": []}
     for _ in range(3):
-        for mode in ("in_process", "sandboxed"):
-            start = time.perf_counter()
-            loaded = load_dataset(path, sandbox=mode == "sandboxed")
-            times[mode].append(time.perf_counter() - start)
-            if mode == "sandboxed":
-                child.append(loaded.report.parser_peak_rss_bytes)
-            del loaded
+        for mode, rows in runs.items():
+            out = subprocess.run([sys.executable, "-c", _LOAD, str(path), mode], capture_output=True, text=True,
+                                 check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+            rows.append([float(out[0]), int(out[1]), int(out[2]), int(out[3])])
     return {"file_mb": round(path.stat().st_size / 1e6, 1),
-            "in_process_s": sorted(round(t, 2) for t in times["in_process"]),
-            "sandboxed_s": sorted(round(t, 2) for t in times["sandboxed"]),
-            "child_peak_mib": round(max(child) / MIB, 1),
-            "this_process_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "feature_arrays_mib": round(runs["sandboxed"][0][2] / MIB, 1),
+            **{f"{mode}_s": sorted(round(r[0], 2) for r in rows) for mode, rows in runs.items()},
+            **{f"{mode}_process_peak_mib": round(max(r[1] for r in rows) / MIB, 1) for mode, rows in runs.items()},
+            "sandboxed_child_peak_mib": round(max(r[3] for r in runs["sandboxed"]) / MIB, 1)}
 
 
 def main() -> None:
