@@ -102,16 +102,28 @@ def run(task: str, args: dict[str, Any], limits: Limits, *, files: dict[str, byt
         One line: the parser's own refusal, or "needed more than N MiB of memory", "took longer than
         N s", "crashed (signal 11, SIGSEGV)".
     """
-    folder = Path(tempfile.mkdtemp(prefix="decalign-sandbox-"))
     try:
-        for name, data in (files or {}).items():
-            (folder / name).write_bytes(data)
-        request = {"task": task, "args": {**args, "folder": str(folder)}, "limits": _limit_values(limits)}
-        (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        value, report = _collect(folder, limits, _spawn(folder, limits))
+        folder = Path(tempfile.mkdtemp(prefix="decalign-sandbox-"))
+    except OSError as exc:
+        raise _not_started(exc) from None
+    try:
+        try:
+            for name, data in (files or {}).items():
+                (folder / name).write_bytes(data)
+            request = {"task": task, "args": {**args, "folder": str(folder)}, "limits": _limit_values(limits)}
+            (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
+            report = _spawn(folder, limits)
+        except OSError as exc:  # a full temporary folder, no process left to start
+            raise _not_started(exc) from None
+        value, report = _collect(folder, limits, report)
         return SandboxResult(value, report)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _not_started(exc: OSError) -> SandboxError:
+    return SandboxError(f"the parser could not be started ({exc.strerror or exc}; temporary folder "
+                        f"{tempfile.gettempdir()})", "failed", SandboxReport(None, 0.0, -1))
 
 
 def _limit_values(limits: Limits) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 
 import numpy as np
 import pytest
@@ -80,3 +81,11 @@ def test_an_npy_whose_size_does_not_match_its_header_is_refused(tmp_path):
     path.write_bytes(buffer.getvalue()[:200])
     with pytest.raises(ValueError, match="size does not match"):
         sandbox.read_plain_npy(path)
+
+
+def test_a_temporary_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the temporary folder should be")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    error = _fails("arrays")
+    assert error.kind == "failed" and str(error).startswith("the parser could not be started (")
