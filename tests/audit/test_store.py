@@ -14,6 +14,7 @@ from decalign.audit import MAX_COMMENT_CHARS, AuditError, AuditTrail, default_au
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
+BARRIER_S = 600  # spawned writers import pandas and torch first: minutes on a busy 2-core machine
 
 
 def _row(sample_id, **extra):
@@ -282,7 +283,7 @@ def test_foreign_schema_is_refused(tmp_path):
 def _write_predictions(path, worker, n_rows, batch, barrier):
     """Child process: once every writer is ready, append rows in small transactions."""
     trail = AuditTrail(path)
-    barrier.wait(60)
+    barrier.wait(BARRIER_S)
     for start in range(0, n_rows, batch):
         trail.record_predictions(
             [_row(f"{worker}-{i}", checkpoint_fingerprint=f"worker-{worker}") for i in range(start, start + batch)]
@@ -299,7 +300,7 @@ def test_concurrent_writers(trail):
     errors = []
 
     def review(thread):
-        go.wait(60)
+        go.wait(BARRIER_S)
         try:
             for i in range(60):
                 trail.record_review(f"worker-{thread}", SHA, f"{thread}-{i}", "wrong", f"t{thread}", reviewer="t")
@@ -309,12 +310,12 @@ def test_concurrent_writers(trail):
     threads = [threading.Thread(target=review, args=(t,)) for t in range(2)]
     for thread in threads:
         thread.start()
-    barrier.wait(60)
+    barrier.wait(BARRIER_S)
     go.set()
     for proc in procs:
-        proc.join(120)
+        proc.join(BARRIER_S)
     for thread in threads:
-        thread.join(120)
+        thread.join(BARRIER_S)
     assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
     assert errors == []
     assert trail.count() == 800
