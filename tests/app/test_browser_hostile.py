@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from browser_utils import free_port, launch_chromium, require_browser, start_server, stop_server
-from conftest import DEMO_DATA, subset
+from browser_utils import ROOT, free_port, launch_chromium, require_browser, start_server, stop_server
 
-from decalign.data import Split, load_dataset, save_npz
+from decalign.data import MultimodalDataset, Split, load_dataset, save_npz
 
 pytestmark = pytest.mark.browser
+DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
 TIMEOUT = 90_000
 
 
@@ -92,3 +92,9 @@ def test_markup_in_data_and_cards_is_text_and_fetches_nothing(demo_dir, tmp_path
         stop_server(server)
         listener.shutdown()
     assert REQUESTS == []
+
+
+def subset(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
+    """The first ``n`` samples of every split."""
+    return MultimodalDataset({s: p.subset(np.arange(min(n, len(p)))) for s, p in dataset.splits.items()},
+                             dataset.task, dataset.num_classes)

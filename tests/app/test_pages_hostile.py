@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import pytest
 from browser_utils import ROOT, shown
-from conftest import DEMO_DATA, subset
 
-from decalign.data import Split, load_dataset, save_npz
+from decalign.data import MultimodalDataset, Split, load_dataset, save_npz
 from decalign.safe_output import markdown_text
 
 if str(ROOT) not in sys.path:
@@ -18,6 +17,7 @@ if str(ROOT) not in sys.path:
 from tests.hostile.corpus import all_cases, data_source_case, model_card, model_weights, model_zip
 
 CASES = {case.name: case for case in all_cases()}
+DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
 
 
 def _ok(at):
@@ -81,3 +81,9 @@ def test_untrusted_text_is_escaped_on_the_pages(page_test, tmp_path):
     at = _upload(page_test("overview").run(), "model_zip", "model_kind", "Upload a zip", "card.zip",
                  model_zip(card, model_weights(card)))
     assert any(markdown_text("![s](http://127.0.0.1:9/s.png)") in m.value for m in at.markdown)
+
+
+def subset(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
+    """The first ``n`` samples of every split."""
+    return MultimodalDataset({s: p.subset(np.arange(min(n, len(p)))) for s, p in dataset.splits.items()},
+                             dataset.task, dataset.num_classes)

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MODEL
 
 from decalign.checkpoint import load_card
 from decalign.cli import main
 from decalign.data import MultimodalDataset, Split, make_synthetic, save_npz
 
+MODEL = {"d_model": 8, "num_heads": 2, "num_layers": 1, "num_prototypes": 3, "pde_dim": 8}  # tiny and quick
 SMALL = [f"model.{k}={v}" for k, v in MODEL.items()] + ["num_epochs=1", "batch_size=16"]
 SETS = [arg for item in SMALL for arg in ("--set", item)]
 

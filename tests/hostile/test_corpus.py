@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import listing
 
 from decalign.checkpoint import CheckpointError, ModelCard, load_model_zip
 from decalign.cli import main
 from decalign.data import DataError
 from tests.hostile.corpus import Case, all_cases
+from tests.hostile.helpers import listing
 
 CASES = all_cases()
 MAX_CHILD_PEAK = 160 << 20  # Python + numpy is about 30 MiB; the largest case (a 3.5 MB memo flood) 75 MiB

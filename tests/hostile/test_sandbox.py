@@ -7,9 +7,9 @@ import tempfile
 
 import numpy as np
 import pytest
-from conftest import listing
 
 from decalign import sandbox
+from tests.hostile.helpers import listing
 
 SMALL = sandbox.Limits(256 << 20, 20, 120)
 
