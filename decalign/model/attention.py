@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .dropout import keep_mask
+from .dropout import drop_mask
 
 BLOCK_BYTES = 8 << 20
 
@@ -55,14 +55,14 @@ class _SmallHeadAttention(torch.autograd.Function):
                 scores.view(block.mask.shape[0], -1, *scores.shape[1:]).masked_fill_(
                     ~block.mask.unsqueeze(1), float("-inf"))
             weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-            keep = keep_mask(weights.shape, block.rate, weights.device) if block.rate > 0 else None
-            dropped = _dropped(weights, keep).to(vt.dtype)
+            drop = drop_mask(weights.shape, block.rate, weights.device) if block.rate > 0 else None
+            dropped = _dropped(weights, drop).to(vt.dtype)
             torch.bmm(vt[block.heads], dropped.transpose(1, 2), out=out[block.heads])
-            if keep is not None:
+            if drop is not None:
                 out[block.heads].mul_(1.0 / (1.0 - block.rate))
-            saved += [weights, keep]
+            saved += [weights, drop]
         ctx.save_for_backward(qt, kt, vt, *[s for s in saved if s is not None])
-        ctx.mask, ctx.rates, ctx.has_keep = mask, rates, [k is not None for k in saved[1::2]]
+        ctx.mask, ctx.rates, ctx.has_drop = mask, rates, [k is not None for k in saved[1::2]]
         ctx.set_materialize_grads(False)
         weights = torch.cat(saved[::2]) if need_weights else out.new_empty(0)
         ctx.mark_non_differentiable(weights)
@@ -76,14 +76,14 @@ class _SmallHeadAttention(torch.autograd.Function):
         saved = iter(saved)
         d_out = d_out.contiguous()
         d_qt, d_kt, d_vt = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (qt, kt, vt))
-        for block, has_keep in zip(_blocks(qt, kt, ctx.mask, ctx.rates), ctx.has_keep):
+        for block, has_drop in zip(_blocks(qt, kt, ctx.mask, ctx.rates), ctx.has_drop):
             weights = next(saved)
-            keep = next(saved) if has_keep else None
-            grad = d_out[block.heads] if keep is None else d_out[block.heads] * (1.0 / (1.0 - block.rate))
-            torch.bmm(grad, _dropped(weights, keep).to(grad.dtype), out=d_vt[block.heads])  # (n, hd, Tk)
+            drop = next(saved) if has_drop else None
+            grad = d_out[block.heads] if drop is None else d_out[block.heads] * (1.0 / (1.0 - block.rate))
+            torch.bmm(grad, _dropped(weights, drop).to(grad.dtype), out=d_vt[block.heads])  # (n, hd, Tk)
             d_weights = torch.bmm(grad.transpose(1, 2), vt[block.heads]).to(weights.dtype)  # (n, Tq, Tk)
-            if keep is not None:
-                d_weights.mul_(keep)
+            if drop is not None:
+                d_weights.masked_fill_(drop, 0.0)
             d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype).to(kt.dtype)
             torch.bmm(kt[block.heads], d_scores.transpose(1, 2), out=d_qt[block.heads])  # (n, hd, Tq)
             torch.bmm(qt[block.heads], d_scores.to(qt.dtype), out=d_kt[block.heads])  # (n, hd, Tk)
@@ -101,7 +101,8 @@ def _blocks(qt: torch.Tensor, kt: torch.Tensor, mask: torch.Tensor | None, rates
     total, _, queries = qt.shape
     per_head = queries * kt.shape[2] * qt.element_size()
     samples = mask.shape[0] if mask is not None and mask.shape[0] > 1 else None
-    step = max(1, BLOCK_BYTES // per_head)  # heads per block
+    step = max(1, BLOCK_BYTES // per_head) if qt.device.type == "cpu" else total  # heads per block; a GPU
+    # is better served by few large kernels than by cache-sized blocks
     if samples is not None:  # whole samples, so that a block takes a slice of the mask
         heads = total // samples
         step = max(1, step // heads) * heads
@@ -113,5 +114,5 @@ def _blocks(qt: torch.Tensor, kt: torch.Tensor, mask: torch.Tensor | None, rates
             yield _Block(slice(start, stop), block_mask, rate)
 
 
-def _dropped(weights: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return weights if keep is None else weights * keep
+def _dropped(weights: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    return weights if drop is None else weights.masked_fill(drop, 0.0)

@@ -100,11 +100,14 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
         value_in = _embed(first, memories) if first.training and first.embed_dropout > 0 else key_in
         keys, values = _memory_projections(params, key_in, value_in, first.heads)  # (L, M*B*h, hd, Tk)
     rates = tuple(e.layers[0].self_attn.dropout for e in encoders)
+    # unbind, not indexing: the backward of L slices would build L full-size gradients and add them up
+    per_layer = {name: p.unbind(1) for name, p in params.items()}  # name -> L tensors (M, ...)
+    keys, values = (keys.unbind(0), values.unbind(0)) if keys is not None else (None, None)
     weights = []
-    for index in range(len(first.layers)):
-        layer = {name: p[:, index] for name, p in params.items()}  # (M, ...) each
+    for index, settings in enumerate(first.layers):
+        layer = {name: p[index] for name, p in per_layer.items()}
         kt, vt = (keys[index], values[index]) if keys is not None else _self_projections(layer, x, first.heads)
-        x, w = _layer(first.layers[index], first.heads, layer, x, kt, vt, flat_mask, rates, need_weights)
+        x, w = _layer(settings, first.heads, layer, x, kt, vt, flat_mask, rates, need_weights)
         if need_weights:
             weights.append(w)
     return x, weights

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from decalign.model import attention as attention_module
 from decalign.model.attention import attention
-from decalign.model.dropout import keep_mask
+from decalign.model.dropout import drop_mask
 from decalign.model.fusion import CrossModalEncoder, encode
 
 
@@ -68,7 +68,7 @@ def test_dropout_per_group_matches_the_same_masks_applied_by_hand(monkeypatch):
     torch.manual_seed(5)
     out, _ = attention(qt, kt, vt, None, rates, training=True)
     torch.manual_seed(5)  # the blocks draw in order: group 0 blocks, then group 2 blocks
-    draws = {g: torch.cat([keep_mask((4, 5, 7), rates[g], qt.device) for _ in range(2)]) for g in (0, 2)}
+    draws = {g: ~torch.cat([drop_mask((4, 5, 7), rates[g], qt.device) for _ in range(2)]) for g in (0, 2)}
     keeps = [draws[0], None, draws[2]]
     expected, _ = naive(qt, kt, vt, None, keeps, rates)
     torch.testing.assert_close(out, expected)
@@ -155,3 +155,28 @@ def test_keys_and_values_get_separate_embedding_dropout(monkeypatch):
         e.eval()
     encode(stack, queries, memories)  # eval: keys and values share one embedding
     assert [c for c in calls if c[1] == 0.25] == [((2, 3, 4, 8), 0.25), ((2, 3, 6, 8), 0.25)]
+
+
+def test_bfloat16_autocast_trains_with_float32_gradients():
+    """Mixed precision (bfloat16 autocast, as ``train.mixed_precision`` runs on a GPU) through the
+    hand-written backward: dtypes line up, with dropout too, and the result stays close to float32."""
+    from decalign.model import DecAlign
+    from tests.model.helpers import WIDTHS, random_inputs, small_config
+
+    x = random_inputs(WIDTHS, batch=8)
+    weight = "transformers.audio.layers.0.fc1.weight"
+    for dropout_on in (True, False):
+        rates = {} if dropout_on else {k: 0.0 for k in ("attn_dropout", "relu_dropout", "res_dropout",
+                                                          "embed_dropout")}
+        torch.manual_seed(0)
+        model = DecAlign(small_config(num_layers=2, **rates), WIDTHS, 1).train()
+        param = model.get_parameter(weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, align=False).prediction
+        (low_grad,) = torch.autograd.grad(low.float().sum(), param)
+        assert low.dtype == torch.bfloat16 and low_grad.dtype == torch.float32
+        assert torch.isfinite(low_grad).all() and low_grad.abs().sum() > 0
+    full = model(x, align=False).prediction
+    (full_grad,) = torch.autograd.grad(full.sum(), param)
+    torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(low_grad, full_grad, atol=0.05 * full_grad.abs().max().item(), rtol=0.1)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decalign.model.dropout import dropout, keep_mask
+from decalign.model.dropout import drop_mask, dropout
 
 CPU = torch.device("cpu")
 
 
 def dropped_fraction_z(p: float, n: int) -> float:
     """How many standard deviations the dropped count of ``n`` draws is from n * p."""
-    dropped = int((~keep_mask((n,), p, CPU)).sum())
+    dropped = int(drop_mask((n,), p, CPU).sum())
     return (dropped - n * p) / (n * p * (1 - p)) ** 0.5
 
 
@@ -31,7 +31,7 @@ def test_probability_between_two_16_bit_levels_is_exact():
 
 def test_elements_are_independent():
     torch.manual_seed(2)
-    keep = keep_mask((2_000_000,), 0.5, CPU).double()
+    keep = (~drop_mask((2_000_000,), 0.5, CPU)).double()
     for lag in (1, 2, 3, 4, 5):  # neighbours share a 64-bit draw
         both = (keep[:-lag] * keep[lag:]).mean()
         assert abs(float(both) - 0.25) < 5 * (0.25 * 0.75 / keep.numel()) ** 0.5
@@ -39,11 +39,11 @@ def test_elements_are_independent():
 
 def test_masks_follow_the_torch_seed_and_keep_the_shape():
     torch.manual_seed(3)
-    first = keep_mask((3, 50, 7), 0.1, CPU)
+    first = drop_mask((3, 50, 7), 0.1, CPU)
     torch.manual_seed(3)
-    assert torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    assert torch.equal(first, drop_mask((3, 50, 7), 0.1, CPU))
     assert first.shape == (3, 50, 7) and first.dtype == torch.bool
-    assert not torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    assert not torch.equal(first, drop_mask((3, 50, 7), 0.1, CPU))
 
 
 def test_dropout_scales_what_it_keeps_and_its_gradient_is_the_mask():
