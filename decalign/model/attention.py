@@ -60,11 +60,11 @@ class _SmallHeadAttention(torch.autograd.Function):
             torch.bmm(vt[block.heads], dropped.transpose(1, 2), out=out[block.heads])
             if drop is not None:
                 out[block.heads].mul_(1.0 / (1.0 - block.rate))
-            saved += [weights, drop]
-        ctx.save_for_backward(qt, kt, vt, *[s for s in saved if s is not None])
-        ctx.mask, ctx.rates, ctx.has_drop = mask, rates, [k is not None for k in saved[1::2]]
+            saved.append((weights,) if drop is None else (weights, drop, dropped))
+        ctx.save_for_backward(qt, kt, vt, *[t for block in saved for t in block])
+        ctx.mask, ctx.rates, ctx.has_drop = mask, rates, [len(block) > 1 for block in saved]
         ctx.set_materialize_grads(False)
-        weights = torch.cat(saved[::2]) if need_weights else out.new_empty(0)
+        weights = torch.cat([block[0] for block in saved]) if need_weights else out.new_empty(0)
         ctx.mark_non_differentiable(weights)
         return out, weights
 
@@ -78,9 +78,9 @@ class _SmallHeadAttention(torch.autograd.Function):
         d_qt, d_kt, d_vt = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (qt, kt, vt))
         for block, has_drop in zip(_blocks(qt, kt, ctx.mask, ctx.rates), ctx.has_drop):
             weights = next(saved)
-            drop = next(saved) if has_drop else None
+            drop, dropped = (next(saved), next(saved)) if has_drop else (None, weights)
             grad = d_out[block.heads] if drop is None else d_out[block.heads] * (1.0 / (1.0 - block.rate))
-            torch.bmm(grad, _dropped(weights, drop).to(grad.dtype), out=d_vt[block.heads])  # (n, hd, Tk)
+            torch.bmm(grad, dropped.to(grad.dtype), out=d_vt[block.heads])  # (n, hd, Tk)
             d_weights = torch.bmm(grad.transpose(1, 2), vt[block.heads]).to(weights.dtype)  # (n, Tq, Tk)
             if drop is not None:
                 d_weights.masked_fill_(drop, 0.0)

@@ -1,9 +1,10 @@
 """Dropout with the exact probability and a cheaper random mask than ``F.dropout`` on the CPU.
 
-On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each element gets 16 random bits
-(four per 64-bit draw of torch's generator, so ``torch.manual_seed`` and a saved RNG state govern it), and
-the few elements whose 16 bits sit exactly on the threshold draw again, so an element is dropped with
-probability ``p`` exactly (to double precision), independently of the others, as in the official code.
+On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each element gets one random byte
+(eight per 64-bit draw of torch's generator, so ``torch.manual_seed`` and a saved RNG state govern it), and
+the elements whose byte sits exactly on the threshold (one in 256) draw a double-precision uniform to
+settle it, so an element is dropped with probability ``p`` exactly (to double precision), independently
+of the others, as in the official code.
 On a GPU the mask is ``torch.rand(...) < p``, as ``F.dropout`` draws it, without a host synchronisation.
 """
 
@@ -13,7 +14,7 @@ import math
 
 import torch
 
-_LEVELS = 1 << 16
+_LEVELS = 256
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -35,11 +36,10 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     count = math.prod(shape)
     if device.type != "cpu":
         return torch.rand(shape, device=device) < p
-    padded = -(-count // 8) * 8  # whole 64-bit words of flags below
-    bits = torch.empty(padded // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
-    # bits: uniform on [-2^15, 2^15). Drop when U < p, U = (u + V) / 2^16 with u = bits + 2^15 and V
-    # uniform on [0, 1): u below the cut drops, u above it keeps, and only u equal to the cut (one in
-    # 65,536) needs V.
+    padded = -(-count // 8) * 8  # whole 64-bit words
+    bits = torch.empty(padded // 8, dtype=torch.int64).random_(-(2**63), None).view(torch.int8)
+    # bits: uniform on [-128, 128). Drop when U < p, U = (u + V) / 256 with u = bits + 128 and V uniform
+    # on [0, 1): u below the cut drops, u above it keeps, and only u equal to the cut needs V.
     threshold = p * _LEVELS  # exact in double
     cut = int(threshold) - _LEVELS // 2
     drop = bits < cut
