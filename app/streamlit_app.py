@@ -10,7 +10,7 @@ import streamlit as st
 # `streamlit run app/streamlit_app.py` puts app/ on the path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import state
+from app import loaders, sidebar
 from app.views import (
     alignment,
     audit,
@@ -39,6 +39,6 @@ PAGES = [
     st.Page(compare.render, title="Compare models", url_path=compare.URL_PATH),
 ]
 navigation = st.navigation(PAGES)
-state.warm_up_projections()
-state.sidebar()
+loaders.warm_up_projections()
+sidebar.render()
 navigation.run()

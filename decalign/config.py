@@ -227,8 +227,6 @@ def from_official_dict(data: dict[str, Any], source: str = "config") -> DecAlign
 def _official_train_value(key: str, value: Any) -> Any:
     if key == "task_loss" and isinstance(value, str):
         return {"smoothl1": "smooth_l1", "ce": "cross_entropy", "mae": "l1"}.get(value.lower(), value.lower())
-    if key in ("selection_metric", "selection_mode") and isinstance(value, str):
-        return value
     return value
 
 

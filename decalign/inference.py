@@ -62,6 +62,14 @@ class InferenceResult:
         bias = np.broadcast_to(self.head_bias, (len(self), self.head_bias.shape[0]))
         return np.stack(parts + [bias], axis=2)
 
+    def explained_outputs(self) -> np.ndarray:
+        """(N,) output column each sample's explanation splits: the predicted class, or 0 for regression."""
+        return np.zeros(len(self), dtype=np.int64) if self.task == "regression" else self.outputs.argmax(1)
+
+    def explained_contributions(self) -> np.ndarray:
+        """(N, B + 1) ``contributions()`` of each sample's explained output (branch terms, then the bias)."""
+        return self.contributions()[np.arange(len(self)), self.explained_outputs()]
+
     def subset(self, index: np.ndarray) -> InferenceResult:
         pick = lambda d: None if d is None else {m: v[index] for m, v in d.items()}
         return InferenceResult(self.ids[index], None if self.labels is None else self.labels[index],

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from decalign.checkpoint import ModelCard
 from decalign.data import MultimodalDataset
+from decalign.model import AlignmentLevels
 from decalign.train.metrics import display_name
+from decalign.train.trainer import LOSS_KEYS
 
-LOSS_TERMS = ("total", "task", "contrastive", "decoupling")
-LEVELS = ("decoupling", "prototype_transport", "sample_to_prototype", "moment_matching", "mmd")
+LOSS_TERMS = (*LOSS_KEYS, "decoupling")  # decoupling is a loss term too (weight dec_loss_weight)
+LEVELS = AlignmentLevels.LEVELS
 
 
 def card_summary(card: ModelCard) -> pd.DataFrame:
@@ -33,15 +32,11 @@ def metrics_table(card: ModelCard) -> pd.DataFrame:
     return frame
 
 
-def read_history(run_dir: Path | None) -> pd.DataFrame:
-    """``history.json`` flattened to one row per epoch (columns ``train/<term>``, ``valid/<metric>``).
-
-    Empty when the run has no history (an imported or uploaded model).
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """History rows (``decalign.train.runs.read_history``) flattened to one row per epoch (columns
+    ``train/<term>``, ``valid/<metric>``). Empty when the run has no history (an imported or uploaded model).
     """
-    if run_dir is None or not (Path(run_dir) / "history.json").is_file():
-        return pd.DataFrame()
-    rows = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
-    if not isinstance(rows, list) or not rows:
+    if not rows:
         return pd.DataFrame()
     frame = pd.json_normalize(rows, sep="/")
     return frame.set_index("epoch") if "epoch" in frame else frame

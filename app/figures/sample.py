@@ -95,18 +95,6 @@ def transport_cells_figure(pair_plans: dict[tuple[str, str], np.ndarray], cells:
     return fig
 
 
-def transport_cells_table(pair_plans: dict[tuple[str, str], np.ndarray], cells: dict[str, int]) -> pd.DataFrame:
-    """Mass of the plan cell joining the sample's prototypes, and that cell's share of its row."""
-    rows = []
-    for (a, b), plan in pair_plans.items():
-        plan = np.asarray(plan)
-        mass = float(plan[cells[a], cells[b]])
-        row_mass = float(plan[cells[a]].sum())
-        rows.append({"pair": f"{a} x {b}", "cell": f"({cells[a]}, {cells[b]})", "plan mass": mass,
-                     "share of row": mass / row_mass if row_mass > 0 else 0.0})
-    return pd.DataFrame(rows)
-
-
 def counterfactual_figure(counterfactuals: pd.DataFrame, task: str) -> go.Figure:
     """Change of the prediction (regression) or of the predicted class's probability when each modality is
     dropped (replaced by the training mean) or swapped with another sample's."""

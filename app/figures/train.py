@@ -10,12 +10,14 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from decalign.model import AlignmentLevels
 from decalign.train.background import RunInfo
 from decalign.train.metrics import display_name
 from decalign.train.replay import Replay, ReplayEpoch
+from decalign.train.trainer import LOSS_KEYS
 
-TERMS = ("total", "task", "contrastive")
-LEVELS = ("decoupling", "prototype_transport", "sample_to_prototype", "moment_matching", "mmd")
+TERMS = LOSS_KEYS
+LEVELS = AlignmentLevels.LEVELS
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import alignment as fig
-from app.state import Context, get_context
 from decalign.explain.levels import (
     LEVEL_MEANING,
     LEVEL_TITLES,
     LEVELS,
     alignment_levels,
     levels_history,
-    load_history,
 )
+from decalign.train.runs import RunError, read_history
 
 URL_PATH = "alignment"
 PROTOTYPE_CHOICES = ("Training prototypes (model card)", "Fitted on each chunk, as in training")
@@ -36,7 +36,11 @@ def render() -> None:
     choice = st.radio("Prototypes for levels 2 and 3", options, key="align_protos", horizontal=True)
     levels = _levels(ctx.model_id, ctx.data_id, ctx.split, choice == PROTOTYPE_CHOICES[0], ctx)
     training = ctx.card.extra.get("training_alignment")
-    history = levels_history(load_history(ctx.run_dir))
+    try:
+        history = levels_history(read_history(ctx.run_dir))
+    except RunError as exc:
+        st.warning(f"The per-epoch values cannot be shown: {exc}")
+        history = levels_history([])
     n = int(levels.samples.iloc[0])
     st.caption(f"Split **{ctx.split}**: {n:,} samples"
                + (f" (a random {MAX_SAMPLES:,} of {len(ctx.split_data):,})" if n < len(ctx.split_data) else "")

@@ -9,15 +9,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app import session
+from app.context import Context, get_context
 from app.figures import audit as fig
-from app.state import Context, get_context, selected_sample
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.drift import batch_drift
 from decalign.audit.flags import compute_flags, flag_columns
 from decalign.audit.report import build_report, explain_rows
-from decalign.audit.slices import SLICE_KINDS, prediction_table, slice_metrics
-from decalign.explain import TrainingReference, build_reference
+from decalign.audit.rows import prediction_rows
+from decalign.audit.table import prediction_table
+from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
+from decalign.train.reference import TrainingReference, build_reference
 
 MIN_DRIFT = 10  # fewer samples than this: no drift test
 
@@ -85,8 +88,8 @@ def _flags(ctx: Context, reference, result) -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner="Testing for drift…", max_entries=8)
-def _cached_drift(model_id: str, data_id: str, split: str, _result, _ref) -> pd.DataFrame:
-    return batch_drift(_result, _ref, n_resamples=10)
+def _cached_drift(model_id: str, data_id: str, split: str, _result, _ref, _card) -> pd.DataFrame:
+    return batch_drift(_result, _ref, n_resamples=10, var_floor=_card.config.model.gmm_var_floor)
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -141,7 +144,7 @@ def _drift(ctx: Context, reference, result) -> None:
     if reference is None or len(result) < MIN_DRIFT:
         st.info(f"Drift needs a training reference and at least {MIN_DRIFT} samples.")
         return
-    drift = _cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference)
+    drift = _cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
     drifted = drift[drift.drifted]
     st.metric("Drifted from the training data?", "yes" if len(drifted) else "no",
               help="A statistic above the 95th percentile of the same statistic on random training subsets "
@@ -159,19 +162,19 @@ def _open_trail() -> AuditTrail:
 def _record(ctx: Context, result, flags) -> None:
     """Record this split's predictions once per (model, data, split)."""
     key = (ctx.model_id, ctx.data_id, ctx.split)
-    done = st.session_state.setdefault("audit_recorded", set())
-    if key in done:
+    if session.audit_recorded(key):
         return
     try:
         trail = _open_trail()
         if not trail.count(checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id, split=ctx.split,
                            source="dashboard"):
-            trail.record_predictions(fig.audit_rows(result, flags, split=ctx.split, model_id=ctx.model_id,
-                                                    data_id=ctx.data_id, data_label=ctx.data_label))
+            trail.record_predictions(prediction_rows(
+                result, source="dashboard", checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id,
+                input_name=ctx.data_label, split=ctx.split, flags=flags))
     except AuditError as exc:
         st.warning(f"The audit trail could not be written: {exc}")
         return
-    done.add(key)
+    session.mark_audit_recorded(key)
 
 
 def _trail_section(ctx: Context) -> None:
@@ -198,7 +201,8 @@ def _trail_section(ctx: Context) -> None:
 
 def _report(ctx: Context, reference, result, flags) -> None:
     st.subheader("Report")
-    chosen = selected_sample()
+    key = (ctx.model_id, ctx.data_id, ctx.split)
+    chosen = session.selected_sample()
     ids = [chosen] if chosen is not None and chosen in set(map(str, result.ids)) else []
     st.caption("An HTML file with the model card, metrics, drift, flagged samples"
                + (f" and the explanation of sample {chosen}" if ids else "") + "; it opens offline.")
@@ -208,13 +212,13 @@ def _report(ctx: Context, reference, result, flags) -> None:
             if result.labels is not None:
                 slices = slice_metrics(result, flags, ctx.card, by="class" if result.task != "regression"
                                        else "label_bin")
-            drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference)
+            drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
                      if reference is not None and len(result) >= MIN_DRIFT else None)
             rows = explain_rows(ctx.model, ctx.card, ctx.split_data, result, reference, ids, flags)
-            st.session_state["audit_report"] = (ctx.model_id, ctx.data_id, ctx.split), build_report(
+            session.set_audit_report(key, build_report(
                 ctx.card, ctx.data_label, result, flags, slices, drift, rows,
-                title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}", split_name=ctx.split)
-    key, html = st.session_state.get("audit_report", (None, None))
-    if html and key == (ctx.model_id, ctx.data_id, ctx.split):
+                title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}", split_name=ctx.split))
+    html = session.audit_report(key)
+    if html:
         st.download_button("Download the report (HTML)", html.encode("utf-8"), file_name="decalign_report.html",
                            mime="text/html", key="audit_report_download")

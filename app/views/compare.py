@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
+from app import loaders, session, sidebar
 from app.figures import compare as fig
-from app.state import DATA_KINDS, DataSource, bundled_data_path, demo_model_dir, select_sample, use_model_dir
 from app.views import sample
-from decalign.checkpoint import CheckpointError, ModelCard, load_model, model_fingerprint
-from decalign.data import DataError, MultimodalDataset, check_compatible, load_dataset
+from decalign.checkpoint import CheckpointError, ModelCard
+from decalign.data import DataError, MultimodalDataset, check_compatible
 from decalign.explain.compare import (
     compare_metrics,
     levels_side_by_side,
@@ -20,21 +21,22 @@ from decalign.explain.compare import (
 )
 from decalign.explain.levels import alignment_levels
 from decalign.inference import InferenceResult, run_inference
+from decalign.model import DecAlign
 from decalign.train import background as bg
 
 URL_PATH = "compare"
 OTHER = "Another run directory…"
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _model(path: str, fingerprint: str):
-    return load_model(path)
+@dataclass(frozen=True)
+class Side:
+    """One of the two models compared."""
 
-
-@st.cache_resource(max_entries=2, show_spinner="Reading the data…")
-def _data(path: str, mtime: float) -> tuple[MultimodalDataset, str]:
-    dataset = load_dataset(path)
-    return dataset, dataset.fingerprint()
+    label: str  # as the picker shows it
+    path: Path  # run directory
+    model: DecAlign
+    card: ModelCard
+    model_id: str  # fingerprint of weights and card
 
 
 @st.cache_data(max_entries=8, show_spinner="Running the model…")
@@ -49,11 +51,11 @@ def _levels(model_id: str, data_id: str, split: str, _model, _dataset):
 
 def _choices() -> dict[str, Path]:
     runs = {f"run {r.name}": r.path for r in bg.list_runs() if r.has_model}
-    demo = demo_model_dir()
+    demo = loaders.demo_model_dir()
     return {**({"bundled demo": demo} if (demo / "card.json").is_file() else {}), **runs}
 
 
-def _pick(side: str, choices: dict[str, Path], default: int):
+def _pick(side: str, choices: dict[str, Path], default: int) -> Side | None:
     options = [*choices, OTHER]
     label = st.selectbox(f"Model {side}", options, index=min(default, len(options) - 1), key=f"compare_{side}")
     path = choices.get(label)
@@ -63,11 +65,11 @@ def _pick(side: str, choices: dict[str, Path], default: int):
             return None
         path = Path(text).expanduser()
     try:
-        model, card = _model(str(path), model_fingerprint(path))
+        model, card, model_id = loaders.model_from_dir(path)
     except (CheckpointError, OSError) as exc:
         st.error(f"Model {side} ({path}): {exc}")
         return None
-    return label, path, model, card, model_fingerprint(path)
+    return Side(label, path, model, card, model_id)
 
 
 def render() -> None:
@@ -88,29 +90,29 @@ def render() -> None:
     splits = [s for s, p in dataset.splits.items() if p.labels is not None and len(p)]
     split = st.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="compare_split")
     st.caption(f"Data: `{data_path.name}` ({split}, {len(dataset.splits[split])} samples)")
-    ra = _infer(a[4], data_id, split, a[2], a[3], dataset)
-    rb = _infer(b[4], data_id, split, b[2], b[3], dataset)
-    _metrics(ra, rb, a[3], b[3])
+    ra = _infer(a.model_id, data_id, split, a.model, a.card, dataset)
+    rb = _infer(b.model_id, data_id, split, b.model, b.card, dataset)
+    _metrics(ra, rb, a.card, b.card)
     _changes(ra, rb, a, b, split)
-    _slices(ra, rb, a[3], b[3])
+    _slices(ra, rb, a.card, b.card)
     _levels_section(a, b, data_id, split, dataset)
-    _prototypes(ra, rb, a[3], b[3], a[1] == b[1])
+    _prototypes(ra, rb, a.card, b.card, a.path == b.path)
 
 
-def _same_data(a, b) -> tuple[MultimodalDataset, str, Path] | None:
-    path = bundled_data_path(a[3], a[1]) or bundled_data_path(b[3], b[1])
+def _same_data(a: Side, b: Side) -> tuple[MultimodalDataset, str, Path] | None:
+    path = loaders.bundled_data_path(a.card) or loaders.bundled_data_path(b.card)
     if path is None:
         st.warning("Neither model names a data file that is still there; compare them on the Train page's data.")
         return None
-    dataset, data_id = _data(str(path), path.stat().st_mtime)
+    dataset, data_id = loaders.dataset_from_path(path)
     try:
         for side in (a, b):
-            check_compatible(dataset, side[3].widths, f"{path.name} for model {side[0]}")
+            check_compatible(dataset, side.card.widths, f"{path.name} for model {side.label}")
     except DataError as exc:
         st.error(f"The two models do not take the same inputs: {exc}")
         return None
-    if a[3].task != b[3].task:
-        st.error(f"The models do different tasks ({a[3].task}, {b[3].task}).")
+    if a.card.task != b.card.task:
+        st.error(f"The models do different tasks ({a.card.task}, {b.card.task}).")
         return None
     return dataset, data_id, path
 
@@ -123,7 +125,7 @@ def _metrics(ra, rb, card_a, card_b) -> None:
     right.plotly_chart(fig.metrics_figure(table), key="compare_metrics_fig")
 
 
-def _changes(ra, rb, a, b, split: str) -> None:
+def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
     changes = prediction_changes(ra, rb)
     kind = "flipped" if ra.task == "classification" else "changed sign"
     n = int(changes["changed"].sum())
@@ -133,18 +135,17 @@ def _changes(ra, rb, a, b, split: str) -> None:
     chosen = st.selectbox("Sample", ids, key="compare_sample")
     st.caption("The Sample page explains the current model: these buttons make A or B current, then open it.")
     for col, letter, side in zip(st.columns(2), "AB", (a, b)):
-        path = None if side[0] == "bundled demo" else side[1]
-        if col.button(f"Explain with model {letter} ({side[0]})", key=f"compare_explain_{letter}",
-                      on_click=_make_current, args=(path, side[0], chosen, split)):
+        path = None if side.label == "bundled demo" else side.path
+        if col.button(f"Explain with model {letter} ({side.label})", key=f"compare_explain_{letter}",
+                      on_click=_make_current, args=(path, side.label, chosen, split)):
             st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
 
 
 def _make_current(path: Path | None, label: str, sample_id: str, split: str) -> None:
-    use_model_dir(path, label)
-    st.session_state["data_kind"] = st.session_state["data_kind_choice"] = DATA_KINDS[0]
-    st.session_state["data_source"] = DataSource("bundled", "bundled")
-    st.session_state["split"] = split
-    select_sample(sample_id)
+    sidebar.use_model_dir(path, label)
+    sidebar.use_bundled_data()
+    session.set_split(split)
+    session.select_sample(sample_id)
 
 
 def _slices(ra, rb, card_a, card_b) -> None:
@@ -158,10 +159,10 @@ def _slices(ra, rb, card_a, card_b) -> None:
     right.plotly_chart(fig.slices_figure(table), key="compare_slices_fig")
 
 
-def _levels_section(a, b, data_id: str, split: str, dataset) -> None:
+def _levels_section(a: Side, b: Side, data_id: str, split: str, dataset) -> None:
     st.subheader("Alignment levels")
-    table = levels_side_by_side(_levels(a[4], data_id, split, a[2], dataset),
-                                _levels(b[4], data_id, split, b[2], dataset))
+    table = levels_side_by_side(_levels(a.model_id, data_id, split, a.model, dataset),
+                                _levels(b.model_id, data_id, split, b.model, dataset))
     left, right = st.columns([2, 3])
     left.dataframe(table, hide_index=True, key="compare_levels")
     right.plotly_chart(fig.levels_figure(table), key="compare_levels_fig")

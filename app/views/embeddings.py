@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import embeddings as fig
-from app.state import Context, get_context, select_sample
+from app.session import select_sample
 from app.views import sample
 from decalign.explain.projection import Projection, project, project_joint
 

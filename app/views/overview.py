@@ -6,8 +6,9 @@ import json
 
 import streamlit as st
 
+from app.context import get_context
 from app.figures import overview as fig
-from app.state import get_context
+from decalign.train.runs import RunError, read_history
 
 
 def render() -> None:
@@ -32,15 +33,23 @@ def render() -> None:
             st.dataframe(metrics, key="overview_metrics")
         with st.expander("Configuration"):
             st.code(json.dumps(card.config.to_dict(), indent=2), language="json")
-    st.subheader("Training curves")
-    figures = fig.history_figures(fig.read_history(ctx.run_dir))
-    if not figures:
-        st.info("This run has no history.json (imported or uploaded model): no training curves to show.")
-    for i, (title, figure) in enumerate(figures.items()):
-        st.plotly_chart(figure, key=f"overview_curve_{i}")
+    _training_curves(ctx.run_dir)
     st.subheader("Dataset")
     if ctx.dataset.report.notes:
         st.caption(" · ".join(ctx.dataset.report.notes))
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
     right.plotly_chart(fig.label_distribution_figure(ctx.dataset, card.class_names), key="overview_labels")
+
+
+def _training_curves(run_dir) -> None:
+    st.subheader("Training curves")
+    try:
+        figures = fig.history_figures(fig.history_frame(read_history(run_dir)))
+    except RunError as exc:
+        st.warning(f"The training curves cannot be shown: {exc}")
+        return
+    if not figures:
+        st.info("This run has no history.json (imported or uploaded model): no training curves to show.")
+    for i, figure in enumerate(figures.values()):
+        st.plotly_chart(figure, key=f"overview_curve_{i}")

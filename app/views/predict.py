@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import predict as fig
-from app.state import Context, get_context, select_sample, selected_sample
+from app.session import select_sample, selected_sample
 from app.views import sample
-from decalign.train.metrics import compute_metrics, display_name
+from decalign.explain.slices import result_metrics
+from decalign.train.metrics import display_name
 
 
 def render() -> None:
@@ -39,8 +41,7 @@ def _metrics(ctx: Context) -> None:
     if ctx.result.labels is None:
         st.info("This split has no labels: predictions only, no metrics.")
         return
-    values = compute_metrics(ctx.card.task, ctx.result.predictions, ctx.result.labels,
-                             num_classes=ctx.card.num_classes or ctx.dataset.num_classes)
+    values = result_metrics(ctx.result, ctx.card)
     shown = {k: v for k, v in values.items() if not k.startswith("F1_class_")}
     for column, (name, value) in zip(st.columns(len(shown)), shown.items()):
         column.metric(display_name(name), f"{value:.4f}")

@@ -8,8 +8,9 @@ import itertools
 import numpy as np
 import streamlit as st
 
+from app.context import Context, get_context
 from app.figures import transport as fig
-from app.state import Context, get_context
+from decalign.config import ModelConfig
 from decalign.explain.projection import project_with_points
 from decalign.explain.transport_view import (
     PlanView,
@@ -31,19 +32,19 @@ LAMBDAS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
 @st.cache_data(show_spinner="Fitting prototypes…", max_entries=16)
 def _fitted(model_id: str, data_id: str, split: str, k: int, _ctx: Context) -> dict[str, Prototypes]:
-    return fit_prototypes(_ctx.result, k)
+    return fit_prototypes(_ctx.result, _ctx.card.config.model, k)
 
 
 @st.cache_data(show_spinner="Solving the transport plan…", max_entries=64)
 def _plan(model_id: str, data_id: str, split: str, source: str, k: int, marginals: str, lambda_ot: float,
-          _protos: dict[str, Prototypes], _marginals: dict[str, np.ndarray] | None) -> PlanView:
-    return solve_plan(_protos, _marginals, lambda_ot=lambda_ot)
+          _protos: dict[str, Prototypes], _marginals: dict[str, np.ndarray] | None, _config: ModelConfig) -> PlanView:
+    return solve_plan(_protos, _config, _marginals, lambda_ot=lambda_ot)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _sweep(model_id: str, data_id: str, split: str, source: str, k: int, marginals: str,
-           _protos: dict[str, Prototypes], _marginals: dict[str, np.ndarray] | None):
-    return entropy_sweep(_protos, _marginals, LAMBDAS)
+           _protos: dict[str, Prototypes], _marginals: dict[str, np.ndarray] | None, _config: ModelConfig):
+    return entropy_sweep(_protos, _config, _marginals, LAMBDAS)
 
 
 def render() -> None:
@@ -58,8 +59,9 @@ def render() -> None:
     lam = st.select_slider("Entropy setting lambda_ot (relative to the mean cost)", LAMBDAS, value=default,
                            key="proto_lambda", help="Smaller: a sharper, cheaper plan; larger: a more spread one.")
     keys = (ctx.model_id, ctx.data_id, ctx.split, source, k, marginal_name)
-    view = _plan(*keys, lam, protos, marginals)
-    _plan_metrics(view)
+    config = ctx.card.config.model
+    view = _plan(*keys, lam, protos, marginals, config)
+    _plan_metrics(view, config)
     for a, b in itertools.combinations(view.order, 2):
         left, right = st.columns(2)
         cost_fig, plan_fig = fig.plan_figures(view, a, b)
@@ -73,7 +75,7 @@ def render() -> None:
     st.caption("Each band is the share of the joint plan linking two prototypes of neighbouring modalities "
                "(the two-modality marginal of the multi-marginal plan).")
     st.subheader("How the plan changes with the entropy setting")
-    st.plotly_chart(fig.entropy_figure(_sweep(*keys, protos, marginals), lam), key="proto_entropy")
+    st.plotly_chart(fig.entropy_figure(_sweep(*keys, protos, marginals, config), lam), key="proto_entropy")
 
 
 def _choose_prototypes(ctx: Context) -> tuple[str, int, dict[str, Prototypes]]:
@@ -117,12 +119,13 @@ def _prototype_section(ctx: Context, protos: dict[str, Prototypes], post: dict[s
                "plane of the samples, sized by weight.")
 
 
-def _plan_metrics(view: PlanView) -> None:
+def _plan_metrics(view: PlanView, config: ModelConfig) -> None:
     cols = st.columns(4)
     cols[0].metric("Entropy H(P)", f"{view.entropy:.3f} nats")
     cols[1].metric("Transport cost ⟨P, C⟩", f"{view.transport_cost:.4g}")
     cols[2].metric("Sinkhorn sweeps", f"{view.iterations}")
     cols[3].metric("Marginal error", f"{view.marginal_error:.1e}")
     if not view.converged:
-        st.warning(f"The solver stopped after {view.iterations} sweeps before the marginals matched to 1e-9 "
-                   f"(error {view.marginal_error:.1e}); the plan shown is approximate.")
+        st.warning(f"The solver stopped after {view.iterations} sweeps (the model's ot_num_iters) before the "
+                   f"marginals matched to {config.ot_tol:g} (error {view.marginal_error:.1e}), as it does in "
+                   "training; the plan shown is approximate.")

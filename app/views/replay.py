@@ -7,8 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import session
 from app.figures import train as fig
-from app.state import demo_model_dir
+from app.loaders import demo_model_dir
 from decalign.train import background as bg
 from decalign.train.replay import REPLAY_DIR, Replay, ReplayError, has_replay, load_replay
 from decalign.train.runs import read_history
@@ -34,12 +35,12 @@ def render() -> None:
     if not choices:
         st.info("No run with a replay yet: runs started on the Train page record one (decalign train --replay). "
                 "Meanwhile, the bundled demo's history shows each loss term and alignment level per epoch.")
-        history = read_history(demo_model_dir()) if (demo_model_dir() / "history.json").is_file() else []
+        history = read_history(demo_model_dir())
         if history:
             st.plotly_chart(fig.history_loss_figure(history), key="replay_history")
         return
     name = st.selectbox("Run", list(choices), key="replay_run",
-                        on_change=lambda: st.session_state.pop("replay_epoch", None))  # start at the last epoch
+                        on_change=session.restart_replay)
     path = choices[name]
     try:
         replay = _replay(str(path), (path / REPLAY_DIR / "index.json").stat().st_mtime)
@@ -51,7 +52,7 @@ def render() -> None:
                "Procrustes) so the picture does not jump. Prototype numbers are per epoch (EM on the probe), "
                "so a number may change meaning between epochs.")
     epochs = replay.epoch_numbers
-    epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key="replay_epoch")
+    epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=session.Key.REPLAY_EPOCH)
     frame = replay.at(epoch)
     summary = replay.summary()
     st.plotly_chart(fig.replay_curves(summary, epoch), key="replay_curves")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app import session
+from app.context import Context, get_context, training_transport
 from app.figures import sample as fig
-from app.state import Context, get_context, select_sample, selected_sample, training_transport
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.store import VERDICTS
 from decalign.explain import branch_contributions
 from decalign.explain.attention import cross_modal_attention
 from decalign.explain.attributions import integrated_gradients
 from decalign.explain.counterfactual import modality_counterfactuals
-from decalign.explain.story import PrototypeStory, prototype_story
+from decalign.explain.story import PrototypeStory, plan_cells, prototype_story
 from decalign.explain.summary import plain_summary
 
 URL_PATH = "sample"
@@ -72,14 +73,8 @@ def render() -> None:
 
 def _pick(ctx: Context) -> int:
     ids = [str(i) for i in ctx.result.ids]
-    wanted = selected_sample()
-    if wanted in ids and st.session_state.get("sample_synced") != wanted:
-        st.session_state["sample_id"] = wanted  # chosen on another page
-    if st.session_state.get("sample_id") not in ids:
-        st.session_state["sample_id"] = wanted if wanted in ids else ids[0]
-    st.session_state["sample_synced"] = st.session_state["sample_id"]
-    choice = st.selectbox("Sample id", ids, key="sample_id",
-                          on_change=lambda: select_sample(st.session_state["sample_id"]))
+    session.sync_sample_picker(ids)  # a sample chosen on another page shows here
+    choice = st.selectbox("Sample id", ids, key=session.Key.SAMPLE_ID, on_change=session.sample_from_picker)
     return ids.index(choice)
 
 
@@ -145,12 +140,10 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
         st.info("This run has no training reference (reference.json), so the transport plan between the "
                 "training prototypes and the nearest training samples are not available.")
         return None
-    order = list(ctx.result.posteriors)
     cells = dict(zip(table["modality"], table["prototype"]))
-    pairs = {(a, b): plan.pair_plan(a, b, order).detach().cpu().numpy()
-             for i, a in enumerate(order) for b in order[i + 1:]}
+    pairs = {k: v.detach().cpu().numpy() for k, v in plan.pair_plans().items()}
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
-    st.dataframe(fig.transport_cells_table(pairs, cells), hide_index=True, key="sample_cells")
+    st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
     st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import loaders, session
 from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
 from decalign.config import ConfigError, DecAlignConfig
-from decalign.data import DataError, load_dataset, load_dataset_bytes
+from decalign.data import DataError
 from decalign.train import background as bg
 
 URL_PATH = "train"
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
-DEMO_CONFIG = ROOT / "assets" / "demo_config.json"
-DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
+DEMO_DATA = loaders.DEMO_DATA
+DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
+TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
 CONFIG_KINDS = ("Demo settings", "Library defaults", "Upload a config file")
 # (section, field, label, kind): the settings the form edits; everything else comes from the base config.
 FIELDS = [
@@ -35,8 +35,7 @@ def render() -> None:
     st.title("Train")
     st.caption(f"Runs are saved in `{bg.runs_root()}` (set DECALIGN_RUNS_DIR to change it). Training runs in "
                "its own process: refresh the page or open another tab and you see the same run.")
-    # Decided once per session: an expander whose `expanded` changes between reruns would snap shut mid-edit.
-    with st.expander("New run", expanded=st.session_state.setdefault("train_new_open", not bg.list_runs())):
+    with st.expander("New run", expanded=session.new_run_open(not bg.list_runs())):
         _new_run()
     runs = bg.list_runs()
     if not runs:
@@ -45,11 +44,10 @@ def render() -> None:
     st.subheader("Runs")
     st.dataframe(fig.runs_table(runs), hide_index=True, key="train_runs_table")
     names = [r.name for r in runs]
-    if st.session_state.get("train_run") not in names:
-        st.session_state["train_run"] = names[0]
-    name = st.selectbox("Run to follow", names, key="train_run")
+    session.followed_run(names)
+    name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN)
     run_dir = next(r.path for r in runs if r.name == name)
-    active = bg.run_state(run_dir)["state"] in bg.ACTIVE
+    active = bg.run_state(run_dir).state in bg.ACTIVE
     st.fragment(_live, run_every=1.0 if active else None)(str(run_dir), active)
 
 
@@ -79,15 +77,15 @@ def _new_run() -> None:
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         _start(data, base, values, run_name)
-    if st.session_state.get("train_error"):
-        st.error(st.session_state["train_error"])
+    if session.train_error():
+        st.error(session.train_error())
 
 
 def _pick_data() -> tuple[bytes | None, str, str] | None:
     """(bytes, file name, task) of the checked upload, (None, demo name, task) for the demo; None: no data yet."""
-    kind = st.radio("Data", DATA_KINDS, key="train_data_kind", horizontal=True)
-    if kind == DATA_KINDS[0]:
-        dataset = _demo_data(DEMO_DATA.stat().st_mtime)
+    kind = st.radio("Data", TRAINING_DATA_KINDS, key="train_data_kind", horizontal=True)
+    if kind == TRAINING_DATA_KINDS[0]:
+        dataset = loaders.dataset_from_path(DEMO_DATA)[0]
         _glance(dataset, DEMO_DATA.name)
         return None, DEMO_DATA.name, dataset.task
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
@@ -96,7 +94,7 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
         return None
     data = upload.getvalue()
     try:
-        dataset = _check_upload(hashlib.sha256(data).hexdigest(), data, upload.name)
+        dataset = loaders.dataset_from_bytes(hashlib.sha256(data).hexdigest(), data, upload.name)
     except DataError as exc:
         st.error(str(exc))
         return None
@@ -109,16 +107,6 @@ def _glance(dataset, name: str) -> None:
     st.caption(f"{name}: {dataset.task}, modalities {modalities}, splits "
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
     st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
-
-
-@st.cache_resource(max_entries=2, show_spinner="Checking the data…")
-def _check_upload(digest: str, _data: bytes, name: str):
-    return load_dataset_bytes(_data, name)
-
-
-@st.cache_resource(max_entries=1, show_spinner="Reading the demo data…")
-def _demo_data(mtime: float):
-    return load_dataset(DEMO_DATA)
 
 
 def _pick_config() -> DecAlignConfig | None:
@@ -140,18 +128,18 @@ def _pick_config() -> DecAlignConfig | None:
 
 
 def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: dict, run_name: str) -> None:
-    st.session_state.pop("train_error", None)
+    session.set_train_error(None)
     content, filename, task = data
     try:
         config = base.override([f"{s}.{n}={v}" for (s, n), v in values.items()])
     except ConfigError as exc:
-        st.session_state["train_error"] = f"Settings refused: {exc}"
+        session.set_train_error(f"Settings refused: {exc}")
         return
     config, note = bg.match_task_loss(config, task)
     run_dir = bg.new_run_dir(run_name)
     path = DEMO_DATA if content is None else bg.save_upload(run_dir, content, filename)
     bg.start_training(run_dir, path, config)
-    st.session_state["train_run"] = run_dir.name
+    session.follow_run(run_dir.name)
     st.toast(f"Started run {run_dir.name}" + (f" ({note})" if note else ""))
 
 
@@ -160,13 +148,13 @@ def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: di
 
 def _live(run_dir: str, was_active: bool) -> None:
     view = bg.live_view(run_dir)
-    state, progress, history = view["state"], view["progress"], view["history"]
-    if was_active and state["state"] not in bg.ACTIVE:
+    state, progress, history = view.state, view.progress, view.history
+    if was_active and state.state not in bg.ACTIVE:
         st.rerun()  # the run just ended: redraw the page once, the table and the buttons change
-    fraction, text = fig.progress_text(progress, state["state"])
+    fraction, text = fig.progress_text(progress, state.state)
     st.progress(fraction, text=text)
     _controls(Path(run_dir), state)
-    if state["state"] in bg.ACTIVE and progress and progress.get("batches"):
+    if state.state in bg.ACTIVE and progress and progress.get("batches"):
         st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)
@@ -175,21 +163,21 @@ def _live(run_dir: str, was_active: bool) -> None:
     _details(Path(run_dir))
 
 
-def _controls(run_dir: Path, state: dict) -> None:
-    name = state["state"]
+def _controls(run_dir: Path, state: bg.RunState) -> None:
+    name = state.state
     if name in bg.ACTIVE:
-        if state["cancel_requested"]:
+        if state.cancel_requested:
             st.info("Cancelling after the current batch…")
         elif st.button("Cancel", key="train_cancel"):
             bg.cancel_training(run_dir)
             st.rerun(scope="fragment")
     elif name == "finished":
-        st.success(f"Finished after epoch {state['epoch']}. Open it on the Compare or Replay page, or pick it "
+        st.success(f"Finished after epoch {state.epoch}. Open it on the Compare or Replay page, or pick it "
                    "as 'Training run' in the sidebar to explore it on every page.")
     elif name in bg.RESUMABLE:
         message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
-        st.warning(f"{message} after epoch {state['epoch']}." + (f" {state['error']}" if state["error"] else ""))
-        if state["resumable"] and st.button("Resume", key="train_resume"):
+        st.warning(f"{message} after epoch {state.epoch}." + (f" {state.error}" if state.error else ""))
+        if state.resumable and st.button("Resume", key="train_resume"):
             try:
                 bg.resume_training(run_dir)
             except (RuntimeError, ConfigError, OSError) as exc:

@@ -20,9 +20,10 @@ import ot
 import pandas as pd
 import torch
 
-from ..explain.reference import TrainingReference, median_bandwidth, mmd2, mmd_null_band
+from ..config import ModelConfig
 from ..inference import InferenceResult
 from ..model import Prototypes, fit_gmm
+from ..train.reference import TrainingReference, median_bandwidth, mmd2, mmd_null_band
 
 COLUMNS = ["modality", "space", "statistic", "value", "band_low", "band_high", "drifted"]
 GMM_ITERATIONS = 30
@@ -30,9 +31,11 @@ MAX_TRAIN_MMD = 2000  # training points used for MMD (kernel matrices grow with 
 MAX_BATCH_MMD = 2000  # batch points used for MMD: a seeded subsample estimates the same MMD^2
 
 
-def gmm_ot_distance(batch: np.ndarray, target: Prototypes, n_components: int) -> float:
+def gmm_ot_distance(batch: np.ndarray, target: Prototypes, n_components: int,
+                    var_floor: float = ModelConfig.gmm_var_floor) -> float:
     """GMM-OT loss between a diagonal GMM fitted to ``batch`` and ``target`` (diagonal covariances)."""
-    fitted = fit_gmm(torch.from_numpy(np.asarray(batch, dtype=np.float64)), n_components, iterations=GMM_ITERATIONS)
+    fitted = fit_gmm(torch.from_numpy(np.asarray(batch, dtype=np.float64)), n_components, iterations=GMM_ITERATIONS,
+                     var_floor=var_floor)
     arrays = lambda p: (p.means.detach().double().numpy(), p.variances.detach().double().numpy(),
                         p.weights.detach().double().numpy())
     ms, vs, ws = arrays(fitted)
@@ -42,13 +45,15 @@ def gmm_ot_distance(batch: np.ndarray, target: Prototypes, n_components: int) ->
 
 
 def batch_drift(result_or_pooled: InferenceResult | dict, reference: TrainingReference, *,
-                n_components: int | None = None, n_resamples: int = 20, seed: int = 0) -> pd.DataFrame:
+                n_components: int | None = None, n_resamples: int = 20, seed: int = 0,
+                var_floor: float = ModelConfig.gmm_var_floor) -> pd.DataFrame:
     """Drift of a batch against the training reference, per modality and space (see module docstring).
 
     Parameters
     ----------
     result_or_pooled : an ``InferenceResult``, or ``{"unique": {m: (n, d)}, "common": {m: (n, d)}}``.
     n_components : mixture size for the batch; default the number of training prototypes.
+    var_floor : the mixture's variance floor; pass the model's ``config.model.gmm_var_floor``.
 
     Returns
     -------
@@ -62,7 +67,7 @@ def batch_drift(result_or_pooled: InferenceResult | dict, reference: TrainingRef
         if n < 2:
             raise ValueError(f"drift needs at least 2 samples in the batch, found {n}")
         k = n_components or len(reference.prototypes[m].weights)
-        rows.append(_gmm_row(m, unique[m], reference, k, n_resamples, seed))
+        rows.append(_gmm_row(m, unique[m], reference, k, n_resamples, seed, var_floor))
         rows.append(_mmd_row(m, common[m], reference, n_resamples, seed))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -76,13 +81,13 @@ def _pooled(value) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
                      f"found {type(value).__name__}")
 
 
-def _gmm_row(m, batch, reference, k, n_resamples, seed):
+def _gmm_row(m, batch, reference, k, n_resamples, seed, var_floor):
     train = reference.train_unique[m]
-    value = gmm_ot_distance(batch, reference.prototypes[m], k)
+    value = gmm_ot_distance(batch, reference.prototypes[m], k, var_floor)
     rng = np.random.default_rng(seed)
     size = min(len(batch), len(train))
-    null = [gmm_ot_distance(train[rng.choice(len(train), size, replace=False)], reference.prototypes[m], k)
-            for _ in range(n_resamples)]
+    null = [gmm_ot_distance(train[rng.choice(len(train), size, replace=False)], reference.prototypes[m], k,
+                            var_floor) for _ in range(n_resamples)]
     return _row(m, "unique", "gmm_ot", value, null)
 
 

@@ -1,7 +1,7 @@
 """Per-sample warning flags: unusual inputs, failed decoupling, low confidence, disagreeing branches.
 
 * ``ood_<m>``: the pooled unique feature of modality m is further from every training prototype than the
-  training set's 99th percentile (diagonal Mahalanobis distance, see ``decalign.explain.reference``).
+  training set's 99th percentile (diagonal Mahalanobis distance, see ``decalign.train.reference``).
 * ``decoupling_failure``: in some modality the pooled unique and common features point (anti-)parallel:
   ``|cos| > reference.decoupling_threshold`` (the training 99th percentile of the per-sample maximum).
 * ``low_confidence``: classification: the top probability is below ``low_confidence`` (0.5). Regression:
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import ModelCard
-from ..explain.reference import TrainingReference, decoupling_cosines, prototype_distance
 from ..inference import InferenceResult
+from ..train.reference import TrainingReference, decoupling_cosines, prototype_distance
 
 BASE_FLAGS = ("decoupling_failure", "low_confidence", "disagreement")
 
@@ -64,9 +64,7 @@ def _low_confidence(result, reference, card, threshold, band) -> np.ndarray:
 
 
 def _disagreement(result: InferenceResult, share: float) -> np.ndarray:
-    terms = result.contributions()[..., :-1]  # (N, out, B) without the bias
-    pick = np.zeros(len(result), int) if result.task == "regression" else result.outputs.argmax(1)
-    c = terms[np.arange(len(result)), pick]  # (N, B)
+    c = result.explained_contributions()[:, :-1]  # (N, B) without the bias
     total = np.abs(c).sum(1)
     large = np.abs(c) > share * total[:, None]
     return (large & (c > 0)).any(1) & (large & (c < 0)).any(1)

@@ -19,13 +19,14 @@ from ..atomic import atomic_write_text
 from ..checkpoint import ModelCard
 from ..data.dataset import Split
 from ..explain import branch_contributions, modality_counterfactuals, plain_summary
-from ..explain.reference import TrainingReference
+from ..explain.slices import slice_metrics
 from ..inference import InferenceResult
 from ..model import DecAlign
 from ..train.metrics import confusion_matrix
+from ..train.reference import TrainingReference
 from .drift import batch_drift
 from .flags import compute_flags, flag_columns
-from .slices import prediction_table, slice_metrics
+from .table import prediction_table
 
 MAX_FLAGGED_ROWS = 200
 RELIABILITY_BINS = 10
@@ -157,7 +158,9 @@ def make_report(model: DecAlign, card: ModelCard, split: Split, *, dataset_name:
     if result.labels is not None:
         by = "class" if card.task == "classification" else "label_bin"
         slices = slice_metrics(result, flags, card, by=by)
-    drift = batch_drift(result, reference, n_resamples=10) if reference is not None and len(result) >= 2 else None
+    drift = None
+    if reference is not None and len(result) >= 2:
+        drift = batch_drift(result, reference, n_resamples=10, var_floor=card.config.model.gmm_var_floor)
     rows = explain_rows(model, card, split, result, reference, list(sample_ids), flags)
     return build_report(card, dataset_name, result, flags, slices, drift, rows, title=title, split_name=split_name)
 

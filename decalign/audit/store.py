@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sqlite3
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..atomic import atomic_write_file
 
 ENV_VAR = "DECALIGN_AUDIT_DB"
 SCHEMA_VERSION = 1
@@ -235,7 +236,7 @@ class AuditTrail:
         for column in _TEXT_COLUMNS:
             if column in frame:
                 frame[column] = frame[column].map(_defuse_formula)
-        _write_atomically(Path(path), frame)
+        atomic_write_file(path, lambda handle: frame.to_csv(handle, index=False), text=True)
         return len(frame)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -420,17 +421,3 @@ def _defuse_formula(value: Any) -> Any:
         return value
     except ValueError:
         return "'" + value
-
-
-def _write_atomically(path: Path, frame: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,8 @@ import sys
 
 from .. import __version__
 
-# Subcommand modules, in the order --help lists them; a module not written yet is skipped.
+# Subcommand modules, in the order --help lists them. Each imports its heavy dependencies inside ``run``,
+# so building the parser (and --help) stays light.
 COMMANDS = ("train", "evaluate", "predict", "demo", "import_official", "report")
 
 
@@ -26,32 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"decalign {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMANDS:
-        module = _load(name)
-        if module is not None:
-            module.register(subparsers)
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
     return parser
-
-
-def _load(name: str):
-    qualified = f"{__name__}.{name}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError as exc:
-        if exc.name == qualified:  # only "this subcommand does not exist yet"; a missing dependency raises
-            return None
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return the exit code."""
+    args = build_parser().parse_args(argv)  # before the imports below: --help needs no torch
     from ..audit.store import AuditError
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
     from ..official import OfficialImportError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     expected = (DataError, ConfigError, CheckpointError, OfficialImportError, AuditError, ValueError,
                 FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
     try:

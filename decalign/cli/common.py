@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..config import DecAlignConfig
-from ..data import MultimodalDataset, Split, load_dataset
-from ..train.metrics import display_name
+if TYPE_CHECKING:  # the package's data layer loads torch; --help must not wait for it
+    from ..config import DecAlignConfig
+    from ..data import MultimodalDataset, Split
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +22,15 @@ def add_data(parser: argparse.ArgumentParser, help_text: str = "dataset file (.p
 
 def load_config(path: str | None, assignments: list[str] | None) -> DecAlignConfig:
     """Defaults, then the JSON file (ours or an official DecAlign config), then ``--set key=value``."""
+    from ..config import DecAlignConfig
+
     config = DecAlignConfig.from_json(path) if path else DecAlignConfig()
     return config.override(assignments) if assignments else config
 
 
 def load_data(path: str) -> MultimodalDataset:
+    from ..data import load_dataset
+
     return load_dataset(path)
 
 
@@ -48,6 +53,8 @@ def check_task(dataset: MultimodalDataset, task: str, num_classes: int | None, s
 
 def metrics_table(metrics: dict[str, float]) -> str:
     """Two aligned columns: the display name and the value with 4 decimals."""
+    from ..train.metrics import display_name
+
     names = {key: display_name(key) for key in metrics}
     width = max((len(n) for n in names.values()), default=0)
     return "\n".join(f"{names[k]:<{width}}  {v:.4f}" for k, v in metrics.items())

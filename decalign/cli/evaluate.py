@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import check_compatible
     from ..device import resolve_device
     from ..train.finalize import EvalArgs, evaluate_split
+    from ..train.metrics import card_convention
 
     device = resolve_device(args.device)
     model, card = load_model(args.checkpoint, device=device)
@@ -37,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(dataset, card.widths, args.data)
     check_task(dataset, card.task, card.num_classes, args.data)
     split = pick_split(dataset, args.split, args.data, labelled=True)
-    convention = card.extra.get("metric_convention", "mosi")
-    eval_args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, convention,
+    eval_args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, card_convention(card),
                          max(1, args.batch_size))
     metrics = evaluate_split(model, split, eval_args)
     if args.json:

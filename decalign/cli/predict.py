@@ -11,9 +11,6 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-from ..checkpoint import file_sha256
 from .common import add_data, add_device, check_task, load_data
 
 HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
@@ -41,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_write
+    from ..atomic import atomic_write_file
     from ..checkpoint import load_model
     from ..data import check_compatible
     from ..device import resolve_device
@@ -59,20 +56,19 @@ def run(args: argparse.Namespace) -> int:
     audit = None if args.no_audit else _Audit(args.checkpoint, args.data)
     count = 0
 
-    def write(tmp: str) -> None:
+    def write(handle) -> None:
         nonlocal count
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header(model.modalities, card.task, card.output_dim))
-            for name in names:
-                for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
-                    rows = list(result_rows(result, name))
-                    writer.writerows(rows)
-                    count += len(rows)
-                    if audit is not None:
-                        audit.record(result, name)
+        writer = csv.writer(handle)
+        writer.writerow(header(model.modalities, card.task, card.output_dim))
+        for name in names:
+            for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
+                rows = list(result_rows(result, name))
+                writer.writerows(rows)
+                count += len(rows)
+                if audit is not None:
+                    audit.record(result, name)
 
-    atomic_write(Path(args.out), write)
+    atomic_write_file(Path(args.out), write, text=True)
     print(f"wrote {count} predictions to {args.out}" + ("" if audit is None else f"; audit trail {audit.path}"))
     return 0
 
@@ -85,7 +81,7 @@ def header(modalities: list[str], task: str, output_dim: int) -> list[str]:
 
 def result_rows(result, split: str) -> Iterator[list]:
     """CSV rows of one chunk's ``InferenceResult``: contributions of the predicted output."""
-    picked = _picked_contributions(result)  # (N, B + 1)
+    picked = result.explained_contributions()  # (N, B + 1)
     probs = result.probabilities
     labels = result.labels
     for i, sample_id in enumerate(result.ids):
@@ -98,13 +94,9 @@ def result_rows(result, split: str) -> Iterator[list]:
         yield row
 
 
-def _picked_contributions(result) -> np.ndarray:
-    contrib = result.contributions()  # (N, out, B + 1)
-    index = np.zeros(len(result), dtype=np.int64) if result.task == "regression" else result.predictions
-    return contrib[np.arange(len(result)), index]
-
-
 def _chunks(model, split, task: str, size: int):
+    import numpy as np
+
     from ..inference import run_inference
 
     for start in range(0, len(split), size):
@@ -117,7 +109,7 @@ class _Audit:
 
     def __init__(self, checkpoint: str, data: str):
         from ..audit.store import AuditTrail
-        from ..checkpoint import model_fingerprint
+        from ..checkpoint import file_sha256, model_fingerprint
 
         self.trail = AuditTrail()
         self.path = self.trail.path
@@ -126,16 +118,8 @@ class _Audit:
         self.name = Path(data).name
 
     def record(self, result, split: str) -> None:
-        picked = _picked_contributions(result)
-        names = [*result.branch_names, "bias"]
-        rows = []
-        for i, sample_id in enumerate(result.ids):
-            pred = result.predictions[i]
-            rows.append({
-                "source": "cli", "checkpoint_fingerprint": self.fingerprint, "input_sha256": self.sha,
-                "input_name": self.name, "split": split, "sample_id": str(sample_id),
-                "prediction": int(pred) if result.task == "classification" else float(pred),
-                "label": None if result.labels is None else result.labels[i].item(),
-                "contributions": dict(zip(names, (float(v) for v in picked[i]))),
-            })
-        self.trail.record_predictions(rows)
+        from ..audit.rows import prediction_rows
+
+        self.trail.record_predictions(prediction_rows(
+            result, source="cli", checkpoint_fingerprint=self.fingerprint, input_sha256=self.sha,
+            input_name=self.name, split=split))

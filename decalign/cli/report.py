@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import check_compatible
     from ..device import resolve_device
-    from ..explain import build_reference, load_reference
+    from ..train.reference import build_reference, load_reference
 
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)

@@ -41,14 +41,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import TqdmCallback, selection_rule, train
+    from ..train.metrics import dataset_convention
     from ..train.progress import CancelFileCallback, ProgressFileCallback
 
     config = load_config(args.config, args.set)
     dataset = load_data(args.data)
     callbacks = []
     if not args.quiet:
-        convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
-        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
+        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, dataset_convention(dataset))[0]))
     if args.progress_file:
         callbacks.append(ProgressFileCallback(args.progress_file))
     if args.cancel_file:

@@ -1,6 +1,6 @@
 """Load a dataset file of any supported format, validate it once, and return a MultimodalDataset.
 
-The format readers (:mod:`.mmsa`, :mod:`.npz`) only take a file apart into :class:`RawSplit` objects;
+The format readers (:mod:`.mmsa`, :mod:`.npz`) only take a file apart into :class:`~.raw.RawSplit` objects;
 every check that does not depend on the format (ranks, sample counts, widths, dtypes, NaN/inf, label
 type, missing splits) happens here, in :func:`build_dataset`, so both formats give the same messages.
 """
@@ -8,43 +8,19 @@ type, missing splits) happens here, in :func:`build_dataset`, so both formats gi
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import mmsa, npz
 from .dataset import SPLITS, DataError, LoadReport, MultimodalDataset, Split
+from .raw import RawData, RawSplit
 
 DEFAULT_MAX_BYTES = 4 * 1024**3  # 4 GiB: larger than any MMSA release (MOSEI unaligned is ~3.3 GiB)
 CARVE_FRACTION = 0.1  # share of train moved to each missing valid/test split
 CARVE_SEED = 0
 SUFFIXES = {".pkl": "MMSA pickle", ".pickle": "MMSA pickle", ".npz": "npz archive"}
-
-
-@dataclass
-class RawSplit:
-    """One split as a reader found it: arrays not yet checked, plus the file key of every field.
-
-    ``keys`` maps a canonical field (a modality name, ``"labels"``, ``"ids"``, ``"raw_text"`` or
-    ``"lengths/<modality>"``) to the name the file uses for it, for error messages.
-    """
-
-    features: dict[str, Any]
-    labels: Any | None = None
-    ids: Any | None = None
-    raw_text: Any | None = None
-    lengths: dict[str, Any] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class RawData:
-    """What a reader returns: splits, the task if the format says it (else ``None``), notes."""
-
-    splits: dict[str, RawSplit]
-    task: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------- dispatch
@@ -95,9 +71,6 @@ def _check_size(size: int, shown: str, max_bytes: int) -> None:
 
 
 def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> MultimodalDataset:
-    # Readers import this module for RawSplit/RawData, so they are imported here, not at the top.
-    from . import mmsa, npz
-
     if suffix not in SUFFIXES:
         raise DataError(
             f"{shown}: unsupported extension {suffix or '(none)'!r}; expected .pkl or .pickle (MMSA) or .npz"

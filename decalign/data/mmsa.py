@@ -21,9 +21,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..atomic import atomic_write_file
 from .dataset import SPLITS, DataError, MultimodalDataset
-from .loading import RawData, RawSplit
-from .npz import write_atomically
+from .raw import RawData, RawSplit
 from .safe_pickle import safe_load
 
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
@@ -126,7 +126,7 @@ def write_mmsa_pickle(dataset: MultimodalDataset, path: str | Path) -> None:
     if unknown:
         raise ValueError(f"MMSA pickles hold only {', '.join(MODALITIES)}; found modalities {unknown}")
     payload = {name: _mmsa_split(part, dataset.task) for name, part in dataset.splits.items()}
-    write_atomically(path, lambda file: pickle.dump(payload, file))
+    atomic_write_file(path, lambda file: pickle.dump(payload, file))
 
 
 def _mmsa_split(part: Any, task: str) -> dict[str, Any]:

@@ -13,19 +13,17 @@ Read with ``np.load(allow_pickle=False)``: object arrays are refused, not unpick
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..atomic import atomic_write_file
 from .dataset import SPLITS, DataError, MultimodalDataset
-from .loading import RawData, RawSplit
+from .raw import RawData, RawSplit
 
 RESERVED = ("labels", "ids", "raw_text", "lengths")
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
@@ -96,7 +94,7 @@ def _put(part: RawSplit, fieldname: str, value: np.ndarray) -> None:
 
 
 def save_npz(dataset: MultimodalDataset, path: str | Path, *, compress: bool = True) -> None:
-    """Write ``dataset`` in the npz format above, atomically (temp file in the same folder + rename)."""
+    """Write ``dataset`` in the npz format above, atomically (``decalign.atomic``)."""
     arrays: dict[str, np.ndarray] = {}
     for split, part in dataset.splits.items():
         for m, x in part.features.items():
@@ -112,21 +110,4 @@ def save_npz(dataset: MultimodalDataset, path: str | Path, *, compress: bool = T
             arrays[f"{split}/raw_text"] = np.asarray(part.raw_text, dtype=str)
         arrays.update({f"{split}/lengths/{m}": v for m, v in part.lengths.items()})
     writer = np.savez_compressed if compress else np.savez
-    write_atomically(path, lambda file: writer(file, **arrays))  # a file object: numpy adds no ".npz"
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a new temp file beside ``path``, then rename it over ``path``.
-
-    Readers see the old file or the new one, never half of one. ``open(..., "xb")`` (unlike mkstemp)
-    gives the file the usual permissions of the user's umask.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_file(path, lambda file: writer(file, **arrays))  # a file object: numpy adds no ".npz"

@@ -33,18 +33,3 @@ def cross_modal_attention(model: DecAlign, split: Split, row: int) -> dict[str, 
         result[m] = [pd.DataFrame(w[0].float().cpu().numpy(), columns=columns,
                                   index=[f"{m}:{t}" for t in range(w.shape[1])]) for w in layers]
     return result
-
-
-def attention_to_modalities(attention: dict[str, list[pd.DataFrame]]) -> pd.DataFrame:
-    """How much each modality attended to each source, per layer.
-
-    Columns modality, layer, source, weight: the mean over query steps of the attention mass on the
-    source's keys (per modality and layer the weights over sources sum to 1).
-    """
-    records = []
-    for m, layers in attention.items():
-        for layer, frame in enumerate(layers):
-            sources = [c.rsplit(":", 1)[0] for c in frame.columns]
-            mass = frame.T.groupby(sources, sort=False).sum().T.mean(axis=0)  # per source
-            records += [(m, layer, source, float(w)) for source, w in mass.items()]
-    return pd.DataFrame.from_records(records, columns=["modality", "layer", "source", "weight"])

@@ -19,13 +19,12 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.dataset import Split
 from ..model import DecAlign
+from ..train.reference import TrainingReference
 from .counterfactual import fit_to_length, sample_inputs
-from .reference import TrainingReference
 
 BASELINES = ("zeros", "training_mean")
 
@@ -95,26 +94,3 @@ def _baseline(x: dict[str, torch.Tensor], kind: str, reference: TrainingReferenc
         return {m: torch.zeros_like(v) for m, v in x.items()}
     return {m: torch.as_tensor(fit_to_length(reference.input_means[m], v.shape[1])[None]).to(v)
             for m, v in x.items()}
-
-
-def attribution_over_time(ig: IGResult) -> pd.DataFrame:
-    """Columns modality, t, attribution (signed sum over features), abs_attribution (sum of |IG|)."""
-    frames = [pd.DataFrame({"modality": m, "t": np.arange(a.shape[0]), "attribution": a.sum(1),
-                            "abs_attribution": np.abs(a).sum(1)}) for m, a in ig.attributions.items()]
-    return pd.concat(frames, ignore_index=True)
-
-
-def attribution_per_feature(ig: IGResult) -> pd.DataFrame:
-    """Columns modality, feature, attribution (signed sum over time), abs_attribution."""
-    frames = [pd.DataFrame({"modality": m, "feature": np.arange(a.shape[1]), "attribution": a.sum(0),
-                            "abs_attribution": np.abs(a).sum(0)}) for m, a in ig.attributions.items()]
-    return pd.concat(frames, ignore_index=True)
-
-
-def attribution_by_modality(ig: IGResult) -> pd.DataFrame:
-    """Columns modality, attribution (signed total), share (of the total |IG| over all modalities)."""
-    signed = {m: float(a.sum()) for m, a in ig.attributions.items()}
-    absolute = {m: float(np.abs(a).sum()) for m, a in ig.attributions.items()}
-    total = sum(absolute.values()) or 1.0
-    return pd.DataFrame({"modality": list(signed), "attribution": list(signed.values()),
-                         "share": [v / total for v in absolute.values()]})

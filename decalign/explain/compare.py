@@ -15,7 +15,9 @@ import torch
 from ..checkpoint import ModelCard
 from ..inference import InferenceResult
 from ..model import Prototypes, gaussian_cost
-from ..train.metrics import compute_metrics, display_name, metric_direction
+from ..train.metrics import display_name, metric_direction
+from ..train.replay import procrustes_rotation
+from .slices import result_metrics, slice_metrics
 
 
 def _check_same_samples(a: InferenceResult, b: InferenceResult) -> None:
@@ -24,19 +26,6 @@ def _check_same_samples(a: InferenceResult, b: InferenceResult) -> None:
                          f"{len(b)} samples" + ("" if len(a) != len(b) else " with different ids"))
     if a.task != b.task:
         raise ValueError(f"the two models do different tasks: {a.task} and {b.task}")
-
-
-def _convention(card: ModelCard) -> str:
-    return "sims" if card.label_range and list(card.label_range) == [-1.0, 1.0] else "mosi"
-
-
-def result_metrics(result: InferenceResult, card: ModelCard) -> dict[str, float]:
-    """Every metric of ``compute_metrics`` for one model's predictions (needs labels)."""
-    if result.labels is None:
-        raise ValueError("comparing metrics needs labels; this split has none")
-    if result.task == "regression":
-        return compute_metrics("regression", result.outputs[:, 0], result.labels, convention=_convention(card))
-    return compute_metrics("classification", result.outputs, result.labels, num_classes=result.outputs.shape[1])
 
 
 def compare_metrics(result_a: InferenceResult, result_b: InferenceResult, card_a: ModelCard, card_b: ModelCard
@@ -83,13 +72,11 @@ def prediction_changes(result_a: InferenceResult, result_b: InferenceResult) -> 
 
 def slice_differences(result_a: InferenceResult, result_b: InferenceResult, card_a: ModelCard, card_b: ModelCard,
                       *, by: str = "label_bin", metric: str | None = None) -> pd.DataFrame:
-    """Per slice (``decalign.audit.slices``: "label_bin", "class", "dominant_modality"...): n, A, B, change.
+    """Per slice (``decalign.explain.slices``: "label_bin", "class", "dominant_modality"...): n, A, B, change.
 
     ``metric``: default accuracy (classification) or MAE (regression). Slices are those of model A for
     kinds that depend on the model (dominant modality); label-based kinds are the same for both.
     """
-    from ..audit.slices import slice_metrics
-
     _check_same_samples(result_a, result_b)
     metric = metric or ("Acc" if result_a.task == "classification" else "MAE")
     sa = slice_metrics(result_a, None, card_a, by=by, min_samples=1)
@@ -190,7 +177,6 @@ def _map_into(means: torch.Tensor, variances: torch.Tensor, source: np.ndarray, 
     if src.shape != tgt.shape:
         raise ValueError(f"features of the two models must have the same shape, found {src.shape} and {tgt.shape}")
     cs, ct = src.mean(0), tgt.mean(0)
-    u, _, vt = np.linalg.svd((src - cs).T @ (tgt - ct))
-    rot = torch.from_numpy(u @ vt)
+    rot = torch.from_numpy(procrustes_rotation(src - cs, tgt - ct))
     mapped = (means - torch.from_numpy(cs)) @ rot + torch.from_numpy(ct)
     return mapped, variances @ (rot * rot)

@@ -16,7 +16,7 @@ COLUMNS = ["branch", "modality", "part", "contribution"]
 
 def default_class(result: InferenceResult, row: int) -> int:
     """Output column explained by default: the predicted class (classification) or 0 (regression)."""
-    return 0 if result.task == "regression" else int(result.outputs[row].argmax())
+    return int(result.explained_outputs()[row])
 
 
 def check_row(result: InferenceResult, row: int) -> int:
@@ -52,17 +52,3 @@ def branch_contributions(result: InferenceResult, row: int, class_index: int | N
         records.append((name, modality, part, float(h[cols] @ w[cols])))
     records.append(("bias", "", "bias", float(result.head_bias[out])))
     return pd.DataFrame.from_records(records, columns=COLUMNS)
-
-
-def contribution_matrix(result: InferenceResult, class_index: int | np.ndarray | None = None) -> pd.DataFrame:
-    """(N, B + 1) contributions of every sample to its predicted class (or the given class per sample).
-
-    Columns are the branch names plus "bias"; the index is the sample ids.
-    """
-    terms = result.contributions()  # (N, out, B + 1)
-    if class_index is None:
-        pick = np.zeros(len(result), int) if result.task == "regression" else result.outputs.argmax(1)
-    else:
-        pick = np.broadcast_to(np.asarray(class_index, dtype=int), (len(result),))
-    values = terms[np.arange(len(result)), pick]  # (N, B + 1)
-    return pd.DataFrame(values, columns=[*result.branch_names, "bias"], index=pd.Index(result.ids, name="id"))

@@ -13,7 +13,7 @@ import torch
 
 from ..data.dataset import Split
 from ..model import DecAlign, Prototypes, posteriors
-from .reference import TrainingReference
+from ..train.reference import TrainingReference
 
 
 def sample_inputs(split: Split, row: int, device: torch.device | str = "cpu",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,9 +108,9 @@ def _chunk_levels(model: DecAlign, part: Split, prototypes: dict[str, Prototypes
 
 
 def levels_history(history: list[dict[str, Any]] | Any) -> pd.DataFrame:
-    """The alignment levels per epoch from a run's ``history.json``, read defensively.
+    """The alignment levels per epoch from the rows of a run's history (``decalign.train.runs.read_history``).
 
-    Each row of ``history`` should be a dict for one epoch; level values are found at any depth under keys
+    Parsed defensively: each row of ``history`` should be a dict for one epoch; level values are found at any depth under keys
     that name a level (e.g. ``{"epoch": 3, "train": {"decoupling": 0.1, ...}}``). Rows that are not dicts,
     and values that are not finite numbers, are skipped.
 
@@ -151,16 +149,3 @@ def _level_of(key: str) -> str | None:
         if any(word in lowered for word in words):
             return level
     return None
-
-
-def load_history(run_dir: str | Path | None) -> list[dict[str, Any]]:
-    """The rows of ``<run_dir>/history.json``; [] when there is no run directory, no file or no valid JSON
-    list (an imported or uploaded model has no history, and a half-written file must not break a page)."""
-    if run_dir is None:
-        return []
-    path = Path(run_dir) / "history.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return []
-    return data if isinstance(data, list) else []

@@ -4,7 +4,6 @@ training samples are most like it, and which cells of the training transport pla
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +13,8 @@ import torch
 from ..checkpoint import ModelCard
 from ..data.dataset import Split
 from ..model import DecAlign, Prototypes, TransportResult, posteriors
+from ..train.reference import TrainingReference, training_plan
 from .counterfactual import sample_inputs
-from .reference import TrainingReference, training_plan
 
 
 @dataclass
@@ -42,11 +41,10 @@ def prototype_story(model: DecAlign, card: ModelCard, split: Split, row: int, re
         pooled = {m: v.double().cpu() for m, v in model(inputs, lengths or None).unique_pooled.items()}
     post = {m: _posteriors(pooled[m], reference.prototypes[m])[0] for m in pooled}
     if plan is None:
-        c = card.config.model
-        plan = training_plan(reference, c.lambda_ot, max(c.ot_num_iters, 200), c.ot_tol)
+        plan = training_plan(reference, card.config.model)
     top = {m: int(p.argmax()) for m, p in post.items()}
     return PrototypeStory(_assignments(post), _nearest(pooled, top, reference, k_nearest),
-                          _plan_cells(plan, top, list(pooled)))
+                          plan_cells(plan.pair_plans(), top))
 
 
 def _posteriors(x: torch.Tensor, p: Prototypes) -> np.ndarray:
@@ -76,11 +74,16 @@ def _nearest(pooled, top, reference: TrainingReference, k: int) -> pd.DataFrame:
                                                         "distance"])
 
 
-def _plan_cells(plan: TransportResult, top: dict[str, int], order: list[str]) -> pd.DataFrame:
+def plan_cells(pair_plans: dict[tuple[str, str], torch.Tensor | np.ndarray], cells: dict[str, int]) -> pd.DataFrame:
+    """The cell of every two-modality plan that joins a sample's prototypes (``cells``: modality -> k).
+
+    ``mass`` is the plan entry ``P_ab[k_a, k_b]``; ``share_of_row`` is ``P_ab[k_a, k_b] / sum_l P_ab[k_a, l]``,
+    the fraction of prototype k_a's mass sent to k_b (0 for a row without mass).
+    """
     records = []
-    for a, b in itertools.combinations(order, 2):
-        pair = plan.pair_plan(a, b, order).double().cpu().numpy()
-        ka, kb = top[a], top[b]
+    for (a, b), pair in pair_plans.items():
+        pair = pair.detach().cpu().double().numpy() if isinstance(pair, torch.Tensor) else np.asarray(pair, float)
+        ka, kb = cells[a], cells[b]
         row_mass = pair[ka].sum()
         records.append((a, ka, b, kb, float(pair[ka, kb]), float(pair[ka, kb] / row_mass) if row_mass > 0 else 0.0))
     return pd.DataFrame.from_records(records, columns=["modality_a", "prototype_a", "modality_b", "prototype_b",

@@ -2,7 +2,8 @@
 
 Two sources of prototypes are supported: the training prototypes saved in the model card, and
 prototypes fitted on the current data (:func:`fit_prototypes`). :func:`solve_plan` re-solves the
-multi-marginal plan between them at any entropy setting with the model's own solver.
+multi-marginal plan between them at any entropy setting with the model's own plan builder
+(``decalign.model.transport_plan``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import ModelConfig
 from ..inference import InferenceResult
-from ..model import Prototypes, fit_gmm, gaussian_cost, joint_cost, multimarginal_sinkhorn, posteriors
+from ..model import Prototypes, TransportResult, fit_gmm, plan_entropy, posteriors, transport_plan
+
+FIT_EM_ITERS = 20  # EM steps for prototypes fitted on the current data: one fit over a split, not per batch
 
 
 @dataclass
@@ -37,14 +41,16 @@ class PlanView:
     converged: bool
 
 
-def fit_prototypes(result: InferenceResult, num_prototypes: int, *, iterations: int = 20,
-                   var_floor: float = 1e-4) -> dict[str, Prototypes]:
+def fit_prototypes(result: InferenceResult, config: ModelConfig, num_prototypes: int | None = None, *,
+                   iterations: int = FIT_EM_ITERS) -> dict[str, Prototypes]:
     """Fit K diagonal-Gaussian prototypes to each modality's pooled unique features of ``result``.
 
-    Uses the model's EM (``decalign.model.fit_gmm``, deterministic farthest-point start).
+    Uses the model's EM (``decalign.model.fit_gmm``, deterministic farthest-point start) with the model's
+    variance floor; K defaults to ``config.num_prototypes``.
     """
-    return {m: _detach(fit_gmm(torch.from_numpy(np.asarray(x, dtype=np.float32)), num_prototypes,
-                               iterations=iterations, var_floor=var_floor))
+    k = config.num_prototypes if num_prototypes is None else num_prototypes
+    return {m: _detach(fit_gmm(torch.from_numpy(np.asarray(x, dtype=np.float32)), k,
+                               iterations=iterations, var_floor=config.gmm_var_floor))
             for m, x in result.unique_pooled.items()}
 
 
@@ -103,59 +109,49 @@ def _majority(members: np.ndarray) -> tuple[str | None, float]:
     return str(values[counts.argmax()]), float(counts.max() / len(members))
 
 
-def solve_plan(prototypes: dict[str, Prototypes], marginals: dict[str, np.ndarray] | None = None, *,
-               lambda_ot: float, max_iter: int = 500, tol: float = 1e-9) -> PlanView:
-    """Multi-marginal entropic OT between the prototypes of all modalities, in float64.
+def solve_plan(prototypes: dict[str, Prototypes], config: ModelConfig,
+               marginals: dict[str, np.ndarray] | None = None, *, lambda_ot: float | None = None) -> PlanView:
+    """The model's multi-marginal plan between ``prototypes`` (``decalign.model.transport_plan``), in float64.
 
-    ``min_P <P, C> - reg H(P)`` s.t. the m-th marginal of P is ``a_m``, with
-    ``C[i_1..i_M] = sum_{m<n} W2^2(N_m,i_m, N_n,i_n)`` (diagonal Bures cost) and ``reg = lambda_ot * mean(C)``,
-    exactly as in training (``decalign.model.align_prototypes``), solved by the model's log-domain
-    ``multimarginal_sinkhorn``. Smaller ``lambda_ot`` gives a sharper plan (lower entropy, lower cost).
+    Everything but the entropy setting comes from ``config`` (iteration cap, tolerance), exactly as in
+    training; ``lambda_ot`` overrides ``config.lambda_ot``. Smaller ``lambda_ot`` gives a sharper plan
+    (lower entropy, lower cost).
 
     Parameters
     ----------
     prototypes : modality -> Prototypes (means, variances, weights), at least two modalities.
+    config : the model's settings.
     marginals : modality -> (K_m,) target marginals; default the prototypes' weights. Normalised to sum 1.
     lambda_ot : entropic regularisation relative to the mean cost, > 0.
     """
-    order = list(prototypes)
-    if len(order) < 2:
-        raise ValueError(f"solve_plan needs prototypes of at least two modalities, found {order}")
-    if not lambda_ot > 0:
-        raise ValueError(f"lambda_ot must be positive, found {lambda_ot}")
     proto = {m: _as64(p) for m, p in prototypes.items()}
-    targets = {m: _marginal(m, proto[m], None if marginals is None else marginals.get(m)) for m in order}
-    pairs = list(itertools.combinations(range(len(order)), 2))
-    costs = {(i, j): gaussian_cost(proto[order[i]].means, proto[order[i]].variances,
-                                   proto[order[j]].means, proto[order[j]].variances) for i, j in pairs}
-    cost = joint_cost(costs, len(order))
-    reg = lambda_ot * float(cost.mean().clamp_min(1e-12))
-    solved = multimarginal_sinkhorn(cost, [torch.from_numpy(targets[m]) for m in order], reg,
-                                    max_iter=max_iter, tol=tol)
-    plan = solved.plan.numpy()
+    targets = None if marginals is None else {m: torch.from_numpy(np.asarray(a, dtype=np.float64))
+                                              for m, a in marginals.items()}
+    result = transport_plan(proto, config, lambda_ot=lambda_ot, marginals=targets)
+    return plan_view(result, config.lambda_ot if lambda_ot is None else lambda_ot)
+
+
+def plan_view(result: TransportResult, lambda_ot: float) -> PlanView:
+    """A solved ``TransportResult`` in numpy, with its pairwise views."""
+    plan = result.plan.detach().cpu().double().numpy()
+    cost = result.cost.detach().cpu().double().numpy()
     return PlanView(
-        order=order, plan=plan, cost=cost.numpy(),
-        pair_plans={(order[i], order[j]): _pair(plan, i, j) for i, j in pairs},
-        pair_costs={(order[i], order[j]): c.numpy() for (i, j), c in costs.items()},
-        marginals=targets, lambda_ot=float(lambda_ot), reg=reg,
-        transport_cost=float((plan * cost.numpy()).sum()), entropy=plan_entropy(plan),
-        iterations=solved.iterations, marginal_error=solved.marginal_error, converged=solved.converged,
+        order=result.order, plan=plan, cost=cost,
+        pair_plans={k: v.detach().cpu().double().numpy() for k, v in result.pair_plans().items()},
+        pair_costs={k: c.detach().cpu().double().numpy() for k, c in result.pair_costs.items()},
+        marginals={m: a.detach().cpu().double().numpy() for m, a in result.marginals.items()},
+        lambda_ot=float(lambda_ot), reg=float(result.reg), transport_cost=float((plan * cost).sum()),
+        entropy=plan_entropy(plan), iterations=int(result.iterations),
+        marginal_error=float(result.marginal_error), converged=bool(result.converged),
     )
 
 
-def plan_entropy(plan: np.ndarray) -> float:
-    """Shannon entropy ``H(P) = -sum P log P`` (nats), with ``0 log 0 = 0``."""
-    p = np.asarray(plan, dtype=np.float64).ravel()
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
-
-
-def entropy_sweep(prototypes: dict[str, Prototypes], marginals: dict[str, np.ndarray] | None,
-                  lambdas: list[float], **solver) -> pd.DataFrame:
+def entropy_sweep(prototypes: dict[str, Prototypes], config: ModelConfig, marginals: dict[str, np.ndarray] | None,
+                  lambdas: list[float]) -> pd.DataFrame:
     """Entropy, transport cost and convergence of the plan for each ``lambda_ot`` in ``lambdas``."""
     rows = []
     for lam in lambdas:
-        view = solve_plan(prototypes, marginals, lambda_ot=lam, **solver)
+        view = solve_plan(prototypes, config, marginals, lambda_ot=lam)
         rows.append({"lambda_ot": lam, "entropy": view.entropy, "transport_cost": view.transport_cost,
                      "iterations": view.iterations, "converged": view.converged})
     return pd.DataFrame(rows)
@@ -173,28 +169,12 @@ def sankey_links(view: PlanView, order: list[str] | None = None) -> pd.DataFrame
         raise ValueError(f"order must list the plan's modalities {view.order}, found {order}")
     rows = []
     for a, b in itertools.pairwise(order):
-        pair = _pair(view.plan, view.order.index(a), view.order.index(b))
+        pair = view.pair_plans[(a, b)] if (a, b) in view.pair_plans else view.pair_plans[(b, a)].T
         for k, row in enumerate(pair):
             for j, value in enumerate(row):
                 rows.append({"source": f"{a}:{k}", "target": f"{b}:{j}", "pair": f"{a} → {b}",
                              "value": float(value)})
     return pd.DataFrame(rows)
-
-
-def _pair(plan: np.ndarray, i: int, j: int) -> np.ndarray:
-    """(K_i, K_j) marginal of the joint plan over axes i and j (rows follow axis i)."""
-    others = tuple(a for a in range(plan.ndim) if a not in (i, j))
-    pair = plan.sum(axis=others) if others else plan
-    return pair if i < j else pair.T
-
-
-def _marginal(name: str, proto: Prototypes, given: np.ndarray | None) -> np.ndarray:
-    a = proto.weights.numpy() if given is None else np.asarray(given, dtype=np.float64)
-    k = proto.means.shape[0]
-    if a.shape != (k,) or not np.isfinite(a).all() or (a < 0).any() or a.sum() <= 0:
-        raise ValueError(f"marginal of {name!r} must be {k} non-negative finite values with a positive sum, "
-                         f"found {a}")
-    return a / a.sum()
 
 
 def _as64(p: Prototypes) -> Prototypes:

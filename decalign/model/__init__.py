@@ -4,11 +4,11 @@ from .alignment import decoupling_loss, gaussian_mmd, moment_matching_loss, mome
 from .decalign import DecAlign, DistributionEncoder
 from .output import AlignmentLevels, DecAlignOutput, Prototypes, TransportResult
 from .prototypes import fit_gmm, gaussian_log_likelihood, posteriors
-from .transport import align_prototypes, gaussian_cost, joint_cost, multimarginal_sinkhorn
+from .transport import gaussian_cost, joint_cost, multimarginal_sinkhorn, plan_entropy, transport_plan
 
 __all__ = [
     "AlignmentLevels", "DecAlign", "DecAlignOutput", "DistributionEncoder", "Prototypes", "TransportResult",
-    "align_prototypes", "decoupling_loss", "fit_gmm", "gaussian_cost", "gaussian_log_likelihood",
-    "gaussian_mmd", "joint_cost", "moment_matching_loss", "moments", "multimarginal_sinkhorn", "posteriors",
-    "sample_to_prototype_loss",
+    "decoupling_loss", "fit_gmm", "gaussian_cost", "gaussian_log_likelihood", "gaussian_mmd", "joint_cost",
+    "moment_matching_loss", "moments", "multimarginal_sinkhorn", "plan_entropy", "posteriors",
+    "sample_to_prototype_loss", "transport_plan",
 ]

@@ -15,7 +15,7 @@ from .dropout import dropout
 from .fusion import CrossModalEncoder, encode
 from .output import AlignmentLevels, DecAlignOutput, Prototypes
 from .prototypes import fit_gmm, posteriors
-from .transport import align_prototypes
+from .transport import transport_plan
 
 
 class DistributionEncoder(nn.Module):
@@ -169,8 +169,7 @@ class DecAlign(nn.Module):
         unique = {m: gather(out.unique_pooled[m]).float() for m in order}  # (N_global, d), float32 maths
         out.prototypes = self._prototypes(unique, fixed)
         check_every = 1 if out.prediction.device.type == "cpu" else 0  # a GPU runs the full count
-        out.transport = align_prototypes(out.prototypes, lambda_ot=c.lambda_ot, max_iter=c.ot_num_iters,
-                                         tol=c.ot_tol, check_every=check_every)
+        out.transport = transport_plan(out.prototypes, c, check_every=check_every)
         out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m].float())) for m in order}
         dec = {m: decoupling_loss(out.unique[m].float(), out.common[m].float()) for m in order}
         local = {(a, b): sample_to_prototype_loss(unique[a], out.prototypes[a], out.prototypes[b],

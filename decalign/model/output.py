@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -27,15 +28,26 @@ class TransportResult:
     marginals: dict[str, torch.Tensor]  # (K_m,) target marginal per modality
     transport_cost: torch.Tensor  # scalar <plan, cost>, not the entropic objective
     iterations: int
-    marginal_error: float  # largest L1 gap between a plan marginal and its target, at the end
-    converged: bool
+    marginal_error: float | torch.Tensor  # largest L1 gap between a plan marginal and its target, at the end
+    converged: bool | torch.Tensor
+    reg: float | torch.Tensor = 0.0  # entropic regularisation used: lambda_ot * mean(cost)
 
-    def pair_plan(self, a: str, b: str, order: list[str]) -> torch.Tensor:
+    @property
+    def order(self) -> list[str]:
+        """The modality of each axis of ``plan``."""
+        return list(self.marginals)
+
+    def pair_plan(self, a: str, b: str, order: list[str] | None = None) -> torch.Tensor:
         """(K_a, K_b) marginal of the joint plan over the two named modalities."""
+        order = self.order if order is None else order
         ia, ib = order.index(a), order.index(b)
         others = tuple(i for i in range(len(order)) if i not in (ia, ib))
         plan = self.plan.sum(dim=others) if others else self.plan
         return plan if ia < ib else plan.T
+
+    def pair_plans(self) -> dict[tuple[str, str], torch.Tensor]:
+        """Every two-modality marginal, keyed (a, b) with a before b in ``order``."""
+        return {(a, b): self.pair_plan(a, b) for a, b in itertools.combinations(self.order, 2)}
 
 
 @dataclass

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..config import ModelConfig
 from .output import Prototypes
 
 
@@ -34,8 +35,8 @@ def posteriors(x: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
     return torch.softmax(log_joint, dim=-1)
 
 
-def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_floor: float = 1e-4,
-            init_means: torch.Tensor | None = None) -> Prototypes:
+def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = ModelConfig.gmm_em_iters,
+            var_floor: float = ModelConfig.gmm_var_floor, init_means: torch.Tensor | None = None) -> Prototypes:
     """Fit a diagonal Gaussian mixture to ``x`` with EM; leading dimensions fit independent mixtures.
 
     E-step: ``r_ik = softmax_k(log w_k + log N(x_i | mu_k, var_k))``;
@@ -51,8 +52,9 @@ def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = 5, var_fl
     ----------
     x : (..., N, d) pooled features.
     num_components : K.
-    iterations : EM steps.
-    var_floor : added to every variance.
+    iterations : EM steps (default: the config's ``gmm_em_iters``).
+    var_floor : added to every variance (default: the config's ``gmm_var_floor``; callers with a model pass
+        its own).
     init_means : optional (..., K, d) starting means (e.g. the previous batch's prototypes); by default a
         deterministic farthest-point choice among the samples.
 

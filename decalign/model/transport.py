@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ..config import ModelConfig
 from .output import Prototypes, TransportResult
 
 
@@ -121,31 +123,87 @@ def _marginal_error(scaled, potentials, reg, marginals) -> torch.Tensor:
     return torch.stack(gaps).max()
 
 
-def align_prototypes(prototypes: dict[str, Prototypes], *, lambda_ot: float, max_iter: int,
-                     tol: float, check_every: int = 1) -> TransportResult:
-    """Global heterogeneity alignment: multi-marginal OT between all modalities' prototypes.
+def transport_plan(prototypes: dict[str, Prototypes], config: ModelConfig, *, lambda_ot: float | None = None,
+                   marginals: dict[str, torch.Tensor] | None = None, check_every: int = 1) -> TransportResult:
+    """Global heterogeneity alignment: multi-marginal entropic OT between all modalities' prototypes.
 
-    Marginals are the mean posteriors of each modality's samples. ``reg = lambda_ot * mean(C)`` so the
-    plan does not depend on the overall scale of the features. The plan is solved without autograd; its
-    gradient follows the envelope theorem: ``d<P*, C>/dC = P*`` and ``d/da_m = f_m`` (the potentials), the
-    same rule POT uses for ``sinkhorn2``. ``transport_cost`` is ``<P, C>``, not the entropic objective.
+    Every transport plan of the product is built here, from the model's config: training (the model's
+    forward, so also the replay and the alignment levels), the plan between the training prototypes
+    (the story, the Sample page) and the Prototypes page. The settings are ``config.lambda_ot``, the
+    iteration cap ``config.ot_num_iters`` and the tolerance ``config.ot_tol``; ``lambda_ot`` overrides the
+    entropy setting alone (the Prototypes page's slider).
+
+    Cost ``C[i_1..i_M] = sum_{m<n} W2^2(N_m,i_m, N_n,i_n)`` (:func:`gaussian_cost`, :func:`joint_cost`) and
+    ``reg = lambda_ot * mean(C)``, so the plan does not depend on the overall scale of the features.
+    Marginals: ``marginals`` when given (checked, then normalised to sum 1); else the mean posteriors of
+    each modality's samples when the prototypes carry posteriors (training); else the mixture weights.
+    The plan is solved without autograd in the prototypes' dtype; its gradient follows the envelope
+    theorem: ``d<P*, C>/dC = P*`` and ``d/da_m = f_m`` (the potentials), the same rule POT uses for
+    ``sinkhorn2``. ``transport_cost`` is ``<P, C>``, not the entropic objective.
+
+    Parameters
+    ----------
+    prototypes : modality -> Prototypes, at least two modalities, in the order of the plan's axes.
+    config : the model's settings.
+    lambda_ot : entropic regularisation relative to the mean cost, > 0; default ``config.lambda_ot``.
+    marginals : modality -> (K_m,) target marginals.
+    check_every : see :func:`multimarginal_sinkhorn` (0 on a GPU: no host synchronisation).
     """
     names = list(prototypes)
-    pair_costs = {}
+    if len(names) < 2:
+        raise ValueError(f"a transport plan needs prototypes of at least two modalities, found {names}")
+    lam = config.lambda_ot if lambda_ot is None else lambda_ot
+    if not lam > 0:
+        raise ValueError(f"lambda_ot must be positive, found {lam}")
+    pair_costs, cost = prototype_costs(prototypes)
+    targets = {m: _target_marginal(m, p, None if marginals is None else marginals.get(m))
+               for m, p in prototypes.items()}
+    with torch.no_grad():
+        reg = lam * cost.detach().mean().clamp_min(1e-12)  # a tensor: no host synchronisation
+        solved = multimarginal_sinkhorn(cost.detach(), [targets[m].detach() for m in names], reg,
+                                        max_iter=config.ot_num_iters, tol=config.ot_tol, check_every=check_every)
+    value = (solved.plan * cost).sum()
+    dual = sum((f * (targets[m] - targets[m].detach())).sum() for f, m in zip(solved.potentials, names))
+    return TransportResult(plan=solved.plan, cost=cost, pair_costs=pair_costs, marginals=targets,
+                           transport_cost=value + dual, iterations=solved.iterations,
+                           marginal_error=solved.marginal_error, converged=solved.converged, reg=reg)
+
+
+def prototype_costs(prototypes: dict[str, Prototypes]
+                    ) -> tuple[dict[tuple[str, str], torch.Tensor], torch.Tensor]:
+    """The Bures cost of every modality pair (a before b in the dict's order) and their joint cost."""
+    names = list(prototypes)
+    by_index = {}
     for i, j in itertools.combinations(range(len(names)), 2):
         a, b = prototypes[names[i]], prototypes[names[j]]
-        pair_costs[(i, j)] = gaussian_cost(a.means, a.variances, b.means, b.variances)
-    cost = joint_cost(pair_costs, len(names))
-    marginals = {m: p.posteriors.mean(0) for m, p in prototypes.items()}
-    with torch.no_grad():
-        reg = lambda_ot * cost.detach().mean().clamp_min(1e-12)  # a tensor: no host synchronisation
-        solved = multimarginal_sinkhorn(cost.detach(), [marginals[m].detach() for m in names], reg,
-                                        max_iter=max_iter, tol=tol, check_every=check_every)
-    value = (solved.plan * cost).sum()
-    dual = sum((f * (marginals[m] - marginals[m].detach())).sum() for f, m in zip(solved.potentials, names))
-    return TransportResult(
-        plan=solved.plan, cost=cost,
-        pair_costs={(names[i], names[j]): c for (i, j), c in pair_costs.items()},
-        marginals=marginals, transport_cost=value + dual,
-        iterations=solved.iterations, marginal_error=solved.marginal_error, converged=solved.converged,
-    )
+        by_index[(i, j)] = gaussian_cost(a.means, a.variances, b.means, b.variances)
+    pairs = {(names[i], names[j]): c for (i, j), c in by_index.items()}
+    return pairs, joint_cost(by_index, len(names))
+
+
+def _target_marginal(name: str, proto: Prototypes, given: torch.Tensor | None) -> torch.Tensor:
+    if given is None:
+        if proto.posteriors is not None:
+            return proto.posteriors.mean(0)
+        return proto.weights / proto.weights.sum()
+    a = torch.as_tensor(given, dtype=proto.means.dtype, device=proto.means.device)
+    k = proto.means.shape[0]
+    if a.shape != (k,) or not bool(torch.isfinite(a).all()) or bool((a < 0).any()) or not float(a.sum()) > 0:
+        raise ValueError(f"marginal of {name!r} must be {k} non-negative finite values with a positive sum, "
+                         f"found {a.tolist()}")
+    return a / a.sum()
+
+
+def plan_entropy(plan: torch.Tensor | np.ndarray) -> float:
+    """Shannon entropy ``H(P) = -sum P log P`` (nats) of a plan normalised to sum 1, with ``0 log 0 = 0``.
+
+    A uniform plan over n cells has entropy ``log n``; it falls as the plan sharpens onto a few cells.
+    """
+    if isinstance(plan, torch.Tensor):
+        plan = plan.detach().cpu().double().numpy()
+    p = np.clip(np.asarray(plan, dtype=np.float64).ravel(), 0.0, None)
+    total = p.sum()
+    if not total > 0:
+        raise ValueError("entropy of a plan with no mass")
+    p = p[p > 0] / total
+    return float(-(p * np.log(p)).sum())

@@ -93,7 +93,7 @@ def start_training(run_dir: str | Path, data_path: str | Path, config: DecAlignC
     its last finished epoch; ``config`` may then differ from the run's only in ``train.num_epochs``.
     """
     run_dir = Path(run_dir).resolve()
-    if run_state(run_dir)["state"] in ACTIVE:
+    if run_state(run_dir).state in ACTIVE:
         raise RuntimeError(f"{run_dir}: a training process is already running for this run")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config.to_dict())
@@ -197,8 +197,20 @@ def _live_pid(run_dir: Path) -> int | None:
 # ------------------------------------------------------------------------------------------ run state
 
 
-def run_state(run_dir: str | Path) -> dict[str, Any]:
-    """``{"state", "alive", "epoch", "error", "cancel_requested"}`` from the files and the process table."""
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands, from its files and the process table (see the module docstring)."""
+
+    state: str  # empty | starting | running | finished | cancelled | failed | crashed
+    alive: bool  # its training process is running
+    epoch: int  # last finished epoch
+    error: str | None  # the failure, or the tail of train.log for a crash
+    cancel_requested: bool
+    resumable: bool
+
+
+def run_state(run_dir: str | Path) -> RunState:
+    """The run's :class:`RunState`."""
     run_dir = Path(run_dir)
     status = read_status(run_dir) if (run_dir / "status.json").exists() else None
     alive = _live_pid(run_dir) is not None
@@ -214,9 +226,8 @@ def run_state(run_dir: str | Path) -> dict[str, Any]:
     error = status.get("error") if status else None
     if state in ("crashed", "failed") and not error:
         error = _log_tail(run_dir)
-    return {"state": state, "alive": alive, "epoch": status["epoch"] if status else 0, "error": error,
-            "cancel_requested": (run_dir / CANCEL_FILE).exists(),
-            "resumable": state in RESUMABLE and (run_dir / "card.json").exists()}
+    return RunState(state, alive, status["epoch"] if status else 0, error, (run_dir / CANCEL_FILE).exists(),
+                    state in RESUMABLE and (run_dir / "card.json").exists())
 
 
 def _log_tail(run_dir: Path, lines: int = 5) -> str | None:
@@ -260,7 +271,7 @@ def run_info(run_dir: str | Path) -> RunInfo:
             card = None
     metrics = card.metrics.get("valid", {}) if card else {}
     return RunInfo(
-        name=run_dir.name, path=run_dir, state=state["state"], epoch=state["epoch"],
+        name=run_dir.name, path=run_dir, state=state.state, epoch=state.epoch,
         num_epochs=config.get("train", {}).get("num_epochs"), data=request.get("data"),
         data_fingerprint=card.data_fingerprint if card else None, best_epoch=card.best_epoch if card else None,
         best_metrics=metrics, selection_metric=card.extra.get("selection_metric") if card else None,
@@ -277,10 +288,18 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     return [run_info(p) for p in sorted(folders, key=lambda p: p.name, reverse=True)]
 
 
-def live_view(run_dir: str | Path) -> dict[str, Any]:
-    """What a progress panel shows: the state, progress.json and history.json, read once."""
+@dataclass(frozen=True)
+class LiveView:
+    """What a progress panel shows, read once: the state, ``progress.json`` and the history rows."""
+
+    state: RunState
+    progress: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+def live_view(run_dir: str | Path) -> LiveView:
     run_dir = Path(run_dir)
-    return {"state": run_state(run_dir), "progress": read_progress(run_dir), "history": read_history(run_dir)}
+    return LiveView(run_state(run_dir), read_progress(run_dir), read_history(run_dir))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

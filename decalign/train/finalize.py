@@ -19,6 +19,7 @@ from ..data.torch_batches import iterate_batches
 from ..model import AlignmentLevels, DecAlign, Prototypes, fit_gmm
 from .losses import task_loss
 from .metrics import compute_metrics
+from .reference import build_reference, save_reference
 
 FINAL_EM_ITERS = 50  # EM steps for the prototypes stored with the model (at least)
 
@@ -110,11 +111,6 @@ def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, co
                     if split.labels is not None and len(split)}
 
 
-def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split) -> bool:
-    """Save the explanation reference of the training set, when ``decalign.explain.reference`` exists."""
-    try:
-        from ..explain.reference import build_reference, save_reference
-    except ImportError:
-        return False
-    save_reference(run_dir, build_reference(model, card, train))
-    return True
+def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split) -> Path:
+    """Save the training reference (``decalign.train.reference``) that explanations and audits compare with."""
+    return save_reference(run_dir, build_reference(model, card, train))

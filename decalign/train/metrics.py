@@ -20,7 +20,14 @@ would crash on the empty selection); a number keeps dictionaries of floats JSON-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # types only: metrics stay importable without torch
+    from ..checkpoint import ModelCard
+    from ..data.dataset import MultimodalDataset
 
 REGRESSION_KEYS = (
     "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr",
@@ -242,6 +249,35 @@ def compute_metrics(
         return classification_metrics(preds, labels, num_classes)
     _check_choice(convention, _CONVENTIONS, "convention")
     return sims_metrics(preds, labels) if convention == "sims" else regression_metrics(preds, labels)
+
+
+def metric_convention(source: str = "", label_range: Sequence[float] | None = None) -> str:
+    """Which regression metrics a dataset gets: "sims" for CH-SIMS, else "mosi" (MOSI/MOSEI).
+
+    CH-SIMS is recognised by a file named after it or by labels spanning exactly [-1, 1], its scale
+    (MMSA's CH-SIMS release is also named ``unaligned_39.pkl``). The one rule: training applies it with
+    :func:`dataset_convention` and records the result in the card; readers of a card use
+    :func:`card_convention`.
+    """
+    if "sims" in source.lower():
+        return "sims"
+    return "sims" if label_range is not None and [float(v) for v in label_range] == [-1.0, 1.0] else "mosi"
+
+
+def dataset_convention(dataset: MultimodalDataset) -> str:
+    """:func:`metric_convention` of a dataset: its source name and its training labels' range."""
+    labels = dataset.splits["train"].labels if "train" in dataset.splits else None
+    span = None if labels is None or not len(labels) else (labels.min(), labels.max())
+    return metric_convention(dataset.report.source, span)
+
+
+def card_convention(card: ModelCard) -> str:
+    """The convention a model was trained and selected with: recorded in its card, else
+    :func:`metric_convention` of the card's data source and label range (imported models)."""
+    recorded = card.extra.get("metric_convention")
+    if recorded in _CONVENTIONS:
+        return recorded
+    return metric_convention(card.data_source or "", card.label_range)
 
 
 def metric_direction(name: str) -> str:

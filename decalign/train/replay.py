@@ -19,8 +19,9 @@ so the replay shows what the alignment losses saw. ``load_replay`` turns the fil
   or reflected onto the previous epoch's frame by orthogonal Procrustes over the probe samples
   (``R = argmin_{R^T R = I} ||Y_e R - Y_{e-1}||_F = U V^T`` with ``U S V^T = Y_e^T Y_{e-1}``), so the
   animation does not jump when PCA flips a sign. Prototype means go through the same map.
-* plan entropy ``H(P) = -sum P log P`` (nats, ``0 log 0 = 0``), and the same divided by ``log(#cells)``:
-  1 for a uniform plan, falling as the plan sharpens onto a few prototype tuples.
+* plan entropy ``H(P) = -sum P log P`` (nats, ``0 log 0 = 0``; ``decalign.model.plan_entropy``), and the
+  same divided by ``log(#cells)``: 1 for a uniform plan, falling as the plan sharpens onto a few prototype
+  tuples.
 * separation of the unique and common spaces: per modality the silhouette score (scikit-learn,
   Euclidean) of the probe's unique vs common features, averaged over modalities; in [-1, 1], higher is
   more separated. The decoupling level (mean squared cosine) is reported next to it.
@@ -43,7 +44,7 @@ from ..atomic import atomic_write, atomic_write_json
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
-from ..model import DecAlign
+from ..model import DecAlign, plan_entropy
 
 REPLAY_DIR = "replay"
 PROBE_SIZE = 256
@@ -111,8 +112,8 @@ def _probe_tensors(model: DecAlign, probe: Split) -> tuple[dict[str, torch.Tenso
         tensors.update({f"prototypes/{i}/means": p.means, f"prototypes/{i}/variances": p.variances,
                         f"prototypes/{i}/weights": p.weights, f"unique/{i}": out.unique_pooled[m],
                         f"common/{i}": out.common_pooled[m]})
-        for j in range(i + 1, len(order)):
-            tensors[f"pair_plan/{i}/{j}"] = out.transport.pair_plan(m, order[j], order)
+    tensors.update({f"pair_plan/{order.index(a)}/{order.index(b)}": plan
+                    for (a, b), plan in out.transport.pair_plans().items()})
     if out.transport.plan.numel() <= MAX_JOINT:
         tensors["plan"] = out.transport.plan
     if batch.labels is not None:
@@ -246,24 +247,13 @@ def _build_epoch(entry: dict, t: dict[str, np.ndarray], order: list[str], previo
         epoch=int(entry["epoch"]), means=means, variances=variances, weights=weights, plan=plan,
         pair_plans=pairs, unique_xy={m: coords[m][:n] for m in order}, common_xy={m: coords[m][n:] for m in order},
         prototype_xy=proto_xy, levels={k: float(v) for k, v in entry.get("levels", {}).items()},
-        plan_entropy=entropy(plan) if plan is not None else float("nan"),
-        pair_entropy={k: entropy(p) / np.log(p.size) if p.size > 1 else 0.0 for k, p in pairs.items()},
+        plan_entropy=plan_entropy(plan) if plan is not None else float("nan"),
+        pair_entropy={k: plan_entropy(p) / np.log(p.size) if p.size > 1 else 0.0 for k, p in pairs.items()},
         separation=separation_score(unique, common), converged=bool(entry.get("converged", True)))
     return epoch, frame
 
 
 # ------------------------------------------------------------------------------------------- the maths
-
-
-def entropy(plan: np.ndarray) -> float:
-    """Shannon entropy ``-sum p log p`` (nats) of a plan normalised to sum 1; ``0 log 0 = 0``."""
-    p = np.asarray(plan, dtype=np.float64).ravel()
-    p = np.clip(p, 0.0, None)
-    total = p.sum()
-    if total <= 0:
-        raise ValueError("entropy of a plan with no mass")
-    p = p[p > 0] / total
-    return float(-(p * np.log(p)).sum())
 
 
 def separation_score(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> float:
@@ -282,7 +272,11 @@ def separation_score(unique: dict[str, np.ndarray], common: dict[str, np.ndarray
 
 
 def procrustes_rotation(current: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Orthogonal R minimising ``||current @ R - target||_F``: ``U V^T`` from ``svd(current^T target)``."""
+    """Orthogonal R minimising ``||current @ R - target||_F``: ``U V^T`` from ``svd(current^T target)``.
+
+    Rows are paired samples; centre both sides first for the map between two point clouds. The one
+    Procrustes of the product: the replay's frames and the Compare page's feature spaces use it.
+    """
     u, _, vt = np.linalg.svd(current.T @ target)
     return u @ vt
 

@@ -32,6 +32,7 @@ from ..checkpoint import load_card
 from ..config import DecAlignConfig
 
 STATUSES = ("running", "finished", "cancelled", "failed")
+HISTORY_FILE = "history.json"
 # Config fields that may change when a run is resumed: only how long to train.
 RESUMABLE_CHANGES = {("train", "num_epochs")}
 
@@ -68,12 +69,34 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_history(run_dir: str | Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_json(Path(run_dir) / "history.json", _encode(history))
+    atomic_write_json(Path(run_dir) / HISTORY_FILE, _encode(history))
 
 
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "history.json"
-    return _decode(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else []
+def read_history(run_dir: str | Path | None) -> list[dict[str, Any]]:
+    """The rows of ``<run_dir>/history.json``, one per finished epoch, as ``write_history`` stored them.
+
+    Non-finite numbers come back as floats (JSON holds them as ``{"__float__": "nan"}``). ``[]`` when
+    there is no run directory or no history (an imported or uploaded model). Every reader of history
+    files goes through here.
+
+    Raises
+    ------
+    RunError
+        When the file is not a JSON list of objects; the message names the file.
+    """
+    if run_dir is None:
+        return []
+    path = Path(run_dir) / HISTORY_FILE
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not a readable history ({exc})") from exc
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        found = type(rows).__name__ if not isinstance(rows, list) else "a list with non-object rows"
+        raise RunError(f"{path}: expected a JSON list of one object per epoch, found {found}")
+    return _decode(rows)
 
 
 # ------------------------------------------------------------------------------ resume state

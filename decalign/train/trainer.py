@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..atomic import clean_stale_temps
 from ..checkpoint import ModelCard, load_card, save_card, save_model
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset
@@ -36,7 +37,7 @@ from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import metric_direction, resolve_metric_name
+from .metrics import dataset_convention, metric_direction, resolve_metric_name
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -50,7 +51,8 @@ from .runs import (
     write_status,
 )
 
-BATCH_KEYS = ("total", "task", "contrastive", *AlignmentLevels.LEVELS)
+LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
+BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Trainer:
         self.resume = resume
         _check_dataset(dataset)
         self.task = dataset.task
-        self.convention = "sims" if "sims" in dataset.report.source.lower() else "mosi"
+        self.convention = dataset_convention(dataset)
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
         self.recorder = ReplayRecorder(self.run_dir, dataset, self.config) if replay else None
 
@@ -137,6 +139,8 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.config.train
         fingerprint = self.dataset.fingerprint()
+        if self.dist.is_main:  # a killed earlier attempt may have left temp files of unfinished writes
+            clean_stale_temps(self.run_dir)
         if self.resume:
             check_resumable(self.run_dir, self.config, fingerprint)
         elif (self.run_dir / "card.json").exists():

@@ -24,10 +24,10 @@ import torch
 from decalign.checkpoint import ModelCard, save_model
 from decalign.config import DecAlignConfig, ModelConfig, TrainConfig
 from decalign.data import MultimodalDataset, iterate_batches
-from decalign.explain import build_reference, save_reference
 from decalign.inference import run_inference
 from decalign.model import DecAlign, fit_gmm
 from decalign.train.metrics import compute_metrics
+from decalign.train.reference import build_reference, save_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

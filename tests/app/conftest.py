@@ -20,9 +20,9 @@ TAV_WIDTHS = {"text": 12, "audio": 5, "vision": 7}
 PAGE_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from app import state
+from app import sidebar
 from app.views import {page} as page
-state.sidebar()
+sidebar.render()
 page.render()
 """
 

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.figures import audit as fig
 from decalign.audit import AuditTrail
+from decalign.audit.rows import prediction_rows
 from decalign.checkpoint import load_model
 from decalign.data import load_dataset
 from decalign.inference import run_inference
@@ -41,10 +42,14 @@ def test_audit_page_renders_and_records_once(page_test, demo_dir, audit_db):
 
 def test_audit_filters_and_report(page_test, demo_dir, audit_db):
     at = _ok(page_test("audit").run())
-    total = len(at.dataframe[0].value)
+    table = at.dataframe[0].value
+    flagged = int(table["any_flag"].sum())
+    assert 0 < flagged < len(table)  # the demo test split has flagged and unflagged samples
     at.checkbox(key="audit_only_flagged").check()
     _ok(at.run())
-    assert len(at.dataframe[0].value) <= total
+    shown = at.dataframe[0].value
+    assert len(shown) == flagged and shown["any_flag"].all()
+    assert set(shown["id"]) == set(table.loc[table["any_flag"], "id"])
     at.selectbox(key="audit_slice_by").set_value("dominant_modality")
     _ok(at.run())
     at.button(key="audit_prepare_report").click()
@@ -68,11 +73,17 @@ def test_audit_rows_and_figures(demo_dir):
     model, card = load_model(demo_dir)
     data = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"].subset(np.arange(40))
     result = run_inference(model, data, task=card.task)
-    rows = fig.audit_rows(result, None, split="test", model_id="m", data_id="a" * 64, data_label="digits")
+    rows = prediction_rows(result, source="dashboard", checkpoint_fingerprint="m", input_sha256="a" * 64,
+                           input_name="digits", split="test")
     assert len(rows) == 40 and rows[0]["sample_id"] == str(data.ids[0])
     assert sum(rows[3]["contributions"].values()) == pytest.approx(result.outputs[3].max(), abs=1e-3)
+    assert all(row["flags"] == [] for row in rows)
+    flags = pd.DataFrame({"id": result.ids, "ood_pixel": np.arange(40) == 5, "low_confidence": np.arange(40) < 2})
+    flags["any_flag"] = flags["ood_pixel"] | flags["low_confidence"]
+    flagged = prediction_rows(result, source="cli", checkpoint_fingerprint="m", input_sha256="a" * 64,
+                              input_name="digits", split="test", flags=flags)
+    assert [r["flags"] for r in flagged[:2]] == [["low_confidence"]] * 2 and flagged[5]["flags"] == ["ood_pixel"]
+    assert flagged[6]["flags"] == [] and flagged[6]["contributions"] == rows[6]["contributions"]
     conf = fig.confusion_figure(result)
     assert np.asarray(conf.data[0].z).sum() == 40
     assert len(fig.reliability_figure(result).data) == 2
-    contrib = pd.DataFrame({"branch": ["a", "bias"], "contribution": [1.5, -0.5]})
-    assert list(fig.waterfall_figure(contrib).data[0].measure) == ["relative", "relative", "total"]

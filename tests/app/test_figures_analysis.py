@@ -11,6 +11,7 @@ import torch
 from app.figures import alignment as afig
 from app.figures import embeddings as efig
 from app.figures import transport as tfig
+from decalign.config import ModelConfig
 from decalign.explain.transport_view import sankey_links, solve_plan
 from decalign.inference import InferenceResult
 from decalign.model import Prototypes
@@ -79,7 +80,7 @@ def view():
                             torch.rand(k, 3, generator=gen, dtype=torch.float64) + 0.1,
                             torch.full((k,), 1.0 / k, dtype=torch.float64))
               for m, k in (("a", 3), ("b", 4), ("c", 2))}
-    return solve_plan(protos, lambda_ot=0.2)
+    return solve_plan(protos, ModelConfig(ot_num_iters=500, ot_tol=1e-9), lambda_ot=0.2)
 
 
 def test_plan_heatmap_z_equals_the_pair_plan_with_marginals(view):

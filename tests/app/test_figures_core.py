@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +11,9 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from app.figures import overview, predict, sample
 from decalign.data import Split
 from decalign.explain import branch_contributions
+from decalign.explain.story import plan_cells
 from decalign.inference import InferenceResult
+from decalign.train.runs import read_history, write_history
 
 
 @pytest.fixture
@@ -78,14 +78,19 @@ def test_confusion_figure_matches_sklearn(result):
 def test_history_figures_from_history_json(tmp_path):
     rows = [{"epoch": e, "train": {"total": 3.0 / e, "task": 2.0 / e, "mmd": 0.1 * e},
              "valid": {"Acc": 0.5 + 0.1 * e, "F1_class_0": 0.3}} for e in (1, 2, 3)]
-    (tmp_path / "history.json").write_text(json.dumps(rows))
-    history = overview.read_history(tmp_path)
+    for row, corr in zip(rows, (0.1, float("nan"), 0.3)):  # a diverged metric: stored with the NaN marker
+        row["valid"]["Corr"] = corr
+    write_history(tmp_path, rows)
+    assert "__float__" in (tmp_path / "history.json").read_text()
+    history = overview.history_frame(read_history(tmp_path))
     figs = overview.history_figures(history)
     assert set(figs) == {"Loss terms", "Alignment levels", "Validation metrics"}
     assert [t.name for t in figs["Loss terms"].data] == ["total", "task"]
     np.testing.assert_allclose(figs["Loss terms"].data[0].y, [3.0, 1.5, 1.0])
-    assert [t.name for t in figs["Validation metrics"].data] == ["Acc"]  # per-class F1 left out
-    assert overview.read_history(None).empty and overview.history_figures(pd.DataFrame()) == {}
+    assert [t.name for t in figs["Validation metrics"].data] == ["Acc", "Corr"]  # per-class F1 left out
+    np.testing.assert_array_equal(np.asarray(figs["Validation metrics"].data[1].y, dtype=float),
+                                  [0.1, np.nan, 0.3])  # numbers, never the marker dicts
+    assert overview.history_frame(read_history(None)).empty and overview.history_figures(pd.DataFrame()) == {}
 
 
 def test_label_distribution_counts_classes():
@@ -96,11 +101,12 @@ def test_label_distribution_counts_classes():
     np.testing.assert_array_equal(fig.data[0].y, [2, 1, 3])
 
 
-def test_transport_cells_table_reads_the_plan():
+def test_plan_cells_read_the_plan():
     plan = np.array([[0.1, 0.2], [0.3, 0.4]])
-    table = sample.transport_cells_table({("a", "b"): plan}, {"a": 1, "b": 0})
-    assert table.loc[0, "plan mass"] == pytest.approx(0.3)
-    assert table.loc[0, "share of row"] == pytest.approx(0.3 / 0.7)
+    table = plan_cells({("a", "b"): plan}, {"a": 1, "b": 0})
+    assert table.loc[0, "mass"] == pytest.approx(0.3)
+    assert table.loc[0, "share_of_row"] == pytest.approx(0.3 / 0.7)
+    assert plan_cells({("a", "b"): torch.tensor(plan)}, {"a": 1, "b": 0}).equals(table)
     fig = sample.transport_cells_figure({("a", "b"): plan}, {"a": 1, "b": 0})
     rect = fig.layout.shapes[0]
     assert (rect.x0, rect.x1, rect.y0, rect.y1) == (-0.5, 0.5, 0.5, 1.5)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -138,3 +142,20 @@ def test_checkpoint_directory_then_fitting_mmsa_upload(page_test, tav_run, tav_p
     assert not at.error
     assert len(at.dataframe[0].value) == len(tav_dataset.splits["test"])
     assert _charts(at) == 1
+
+
+def test_opening_a_run_folder_removes_temp_files_of_killed_writes(page_test, tav_run, tmp_path):
+    run = tmp_path / "copied_run"
+    shutil.copytree(tav_run, run)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = [run / f".card.json.{gone.pid}-0badf00d.tmp", run / "resume" / f".state.json.{gone.pid}-0badf00d.tmp"]
+    live = run / f".best.safetensors.{os.getpid()}-12345678.tmp"  # a writer still at work keeps its file
+    for path in [*stale, live]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a write")
+    at = page_test("overview").run()
+    at.radio(key="model_kind").set_value("Checkpoint directory").run()
+    at.text_input(key="model_dir").set_value(str(run)).run()
+    _ok(at.button(key="model_dir_load").click().run())
+    assert not any(p.exists() for p in stale) and live.exists()

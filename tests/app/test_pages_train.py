@@ -17,6 +17,9 @@ CONFIG = DecAlignConfig(ModelConfig(d_model=8, num_heads=2, num_layers=1, num_pr
                         TrainConfig(task_loss="cross_entropy", batch_size=32, learning_rate=3e-3, num_epochs=2))
 
 
+FIXTURE_RUNS = ("20260101-000000-seed0", "20260101-000001-seed1")  # named like new_run_dir's folders
+
+
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     """A runs folder with two finished tiny runs (seeds 0 and 1) on the same npz, set as DECALIGN_RUNS_DIR."""
@@ -26,7 +29,7 @@ def runs_dir(tmp_path_factory):
                             num_classes=3, seed=2), path)
     dataset = load_dataset(path)
     for seed in (0, 1):
-        run = root / f"20260101-00000{seed}-seed{seed}"
+        run = root / FIXTURE_RUNS[seed]
         config = CONFIG.override([f"train.seed={seed}"])
         run.mkdir()
         (run / "config.json").write_text(json.dumps(config.to_dict()))
@@ -90,9 +93,9 @@ def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_di
         config = json.loads((run / "config.json").read_text())
         assert config["model"]["d_model"] == 8 and config["train"]["num_epochs"] == 1
         deadline = time.monotonic() + 180
-        while run_state(run)["state"] in ("starting", "running") and time.monotonic() < deadline:
+        while run_state(run).state in ("starting", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+        assert run_state(run).state == "finished", (run / "train.log").read_text()
     finally:
         kill_training(run)
     at.run()
@@ -113,11 +116,11 @@ def test_replay_page_plays_back_the_epochs(page_test, runs_dir):
     assert "separation" in values.index and "plan_entropy" in values.index
 
 
-def test_compare_page_two_runs(page_test, runs_dir):
-    root, _ = runs_dir
+@pytest.mark.usefixtures("runs_dir")
+def test_compare_page_two_runs(page_test):
     at = page_test("compare").run()
     assert not at.exception
-    names = [f"run {p.name}" for p in sorted(root.iterdir(), reverse=True) if p.name.startswith("2026")]
+    names = [f"run {name}" for name in reversed(FIXTURE_RUNS)]  # the fixture's runs by name, not by date
     at.selectbox(key="compare_A").set_value(names[0])
     at.selectbox(key="compare_B").set_value(names[1]).run()
     assert not at.exception

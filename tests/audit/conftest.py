@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
 
 from explain_fixtures import digits, train_small
 
-from decalign.explain import build_reference
 from decalign.inference import run_inference
+from decalign.train.reference import build_reference
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from decalign.audit.flags import compute_flags, flag_columns
-from decalign.explain.reference import prototype_distance
+from decalign.train.reference import prototype_distance
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from decalign.audit.report import (
 from decalign.checkpoint import save_model
 from decalign.cli import main
 from decalign.data import save_npz
-from decalign.explain import build_reference, save_reference
 from decalign.inference import run_inference
+from decalign.train.reference import build_reference, save_reference
 
 PLOTLY_BUNDLE = re.compile(r"\* plotly\.js v\d")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from decalign.audit.flags import compute_flags
-from decalign.audit.slices import dominant_branch, prediction_table, slice_metrics
+from decalign.audit.table import prediction_table
+from decalign.explain.slices import dominant_branch, slice_metrics
 from decalign.train.metrics import compute_metrics
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from explain_fixtures import digits, train_small
 
-from decalign.explain import build_reference
 from decalign.inference import run_inference
+from decalign.train.reference import build_reference
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from decalign.explain import branch_contributions, contribution_matrix
+from decalign.explain import branch_contributions
 from decalign.inference import run_inference
 
 
@@ -42,11 +42,11 @@ def test_zeroed_branch_contributes_nothing(trained, digits_data):
     assert frame.set_index("branch").loc["unique:pixel", "contribution"] == 0.0
 
 
-def test_contribution_matrix_matches_rows(test_result):
-    matrix = contribution_matrix(test_result)
+def test_explained_contributions_match_rows(test_result):
+    matrix = test_result.explained_contributions()
     assert matrix.shape == (len(test_result), 7)
     np.testing.assert_allclose(matrix.sum(axis=1), test_result.outputs.max(1), atol=1e-5)
-    np.testing.assert_allclose(matrix.iloc[4].to_numpy(), branch_contributions(test_result, 4).contribution, atol=1e-7)
+    np.testing.assert_allclose(matrix[4], branch_contributions(test_result, 4).contribution, atol=1e-7)
 
 
 def test_bad_row_and_class(test_result):

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from decalign.checkpoint import CheckpointError
-from decalign.explain import load_reference, prototype_distance, save_reference, training_plan
-from decalign.explain.reference import abs_cosine, median_bandwidth, mmd2
+from decalign.config import ModelConfig
 from decalign.model import gaussian_mmd
+from decalign.train.reference import (
+    abs_cosine,
+    load_reference,
+    median_bandwidth,
+    mmd2,
+    prototype_distance,
+    save_reference,
+    training_plan,
+)
 
 
 def test_ood_threshold_flags_about_one_percent_of_training(reference):
@@ -76,7 +84,7 @@ def test_load_reference_absent_and_broken(reference, tmp_path):
 def test_training_plan_two_modalities_matches_pot(reference):
     two = type(reference)(**{**reference.__dict__,
                              "prototypes": {m: reference.prototypes[m] for m in ("fourier", "pixel")}})
-    plan = training_plan(two, lambda_ot=0.1, max_iter=2000, tol=1e-9)
+    plan = training_plan(two, ModelConfig(lambda_ot=0.1, ot_num_iters=2000, ot_tol=1e-9))
     a = two.prototypes["fourier"].weights.double().numpy()
     b = two.prototypes["pixel"].weights.double().numpy()
     cost = plan.cost.numpy()

@@ -6,9 +6,9 @@ from decalign.explain import (
     modality_counterfactuals,
     plain_summary,
     prototype_story,
-    training_plan,
 )
 from decalign.explain.summary import sentiment_word
+from decalign.train.reference import training_plan
 
 
 def test_story_assignments_nearest_and_cells(trained, digits_data, reference, test_result):
@@ -24,7 +24,7 @@ def test_story_assignments_nearest_and_cells(trained, digits_data, reference, te
     idx = int(np.flatnonzero(reference.train_ids == near.train_id.iloc[0])[0])
     x = test_result.unique_pooled["pixel"][6]
     assert near.distance.iloc[0] == pytest.approx(np.linalg.norm(reference.train_unique["pixel"][idx] - x), rel=1e-4)
-    plan = training_plan(reference, card.config.model.lambda_ot, 200, card.config.model.ot_tol)
+    plan = training_plan(reference, card.config.model)
     cell = story.plan_cells.iloc[0]
     pair = plan.pair_plan(cell.modality_a, cell.modality_b, reference.modalities).numpy()
     assert cell.mass == pytest.approx(pair[cell.prototype_a, cell.prototype_b])

@@ -5,16 +5,11 @@ import ot
 import pytest
 import torch
 
-from decalign.explain.transport_view import (
-    entropy_sweep,
-    fit_prototypes,
-    label_groups,
-    plan_entropy,
-    prototype_table,
-    sankey_links,
-    solve_plan,
-)
-from decalign.model import Prototypes, gaussian_cost
+from decalign.config import ModelConfig
+from decalign.explain import transport_view as tv
+from decalign.model import Prototypes, gaussian_cost, plan_entropy
+
+PRECISE = ModelConfig(ot_num_iters=5000, ot_tol=1e-12)  # solved to convergence, for comparisons with POT
 
 
 def _prototypes(sizes, d=4, seed=0):
@@ -29,7 +24,7 @@ def _prototypes(sizes, d=4, seed=0):
 
 def test_two_modality_plan_equals_pot_sinkhorn():
     protos = _prototypes([4, 5])
-    view = solve_plan(protos, lambda_ot=0.1, max_iter=5000, tol=1e-12)
+    view = tv.solve_plan(protos, PRECISE, lambda_ot=0.1)
     a, b = protos["m0"], protos["m1"]
     cost = gaussian_cost(a.means, a.variances, b.means, b.variances).numpy()
     expected = ot.sinkhorn(a.weights.numpy(), b.weights.numpy(), cost, reg=0.1 * cost.mean(),
@@ -42,7 +37,7 @@ def test_two_modality_plan_equals_pot_sinkhorn():
 def test_pair_plans_have_the_target_marginals():
     protos = _prototypes([3, 4, 5])
     target = {"m0": np.array([0.5, 0.3, 0.2]), "m1": np.full(4, 0.25), "m2": np.arange(1, 6) / 15}
-    view = solve_plan(protos, target, lambda_ot=0.2)
+    view = tv.solve_plan(protos, PRECISE, target, lambda_ot=0.2)
     assert view.converged and view.marginal_error < 1e-8
     assert view.plan.shape == (3, 4, 5) and view.plan.sum() == pytest.approx(1.0)
     for a, b in itertools.combinations(view.order, 2):
@@ -56,27 +51,27 @@ def test_pair_plans_have_the_target_marginals():
 
 def test_default_marginals_are_the_normalised_weights():
     protos = _prototypes([3, 3])
-    view = solve_plan(protos, lambda_ot=0.5)
+    view = tv.solve_plan(protos, PRECISE, lambda_ot=0.5)
     np.testing.assert_allclose(view.marginals["m1"], protos["m1"].weights.numpy())
     with pytest.raises(ValueError, match="marginal of 'm0'"):
-        solve_plan(protos, {"m0": np.array([1.0, -1.0, 1.0])}, lambda_ot=0.5)
+        tv.solve_plan(protos, PRECISE, {"m0": np.array([1.0, -1.0, 1.0])}, lambda_ot=0.5)
 
 
 def test_entropy_and_cost_decrease_with_lambda():
     protos = _prototypes([4, 4, 3])
-    sweep = entropy_sweep(protos, None, [2.0, 0.5, 0.1, 0.02])
+    sweep = tv.entropy_sweep(protos, PRECISE, None, [2.0, 0.5, 0.1, 0.02])
     assert (np.diff(sweep["entropy"]) < 0).all()
     assert (np.diff(sweep["transport_cost"]) <= 1e-12).all()
     # independent coupling (lambda -> inf) has entropy sum H(a_m)
-    loose = solve_plan(protos, lambda_ot=1e4)
+    loose = tv.solve_plan(protos, PRECISE, lambda_ot=1e4)
     independent = sum(plan_entropy(p.weights.numpy()) for p in protos.values())
     assert loose.entropy == pytest.approx(independent, rel=1e-5)
 
 
 def test_sankey_links_sum_to_one_per_pair_and_conserve_flow():
     protos = _prototypes([3, 4, 2])
-    view = solve_plan(protos, lambda_ot=0.3)
-    links = sankey_links(view, ["m2", "m0", "m1"])
+    view = tv.solve_plan(protos, PRECISE, lambda_ot=0.3)
+    links = tv.sankey_links(view, ["m2", "m0", "m1"])
     assert len(links) == 2 * 3 + 3 * 4
     for _, group in links.groupby("pair"):
         assert group["value"].sum() == pytest.approx(1.0)
@@ -87,9 +82,9 @@ def test_sankey_links_sum_to_one_per_pair_and_conserve_flow():
 
 
 def test_prototype_table_on_the_digits(test_result, digits_data):
-    protos = fit_prototypes(test_result, 3)
-    labels = label_groups(test_result.labels, "classification")
-    table = prototype_table(test_result, protos, labels)
+    protos = tv.fit_prototypes(test_result, ModelConfig(num_prototypes=3))
+    labels = tv.label_groups(test_result.labels, "classification")
+    table = tv.prototype_table(test_result, protos, labels)
     assert len(table) == 3 * len(protos)
     n = len(test_result)
     for m, group in table.groupby("modality"):
@@ -100,12 +95,20 @@ def test_prototype_table_on_the_digits(test_result, digits_data):
     assert ((full.purity > 0) & (full.purity <= 1)).all()
     # purity by hand for one row
     row = table.iloc[0]
-    from decalign.explain.transport_view import assignments
-    hard = assignments(test_result, protos)[row.modality].argmax(1)
+    hard = tv.assignments(test_result, protos)[row.modality].argmax(1)
     members = labels[hard == row.prototype]
     assert row.purity == pytest.approx(np.unique(members, return_counts=True)[1].max() / len(members))
 
 
 def test_label_groups_for_regression_use_the_sign():
-    assert list(label_groups(np.array([-1.2, 0.0, 0.4]), "regression")) == ["negative", "zero", "positive"]
-    assert label_groups(None, "regression") is None
+    assert list(tv.label_groups(np.array([-1.2, 0.0, 0.4]), "regression")) == ["negative", "zero", "positive"]
+    assert tv.label_groups(None, "regression") is None
+
+
+def test_the_view_is_the_models_plan_with_the_models_settings():
+    protos = _prototypes([3, 4])
+    config = ModelConfig(lambda_ot=0.3, ot_num_iters=3, ot_tol=1e-12)
+    view = tv.solve_plan(protos, config)
+    assert view.lambda_ot == 0.3 and view.iterations == 3 and not view.converged  # the cap, as in training
+    assert view.reg == pytest.approx(0.3 * view.cost.mean())
+    assert tv.solve_plan(protos, config, lambda_ot=0.05).reg == pytest.approx(0.05 * view.cost.mean())

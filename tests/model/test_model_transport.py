@@ -9,14 +9,18 @@ import ot.gmm
 import pytest
 import torch
 
+from decalign.config import ModelConfig
 from decalign.model import (
     Prototypes,
-    align_prototypes,
     fit_gmm,
     gaussian_cost,
     joint_cost,
     multimarginal_sinkhorn,
+    plan_entropy,
+    transport_plan,
 )
+
+DEFAULTS = ModelConfig()  # lambda_ot 0.1, 50 sweeps, tolerance 1e-6: the settings training uses
 
 
 def simplex(k: int, g: torch.Generator) -> torch.Tensor:
@@ -147,7 +151,7 @@ def test_gaussian_cost_equals_pot_bures_for_diagonal_covariances():
     np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-9, atol=1e-9)
 
 
-# ----------------------------------------------------------------------------- align_prototypes
+# ----------------------------------------------------------------------------- transport_plan
 
 
 def random_prototypes(names, k=4, d=3, seed=0, scale=1.0) -> dict[str, Prototypes]:
@@ -163,7 +167,7 @@ def random_prototypes(names, k=4, d=3, seed=0, scale=1.0) -> dict[str, Prototype
 
 def test_transport_cost_is_plan_times_cost_and_marginals_are_mean_posteriors():
     protos = random_prototypes(["a", "b", "c"])
-    result = align_prototypes(protos, lambda_ot=0.1, max_iter=50, tol=1e-6)
+    result = transport_plan(protos, DEFAULTS)
     assert result.plan.shape == (4, 4, 4)
     assert float(result.transport_cost) == pytest.approx(float((result.plan * result.cost).sum()), rel=1e-6)
     assert float(result.transport_cost) >= 0
@@ -186,11 +190,11 @@ def test_transport_cost_is_plan_times_cost_and_marginals_are_mean_posteriors():
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 1000.0])
 def test_plan_is_scale_free_and_marginals_hold_at_any_cost_scale(scale):
-    base = align_prototypes(random_prototypes(["a", "b", "c"]), lambda_ot=0.1, max_iter=50, tol=1e-6)
+    base = transport_plan(random_prototypes(["a", "b", "c"]), DEFAULTS)
     protos = random_prototypes(["a", "b", "c"], scale=scale)
     for p in protos.values():
         p.means.requires_grad_(True)
-    result = align_prototypes(protos, lambda_ot=0.1, max_iter=50, tol=1e-6)
+    result = transport_plan(protos, DEFAULTS)
     # cost scales by scale^2 and reg = lambda * mean(C) follows it, so the plan is the same
     torch.testing.assert_close(result.plan, base.plan, atol=1e-5, rtol=1e-4)
     for i, m in enumerate(protos):
@@ -201,11 +205,11 @@ def test_plan_is_scale_free_and_marginals_hold_at_any_cost_scale(scale):
 
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 1000.0])
-def test_align_prototypes_on_fitted_mixtures_at_any_feature_scale(scale):
+def test_transport_plan_on_fitted_mixtures_at_any_feature_scale(scale):
     g = torch.Generator().manual_seed(8)
     feats = {m: (scale * torch.randn(24, 6, generator=g)).requires_grad_(True) for m in ("x", "y", "z")}
     protos = {m: fit_gmm(f, 4) for m, f in feats.items()}
-    result = align_prototypes(protos, lambda_ot=0.1, max_iter=50, tol=1e-6)
+    result = transport_plan(protos, DEFAULTS)
     for i, m in enumerate(protos):
         torch.testing.assert_close(marginal(result.plan, i), result.marginals[m].detach(), atol=1e-5, rtol=0)
     assert torch.isfinite(result.transport_cost)
@@ -217,9 +221,43 @@ def test_align_prototypes_on_fitted_mixtures_at_any_feature_scale(scale):
 def test_transport_gradient_is_the_plan_with_respect_to_the_cost():
     protos = random_prototypes(["a", "b"], k=3, d=2, seed=9)
     means = protos["a"].means.requires_grad_(True)
-    result = align_prototypes(protos, lambda_ot=0.1, max_iter=200, tol=1e-9)
+    result = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=200, ot_tol=1e-9))
     result.transport_cost.backward()
     # envelope rule: d<P,C>/d mu_a = sum_j P_ij * dC_ij/d mu_a = sum_j P_ij * 2 (mu_a_i - mu_b_j)
     diff = means.detach()[:, None, :] - protos["b"].means[None, :, :]
     expected = (2 * result.plan[:, :, None] * diff).sum(1)
     torch.testing.assert_close(means.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_settings_come_from_the_config_and_lambda_can_be_overridden():
+    protos = random_prototypes(["a", "b", "c"], seed=3)
+    capped = transport_plan(protos, ModelConfig(ot_num_iters=2, ot_tol=1e-12))
+    assert capped.iterations == 2 and not capped.converged
+    loose = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=500, ot_tol=1e-10), lambda_ot=5.0)
+    sharp = transport_plan(protos, ModelConfig(lambda_ot=5.0, ot_num_iters=500, ot_tol=1e-10), lambda_ot=0.05)
+    assert float(loose.reg) == pytest.approx(5.0 * float(loose.cost.mean()))
+    assert plan_entropy(sharp.plan) < plan_entropy(loose.plan)
+    with pytest.raises(ValueError, match="lambda_ot must be positive"):
+        transport_plan(protos, DEFAULTS, lambda_ot=0.0)
+    with pytest.raises(ValueError, match="at least two modalities"):
+        transport_plan({"a": protos["a"]}, DEFAULTS)
+
+
+def test_default_and_given_marginals():
+    protos = random_prototypes(["a", "b"], k=3, seed=4)
+    weights_only = {m: Prototypes(p.means, p.variances, 2 * p.weights) for m, p in protos.items()}
+    result = transport_plan(weights_only, DEFAULTS)
+    torch.testing.assert_close(result.marginals["a"], protos["a"].weights / protos["a"].weights.sum())
+    given = {"a": torch.tensor([2.0, 1.0, 1.0]), "b": torch.tensor([1.0, 1.0, 2.0])}
+    result = transport_plan(weights_only, DEFAULTS, marginals=given)
+    torch.testing.assert_close(result.marginals["b"], torch.tensor([0.25, 0.25, 0.5]))
+    with pytest.raises(ValueError, match="marginal of 'a'"):
+        transport_plan(weights_only, DEFAULTS, marginals={"a": torch.tensor([1.0, -1.0, 1.0])})
+
+
+def test_plan_entropy_by_hand():
+    assert plan_entropy(np.full((2, 3), 1 / 6)) == pytest.approx(np.log(6))
+    assert plan_entropy(torch.tensor([[0.5, 0.0], [0.0, 0.5]])) == pytest.approx(np.log(2))  # 0 log 0 = 0
+    assert plan_entropy(np.array([2.0, 2.0])) == pytest.approx(np.log(2))  # normalised first
+    with pytest.raises(ValueError, match="no mass"):
+        plan_entropy(np.zeros(3))

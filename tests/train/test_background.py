@@ -94,10 +94,10 @@ def test_two_epoch_demo_run_reports_progress_and_finishes(runs):
         if progress:
             seen.add(progress["fraction"])
             assert progress["total_epochs"] == 2 and progress["num_batches"] == 11  # 1400 / 128
-        return run_state(run)["state"] in ("finished", "failed", "crashed")
+        return run_state(run).state in ("finished", "failed", "crashed")
 
     wait_for(finished, "the demo run to end")
-    assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+    assert run_state(run).state == "finished", (run / "train.log").read_text()
     assert len(seen) >= 2 and max(seen) == 1.0  # the progress advanced while we watched
     history = read_history(run)
     assert [row["epoch"] for row in history] == [1, 2]
@@ -112,21 +112,26 @@ def test_cancel_keeps_best_then_resume_finishes(runs):
     run = dirs["cancel"]
     wait_for(lambda: epoch_reached(run, 2), "epoch 2 of the run to cancel")
     cancel_training(run)
-    assert run_state(run)["cancel_requested"]
-    wait_for(lambda: run_state(run)["state"] != "running", "the cancelled run to stop")
+    assert run_state(run).cancel_requested
+    wait_for(lambda: run_state(run).state != "running", "the cancelled run to stop")
     state = run_state(run)
-    assert state["state"] == "cancelled" and state["resumable"] and not state["alive"]
+    assert state.state == "cancelled" and state.resumable and not state.alive
     done = len(read_history(run))
     assert done >= 1
     _model, card = load_model(run)  # best kept and loadable
     assert card.best_epoch is not None and card.best_epoch <= done
     resume_training(run, num_epochs=done + 1)
-    assert not run_state(run)["cancel_requested"]  # a fresh start clears the old request
-    wait_for(lambda: run_state(run)["state"] in ("finished", "failed", "crashed", "cancelled"),
+    assert not run_state(run).cancel_requested  # a fresh start clears the old request
+    wait_for(lambda: run_state(run).state in ("finished", "failed", "crashed", "cancelled"),
              "the resumed run to end")
-    assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+    assert run_state(run).state == "finished", (run / "train.log").read_text()
     assert [row["epoch"] for row in read_history(run)] == list(range(1, done + 2))
     assert load_replay(run).epoch_numbers == list(range(1, done + 2))
+
+
+def state_pid(run) -> int:
+    """The pid of the run's (now killed) training process."""
+    return int(json.loads((run / "train.pid").read_text())["pid"])
 
 
 def test_sigkill_mid_epoch_is_crashed_and_resumes(runs):
@@ -136,17 +141,23 @@ def test_sigkill_mid_epoch_is_crashed_and_resumes(runs):
     assert kill_training(run)  # SIGKILL to the process group, mid-epoch
     wait_training(run, timeout=30)
     state = run_state(run)
-    assert state["state"] == "crashed" and state["resumable"] and not state["alive"]
+    assert state.state == "crashed" and state.resumable and not state.alive
     _model, card = load_model(run)  # the checkpoint written before the kill is intact
     done = json.loads((run / "resume" / "state.json").read_text())["epoch"]  # last finished epoch
     assert done >= 1 and card.best_epoch <= done + 1
     assert len(read_history(run)) in (done, done + 1)  # a row of an unsaved epoch is dropped on resume
+    # what a write cut short by the kill leaves behind (the real ones are too brief to hit on purpose)
+    stale = [run / f".history.json.{state_pid(run)}-0badf00d.tmp",
+             run / "resume" / f".state.json.{state_pid(run)}-0badf00d.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
     resume_training(run, num_epochs=done + 1)
-    wait_for(lambda: run_state(run)["state"] in ("finished", "failed", "crashed", "cancelled"),
+    wait_for(lambda: run_state(run).state in ("finished", "failed", "crashed", "cancelled"),
              "the resumed run to end")
-    assert run_state(run)["state"] == "finished", (run / "train.log").read_text()
+    assert run_state(run).state == "finished", (run / "train.log").read_text()
     assert [row["epoch"] for row in read_history(run)] == list(range(1, done + 2))  # no gap, no repeat
     load_model(run)
+    assert not any(p.exists() for p in stale)  # cleaned when the run resumed
 
 
 def test_refuses_a_second_process_and_reports_launch_failures(tmp_path):
@@ -154,5 +165,5 @@ def test_refuses_a_second_process_and_reports_launch_failures(tmp_path):
     start_training(run, tmp_path / "missing.npz", demo_config(1))
     assert wait_training(run, timeout=120) == 2  # the CLI's one-line error
     state = run_state(run)
-    assert state["state"] == "failed" and "missing.npz" in (state["error"] or "")
-    assert run_state(tmp_path)["state"] == "empty"
+    assert state.state == "failed" and "missing.npz" in (state.error or "")
+    assert run_state(tmp_path).state == "empty"

@@ -254,3 +254,19 @@ def test_every_metric_key_has_a_display_name():
     assert display_name("Non0_acc_2") == "Acc-2 (non0)"
     assert display_name("Mult_acc_7") == "Acc-7"
     assert display_name("F1_class_2") == "F1 (class 2)"
+
+
+def test_one_convention_rule_for_data_and_cards():
+    from decalign.checkpoint import ModelCard
+    from decalign.config import DecAlignConfig
+    from decalign.train.metrics import card_convention, metric_convention
+
+    assert metric_convention("data/chsims.pkl") == "sims"
+    assert metric_convention("unaligned_39.pkl", (-1.0, 1.0)) == "sims"  # CH-SIMS's scale, MMSA's file name
+    assert metric_convention("mosi_aligned_50.pkl", (-3.0, 3.0)) == "mosi"
+    assert metric_convention("my_data.npz", (-0.9, 1.0)) == "mosi" and metric_convention() == "mosi"
+    card = ModelCard(config=DecAlignConfig(), widths={"a": 2, "b": 2}, task="regression", output_dim=1,
+                     label_range=[-1.0, 1.0])
+    assert card_convention(card) == "sims"  # an imported card: inferred from its label range
+    card.extra["metric_convention"] = "mosi"
+    assert card_convention(card) == "mosi"  # what training recorded (and selected with) wins

@@ -1,4 +1,9 @@
-"""Metrics per slice of a split, the prediction table, and each sample's dominant branch."""
+"""Metrics of a model's predictions, over a whole split or per slice, and each sample's dominant branch.
+
+:func:`result_metrics` is the one place that turns an ``InferenceResult`` into metrics (the card says
+which convention); the Predict page, the slices of the Audit page and the report, and the Compare page
+all use it.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,25 @@ import pandas as pd
 
 from ..checkpoint import ModelCard
 from ..inference import InferenceResult
-from ..train.metrics import compute_metrics
-from .flags import flag_columns
+from ..train.metrics import card_convention, compute_metrics
 
 MIN_SLICE = 10
 SLICE_KINDS = ("label_bin", "class", "dominant_modality", "flags")
 
 
-def explained_terms(result: InferenceResult) -> np.ndarray:
-    """(N, B) branch contributions to the predicted class (classification) or the value (regression)."""
-    pick = np.zeros(len(result), int) if result.task == "regression" else result.outputs.argmax(1)
-    return result.contributions()[np.arange(len(result)), pick, :-1]
-
-
 def dominant_branch(result: InferenceResult) -> pd.Series:
     """Name of the branch with the largest |contribution| per sample, indexed like ``result``."""
-    terms = explained_terms(result)
+    terms = result.explained_contributions()[:, :-1]  # (N, B) without the bias
     return pd.Series(np.asarray(result.branch_names)[np.abs(terms).argmax(1)], name="dominant_branch")
 
 
 def dominant_modality(result: InferenceResult) -> pd.Series:
     """Modality whose unique + common branches carry the largest total |contribution| per sample."""
-    terms = np.abs(explained_terms(result))
+    terms = np.abs(result.explained_contributions()[:, :-1])
     mods = list(dict.fromkeys(n.split(":", 1)[1] for n in result.branch_names))
     per_mod = np.stack([terms[:, [i for i, n in enumerate(result.branch_names) if n.endswith(f":{m}")]].sum(1)
                         for m in mods], axis=1)
     return pd.Series(np.asarray(mods)[per_mod.argmax(1)], name="dominant_modality")
-
-
-def convention(card: ModelCard) -> str:
-    """CH-SIMS metrics for labels in [-1, 1], MOSI/MOSEI otherwise."""
-    return "sims" if card.label_range and list(card.label_range) == [-1.0, 1.0] else "mosi"
 
 
 def slice_keys(result: InferenceResult, flags: pd.DataFrame | None, by: str) -> pd.Series:
@@ -78,47 +71,19 @@ def slice_metrics(result: InferenceResult, flags: pd.DataFrame | None, card: Mod
         idx = np.flatnonzero(keys == key)
         row = {"slice": key, "n": len(idx)}
         if len(idx) >= min_samples:
-            row.update(_metrics(result, card, idx))
+            row.update({k: v for k, v in result_metrics(result, card, idx).items() if not k.startswith("F1_class_")})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _metrics(result: InferenceResult, card: ModelCard, idx: np.ndarray) -> dict[str, float]:
+def result_metrics(result: InferenceResult, card: ModelCard, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Every metric of ``compute_metrics`` for the predictions of ``result`` (or its ``rows``), with the
+    card's metric convention (``card_convention``); needs labels."""
+    if result.labels is None:
+        raise ValueError("metrics need labels; this split has none")
+    index = slice(None) if rows is None else rows
     if result.task == "regression":
-        values = compute_metrics("regression", result.outputs[idx, 0], result.labels[idx], convention=convention(card))
-    else:
-        values = compute_metrics("classification", result.outputs[idx], result.labels[idx],
-                                 num_classes=result.outputs.shape[1])
-    return {k: v for k, v in values.items() if not k.startswith("F1_class_")}
-
-
-def prediction_table(result: InferenceResult, flags: pd.DataFrame | None, split_name: str,
-                     raw_text: np.ndarray | None = None, card: ModelCard | None = None) -> pd.DataFrame:
-    """One row per sample: id, split, raw_text, prediction, label, error, confidence, dominant_branch, flags.
-
-    ``error`` is |prediction - label| (regression) or 1 for a wrong class, 0 for a right one;
-    ``confidence`` is the top class probability (classification only); ``flags`` names the raised flags.
-    With ``card.class_names`` the prediction and label columns show class names.
-    """
-    n = len(result)
-    table = pd.DataFrame({"id": result.ids, "split": split_name,
-                          "raw_text": [""] * n if raw_text is None else np.asarray(raw_text).astype(str)})
-    pred = result.predictions
-    if result.task == "regression":
-        table["prediction"] = pred.astype(float)
-        table["label"] = np.nan if result.labels is None else result.labels.astype(float)
-        table["error"] = np.abs(table["prediction"] - table["label"])
-    else:
-        names = card.class_names if card is not None and card.class_names else None
-        show = (lambda v: names[int(v)]) if names else int
-        table["prediction"] = [show(p) for p in pred]
-        table["label"] = None if result.labels is None else [show(v) for v in result.labels]
-        table["error"] = np.nan if result.labels is None else (pred != result.labels).astype(float)
-        table["confidence"] = result.probabilities.max(1)
-    table["dominant_branch"] = dominant_branch(result).to_numpy()
-    if flags is not None:
-        names = flag_columns(flags)
-        raised = flags[names].to_numpy()
-        table["flags"] = [", ".join(c for c, on in zip(names, r) if on) for r in raised]
-        table["any_flag"] = flags["any_flag"].to_numpy()
-    return table
+        return compute_metrics("regression", result.outputs[index, 0], result.labels[index],
+                               convention=card_convention(card))
+    return compute_metrics("classification", result.outputs[index], result.labels[index],
+                           num_classes=result.outputs.shape[1])

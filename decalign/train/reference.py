@@ -27,9 +27,10 @@ from safetensors.numpy import load_file, save_file
 
 from ..atomic import atomic_write, atomic_write_json
 from ..checkpoint import CheckpointError, ModelCard
+from ..config import ModelConfig
 from ..data.dataset import Split
 from ..inference import run_inference
-from ..model import DecAlign, Prototypes, TransportResult, align_prototypes, fit_gmm
+from ..model import DecAlign, Prototypes, TransportResult, fit_gmm, transport_plan
 
 REFERENCE_ARRAYS = "reference.safetensors"
 REFERENCE_JSON = "reference.json"
@@ -38,6 +39,7 @@ OOD_QUANTILE = 0.99
 DECOUPLING_QUANTILE = 0.99
 MMD_REFERENCE_SIZE = 128  # batch size of the stored MMD band (drift recomputes for other sizes)
 MMD_RESAMPLES = 20
+REFERENCE_EM_ITERS = 50  # EM steps when the card has no prototypes and the reference fits its own
 
 
 @dataclass
@@ -162,7 +164,7 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
     prototypes = card.prototype_tensors()
     result = run_inference(model, train_split, task=card.task, batch_size=batch_size, prototypes=prototypes)
     if prototypes is None:
-        prototypes = _fit_prototypes(result.unique_pooled, model.config.num_prototypes)
+        prototypes = _fit_prototypes(result.unique_pooled, model.config)
     prototypes = {m: Prototypes(p.means.float(), p.variances.float(), p.weights.float())
                   for m, p in prototypes.items()}
     ood = {m: float(np.quantile(prototype_distance(result.unique_pooled[m], prototypes[m]), OOD_QUANTILE))
@@ -179,9 +181,10 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
     )
 
 
-def _fit_prototypes(unique: dict[str, np.ndarray], k: int) -> dict[str, Prototypes]:
+def _fit_prototypes(unique: dict[str, np.ndarray], config: ModelConfig) -> dict[str, Prototypes]:
     # More EM steps than in training: this is a one-off fit on the whole set, not a per-batch estimate.
-    return {m: fit_gmm(torch.from_numpy(x).double(), k, iterations=50) for m, x in unique.items()}
+    return {m: fit_gmm(torch.from_numpy(x).double(), config.num_prototypes, iterations=REFERENCE_EM_ITERS,
+                       var_floor=config.gmm_var_floor) for m, x in unique.items()}
 
 
 def _input_means(split: Split) -> dict[str, np.ndarray]:
@@ -299,16 +302,11 @@ def _check_sizes(ref: TrainingReference, path: Path) -> None:
 # The transport plan between the training prototypes
 # ---------------------------------------------------------------------------------------------
 
-def training_plan(reference: TrainingReference, lambda_ot: float = 0.1, max_iter: int = 200,
-                  tol: float = 1e-6) -> TransportResult:
-    """Multi-marginal OT between the training prototypes, marginals = the training mixture weights.
-
-    Pure in its arguments (the dashboard may cache it). ``align_prototypes`` takes its marginals from the
-    mean posteriors, so each modality gets a single "posterior row" equal to its mixture weights.
+def training_plan(reference: TrainingReference, config: ModelConfig) -> TransportResult:
+    """The model's plan (``decalign.model.transport_plan``) between the training prototypes, in float64, with
+    the training mixture weights as marginals. Pure in its arguments (the dashboard may cache it).
     """
-    protos = {}
-    for m, p in reference.prototypes.items():
-        weights = p.weights.double() / p.weights.double().sum()
-        protos[m] = Prototypes(p.means.double(), p.variances.double(), weights, weights.unsqueeze(0))
+    protos = {m: Prototypes(p.means.double(), p.variances.double(), p.weights.double())
+              for m, p in reference.prototypes.items()}
     with torch.no_grad():
-        return align_prototypes(protos, lambda_ot=lambda_ot, max_iter=max_iter, tol=tol)
+        return transport_plan(protos, config)

@@ -1,0 +1,80 @@
+"""What every analysis page works on: the model, data, split and inference the sidebar chose.
+
+``get_context()`` resolves the session's choices through the cached loaders (``app.loaders``); a choice
+that cannot be loaded stops the page with a message, and the sidebar keeps the previous one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app import loaders, session
+from decalign.checkpoint import CheckpointError, ModelCard
+from decalign.data import MultimodalDataset, Split
+from decalign.inference import InferenceResult
+from decalign.model import DecAlign, TransportResult
+from decalign.train.reference import TrainingReference
+
+
+@dataclass
+class Context:
+    model: DecAlign
+    card: ModelCard
+    model_id: str  # sha256 of weights + card (zip bytes for an uploaded zip)
+    model_label: str
+    run_dir: Path | None
+    dataset: MultimodalDataset
+    data_id: str  # sha256 of the uploaded bytes, or the bundled dataset's fingerprint
+    data_label: str
+    split: str
+    split_data: Split
+    result: InferenceResult  # inference on the current split (cached)
+    reference: TrainingReference | None
+
+
+def get_context() -> Context:
+    """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
+    source = loaders.current_model()
+    if source is None:
+        st.warning(f"No model loaded: the bundled demo model ({loaders.demo_model_dir()}) is not there. Choose a "
+                   "checkpoint directory or upload a zipped run directory in the sidebar.")
+        st.stop()
+    try:
+        model, card, model_id = loaders.load(source)
+    except CheckpointError as exc:
+        st.error(f"The model {source.label} cannot be loaded: {exc}")
+        st.stop()
+    found = loaders.dataset(session.data_source(), card)
+    if found is None:
+        st.warning(f"The model {source.label} has no bundled data. Upload a dataset with modalities "
+                   f"{widths_text(card.widths)} in the sidebar.")
+        st.stop()
+    dataset, data_id, data_label = found
+    split = current_split(dataset)
+    part = dataset.splits[split]
+    result = loaders.inference(model_id, data_id, split, model, card, part)
+    reference = loaders.reference(str(source.path), model_id) if source.path is not None else None
+    return Context(model, card, model_id, source.label, source.path, dataset, data_id, data_label, split, part,
+                   result, reference)
+
+
+def current_split(dataset: MultimodalDataset) -> str:
+    """The chosen split if the data has it, else test, else the first."""
+    split = session.split()
+    if split not in dataset.splits:
+        split = "test" if "test" in dataset.splits else next(iter(dataset.splits))
+    return split
+
+
+def widths_text(widths: dict[str, int]) -> str:
+    return ", ".join(f"{m} (width {d})" for m, d in widths.items())
+
+
+def training_transport(ctx: Context) -> TransportResult | None:
+    """The transport plan between the training prototypes (cached per model); None without a reference."""
+    if ctx.reference is None:
+        return None
+    return loaders.training_transport(ctx.model_id, ctx.reference, ctx.card)

@@ -1,0 +1,159 @@
+"""Cached loaders: models, datasets, training references, inference and the training plan.
+
+Models and datasets are cached with ``st.cache_resource`` (shared, never copied), inference with
+``st.cache_data`` keyed by ``(model_id, data_id, split)``; heavy arguments are underscore-prefixed so
+Streamlit does not hash them. Every page that loads a run folder or a data file goes through here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from pathlib import Path
+
+import streamlit as st
+
+from app import session
+from decalign.atomic import clean_stale_temps
+from decalign.checkpoint import ModelCard, load_model, load_model_zip, model_fingerprint
+from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
+from decalign.device import resolve_device
+from decalign.explain.projection import warm_up_umap
+from decalign.inference import InferenceResult, run_inference
+from decalign.model import DecAlign, TransportResult
+from decalign.train.reference import TrainingReference, load_reference, training_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
+
+
+# -------------------------------------------------------------------------------------------- models
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _model_from_dir(path: str, fingerprint: str) -> tuple[DecAlign, ModelCard]:
+    clean_stale_temps(path)  # temp files of a killed write; a live writer's are kept
+    return load_model(path)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _model_from_zip(digest: str, _data: bytes, name: str) -> tuple[DecAlign, ModelCard]:
+    return load_model_zip(_data, name)
+
+
+def model_from_dir(path: str | Path) -> tuple[DecAlign, ModelCard, str]:
+    """(model, card, model_id) of a run directory; the id is the fingerprint of its weights and card."""
+    fingerprint = model_fingerprint(path)
+    model, card = _model_from_dir(str(path), fingerprint)
+    return model, card, fingerprint
+
+
+def load(source: session.ModelSource) -> tuple[DecAlign, ModelCard, str]:
+    """(model, card, model_id) of a model source; raises CheckpointError or OSError."""
+    if source.kind == "zip":
+        model, card = _model_from_zip(source.digest, session.zip_bytes()[source.digest], source.label)
+        return model, card, source.digest
+    return model_from_dir(source.path)
+
+
+def demo_model_dir() -> Path:
+    """assets/demo_model, or the run directory named by DECALIGN_DEMO_MODEL (tests, development)."""
+    return Path(os.environ.get("DECALIGN_DEMO_MODEL", ROOT / "assets" / "demo_model"))
+
+
+def default_model() -> session.ModelSource | None:
+    demo = demo_model_dir()
+    return session.ModelSource("dir", "bundled demo", demo) if (demo / "card.json").is_file() else None
+
+
+def current_model() -> session.ModelSource | None:
+    """The model the sidebar chose, else the bundled demo (None when neither is there)."""
+    return session.model_source() or default_model()
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+
+@st.cache_resource(show_spinner="Reading the data…", max_entries=4)
+def _dataset_from_path(path: str, mtime: float) -> tuple[MultimodalDataset, str]:
+    dataset = load_dataset(path)
+    return dataset, dataset.fingerprint()
+
+
+@st.cache_resource(show_spinner="Reading the data…", max_entries=4)
+def dataset_from_bytes(digest: str, _data: bytes, name: str) -> MultimodalDataset:
+    """An uploaded data file, cached by the sha256 of its bytes; raises DataError."""
+    return load_dataset_bytes(_data, name)
+
+
+def dataset_from_path(path: str | Path) -> tuple[MultimodalDataset, str]:
+    """(dataset, data_id) of a data file on disk, cached until the file changes; raises DataError."""
+    path = Path(path)
+    return _dataset_from_path(str(path), path.stat().st_mtime)
+
+
+def bundled_data_path(card: ModelCard) -> Path | None:
+    """The data a model ships with: its card's ``data_source`` if that file exists, else the demo data
+    for a model trained on the demo's modalities."""
+    if card.data_source:
+        for candidate in (Path(card.data_source), ROOT / card.data_source):
+            if candidate.is_file() and candidate.suffix.lower() in (".npz", ".pkl", ".pickle"):
+                return candidate
+    if DEMO_DATA.is_file() and dataset_from_path(DEMO_DATA)[0].widths == card.widths:
+        return DEMO_DATA
+    return None
+
+
+def dataset(source: session.DataSource, card: ModelCard) -> tuple[MultimodalDataset, str, str] | None:
+    """(dataset, data_id, label) of a data source for the model of ``card``; None when a model has no
+    bundled data."""
+    if source.kind == "upload":
+        data = dataset_from_bytes(source.digest, session.upload_bytes(source.digest), source.label)
+        return data, source.digest, source.label
+    path = bundled_data_path(card)
+    if path is None:
+        return None
+    data, fingerprint = dataset_from_path(path)
+    return data, fingerprint, path.name
+
+
+# --------------------------------------------------------------------------- reference and inference
+
+
+@st.cache_resource(max_entries=4)
+def reference(path: str, fingerprint: str) -> TrainingReference | None:
+    """The training reference saved in a run directory, None when it has none."""
+    return load_reference(path)
+
+
+@st.cache_resource(max_entries=2)
+def _inference_model(model_id: str, _model: DecAlign, device: str) -> DecAlign:
+    """The model for bulk inference: on the GPU when there is one (DECALIGN_DEVICE, default auto).
+
+    Explanations keep using the CPU copy; only the whole-split pass, the heavy part, moves.
+    """
+    return _model if device == "cpu" else copy.deepcopy(_model).to(device).eval()
+
+
+@st.cache_data(show_spinner="Running the model…", max_entries=16)
+def inference(model_id: str, data_id: str, split: str, _model: DecAlign, _card: ModelCard,
+              _split: Split) -> InferenceResult:
+    """The model on a whole split, with posteriors over the card's training prototypes."""
+    device = str(resolve_device(os.environ.get("DECALIGN_DEVICE", "auto")))
+    model = _inference_model(model_id, _model, device)
+    return run_inference(model, _split, task=_card.task, prototypes=_card.prototype_tensors())
+
+
+@st.cache_resource(max_entries=4)
+def training_transport(model_id: str, _reference: TrainingReference, _card: ModelCard) -> TransportResult:
+    """The model's transport plan between its training prototypes (``decalign.train.reference``)."""
+    return training_plan(_reference, _card.config.model)
+
+
+@st.cache_resource
+def warm_up_projections() -> threading.Thread:
+    """Compile UMAP in the background once per server process, so the first Embeddings view is quick."""
+    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread

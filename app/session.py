@@ -1,0 +1,266 @@
+"""What the dashboard remembers between reruns: every session key, named once, with typed accessors.
+
+Views and the sidebar never index ``st.session_state`` with a bare string: they call the functions here
+(``select_sample``, ``use_bundled_data``...), or give a widget its key from :class:`Key`. Keys of widgets
+are part of the page (tests and the browser address them), so their values are the widgets' ``key=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+
+class Key(StrEnum):
+    # What the sidebar chose
+    MODEL_SOURCE = "model_source"  # ModelSource | None (None: the bundled demo)
+    MODEL_ERROR = "model_error"
+    MODEL_ZIP_BYTES = "model_zip_bytes"  # sha256 -> bytes of the zips in use
+    MODEL_ZIP_SEEN = "model_zip_seen"  # file_id of the last zip upload handled
+    DATA_SOURCE = "data_source"  # DataSource
+    DATA_ERROR = "data_error"
+    DATA_UPLOAD_BYTES = "data_upload_bytes"  # sha256 -> bytes of the upload in use
+    DATA_UPLOAD_SEEN = "data_upload_seen"
+    SPLIT = "split"
+    # Sidebar widgets
+    MODEL_KIND = "model_kind"
+    MODEL_DIR = "model_dir"
+    DATA_KIND = "data_kind"
+    SPLIT_PICKER = "split_picker"
+    # The sample every page opens
+    SELECTED_SAMPLE = "selected_sample"
+    SAMPLE_ID = "sample_id"  # the Sample page's selectbox
+    SAMPLE_SYNCED = "sample_synced"  # the selected sample the selectbox last took over
+    # Audit page
+    AUDIT_RECORDED = "audit_recorded"  # (model_id, data_id, split) already written to the trail
+    AUDIT_REPORT = "audit_report"  # ((model_id, data_id, split), html)
+    # Train and Replay pages
+    TRAIN_NEW_OPEN = "train_new_open"
+    TRAIN_RUN = "train_run"  # the run followed (a selectbox)
+    TRAIN_ERROR = "train_error"
+    REPLAY_EPOCH = "replay_epoch"  # a select slider
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "dir" | "zip"
+    label: str
+    path: Path | None = None  # run directory
+    digest: str = ""  # zip sha256
+
+
+@dataclass(frozen=True)
+class DataSource:
+    kind: str  # "bundled" | "upload"
+    label: str
+    digest: str = ""
+
+
+BUNDLED_DATA = DataSource("bundled", "bundled")
+
+
+def _get(key: Key, default: Any = None) -> Any:
+    return st.session_state.get(key, default)
+
+
+def _set(key: Key, value: Any) -> None:
+    st.session_state[key] = value
+
+
+def _pop(key: Key) -> None:
+    st.session_state.pop(key, None)
+
+
+# ------------------------------------------------------------------------------------ model and data
+
+
+def model_source() -> ModelSource | None:
+    return _get(Key.MODEL_SOURCE)
+
+
+def set_model_source(source: ModelSource | None) -> None:
+    _set(Key.MODEL_SOURCE, source)
+    _pop(Key.MODEL_ERROR)
+
+
+def data_source() -> DataSource:
+    return _get(Key.DATA_SOURCE, BUNDLED_DATA)
+
+
+def use_bundled_data() -> None:
+    _set(Key.DATA_SOURCE, BUNDLED_DATA)
+
+
+def use_uploaded_data(name: str, digest: str, data: bytes) -> None:
+    """Make an upload the current data; only the data in use is kept in memory."""
+    _set(Key.DATA_UPLOAD_BYTES, {digest: data})
+    _set(Key.DATA_SOURCE, DataSource("upload", name, digest))
+    _pop(Key.DATA_ERROR)
+
+
+def upload_bytes(digest: str) -> bytes:
+    return _get(Key.DATA_UPLOAD_BYTES, {})[digest]
+
+
+def zip_bytes() -> dict[str, bytes]:
+    return dict(_get(Key.MODEL_ZIP_BYTES, {}))
+
+
+def set_zip_bytes(blobs: dict[str, bytes]) -> None:
+    _set(Key.MODEL_ZIP_BYTES, blobs)
+
+
+def error(key: Key) -> str | None:
+    """The message of a failed model or data load (``Key.MODEL_ERROR`` / ``Key.DATA_ERROR``)."""
+    return _get(key)
+
+
+def set_error(key: Key, message: str) -> None:
+    _set(key, message)
+
+
+def first_sight(key: Key, file_id: str) -> bool:
+    """True once per uploaded file (``Key.MODEL_ZIP_SEEN`` / ``Key.DATA_UPLOAD_SEEN``): handle it once."""
+    if _get(key) == file_id:
+        return False
+    _set(key, file_id)
+    return True
+
+
+def split() -> str | None:
+    return _get(Key.SPLIT)
+
+
+def set_split(name: str) -> None:
+    _set(Key.SPLIT, name)
+
+
+def show_split_in_picker(name: str) -> None:
+    _set(Key.SPLIT_PICKER, name)
+
+
+def split_from_picker() -> None:
+    """Widget callback: the split picker's value becomes the current split."""
+    set_split(_get(Key.SPLIT_PICKER))
+
+
+def set_widget(key: Key, value: Any) -> None:
+    """Put ``value`` into a widget (before it is drawn, or in a callback)."""
+    _set(key, value)
+
+
+def widget(key: Key) -> Any:
+    return _get(key)
+
+
+# --------------------------------------------------------------------------------- sticky choices
+
+
+def restore_choice(key: Key) -> None:
+    """A radio's choice survives page switches (``st.switch_page`` drops widget state): write the last
+    choice, kept under a non-widget key, back into the widget before it is drawn."""
+    if _choice_key(key) in st.session_state:
+        st.session_state[key] = st.session_state[_choice_key(key)]
+
+
+def remember_choice(key: Key) -> Any:
+    st.session_state[_choice_key(key)] = st.session_state[key]
+    return st.session_state[key]
+
+
+def set_choice(key: Key, value: Any) -> None:
+    """Choose ``value`` in a sticky radio from code (e.g. in a widget callback)."""
+    st.session_state[key] = st.session_state[_choice_key(key)] = value
+
+
+def _choice_key(key: Key) -> str:
+    return f"{key}_choice"
+
+
+# ------------------------------------------------------------------------------------ selected sample
+
+
+def select_sample(sample_id: str) -> None:
+    """Remember ``sample_id`` so the Sample page opens it."""
+    _set(Key.SELECTED_SAMPLE, str(sample_id))
+
+
+def selected_sample() -> str | None:
+    return _get(Key.SELECTED_SAMPLE)
+
+
+def sync_sample_picker(ids: list[str]) -> None:
+    """Before the Sample page's selectbox is drawn: show the sample chosen on another page, or keep the
+    picker's own choice, or fall back to the first id."""
+    wanted = selected_sample()
+    if wanted in ids and _get(Key.SAMPLE_SYNCED) != wanted:
+        _set(Key.SAMPLE_ID, wanted)
+    if _get(Key.SAMPLE_ID) not in ids:
+        _set(Key.SAMPLE_ID, wanted if wanted in ids else ids[0])
+    _set(Key.SAMPLE_SYNCED, _get(Key.SAMPLE_ID))
+
+
+def sample_from_picker() -> None:
+    """Widget callback: the Sample page's selectbox value becomes the selected sample."""
+    select_sample(_get(Key.SAMPLE_ID))
+
+
+# ------------------------------------------------------------------------------------------ audit
+
+
+def audit_recorded(key: tuple[str, str, str]) -> bool:
+    return key in _get(Key.AUDIT_RECORDED, set())
+
+
+def mark_audit_recorded(key: tuple[str, str, str]) -> None:
+    st.session_state.setdefault(Key.AUDIT_RECORDED, set()).add(key)
+
+
+def audit_report(key: tuple[str, str, str]) -> str | None:
+    """The HTML report prepared for (model, data, split), if it is the last one prepared."""
+    made_for, html = _get(Key.AUDIT_REPORT, (None, None))
+    return html if made_for == key else None
+
+
+def set_audit_report(key: tuple[str, str, str], html: str) -> None:
+    _set(Key.AUDIT_REPORT, (key, html))
+
+
+# ---------------------------------------------------------------------------------- train and replay
+
+
+def new_run_open(default: bool) -> bool:
+    """Whether the "New run" expander is open: decided once per session (an expander whose ``expanded``
+    changes between reruns would snap shut mid-edit)."""
+    return st.session_state.setdefault(Key.TRAIN_NEW_OPEN, default)
+
+
+def followed_run(names: list[str]) -> str:
+    """The run the Train page follows; the newest when the remembered one is gone."""
+    if _get(Key.TRAIN_RUN) not in names:
+        _set(Key.TRAIN_RUN, names[0])
+    return _get(Key.TRAIN_RUN)
+
+
+def follow_run(name: str) -> None:
+    _set(Key.TRAIN_RUN, name)
+
+
+def train_error() -> str | None:
+    return _get(Key.TRAIN_ERROR)
+
+
+def set_train_error(message: str | None) -> None:
+    if message is None:
+        _pop(Key.TRAIN_ERROR)
+    else:
+        _set(Key.TRAIN_ERROR, message)
+
+
+def restart_replay() -> None:
+    """Widget callback: a new run's replay starts at its last epoch."""
+    _pop(Key.REPLAY_EPOCH)
