@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .dropout import drop_mask
+from .dropout import keep_mask
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 1 << 20  # measured best on the CPU among 128 KiB .. 8 MiB (less traffic beyond the L2 cache)
 
 
 def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None = None,
@@ -55,14 +55,14 @@ class _SmallHeadAttention(torch.autograd.Function):
                 scores.view(block.mask.shape[0], -1, *scores.shape[1:]).masked_fill_(
                     ~block.mask.unsqueeze(1), float("-inf"))
             weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-            drop = drop_mask(weights.shape, block.rate, weights.device) if block.rate > 0 else None
-            dropped = _dropped(weights, drop).to(vt.dtype)
+            keep = keep_mask(weights.shape, block.rate, weights.device, weights.dtype) if block.rate > 0 else None
+            dropped = (weights if keep is None else weights * keep).to(vt.dtype)
             torch.bmm(vt[block.heads], dropped.transpose(1, 2), out=out[block.heads])
-            if drop is not None:
+            if keep is not None:
                 out[block.heads].mul_(1.0 / (1.0 - block.rate))
-            saved.append((weights,) if drop is None else (weights, drop, dropped))
+            saved.append((weights,) if keep is None else (weights, keep, dropped))
         ctx.save_for_backward(qt, kt, vt, *[t for block in saved for t in block])
-        ctx.mask, ctx.rates, ctx.has_drop = mask, rates, [len(block) > 1 for block in saved]
+        ctx.mask, ctx.rates, ctx.has_keep = mask, rates, [len(block) > 1 for block in saved]
         ctx.set_materialize_grads(False)
         weights = torch.cat([block[0] for block in saved]) if need_weights else out.new_empty(0)
         ctx.mark_non_differentiable(weights)
@@ -76,14 +76,14 @@ class _SmallHeadAttention(torch.autograd.Function):
         saved = iter(saved)
         d_out = d_out.contiguous()
         d_qt, d_kt, d_vt = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (qt, kt, vt))
-        for block, has_drop in zip(_blocks(qt, kt, ctx.mask, ctx.rates), ctx.has_drop):
+        for block, has_keep in zip(_blocks(qt, kt, ctx.mask, ctx.rates), ctx.has_keep):
             weights = next(saved)
-            drop, dropped = (next(saved), next(saved)) if has_drop else (None, weights)
-            grad = d_out[block.heads] if drop is None else d_out[block.heads] * (1.0 / (1.0 - block.rate))
+            keep, dropped = (next(saved), next(saved)) if has_keep else (None, weights)
+            grad = d_out[block.heads] if keep is None else d_out[block.heads] * (1.0 / (1.0 - block.rate))
             torch.bmm(grad, dropped.to(grad.dtype), out=d_vt[block.heads])  # (n, hd, Tk)
             d_weights = torch.bmm(grad.transpose(1, 2), vt[block.heads]).to(weights.dtype)  # (n, Tq, Tk)
-            if drop is not None:
-                d_weights.masked_fill_(drop, 0.0)
+            if keep is not None:
+                d_weights.mul_(keep)
             d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype).to(kt.dtype)
             torch.bmm(kt[block.heads], d_scores.transpose(1, 2), out=d_qt[block.heads])  # (n, hd, Tq)
             torch.bmm(qt[block.heads], d_scores.to(qt.dtype), out=d_kt[block.heads])  # (n, hd, Tk)
@@ -113,6 +113,3 @@ def _blocks(qt: torch.Tensor, kt: torch.Tensor, mask: torch.Tensor | None, rates
             block_mask = mask if samples is None else mask[start // heads: stop // heads]
             yield _Block(slice(start, stop), block_mask, rate)
 
-
-def _dropped(weights: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
-    return weights if drop is None else weights.masked_fill(drop, 0.0)

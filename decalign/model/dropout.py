@@ -4,8 +4,8 @@ On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each eleme
 (eight per 64-bit draw of torch's generator, so ``torch.manual_seed`` and a saved RNG state govern it), and
 the elements whose byte sits exactly on the threshold (one in 256) draw a double-precision uniform to
 settle it, so an element is dropped with probability ``p`` exactly (to double precision), independently
-of the others, as in the official code.
-On a GPU the mask is ``torch.rand(...) < p``, as ``F.dropout`` draws it, without a host synchronisation.
+of the others, as in the official code. On a GPU the mask comes from ``torch.rand``, as ``F.dropout``
+draws it there, without a host synchronisation.
 """
 
 from __future__ import annotations
@@ -23,36 +23,48 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if p >= 1.0:
         return torch.zeros_like(x)
-    return x.masked_fill(drop_mask(x.shape, p, x.device), 0.0).mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, x.device, x.dtype, scale=1.0 / (1.0 - p))
 
 
-def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
-    """A bool tensor of ``shape``: True (drop) with probability p, independently per element.
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device,
+              dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """A float tensor of ``shape`` holding 0 (dropped, probability p) or ``scale`` (kept), independently
+    per element. ``0 < p < 1``.
 
-    Callers zero with ``masked_fill`` (a float times a bool mask costs an extra cast pass) and scale what
-    is kept by 1 / (1 - p) where it is cheapest (attention scales its small output, not its weights).
-    ``0 < p < 1``.
+    A float mask, not a bool one: on the CPU, comparisons to bool, ``masked_fill`` and multiplying by a
+    bool tensor are unvectorised and cost several times a float multiply, forwards and backwards.
     """
-    count = math.prod(shape)
     if device.type != "cpu":
-        return torch.rand(shape, device=device) < p
-    padded = -(-count // 8) * 8  # whole 64-bit words
-    bits = torch.empty(padded // 8, dtype=torch.int64).random_(-(2**63), None).view(torch.int8)
-    # bits: uniform on [-128, 128). Drop when U < p, U = (u + V) / 256 with u = bits + 128 and V uniform
-    # on [0, 1): u below the cut drops, u above it keeps, and only u equal to the cut needs V.
+        return (torch.rand(shape, device=device) >= p).to(dtype) * scale
+    count = math.prod(shape)
+    words = torch.empty(-(-count // 8), dtype=torch.int64).random_(-(2**63), None)
+    # Byte b, uniform on [-128, 128): drop when U < p with U = (b + 128 + V) / 256 and V uniform on
+    # [0, 1): bytes below the cut drop, bytes above it keep, a byte equal to the cut drops when V < the
+    # fraction of p * 256 above the cut. clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly.
     threshold = p * _LEVELS  # exact in double
     cut = int(threshold) - _LEVELS // 2
-    drop = bits < cut
+    keep = words.view(torch.int8).to(torch.float32).sub_(cut - 1).clamp_(0, 1)
     fraction = threshold - int(threshold)
     if fraction > 0:
-        tied = _positions(bits == cut)
-        drop[tied] = torch.rand(tied.numel(), dtype=torch.float64) < fraction
-    return drop[:count].view(shape)
+        tied = _byte_positions(words, cut)
+        keep[tied] = (torch.rand(tied.numel(), dtype=torch.float64) >= fraction).to(torch.float32)
+    keep = keep[:count].view(shape).to(dtype)
+    return keep.mul_(scale) if scale != 1.0 else keep
 
 
-def _positions(flags: torch.Tensor) -> torch.Tensor:
-    """Indices of the few True entries of a bool tensor whose length is a multiple of 8: ``nonzero``
-    over eight flags per 64-bit word first, eight times less to scan than the flags themselves."""
-    words = flags.view(torch.int64).nonzero().squeeze(1)
-    candidates = (words.unsqueeze(1) * 8 + torch.arange(8)).flatten()
-    return candidates[flags[candidates]]
+_ONES = 0x0101010101010101
+_HIGHS = 0x8080808080808080 - (1 << 64)  # as a signed 64-bit integer
+
+
+def _byte_positions(words: torch.Tensor, value: int) -> torch.Tensor:
+    """Indices (into ``words.view(torch.int8)``) of the bytes equal to ``value``, which are few.
+
+    Words holding a zero byte after XOR with ``value`` in every byte are found eight bytes at a time with
+    the classic test ``(v - 0x01..01) & ~v & 0x80..80 != 0`` (exact about whether a word has one); only
+    those words' bytes are then compared one by one.
+    """
+    pattern = (value & 0xFF) * _ONES
+    v = words ^ (pattern - (1 << 64) if pattern >= 1 << 63 else pattern)
+    hits = (((v - _ONES) & ~v & _HIGHS) != 0).nonzero().squeeze(1)
+    candidates = (hits.unsqueeze(1) * 8 + torch.arange(8)).flatten()
+    return candidates[words.view(torch.int8)[candidates] == value]

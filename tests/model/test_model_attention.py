@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from decalign.model import attention as attention_module
 from decalign.model.attention import attention
-from decalign.model.dropout import drop_mask
+from decalign.model.dropout import keep_mask
 from decalign.model.fusion import CrossModalEncoder, encode
 
 
@@ -68,7 +68,7 @@ def test_dropout_per_group_matches_the_same_masks_applied_by_hand(monkeypatch):
     torch.manual_seed(5)
     out, _ = attention(qt, kt, vt, None, rates, training=True)
     torch.manual_seed(5)  # the blocks draw in order: group 0 blocks, then group 2 blocks
-    draws = {g: ~torch.cat([drop_mask((4, 5, 7), rates[g], qt.device) for _ in range(2)]) for g in (0, 2)}
+    draws = {g: torch.cat([keep_mask((4, 5, 7), rates[g], qt.device, qt.dtype) for _ in range(2)]) for g in (0, 2)}
     keeps = [draws[0], None, draws[2]]
     expected, _ = naive(qt, kt, vt, None, keeps, rates)
     torch.testing.assert_close(out, expected)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decalign.model.dropout import drop_mask, dropout
+from decalign.model.dropout import _byte_positions, dropout, keep_mask
 
 CPU = torch.device("cpu")
 
 
 def dropped_fraction_z(p: float, n: int) -> float:
     """How many standard deviations the dropped count of ``n`` draws is from n * p."""
-    dropped = int(drop_mask((n,), p, CPU).sum())
+    dropped = int((keep_mask((n,), p, CPU) == 0).sum())
     return (dropped - n * p) / (n * p * (1 - p)) ** 0.5
 
 
@@ -33,7 +33,7 @@ def test_probability_between_grid_levels_is_exact(p, n):
 
 def test_elements_are_independent():
     torch.manual_seed(2)
-    keep = (~drop_mask((2_000_000,), 0.5, CPU)).double()
+    keep = keep_mask((2_000_000,), 0.5, CPU).double()
     for lag in (1, 2, 3, 7, 8, 9):  # eight neighbours share a 64-bit draw
         both = (keep[:-lag] * keep[lag:]).mean()
         assert abs(float(both) - 0.25) < 5 * (0.25 * 0.75 / keep.numel()) ** 0.5
@@ -41,11 +41,24 @@ def test_elements_are_independent():
 
 def test_masks_follow_the_torch_seed_and_keep_the_shape():
     torch.manual_seed(3)
-    first = drop_mask((3, 50, 7), 0.1, CPU)
+    first = keep_mask((3, 50, 7), 0.1, CPU)
     torch.manual_seed(3)
-    assert torch.equal(first, drop_mask((3, 50, 7), 0.1, CPU))
-    assert first.shape == (3, 50, 7) and first.dtype == torch.bool
-    assert not torch.equal(first, drop_mask((3, 50, 7), 0.1, CPU))
+    assert torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    assert first.shape == (3, 50, 7) and first.dtype == torch.float32
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    scaled = keep_mask((1000,), 0.25, CPU, torch.float64, scale=4 / 3)
+    assert scaled.dtype == torch.float64 and set(scaled.unique().tolist()) == {0.0, 4 / 3}
+
+
+def test_byte_positions_finds_every_matching_byte():
+    g = torch.Generator().manual_seed(5)
+    words = torch.randint(-(2**63), 2**63 - 1, (5000,), generator=g, dtype=torch.int64)
+    as_bytes = words.view(torch.int8)
+    for value in (-128, -1, 0, 37, 127):
+        expected = (as_bytes == value).nonzero().squeeze(1)
+        assert expected.numel() > 100
+        assert torch.equal(_byte_positions(words, value), expected)
 
 
 def test_dropout_scales_what_it_keeps_and_its_gradient_is_the_mask():
