@@ -65,6 +65,7 @@ def _byte_positions(words: torch.Tensor, value: int) -> torch.Tensor:
     """
     pattern = (value & 0xFF) * _ONES
     v = words ^ (pattern - (1 << 64) if pattern >= 1 << 63 else pattern)
-    hits = (((v - _ONES) & ~v & _HIGHS) != 0).nonzero().squeeze(1)
+    flags = (v - _ONES).bitwise_and_(v.bitwise_not_()).bitwise_and_(_HIGHS)
+    hits = flags.nonzero().squeeze(1)
     candidates = (hits.unsqueeze(1) * 8 + torch.arange(8)).flatten()
     return candidates[words.view(torch.int8)[candidates] == value]

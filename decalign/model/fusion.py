@@ -136,19 +136,18 @@ def _memory_projections(params, key_in: torch.Tensor, value_in: torch.Tensor, he
     weight = weight[:, :, d:].unflatten(2, (2, d))  # (M, L, k|v, d, d)
     bias = bias[:, :, d:].unflatten(2, (2, d))
     if key_in is value_in:  # no separate dropout: one product for keys and values
-        kv = _linear(key_in, weight.flatten(1, 3), bias.flatten(1))  # (M, B, Tk, L*2*d)
-        kv = _head_major(kv, heads, (layers, 2))  # (L, 2, M*B*h, hd, Tk)
-        return kv[:, 0], kv[:, 1]
-    keys = _linear(key_in, weight[:, :, 0].flatten(1, 2), bias[:, :, 0].flatten(1))
-    values = _linear(value_in, weight[:, :, 1].flatten(1, 2), bias[:, :, 1].flatten(1))
-    return _head_major(keys, heads, (layers,)), _head_major(values, heads, (layers,))
+        kv = _head_projection(key_in, weight.flatten(1, 3), bias.flatten(1), heads, (layers, 2))
+        return kv[:, 0], kv[:, 1]  # (L, 2, M*B*h, hd, Tk) -> keys, values
+    keys = _head_projection(key_in, weight[:, :, 0].flatten(1, 2), bias[:, :, 0].flatten(1), heads, (layers,))
+    values = _head_projection(value_in, weight[:, :, 1].flatten(1, 2), bias[:, :, 1].flatten(1), heads, (layers,))
+    return keys, values
 
 
 def _self_projections(layer, x: torch.Tensor, heads: int):
     """Keys and values of the current layer input (self-attention): (M*B*h, hd, T) each."""
     d = x.shape[-1]
-    kv = _linear(x, layer["self_attn.in_proj_weight"][:, d:], layer["self_attn.in_proj_bias"][:, d:])
-    kv = _head_major(kv, heads, (2,))
+    kv = _head_projection(x, layer["self_attn.in_proj_weight"][:, d:], layer["self_attn.in_proj_bias"][:, d:],
+                          heads, (2,))
     return kv[0], kv[1]
 
 
@@ -158,8 +157,9 @@ def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch
     (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M*B*h, hd, Tk)."""
     train, d = first.training, x.shape[-1]
     scale = 1.0 / math.sqrt(d // heads)  # folded into the query projection
-    q = _linear(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale)
-    out, weights = attention(_head_major(q, heads), kt, vt, mask, rates, train, need_weights)
+    qt = _head_projection(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale,
+                          heads)
+    out, weights = attention(qt, kt, vt, mask, rates, train, need_weights)
     attended = _linear(_token_major(out, x.shape), p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
     x = _layer_norm(x + dropout(attended, first.res_dropout, train), p, "attn_layer_norm", first)
     hidden = dropout(F.relu(_linear(x, p["fc1.weight"], p["fc1.bias"])), first.relu_dropout, train)
@@ -186,14 +186,22 @@ def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: E
     return torch.addcmul(bias[:, None, None], normed, weight[:, None, None])
 
 
-def _head_major(x: torch.Tensor, heads: int, lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """(M, B, T, *lead, h * hd) -> (*lead, M*B*h, hd, T), contiguous."""
-    count, batch, steps = x.shape[:3]
-    width = x.shape[-1] // math.prod(lead) // heads
-    x = x.view(count, batch, steps, *lead, heads, width)
+def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
+                     lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d), laid out for attention:
+    (*lead, M*B*h, hd, T), contiguous.
+
+    The product is taken feature-major (W @ x^T, rows = output features, columns = B*T tokens), so the
+    reordering to head-major copies whole rows of T steps instead of gathering one float at a time.
+    """
+    count, batch, steps, d = x.shape
+    tokens = x.reshape(count, batch * steps, d).transpose(1, 2)  # (M, d, B*T), a view
+    out = torch.baddbmm(bias.unsqueeze(2), weight, tokens)  # (M, rows, B*T)
+    width = weight.shape[1] // math.prod(lead) // heads
     n = len(lead)
-    order = (*range(3, 3 + n), 0, 1, 3 + n, 4 + n, 2)  # lead..., M, B, h, hd, T
-    return x.permute(order).reshape(*lead, count * batch * heads, width, steps)
+    out = out.view(count, *lead, heads, width, batch, steps)
+    order = (*range(1, 1 + n), 0, 3 + n, 1 + n, 2 + n, 4 + n)  # lead..., M, B, h, hd, T
+    return out.permute(order).reshape(*lead, count * batch * heads, width, steps)
 
 
 def _token_major(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
