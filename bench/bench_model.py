@@ -12,10 +12,13 @@ Shapes: text 768, audio 5, vision 20, T = 50, batch 32; the official MOSI config
 * where a training step's time goes (forward with and without alignment, loss, backward, clipping,
   Adam) and the
   operators that take the most time in a training step and in an eval forward (``torch.profiler``);
+* the training step with ``torch.compile`` (inductor, CPU) of the batched transformers
+  (``decalign.model.fusion.encode``, most of the step), its compile time, and the eager step in the same
+  rounds;
 * peak RSS of a fresh subprocess per phase (3 training epochs of 40 batches; 120 eval forwards), with the
   peak after each epoch, to show that memory does not grow with the number of batches.
 
-Run ``python bench/bench_model.py [--before REV]``; writes bench/results/model.json.
+Run ``python bench/bench_model.py [--before REV] [--compile]``; writes bench/results/model.json.
 """
 
 from __future__ import annotations
@@ -183,6 +186,34 @@ def top_ops(fn, calls: int = 5, rows: int = 12) -> list[dict]:
             for e in events[:rows]]
 
 
+def compiled_transformers(rounds: int = ROUNDS) -> dict:
+    """Training step with the transformers compiled by ``torch.compile`` (inductor) against eager, in
+    alternating rounds, and the first (compiling) step's time. The product runs them eagerly: this is
+    the measurement behind that choice."""
+    import decalign.model.decalign as model_module
+
+    torch.set_num_threads(THREADS)
+    eager = model_module.encode
+    compiled = torch.compile(eager, dynamic=False)
+    train_step, _, _ = make_step()
+    train_step()
+    model_module.encode = compiled
+    try:
+        start = time.perf_counter()
+        train_step()
+        compile_s = time.perf_counter() - start
+        times = {"eager": [], "compiled": []}
+        for _ in range(rounds):
+            for name, encode in (("eager", eager), ("compiled", compiled)):
+                model_module.encode = encode
+                times[name].append(median_ms(train_step, STEPS, WARMUP))
+    finally:
+        model_module.encode = eager
+    return {"first_step_with_compile_s": round(compile_s, 1),
+            **{f"train_step_ms_{name}": round(statistics.median(v), 1) for name, v in times.items()},
+            **{f"train_step_ms_{name}_per_round": [round(x, 1) for x in v] for name, v in times.items()}}
+
+
 def phase(name: str) -> dict:
     """Run inside a fresh subprocess: peak RSS (MiB) after each epoch of one phase."""
     torch.set_num_threads(THREADS)
@@ -221,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("train", "eval", "time"), help=argparse.SUPPRESS)
     parser.add_argument("--before", metavar="REV", help="also time this repository at an earlier commit")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step with torch.compile of the transformers (about a minute more)")
     args = parser.parse_args(argv)
     if args.phase:
         print(json.dumps(time_this_tree() if args.phase == "time" else phase(args.phase)))
@@ -236,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         **rows,
         "ratio_official_over_ours": ratios(rows["decalign_studio"], rows["official_reference"]),
         "breakdown": breakdown(),
+        "torch_compile": compiled_transformers() if args.compile else "not run (--compile)",
         "memory": memory,
         "machine": {**machine(), "torch_threads": THREADS},
     }
@@ -260,6 +294,10 @@ def print_summary(r: dict) -> None:
         for kind, suffix in (("", ", median"), ("_best_round", ", best round")):
             print(f"{label + suffix:32}" + "".join(f"{r[n][key + kind]:14.1f}" for n in names))
     print("train step parts (ms): " + ", ".join(f"{k} {v}" for k, v in r["breakdown"]["train_step_parts_ms"].items()))
+    if isinstance(r["torch_compile"], dict):
+        c = r["torch_compile"]
+        print(f"torch.compile of the transformers: step {c['train_step_ms_compiled']} ms against eager "
+              f"{c['train_step_ms_eager']} ms; first step with compiling {c['first_step_with_compile_s']} s")
     for name in ("train", "eval"):
         peaks = r["memory"][name]["peak_rss_mib_after_epoch"]
         print(f"peak RSS, {name} ({r['memory']['epochs']} x {r['memory']['batches_per_epoch']} batches): "

@@ -4,8 +4,8 @@ On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each eleme
 (eight per 64-bit draw of torch's generator, so ``torch.manual_seed`` and a saved RNG state govern it), and
 the elements whose byte sits exactly on the threshold (one in 256) draw a double-precision uniform to
 settle it, so an element is dropped with probability ``p`` exactly (to double precision), independently
-of the others, as in the official code. On a GPU the mask comes from ``torch.rand``, as ``F.dropout``
-draws it there, without a host synchronisation.
+of the others, as in the official code. On a GPU (and under ``torch.compile``) the mask comes from
+``torch.rand``, as ``F.dropout`` draws it there, without a host synchronisation.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     A float mask, not a bool one: on the CPU, comparisons to bool, ``masked_fill`` and multiplying by a
     bool tensor are unvectorised and cost several times a float multiply, forwards and backwards.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.compiler.is_compiling():  # inductor draws these inside its kernels
         return (torch.rand(shape, device=device) >= p).to(dtype) * scale
     count = math.prod(shape)
     words = torch.empty(-(-count // 8), dtype=torch.int64).random_(-(2**63), None)
