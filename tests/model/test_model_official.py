@@ -198,3 +198,17 @@ def test_training_forward_and_gradients_equal_the_reference_without_dropout(over
             assert a is None or not a.abs().sum(), name
         else:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_eval_forward_at_mosi_shapes_equals_the_reference(tmp_path):
+    """MOSI shapes and config (batch 32, T 50, d 40, 10 heads, 5 layers): the batched encoders and the
+    attention in cache-sized blocks give the official prediction to 1e-5."""
+    weights, config, reference = official_files(tmp_path, {}, (768, 5, 20), 1)
+    quiet_import(weights, config, [768, 5, 20], tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
+    g = torch.Generator().manual_seed(3)
+    text, audio, vision = (torch.randn(32, 50, w, generator=g) for w in (768, 5, 20))
+    with torch.no_grad():
+        expected = reference(text, audio, vision)["output_logit"]
+        ours = model({"text": text, "audio": audio, "vision": vision}).prediction
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
