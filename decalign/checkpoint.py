@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import atomic_write, atomic_write_json, read_json_object
-from .config import ConfigError, DecAlignConfig
+from .config import ConfigError, DecAlignConfig, with_legacy_objective
+from .data import DataError, MultimodalDataset
+from .data.transform import TRANSFORM_KEY, FeatureTransform, apply_feature_transform
 from .model import DecAlign, Prototypes
 
 CARD_NAME = "card.json"
@@ -69,7 +71,7 @@ class ModelCard:
         data = dict(data)
         data.pop("format", None)
         try:
-            data["config"] = DecAlignConfig.from_dict(data["config"], source=f"{source}: config")
+            data["config"] = DecAlignConfig.from_dict(with_legacy_objective(data["config"]), source=f"{source}: config")
             card = cls(**data)
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from exc
@@ -77,6 +79,7 @@ class ModelCard:
             raise CheckpointError(f"{source}: not a DecAlign model card ({exc})") from exc
         if not isinstance(card.widths, dict) or len(card.widths) < 2:
             raise CheckpointError(f"{source}: 'widths' must name at least two modalities")
+        card.feature_transform()  # a stored input transform must fit the model before anything uses it
         return card
 
     def prototype_tensors(self) -> dict[str, Prototypes] | None:
@@ -92,6 +95,21 @@ class ModelCard:
 
     def build_model(self) -> DecAlign:
         return DecAlign(self.config.model, self.widths, self.output_dim)
+
+    def feature_transform(self) -> FeatureTransform | None:
+        """The input transform fitted on the training split (``decalign.data.transform``), if the run has one."""
+        stored = self.extra.get(TRANSFORM_KEY)
+        if stored is None:
+            return None
+        try:
+            return FeatureTransform.from_dict(stored, self.widths, "card")
+        except DataError as exc:
+            raise CheckpointError(str(exc)) from exc
+
+    def prepare(self, dataset: MultimodalDataset) -> MultimodalDataset:
+        """``dataset`` as this model reads it: the run's input transform applied to every split. Every
+        consumer of a model (evaluation, prediction, reports, levels, the dashboard) goes through here."""
+        return apply_feature_transform(dataset, self.feature_transform())
 
 
 def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: str = "best",

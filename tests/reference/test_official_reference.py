@@ -107,7 +107,7 @@ def test_forward_shapes_and_kernel_shortening():
     assert out["c_v"].shape == (5, 8, 4)
     assert out["final_rep"].shape == (5, 48)
     assert out["transport_plan"].shape == (3, 3, 3)
-    for key in ("dec_loss", "hetero_loss", "homo_loss"):
+    for key in ("dec_loss", "hete_loss", "homo_loss"):
         assert out[key].ndim == 0 and torch.isfinite(out[key])
 
 
@@ -227,7 +227,7 @@ def test_training_step_gives_finite_gradients_everywhere():
 
 def test_total_loss_weights_the_parts():
     out = {"output_logit": torch.tensor([[1.0], [3.0]]), "dec_loss": torch.tensor(2.0),
-           "hetero_loss": torch.tensor(10.0), "homo_loss": torch.tensor(100.0)}
+           "hete_loss": torch.tensor(10.0), "homo_loss": torch.tensor(100.0)}
     cfg = official_config_dict(dec_loss_weight=0.5, alpha=0.1, beta=0.01)
     got = official_total_loss(out, torch.tensor([0.0, 1.0]), cfg)
     assert got.item() == pytest.approx((1 + 4) / 2 + 1.0 + 1.0 + 1.0)
@@ -283,8 +283,8 @@ def test_sinkhorn_reduces_to_pot_when_the_third_cost_is_constant():
     cost = torch.tensor(cost_la)[:, :, None].expand(4, 4, 4)
     plan = multi_marginal_sinkhorn(cost, *nu, reg=0.5, num_iters=300)
     pot_plan = ot.sinkhorn(nu[0].numpy(), nu[1].numpy(), cost_la, reg=0.5, stopThr=1e-14, numItermax=10000)
-    np.testing.assert_allclose(plan.sum(dim=2).numpy(), pot_plan, atol=1e-9)
-    np.testing.assert_allclose(plan.sum(dim=(0, 1)).numpy(), nu[2].numpy(), atol=1e-9)
+    np.testing.assert_allclose(plan.sum(dim=2).numpy(), pot_plan, atol=1e-8)  # the official + 1e-8 guards
+    np.testing.assert_allclose(plan.sum(dim=(0, 1)).numpy(), nu[2].numpy(), atol=1e-8)
 
 
 def test_sinkhorn_marginals_and_zero_cost_product_plan():
@@ -294,8 +294,9 @@ def test_sinkhorn_marginals_and_zero_cost_product_plan():
     torch.testing.assert_close(plan, nu[0][:, None, None] * nu[1][None, :, None] * nu[2][None, None, :])
     cost = torch.rand(3, 3, 3, generator=g, dtype=torch.float64)
     plan = multi_marginal_sinkhorn(cost, *nu, reg=0.3, num_iters=200)
-    torch.testing.assert_close(plan.sum(dim=(1, 2)), nu[0], atol=1e-8, rtol=0)
-    torch.testing.assert_close(plan.sum(dim=(0, 2)), nu[1], atol=1e-8, rtol=0)
+    # the official "+ 1e-8" in each denominator leaves the marginals about 1e-8 short
+    torch.testing.assert_close(plan.sum(dim=(1, 2)), nu[0], atol=1e-7, rtol=0)
+    torch.testing.assert_close(plan.sum(dim=(0, 2)), nu[1], atol=1e-7, rtol=0)
 
 
 def test_gaussian_mmd_matches_a_hand_loop():
@@ -303,7 +304,7 @@ def test_gaussian_mmd_matches_a_hand_loop():
     x, y = rng.normal(size=(4, 3)), rng.normal(1.0, size=(5, 3))
 
     def k(a, b):
-        return math.exp(-np.sum((a - b) ** 2) / (2 * 0.7 ** 2))
+        return math.exp(-np.sum((a - b) ** 2) / (2 * 0.7))  # the official kernel: bandwidth, not squared
 
     want = (np.mean([[k(a, b) for b in x] for a in x]) + np.mean([[k(a, b) for b in y] for a in y])
             - 2 * np.mean([[k(a, b) for b in y] for a in x]))
