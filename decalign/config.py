@@ -156,8 +156,8 @@ class DataConfig:
     def validate(self) -> None:
         low, high = self.clip_percentiles
         if not 0.0 <= low < high <= 100.0:
-            raise ConfigError(f"clip_percentiles must be [low, high] with 0 <= low < high <= 100, "
-                              f"found {list(self.clip_percentiles)}")
+            raise ConfigError(f"clip_percentiles (official feature_clip_percentiles) must be [low, high] with "
+                              f"0 <= low < high <= 100, found {list(self.clip_percentiles)}")
         for name in ("standardize_modalities", "time_average_modalities"):
             names = getattr(self, name)
             if len(set(names)) != len(names) or not all(names):
@@ -285,11 +285,15 @@ def from_official_dict(data: dict[str, Any], source: str = "config") -> DecAlign
     values = {**OFFICIAL_DEFAULTS, **given}
     model, train = _official_model(values, source), _official_train(values, given)
     _warn_unused(sorted(k for k in given if k in _OFFICIAL_UNUSED or k in _BERT_ONLY), source)
-    return DecAlignConfig(
+    config = DecAlignConfig(
         _section_from_dict(ModelConfig, model, source),
         _section_from_dict(TrainConfig, train, source),
         _section_from_dict(DataConfig, _official_data(values, source), source),
-    ).validate()
+    )
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 _OFFICIAL_KNOWN = {*_BERT_ONLY, *_OFFICIAL_UNUSED, *_OFFICIAL_MODEL_KEYS, *_OFFICIAL_TRAIN_KEYS,

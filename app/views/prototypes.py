@@ -56,7 +56,9 @@ def render() -> None:
     _prototype_section(ctx, protos, post)
     st.header("Transport between the modalities")
     default = min(LAMBDAS, key=lambda v: abs(np.log(v / ctx.card.config.model.lambda_ot)))
-    lam = st.select_slider("Entropy setting lambda_ot (relative to the mean cost)", LAMBDAS, value=default,
+    unit = "absolute, as in the official objective" if ctx.card.config.model.objective == "official" else \
+        "relative to the mean cost"
+    lam = st.select_slider(f"Entropy setting lambda_ot ({unit})", LAMBDAS, value=default,
                            key="proto_lambda", help="Smaller: a sharper, cheaper plan; larger: a more spread one.")
     keys = (ctx.model_id, ctx.data_id, ctx.split, source, k, marginal_name)
     config = ctx.card.config.model

@@ -17,7 +17,8 @@ import torch
 
 from ..config import ModelConfig
 from ..inference import InferenceResult
-from ..model import Prototypes, TransportResult, fit_gmm, plan_entropy, posteriors, transport_plan
+from ..model import Prototypes, TransportResult, plan_entropy, posteriors, transport_plan
+from ..model import fit_prototypes as fit_model_prototypes
 
 FIT_EM_ITERS = 20  # EM steps for prototypes fitted on the current data: one fit over a split, not per batch
 
@@ -45,12 +46,12 @@ def fit_prototypes(result: InferenceResult, config: ModelConfig, num_prototypes:
                    iterations: int = FIT_EM_ITERS) -> dict[str, Prototypes]:
     """Fit K diagonal-Gaussian prototypes to each modality's pooled unique features of ``result``.
 
-    Uses the model's EM (``decalign.model.fit_gmm``, deterministic farthest-point start) with the model's
-    variance floor; K defaults to ``config.num_prototypes``.
+    Uses the EM of the model's objective (``decalign.model.fit_prototypes``: the official evenly spaced
+    start, or the studio farthest-point one) with the model's variance floor; K defaults to
+    ``config.num_prototypes``.
     """
-    k = config.num_prototypes if num_prototypes is None else num_prototypes
-    return {m: _detach(fit_gmm(torch.from_numpy(np.asarray(x, dtype=np.float32)), k,
-                               iterations=iterations, var_floor=config.gmm_var_floor))
+    return {m: _detach(fit_model_prototypes(torch.from_numpy(np.asarray(x, dtype=np.float32)), config,
+                                            num_components=num_prototypes, iterations=iterations))
             for m, x in result.unique_pooled.items()}
 
 
@@ -122,7 +123,8 @@ def solve_plan(prototypes: dict[str, Prototypes], config: ModelConfig,
     prototypes : modality -> Prototypes (means, variances, weights), at least two modalities.
     config : the model's settings.
     marginals : modality -> (K_m,) target marginals; default the prototypes' weights. Normalised to sum 1.
-    lambda_ot : entropic regularisation relative to the mean cost, > 0.
+    lambda_ot : entropic regularisation, > 0: absolute (official objective) or relative to the mean cost
+        (studio).
     """
     proto = {m: _as64(p) for m, p in prototypes.items()}
     targets = None if marginals is None else {m: torch.from_numpy(np.asarray(a, dtype=np.float64))
