@@ -68,8 +68,8 @@ def measure(reference, ours, raw, scale: float) -> dict:
     lv = out.alignment
     values = {"dec_loss": lv.decoupling, "hete_loss": lv.heterogeneity, "homo_loss": lv.homogeneity,
               **{k: getattr(lv, v) for k, v in TERMS.items()}}
-    row = {key: {"official": float(theirs[key]), "ours": float(v.detach()),
-                 "relative_gap": abs(float(v.detach()) - float(theirs[key])) / abs(float(theirs[key]))}
+    row = {key: {"official": float(theirs[key].detach()), "ours": float(v.detach()),
+                 "relative_gap": abs(float(v.detach()) - float(theirs[key].detach())) / abs(float(theirs[key].detach()))}
            for key, v in values.items()}
     unique_t = [theirs[f"s_{m}"] for m in "lav"]
     common_t = [theirs[f"c_{m}"] for m in "lav"]

@@ -188,20 +188,31 @@ def official_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], reg: fl
     scaled = -cost / max(reg, 1e-6)
     log_nu = [torch.log(a.clamp_min(1e-30)) for a in marginals]  # a marginal of exactly 0 stays finite
     underflows = (-scaled.detach()).max() > _LOG_KERNEL_FLOOR
-    guard = torch.where(underflows, -torch.inf, _LOG_GUARD).to(scaled.dtype)
+    guard = torch.where(underflows, scaled.new_tensor(-torch.inf), scaled.new_tensor(_LOG_GUARD))
     logs = [torch.zeros_like(a) for a in marginals]
     for _ in range(sweeps):
-        for m in range(num):  # the marginal includes g_m itself: take it out to get the official sum
-            others = _log_marginal(scaled, logs, 1.0, m) - logs[m]
-            logs[m] = log_nu[m] - torch.logaddexp(others, guard)
+        for m in range(num):
+            logs[m] = log_nu[m] - torch.logaddexp(_log_sum_without(scaled, logs, m), guard)
     log_plan = _log_plan(scaled, logs, 1.0)
     plan = torch.exp(log_plan)
     entropy = (plan * (log_plan.clamp_min(_LOG_PLAN_FLOOR) - 1.0)).sum()
     return plan, (plan * cost).sum() + reg * entropy
 
 
+def _log_sum_without(scaled: torch.Tensor, logs: list[torch.Tensor], m: int) -> torch.Tensor:
+    """(K_m,) ``log sum_{others} exp(sum_{n != m} g_n - C / reg)``: the official denominator of axis m, in logs."""
+    num = scaled.dim()
+    total = scaled
+    for n, g in enumerate(logs):
+        if n != m:
+            shape = [1] * num
+            shape[n] = -1
+            total = total + g.reshape(shape)
+    return torch.logsumexp(total, dim=[i for i in range(num) if i != m])
+
+
 _LOG_PLAN_FLOOR = float(np.log(1e-8))  # the official log(max(P, 1e-8))
-_LOG_GUARD = torch.tensor(float(np.log(1e-8)))  # the official "+ 1e-8" in each denominator
+_LOG_GUARD = float(np.log(1e-8))  # the official "+ 1e-8" in each denominator
 _LOG_KERNEL_FLOOR = float(np.log(1e30))  # beyond this C / reg the official kernel sits on its 1e-30 floor
 
 
