@@ -39,9 +39,10 @@ LEVEL_MEANING = {
                            "means the modality-specific structures are far apart. Under the official "
                            "objective it includes the plan's entropy term, lambda * sum P (log P - 1), which "
                            "is negative, so the level can be below zero.",
-    "sample_to_prototype": "How far samples lie from the prototypes of the other modality that the plan "
-                           "matches them to: low means a sample's clusters agree across modalities, high "
-                           "means they disagree.",
+    "sample_to_prototype": "How far samples lie from the other modalities' prototypes that correspond to "
+                           "their own (by prototype index under the official objective, through the transport "
+                           "plan under the studio one): low means a sample's clusters agree across "
+                           "modalities, high means they disagree.",
     "moment_matching": "Gap between the mean, covariance and skewness of the modalities' common features: "
                        "low means the common parts are distributed alike, high means they still differ.",
     "mmd": "Maximum mean discrepancy between the modalities' common features (Gaussian kernel): 0 means "

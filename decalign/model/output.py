@@ -24,7 +24,7 @@ class TransportResult:
 
     plan: torch.Tensor  # (K_1, ..., K_M) joint plan; its marginals are the mean posteriors
     cost: torch.Tensor  # (K_1, ..., K_M) joint cost (sum of pairwise Gaussian costs)
-    pair_costs: dict[tuple[str, str], torch.Tensor]  # (K_i, K_j) Bures cost per modality pair
+    pair_costs: dict[tuple[str, str], torch.Tensor]  # (K_i, K_j) Gaussian cost per pair (official or Bures)
     marginals: dict[str, torch.Tensor]  # (K_m,) target marginal per modality
     transport_cost: torch.Tensor  # scalar <plan, cost>
     iterations: int

@@ -91,7 +91,7 @@ class SinkhornResult:
 
 def multimarginal_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], reg: float, *,
                            max_iter: int = 50, tol: float = 1e-6, check_every: int = 1) -> SinkhornResult:
-    """Entropic multi-marginal OT by Sinkhorn iterations on log-domain potentials.
+    """Objective ``studio``: entropic multi-marginal OT by Sinkhorn iterations on log-domain potentials.
 
     Solves ``min_P <P, C> - reg * H(P)`` subject to ``P`` having marginals ``a_1, ..., a_M``. The plan is
     ``P = exp((f_1 (+) ... (+) f_M - C) / reg)`` and each sweep sets, for every m,

@@ -46,6 +46,8 @@ def test_official_two_modality_plan_equals_pot_sinkhorn_with_the_absolute_lambda
                            numItermax=5000, stopThr=1e-13)
     np.testing.assert_allclose(view.plan, expected, atol=1e-7)  # the official 1e-8 guard stays in
     assert view.reg == 0.1 and view.iterations == 5000
+    assert (view.cost_name, view.lambda_unit) == (tv.COST_NAMES["official"], tv.LAMBDA_UNITS["official"])
+    assert tv.solve_plan(protos, PRECISE, lambda_ot=0.1).cost_name == "Bures W2²"
 
 
 def test_pair_plans_have_the_target_marginals():
