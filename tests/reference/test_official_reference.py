@@ -310,3 +310,29 @@ def test_gaussian_mmd_matches_a_hand_loop():
             - 2 * np.mean([[k(a, b) for b in y] for a in x]))
     got = gaussian_mmd(torch.tensor(x), torch.tensor(y), 0.7).item()
     assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_gmm_start_repeats_the_batch_when_it_is_smaller_than_k():
+    from .official_model import gmm_init
+
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
+    pi, mu, var = gmm_init(x, 5, var_floor=2.0)
+    torch.testing.assert_close(mu, x[[0, 1, 0, 1, 0]])
+    torch.testing.assert_close(var, torch.full((5, 2), 2.0, dtype=torch.float64))  # batch variance 1, floor 2
+    torch.testing.assert_close(pi, torch.full((5,), 0.2, dtype=torch.float64))
+    _, mu, _ = gmm_init(torch.arange(40.0)[:, None], 7, 1e-4)  # round(linspace(0, 39, 7)), half to even
+    assert mu[:, 0].tolist() == [0.0, 6.0, 13.0, 20.0, 26.0, 32.0, 39.0]
+
+
+def test_contrastive_loss_and_binary_term_by_hand():
+    from .official_model import contrastive_loss, main_loss
+
+    f = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0.2, -0.3, 2.0])  # bins 3, 3, 5: the third sample has no positive
+    assert contrastive_loss(f, y, 1.0, classification=False).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    pred = torch.tensor([[0.0], [1.0], [3.0]])
+    labels = torch.tensor([1.0, 0.0, -1.0])
+    bce = (math.log(2) + math.log(1 + math.exp(3))) / 2  # logits 0 (target 1) and 3 (target 0)
+    want = (1.0 + 1.0 + 16.0) / 3 + 0.5 * bce
+    assert main_loss(pred, labels, {"task_loss": "mse", "binary_task_weight": 0.5}).item() == pytest.approx(want)
+    assert main_loss(pred, labels, {}).item() == pytest.approx((1.0 + 1.0 + 4.0) / 3)  # the default: L1
