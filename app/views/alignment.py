@@ -18,6 +18,7 @@ from decalign.explain.levels import (
     level_totals,
     levels_history,
 )
+from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
 
 URL_PATH = "alignment"
@@ -43,7 +44,7 @@ def render() -> None:
     try:
         history = levels_history(read_history(ctx.run_dir))
     except RunError as exc:
-        st.warning(f"The per-epoch values cannot be shown: {exc}")
+        st.warning(f"The per-epoch values cannot be shown: {markdown_text(exc)}")
         history = levels_history([])
     n = int(levels.samples.iloc[0])
     st.caption(f"Split **{ctx.split}**: {n:,} samples"

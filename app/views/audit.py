@@ -20,6 +20,7 @@ from decalign.audit.rows import prediction_rows
 from decalign.audit.table import prediction_table
 from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
+from decalign.safe_output import markdown_text
 from decalign.train.reference import TrainingReference, build_reference
 
 MIN_DRIFT = 10  # fewer samples than this: no drift test
@@ -28,7 +29,7 @@ MIN_DRIFT = 10  # fewer samples than this: no drift test
 def render() -> None:
     ctx = get_context()
     st.title("Audit")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
     reference = _reference(ctx)
     result = _result(ctx, reference)
@@ -172,7 +173,7 @@ def _record(ctx: Context, result, flags) -> None:
                 result, source="dashboard", checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id,
                 input_name=ctx.data_label, split=ctx.split, flags=flags))
     except AuditError as exc:
-        st.warning(f"The audit trail could not be written: {exc}")
+        st.warning(f"The audit trail could not be written: {markdown_text(exc)}")
         return
     session.mark_audit_recorded(key)
 
@@ -184,9 +185,9 @@ def _trail_section(ctx: Context) -> None:
         predictions = trail.predictions(limit=200, checkpoint_fingerprint=ctx.model_id)
         reviews = trail.reviews(limit=200, checkpoint_fingerprint=ctx.model_id)
     except AuditError as exc:
-        st.warning(f"The audit trail cannot be read: {exc}")
+        st.warning(f"The audit trail cannot be read: {markdown_text(exc)}")
         return
-    st.caption(f"{trail.path}: newest predictions and reviews of this model.")
+    st.caption(f"{markdown_text(trail.path)}: newest predictions and reviews of this model.")
     tabs = st.tabs(["Predictions", "Reviews"])
     tabs[0].dataframe(predictions.astype(str), hide_index=True, key="audit_trail_predictions")
     tabs[1].dataframe(reviews, hide_index=True, key="audit_trail_reviews")

@@ -16,6 +16,7 @@ from decalign.explain.attributions import integrated_gradients
 from decalign.explain.counterfactual import modality_counterfactuals
 from decalign.explain.story import PrototypeStory, plan_cells, prototype_story
 from decalign.explain.summary import plain_summary
+from decalign.safe_output import markdown_text
 
 URL_PATH = "sample"
 
@@ -65,7 +66,8 @@ def render() -> None:
     story = _prototypes(ctx, row)
     counterfactuals = _counterfactuals(ctx, row)
     st.subheader("In plain words")
-    st.markdown(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, None, story))
+    # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
+    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, None, story)))
     _attributions(ctx, row)
     _attention(ctx, row)
     _review(ctx, sample_id)
@@ -110,7 +112,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
     st.subheader("Inputs")
     part = ctx.split_data
     if part.raw_text is not None:
-        st.markdown(f"> {part.raw_text[row]}")
+        st.markdown("\n".join(f"> {markdown_text(line)}" for line in str(part.raw_text[row]).splitlines()))
     images = [m for m in part.features if m in fig.IMAGE_MODALITIES]
     others = list(part.features)
     cols = st.columns([1, 3]) if images else [None, st.container()]
@@ -191,7 +193,12 @@ def _attention(ctx: Context, row: int) -> None:
 
 def _review(ctx: Context, sample_id: str) -> None:
     st.subheader("Review")
-    trail = AuditTrail(default_audit_path())
+    try:
+        trail = AuditTrail(default_audit_path())
+        history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
+    except AuditError as exc:  # e.g. DECALIGN_AUDIT_DB not writable: the rest of the page still works
+        st.warning(f"Reviews cannot be recorded: {markdown_text(exc)}")
+        return
     with st.form("sample_review_form", clear_on_submit=True):
         verdict = st.radio("Verdict on this prediction", VERDICTS, horizontal=True, key="sample_review_verdict")
         comment = st.text_area("Comment", key="sample_review_comment", max_chars=2000)
@@ -199,10 +206,10 @@ def _review(ctx: Context, sample_id: str) -> None:
         if st.form_submit_button("Record review"):
             try:
                 trail.record_review(ctx.model_id, ctx.data_id, sample_id, verdict, comment, reviewer)
+                history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
                 st.success("Review recorded.")
             except AuditError as exc:
-                st.error(str(exc))
-    history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
+                st.error(markdown_text(exc))
     if len(history):
         st.dataframe(history[["created_at", "reviewer", "verdict", "comment"]], hide_index=True,
                      key="sample_review_history")

@@ -13,6 +13,7 @@ from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
 from decalign.config import ConfigError, DecAlignConfig
 from decalign.data import DataError
+from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 
 URL_PATH = "train"
@@ -33,7 +34,7 @@ FIELDS = [
 
 def render() -> None:
     st.title("Train")
-    st.caption(f"Runs are saved in `{bg.runs_root()}` (set DECALIGN_RUNS_DIR to change it). Training runs in "
+    st.caption(f"Runs are saved in {markdown_text(bg.runs_root())} (set DECALIGN_RUNS_DIR to change it). Training runs in "
                "its own process: refresh the page or open another tab and you see the same run.")
     with st.expander("New run", expanded=session.new_run_open(not bg.list_runs())):
         _new_run()
@@ -78,7 +79,7 @@ def _new_run() -> None:
     if submitted:
         _start(data, base, values, run_name)
     if session.train_error():
-        st.error(session.train_error())
+        st.error(markdown_text(session.train_error()))
 
 
 def _pick_data() -> tuple[bytes | None, str, str] | None:
@@ -96,7 +97,7 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
     try:
         dataset = loaders.dataset_from_bytes(hashlib.sha256(data).hexdigest(), data, upload.name)
     except DataError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(exc))
         return None
     _glance(dataset, upload.name)
     return data, upload.name, dataset.task
@@ -104,7 +105,7 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
 
 def _glance(dataset, name: str) -> None:
     modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
-    st.caption(f"{name}: {dataset.task}, modalities {modalities}, splits "
+    st.caption(f"{markdown_text(name)}: {dataset.task}, modalities {markdown_text(modalities)}, splits "
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
     st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
 
@@ -123,7 +124,7 @@ def _pick_config() -> DecAlignConfig | None:
     try:
         return DecAlignConfig.from_dict(json.loads(upload.getvalue().decode("utf-8")), source=upload.name)
     except (ConfigError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        st.error(f"{upload.name}: {exc}")
+        st.error(f"{markdown_text(upload.name)}: {markdown_text(exc)}")
         return None
 
 
@@ -140,7 +141,7 @@ def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: di
     path = DEMO_DATA if content is None else bg.save_upload(run_dir, content, filename)
     bg.start_training(run_dir, path, config)
     session.follow_run(run_dir.name)
-    st.toast(f"Started run {run_dir.name}" + (f" ({note})" if note else ""))
+    st.toast(markdown_text(f"Started run {run_dir.name}" + (f" ({note})" if note else "")))
 
 
 # ------------------------------------------------------------------------------------------- live view
@@ -176,12 +177,13 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
                    "as 'Training run' in the sidebar to explore it on every page.")
     elif name in bg.RESUMABLE:
         message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
-        st.warning(f"{message} after epoch {state.epoch}." + (f" {state.error}" if state.error else ""))
+        error = f" {markdown_text(state.error)}" if state.error else ""
+        st.warning(f"{message} after epoch {state.epoch}.{error}")
         if state.resumable and st.button("Resume", key="train_resume"):
             try:
                 bg.resume_training(run_dir)
             except (RuntimeError, ConfigError, OSError) as exc:
-                st.error(f"Cannot resume: {exc}")
+                st.error(f"Cannot resume: {markdown_text(exc)}")
                 return
             st.rerun()  # full rerun: the fragment now refreshes every second
 
@@ -189,7 +191,8 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
 def _details(run_dir: Path) -> None:
     info = bg.run_info(run_dir)
     with st.expander("Run details: configuration, data, log"):
-        st.markdown(f"Data: `{info.data}`  \nFingerprint: `{info.data_fingerprint}`  \nFolder: `{run_dir}`")
+        st.markdown(f"Data: {markdown_text(info.data)}  \nFingerprint: {markdown_text(info.data_fingerprint)}  \n"
+                    f"Folder: {markdown_text(run_dir)}")
         st.code(json.dumps(info.config, indent=2), language="json")
         log = run_dir / "train.log"
         if log.exists():

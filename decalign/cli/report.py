@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data, add_device, load_data, pick_split
+from .common import add_data, add_device, check_output_file, load_data, pick_split
 
 HELP = "write an offline HTML audit report (metrics, slices, drift, flags, explanations)"
 
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..train.reference import build_reference, load_reference
 
+    out = check_output_file(args.out)
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data)
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     ids = [s.strip() for s in args.samples.split(",") if s.strip()]
     text = make_report(model, card, split, dataset_name=Path(args.data).name, split_name=args.split,
                        reference=reference, sample_ids=ids, title=args.title)
-    path = write_report(args.out, text)
+    path = write_report(out, text)
     print(f"wrote {path} ({len(split)} samples, {len(ids)} explained"
           f"{'' if reference is not None else ', no training reference: flags and drift left out'})")
     return 0

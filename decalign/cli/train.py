@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from .common import add_data, add_device, load_config, load_data, metrics_table
+from .common import add_data, add_device, check_output_dir, load_config, load_data, metrics_table
 
 HELP = "train a model on a dataset file and write a run directory"
 DESCRIPTION = """Train DecAlign on a dataset file (MMSA pickle or npz) and write a run directory:
@@ -45,11 +46,17 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import TqdmCallback, selection_rule, train
+    from ..train.losses import match_task_loss
     from ..train.metrics import dataset_convention
     from ..train.progress import CancelFileCallback, ProgressFileCallback
 
+    check_output_dir(args.out)
     config = load_config(args.config, args.set)
     dataset = load_data(args.data)
+    # As on the dashboard's Train page: the loss follows the data's task unless the user chose one.
+    config, note = match_task_loss(config, dataset.task, explicit=_task_loss_chosen(args))
+    if note:
+        print(f"decalign: note: {note} ({args.data})", file=sys.stderr)
     callbacks = []
     if not args.quiet:
         callbacks.append(TqdmCallback(selection_rule(config, dataset.task, dataset_convention(dataset))[0]))
@@ -65,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
         print("test metrics:")
         print(metrics_table(result.card.metrics["test"]))
     return 0
+
+
+def _task_loss_chosen(args: argparse.Namespace) -> bool:
+    """Whether --set or the --config file names the task loss (an official config's train_mode counts)."""
+    if any(item.partition("=")[0].strip() in ("task_loss", "train.task_loss") for item in args.set):
+        return True
+    if not args.config:
+        return False
+    from ..atomic import read_json_object
+    from ..config import ConfigError
+
+    data = read_json_object(args.config, ConfigError)
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    return "task_loss" in data or "train_mode" in data or "task_loss" in train
 
 
 def _fmt(value: float | None) -> str:

@@ -68,10 +68,13 @@ class FeatureTransform:
             raise DataError(f"{where}: standardize must be an object of modality statistics")
         stats = {m: _stored_stats(s, widths, m, where) for m, s in standardize.items()}
         averaged = data["time_average"]
-        if not isinstance(averaged, list) or any(m not in widths for m in averaged):
+        if not isinstance(averaged, list) or any(not isinstance(m, str) or m not in widths for m in averaged):
             raise DataError(f"{where}: time_average must list modalities of the model {sorted(widths)}, "
-                            f"found {averaged!r}")
+                            f"found {averaged!r:.200}")
         percentiles = data["clip_percentiles"]
+        if not (isinstance(percentiles, list) and len(percentiles) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in percentiles)):
+            raise DataError(f"{where}: clip_percentiles must be two numbers, found {percentiles!r:.200}")
         return cls(stats, tuple(averaged), (float(percentiles[0]), float(percentiles[1])))
 
 
@@ -123,7 +126,7 @@ def _check_named_modalities(transform: FeatureTransform, dataset: MultimodalData
 
 
 def _stored_stats(stats: Any, widths: dict[str, int], modality: str, where: str) -> dict[str, np.ndarray]:
-    if modality not in widths:
+    if modality not in widths:  # JSON object keys are strings
         raise DataError(f"{where}: standardises {modality!r}, which is not a modality of the model")
     if not isinstance(stats, dict) or set(stats) != set(STATS):
         raise DataError(f"{where}: {modality!r} needs exactly {', '.join(STATS)}")
