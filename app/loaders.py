@@ -8,6 +8,8 @@ Streamlit does not hash them. Every page that loads a run folder or a data file 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -18,6 +20,7 @@ from app import session
 from decalign.atomic import clean_stale_temps
 from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
+from decalign.data.transform import TRANSFORM_KEY
 from decalign.device import resolve_device
 from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
@@ -114,12 +117,26 @@ def dataset(source: session.DataSource, card: ModelCard, run_dir: Path | None = 
     model has no bundled data."""
     if source.kind == "upload":
         data = dataset_from_bytes(source.digest, session.upload_bytes(source.digest), source.label)
-        return data, source.digest, source.label
+        return prepared(data, source.digest, card), source.digest, source.label
     path = bundled_data_path(card, run_dir, warn=warn)
     if path is None:
         return None
     data, fingerprint = dataset_from_path(path)
-    return data, fingerprint, path.name
+    return prepared(data, fingerprint, card), fingerprint, path.name
+
+
+@st.cache_resource(max_entries=4)
+def _prepared(data_id: str, transform_id: str, _dataset: MultimodalDataset, _card: ModelCard) -> MultimodalDataset:
+    return _card.prepare(_dataset)
+
+
+def prepared(dataset: MultimodalDataset, data_id: str, card: ModelCard) -> MultimodalDataset:
+    """``dataset`` as the model of ``card`` reads it (``ModelCard.prepare``: the run's input transform)."""
+    stored = card.extra.get(TRANSFORM_KEY)
+    if stored is None:
+        return dataset
+    transform_id = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
+    return _prepared(data_id, transform_id, dataset, card)
 
 
 # --------------------------------------------------------------------------- reference and inference

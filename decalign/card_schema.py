@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, DecAlignConfig, ModelConfig
+from .config import ConfigError, DecAlignConfig, ModelConfig, with_legacy_objective
 
 MAX_CARD_BYTES = 64 << 20
 MAX_JSON_DEPTH = 32
@@ -89,7 +89,9 @@ def check_card(data: dict[str, Any], source: str) -> DecAlignConfig:
         raise CheckpointError(f"{source}: not a DecAlign model card (unknown keys {unknown[:5]}, missing "
                               f"keys {missing})")
     try:
-        config = DecAlignConfig.from_dict(_object(data["config"], "config", source), source=f"{source}: config")
+        # a card written before ``objective`` existed was trained with the studio terms
+        config = DecAlignConfig.from_dict(with_legacy_objective(_object(data["config"], "config", source)),
+                                          source=f"{source}: config")
     except ConfigError as exc:
         message = str(exc)
         raise CheckpointError(message if message.startswith(source) else f"{source}: config: {message}") from None

@@ -29,6 +29,8 @@ from .atomic import atomic_write, atomic_write_json
 from .card_schema import CheckpointError, check_card, read_card_file
 from .checkpoint_files import CARD_NAME, MAX_ZIP_BYTES, zip_input_size
 from .config import ConfigError, DecAlignConfig
+from .data import DataError, MultimodalDataset
+from .data.transform import TRANSFORM_KEY, FeatureTransform, apply_feature_transform
 from .model import DecAlign, Prototypes
 
 CARD_FORMAT = 1
@@ -74,9 +76,11 @@ class ModelCard:
         data["config"] = check_card(data, source)
         data.pop("format", None)
         try:
-            return cls(**data)
+            card = cls(**data)
         except (ConfigError, TypeError) as exc:
             raise CheckpointError(f"{source}: not a DecAlign model card ({exc})") from exc
+        card.feature_transform()  # a stored input transform must fit the model before anything uses it
+        return card
 
     def prototype_tensors(self) -> dict[str, Prototypes] | None:
         if not self.prototypes:
@@ -91,6 +95,21 @@ class ModelCard:
 
     def build_model(self) -> DecAlign:
         return DecAlign(self.config.model, self.widths, self.output_dim)
+
+    def feature_transform(self) -> FeatureTransform | None:
+        """The input transform fitted on the training split (``decalign.data.transform``), if the run has one."""
+        stored = self.extra.get(TRANSFORM_KEY)
+        if stored is None:
+            return None
+        try:
+            return FeatureTransform.from_dict(stored, self.widths, "card")
+        except DataError as exc:
+            raise CheckpointError(str(exc)) from exc
+
+    def prepare(self, dataset: MultimodalDataset) -> MultimodalDataset:
+        """``dataset`` as this model reads it: the run's input transform applied to every split. Every
+        consumer of a model (evaluation, prediction, reports, levels, the dashboard) goes through here."""
+        return apply_feature_transform(dataset, self.feature_transform())
 
 
 def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: str = "best",

@@ -1,8 +1,10 @@
-"""One typed configuration for the model and its training, every default written once.
+"""One typed configuration for the model, its training and its input transforms, every default written once.
 
-``DecAlignConfig.from_json`` reads this project's own JSON (``{"model": {...}, "train": {...}}``) and the
-official taco-group/DecAlign config files (flat keys such as ``dst_feature_dim_nheads``). Unknown keys are
-errors that name the key; keys that only concern the official BERT text encoder are accepted with a warning.
+``DecAlignConfig.from_json`` reads this project's own JSON (``{"model": {...}, "train": {...}, "data": {...}}``)
+and the official taco-group/DecAlign config files (flat keys such as ``dst_feature_dim_nheads``). Unknown keys
+are errors that name the key; official keys this project does not use (BERT settings, bookkeeping) are
+accepted with a warning naming them. A key an official file leaves out takes the official code's default
+(``OFFICIAL_DEFAULTS``), not this project's, and an official file always selects ``objective: official``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .atomic import read_json_object
 
 # Official single-letter modality suffixes, in the official fusion order.
 OFFICIAL_MODALITIES = {"l": "text", "a": "audio", "v": "vision"}
+OBJECTIVES = ("official", "studio")
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,12 @@ class ModelConfig:
     attn_mask: bool = True  # causal mask when a modality attends to itself
     positional_encoding: bool = False  # sinusoidal; the official model has none
     use_sequence_mask: bool = False  # mask padded steps using per-sample lengths
+    # Which alignment objective the losses compute (README, "The objective"): "official" is every term as
+    # the official code computes it; "studio" is this project's scale-free variant. Cards written before
+    # the setting existed were trained with the studio terms and load as "studio".
+    objective: str = "official"
+    hetero_cost_reduction: str = "mean"  # official: mean or sum over feature dimensions [hetero_cost_reduction]
+    local_proto_mahalanobis: bool = False  # official: local cost divided by the prototype variance
 
     def kernel_size(self, modality: str) -> int:
         return dict(self.conv_kernel_sizes).get(modality, self.conv_kernel_size)
@@ -77,6 +86,10 @@ class ModelConfig:
             for modality, value in getattr(self, name):
                 if not low <= value <= high:
                     raise ConfigError(f"{name}[{modality!r}] must be in {low}..{high}, found {value}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be official or studio, found {self.objective!r}")
+        if self.hetero_cost_reduction not in ("mean", "sum"):
+            raise ConfigError(f"hetero_cost_reduction must be mean or sum, found {self.hetero_cost_reduction!r}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ class TrainConfig:
     """Optimisation and loss weights (official names)."""
 
     task_loss: str = "mse"  # mse | l1 | smooth_l1 for regression; cross_entropy for classification
+    smooth_l1_beta: float = 1.0  # the threshold of smooth_l1
+    binary_task_weight: float = 0.0  # regression: weight of BCE(prediction, y > 0) on nonzero labels
     dec_loss_weight: float = 1.0
     alpha: float = 0.05  # weight of heterogeneity alignment (transport + local)
     beta: float = 0.0  # weight of homogeneity alignment (moments + MMD)
@@ -100,6 +115,8 @@ class TrainConfig:
     clip: float = 0.6
     selection_metric: str = "auto"  # a validation metric name, or auto (loss)
     selection_mode: str = "auto"  # min | max | auto (from the metric)
+    scheduler_metric: str = "auto"  # the validation value ReduceLROnPlateau follows; auto = selection_metric
+    scheduler_mode: str = "auto"  # min | max | auto (from the metric)
     seed: int = 1111
     mixed_precision: bool = False  # bf16 autocast for the transformers on CUDA; alignment stays float32
     global_alignment: bool = True  # distributed: prototypes and alignment losses over the global batch
@@ -112,8 +129,9 @@ class TrainConfig:
             )
         if self.class_weight not in ("none", "balanced"):
             raise ConfigError(f"class_weight must be none or balanced, found {self.class_weight!r}")
-        if self.selection_mode not in ("auto", "min", "max"):
-            raise ConfigError(f"selection_mode must be auto, min or max, found {self.selection_mode!r}")
+        for name in ("selection_mode", "scheduler_mode"):
+            if getattr(self, name) not in ("auto", "min", "max"):
+                raise ConfigError(f"{name} must be auto, min or max, found {getattr(self, name)!r}")
         if not 0 < self.learning_rate < math.inf:
             raise ConfigError(f"learning_rate must be positive and finite, found {self.learning_rate}")
 
@@ -131,7 +149,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 1 << 20), "num_epochs": (1, 1_000_000), "early_stop_patience": (0, 1_000_000),
     "scheduler_patience": (0, 1_000_000), "dec_loss_weight": (0.0, 1e6), "alpha": (0.0, 1e6),
     "beta": (0.0, 1e6), "ct_weight": (0.0, 1e6), "ct_temperature": (1e-6, 1e6), "weight_decay": (0.0, 1e6),
-    "factor": (0.0, 1.0), "clip": (0.0, 1e6),
+    "factor": (0.0, 1.0), "clip": (0.0, 1e6), "binary_task_weight": (0.0, 1e6), "smooth_l1_beta": (0.0, 1e6),
 }
 
 
@@ -143,24 +161,51 @@ def _check_ranges(section: Any, ranges: dict[str, tuple[float, float]]) -> None:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """What the run does to its input features before the model sees them (``decalign.data.transform``).
+
+    The statistics come from the training split only and are stored with the run, so evaluation,
+    prediction and the dashboard apply exactly the training transform to new data.
+    """
+
+    # Clip each feature at these percentiles, then standardise it (official need_feature_standardized,
+    # feature_standardize_modalities, feature_clip_percentiles); empty: no modality is standardised.
+    standardize_modalities: tuple[str, ...] = ()
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    time_average_modalities: tuple[str, ...] = ()  # mean over time steps (official need_normalized)
+
+    def validate(self) -> None:
+        low, high = self.clip_percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ConfigError(f"clip_percentiles (official feature_clip_percentiles) must be [low, high] with "
+                              f"0 <= low < high <= 100, found {list(self.clip_percentiles)}")
+        for name in ("standardize_modalities", "time_average_modalities"):
+            names = getattr(self, name)
+            if len(set(names)) != len(names) or not all(names):
+                raise ConfigError(f"{name} must list distinct modality names, found {list(names)}")
+
+
+@dataclass(frozen=True)
 class DecAlignConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> DecAlignConfig:
         self.model.validate()
         self.train.validate()
+        self.data.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": _section_to_dict(self.model), "train": _section_to_dict(self.train)}
+        return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> DecAlignConfig:
-        if set(data) <= {"model", "train"} and data:
-            model = _section_from_dict(ModelConfig, data.get("model", {}), f"{source}: model")
-            train = _section_from_dict(TrainConfig, data.get("train", {}), f"{source}: train")
-            return cls(model, train).validate()
+        if set(data) <= set(SECTIONS) and data:
+            sections = {name: _section_from_dict(kind, data.get(name, {}), f"{source}: {name}")
+                        for name, kind in SECTIONS.items()}
+            return cls(**sections).validate()
         return from_official_dict(data, source)
 
     @classmethod
@@ -170,25 +215,35 @@ class DecAlignConfig:
 
     def override(self, assignments: list[str]) -> DecAlignConfig:
         """Apply ``key=value`` strings (``train.learning_rate=1e-3`` or a bare unique field name)."""
-        model, train = _section_to_dict(self.model), _section_to_dict(self.train)
+        sections = self.to_dict()
         for item in assignments:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise ConfigError(f"--set {item!r}: expected key=value")
-            section, name = _locate_field(key.strip(), model, train)
-            target = model if section == "model" else train
-            target[name] = _parse_value(raw.strip())
-        return DecAlignConfig.from_dict({"model": model, "train": train}, source="--set")
+            section, name = _locate_field(key.strip(), sections)
+            sections[section][name] = _parse_value(raw.strip())
+        return DecAlignConfig.from_dict(sections, source="--set")
 
 
-# Official keys that only concern the BERT text encoder or bookkeeping: accepted, warned about, ignored.
-_OFFICIAL_IGNORED = {
-    "use_bert", "use_finetune", "transformers", "pretrained", "bert_learning_rate", "model_name",
-    "need_data_aligned", "loss_contract", "train_mode", "num_classes", "feature_dims", "seq_lens",
-    "active_modalities", "iemocap_protocol", "when", "patience", "scheduler_metric", "scheduler_mode",
-    "alpha1", "alpha2", "dataset_name", "KeyEval",
-}
-_BERT_ONLY = {"use_bert", "use_finetune", "transformers", "pretrained", "bert_learning_rate"}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def with_legacy_objective(config: dict[str, Any]) -> dict[str, Any]:
+    """A card's config as written before ``objective`` existed: those runs were trained with the studio
+    terms, so a ``model`` section without the key means ``studio`` (a config file without it means the
+    default, ``official``)."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and set(config) <= set(SECTIONS) and "objective" not in model:
+        return {**config, "model": {**model, "objective": "studio"}}
+    return config
+
+
+# Official keys this project accepts but does not use. BERT ones wait for the BERT text encoder; the
+# others are bookkeeping or data-loading details of the official scripts (``when`` is read by nothing).
+_BERT_ONLY = ("use_bert", "use_finetune", "transformers", "pretrained", "bert_learning_rate")
+_OFFICIAL_UNUSED = ("model_name", "dataset_name", "need_data_aligned", "loss_contract", "num_classes",
+                    "feature_dims", "seq_lens", "iemocap_protocol", "when", "alpha1", "alpha2", "KeyEval",
+                    "language", "train_samples", "active_modalities")
 
 # Official flat keys that map one to one onto a field.
 _OFFICIAL_MODEL_KEYS = {
@@ -198,6 +253,7 @@ _OFFICIAL_MODEL_KEYS = {
     "mmd_bandwidth": "mmd_bandwidth", "attn_dropout": "attn_dropout", "relu_dropout": "relu_dropout",
     "embed_dropout": "embed_dropout", "res_dropout": "res_dropout", "output_dropout": "output_dropout",
     "attn_mask": "attn_mask", "use_sequence_mask": "use_sequence_mask",
+    "hetero_cost_reduction": "hetero_cost_reduction", "local_proto_mahalanobis": "local_proto_mahalanobis",
 }
 _OFFICIAL_TRAIN_KEYS = {
     "task_loss": "task_loss", "dec_loss_weight": "dec_loss_weight", "alpha": "alpha", "beta": "beta",
@@ -205,52 +261,153 @@ _OFFICIAL_TRAIN_KEYS = {
     "batch_size": "batch_size", "learning_rate": "learning_rate", "weight_decay": "weight_decay",
     "num_epochs": "num_epochs", "early_stop_patience": "early_stop_patience",
     "scheduler_patience": "scheduler_patience", "factor": "factor", "clip": "clip",
-    "selection_metric": "selection_metric", "selection_mode": "selection_mode", "seed": "seed",
+    "selection_metric": "selection_metric", "selection_mode": "selection_mode",
+    "scheduler_metric": "scheduler_metric", "scheduler_mode": "scheduler_mode", "seed": "seed",
+    "binary_task_weight": "binary_task_weight", "smooth_l1_beta": "smooth_l1_beta",
+}
+_OFFICIAL_DATA_KEYS = ("need_feature_standardized", "feature_standardize_modalities", "feature_clip_percentiles",
+                       "need_normalized")
+_OFFICIAL_LOOP_KEYS = ("patience", "train_mode")
+
+# What the official code uses when a config file leaves a key out (its config.py defaults, else the
+# getattr defaults of models/model.py and trains/ATIO.py). ``pde_dim`` defaults to the width d, and
+# ``selection_metric`` to the validation loss (regression) or WAF1 (classification); see from_official_dict.
+OFFICIAL_DEFAULTS: dict[str, Any] = {
+    "dst_feature_dim_nheads": [40, 10], "nlevels": 5, "conv1d_kernel_size_l": 1, "conv1d_kernel_size_a": 1,
+    "conv1d_kernel_size_v": 1, "num_prototypes": 8, "gmm_em_iters": 5, "gmm_var_floor": 1e-4, "lambda_ot": 0.1,
+    "ot_num_iters": 50, "use_cross_modal_attention": True, "mmd_bandwidth": 1.0, "attn_dropout": 0.1,
+    "attn_dropout_a": 0.0, "attn_dropout_v": 0.0, "relu_dropout": 0.1, "embed_dropout": 0.25,
+    "res_dropout": 0.1, "output_dropout": 0.0, "text_dropout": 0.0, "attn_mask": True,
+    "use_sequence_mask": False, "hetero_cost_reduction": "mean", "local_proto_mahalanobis": False,
+    "task_loss": "mae", "dec_loss_weight": 1.0, "alpha": 0.1, "beta": 0.1, "ct_weight": 0.0,
+    "ct_temperature": 0.1, "class_weight": "none", "binary_task_weight": 0.0, "smooth_l1_beta": 1.0,
+    "batch_size": 24, "learning_rate": 1e-3, "weight_decay": 0.0, "num_epochs": 100, "patience": 20,
+    "clip": 0.8, "factor": 0.1, "need_feature_standardized": False,
+    "feature_standardize_modalities": ["audio", "vision"], "feature_clip_percentiles": [0.5, 99.5],
+    "need_normalized": False,
 }
 
 
 def from_official_dict(data: dict[str, Any], source: str = "config") -> DecAlignConfig:
-    """Translate an official taco-group/DecAlign config (flat keys) into a ``DecAlignConfig``."""
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    kernels, attn_drops, input_drops = [], [], []
-    ignored = []
-    for key, value in data.items():
-        if key in _OFFICIAL_MODEL_KEYS:
-            model[_OFFICIAL_MODEL_KEYS[key]] = value
-        elif key in _OFFICIAL_TRAIN_KEYS:
-            train[_OFFICIAL_TRAIN_KEYS[key]] = _official_train_value(key, value)
-        elif key == "dst_feature_dim_nheads":
-            if not (isinstance(value, list) and len(value) == 2):
-                raise ConfigError(f"{source}: dst_feature_dim_nheads must be [width, heads], found {value!r}")
-            model["d_model"], model["num_heads"] = int(value[0]), int(value[1])
-        elif key.startswith("conv1d_kernel_size_") and key[-1] in OFFICIAL_MODALITIES:
-            kernels.append((OFFICIAL_MODALITIES[key[-1]], int(value)))
-        elif key in ("attn_dropout_a", "attn_dropout_v"):
-            attn_drops.append((OFFICIAL_MODALITIES[key[-1]], float(value)))
-        elif key == "text_dropout":
-            input_drops.append(("text", float(value)))
-        elif key in _OFFICIAL_IGNORED:
-            ignored.append(key)
-        else:
-            raise ConfigError(f"{source}: unknown config key {key!r}")
-    bert_keys = sorted(k for k in ignored if k in _BERT_ONLY)
-    if bert_keys:
-        warnings.warn(f"{source}: keys for the BERT text encoder are ignored: {', '.join(bert_keys)}",
-                      stacklevel=2)
-    if data.get("train_mode") == "classification" and "task_loss" not in data:
+    """Translate an official taco-group/DecAlign config (flat keys) into a ``DecAlignConfig``.
+
+    Keys the file leaves out (or sets to null) take ``OFFICIAL_DEFAULTS``; the objective is always
+    ``official``. ``patience`` stands in for ``early_stop_patience`` and ``scheduler_patience`` when
+    those are absent, as in the official trainer.
+    """
+    unknown = [k for k in data if k not in _OFFICIAL_KNOWN and not _per_modality_key(k)]
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key {unknown[0]!r}")
+    _check_active_modalities(data.get("active_modalities"), source)
+    if data.get("iemocap_protocol", "session_valid") != "session_valid":  # paper_count merges train+valid
+        raise ConfigError(f"{source}: iemocap_protocol {data['iemocap_protocol']!r}: only session_valid (the "
+                          "file's own splits) is supported; merge the splits in the data file instead")
+    given = {k: v for k, v in data.items() if v is not None}
+    values = {**OFFICIAL_DEFAULTS, **given}
+    model, train = _official_model(values, source), _official_train(values, given)
+    _warn_unused(sorted(k for k in given if k in _OFFICIAL_UNUSED or k in _BERT_ONLY), source)
+    config = DecAlignConfig(
+        _section_from_dict(ModelConfig, model, source),
+        _section_from_dict(TrainConfig, train, source),
+        _section_from_dict(DataConfig, _official_data(values, source), source),
+    )
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+_OFFICIAL_KNOWN = {*_BERT_ONLY, *_OFFICIAL_UNUSED, *_OFFICIAL_MODEL_KEYS, *_OFFICIAL_TRAIN_KEYS,
+                   *_OFFICIAL_DATA_KEYS, *_OFFICIAL_LOOP_KEYS, "dst_feature_dim_nheads", "text_dropout",
+                   "attn_dropout_a", "attn_dropout_v"}
+
+
+def _per_modality_key(key: str) -> bool:
+    return key.startswith("conv1d_kernel_size_") and key[-1:] in OFFICIAL_MODALITIES and len(key) == 20
+
+
+def _official_model(values: dict[str, Any], source: str) -> dict[str, Any]:
+    model = {field_name: values[key] for key, field_name in _OFFICIAL_MODEL_KEYS.items() if key in values}
+    shape = values["dst_feature_dim_nheads"]
+    if not (isinstance(shape, list) and len(shape) == 2):
+        raise ConfigError(f"{source}: dst_feature_dim_nheads must be [width, heads], found {shape!r}")
+    model["d_model"], model["num_heads"] = _whole(shape[0], source), _whole(shape[1], source)
+    model.setdefault("pde_dim", model["d_model"])
+    model["conv_kernel_sizes"] = [[name, values[f"conv1d_kernel_size_{letter}"]]
+                                  for letter, name in OFFICIAL_MODALITIES.items()]
+    model["attn_dropouts"] = [["audio", values["attn_dropout_a"]], ["vision", values["attn_dropout_v"]]]
+    model["input_dropouts"] = [["text", values["text_dropout"]]]
+    model["objective"] = "official"
+    return model
+
+
+def _official_train(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    train = {name: values[key] for key, name in _OFFICIAL_TRAIN_KEYS.items() if key in values}
+    train["task_loss"] = _official_task_loss(values["task_loss"])
+    for name in ("early_stop_patience", "scheduler_patience"):
+        train.setdefault(name, values["patience"])
+    classification = values.get("train_mode") == "classification"
+    if classification:  # the official trainer ignores task_loss for classification
         train["task_loss"] = "cross_entropy"
-    model.update(conv_kernel_sizes=tuple(kernels), attn_dropouts=tuple(attn_drops),
-                 input_dropouts=tuple(input_drops))
-    return DecAlignConfig(
-        _section_from_dict(ModelConfig, model, f"{source}"),
-        _section_from_dict(TrainConfig, train, f"{source}"),
-    ).validate()
+    if "selection_metric" not in given:  # official: the dataset's validation loss, or F1 for classes
+        train["selection_metric"] = "WAF1" if classification else "loss"
+    return train
 
 
-def _official_train_value(key: str, value: Any) -> Any:
-    if key == "task_loss" and isinstance(value, str):
-        return {"smoothl1": "smooth_l1", "ce": "cross_entropy", "mae": "l1"}.get(value.lower(), value.lower())
+def _official_data(values: dict[str, Any], source: str) -> dict[str, Any]:
+    modalities = values["feature_standardize_modalities"]
+    if not (isinstance(modalities, list) and all(isinstance(m, str) for m in modalities)):
+        raise ConfigError(f"{source}: feature_standardize_modalities must be a list of modality names, "
+                          f"found {modalities!r}")
+    percentiles = values["feature_clip_percentiles"]
+    if not (isinstance(percentiles, list) and len(percentiles) == 2):
+        raise ConfigError(f"{source}: feature_clip_percentiles must be [low, high], found {percentiles!r}")
+    return {"standardize_modalities": modalities if _flag(values, "need_feature_standardized", source) else [],
+            "clip_percentiles": percentiles,
+            # the official loader averages audio and vision over time (data_loader.py, __normalize)
+            "time_average_modalities": ["audio", "vision"] if _flag(values, "need_normalized", source) else []}
+
+
+def _flag(values: dict[str, Any], key: str, source: str) -> bool:
+    if not isinstance(values[key], bool):
+        raise ConfigError(f"{source}: {key} must be true or false, found {values[key]!r}")
+    return values[key]
+
+
+def _whole(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ConfigError(f"{source}: dst_feature_dim_nheads must hold whole numbers, found {value!r}")
+    return int(value)
+
+
+def _check_active_modalities(value: Any, source: str) -> None:
+    """The official ablation switch: this project trains the modalities its data holds instead."""
+    if value is None:
+        return
+    names = value if isinstance(value, list) else [value]
+    alias = {"t": "text", "l": "text", "a": "audio", "v": "vision"}
+    found = {alias.get(str(n).lower(), str(n).lower()) for n in names}
+    if found != {"text", "audio", "vision"}:
+        raise ConfigError(f"{source}: active_modalities {value!r}: only all three modalities are supported; "
+                          "to leave a modality out, train on data without it")
+
+
+def _warn_unused(keys: list[str], source: str) -> None:
+    bert = [k for k in keys if k in _BERT_ONLY]
+    other = [k for k in keys if k not in _BERT_ONLY]
+    if bert:
+        warnings.warn(f"{source}: keys for the BERT text encoder are ignored (text is read as precomputed "
+                      f"features): {', '.join(bert)}", stacklevel=3)
+    if other:
+        warnings.warn(f"{source}: official keys not used by this project are ignored: {', '.join(other)}",
+                      stacklevel=3)
+
+
+def _official_task_loss(value: Any) -> Any:
+    if isinstance(value, str):
+        lowered = value.lower()
+        return {"smoothl1": "smooth_l1", "huber": "smooth_l1", "ce": "cross_entropy", "mae": "l1"}.get(
+            lowered, lowered)
     return value
 
 
@@ -258,7 +415,11 @@ def _section_to_dict(section: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
-        out[f.name] = [list(pair) for pair in value] if isinstance(value, tuple) else value
+        if f.name in _PAIR_FIELDS:
+            value = [list(pair) for pair in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
     return out
 
 
@@ -274,13 +435,24 @@ def _section_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     return cls(**kwargs)
 
 
+# Tuple fields: [modality, value] pairs, lists of names, and the two percentiles.
+_PAIR_FIELDS = {"conv_kernel_sizes": 1, "attn_dropouts": 0.0, "input_dropouts": 0.0}
+_NAME_LISTS = ("standardize_modalities", "time_average_modalities")
+
+
 def _coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
     default = f.default
-    if isinstance(default, tuple):
-        try:
-            return tuple((str(k), type(v)(val)) for k, v, val in _pairs(value, f.name))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {f.name} must be a list of [modality, value] pairs") from exc
+    if f.name in _PAIR_FIELDS:
+        return _coerce_pairs(value, f.name, source)
+    if f.name in _NAME_LISTS:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {f.name} must be a list of modality names, found {value!r}")
+        return tuple(value)
+    if f.name == "clip_percentiles":
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{source}: {f.name} must be [low, high] percentiles, found {value!r}")
+        return (float(value[0]), float(value[1]))
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -298,24 +470,24 @@ def _coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
     raise ConfigError(f"{source}: {f.name} has the wrong type: found {value!r}")
 
 
-def _pairs(value: Any, name: str):
-    items = value.items() if isinstance(value, dict) else value
-    sample = {"conv_kernel_sizes": 1, "attn_dropouts": 0.0, "input_dropouts": 0.0}[name]
-    for item in items:
-        key, val = item
-        yield key, sample, val
+def _coerce_pairs(value: Any, name: str, source: str) -> tuple:
+    kind = type(_PAIR_FIELDS[name])
+    try:
+        items = value.items() if isinstance(value, dict) else value
+        return tuple((str(key), kind(val)) for key, val in items)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name} must be a list of [modality, value] pairs") from exc
 
 
-def _locate_field(key: str, model: dict, train: dict) -> tuple[str, str]:
+def _locate_field(key: str, sections: dict[str, dict]) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
-        if section in ("model", "train") and name in (model if section == "model" else train):
+        if section in sections and name in sections[section]:
             return section, name
         raise ConfigError(f"--set: unknown config key {key!r}")
-    if key in model:
-        return "model", key
-    if key in train:
-        return "train", key
+    for section, fields in sections.items():
+        if key in fields:
+            return section, key
     raise ConfigError(f"--set: unknown config key {key!r}")
 
 

@@ -61,7 +61,7 @@ def plan_figures(view: PlanView, a: str, b: str) -> tuple[go.Figure, go.Figure]:
     plan = view.pair_plans[(a, b)] if (a, b) in view.pair_plans else view.pair_plans[(b, a)].T
     cost = view.pair_costs[(a, b)] if (a, b) in view.pair_costs else view.pair_costs[(b, a)].T
     rows, cols = plan.sum(1), plan.sum(0)
-    return (matrix_figure(cost, rows, cols, a, b, f"Cost {a} – {b} (Bures W2²)", "Reds"),
+    return (matrix_figure(cost, rows, cols, a, b, f"Cost {a} – {b} ({view.cost_name})", "Reds"),
             matrix_figure(plan, rows, cols, a, b, f"Plan {a} – {b}"))
 
 
@@ -83,7 +83,7 @@ def sankey_figure(links: pd.DataFrame, order: list[str], title: str = "") -> go.
     return fig
 
 
-def entropy_figure(sweep: pd.DataFrame, current: float) -> go.Figure:
+def entropy_figure(sweep: pd.DataFrame, current: float, lambda_unit: str = "relative to the mean cost") -> go.Figure:
     """Entropy and transport cost of the plan against lambda_ot (log axis), the current value marked."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=sweep.lambda_ot, y=sweep.entropy, mode="lines+markers", name="entropy H(P)"),
@@ -91,7 +91,7 @@ def entropy_figure(sweep: pd.DataFrame, current: float) -> go.Figure:
     fig.add_trace(go.Scatter(x=sweep.lambda_ot, y=sweep.transport_cost, mode="lines+markers",
                              name="transport cost ⟨P, C⟩"), secondary_y=True)
     fig.add_vline(x=current, line_dash="dash", line_color="grey")
-    fig.update_xaxes(type="log", title="lambda_ot (entropy setting, relative to the mean cost)")
+    fig.update_xaxes(type="log", title=f"lambda_ot (entropy setting, {lambda_unit})")
     fig.update_yaxes(title="entropy (nats)", secondary_y=False)
     fig.update_yaxes(title="transport cost", secondary_y=True)
     fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10})

@@ -9,10 +9,13 @@ import streamlit as st
 from app.context import Context, get_context
 from app.figures import alignment as fig
 from decalign.explain.levels import (
+    GROUPS,
     LEVEL_MEANING,
     LEVEL_TITLES,
     LEVELS,
+    WEIGHTED,
     alignment_levels,
+    level_totals,
     levels_history,
 )
 from decalign.safe_output import markdown_text
@@ -27,7 +30,8 @@ MAX_SAMPLES = 4096
 def _levels(model_id: str, data_id: str, split: str, fixed: bool, _ctx: Context) -> pd.DataFrame:
     prototypes = _ctx.card.prototype_tensors() if fixed else None
     return alignment_levels(_ctx.model, _ctx.split_data, prototypes=prototypes,
-                            batch_size=_ctx.card.config.train.batch_size, max_samples=MAX_SAMPLES)
+                            batch_size=_ctx.card.config.train.batch_size, max_samples=MAX_SAMPLES,
+                            weights=_ctx.card.config.train)
 
 
 def render() -> None:
@@ -46,8 +50,9 @@ def render() -> None:
     st.caption(f"Split **{ctx.split}**: {n:,} samples"
                + (f" (a random {MAX_SAMPLES:,} of {len(ctx.split_data):,})" if n < len(ctx.split_data) else "")
                + f", in chunks of {ctx.card.config.train.batch_size} like training batches; each level is the "
-               "chunk-size-weighted mean. Lower is better-aligned for every level.")
-    st.dataframe(_summary(levels, training), hide_index=True, key="align_summary")
+               f"chunk-size-weighted mean, under the model's {ctx.card.config.model.objective} objective. Lower "
+               "is better-aligned for every level.")
+    st.dataframe(_summary(levels, training, ctx.card.config.train), hide_index=True, key="align_summary")
     for level in LEVELS:
         st.subheader(LEVEL_TITLES[level])
         left, right = st.columns([3, 2])
@@ -61,11 +66,17 @@ def render() -> None:
         st.caption(LEVEL_MEANING[level])
 
 
-def _summary(levels: pd.DataFrame, training: dict | None) -> pd.DataFrame:
-    totals = levels[levels.kind == "total"].set_index("level").value
-    rows = []
-    for level in LEVELS:
-        value = fig.training_value(training, level)
-        rows.append({"level": LEVEL_TITLES[level], "current data": f"{totals[level]:.4g}",
-                     "training set": "not recorded" if value is None else f"{value:.4g}"})
-    return pd.DataFrame(rows)
+def _summary(levels: pd.DataFrame, training: dict | None, weights) -> pd.DataFrame:
+    totals = level_totals(levels)
+    train = {level: fig.training_value(training, level) for level in LEVELS}
+    for group, members in GROUPS.items():  # the official hete_loss and homo_loss
+        parts = [train[m] for m in members]
+        train[group] = None if None in parts else sum(parts)
+    parts = [train["decoupling"], train["heterogeneous"], train["homogeneous"]]
+    train[WEIGHTED] = None if None in parts else (weights.dec_loss_weight * parts[0] + weights.alpha * parts[1]
+                                                  + weights.beta * parts[2])
+    names = {**LEVEL_TITLES, **{g: f"{g} ({' + '.join(m)})" for g, m in GROUPS.items()},
+             WEIGHTED: "weighted alignment part of the training loss"}
+    return pd.DataFrame([{"level": names[key], "current data": f"{totals[key]:.4g}",
+                          "training set": "not recorded" if train[key] is None else f"{train[key]:.4g}"}
+                         for key in names])

@@ -42,12 +42,13 @@ class Side:
 
 @st.cache_data(max_entries=8, show_spinner="Running the model…")
 def _infer(model_id: str, data_id: str, split: str, _model, _card: ModelCard, _dataset) -> InferenceResult:
-    return run_inference(_model, _dataset.splits[split], task=_card.task, prototypes=_card.prototype_tensors())
+    data = _card.prepare(_dataset)  # each model reads the data through its own input transform
+    return run_inference(_model, data.splits[split], task=_card.task, prototypes=_card.prototype_tensors())
 
 
 @st.cache_data(max_entries=8, show_spinner="Measuring the alignment levels…")
-def _levels(model_id: str, data_id: str, split: str, _model, _dataset):
-    return alignment_levels(_model, _dataset.splits[split], max_samples=512)
+def _levels(model_id: str, data_id: str, split: str, _model, _card: ModelCard, _dataset):
+    return alignment_levels(_model, _card.prepare(_dataset).splits[split], max_samples=512)
 
 
 def _choices() -> dict[str, Path]:
@@ -163,8 +164,8 @@ def _slices(ra, rb, card_a, card_b) -> None:
 
 def _levels_section(a: Side, b: Side, data_id: str, split: str, dataset) -> None:
     st.subheader("Alignment levels")
-    table = levels_side_by_side(_levels(a.model_id, data_id, split, a.model, dataset),
-                                _levels(b.model_id, data_id, split, b.model, dataset))
+    table = levels_side_by_side(_levels(a.model_id, data_id, split, a.model, a.card, dataset),
+                                _levels(b.model_id, data_id, split, b.model, b.card, dataset))
     left, right = st.columns([2, 3])
     left.dataframe(table, hide_index=True, key="compare_levels")
     right.plotly_chart(fig.levels_figure(table), key="compare_levels_fig")

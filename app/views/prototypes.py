@@ -13,6 +13,7 @@ from app.figures import transport as fig
 from decalign.config import ModelConfig
 from decalign.explain.projection import project_with_points
 from decalign.explain.transport_view import (
+    LAMBDA_UNITS,
     PlanView,
     assignments,
     entropy_sweep,
@@ -56,7 +57,8 @@ def render() -> None:
     _prototype_section(ctx, protos, post)
     st.header("Transport between the modalities")
     default = min(LAMBDAS, key=lambda v: abs(np.log(v / ctx.card.config.model.lambda_ot)))
-    lam = st.select_slider("Entropy setting lambda_ot (relative to the mean cost)", LAMBDAS, value=default,
+    unit = LAMBDA_UNITS[ctx.card.config.model.objective]
+    lam = st.select_slider(f"Entropy setting lambda_ot ({unit})", LAMBDAS, value=default,
                            key="proto_lambda", help="Smaller: a sharper, cheaper plan; larger: a more spread one.")
     keys = (ctx.model_id, ctx.data_id, ctx.split, source, k, marginal_name)
     config = ctx.card.config.model
@@ -75,7 +77,7 @@ def render() -> None:
     st.caption("Each band is the share of the joint plan linking two prototypes of neighbouring modalities "
                "(the two-modality marginal of the multi-marginal plan).")
     st.subheader("How the plan changes with the entropy setting")
-    st.plotly_chart(fig.entropy_figure(_sweep(*keys, protos, marginals, config), lam), key="proto_entropy")
+    st.plotly_chart(fig.entropy_figure(_sweep(*keys, protos, marginals, config), lam, unit), key="proto_entropy")
 
 
 def _choose_prototypes(ctx: Context) -> tuple[str, int, dict[str, Prototypes]]:

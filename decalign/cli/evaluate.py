@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_model(args.checkpoint, device=device)
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data)
+    dataset = card.prepare(dataset)  # the run's input transform, if it has one
     check_task(dataset, card.task, card.num_classes, args.data)
     split = pick_split(dataset, args.split, args.data, labelled=True)
-    eval_args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, card_convention(card),
-                         max(1, args.batch_size))
+    train = card.config.train
+    eval_args = EvalArgs(card.task, train.task_loss, card.num_classes, card_convention(card), max(1, args.batch_size),
+                         binary_task_weight=train.binary_task_weight, smooth_l1_beta=train.smooth_l1_beta)
     metrics = evaluate_split(model, split, eval_args)
     if args.json:
         print(json.dumps({"split": args.split, "samples": len(split), "metrics": metrics}, indent=2))

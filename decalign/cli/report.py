@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data)
+    dataset = card.prepare(dataset)  # the run's input transform, if it has one
     split = pick_split(dataset, args.split, args.data)
     checkpoint = Path(args.checkpoint)
     reference = load_reference(checkpoint) if checkpoint.is_dir() else None

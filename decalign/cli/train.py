@@ -11,10 +11,14 @@ HELP = "train a model on a dataset file and write a run directory"
 DESCRIPTION = """Train DecAlign on a dataset file (MMSA pickle or npz) and write a run directory:
 card.json (config, modalities, metrics, prototypes), best.safetensors, last.safetensors, history.json,
 status.json and resume/. The configuration starts from the defaults, then --config (this project's
-JSON or an official DecAlign config such as dec_mosi_config.json), then every --set."""
+JSON or an official DecAlign config such as dec_mosi_config.json), then every --set. The alignment
+terms follow model.objective: official (the default, every term as the official code computes it) or
+studio (this project's scale-free variants). An official config's input transforms (standardisation,
+averaging over time) are fitted on the training split and stored with the run."""
 EPILOG = """examples:
   decalign train --data mosi.pkl --config dec_mosi_config.json --out runs/mosi
   decalign train --data mosi.pkl --set num_epochs=5 --set train.learning_rate=1e-3 --out runs/quick
+  decalign train --data mosi.pkl --set objective=studio --out runs/studio
   decalign train --data mosi.pkl --out runs/mosi --resume     (continue after the last finished epoch)"""
 
 

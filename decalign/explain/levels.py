@@ -1,4 +1,10 @@
-"""The five alignment levels of DecAlign on any data, and their course over the training epochs."""
+"""The five alignment levels of DecAlign on any data, their official groupings, and their course over epochs.
+
+:func:`alignment_levels` is the one owner of the levels a model reaches on data: the Alignment page, the
+Compare page and ``decalign levels`` all call it. It runs the model in eval mode (no dropout) with the
+alignment of its own objective (``ModelConfig.objective``), so for imported official weights the
+``heterogeneous`` and ``homogeneous`` groups are the official ``hete_loss`` and ``homo_loss``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import TrainConfig
 from ..data import Split, iterate_batches
 from ..model import AlignmentLevels, DecAlign, Prototypes
 
 LEVELS = AlignmentLevels.LEVELS
+GROUPS = {"heterogeneous": ("prototype_transport", "sample_to_prototype"),  # official hete_loss
+          "homogeneous": ("moment_matching", "mmd")}  # official homo_loss
+WEIGHTED = "weighted_alignment"  # dec_loss_weight * decoupling + alpha * heterogeneous + beta * homogeneous
 LEVEL_TITLES = {
     "decoupling": "1 · Decoupling",
     "prototype_transport": "2 · Prototype transport (global heterogeneity)",
@@ -26,10 +36,13 @@ LEVEL_MEANING = {
                   "cosine): near 0 means they carry different information, near 1 means the split failed.",
     "prototype_transport": "The cost of the optimal transport plan between the modalities' prototypes: low "
                            "means each modality's clusters have a close counterpart in the others; high "
-                           "means the modality-specific structures are far apart.",
-    "sample_to_prototype": "How far samples lie from the prototypes of the other modality that the plan "
-                           "matches them to: low means a sample's clusters agree across modalities, high "
-                           "means they disagree.",
+                           "means the modality-specific structures are far apart. Under the official "
+                           "objective it includes the plan's entropy term, lambda * sum P (log P - 1), which "
+                           "is negative, so the level can be below zero.",
+    "sample_to_prototype": "How far samples lie from the other modalities' prototypes that correspond to "
+                           "their own (by prototype index under the official objective, through the transport "
+                           "plan under the studio one): low means a sample's clusters agree across "
+                           "modalities, high means they disagree.",
     "moment_matching": "Gap between the mean, covariance and skewness of the modalities' common features: "
                        "low means the common parts are distributed alike, high means they still differ.",
     "mmd": "Maximum mean discrepancy between the modalities' common features (Gaussian kernel): 0 means "
@@ -46,41 +59,52 @@ _HISTORY_ALIASES = {
 
 
 def alignment_levels(model: DecAlign, split: Split, *, prototypes: dict[str, Prototypes] | None = None,
-                     batch_size: int = 256, max_samples: int = 4096, seed: int = 0) -> pd.DataFrame:
-    """Value of every alignment level on ``split``, total and per modality pair (per modality for decoupling).
+                     batch_size: int | None = 256, max_samples: int = 4096, seed: int = 0, first: bool = False,
+                     weights: TrainConfig | None = None) -> pd.DataFrame:
+    """Value of every alignment level on ``split``: totals, parts, the official groupings and the weighted sum.
 
-    The model runs with ``align=True`` in eval mode without gradients over chunks of at most
-    ``batch_size`` samples (equal-sized chunks, so no chunk is tiny); each value is the mean over chunks
-    weighted by chunk size. Like in training, the levels are batch statistics: the prototype transport of
-    a chunk solves the plan between that chunk's prototypes (fitted on the chunk, or ``prototypes`` with
-    the chunk's posteriors as marginals), and moments and MMD compare the chunk's distributions, so the
-    values depend somewhat on ``batch_size``. Above ``max_samples`` samples a seeded random subset is used.
+    The model runs with ``align=True`` in eval mode without gradients over chunks of at most ``batch_size``
+    samples (``None``: the whole selection as one batch; equal-sized chunks, so no chunk is tiny); each
+    value is the mean over chunks weighted by chunk size. The levels are batch statistics, as in
+    training: the prototype transport of a chunk solves the plan between that chunk's prototypes
+    (fitted on the chunk, or ``prototypes`` with the chunk's posteriors as marginals), and moments and
+    MMD compare the chunk's distributions, so the values depend on the chunk size. Above
+    ``max_samples`` samples, the first ``max_samples`` (``first``) or a seeded random subset are used.
 
-    Per-pair rows: ``sample_to_prototype`` for each ordered pair (a → b), ``moment_matching`` and ``mmd``
-    for each unordered pair, ``prototype_transport`` for each unordered pair as ``<P_ab, C_ab>`` (the joint
-    cost is the sum of pair costs, so these add up to the total). Per-pair (per-modality) rows of a level
-    sum to its total row.
+    Rows (column ``kind``):
+
+    * ``total``: the five levels;
+    * ``modality`` / ``pair``: decoupling per modality, sample-to-prototype per ordered pair (a → b),
+      moments and MMD per pair (a – b); they make their level by the model objective's rule, the mean
+      (official) or the sum (studio);
+    * ``pair`` and ``term`` of ``prototype_transport``: ``<P_ab, C_ab>`` per pair and (official) the
+      entropy term; these always add up to the level;
+    * ``group``: ``heterogeneous`` (transport + sample-to-prototype, the official ``hete_loss``) and
+      ``homogeneous`` (moments + MMD, the official ``homo_loss``);
+    * ``weighted``: with ``weights`` (the run's ``TrainConfig``), ``dec_loss_weight * decoupling + alpha *
+      heterogeneous + beta * homogeneous``, the alignment part of the training loss.
 
     Returns
     -------
-    DataFrame with columns level, scope ("total", a modality, "a → b" or "a – b"), kind ("total",
-    "modality", "pair"), value, samples.
+    DataFrame with columns level, scope ("total", a modality, "a → b", "a – b", "entropy term"), kind,
+    value, samples.
     """
     if len(split) == 0:
         raise ValueError("alignment_levels needs at least one sample")
-    if batch_size < 1 or max_samples < 1:
+    if (batch_size is not None and batch_size < 1) or max_samples < 1:
         raise ValueError(f"batch_size and max_samples must be at least 1, found {batch_size}, {max_samples}")
     rows = np.arange(len(split))
     if len(rows) > max_samples:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_samples, replace=False))
-    chunks = np.array_split(rows, math.ceil(len(rows) / batch_size))
+        rows = rows[:max_samples] if first else np.sort(
+            np.random.default_rng(seed).choice(len(rows), max_samples, replace=False))
+    chunks = np.array_split(rows, math.ceil(len(rows) / (batch_size or len(rows))))
     sums: dict[tuple[str, str, str], float] = {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for chunk in chunks:
-                for key, value in _chunk_levels(model, split.subset(chunk), prototypes).items():
+                for key, value in _chunk_levels(model, split.subset(chunk), prototypes, weights).items():
                     sums[key] = sums.get(key, 0.0) + value * len(chunk)
     finally:
         model.train(was_training)
@@ -88,8 +112,14 @@ def alignment_levels(model: DecAlign, split: Split, *, prototypes: dict[str, Pro
                           "samples": len(rows)} for (level, scope, kind), total in sums.items()])
 
 
-def _chunk_levels(model: DecAlign, part: Split, prototypes: dict[str, Prototypes] | None
-                  ) -> dict[tuple[str, str, str], float]:
+def level_totals(levels: pd.DataFrame) -> dict[str, float]:
+    """The five levels, the two groups and (when computed) the weighted sum of an ``alignment_levels`` frame."""
+    picked = levels[levels.kind.isin(("total", "group", "weighted"))]
+    return {str(r.level): float(r.value) for r in picked.itertuples()}
+
+
+def _chunk_levels(model: DecAlign, part: Split, prototypes: dict[str, Prototypes] | None,
+                  weights: TrainConfig | None) -> dict[tuple[str, str, str], float]:
     device = next(model.parameters()).device
     batch = next(iterate_batches(part, len(part), shuffle=False, device=device))
     out = model(batch.inputs, batch.lengths, align=True, prototypes=prototypes)
@@ -102,8 +132,17 @@ def _chunk_levels(model: DecAlign, part: Split, prototypes: dict[str, Prototypes
             (out.transport.pair_plan(a, b, order) * pair_cost).sum())
         values[("moment_matching", f"{a} – {b}", "pair")] = float(levels.moment_matching_per_pair[(a, b)])
         values[("mmd", f"{a} – {b}", "pair")] = float(levels.mmd_per_pair[(a, b)])
+    if levels.objective == "official":
+        values[("prototype_transport", "entropy term", "term")] = float(out.transport.entropy_term)
     values.update({("sample_to_prototype", f"{a} → {b}", "pair"): float(v)
                    for (a, b), v in levels.sample_to_prototype_per_pair.items()})
+    for group, members in GROUPS.items():
+        values[(group, "total", "group")] = sum(values[(m, "total", "total")] for m in members)
+    if weights is not None:
+        values[(WEIGHTED, "total", "weighted")] = (
+            weights.dec_loss_weight * values[("decoupling", "total", "total")]
+            + weights.alpha * values[("heterogeneous", "total", "group")]
+            + weights.beta * values[("homogeneous", "total", "group")])
     return values
 
 

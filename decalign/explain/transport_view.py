@@ -17,8 +17,12 @@ import torch
 
 from ..config import ModelConfig
 from ..inference import InferenceResult
-from ..model import Prototypes, TransportResult, fit_gmm, plan_entropy, posteriors, transport_plan
+from ..model import Prototypes, TransportResult, plan_entropy, posteriors, transport_plan
+from ..model import fit_prototypes as fit_model_prototypes
 
+# How the dashboard names the cost and the entropy setting of each objective (decalign.model.transport).
+COST_NAMES = {"official": "official Gaussian cost", "studio": "Bures W2²"}
+LAMBDA_UNITS = {"official": "absolute, as in the official objective", "studio": "relative to the mean cost"}
 FIT_EM_ITERS = 20  # EM steps for prototypes fitted on the current data: one fit over a split, not per batch
 
 
@@ -30,27 +34,29 @@ class PlanView:
     plan: np.ndarray  # (K_1, ..., K_M), sums to 1
     cost: np.ndarray  # (K_1, ..., K_M) joint cost, sum of the pair costs
     pair_plans: dict[tuple[str, str], np.ndarray]  # (K_a, K_b) two-modality marginal of the plan
-    pair_costs: dict[tuple[str, str], np.ndarray]  # (K_a, K_b) Bures cost between prototypes
+    pair_costs: dict[tuple[str, str], np.ndarray]  # (K_a, K_b) cost between prototypes (``cost_name``)
     marginals: dict[str, np.ndarray]  # (K_m,) target marginals
     lambda_ot: float
-    reg: float  # lambda_ot * mean(cost)
+    reg: float  # the entropic weight used: lambda_ot (official) or lambda_ot * mean(cost) (studio)
     transport_cost: float  # <P, C>
     entropy: float  # H(P) = -sum P log P, in nats
     iterations: int
     marginal_error: float
     converged: bool
+    cost_name: str = COST_NAMES["studio"]
+    lambda_unit: str = LAMBDA_UNITS["studio"]
 
 
 def fit_prototypes(result: InferenceResult, config: ModelConfig, num_prototypes: int | None = None, *,
                    iterations: int = FIT_EM_ITERS) -> dict[str, Prototypes]:
     """Fit K diagonal-Gaussian prototypes to each modality's pooled unique features of ``result``.
 
-    Uses the model's EM (``decalign.model.fit_gmm``, deterministic farthest-point start) with the model's
-    variance floor; K defaults to ``config.num_prototypes``.
+    Uses the EM of the model's objective (``decalign.model.fit_prototypes``: the official evenly spaced
+    start, or the studio farthest-point one) with the model's variance floor; K defaults to
+    ``config.num_prototypes``.
     """
-    k = config.num_prototypes if num_prototypes is None else num_prototypes
-    return {m: _detach(fit_gmm(torch.from_numpy(np.asarray(x, dtype=np.float32)), k,
-                               iterations=iterations, var_floor=config.gmm_var_floor))
+    return {m: _detach(fit_model_prototypes(torch.from_numpy(np.asarray(x, dtype=np.float32)), config,
+                                            num_components=num_prototypes, iterations=iterations))
             for m, x in result.unique_pooled.items()}
 
 
@@ -122,17 +128,18 @@ def solve_plan(prototypes: dict[str, Prototypes], config: ModelConfig,
     prototypes : modality -> Prototypes (means, variances, weights), at least two modalities.
     config : the model's settings.
     marginals : modality -> (K_m,) target marginals; default the prototypes' weights. Normalised to sum 1.
-    lambda_ot : entropic regularisation relative to the mean cost, > 0.
+    lambda_ot : entropic regularisation, > 0: absolute (official objective) or relative to the mean cost
+        (studio).
     """
     proto = {m: _as64(p) for m, p in prototypes.items()}
     targets = None if marginals is None else {m: torch.from_numpy(np.asarray(a, dtype=np.float64))
                                               for m, a in marginals.items()}
     result = transport_plan(proto, config, lambda_ot=lambda_ot, marginals=targets)
-    return plan_view(result, config.lambda_ot if lambda_ot is None else lambda_ot)
+    return plan_view(result, config.lambda_ot if lambda_ot is None else lambda_ot, config.objective)
 
 
-def plan_view(result: TransportResult, lambda_ot: float) -> PlanView:
-    """A solved ``TransportResult`` in numpy, with its pairwise views."""
+def plan_view(result: TransportResult, lambda_ot: float, objective: str = "studio") -> PlanView:
+    """A solved ``TransportResult`` in numpy, with its pairwise views; ``objective`` names its cost."""
     plan = result.plan.detach().cpu().double().numpy()
     cost = result.cost.detach().cpu().double().numpy()
     return PlanView(
@@ -143,6 +150,7 @@ def plan_view(result: TransportResult, lambda_ot: float) -> PlanView:
         lambda_ot=float(lambda_ot), reg=float(result.reg), transport_cost=float((plan * cost).sum()),
         entropy=plan_entropy(plan), iterations=int(result.iterations),
         marginal_error=float(result.marginal_error), converged=bool(result.converged),
+        cost_name=COST_NAMES[objective], lambda_unit=LAMBDA_UNITS[objective],
     )
 
 

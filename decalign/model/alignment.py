@@ -1,4 +1,10 @@
-"""DecAlign's alignment losses as plain functions. Each returns a non-negative scalar tensor."""
+"""DecAlign's alignment losses as plain functions, each returning a scalar tensor.
+
+Every function says which objective (``ModelConfig.objective``) it computes. ``official`` ones follow the
+official taco-group/DecAlign code term by term, reductions included; ``studio`` ones are this project's
+scale-free variants. The model (``DecAlign._align``) combines them per modality or pair: means under
+the official objective, sums under the studio one. :func:`decoupling_loss` serves both.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from .output import Prototypes
 
 
 def decoupling_loss(unique: torch.Tensor, common: torch.Tensor) -> torch.Tensor:
-    """Mean squared cosine similarity between a sample's unique and common sequences.
+    """Both objectives: mean squared cosine similarity between a sample's unique and common sequences.
 
     ``L_dec = 1/N sum_i cos(vec(u_i), vec(c_i))^2`` over the flattened (T * d) sequences: zero when the
     two parts are orthogonal, one when they are parallel (either sign).
@@ -21,7 +27,7 @@ def decoupling_loss(unique: torch.Tensor, common: torch.Tensor) -> torch.Tensor:
 
 def sample_to_prototype_loss(features: torch.Tensor, own: Prototypes, other: Prototypes,
                              pair_plan: torch.Tensor) -> torch.Tensor:
-    """Local heterogeneity: posterior-weighted squared distance from samples to another modality's prototypes.
+    """Objective ``studio``: local heterogeneity carried through the transport plan.
 
     A sample of modality m with posterior ``r_i`` over m's prototypes is carried by the transport plan to
     a distribution over modality n's prototypes, ``q_i = r_i P_mn / a_m``; the loss is
@@ -41,7 +47,7 @@ def sample_to_prototype_loss(features: torch.Tensor, own: Prototypes, other: Pro
 
 
 def moments(z: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean (p,), covariance (p, p) and per-dimension skewness (p,) of samples ``z`` (N, p).
+    """Objective ``studio``: mean (p,), covariance (p, p) and per-dimension skewness (p,) of ``z`` (N, p).
 
     Computed from centred values (no ``E[z^2] - mu^2`` cancellation); divided by N so one sample works.
     """
@@ -54,13 +60,13 @@ def moments(z: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Ten
 
 
 def moment_matching_loss(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-    """Semantic homogeneity: ``||mu_a - mu_b||^2 + ||Sigma_a - Sigma_b||_F^2 + ||skew_a - skew_b||^2``."""
+    """Objective ``studio``: ``||mu_a - mu_b||^2 + ||Sigma_a - Sigma_b||_F^2 + ||skew_a - skew_b||^2``."""
     (m_a, c_a, s_a), (m_b, c_b, s_b) = moments(z_a), moments(z_b)
     return (m_a - m_b).pow(2).sum() + (c_a - c_b).pow(2).sum() + (s_a - s_b).pow(2).sum()
 
 
 def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
-    """Squared maximum mean discrepancy with the Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 s^2))``.
+    """Objective ``studio``: squared MMD with the Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 s^2))``.
 
     The biased (V-statistic) estimate ``mean K_xx + mean K_yy - 2 mean K_xy`` equals
     ``||mean phi(x) - mean phi(y)||^2`` in the RKHS, hence is non-negative; round-off is clamped at zero.
@@ -70,3 +76,61 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> to
         return torch.exp(-dist_sq / (2 * bandwidth**2)).mean()
 
     return (kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y)).clamp_min(0.0)
+
+
+def official_local_loss(features: torch.Tensor, own_posteriors: torch.Tensor, other: Prototypes, *,
+                        reduction: str = "mean", mahalanobis: bool = False, var_floor: float = 1e-4
+                        ) -> torch.Tensor:
+    """Objective ``official``: local heterogeneity of modality m towards modality n, by prototype index.
+
+    ``1/N sum_i sum_k r^m_ik c(x_i, mu^n_k)`` with ``c(x, mu) = R_d (x - mu)^2`` (``R_d`` the mean over
+    dimensions, or the sum with ``hetero_cost_reduction: sum``; divided by ``max(var^n_k, floor)`` with
+    ``local_proto_mahalanobis``): the posterior of m's k-th prototype weights the distance to n's k-th
+    prototype. The pairing is by index, as in the official code, so both mixtures need the same K.
+
+    Parameters
+    ----------
+    features : (N, d) pooled unique features of m; own_posteriors : (N, K) their posteriors under m's
+    mixture; other : n's prototypes, (K, d).
+    """
+    if own_posteriors.shape[-1] != other.means.shape[0]:
+        raise ValueError(f"the official local loss pairs prototypes by index: both modalities need the same "
+                         f"number of prototypes, found {own_posteriors.shape[-1]} and {other.means.shape[0]}")
+    cost = (features.unsqueeze(1) - other.means.unsqueeze(0)).pow(2)  # (N, K, d)
+    if mahalanobis:
+        cost = cost / other.variances.clamp_min(var_floor).unsqueeze(0)
+    cost = cost.sum(-1) if reduction == "sum" else cost.mean(-1)
+    return (own_posteriors * cost).sum(1).mean()
+
+
+def official_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Objective ``official``: mean (p,), covariance (p, p) with ``1 / max(N - 1, 1)``, and skewness (p,)
+    ``E[(z - mu)^3] / v^1.5`` with the biased per-dimension variance ``v = max(E[(z - mu)^2], 1e-6)``."""
+    mean = z.mean(0)
+    centred = z - mean
+    cov = centred.T @ centred / max(z.shape[0] - 1, 1)
+    var = centred.pow(2).mean(0).clamp_min(1e-6)
+    return mean, cov, centred.pow(3).mean(0) / var.pow(1.5)
+
+
+def official_moment_distance(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """Objective ``official``: ``mse(mu_a, mu_b) + mse(Sigma_a, Sigma_b) + mse(skew_a, skew_b)``, each a mean
+    over its elements (:func:`official_moments`)."""
+    (m_a, c_a, s_a), (m_b, c_b, s_b) = official_moments(z_a), official_moments(z_b)
+    return F.mse_loss(m_a, m_b) + F.mse_loss(c_a, c_b) + F.mse_loss(s_a, s_b)
+
+
+def official_mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
+    """Objective ``official``: biased MMD^2 with the kernel ``exp(-||x - y||^2 / (2 * bandwidth))``.
+
+    The official kernel divides by twice the bandwidth itself, not its square. ``mean K_xx + mean K_yy -
+    2 mean K_xy``, not clamped; squared distances from the norm expansion clamped at 0, as in the official
+    code (memory O(N^2), not O(N^2 p)).
+    """
+    gamma = 1.0 / (2.0 * bandwidth)
+
+    def kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        dist_sq = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1, keepdim=True).T - 2.0 * a @ b.T
+        return torch.exp(-gamma * dist_sq.clamp_min(0.0)).mean()
+
+    return kernel_mean(x, x) + kernel_mean(y, y) - 2.0 * kernel_mean(x, y)

@@ -10,16 +10,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .alignment import decoupling_loss, gaussian_mmd, moment_matching_loss, sample_to_prototype_loss
+from .alignment import (
+    decoupling_loss,
+    gaussian_mmd,
+    moment_matching_loss,
+    official_local_loss,
+    official_mmd,
+    official_moment_distance,
+    sample_to_prototype_loss,
+)
 from .dropout import dropout
 from .fusion import CrossModalEncoder, encode
 from .output import AlignmentLevels, DecAlignOutput, Prototypes
-from .prototypes import fit_gmm, posteriors
+from .prototypes import fit_prototypes, posteriors
 from .transport import transport_plan
 
 
 class DistributionEncoder(nn.Module):
-    """Maps pooled common features to the space where moments and MMD are matched (official ``pde_*``)."""
+    """Maps pooled common features to the space where moments and MMD are matched (official ``pde_*``).
+
+    Its dropout rate is ``output_dropout`` under the official objective (as the official code) and
+    ``relu_dropout`` under the studio one.
+    """
 
     def __init__(self, dim: int, out_dim: int, dropout: float):
         super().__init__()
@@ -53,8 +65,9 @@ class DecAlign(nn.Module):
         self.unique_encoders = nn.ModuleDict({m: nn.Conv1d(d, d, 1, bias=False) for m in widths})
         self.common_encoder = nn.Conv1d(d, d, 1, bias=False)
         self.transformers = nn.ModuleDict({m: self._encoder(m) for m in widths})
+        pde_dropout = config.output_dropout if config.objective == "official" else config.relu_dropout
         self.distribution_encoders = nn.ModuleDict(
-            {m: DistributionEncoder(d, config.pde_dim, config.relu_dropout) for m in widths}
+            {m: DistributionEncoder(d, config.pde_dim, pde_dropout) for m in widths}
         )
         self.head = nn.Linear(2 * len(widths) * d, output_dim)
 
@@ -164,6 +177,10 @@ class DecAlign(nn.Module):
         return fused, attention, keys
 
     def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None, gather) -> None:
+        """The five levels under ``config.objective``: official (means over modalities, ordered pairs and
+        pairs, as the official code) or studio (sums); see ``decalign.model.alignment``. With M = 3 the
+        official levels are the official ``dec_loss``, ``hete_loss`` (transport + sample-to-prototype)
+        and ``homo_loss`` (moments + MMD); other M generalise by the same means."""
         c = self.config
         order = self.modalities
         unique = {m: gather(out.unique_pooled[m]).float() for m in order}  # (N_global, d), float32 maths
@@ -172,17 +189,14 @@ class DecAlign(nn.Module):
         out.transport = transport_plan(out.prototypes, c, check_every=check_every)
         out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m].float())) for m in order}
         dec = {m: decoupling_loss(out.unique[m].float(), out.common[m].float()) for m in order}
-        local = {(a, b): sample_to_prototype_loss(unique[a], out.prototypes[a], out.prototypes[b],
-                                                  out.transport.pair_plan(a, b, order))
-                 for a, b in itertools.permutations(order, 2)}
-        pairs = list(itertools.combinations(order, 2))
-        moment = {(a, b): moment_matching_loss(out.distribution[a], out.distribution[b]) for a, b in pairs}
-        mmd = {(a, b): gaussian_mmd(out.distribution[a], out.distribution[b], c.mmd_bandwidth) for a, b in pairs}
+        official = c.objective == "official"
+        local, moment, mmd = (_official_terms if official else _studio_terms)(c, unique, out)
+        combine = _mean if official else sum
         out.alignment = AlignmentLevels(
-            decoupling=sum(dec.values()), prototype_transport=out.transport.transport_cost,
-            sample_to_prototype=sum(local.values()), moment_matching=sum(moment.values()),
-            mmd=sum(mmd.values()), decoupling_per_modality=dec, sample_to_prototype_per_pair=local,
-            moment_matching_per_pair=moment, mmd_per_pair=mmd,
+            decoupling=combine(dec.values()), prototype_transport=out.transport.loss,
+            sample_to_prototype=combine(local.values()), moment_matching=combine(moment.values()),
+            mmd=combine(mmd.values()), decoupling_per_modality=dec, sample_to_prototype_per_pair=local,
+            moment_matching_per_pair=moment, mmd_per_pair=mmd, objective=c.objective,
         )
 
     def _prototypes(self, unique: dict[str, torch.Tensor], fixed) -> dict[str, Prototypes]:
@@ -195,11 +209,38 @@ class DecAlign(nn.Module):
                 proto.posteriors = posteriors(x, proto)
                 fitted[m] = proto
             return fitted
-        c = self.config
-        stacked = fit_gmm(torch.stack(list(unique.values())), c.num_prototypes,  # (M, N, d)
-                          iterations=c.gmm_em_iters, var_floor=c.gmm_var_floor)
+        stacked = fit_prototypes(torch.stack(list(unique.values())), self.config)  # (M, N, d)
         return {m: Prototypes(stacked.means[i], stacked.variances[i], stacked.weights[i], stacked.posteriors[i])
                 for i, m in enumerate(unique)}
+
+
+def _official_terms(c: ModelConfig, unique, out: DecAlignOutput):
+    """Objective ``official``: index-paired local losses (ordered pairs), moment distances and MMD (pairs)."""
+    order, protos, z = list(unique), out.prototypes, out.distribution
+    local = {(a, b): official_local_loss(unique[a], protos[a].posteriors, protos[b],
+                                         reduction=c.hetero_cost_reduction, mahalanobis=c.local_proto_mahalanobis,
+                                         var_floor=c.gmm_var_floor)
+             for a, b in itertools.permutations(order, 2)}
+    pairs = list(itertools.combinations(order, 2))
+    moment = {(a, b): official_moment_distance(z[a], z[b]) for a, b in pairs}
+    mmd = {(a, b): official_mmd(z[a], z[b], c.mmd_bandwidth) for a, b in pairs}
+    return local, moment, mmd
+
+
+def _studio_terms(c: ModelConfig, unique, out: DecAlignOutput):
+    """Objective ``studio``: plan-carried local losses, full-covariance moments and MMD with bandwidth^2."""
+    order, protos, z = list(unique), out.prototypes, out.distribution
+    local = {(a, b): sample_to_prototype_loss(unique[a], protos[a], protos[b], out.transport.pair_plan(a, b, order))
+             for a, b in itertools.permutations(order, 2)}
+    pairs = list(itertools.combinations(order, 2))
+    moment = {(a, b): moment_matching_loss(z[a], z[b]) for a, b in pairs}
+    mmd = {(a, b): gaussian_mmd(z[a], z[b], c.mmd_bandwidth) for a, b in pairs}
+    return local, moment, mmd
+
+
+def _mean(values) -> torch.Tensor:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -24,13 +24,19 @@ class TransportResult:
 
     plan: torch.Tensor  # (K_1, ..., K_M) joint plan; its marginals are the mean posteriors
     cost: torch.Tensor  # (K_1, ..., K_M) joint cost (sum of pairwise Gaussian costs)
-    pair_costs: dict[tuple[str, str], torch.Tensor]  # (K_i, K_j) Bures cost per modality pair
+    pair_costs: dict[tuple[str, str], torch.Tensor]  # (K_i, K_j) Gaussian cost per pair (official or Bures)
     marginals: dict[str, torch.Tensor]  # (K_m,) target marginal per modality
-    transport_cost: torch.Tensor  # scalar <plan, cost>, not the entropic objective
+    transport_cost: torch.Tensor  # scalar <plan, cost>
     iterations: int
     marginal_error: float | torch.Tensor  # largest L1 gap between a plan marginal and its target, at the end
     converged: bool | torch.Tensor
-    reg: float | torch.Tensor = 0.0  # entropic regularisation used: lambda_ot * mean(cost)
+    reg: float | torch.Tensor = 0.0  # entropic weight used: lambda_ot (official) or lambda_ot * mean(cost) (studio)
+    entropy_term: float | torch.Tensor = 0.0  # official: reg * sum P (log max(P, 1e-8) - 1); studio: 0
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The transport term of the objective: ``<P, C>`` plus the official entropy term (0 for studio)."""
+        return self.transport_cost + self.entropy_term
 
     @property
     def order(self) -> list[str]:
@@ -52,10 +58,16 @@ class TransportResult:
 
 @dataclass
 class AlignmentLevels:
-    """The five levels of the hierarchy, each a non-negative scalar, with per-pair detail."""
+    """The five levels of the hierarchy, each a scalar, with per-modality and per-pair detail.
 
-    decoupling: torch.Tensor  # (1) mean squared cosine between unique and common parts
-    prototype_transport: torch.Tensor  # (2) global heterogeneity: transport cost of the plan
+    ``objective`` says which terms were computed and how the detail makes the level: the mean over
+    modalities, pairs or ordered pairs (``"official"``) or the sum (``"studio"``). Under the official objective the
+    prototype transport includes the entropy term and can be negative; every other level is >= 0 (up
+    to the official cost's 1e-8 guard).
+    """
+
+    decoupling: torch.Tensor  # (1) squared cosine between unique and common parts, combined over modalities
+    prototype_transport: torch.Tensor  # (2) global heterogeneity: the transport term (TransportResult.loss)
     sample_to_prototype: torch.Tensor  # (3) local heterogeneity
     moment_matching: torch.Tensor  # (4) semantic homogeneity
     mmd: torch.Tensor  # (5) RKHS homogeneity
@@ -63,15 +75,19 @@ class AlignmentLevels:
     sample_to_prototype_per_pair: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     moment_matching_per_pair: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     mmd_per_pair: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    objective: str = "studio"
 
     LEVELS = ("decoupling", "prototype_transport", "sample_to_prototype", "moment_matching", "mmd")
+    GROUPS = ("heterogeneous", "homogeneous")
 
     @property
     def heterogeneity(self) -> torch.Tensor:
+        """Transport + sample-to-prototype: the official ``hete_loss`` under the official objective."""
         return self.prototype_transport + self.sample_to_prototype
 
     @property
     def homogeneity(self) -> torch.Tensor:
+        """Moments + MMD: the official ``homo_loss`` under the official objective."""
         return self.moment_matching + self.mmd
 
     def as_floats(self) -> dict[str, float]:

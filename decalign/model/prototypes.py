@@ -1,4 +1,9 @@
-"""Diagonal-covariance Gaussian-mixture prototypes fitted by EM, differentiable in the features."""
+"""Diagonal-covariance Gaussian-mixture prototypes fitted by EM, differentiable in the features.
+
+Two EM variants, one per objective (``ModelConfig.objective``; :func:`fit_prototypes` picks):
+:func:`fit_gmm_official` starts and updates exactly as the official code, :func:`fit_gmm` (studio) starts
+from farthest points and adds its variance floor.
+"""
 
 from __future__ import annotations
 
@@ -35,9 +40,80 @@ def posteriors(x: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
     return torch.softmax(log_joint, dim=-1)
 
 
+def fit_prototypes(x: torch.Tensor, config: ModelConfig, *, num_components: int | None = None,
+                   iterations: int | None = None) -> Prototypes:
+    """The EM of the model's objective (official or studio) with its K, variance floor and step count;
+    ``num_components`` and ``iterations`` override the config's."""
+    fit = fit_gmm_official if config.objective == "official" else fit_gmm
+    return fit(x, config.num_prototypes if num_components is None else num_components,
+               iterations=config.gmm_em_iters if iterations is None else iterations, var_floor=config.gmm_var_floor)
+
+
+def fit_gmm_official(x: torch.Tensor, num_components: int, *, iterations: int = ModelConfig.gmm_em_iters,
+                     var_floor: float = ModelConfig.gmm_var_floor) -> Prototypes:
+    """Objective ``official``: the official DecAlign EM, step for step; leading dimensions fit independent mixtures.
+
+    Start: means at the samples ``round(linspace(0, N-1, K))`` (samples repeated in order when N < K),
+    every variance the batch's biased variance ``max(var(x), floor)``, weights 1/K. Then ``iterations`` times
+
+    * E-step: ``r_ik = softmax_k(log max(w_k, 1e-8) + log N(x_i | mu_k, var_k))``;
+    * M-step: ``n_k = max(sum_i r_ik, 1e-6)``, ``w_k = n_k / N``, ``mu_k = sum_i r_ik x_i / n_k``,
+      ``var_k = max(sum_i r_ik x_i^2 / n_k - mu_k^2, floor)`` (a clamp, not an added floor);
+
+    and the posteriors are recomputed with the final parameters. The variance is evaluated in the
+    stable form ``sum_i r_ik (x_i - mu_k)^2 / n_k + mu_k^2 (1 - s_k)``, ``s_k = sum_i r_ik / n_k``, which
+    equals the official ``E[x^2] - mu^2`` exactly (``s_k = 1`` unless the clamp on ``n_k`` is active) without
+    its cancellation; the features are centred first (``x = c + x_c``, means shifted back exactly, also
+    when ``s_k < 1``). Gradients flow through every step, the start included, as in the official code.
+
+    Parameters
+    ----------
+    x : (..., N, d) pooled features.
+    num_components : K.
+    iterations : EM steps.
+    var_floor : the official ``gmm_var_floor``.
+
+    Returns
+    -------
+    Prototypes with means and variances (..., K, d), weights (..., K) and posteriors (..., N, K).
+    """
+    n, k = x.shape[-2], num_components
+    if n == 0:
+        raise ValueError("cannot fit prototypes to an empty batch")
+    centre = x.mean(-2, keepdim=True)  # (..., 1, d)
+    xc = x - centre
+    if n >= k:
+        start = torch.linspace(0, n - 1, steps=k, device=x.device).round().long()
+    else:
+        start = torch.arange(k, device=x.device) % n
+    means = xc[..., start, :]  # (..., K, d), centred frame
+    variances = xc.pow(2).mean(-2, keepdim=True).clamp_min(var_floor).expand(*means.shape)
+    weights = x.new_full(means.shape[:-1], 1.0 / k)
+    for _ in range(iterations):
+        resp = _official_posteriors(xc, means, variances, weights)  # (..., N, K)
+        mass = resp.sum(-2)  # (..., K)
+        counts = mass.clamp_min(1e-6)
+        weights = counts / n
+        share = (mass / counts).unsqueeze(-1)  # s_k: 1 unless the clamp is active
+        raw_means = resp.transpose(-1, -2) @ xc / counts.unsqueeze(-1) + centre * share  # official mu_k
+        means = raw_means - centre
+        centred_sq = (xc.unsqueeze(-3) - means.unsqueeze(-2)).pow(2)  # (..., K, N, d)
+        spread = (resp.transpose(-1, -2).unsqueeze(-1) * centred_sq).sum(-2) / counts.unsqueeze(-1)
+        variances = (spread + raw_means.pow(2) * (1 - share)).clamp_min(var_floor)
+    fitted = Prototypes(means + centre, variances, weights)
+    fitted.posteriors = _official_posteriors(xc, means, variances, weights)
+    return fitted
+
+
+def _official_posteriors(x, means, variances, weights) -> torch.Tensor:
+    log_joint = gaussian_log_likelihood(x, means, variances)
+    return torch.softmax(log_joint + torch.log(weights.clamp_min(1e-8)).unsqueeze(-2), dim=-1)
+
+
 def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = ModelConfig.gmm_em_iters,
             var_floor: float = ModelConfig.gmm_var_floor, init_means: torch.Tensor | None = None) -> Prototypes:
-    """Fit a diagonal Gaussian mixture to ``x`` with EM; leading dimensions fit independent mixtures.
+    """Objective ``studio``: fit a diagonal Gaussian mixture to ``x`` with EM; leading dimensions fit
+    independent mixtures.
 
     E-step: ``r_ik = softmax_k(log w_k + log N(x_i | mu_k, var_k))``;
     M-step: ``n_k = sum_i r_ik``, ``w_k = n_k / N``, ``mu_k = sum_i r_ik x_i / n_k``,

@@ -16,8 +16,8 @@ from ..checkpoint import ModelCard
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
-from ..model import AlignmentLevels, DecAlign, Prototypes, fit_gmm
-from .losses import task_loss
+from ..model import AlignmentLevels, DecAlign, Prototypes, fit_prototypes
+from .losses import main_loss
 from .metrics import compute_metrics
 from .reference import build_reference, save_reference
 
@@ -32,6 +32,8 @@ class EvalArgs:
     convention: str
     batch_size: int
     class_weight: torch.Tensor | None = None
+    binary_task_weight: float = 0.0  # the main loss's binary term (TrainConfig.binary_task_weight)
+    smooth_l1_beta: float = 1.0
 
 
 def predict_outputs(model: DecAlign, split: Split, batch_size: int) -> np.ndarray:
@@ -46,7 +48,7 @@ def predict_outputs(model: DecAlign, split: Split, batch_size: int) -> np.ndarra
 
 
 def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) -> dict[str, float]:
-    """Every metric of ``compute_metrics`` plus ``loss`` (the task loss over the whole split).
+    """Every metric of ``compute_metrics`` plus ``loss`` (the main loss, ``losses.main_loss``, over the whole split).
 
     ``shard``: in distributed training, a ``(rows, gather)`` pair: this rank predicts only ``rows`` and
     ``gather`` joins every rank's outputs in order, so all ranks compute the same metrics.
@@ -57,7 +59,8 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
         rows, gather = shard
         outputs = gather(predict_outputs(model, split.subset(rows), args.batch_size))
     weight = None if args.class_weight is None else args.class_weight.cpu()
-    loss = float(task_loss(torch.from_numpy(outputs), torch.from_numpy(split.labels), args.task_loss, weight))
+    loss = float(main_loss(torch.from_numpy(outputs), torch.from_numpy(split.labels), args.task_loss, weight,
+                           beta=args.smooth_l1_beta, binary_weight=args.binary_task_weight))
     preds = outputs[:, 0] if args.task == "regression" else outputs
     metrics = compute_metrics(args.task, preds, split.labels, num_classes=args.num_classes,
                               convention=args.convention)
@@ -68,7 +71,8 @@ def fit_training_prototypes(model: DecAlign, split: Split, config: DecAlignConfi
                             ) -> dict[str, Prototypes]:
     """Gaussian-mixture prototypes per modality over the pooled unique features of the whole split.
 
-    Uses ``max(gmm_em_iters, FINAL_EM_ITERS)`` EM steps: one fit over all samples, not per batch.
+    The EM of the model's objective (``decalign.model.fit_prototypes``) with ``max(gmm_em_iters,
+    FINAL_EM_ITERS)`` steps: one fit over all samples, not per batch.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -81,8 +85,7 @@ def fit_training_prototypes(model: DecAlign, split: Split, config: DecAlignConfi
     c = config.model
     iters = max(c.gmm_em_iters, FINAL_EM_ITERS)
     with torch.inference_mode():
-        return {m: fit_gmm(torch.cat(parts), c.num_prototypes, iterations=iters, var_floor=c.gmm_var_floor)
-                for m, parts in pooled.items()}
+        return {m: fit_prototypes(torch.cat(parts), c, iterations=iters) for m, parts in pooled.items()}
 
 
 def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prototypes], batch_size: int

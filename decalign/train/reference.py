@@ -30,7 +30,7 @@ from ..checkpoint import CheckpointError, ModelCard
 from ..config import ModelConfig
 from ..data.dataset import Split
 from ..inference import run_inference
-from ..model import DecAlign, Prototypes, TransportResult, fit_gmm, transport_plan
+from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, transport_plan
 
 REFERENCE_ARRAYS = "reference.safetensors"
 REFERENCE_JSON = "reference.json"
@@ -182,9 +182,9 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
 
 
 def _fit_prototypes(unique: dict[str, np.ndarray], config: ModelConfig) -> dict[str, Prototypes]:
-    # More EM steps than in training: this is a one-off fit on the whole set, not a per-batch estimate.
-    return {m: fit_gmm(torch.from_numpy(x).double(), config.num_prototypes, iterations=REFERENCE_EM_ITERS,
-                       var_floor=config.gmm_var_floor) for m, x in unique.items()}
+    # The model's EM, with more steps than in training: a one-off fit on the whole set, not a per-batch estimate.
+    return {m: fit_prototypes(torch.from_numpy(x).double(), config, iterations=REFERENCE_EM_ITERS)
+            for m, x in unique.items()}
 
 
 def _input_means(split: Split) -> dict[str, np.ndarray]:

@@ -153,8 +153,8 @@ def check_resumable(run_dir: str | Path, config: DecAlignConfig, fingerprint: st
                        f"(fingerprint {fingerprint[:12]}..., the run was trained on "
                        f"{(card.data_fingerprint or 'unknown')[:12]}...)")
     old, new = card.config.to_dict(), config.to_dict()
-    changed = [f"{section}.{key} ({old[section][key]!r} -> {new[section][key]!r})"
-               for section in ("model", "train") for key in new[section]
+    changed = [f"{section}.{key} ({old[section].get(key)!r} -> {new[section][key]!r})"
+               for section in new for key in new[section]
                if old[section].get(key) != new[section][key] and (section, key) not in RESUMABLE_CHANGES]
     if changed:
         raise RunError(f"{run_dir}: cannot resume: the configuration differs from the run's: "

@@ -32,12 +32,13 @@ from ..checkpoint import ModelCard, load_card, save_card, save_model
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset
 from ..data.torch_batches import iterate_batches
+from ..data.transform import TRANSFORM_KEY, apply_feature_transform, fit_feature_transform
 from ..device import resolve_device
 from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import dataset_convention, metric_direction, resolve_metric_name
+from .metrics import dataset_convention
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -50,6 +51,7 @@ from .runs import (
     write_history,
     write_status,
 )
+from .selection import scheduler_rule, selection_rule, with_composites
 
 LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
 BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
@@ -107,7 +109,7 @@ class Trainer:
     def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
                  device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
                  replay: bool = False):
-        self.dataset, self.config, self.run_dir = dataset, config.validate(), Path(run_dir)
+        self.config, self.run_dir = config.validate(), Path(run_dir)
         self.dist = distributed.context_from_env()  # a world of one unless started by torchrun
         self.device = distributed.rank_device(self.dist, resolve_device(device))
         distributed.init_process_group(self.dist, self.device)
@@ -117,7 +119,12 @@ class Trainer:
         self.task = dataset.task
         self.convention = dataset_convention(dataset)
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
-        self.recorder = ReplayRecorder(self.run_dir, dataset, self.config) if replay else None
+        self.scheduler_key, self.scheduler_mode = scheduler_rule(config, self.task, self.convention)
+        # The file's data identify the run (fingerprint); the model trains on them after the run's transform.
+        self.raw_fingerprint = dataset.fingerprint()
+        self.transform = fit_feature_transform(config.data, dataset.splits["train"], dataset.report.source)
+        self.dataset = apply_feature_transform(dataset, self.transform)
+        self.recorder = ReplayRecorder(self.run_dir, self.dataset, self.config) if replay else None
 
     # ------------------------------------------------------------------------ setup
 
@@ -138,7 +145,7 @@ class Trainer:
 
     def _prepare(self) -> None:
         cfg = self.config.train
-        fingerprint = self.dataset.fingerprint()
+        fingerprint = self.raw_fingerprint
         if self.dist.is_main:  # a killed earlier attempt may have left temp files of unfinished writes
             clean_stale_temps(self.run_dir)
         if self.resume:
@@ -154,7 +161,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
                                           weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode=self.mode, patience=cfg.scheduler_patience, factor=cfg.factor)
+            self.optimizer, mode=self.scheduler_mode, patience=cfg.scheduler_patience, factor=cfg.factor)
         self.class_weight = self._class_weight()
         self.state, self.history = ResumeState(0, None, None, 0), []
         if self.resume and has_resume(self.run_dir):
@@ -166,13 +173,17 @@ class Trainer:
     def _new_card(self, fingerprint: str) -> ModelCard:
         train = self.dataset.splits["train"]
         classes = self.dataset.num_classes if self.task == "classification" else None
+        extra = {"selection_metric": self.selection, "selection_mode": self.mode,
+                 "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode,
+                 "metric_convention": self.convention}
+        if not self.transform.is_identity:
+            extra[TRANSFORM_KEY] = self.transform.to_dict()
         return ModelCard(
             config=self.config, widths=self.dataset.widths, task=self.task, output_dim=classes or 1,
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
             label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
-            extra={"selection_metric": self.selection, "selection_mode": self.mode,
-                   "metric_convention": self.convention},
+            extra=extra,
         )
 
     def _class_weight(self) -> torch.Tensor | None:
@@ -241,6 +252,7 @@ class Trainer:
         valid_split = self.dataset.splits["valid"]
         valid = finalize.evaluate_split(self.model, valid_split, self._eval_args(),
                                         shard=distributed.eval_shard(len(valid_split), self.dist))
+        valid = with_composites(valid, (self.selection, self.scheduler_key))
         value = valid[self.selection]
         improved = self._improved(value)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -251,7 +263,7 @@ class Trainer:
                 save_model(self.run_dir, self.model, self.card, tag="best")
         else:
             self.state.bad_epochs += 1
-        self.scheduler.step(value)
+        self.scheduler.step(valid[self.scheduler_key])
         self.state.epoch = epoch
         row = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3), "train": means, "valid": valid,
                "selection": value, "improved": improved}
@@ -276,8 +288,10 @@ class Trainer:
         return best is None or (value < best if self.mode == "min" else value > best)
 
     def _eval_args(self) -> finalize.EvalArgs:
-        return finalize.EvalArgs(self.task, self.config.train.task_loss, self.dataset.num_classes,
-                                 self.convention, max(self.config.train.batch_size, 256), self.class_weight)
+        cfg = self.config.train
+        return finalize.EvalArgs(self.task, cfg.task_loss, self.dataset.num_classes, self.convention,
+                                 max(cfg.batch_size, 256), self.class_weight, cfg.binary_task_weight,
+                                 cfg.smooth_l1_beta)
 
     # ------------------------------------------------------------------------ the end
 
@@ -303,17 +317,6 @@ class Trainer:
             finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
         self._write_status(status)
         distributed.barrier(self.dist)
-
-
-def selection_rule(config: DecAlignConfig, task: str, convention: str = "mosi") -> tuple[str, str]:
-    """(metric key, "min"|"max") to select and early-stop on; "auto" = MAE (regression) or WAF1."""
-    cfg = config.train
-    name = cfg.selection_metric
-    if name.strip().lower() == "auto":
-        name = "MAE" if task == "regression" else "WAF1"
-    key = resolve_metric_name(name, task, convention)
-    mode = metric_direction(key) if cfg.selection_mode == "auto" else cfg.selection_mode
-    return key, mode
 
 
 def _batch_values(terms: dict[str, torch.Tensor], levels: AlignmentLevels) -> torch.Tensor:

@@ -13,7 +13,7 @@ from browser_utils import ROOT
 from app.views import embeddings
 from decalign.checkpoint import load_model
 from decalign.data import load_dataset
-from decalign.explain.levels import alignment_levels
+from decalign.explain.levels import alignment_levels, level_totals
 
 
 def _ok(at):
@@ -73,9 +73,10 @@ def test_alignment_page_values_match_the_library(page_test, demo_dir):
     model, card = load_model(demo_dir)
     split = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"]
     expected = alignment_levels(model, split, prototypes=card.prototype_tensors(),
-                                batch_size=card.config.train.batch_size)
-    totals = expected[expected.kind == "total"].set_index("level").value
-    np.testing.assert_allclose(summary["current data"].astype(float).to_numpy(), totals.to_numpy(), rtol=1e-3)
+                                batch_size=card.config.train.batch_size, weights=card.config.train)
+    totals = level_totals(expected)  # five levels, the official groupings, the weighted alignment part
+    assert len(summary) == 8
+    np.testing.assert_allclose(summary["current data"].astype(float).to_numpy(), list(totals.values()), rtol=1e-3)
     recorded = card.extra.get("training_alignment")
     assert (summary["training set"] == "not recorded").all() == (not recorded)
     assert any("near 0 means they carry different information" in c.value for c in at.caption)

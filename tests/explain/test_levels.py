@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from decalign.explain.levels import LEVEL_MEANING, LEVELS, alignment_levels, levels_history
+from decalign.explain.levels import (
+    GROUPS,
+    LEVEL_MEANING,
+    LEVELS,
+    alignment_levels,
+    level_totals,
+    levels_history,
+)
 
 
 @pytest.fixture(scope="module")
@@ -11,21 +18,43 @@ def levels(trained, digits_data):
     return alignment_levels(model, digits_data.splits["test"], batch_size=100, max_samples=200)
 
 
-def test_levels_are_non_negative_and_cover_every_level(levels):
-    assert set(levels.level) == set(LEVELS) and set(LEVEL_MEANING) == set(LEVELS)
-    assert (levels.value >= -1e-9).all() and np.isfinite(levels.value).all()
-    assert (levels.samples == 200).all()
+def test_levels_cover_every_level_and_only_the_official_transport_can_be_negative(levels, trained):
+    model, _ = trained
+    assert model.config.objective == "official"
+    assert set(levels.level) == set(LEVELS) | set(GROUPS) and set(LEVEL_MEANING) == set(LEVELS)
+    assert np.isfinite(levels.value).all() and (levels.samples == 200).all()
+    parts = levels[~levels.level.isin(["prototype_transport", *GROUPS])]
+    assert (parts.value >= -1e-7).all()  # the transport holds the (negative) entropy term
 
 
-def test_per_pair_rows_sum_to_the_totals(levels, trained):
+def test_parts_make_their_level_by_the_objective_rule(levels, trained):
     model, _ = trained
     m = len(model.modalities)
     totals = levels[levels.kind == "total"].set_index("level").value
     for level in LEVELS:
-        parts = levels[(levels.level == level) & (levels.kind != "total")]
+        parts = levels[(levels.level == level) & (levels.kind.isin(["pair", "modality"]))]
         expected_rows = {"decoupling": m, "sample_to_prototype": m * (m - 1)}.get(level, m * (m - 1) // 2)
         assert len(parts) == expected_rows
-        assert parts.value.sum() == pytest.approx(totals[level], rel=1e-5, abs=1e-7)
+        if level == "prototype_transport":  # <P_ab, C_ab> per pair plus the entropy term: always a sum
+            entropy = levels[(levels.level == level) & (levels.kind == "term")].value.sum()
+            assert parts.value.sum() + entropy == pytest.approx(totals[level], rel=1e-5, abs=1e-7)
+        else:  # official: the mean over modalities / pairs
+            assert parts.value.mean() == pytest.approx(totals[level], rel=1e-5, abs=1e-7)
+    groups = levels[levels.kind == "group"].set_index("level").value
+    assert groups["heterogeneous"] == pytest.approx(totals["prototype_transport"] + totals["sample_to_prototype"])
+    assert groups["homogeneous"] == pytest.approx(totals["moment_matching"] + totals["mmd"])
+
+
+def test_weighted_alignment_uses_the_run_weights(trained, digits_data):
+    model, card = trained
+    part = digits_data.splits["test"].subset(np.arange(40))
+    frame = alignment_levels(model, part, batch_size=None, weights=card.config.train)
+    totals = level_totals(frame)
+    w = card.config.train
+    assert totals["weighted_alignment"] == pytest.approx(
+        w.dec_loss_weight * totals["decoupling"] + w.alpha * totals["heterogeneous"] + w.beta * totals["homogeneous"])
+    first = alignment_levels(model, digits_data.splits["test"], batch_size=None, max_samples=40, first=True)
+    assert level_totals(first)["mmd"] == pytest.approx(totals["mmd"], rel=1e-6)  # the first 40, as one batch
 
 
 def test_one_chunk_equals_a_direct_forward_and_chunks_are_size_weighted(trained, digits_data):

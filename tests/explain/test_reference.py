@@ -84,7 +84,7 @@ def test_load_reference_absent_and_broken(reference, tmp_path):
 def test_training_plan_two_modalities_matches_pot(reference):
     two = type(reference)(**{**reference.__dict__,
                              "prototypes": {m: reference.prototypes[m] for m in ("fourier", "pixel")}})
-    plan = training_plan(two, ModelConfig(lambda_ot=0.1, ot_num_iters=2000, ot_tol=1e-9))
+    plan = training_plan(two, ModelConfig(lambda_ot=0.1, ot_num_iters=2000, ot_tol=1e-9, objective="studio"))
     a = two.prototypes["fourier"].weights.double().numpy()
     b = two.prototypes["pixel"].weights.double().numpy()
     cost = plan.cost.numpy()

@@ -7,9 +7,12 @@ import torch
 
 from decalign.config import ModelConfig
 from decalign.explain import transport_view as tv
-from decalign.model import Prototypes, gaussian_cost, plan_entropy
+from decalign.model import Prototypes, gaussian_cost, official_gaussian_cost, plan_entropy
 
-PRECISE = ModelConfig(ot_num_iters=5000, ot_tol=1e-12)  # solved to convergence, for comparisons with POT
+# solved to convergence, for comparisons with POT: the studio plan (reg relative to the mean cost) and the
+# official one (absolute reg, the official cost)
+PRECISE = ModelConfig(ot_num_iters=5000, ot_tol=1e-12, objective="studio")
+OFFICIAL = ModelConfig(ot_num_iters=5000, ot_tol=1e-12)
 
 
 def _prototypes(sizes, d=4, seed=0):
@@ -32,6 +35,19 @@ def test_two_modality_plan_equals_pot_sinkhorn():
     np.testing.assert_allclose(view.plan, expected, atol=1e-9)
     np.testing.assert_allclose(view.pair_plans[("m0", "m1")], expected, atol=1e-9)
     assert view.converged and view.transport_cost == pytest.approx(float((expected * cost).sum()), abs=1e-8)
+
+
+def test_official_two_modality_plan_equals_pot_sinkhorn_with_the_absolute_lambda():
+    protos = _prototypes([4, 5])
+    view = tv.solve_plan(protos, OFFICIAL, lambda_ot=0.1)
+    a, b = protos["m0"], protos["m1"]
+    cost = official_gaussian_cost(a.means, a.variances, b.means, b.variances).numpy()
+    expected = ot.sinkhorn(a.weights.numpy(), b.weights.numpy(), cost, reg=0.1, method="sinkhorn_log",
+                           numItermax=5000, stopThr=1e-13)
+    np.testing.assert_allclose(view.plan, expected, atol=1e-7)  # the official 1e-8 guard stays in
+    assert view.reg == 0.1 and view.iterations == 5000
+    assert (view.cost_name, view.lambda_unit) == (tv.COST_NAMES["official"], tv.LAMBDA_UNITS["official"])
+    assert tv.solve_plan(protos, PRECISE, lambda_ot=0.1).cost_name == "Bures W2²"
 
 
 def test_pair_plans_have_the_target_marginals():
@@ -82,7 +98,7 @@ def test_sankey_links_sum_to_one_per_pair_and_conserve_flow():
 
 
 def test_prototype_table_on_the_digits(test_result, digits_data):
-    protos = tv.fit_prototypes(test_result, ModelConfig(num_prototypes=3))
+    protos = tv.fit_prototypes(test_result, ModelConfig(num_prototypes=3))  # the official EM
     labels = tv.label_groups(test_result.labels, "classification")
     table = tv.prototype_table(test_result, protos, labels)
     assert len(table) == 3 * len(protos)
@@ -107,8 +123,10 @@ def test_label_groups_for_regression_use_the_sign():
 
 def test_the_view_is_the_models_plan_with_the_models_settings():
     protos = _prototypes([3, 4])
-    config = ModelConfig(lambda_ot=0.3, ot_num_iters=3, ot_tol=1e-12)
+    config = ModelConfig(lambda_ot=0.3, ot_num_iters=3, ot_tol=1e-12, objective="studio")
     view = tv.solve_plan(protos, config)
     assert view.lambda_ot == 0.3 and view.iterations == 3 and not view.converged  # the cap, as in training
     assert view.reg == pytest.approx(0.3 * view.cost.mean())
     assert tv.solve_plan(protos, config, lambda_ot=0.05).reg == pytest.approx(0.05 * view.cost.mean())
+    official = tv.solve_plan(protos, ModelConfig(lambda_ot=0.3, ot_num_iters=3, ot_tol=1e-12), lambda_ot=0.05)
+    assert official.reg == 0.05 and official.iterations == 3  # absolute lambda, the official sweep count

@@ -16,6 +16,7 @@ from decalign.model import (
     gaussian_mmd,
     moment_matching_loss,
     moments,
+    official_moment_distance,
     sample_to_prototype_loss,
 )
 from tests.model.helpers import random_inputs, small_config
@@ -85,30 +86,37 @@ def test_sample_to_prototype_loss_carries_posteriors_through_the_plan():
     assert float(ours) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("objective", ["official", "studio"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_level_of_a_forward_pass_is_non_negative_and_transport_is_plan_times_cost(seed, widths):
+def test_every_level_of_a_forward_pass_is_combined_from_its_parts(seed, objective, widths):
     torch.manual_seed(seed)
-    model = DecAlign(small_config(), widths, 1).train()
+    model = DecAlign(small_config(objective=objective), widths, 1).train()
     with torch.no_grad():
         out = model(random_inputs(widths, batch=8, seed=seed))
     levels = out.alignment
-    for name, value in levels.as_floats().items():
-        assert np.isfinite(value) and value >= 0, name
+    assert levels.objective == objective
+    for name, value in levels.as_floats().items():  # official transport holds the (negative) entropy term
+        assert np.isfinite(value) and (value >= 0 or (objective, name) == ("official", "prototype_transport")), name
     for per in (levels.decoupling_per_modality, levels.sample_to_prototype_per_pair,
                 levels.moment_matching_per_pair, levels.mmd_per_pair):
-        assert all(float(v) >= 0 for v in per.values())
-    plan, cost = out.transport.plan, out.transport.cost
-    assert float(levels.prototype_transport) == pytest.approx(float((plan * cost).sum()), rel=1e-6)
-    assert float(out.transport.transport_cost) == float(levels.prototype_transport)
-    # the levels are the sums of their per-modality / per-pair parts
+        assert all(float(v) >= -1e-7 for v in per.values())
+    plan, cost, reg = out.transport.plan, out.transport.cost, float(out.transport.reg)
+    assert float(out.transport.transport_cost) == pytest.approx(float((plan * cost).sum()), rel=1e-6)
+    entropy = reg * float((plan * (plan.clamp_min(1e-8).log() - 1)).sum()) if objective == "official" else 0.0
+    assert float(levels.prototype_transport) == pytest.approx(float((plan * cost).sum()) + entropy, rel=1e-5)
+    # the levels combine their per-modality / per-pair parts: means (official) or sums (studio)
     order = model.modalities
     assert set(levels.sample_to_prototype_per_pair) == set(itertools.permutations(order, 2))
     assert set(levels.mmd_per_pair) == set(itertools.combinations(order, 2))
-    assert float(levels.decoupling) == pytest.approx(sum(float(v) for v in levels.decoupling_per_modality.values()))
-    assert float(levels.mmd) == pytest.approx(sum(float(v) for v in levels.mmd_per_pair.values()), rel=1e-6)
+    combine = (lambda v: sum(v) / len(v)) if objective == "official" else sum
+    for total, parts in ((levels.decoupling, levels.decoupling_per_modality), (levels.mmd, levels.mmd_per_pair),
+                         (levels.sample_to_prototype, levels.sample_to_prototype_per_pair),
+                         (levels.moment_matching, levels.moment_matching_per_pair)):
+        assert float(total) == pytest.approx(combine([float(v) for v in parts.values()]), rel=1e-6)
     assert float(levels.heterogeneity) == pytest.approx(float(levels.prototype_transport
                                                               + levels.sample_to_prototype))
     # each pairwise term is the function of the distribution-encoder outputs it claims to be
     a, b = order[0], order[2]
-    expected = moment_matching_loss(out.distribution[a], out.distribution[b])
+    distance = official_moment_distance if objective == "official" else moment_matching_loss
+    expected = distance(out.distribution[a], out.distribution[b])
     assert float(levels.moment_matching_per_pair[(a, b)]) == pytest.approx(float(expected), rel=1e-6)

@@ -126,3 +126,31 @@ def test_invalid_values_are_errors(model):
 def test_model_construction_validates_its_config():
     with pytest.raises(ConfigError, match="multiple of num_heads"):
         ModelConfig(d_model=30, num_heads=4).validate()
+
+
+def test_objective_defaults_to_official_and_old_cards_load_as_studio(tmp_path):
+    from decalign.checkpoint import ModelCard, load_card, save_card
+
+    assert DecAlignConfig().model.objective == "official"
+    assert DecAlignConfig.from_dict({"model": {"d_model": 8, "num_heads": 2}}).model.objective == "official"
+    card = ModelCard(config=DecAlignConfig(), widths={"a": 3, "b": 4}, task="regression", output_dim=1)
+    data = card.to_dict()
+    del data["config"]["model"]["objective"]  # a card written before the setting existed
+    assert ModelCard.from_dict(data).config.model.objective == "studio"
+    save_card(tmp_path, card)
+    assert load_card(tmp_path).config.model.objective == "official"
+    with pytest.raises(ConfigError, match="objective must be official or studio"):
+        DecAlignConfig.from_dict({"model": {"objective": "paper"}})
+
+
+def test_data_section_round_trips_and_overrides():
+    config = DecAlignConfig().override(['data.standardize_modalities=["audio", "vision"]',
+                                        "clip_percentiles=[1, 99]", 'time_average_modalities=["audio"]'])
+    assert config.data.standardize_modalities == ("audio", "vision")
+    assert config.data.clip_percentiles == (1.0, 99.0) and config.data.time_average_modalities == ("audio",)
+    assert DecAlignConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for bad, match in (('standardize_modalities="audio"', "list of modality names"),
+                       ("clip_percentiles=[50, 50]", "0 <= low < high <= 100"),
+                       ('standardize_modalities=["a", "a"]', "distinct")):
+        with pytest.raises(ConfigError, match=match):
+            DecAlignConfig().override([bad])

@@ -20,7 +20,9 @@ from decalign.model import (
     transport_plan,
 )
 
-DEFAULTS = ModelConfig()  # lambda_ot 0.1, 50 sweeps, tolerance 1e-6: the settings training uses
+# The studio objective's transport (scale-free lambda, sweeps to a tolerance, envelope gradient); the
+# official one is tested against the official re-implementation in test_model_objective.py.
+DEFAULTS = ModelConfig(objective="studio")  # lambda_ot 0.1 (relative), up to 50 sweeps, tolerance 1e-6
 
 
 def simplex(k: int, g: torch.Generator) -> torch.Tensor:
@@ -221,7 +223,7 @@ def test_transport_plan_on_fitted_mixtures_at_any_feature_scale(scale):
 def test_transport_gradient_is_the_plan_with_respect_to_the_cost():
     protos = random_prototypes(["a", "b"], k=3, d=2, seed=9)
     means = protos["a"].means.requires_grad_(True)
-    result = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=200, ot_tol=1e-9))
+    result = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=200, ot_tol=1e-9, objective="studio"))
     result.transport_cost.backward()
     # envelope rule: d<P,C>/d mu_a = sum_j P_ij * dC_ij/d mu_a = sum_j P_ij * 2 (mu_a_i - mu_b_j)
     diff = means.detach()[:, None, :] - protos["b"].means[None, :, :]
@@ -231,10 +233,10 @@ def test_transport_gradient_is_the_plan_with_respect_to_the_cost():
 
 def test_settings_come_from_the_config_and_lambda_can_be_overridden():
     protos = random_prototypes(["a", "b", "c"], seed=3)
-    capped = transport_plan(protos, ModelConfig(ot_num_iters=2, ot_tol=1e-12))
+    capped = transport_plan(protos, ModelConfig(ot_num_iters=2, ot_tol=1e-12, objective="studio"))
     assert capped.iterations == 2 and not capped.converged
-    loose = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=500, ot_tol=1e-10), lambda_ot=5.0)
-    sharp = transport_plan(protos, ModelConfig(lambda_ot=5.0, ot_num_iters=500, ot_tol=1e-10), lambda_ot=0.05)
+    loose = transport_plan(protos, ModelConfig(lambda_ot=0.1, ot_num_iters=500, ot_tol=1e-10, objective="studio"), lambda_ot=5.0)
+    sharp = transport_plan(protos, ModelConfig(lambda_ot=5.0, ot_num_iters=500, ot_tol=1e-10, objective="studio"), lambda_ot=0.05)
     assert float(loose.reg) == pytest.approx(5.0 * float(loose.cost.mean()))
     assert plan_entropy(sharp.plan) < plan_entropy(loose.plan)
     with pytest.raises(ValueError, match="lambda_ot must be positive"):

@@ -19,6 +19,14 @@ Forward, per modality m in (l, a, v), with x_m of shape (B, T_m, D_m):
 Cross-modal attention (``use_cross_modal_attention``): queries s_m, keys/values the other
 modalities' unique sequences concatenated in time in the order l, a, v, no mask. Otherwise self
 attention, with a causal mask when ``attn_mask`` is true.
+
+Losses, as the official objective computes them (each in the plain form of the official code):
+
+    dec_loss  = mean over l, a, v of mean_b cos(s_b, c_b)^2
+    hete_loss = <P, C> + lambda_ot * sum P (log max(P, 1e-8) - 1)            (EM, Gaussian cost, Sinkhorn)
+              + mean over the 6 ordered pairs (m, n) of mean_b sum_k gamma^m_bk mean_d (x^m_b - mu^n_k)^2
+    homo_loss = mean over 3 pairs of [mse(mean) + mse(cov / (B-1)) + mse(skew)] + mean over 3 pairs of MMD^2
+    loss      = main + dec_loss_weight dec + alpha hete + beta homo (+ ct_weight SupCon over 7 bins)
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ __all__ = [
     "OfficialDecAlign",
     "OfficialMultiheadAttention",
     "OfficialTransformerEncoder",
+    "contrastive_loss",
+    "main_loss",
     "official_config_dict",
     "official_total_loss",
 ]
@@ -217,6 +227,11 @@ class OfficialPDE(nn.Module):
 
 
 # --------------------------------------------------------------------------- losses
+#
+# Written from the official objective's behaviour, in its plain (not stabilised) form: E[x^2] - mu^2
+# variances, the plain-domain kernel exp(-C / reg) floored at 1e-30, "+ 1e-8" in the Sinkhorn
+# denominators, v1 + v2 - 2 sqrt(v1 v2 + 1e-8). One function per official step, per-modality calls
+# written out in the model below.
 
 
 def decoupling_loss(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -225,36 +240,51 @@ def decoupling_loss(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return (cos ** 2).mean()
 
 
+def gmm_init(x: torch.Tensor, k: int, var_floor: float):
+    """Means at samples round(linspace(0, B-1, k)) (the batch repeated when B < k), every variance the
+    biased batch variance clamped at the floor, uniform weights."""
+    b, d = x.shape
+    if b >= k:
+        mu = x[torch.linspace(0, b - 1, steps=k).round().long()]
+    else:
+        mu = x.repeat(math.ceil(k / b), 1)[:k]
+    var = x.var(dim=0, unbiased=False).clamp_min(var_floor).unsqueeze(0).expand(k, d).clone()
+    return torch.full((k,), 1.0 / k, dtype=x.dtype), mu, var
+
+
+def gmm_log_prob(x, pi, mu, var) -> torch.Tensor:
+    """(B, K): log max(pi_k, 1e-8) - 1/2 [sum_d (x - mu)^2 / var + sum_d log var + d log 2 pi]."""
+    maha = ((x[:, None, :] - mu[None]) ** 2 / var[None]).sum(dim=2)
+    log_det = var.log().sum(dim=1)[None]
+    return pi.clamp_min(1e-8).log()[None] - 0.5 * (maha + log_det + x.shape[1] * math.log(2 * math.pi))
+
+
 def gmm_em(x: torch.Tensor, k: int, iters: int, var_floor: float):
     """Diagonal GMM fitted to x (B, d) by ``iters`` EM steps; returns (mu, var, pi, posteriors).
 
-    Initialisation: means at k evenly spaced samples, variances the batch variance, uniform weights.
-    E-step: gamma_bk ∝ pi_k N(x_b; mu_k, diag var_k); M-step: N_k = sum_b gamma_bk,
-    mu_k = sum_b gamma_bk x_b / N_k, var_k = max(sum_b gamma_bk (x_b - mu_k)^2 / N_k, floor).
+    M-step: N_k = max(sum_b gamma_bk, 1e-6), pi_k = N_k / B, mu_k = sum_b gamma_bk x_b / N_k,
+    var_k = max(sum_b gamma_bk x_b^2 / N_k - mu_k^2, floor); posteriors recomputed at the end.
     """
-    n, d = x.shape
-    idx = torch.linspace(0, n - 1, k).round().long()
-    mu = x[idx]
-    var = x.var(dim=0, unbiased=False).clamp_min(var_floor).expand(k, d)
-    pi = x.new_full((k,), 1.0 / k)
+    pi, mu, var = gmm_init(x, k, var_floor)
     for _ in range(iters):
-        gamma = _gmm_posteriors(x, mu, var, pi)  # E-step, (B, K)
-        nk = gamma.sum(dim=0) + _EPS  # (K,)
-        mu = gamma.t() @ x / nk[:, None]  # M-step
-        diff2 = (x[:, None, :] - mu[None]) ** 2  # (B, K, d)
-        var = ((gamma[:, :, None] * diff2).sum(dim=0) / nk[:, None]).clamp_min(var_floor)
-        pi = nk / n
-    return mu, var, pi, _gmm_posteriors(x, mu, var, pi)
+        gamma = F.softmax(gmm_log_prob(x, pi, mu, var), dim=1)
+        nk = gamma.sum(dim=0).clamp_min(1e-6)
+        pi = nk / x.shape[0]
+        mu = gamma.t() @ x / nk[:, None]
+        var = (gamma.t() @ (x ** 2) / nk[:, None] - mu ** 2).clamp_min(var_floor)
+    return mu, var, pi, F.softmax(gmm_log_prob(x, pi, mu, var), dim=1)
 
 
-def _gmm_posteriors(x, mu, var, pi):
-    diff2 = (x[:, None, :] - mu[None]) ** 2  # (B, K, d)
-    log_pdf = -0.5 * (diff2 / var[None] + torch.log(2 * math.pi * var[None])).sum(dim=2)
-    return F.softmax(log_pdf + torch.log(pi)[None], dim=1)  # (B, K)
+def gaussian_cost(mu1, var1, mu2, var2, reduction: str = "mean") -> torch.Tensor:
+    """(K1, K2): R_d (mu1 - mu2)^2 + R_d (var1 + var2 - 2 sqrt(var1 var2 + 1e-8)), R_d a mean (or sum)."""
+    reduce = torch.sum if reduction == "sum" else torch.mean
+    mean_part = reduce((mu1[:, None, :] - mu2[None]) ** 2, dim=2)
+    cov_part = var1[:, None, :] + var2[None] - 2.0 * torch.sqrt(var1[:, None, :] * var2[None] + 1e-8)
+    return mean_part + reduce(cov_part, dim=2)
 
 
 def bures_diag_cost(mu1, var1, mu2, var2) -> torch.Tensor:
-    """C_ij = ||mu1_i - mu2_j||^2 + ||sqrt(var1_i) - sqrt(var2_j)||^2, shape (K, K)."""
+    """C_ij = ||mu1_i - mu2_j||^2 + ||sqrt(var1_i) - sqrt(var2_j)||^2, shape (K, K) (a check against POT)."""
     mean_term = ((mu1[:, None, :] - mu2[None, :, :]) ** 2).sum(dim=2)
     cov_term = ((var1.sqrt()[:, None, :] - var2.sqrt()[None, :, :]) ** 2).sum(dim=2)
     return mean_term + cov_term
@@ -263,38 +293,52 @@ def bures_diag_cost(mu1, var1, mu2, var2) -> torch.Tensor:
 def multi_marginal_sinkhorn(cost, nu_l, nu_a, nu_v, reg: float, num_iters: int) -> torch.Tensor:
     """Plain-domain three-marginal Sinkhorn, fixed ``num_iters`` sweeps; returns the (K, K, K) plan.
 
-    G = exp(-C / reg); P_ijk = u_i v_j w_k G_ijk; each sweep rescales u, v, w in turn so that the
-    marginals of P over the other two axes equal nu_l, nu_a, nu_v.
+    G = max(exp(-C / max(reg, 1e-6)), 1e-30); P_ijk = u_i v_j w_k G_ijk; each sweep sets u, v, w in turn,
+    e.g. u = nu_l / (sum_jk G v_j w_k + 1e-8).
     """
-    kern = torch.exp(-cost / reg)
+    kern = torch.exp(-cost / max(reg, 1e-6)).clamp_min(1e-30)
     k = cost.shape[0]
     u, v, w = cost.new_ones(k), cost.new_ones(k), cost.new_ones(k)
     for _ in range(num_iters):
-        u = nu_l / ((kern * v.view(1, k, 1) * w.view(1, 1, k)).sum(dim=(1, 2)) + _EPS)
-        v = nu_a / ((kern * u.view(k, 1, 1) * w.view(1, 1, k)).sum(dim=(0, 2)) + _EPS)
-        w = nu_v / ((kern * u.view(k, 1, 1) * v.view(1, k, 1)).sum(dim=(0, 1)) + _EPS)
+        u = nu_l / ((kern * v.view(1, k, 1) * w.view(1, 1, k)).sum(dim=(1, 2)) + 1e-8)
+        v = nu_a / ((kern * u.view(k, 1, 1) * w.view(1, 1, k)).sum(dim=(0, 2)) + 1e-8)
+        w = nu_v / ((kern * u.view(k, 1, 1) * v.view(1, k, 1)).sum(dim=(0, 1)) + 1e-8)
     return u.view(k, 1, 1) * v.view(1, k, 1) * w.view(1, 1, k) * kern
 
 
-def local_loss(feat, gamma, other_mu) -> torch.Tensor:
-    """mean_b sum_k gamma_bk ||feat_b - other_mu_k||^2."""
-    dist = ((feat[:, None, :] - other_mu[None]) ** 2).sum(dim=2)  # (B, K)
+def transport_loss(plan, cost, reg: float) -> torch.Tensor:
+    """<P, C> + reg * sum P (log max(P, 1e-8) - 1)."""
+    return (plan * cost).sum() + reg * (plan * (plan.clamp_min(1e-8).log() - 1.0)).sum()
+
+
+def local_loss(feat, gamma, other_mu, other_var=None, reduction: str = "mean", var_floor: float = 1e-4):
+    """mean_b sum_k gamma_bk R_d (feat_b - other_mu_k)^2 (divided by max(other_var_k, floor) if given)."""
+    diff2 = (feat[:, None, :] - other_mu[None]) ** 2  # (B, K, d)
+    if other_var is not None:
+        diff2 = diff2 / other_var[None].clamp_min(var_floor)
+    dist = diff2.sum(dim=2) if reduction == "sum" else diff2.mean(dim=2)
     return (gamma * dist).sum(dim=1).mean()
 
 
-def moments(z: torch.Tensor):
-    """Per-dimension batch mean, variance (unbiased) and skewness E[(z-mu)^3] / (var+1e-6)^1.5."""
+def distribution_stats(z: torch.Tensor):
+    """Mean, covariance / max(B - 1, 1), skewness E[(z-mu)^3] / max(E[(z-mu)^2], 1e-6)^1.5."""
     mu = z.mean(dim=0)
-    var = z.var(dim=0)
-    skew = ((z - mu) ** 3).mean(dim=0) / (var + 1e-6) ** 1.5
-    return mu, var, skew
+    centred = z - mu
+    cov = centred.t() @ centred / max(z.shape[0] - 1, 1)
+    var = (centred ** 2).mean(dim=0).clamp_min(1e-6)
+    return mu, cov, (centred ** 3).mean(dim=0) / var ** 1.5
+
+
+def stats_distance(p, q) -> torch.Tensor:
+    """Sum over (mean, covariance, skewness) of the mean squared difference of their elements."""
+    return sum(((x - y) ** 2).mean() for x, y in zip(p, q))
 
 
 def gaussian_mmd(x, y, bandwidth: float) -> torch.Tensor:
-    """Biased MMD^2 with k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2))."""
+    """Biased MMD^2 with k(a, b) = exp(-||a - b||^2 / (2 bandwidth)) (bandwidth, not its square)."""
     def kernel(a, b):
         sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.t()
-        return torch.exp(-sq.clamp_min(0) / (2 * bandwidth ** 2))
+        return torch.exp(-sq.clamp_min(0) / (2 * bandwidth))
     return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
 
 
@@ -360,33 +404,44 @@ class OfficialDecAlign(nn.Module):
         return self.trans_l(q_l, kv_l, kv_l), self.trans_a(q_a, kv_a, kv_a), self.trans_v(q_v, kv_v, kv_v)
 
     # -- losses
-    def _hetero_loss(self, s_l, s_a, s_v):
+    def _hetero_loss(self, s_l, s_a, s_v) -> dict[str, torch.Tensor]:
+        """hete_loss = transport loss + mean of the six index-paired local losses."""
         a = self.args
-        f_l, f_a, f_v = s_l.mean(dim=2), s_a.mean(dim=2), s_v.mean(dim=2)  # (B, d)
-        mu_l, var_l, _, g_l = gmm_em(f_l, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
-        mu_a, var_a, _, g_a = gmm_em(f_a, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
-        mu_v, var_v, _, g_v = gmm_em(f_v, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
-        cost_la = bures_diag_cost(mu_l, var_l, mu_a, var_a)
-        cost_lv = bures_diag_cost(mu_l, var_l, mu_v, var_v)
-        cost_av = bures_diag_cost(mu_a, var_a, mu_v, var_v)
+        red = getattr(a, "hetero_cost_reduction", "mean")
+        maha = getattr(a, "local_proto_mahalanobis", False)
+        x_l, x_a, x_v = s_l.mean(dim=2), s_a.mean(dim=2), s_v.mean(dim=2)  # (B, d)
+        mu_l, var_l, _, g_l = gmm_em(x_l, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
+        mu_a, var_a, _, g_a = gmm_em(x_a, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
+        mu_v, var_v, _, g_v = gmm_em(x_v, a.num_prototypes, a.gmm_em_iters, a.gmm_var_floor)
+        nu_l, nu_a, nu_v = g_l.mean(0), g_a.mean(0), g_v.mean(0)
+        nu_l, nu_a, nu_v = (nu / nu.sum().clamp_min(1e-8) for nu in (nu_l, nu_a, nu_v))
+        cost_la = gaussian_cost(mu_l, var_l, mu_a, var_a, red)
+        cost_lv = gaussian_cost(mu_l, var_l, mu_v, var_v, red)
+        cost_av = gaussian_cost(mu_a, var_a, mu_v, var_v, red)
         # C[i, j, k] = cost_la[i, j] + cost_lv[i, k] + cost_av[j, k]
         cost = cost_la[:, :, None] + cost_lv[:, None, :] + cost_av[None, :, :]
-        plan = multi_marginal_sinkhorn(cost, g_l.mean(0), g_a.mean(0), g_v.mean(0),
-                                       a.lambda_ot, a.ot_num_iters)
-        ot = (plan * cost).sum()
-        local = (local_loss(f_l, g_l, mu_a) + local_loss(f_l, g_l, mu_v)
-                 + local_loss(f_a, g_a, mu_l) + local_loss(f_a, g_a, mu_v)
-                 + local_loss(f_v, g_v, mu_l) + local_loss(f_v, g_v, mu_a))
-        return ot + local, plan
+        plan = multi_marginal_sinkhorn(cost, nu_l, nu_a, nu_v, a.lambda_ot, a.ot_num_iters)
+        ot = transport_loss(plan, cost, a.lambda_ot)
+        fl = a.gmm_var_floor
 
-    def _homo_loss(self, cp_l, cp_a, cp_v):
+        def local(x, g, mu, var):
+            return local_loss(x, g, mu, var if maha else None, red, fl)
+
+        parts = [local(x_l, g_l, mu_a, var_a), local(x_l, g_l, mu_v, var_v), local(x_a, g_a, mu_l, var_l),
+                 local(x_a, g_a, mu_v, var_v), local(x_v, g_v, mu_l, var_l), local(x_v, g_v, mu_a, var_a)]
+        local_mean = torch.stack(parts).mean()
+        return {"hete_loss": ot + local_mean, "ot_loss": ot, "local_loss": local_mean, "transport_plan": plan,
+                "plan_cost": (plan * cost).sum(), "posteriors": (g_l, g_a, g_v), "means": (mu_l, mu_a, mu_v),
+                "variances": (var_l, var_a, var_v)}
+
+    def _homo_loss(self, cp_l, cp_a, cp_v) -> dict[str, torch.Tensor]:
+        """homo_loss = mean over the three pairs of the moment distance + mean over them of MMD."""
         z_l, z_a, z_v = self.pde_l(cp_l), self.pde_a(cp_a), self.pde_v(cp_v)
-        m_l, m_a, m_v = moments(z_l), moments(z_a), moments(z_v)
-        sem = sum(((x - y) ** 2).sum() for p, q in ((m_l, m_a), (m_l, m_v), (m_a, m_v))
-                  for x, y in zip(p, q))
+        st_l, st_a, st_v = distribution_stats(z_l), distribution_stats(z_a), distribution_stats(z_v)
+        sem = (stats_distance(st_l, st_a) + stats_distance(st_l, st_v) + stats_distance(st_a, st_v)) / 3.0
         bw = self.args.mmd_bandwidth
-        mmd = gaussian_mmd(z_l, z_a, bw) + gaussian_mmd(z_l, z_v, bw) + gaussian_mmd(z_a, z_v, bw)
-        return sem + mmd
+        mmd = (gaussian_mmd(z_l, z_a, bw) + gaussian_mmd(z_l, z_v, bw) + gaussian_mmd(z_a, z_v, bw)) / 3.0
+        return {"homo_loss": sem + mmd, "sem_loss": sem, "mmd_loss": mmd, "z_common": (z_l, z_a, z_v)}
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> dict[str, Any]:
         """Inputs (B, T_m, D_m); returns ``output_logit`` (B, out) and the three alignment losses."""
@@ -405,26 +460,63 @@ class OfficialDecAlign(nn.Module):
         final = F.dropout(final, p=self.args.output_dropout, training=self.training)
         output = self.out_layer(final)
 
-        dec = (decoupling_loss(s_l, c_l) + decoupling_loss(s_a, c_a) + decoupling_loss(s_v, c_v)) / 3
-        hetero, plan = self._hetero_loss(s_l, s_a, s_v)
-        homo = self._homo_loss(cp_l, cp_a, cp_v)
+        dec = torch.stack([decoupling_loss(s_l, c_l), decoupling_loss(s_a, c_a), decoupling_loss(s_v, c_v)]).mean()
         return {
-            "output_logit": output, "dec_loss": dec, "hetero_loss": hetero, "homo_loss": homo,
-            "transport_plan": plan, "final_rep": final,
+            "output_logit": output, "dec_loss": dec, **self._hetero_loss(s_l, s_a, s_v),
+            **self._homo_loss(cp_l, cp_a, cp_v), "final_rep": final,
             "s_l": s_l, "s_a": s_a, "s_v": s_v, "c_l": c_l, "c_a": c_a, "c_v": c_v,
         }
 
 
-def official_total_loss(out: dict[str, Any], labels: torch.Tensor, args: Any) -> torch.Tensor:
-    """task + dec_loss_weight * dec + alpha * hetero + beta * homo.
+def main_loss(logits: torch.Tensor, labels: torch.Tensor, args: Any) -> torch.Tensor:
+    """The task loss: cross-entropy for several outputs; else ``task_loss`` (mse, smooth_l1/huber, else L1,
+    the default) plus ``binary_task_weight`` * BCE-with-logits(prediction, y > 0) over the nonzero labels."""
+    a = args if not isinstance(args, Mapping) else SimpleNamespace(**args)
+    if logits.shape[1] > 1:
+        return F.cross_entropy(logits, labels.reshape(-1).long())
+    pred, y = logits.reshape(-1), labels.reshape(-1).to(logits.dtype)
+    kind = str(getattr(a, "task_loss", "mae")).lower()
+    if kind == "mse":
+        loss = F.mse_loss(pred, y)
+    elif kind in ("smooth_l1", "huber"):
+        loss = F.smooth_l1_loss(pred, y, beta=getattr(a, "smooth_l1_beta", 1.0))
+    else:
+        loss = F.l1_loss(pred, y)
+    weight = getattr(a, "binary_task_weight", 0.0) or 0.0
+    nonzero = y != 0
+    if weight <= 0 or not bool(nonzero.any()):
+        return loss
+    return loss + weight * F.binary_cross_entropy_with_logits(pred[nonzero], (y[nonzero] > 0).to(pred.dtype))
 
-    The task loss is MSE for a single output and cross-entropy over integer labels otherwise.
-    """
+
+def contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     classification: bool) -> torch.Tensor:
+    """SupCon over the head input: positives share a class, or for regression the bin round(clip(y, -3, 3));
+    logits cos / tau with each row's maximum subtracted, the denominator clamped at 1e-8."""
+    labels = labels.reshape(-1)
+    groups = labels.long() if classification else torch.round(labels.clamp(-3.0, 3.0)).long() + 3
+    z = F.normalize(features, dim=1)
+    logits = z @ z.t() / temperature
+    n = labels.shape[0]
+    not_self = ~torch.eye(n, dtype=torch.bool)
+    positive = (groups[None, :] == groups[:, None]) & not_self
+    rows = positive.sum(dim=1) > 0
+    if not bool(rows.any()):
+        return logits.new_tensor(0.0)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    denominator = (torch.exp(logits) * not_self.float()).sum(dim=1, keepdim=True).clamp_min(1e-8)
+    log_prob = logits - torch.log(denominator)
+    mean_positive = (positive.float() * log_prob).sum(dim=1) / positive.sum(dim=1).clamp_min(1)
+    return -mean_positive[rows].mean()
+
+
+def official_total_loss(out: dict[str, Any], labels: torch.Tensor, args: Any) -> torch.Tensor:
+    """main + dec_loss_weight * dec + alpha * hete + beta * homo (+ ct_weight * contrastive when > 0)."""
     a = args if not isinstance(args, Mapping) else SimpleNamespace(**args)
     logits = out["output_logit"]
-    if logits.shape[1] == 1:
-        task = F.mse_loss(logits.squeeze(1), labels.reshape(-1).to(logits.dtype))
-    else:
-        task = F.cross_entropy(logits, labels.reshape(-1).long())
-    return (task + a.dec_loss_weight * out["dec_loss"] + a.alpha * out["hetero_loss"]
-            + a.beta * out["homo_loss"])
+    total = (main_loss(logits, labels, a) + a.dec_loss_weight * out["dec_loss"] + a.alpha * out["hete_loss"]
+             + a.beta * out["homo_loss"])
+    if getattr(a, "ct_weight", 0.0) > 0:
+        total = total + a.ct_weight * contrastive_loss(out["final_rep"], labels, a.ct_temperature,
+                                                       logits.shape[1] > 1)
+    return total

@@ -1,0 +1,307 @@
+"""The official objective, term by term and with gradients, against the independent re-implementation of
+the official code (tests/reference/official_model.py), at the official configs and at input scales 1 and 3;
+and the official building blocks (EM, Gaussian cost, log-domain Sinkhorn) on their own."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from decalign.checkpoint import load_model
+from decalign.config import DecAlignConfig, ModelConfig
+from decalign.model import (
+    DecAlign,
+    Prototypes,
+    fit_gmm_official,
+    official_gaussian_cost,
+    official_local_loss,
+    official_sinkhorn,
+    transport_plan,
+)
+from decalign.official import import_official
+from decalign.train.losses import total_loss
+from tests.model.helpers import random_inputs, small_config
+from tests.reference import official_model as oracle
+
+CONFIGS = Path(__file__).resolve().parents[1] / "reference" / "official_configs"
+ORDER = ("text", "audio", "vision")
+DIMS = (20, 5, 7)  # text, audio, vision widths: small, and all below every official d (no skipped projection)
+# official config -> (its file, the head's outputs)
+OFFICIAL = {"mosi": ("dec_mosi_config.json", 1), "mosei": ("dec_mosei_config.json", 1),
+            "sims": ("dec_sims_config.json", 1), "iemocap": ("iemocap_decalign_config.json", 6),
+            "default": ("dec_config.json", 1)}
+REL = 1e-4
+
+
+def official_raw(name: str) -> dict:
+    return json.loads((CONFIGS / OFFICIAL[name][0]).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """name -> (oracle model, our imported model, raw config): the same random official weights in both."""
+    cache = {}
+
+    def build(name: str):
+        if name not in cache:
+            raw, outputs = official_raw(name), OFFICIAL[name][1]
+            torch.manual_seed(0)
+            reference = oracle.OfficialDecAlign(raw, feature_dims=DIMS, output_dim=outputs).eval()
+            with torch.no_grad():
+                for p in reference.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+            folder = tmp_path_factory.mktemp(name)
+            torch.save(reference.state_dict(), folder / "model.pth")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # BERT keys of the official files
+                import_official(folder / "model.pth", CONFIGS / OFFICIAL[name][0], list(DIMS), folder / "run")
+            model, card = load_model(folder / "run")
+            assert card.config.model.objective == "official"
+            cache[name] = (reference, model, raw)
+        return cache[name]
+
+    return build
+
+
+def batch(scale: float, n: int = 40, steps: int = 12, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(n, steps, w, generator=g) for w in DIMS]
+
+
+def both(reference, model, x):
+    expected = reference(*x)
+    out = model(dict(zip(ORDER, x)), align=True)
+    return expected, out
+
+
+def relative(a, b) -> float:
+    a, b = torch.as_tensor(a).detach().double(), torch.as_tensor(b).detach().double()
+    return float((a - b).norm() / a.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_every_term_equals_the_official_one(imported, name, scale):
+    reference, model, _ = imported(name)
+    with torch.no_grad():
+        expected, out = both(reference, model, batch(scale))
+    lv = out.alignment
+    pairs = {"dec_loss": lv.decoupling, "ot_loss": lv.prototype_transport, "local_loss": lv.sample_to_prototype,
+             "sem_loss": lv.moment_matching, "mmd_loss": lv.mmd, "hete_loss": lv.heterogeneity,
+             "homo_loss": lv.homogeneity}
+    for key, ours in pairs.items():
+        assert float(ours) == pytest.approx(float(expected[key]), rel=REL, abs=1e-7), key
+    torch.testing.assert_close(out.prediction, expected["output_logit"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.transport.plan, expected["transport_plan"], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.parametrize("name", ["mosi", "mosei", "sims", "iemocap"])
+def test_gradients_with_respect_to_unique_and_common_features(imported, name, scale):
+    reference, model, _ = imported(name)
+    expected, out = both(reference, model, batch(scale))
+    theirs = [expected[f"s_{m}"] for m in "lav"] + [expected[f"c_{m}"] for m in "lav"]
+    ours = [out.unique[m] for m in ORDER] + [out.common[m] for m in ORDER]
+    lv = out.alignment
+    for key, mine in (("dec_loss", lv.decoupling), ("hete_loss", lv.heterogeneity), ("homo_loss", lv.homogeneity)):
+        want = torch.autograd.grad(expected[key], theirs, retain_graph=True, allow_unused=True)
+        got = torch.autograd.grad(mine, ours, retain_graph=True, allow_unused=True)
+        for i, (w, g) in enumerate(zip(want, got)):
+            assert (w is None) == (g is None), (key, i)
+            if w is not None:  # official features are (B, d, T), ours (B, T, d); float32 through 50 sweeps
+                assert relative(w.transpose(1, 2), g) < 3e-4, (key, i)
+
+
+@pytest.mark.parametrize("name", ["mosi", "sims", "iemocap"])
+def test_training_objective_equals_the_official_one(imported, name):
+    """Eval mode (no dropout): main loss (SIMS: with the binary term; IEMOCAP: cross-entropy) + weighted
+    decoupling, heterogeneous and homogeneous terms + the contrastive term over the official bins."""
+    reference, model, raw = imported(name)
+    x = batch(1.0, n=24)
+    classification = name == "iemocap"
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 6, (24,), generator=g) if classification else torch.randn(24, generator=g) * 2
+    if not classification:
+        labels[::5] = 0.0  # zero labels: left out of the binary term
+    with torch.no_grad():
+        expected, out = both(reference, model, x)
+    card_config = model_config(raw)
+    task = "classification" if classification else "regression"
+    ours, terms = total_loss(out, labels, card_config.train, task)
+    want = oracle.official_total_loss(expected, labels.float(), {**raw, "ct_weight": raw.get("ct_weight", 0.0)})
+    assert float(ours) == pytest.approx(float(want), rel=REL)
+    if name == "sims":
+        assert card_config.train.binary_task_weight == 0.01 and terms["contrastive"] > 0
+
+
+def model_config(raw: dict) -> DecAlignConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DecAlignConfig.from_dict(raw, "official")
+
+
+def test_options_hetero_cost_sum_and_mahalanobis_local_cost(tmp_path):
+    raw = oracle.official_config_dict(dst_feature_dim_nheads=[16, 4], nlevels=1, num_prototypes=4)
+    for key, value in (("hetero_cost_reduction", "sum"), ("local_proto_mahalanobis", True)):
+        torch.manual_seed(2)
+        reference = oracle.OfficialDecAlign({**raw, key: value}, feature_dims=DIMS).eval()
+        config = model_config({**raw, key: value})
+        assert getattr(config.model, key) == value
+        ours = DecAlign(config.model, dict(zip(ORDER, DIMS))).eval()
+        _load_renamed(ours, reference)
+        with torch.no_grad():
+            expected, out = both(reference, ours, batch(1.0))
+        assert float(out.alignment.heterogeneity) == pytest.approx(float(expected["hete_loss"]), rel=REL), key
+
+
+def _load_renamed(ours: DecAlign, reference) -> None:
+    from decalign.official import convert_state_dict
+
+    converted, _ = convert_state_dict(reference.state_dict(), ours.widths, ours.config.d_model)
+    ours.load_state_dict(converted)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+@pytest.mark.parametrize("n", [40, 5])  # N >= K: evenly spaced start; N < K: the samples repeated
+def test_official_em_equals_the_reference_with_gradients(n):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(n, 6, generator=g, dtype=torch.float64) * 2 + 5).requires_grad_(True)
+    mu, var, pi, post = oracle.gmm_em(x, 7, 5, 1e-4)
+    fitted = fit_gmm_official(x, 7, iterations=5, var_floor=1e-4)
+    for theirs, ours in ((mu, fitted.means), (var, fitted.variances), (pi, fitted.weights), (post, fitted.posteriors)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+    weights = torch.randn(*post.shape, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad((post * weights).sum() + mu.sum() + var.sum(), x)[0]
+    got = torch.autograd.grad((fitted.posteriors * weights).sum() + fitted.means.sum() + fitted.variances.sum(), x)[0]
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_official_em_in_its_stable_form_keeps_the_variances_the_literal_form_loses():
+    # features far from the origin: in float32 the official E[x^2] - mu^2 cancels to round-off (then the
+    # floor), the centred form keeps the float64 answer
+    g = torch.Generator().manual_seed(5)
+    x64 = 1e4 + torch.cat([torch.randn(20, 3, generator=g, dtype=torch.float64) * 0.1,
+                           torch.randn(20, 3, generator=g, dtype=torch.float64) * 0.1 + 1.0])
+    _, truth, _, _ = oracle.gmm_em(x64, 2, 5, 1e-4)
+    ours = fit_gmm_official(x64.float(), 2, iterations=5, var_floor=1e-4).variances
+    _, literal, _, _ = oracle.gmm_em(x64.float(), 2, 5, 1e-4)
+    torch.testing.assert_close(ours.double(), truth, rtol=1e-2, atol=0)
+    assert float((literal.double() - truth).abs().max() / truth.max()) > 0.5
+
+
+def test_official_gaussian_cost_equals_the_official_form_without_its_cancellation():
+    g = torch.Generator().manual_seed(4)
+    mu1, mu2 = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    v1 = torch.rand(3, 5, generator=g, dtype=torch.float64) + 1e-4
+    v2 = torch.rand(4, 5, generator=g, dtype=torch.float64) + 1e-4
+    for reduction in ("mean", "sum"):
+        torch.testing.assert_close(official_gaussian_cost(mu1, v1, mu2, v2, reduction),
+                                   oracle.gaussian_cost(mu1, v1, mu2, v2, reduction), rtol=1e-10, atol=1e-14)
+    # identical Gaussians: the official value -2e-8 / (2 v + ...) per dimension, slightly negative
+    same = official_gaussian_cost(mu1, v1, mu1, v1)
+    want = (-2e-8 / (torch.sqrt(v1 * v1 + 1e-8) + v1)).mean(1)
+    torch.testing.assert_close(torch.diagonal(same), want, rtol=1e-6, atol=0)
+    # large variances in float32: the official form cancels to noise, ours keeps the float64 value
+    big1, big2 = (torch.full((1, 4), 1e4) + torch.arange(4.0)), torch.full((1, 4), 1e4 + 0.5)
+    exact = oracle.gaussian_cost(torch.zeros(1, 4, dtype=torch.float64), big1.double(),
+                                 torch.zeros(1, 4, dtype=torch.float64), big2.double())
+    ours = official_gaussian_cost(torch.zeros(1, 4), big1, torch.zeros(1, 4), big2)
+    literal = oracle.gaussian_cost(torch.zeros(1, 4), big1, torch.zeros(1, 4), big2)
+    assert float(ours) == pytest.approx(float(exact), rel=5e-3)  # float32 square roots of 1e4
+    assert abs(float(literal) - float(exact)) > 0.5 * float(exact)  # the literal form: round-off only
+
+
+def test_official_local_loss_by_index_by_hand():
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    post = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    other = Prototypes(torch.tensor([[1.0, 0.0], [0.0, 4.0]]), torch.tensor([[0.5, 0.5], [2.0, 2.0]]),
+                       torch.ones(2) / 2)
+    # sample 0 -> prototype 0: mean((0-1)^2, 0) = 0.5; sample 1: 0.25 * mean(1, 0) + 0.75 * mean(4, 16)
+    want = (0.5 + 0.25 * 0.5 + 0.75 * 10.0) / 2
+    assert float(official_local_loss(x, post, other)) == pytest.approx(want)
+    maha = (0.5 / 0.5 + 0.25 * 0.5 / 0.5 + 0.75 * 10.0 / 2.0) / 2
+    assert float(official_local_loss(x, post, other, mahalanobis=True)) == pytest.approx(maha)
+    with pytest.raises(ValueError, match="same number of prototypes"):
+        official_local_loss(x, post[:, :1], other)
+
+
+def _three_marginals(g, k=4):
+    return [torch.softmax(torch.randn(k, generator=g, dtype=torch.float64), 0) for _ in range(3)]
+
+
+@pytest.mark.parametrize("spread", [0.05, 1.0, 3.0])
+def test_log_domain_sinkhorn_equals_the_official_plan_where_its_kernel_does_not_underflow(spread):
+    g = torch.Generator().manual_seed(6)
+    nu = _three_marginals(g)
+    cost = spread * torch.rand(4, 4, 4, generator=g, dtype=torch.float64)  # cost / lambda up to 30
+    want = oracle.multi_marginal_sinkhorn(cost, *nu, reg=0.1, num_iters=50)
+    plan, loss = official_sinkhorn(cost, nu, 0.1, 50)
+    torch.testing.assert_close(plan, want, rtol=1e-6, atol=1e-10)
+    assert float(loss) == pytest.approx(float(oracle.transport_loss(want, cost, 0.1)), rel=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [1e3, 1e5])
+def test_log_domain_sinkhorn_stays_right_where_the_official_kernel_underflows(ratio):
+    g = torch.Generator().manual_seed(7)
+    a, b = (torch.softmax(torch.randn(5, generator=g, dtype=torch.float64), 0) for _ in range(2))
+    cost = ratio * 0.1 * torch.rand(5, 5, generator=g, dtype=torch.float64)  # cost / lambda up to `ratio`
+    plan, loss = official_sinkhorn(cost, [a, b], 0.1, 50)
+    # POT's log-domain Sinkhorn does the same sweeps (it updates the second axis first: swap the axes)
+    pot = ot.bregman.sinkhorn_log(b.numpy(), a.numpy(), cost.T.numpy(), 0.1, numItermax=50, stopThr=0.0,
+                                  warn=False)
+    np.testing.assert_allclose(plan.numpy(), pot.T, rtol=1e-7, atol=1e-14)
+    assert torch.isfinite(loss) and torch.isfinite(plan).all()
+    torch.testing.assert_close(plan.sum(0), b, rtol=1e-9, atol=1e-12)  # the axis updated last is exact
+    # the official plain-domain kernel is floored at 1e-30 here: its plan loses the marginals
+    third = torch.full((5,), 0.2, dtype=torch.float64)
+    official = oracle.multi_marginal_sinkhorn(cost[:, :, None].expand(5, 5, 5).contiguous(), a, b, third, 0.1, 50)
+    assert float((official.sum((0, 1)) - third).abs().max()) > 1e-3
+
+
+def test_transport_plan_official_settings_and_gradient_through_the_sweeps():
+    g = torch.Generator().manual_seed(8)
+    feats = {m: (torch.randn(30, 4, generator=g, dtype=torch.float64)).requires_grad_(True) for m in "xyz"}
+    config = ModelConfig(num_prototypes=3, lambda_ot=0.2, ot_num_iters=17)
+    protos = {m: fit_gmm_official(f, 3) for m, f in feats.items()}
+    result = transport_plan(protos, config)
+    assert result.iterations == 17 and float(result.reg) == 0.2
+    nu = [p.posteriors.mean(0) for p in protos.values()]
+    c = [oracle.gaussian_cost(protos[a].means, protos[a].variances, protos[b].means, protos[b].variances)
+         for a, b in (("x", "y"), ("x", "z"), ("y", "z"))]
+    cost = c[0][:, :, None] + c[1][:, None, :] + c[2][None, :, :]
+    want = oracle.transport_loss(oracle.multi_marginal_sinkhorn(cost, *nu, 0.2, 17), cost, 0.2)
+    assert float(result.loss.detach()) == pytest.approx(float(want.detach()), rel=1e-7)
+    grads = torch.autograd.grad(result.loss, list(feats.values()), retain_graph=True)
+    wants = torch.autograd.grad(want, list(feats.values()))
+    for got, expected in zip(grads, wants):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def test_distribution_encoders_take_the_output_dropout_officially_and_the_relu_dropout_in_studio(widths):
+    for objective, rate in (("official", 0.35), ("studio", 0.15)):
+        model = DecAlign(small_config(objective=objective, output_dropout=0.35, relu_dropout=0.15), widths)
+        assert all(enc.net[2].p == rate for enc in model.distribution_encoders.values()), objective
+
+
+def test_two_modalities_take_the_means_over_their_one_pair():
+    torch.manual_seed(0)
+    widths = {"a": 4, "b": 6}
+    model = DecAlign(small_config(), widths).eval()
+    with torch.no_grad():
+        out = model(random_inputs(widths, batch=10), align=True)
+    lv = out.alignment
+    assert float(lv.sample_to_prototype) == pytest.approx(
+        (float(lv.sample_to_prototype_per_pair[("a", "b")]) + float(lv.sample_to_prototype_per_pair[("b", "a")])) / 2)
+    assert float(lv.mmd) == pytest.approx(float(lv.mmd_per_pair[("a", "b")]))
+    assert all(np.isfinite(v) for v in lv.as_floats().values())
