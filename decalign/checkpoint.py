@@ -54,6 +54,11 @@ class ModelCard:
     best_epoch: int | None = None
     prototypes: dict[str, dict[str, list]] | None = None  # modality -> means/variances/weights
     source: str = "trained"  # trained | imported-official
+    # Decided once at training or import (decalign.train.metrics.metric_convention): mosi | sims |
+    # classification, and the per-sample error it implies (absolute | absolute_clipped | misclassification).
+    metric_convention: str | None = None
+    error: str | None = None
+    baseline: dict[str, Any] | None = None  # decalign.train.baseline.fit_baseline: a linear model's scores
     library_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +82,7 @@ class ModelCard:
             raise CheckpointError(f"{source}: not a DecAlign model card ({exc})") from exc
         if not isinstance(card.widths, dict) or len(card.widths) < 2:
             raise CheckpointError(f"{source}: 'widths' must name at least two modalities")
+        _check_recorded(card, source)
         return card
 
     def prototype_tensors(self) -> dict[str, Prototypes] | None:
@@ -92,6 +98,16 @@ class ModelCard:
 
     def build_model(self) -> DecAlign:
         return DecAlign(self.config.model, self.widths, self.output_dim)
+
+
+def _check_recorded(card: ModelCard, source: str) -> None:
+    """Types of the recorded convention, error and baseline (their meaning: ``train.metrics.card_convention``)."""
+    for name in ("metric_convention", "error"):
+        value = getattr(card, name)
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(f"{source}: {name!r} must be text or null, found {type(value).__name__}")
+    if card.baseline is not None and not isinstance(card.baseline, dict):
+        raise CheckpointError(f"{source}: 'baseline' must be an object or null, found {type(card.baseline).__name__}")
 
 
 def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: str = "best",

@@ -17,7 +17,7 @@ def render() -> None:
     st.title("Predict")
     st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
-    frame = fig.predictions_frame(ctx.result, ctx.split_data)
+    frame = fig.predictions_frame(ctx.result, ctx.split_data, ctx.card)
     _metrics(ctx)
     shown = fig.filter_frame(frame, **_filters(ctx, frame))
     st.caption(f"{len(shown):,} of {len(frame):,} rows shown; click a row to select that sample.")

@@ -17,6 +17,7 @@ from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
 from ..model import AlignmentLevels, DecAlign, Prototypes, fit_gmm
+from .baseline import fit_baseline
 from .losses import task_loss
 from .metrics import compute_metrics
 from .reference import build_reference, save_reference
@@ -102,15 +103,18 @@ def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prot
 
 def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, config: DecAlignConfig,
                 args: EvalArgs) -> None:
-    """Fill the card with the training prototypes, the training alignment and metrics per split."""
+    """Fill the card with the training prototypes, the training alignment, metrics per split and the linear
+    baseline's (``decalign.train.baseline``)."""
     train = dataset.splits["train"]
     prototypes = fit_training_prototypes(model, train, config, args.batch_size)
     card.set_prototypes(prototypes)
     card.extra["training_alignment"] = training_alignment(model, train, prototypes, args.batch_size)
     card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
                     if split.labels is not None and len(split)}
+    card.baseline = fit_baseline(dataset, args.convention)
 
 
-def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split) -> Path:
-    """Save the training reference (``decalign.train.reference``) that explanations and audits compare with."""
-    return save_reference(run_dir, build_reference(model, card, train))
+def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None) -> Path:
+    """Save the training reference (``decalign.train.reference``) that explanations and audits compare with,
+    with the validation split as its held-out part (the drift reference and the flags' calibration)."""
+    return save_reference(run_dir, build_reference(model, card, train, valid))

@@ -37,7 +37,7 @@ from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import dataset_convention, metric_direction, resolve_metric_name
+from .metrics import ERRORS, dataset_convention, metric_direction, resolve_metric_name
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -171,8 +171,8 @@ class Trainer:
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
             label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
-            extra={"selection_metric": self.selection, "selection_mode": self.mode,
-                   "metric_convention": self.convention},
+            metric_convention=self.convention, error=ERRORS[self.convention],
+            extra={"selection_metric": self.selection, "selection_mode": self.mode},
         )
 
     def _class_weight(self) -> torch.Tensor | None:
@@ -300,7 +300,8 @@ class Trainer:
             self.card.extra.update(status=status, epochs_run=self.state.epoch,
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)
-            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
+            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"],
+                                     self.dataset.splits["valid"])
         self._write_status(status)
         distributed.barrier(self.dist)
 

@@ -33,7 +33,11 @@ def test_audit_page_renders_and_records_once(page_test, demo_dir, audit_db):
     assert at.title[0].value == "Audit"
     charts = at.get("plotly_chart")
     assert len(charts) >= 3  # confusion, reliability, drift
-    assert any(m.label == "Drifted from the training data?" for m in at.metric)
+    drifted = [m for m in at.metric if m.label == "Drifted from the held-out data?"]
+    assert len(drifted) == 1 and drifted[0].value == "no"  # the demo's test split is i.i.d. with validation
+    text = " ".join(m.value for m in at.markdown)
+    assert "shows no significant drift" in text and "after correcting for 6 tests" in text
+    assert any("logistic regression" in i.value for i in at.info)  # the baseline beside the model
     recorded = AuditTrail(audit_db).count(source="dashboard")
     assert recorded > 0
     _ok(at.run())  # a rerun does not record again

@@ -31,7 +31,13 @@ def test_eval_json_matches_the_card(regression_run, capsys):
     assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "test" and report["samples"] == 30
-    assert report["metrics"]["MAE"] == pytest.approx(load_card(run).metrics["test"]["MAE"], rel=1e-6)
+    card = load_card(run)
+    assert report["metrics"]["MAE"] == pytest.approx(card.metrics["test"]["MAE"], rel=1e-6)
+    # the baseline trained with the run, compared on the same split (the run's own data)
+    assert report["metric_convention"] == "mosi" and report["baseline"] == card.baseline
+    comparison = report["baseline_comparison"]
+    assert comparison["metric"] == "MAE" and comparison["baseline"] == card.baseline["metrics"]["test"]["MAE"]
+    assert comparison["verdict"] == ("beats" if comparison["model"] < comparison["baseline"] else "does not beat")
     assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "valid"]) == 0
     table = capsys.readouterr().out
     assert "MAE" in table and "Acc-2 (non0)" in table
@@ -43,11 +49,13 @@ def test_predict_csv_rows_columns_contributions_and_audit(regression_run, tmp_pa
     assert main(["predict", "--checkpoint", str(run), "--data", str(data), "--out", str(out),
                  "--batch-size", "7"]) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["id", "split", "prediction", "label", "contrib_unique_a", "contrib_unique_b",
-                                   "contrib_common_a", "contrib_common_b", "contrib_bias"]
+    assert list(frame.columns) == ["id", "split", "prediction", "label", "error", "contrib_unique_a",
+                                   "contrib_unique_b", "contrib_common_a", "contrib_common_b", "contrib_bias"]
     test = load_dataset(data).splits["test"]
     assert len(frame) == 30 and list(frame["id"]) == list(test.ids) and set(frame["split"]) == {"test"}
     np.testing.assert_allclose(frame["label"], test.labels, rtol=1e-6)
+    np.testing.assert_allclose(frame["error"], np.abs(frame["prediction"] - frame["label"]), rtol=1e-5, atol=1e-6)
+    assert frame["error"].mean() == pytest.approx(load_card(run).metrics["test"]["MAE"], rel=1e-5)  # one error
     contrib = frame.filter(like="contrib_").sum(axis=1)
     np.testing.assert_allclose(contrib, frame["prediction"], rtol=1e-5, atol=1e-5)
     model, _ = load_model(run)
@@ -77,6 +85,9 @@ def test_predict_classification_probabilities_and_contributions(classification_r
     probs = frame[["prob_0", "prob_1", "prob_2"]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert np.array_equal(frame["prediction"], probs.argmax(1))
+    np.testing.assert_array_equal(frame["error"], (frame["prediction"] != frame["label"]).astype(float))
+    np.testing.assert_allclose(frame["p_label"], probs[np.arange(len(frame)), frame["label"]], rtol=1e-5)
+    assert 1 - frame["error"].mean() == pytest.approx(load_card(run).metrics["test"]["Acc"])
     model, _ = load_model(run)
     test = load_dataset(data).splits["test"]
     logits = run_inference(model, test, task="classification").outputs
@@ -118,7 +129,7 @@ def test_train_refuses_an_existing_run_and_bad_device(regression_run, capsys):
     assert "unknown device" in one_error_line(capsys)
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "import-official"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "audit", "report", "demo", "import-official"])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
