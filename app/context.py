@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import loaders, session
+from decalign.audit.run import PreparedReference
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import MultimodalDataset, Split
 from decalign.inference import InferenceResult
@@ -71,6 +72,13 @@ def current_split(dataset: MultimodalDataset) -> str:
 
 def widths_text(widths: dict[str, int]) -> str:
     return ", ".join(f"{m} (width {d})" for m, d in widths.items())
+
+
+def audit_reference(ctx: Context) -> PreparedReference:
+    """The reference the Audit page and the Sample page's flags use (``decalign.audit.run.prepare_reference``),
+    cached per model and data."""
+    return loaders.prepared_reference(ctx.model_id, ctx.data_id, ctx.model, ctx.card, ctx.dataset, ctx.data_label,
+                                      ctx.reference)
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

@@ -16,6 +16,7 @@ import streamlit as st
 
 from app import session
 from decalign.atomic import clean_stale_temps
+from decalign.audit.run import PreparedReference, prepare_reference
 from decalign.checkpoint import ModelCard, load_model, load_model_zip, model_fingerprint
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
 from decalign.device import resolve_device
@@ -125,6 +126,13 @@ def dataset(source: session.DataSource, card: ModelCard) -> tuple[MultimodalData
 def reference(path: str, fingerprint: str) -> TrainingReference | None:
     """The training reference saved in a run directory, None when it has none."""
     return load_reference(path)
+
+
+@st.cache_resource(show_spinner="Preparing the reference data…", max_entries=4)
+def prepared_reference(model_id: str, data_id: str, _model: DecAlign, _card: ModelCard, _dataset: MultimodalDataset,
+                       data_label: str, _stored: TrainingReference | None) -> PreparedReference:
+    """The audit's reference for a model on a dataset (``decalign.audit.run.prepare_reference``)."""
+    return prepare_reference(_model, _card, _dataset, data_label, _stored)
 
 
 @st.cache_resource(max_entries=2)

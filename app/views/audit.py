@@ -12,14 +12,14 @@ import pandas as pd
 import streamlit as st
 
 from app import session
-from app.context import Context, get_context
+from app.context import Context, audit_reference, get_context
 from app.figures import audit as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.drift import MIN_SAMPLES
 from decalign.audit.flags import flag_columns
 from decalign.audit.report import build_report, explain_rows
 from decalign.audit.rows import prediction_rows
-from decalign.audit.run import AuditResult, PreparedReference, prepare_reference, run_audit, split_reviews
+from decalign.audit.run import AuditResult, PreparedReference, run_audit, split_reviews
 from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
 from decalign.train.metrics import ERROR_TEXT
@@ -30,7 +30,7 @@ def render() -> None:
     st.title("Audit")
     st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
-    prepared = _prepared(ctx.model_id, ctx.data_id, ctx)
+    prepared = audit_reference(ctx)
     result = _result(ctx, prepared)
     audit = _audit(ctx.model_id, ctx.data_id, ctx.split, ctx, prepared, result)
     for note in audit.notes:
@@ -47,11 +47,6 @@ def render() -> None:
 
 
 # ----------------------------------------------------------------------------------- cached maths
-
-
-@st.cache_resource(show_spinner="Preparing the reference data…", max_entries=4)
-def _prepared(model_id: str, data_id: str, _ctx: Context) -> PreparedReference:
-    return prepare_reference(_ctx.model, _ctx.card, _ctx.dataset, _ctx.data_label, _ctx.reference)
 
 
 @st.cache_data(show_spinner="Scoring against the training patterns…", max_entries=8)

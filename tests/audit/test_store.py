@@ -94,7 +94,7 @@ def test_filters_count_and_limit(trail):
 ])
 def test_update_and_delete_are_refused(trail, table, sql):
     trail.record_predictions([_row(1)])
-    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm")
+    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm", reviewer="ann")
     conn = _raw(trail)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute(sql)
@@ -108,7 +108,7 @@ def test_corrections_are_new_reviews(trail):
     assert trail.latest_review("ckpt-1", SHA, 4) is None
     first = trail.record_review("ckpt-1", SHA, 4, "wrong", "looks negative", reviewer="ann")
     second = trail.record_review("ckpt-1", SHA, "4", "correct", "re-listened: fine", reviewer="ann")
-    trail.record_review("ckpt-1", SHA, 5, "unsure")
+    trail.record_review("ckpt-1", SHA, 5, "unsure", reviewer="bo")
     assert second > first
     history = trail.reviews_for("ckpt-1", SHA, 4)
     assert list(history["verdict"]) == ["wrong", "correct"]
@@ -124,7 +124,7 @@ def test_corrections_are_new_reviews(trail):
 def test_survives_restarts(tmp_path):
     path = tmp_path / "nested" / "audit.sqlite3"
     AuditTrail(path).record_predictions([_row(i) for i in range(3)])
-    AuditTrail(path).record_review("ckpt-1", SHA, 1, "correct")
+    AuditTrail(path).record_review("ckpt-1", SHA, 1, "correct", reviewer="ann")
     reopened = AuditTrail(path)
     assert reopened.count() == 3 and reopened.count("reviews") == 1
     assert list(reopened.predictions()["sample_id"]) == ["0", "1", "2"]
@@ -159,12 +159,19 @@ def test_bad_prediction_rows_are_rejected(trail, row, message):
 
 def test_bad_reviews_are_rejected(trail):
     with pytest.raises(AuditError, match="verdict must be one of correct, wrong, unsure, found 'maybe'"):
-        trail.record_review("ckpt-1", SHA, 1, "maybe")
+        trail.record_review("ckpt-1", SHA, 1, "maybe", reviewer="ann")
     with pytest.raises(AuditError, match=f"expected at most {MAX_COMMENT_CHARS}"):
-        trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * (MAX_COMMENT_CHARS + 1))
+        trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * (MAX_COMMENT_CHARS + 1), reviewer="ann")
     with pytest.raises(AuditError, match="SHA-256"):
-        trail.record_review("ckpt-1", "not-a-hash", 1, "wrong")
-    assert trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * MAX_COMMENT_CHARS) == 1
+        trail.record_review("ckpt-1", "not-a-hash", 1, "wrong", reviewer="ann")
+    # no default verdict and no anonymous review: an untouched form records nothing
+    with pytest.raises(AuditError, match="no verdict chosen"):
+        trail.record_review("ckpt-1", SHA, 1, None, reviewer="ann")
+    for blank in ("", "   "):
+        with pytest.raises(AuditError, match="no reviewer"):
+            trail.record_review("ckpt-1", SHA, 1, "correct", "ok", reviewer=blank)
+    assert trail.count("reviews") == 0
+    assert trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * MAX_COMMENT_CHARS, reviewer="ann") == 1
 
 
 def test_export_csv_matches_and_is_atomic(trail, tmp_path):
