@@ -15,6 +15,7 @@ from app import loaders, session
 from decalign.audit.run import PreparedReference
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import MultimodalDataset, Split
+from decalign.explain.slices import result_metrics
 from decalign.inference import InferenceResult
 from decalign.model import DecAlign, TransportResult
 from decalign.train.reference import TrainingReference
@@ -79,6 +80,17 @@ def audit_reference(ctx: Context) -> PreparedReference:
     cached per model and data."""
     return loaders.prepared_reference(ctx.model_id, ctx.data_id, ctx.model, ctx.card, ctx.dataset, ctx.data_label,
                                       ctx.reference)
+
+
+def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
+    """(baseline, comparison, note) beside the model on the data's test split (``baseline_beside``)."""
+    split = "test" if "test" in ctx.dataset.splits else ctx.split
+    part = ctx.dataset.splits[split]
+    metrics = None
+    if part.labels is not None and len(part):
+        result = loaders.inference(ctx.model_id, ctx.data_id, split, ctx.model, ctx.card, part)
+        metrics = result_metrics(result, ctx.card)
+    return loaders.baseline(ctx.model_id, ctx.data_id, ctx.card, ctx.dataset, ctx.data_label, split, metrics)
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

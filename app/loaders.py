@@ -23,6 +23,7 @@ from decalign.device import resolve_device
 from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
+from decalign.train.baseline import baseline_beside
 from decalign.train.reference import TrainingReference, load_reference, training_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,14 @@ def prepared_reference(model_id: str, data_id: str, _model: DecAlign, _card: Mod
                        data_label: str, _stored: TrainingReference | None) -> PreparedReference:
     """The audit's reference for a model on a dataset (``decalign.audit.run.prepare_reference``)."""
     return prepare_reference(_model, _card, _dataset, data_label, _stored)
+
+
+@st.cache_data(show_spinner="Fitting the linear baseline…", max_entries=8)
+def baseline(model_id: str, data_id: str, _card: ModelCard, _dataset: MultimodalDataset, data_label: str, split: str,
+             metrics: dict | None) -> tuple[dict | None, dict | None, str | None]:
+    """(baseline, comparison, note) of a model on a dataset (``decalign.train.baseline.baseline_beside``):
+    the card's, or fitted now (and cached) when the card has none."""
+    return baseline_beside(_card, _dataset, data_label, split, metrics)
 
 
 @st.cache_resource(max_entries=2)

@@ -143,3 +143,9 @@ def baseline_beside(card, dataset: MultimodalDataset, data_name: str, split: str
     comparison = baseline_comparison({split: metrics}, baseline, split) if metrics else None
     return baseline, comparison, (f"The linear baseline is not on the model card: it was fitted now on "
                                   f"{data_name}'s train split (its validation split chose the regularisation).")
+
+
+def card_comparison(card) -> dict | None:
+    """The comparison recorded at training: the card's test metrics against its baseline's (None when the
+    card has no baseline or no test metrics)."""
+    return baseline_comparison(card.metrics, card.baseline)

@@ -15,7 +15,7 @@ from browser_utils import ROOT
 from streamlit.testing.v1 import AppTest
 
 from decalign.audit import AuditTrail
-from decalign.checkpoint import load_model
+from decalign.checkpoint import load_card, load_model
 from decalign.data import load_dataset
 from decalign.inference import run_inference
 
@@ -47,7 +47,12 @@ def test_overview_shows_card_curves_and_data(page_test, demo_dir):
     assert at.title[0].value == "Overview"
     # split sizes + labels + loss / alignment / validation curves from history.json
     assert _charts(at) >= 5
-    assert len(at.dataframe) >= 2  # modalities and metrics tables
+    assert len(at.dataframe) >= 3  # modalities, metrics and baseline tables
+    # the linear baseline beside the model, with both test scores in one sentence
+    sentence = next(m.value for m in [*at.info, *at.warning] if "linear baseline" in m.value)
+    card = load_card(demo_dir)
+    acc = card.metrics["test"]["Acc"]
+    assert f"DecAlign reaches Acc {acc:.3f}" in sentence and "a logistic regression" in sentence
 
 
 def test_predict_table_metrics_and_selection(page_test, demo_dir):
