@@ -156,7 +156,8 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
-    st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
+    st.markdown("**Nearest training samples** (pooled unique features): those of the same prototype and the same "
+                "answer first, then the rest of the prototype (columns same_prototype, same_answer)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")
     return story
 

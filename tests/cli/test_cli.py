@@ -174,5 +174,39 @@ def test_import_official(tmp_path, capsys):
         ours = model(dict(zip(card.widths, x))).prediction
         theirs = official(*x)["output_logit"]
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert card.metric_convention == "mosi" and card.error == "absolute" and card.baseline is None
     assert main([*args, "--feature-dims", "6,3"]) == 2
     assert "feature-dims" in one_error_line(capsys)
+
+
+def test_import_official_with_its_data(tmp_path, capsys):
+    # With --data the imported run gets what training writes: convention, metrics, baseline, reference.
+    from tests.reference.official_model import OfficialDecAlign, official_config_dict
+
+    from decalign.train.reference import load_reference
+
+    cfg = official_config_dict(dst_feature_dim_nheads=[8, 2], nlevels=1, num_prototypes=3, pde_dim=8,
+                               use_bert=False)
+    torch.manual_seed(0)
+    torch.save(OfficialDecAlign(cfg, feature_dims=(6, 3, 4), output_dim=1).eval().state_dict(), tmp_path / "m.pth")
+    (tmp_path / "dec_sims_config.json").write_text(json.dumps(cfg))
+    data = tmp_path / "train_data.npz"
+    save_npz(make_synthetic(60, 30, 30, widths={"text": 6, "audio": 3, "vision": 4}, seq_len=4, seed=2), data)
+    args = ["import-official", "--state-dict", str(tmp_path / "m.pth"), "--feature-dims", "6,3,4",
+            "--out", str(tmp_path / "run"), "--data", str(data)]
+    with pytest.warns(UserWarning, match="BERT"):
+        assert main([*args, "--config", str(tmp_path / "dec_sims_config.json")]) == 0
+    card = load_card(tmp_path / "run")
+    assert card.metric_convention == "sims" and card.error == "absolute_clipped"  # named after CH-SIMS
+    assert set(card.metrics) == {"train", "valid", "test"} and "Mult_acc_3" in card.metrics["test"]
+    assert card.baseline["model"] == "ridge" and card.data_fingerprint == load_dataset(data).fingerprint()
+    reference = load_reference(tmp_path / "run")
+    assert reference.held_out is not None and reference.thresholds_from == "valid"
+    assert "ridge regression" in capsys.readouterr().out
+    # a classifier cannot be given a regression convention, and data of another width are refused first
+    other = tmp_path / "other.npz"
+    save_npz(make_synthetic(20, 10, 10, widths={"text": 5, "audio": 3, "vision": 4}, seq_len=4, seed=2), other)
+    bad = ["import-official", "--state-dict", str(tmp_path / "m.pth"), "--feature-dims", "6,3,4", "--config",
+           str(tmp_path / "dec_sims_config.json"), "--out", str(tmp_path / "run2"), "--data", str(other)]
+    assert main(bad) == 2 and "'text' has width 5, expected 6" in one_error_line(capsys)
+    assert not (tmp_path / "run2").exists()
