@@ -20,11 +20,11 @@ import plotly.io as pio
 from ..atomic import atomic_write_text
 from ..checkpoint import ModelCard
 from ..data.dataset import MultimodalDataset, Split
-from ..explain import branch_contributions, modality_counterfactuals, plain_summary
+from ..explain import branch_contributions, modality_counterfactuals, plain_summary, prototype_story
 from ..inference import InferenceResult, run_inference
 from ..model import DecAlign
 from ..train.metrics import ERROR_TEXT, card_convention, card_error, confusion_matrix, display_name
-from ..train.reference import TrainingReference
+from ..train.reference import TrainingReference, training_plan
 from .drift import SPACES
 from .run import AuditResult, PreparedReference, run_audit
 from .store import AuditTrail
@@ -109,12 +109,14 @@ def explain_rows(model: DecAlign, card: ModelCard, split: Split, result: Inferen
     if missing:
         raise ValueError(f"sample ids {missing[:5]} are not in this split (ids look like {list(index)[:3]})")
     rows = []
+    plan = training_plan(reference, card.config.model) if reference is not None and ids else None
     for sample_id in ids:
         row = index[str(sample_id)]
         contrib = branch_contributions(result, row)
         cf = modality_counterfactuals(model, split, row, reference) if reference is not None else None
+        story = prototype_story(model, card, split, row, reference, plan=plan) if reference is not None else None
         flags_row = None if flags is None else flags.iloc[row]
-        summary = plain_summary(card, result, row, contrib, cf, flags_row, None)
+        summary = plain_summary(card, result, row, contrib, cf, flags_row, story)
         rows.append({"id": str(sample_id), "contributions": contrib, "counterfactuals": cf, "summary": summary})
     return rows
 

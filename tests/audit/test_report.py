@@ -64,7 +64,7 @@ def test_report_is_self_contained_and_complete(setup, tmp_path):
     assert "precision" in text and "recall" in text  # per-class slices
     assert "looks like a 7 &lt;b&gt;" in text and "Ada" in text and "1 samples reviewed" in text
     assert "after correcting for 6 tests" in text  # the drift sentences
-    assert "logistic regression" in text
+    assert "logistic regression" in text and "typical pattern" in text  # the summaries of the explained samples
 
 
 def test_report_escapes_untrusted_text(setup):
