@@ -181,9 +181,8 @@ def test_import_official(tmp_path, capsys):
 
 def test_import_official_with_its_data(tmp_path, capsys):
     # With --data the imported run gets what training writes: convention, metrics, baseline, reference.
-    from tests.reference.official_model import OfficialDecAlign, official_config_dict
-
     from decalign.train.reference import load_reference
+    from tests.reference.official_model import OfficialDecAlign, official_config_dict
 
     cfg = official_config_dict(dst_feature_dim_nheads=[8, 2], nlevels=1, num_prototypes=3, pde_dim=8,
                                use_bert=False)
