@@ -16,6 +16,7 @@ batch_size          the power of two nearest n / 40, within [16, 128]
 num_epochs          enough for about 3,000 optimiser steps, within [20, 100]
 early_stop          patience: a fifth of the epochs, at least 10
 learning_rate       1e-3 when d_model <= 48, else 5e-4
+selection           the validation loss (smooth where accuracy on a small validation split ties)
 task_loss           cross_entropy for classification, mse for regression
 pde_dim             = d_model
 ==================  ===========================================================================
@@ -59,7 +60,7 @@ def choose_settings(n: int, task: str, num_classes: int | None = None) -> dict[s
     model = {"d_model": d, "num_heads": heads, "num_layers": 2 if n < 5000 else 3, "num_prototypes": prototypes,
              "pde_dim": d}
     train = {"batch_size": batch, "num_epochs": epochs, "early_stop_patience": max(10, epochs // 5),
-             "learning_rate": 1e-3 if d <= 48 else 5e-4,
+             "learning_rate": 1e-3 if d <= 48 else 5e-4, "selection_metric": "loss",
              "task_loss": "cross_entropy" if task == "classification" else "mse"}
     return {"model": model, "train": train}
 

@@ -24,6 +24,24 @@ def test_train_writes_a_run(regression_run, capsys):
         assert (run / name).exists()
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     assert len(json.loads((run / "history.json").read_text())) == 2
+    card = load_card(run)
+    assert card.metric_convention == "mosi" and card.error == "absolute"
+    assert card.baseline["model"] == "ridge" and set(card.baseline["metrics"]) == {"train", "valid", "test"}
+
+
+def test_train_without_a_config_chooses_from_the_data(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    save_npz(make_synthetic(40, 20, 20, widths={"a": 4, "b": 6}, seq_len=2, task="classification",
+                            num_classes=3, seed=0), data)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "num_epochs=1",
+            "--set", "model.num_layers=1", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no --config: settings chosen from the data (40 training samples): d_model 32, 4 heads" in out
+    config = load_card(tmp_path / "run").config
+    assert config.train.task_loss == "cross_entropy" and config.train.batch_size == 16  # the rule, then --set
+    assert config.train.num_epochs == 1 and config.model.num_layers == 1
+    assert "linear baseline" in out and "logistic regression" in out
 
 
 def test_eval_json_matches_the_card(regression_run, capsys):
