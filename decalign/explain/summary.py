@@ -213,7 +213,12 @@ def _what_if(card, result, drops: pd.DataFrame) -> str:
     clauses = [_what_if_clause(card, result, r) for r in ordered.itertuples()]
     what = "the value" if result.task == "regression" else "the probability of the answer"
     return (f"What if one input were replaced by an average training input (this measures how {what} changes, "
-            "not a share of the score): " + "; ".join(clauses) + ".")
+            f"not a share of the {_whole(result)}): " + "; ".join(clauses) + ".")
+
+
+def _whole(result: InferenceResult) -> str:
+    """What the shares are shares of: the score (classification) or the prediction (regression)."""
+    return "prediction" if result.task == "regression" else "score"
 
 
 def _what_if_clause(card, result, r) -> str:
@@ -252,12 +257,13 @@ def _reconcile(card, result, row, shares: pd.DataFrame, drops: pd.DataFrame) -> 
         drop = by_modality.get(s.modality)
         if drop is None:
             continue
+        whole = _whole(result)
         if s.share >= LARGE_SHARE and hardly_matters(card, result, drop):
-            sentences.append(f"Why the {s.modality} data carries {s.share:.0%} of the score yet hardly matters in "
-                             f"the what-if: {_why(card, result, row, drop)[1]}")
+            sentences.append(f"Why the {s.modality} data carries {s.share:.0%} of the {whole} yet hardly matters "
+                             f"in the what-if: {_why(card, result, row, drop)[1]}")
         elif s.share < SMALL_SHARE and matters_a_lot(card, result, drop):
-            sentences.append(f"Why the {s.modality} data carries only {s.share:.0%} of the score yet matters a lot "
-                             f"in the what-if: {_why_much(card, drop)}")
+            sentences.append(f"Why the {s.modality} data carries only {s.share:.0%} of the {whole} yet matters a "
+                             f"lot in the what-if: {_why_much(card, drop)}")
     return " ".join(sentences)
 
 
@@ -278,10 +284,11 @@ def _why(card: ModelCard, result: InferenceResult, row: int, drop) -> tuple[str,
             via = ("that part also depends on the other inputs, which stay as they are (cross-modal attention)"
                    if card.config.model.cross_modal_attention else
                    "the average training input gives a similar part")
-            return "kept", (f"its part of the score changes little without it ({drop.part_before:+.2f} becomes "
-                            f"{drop.part_after:+.2f}), because {via}.")
+            return "kept", (f"its part of the {_whole(result)} changes little without it ({drop.part_before:+.2f} "
+                            f"becomes {drop.part_after:+.2f}), because {via}.")
         return "compensated", (f"its own part changes by {own:+.2f}, but the other inputs' parts change by "
-                               f"{score - own:+.2f} and make up for it, so the score changes by only {score:+.2f}.")
+                               f"{score - own:+.2f} and make up for it, so the {_whole(result)} changes by only "
+                               f"{score:+.2f}.")
     if result.task == "regression":
         return "small", (f"its part changes by {own:+.2f}, which moves the value by {score:+.2f}: small against "
                          f"the label range of {_range_width(card):g}.")

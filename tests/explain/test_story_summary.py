@@ -115,6 +115,7 @@ def test_regression_summary_explains_a_large_part_that_hardly_matters(trained):
     assert "1.00 is the exact sum of one part per input and a constant of +0.10" in text
     assert "the text data +1.20 (80%) and the audio data -0.30 (20%, pulling it down)" in text
     assert "without the text data the prediction would move from 1.00 to 0.95, so the text data hardly matters" in text
-    assert "Why the text data carries 80% of the score yet hardly matters" in text
-    assert "changes little without it (+1.20 becomes +1.15)" in text
+    assert "Why the text data carries 80% of the prediction yet hardly matters" in text
+    assert "its part of the prediction changes little without it (+1.20 becomes +1.15)" in text
+    assert "how the value changes, not a share of the prediction" in text
     assert "Why the audio data" not in text  # 20% is not a small share: no disagreement to explain
