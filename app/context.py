@@ -18,6 +18,7 @@ from decalign.data import MultimodalDataset, Split
 from decalign.explain.slices import result_metrics
 from decalign.inference import InferenceResult
 from decalign.model import DecAlign, TransportResult
+from decalign.safe_output import markdown_text
 from decalign.train.reference import TrainingReference
 
 
@@ -41,17 +42,17 @@ def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
     source = loaders.current_model()
     if source is None:
-        st.warning(f"No model loaded: the bundled demo model ({loaders.demo_model_dir()}) is not there. Choose a "
-                   "checkpoint directory or upload a zipped run directory in the sidebar.")
+        st.warning(f"No model loaded: the bundled demo model ({markdown_text(loaders.demo_model_dir())}) is not "
+                   "there. Choose a checkpoint directory or upload a zipped run directory in the sidebar.")
         st.stop()
     try:
         model, card, model_id = loaders.load(source)
     except CheckpointError as exc:
-        st.error(f"The model {source.label} cannot be loaded: {exc}")
+        st.error(f"The model {markdown_text(source.label)} cannot be loaded: {markdown_text(exc)}")
         st.stop()
-    found = loaders.dataset(session.data_source(), card)
+    found = loaders.dataset(session.data_source(), card, source.path, warn=True)
     if found is None:
-        st.warning(f"The model {source.label} has no bundled data. Upload a dataset with modalities "
+        st.warning(f"The model {markdown_text(source.label)} has no bundled data. Upload a dataset with modalities "
                    f"{widths_text(card.widths)} in the sidebar.")
         st.stop()
     dataset, data_id, data_label = found
@@ -72,7 +73,7 @@ def current_split(dataset: MultimodalDataset) -> str:
 
 
 def widths_text(widths: dict[str, int]) -> str:
-    return ", ".join(f"{m} (width {d})" for m, d in widths.items())
+    return ", ".join(f"{markdown_text(m)} (width {d})" for m, d in widths.items())
 
 
 def audit_reference(ctx: Context) -> PreparedReference:

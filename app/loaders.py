@@ -17,12 +17,13 @@ import streamlit as st
 from app import session
 from decalign.atomic import clean_stale_temps
 from decalign.audit.run import PreparedReference, prepare_reference
-from decalign.checkpoint import ModelCard, load_model, load_model_zip, model_fingerprint
+from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
 from decalign.device import resolve_device
 from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
+from decalign.safe_output import markdown_text
 from decalign.train.baseline import baseline_beside
 from decalign.train.reference import TrainingReference, load_reference, training_plan
 
@@ -95,25 +96,28 @@ def dataset_from_path(path: str | Path) -> tuple[MultimodalDataset, str]:
     return _dataset_from_path(str(path), path.stat().st_mtime)
 
 
-def bundled_data_path(card: ModelCard) -> Path | None:
-    """The data a model ships with: its card's ``data_source`` if that file exists, else the demo data
-    for a model trained on the demo's modalities."""
-    if card.data_source:
-        for candidate in (Path(card.data_source), ROOT / card.data_source):
-            if candidate.is_file() and candidate.suffix.lower() in (".npz", ".pkl", ".pickle"):
-                return candidate
+def bundled_data_path(card: ModelCard, run_dir: Path | None = None, *, warn: bool = False) -> Path | None:
+    """The data a model ships with: its card's ``data_source`` if that file is in the run folder or the
+    bundled assets (``card_data_path``), else the demo data for a model trained on the demo's modalities.
+    With ``warn``, a card naming a file elsewhere (never read) shows a warning."""
+    path, warning = card_data_path(card, run_dir)
+    if warning and warn:
+        st.warning(markdown_text(warning))
+    if path is not None:
+        return path
     if DEMO_DATA.is_file() and dataset_from_path(DEMO_DATA)[0].widths == card.widths:
         return DEMO_DATA
     return None
 
 
-def dataset(source: session.DataSource, card: ModelCard) -> tuple[MultimodalDataset, str, str] | None:
-    """(dataset, data_id, label) of a data source for the model of ``card``; None when a model has no
-    bundled data."""
+def dataset(source: session.DataSource, card: ModelCard, run_dir: Path | None = None, *, warn: bool = False
+            ) -> tuple[MultimodalDataset, str, str] | None:
+    """(dataset, data_id, label) of a data source for the model of ``card`` (from ``run_dir``); None when a
+    model has no bundled data."""
     if source.kind == "upload":
         data = dataset_from_bytes(source.digest, session.upload_bytes(source.digest), source.label)
         return data, source.digest, source.label
-    path = bundled_data_path(card)
+    path = bundled_data_path(card, run_dir, warn=warn)
     if path is None:
         return None
     data, fingerprint = dataset_from_path(path)

@@ -16,6 +16,7 @@ from app.context import current_split
 from app.session import Key, ModelSource
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import DataError, MultimodalDataset, check_compatible
+from decalign.safe_output import markdown_text
 
 MODEL_KINDS = ("Bundled demo", "Checkpoint directory", "Upload a zip", "Training run")
 DATA_KINDS = ("Model's bundled data", "Upload a file")
@@ -66,7 +67,7 @@ def _model_picker() -> None:
         _run_picker()
     _show_error(Key.MODEL_ERROR)
     current = loaders.current_model()
-    st.caption(f"Using: **{current.label}**" if current else "No model loaded")
+    st.caption(f"Using: **{markdown_text(current.label)}**" if current else "No model loaded")
 
 
 def trained_runs() -> dict[str, Path]:
@@ -150,7 +151,7 @@ def _data_picker() -> None:
     _show_error(Key.DATA_ERROR)
     current = session.data_source()
     if current.kind == "upload":
-        st.caption(f"Using: **{current.label}**")
+        st.caption(f"Using: **{markdown_text(current.label)}**")
 
 
 def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalDataset, str]:
@@ -184,7 +185,7 @@ def _split_picker() -> None:
         return
     try:
         _, card, _ = loaders.load(source)
-        found = loaders.dataset(session.data_source(), card)
+        found = loaders.dataset(session.data_source(), card, source.path)
     except (CheckpointError, DataError):
         return
     if found is None:
@@ -196,4 +197,4 @@ def _split_picker() -> None:
 def _show_error(key: Key) -> None:
     message = session.error(key)
     if message:
-        st.error(message)
+        st.error(markdown_text(message))

@@ -2,37 +2,38 @@
 
 A run directory holds ``card.json``, ``best.safetensors`` and ``last.safetensors`` (and, while training,
 ``resume/``). ``load_model`` takes the run directory, a ``.safetensors`` file beside a card, or a zip of
-a run directory (as uploaded in the dashboard).
+a run directory (as uploaded in the dashboard). It reads them in the sandbox
+(:mod:`decalign.checkpoint_files` in a memory- and time-limited child): the card is checked field by
+field and its model's size computed before anything is built, and the weights come back as plain arrays.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
 import math
-import tempfile
-import zipfile
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from . import __version__
-from .atomic import atomic_write, atomic_write_json, read_json_object
+from . import __version__, sandbox
+from .atomic import atomic_write, atomic_write_json
+from .card_schema import CheckpointError, check_card, read_card_file
+from .checkpoint_files import CARD_NAME, MAX_ZIP_BYTES, zip_input_size
 from .config import ConfigError, DecAlignConfig
 from .model import DecAlign, Prototypes
 
-CARD_NAME = "card.json"
 CARD_FORMAT = 1
-MAX_ZIP_BYTES = 2 << 30
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"  # the bundled demo data and model
+DATA_SUFFIXES = (".npz", ".pkl", ".pickle")
 
 
 @dataclass
@@ -71,19 +72,16 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = CARD_NAME) -> ModelCard:
+        """A card from its JSON, every field checked first (:func:`decalign.card_schema.check_card`)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(data).__name__}")
         data = dict(data)
+        data["config"] = check_card(data, source)
         data.pop("format", None)
         try:
-            data["config"] = DecAlignConfig.from_dict(data["config"], source=f"{source}: config")
-            card = cls(**data)
-        except ConfigError as exc:
-            raise CheckpointError(str(exc)) from exc
-        except (KeyError, TypeError) as exc:
+            return cls(**data)
+        except (ConfigError, TypeError) as exc:
             raise CheckpointError(f"{source}: not a DecAlign model card ({exc})") from exc
-        if not isinstance(card.widths, dict) or len(card.widths) < 2:
-            raise CheckpointError(f"{source}: 'widths' must name at least two modalities")
-        _check_recorded(card, source)
-        return card
 
     def prototype_tensors(self) -> dict[str, Prototypes] | None:
         if not self.prototypes:
@@ -100,25 +98,25 @@ class ModelCard:
         return DecAlign(self.config.model, self.widths, self.output_dim)
 
 
-def _check_recorded(card: ModelCard, source: str) -> None:
-    """Types of the recorded convention, error and baseline (their meaning: ``train.metrics.card_convention``)."""
-    for name in ("metric_convention", "error"):
-        value = getattr(card, name)
-        if value is not None and not isinstance(value, str):
-            raise CheckpointError(f"{source}: {name!r} must be text or null, found {type(value).__name__}")
-    if card.baseline is not None and not isinstance(card.baseline, dict):
-        raise CheckpointError(f"{source}: 'baseline' must be an object or null, found {type(card.baseline).__name__}")
-
-
 def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: str = "best",
                write_card: bool = True) -> Path:
     """Write ``<tag>.safetensors`` (and the card) atomically into ``run_dir``."""
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = atomic_write(run_dir / f"{tag}.safetensors", lambda tmp: save_file(state, tmp, {"tag": tag}))
+    target = run_dir / f"{tag}.safetensors"
+    path = atomic_write(target, lambda tmp: _save_weights(state, tmp, tag, target))
     if write_card:
         save_card(run_dir, card)
     return path
+
+
+def _save_weights(state: dict[str, torch.Tensor], tmp: str, tag: str, target: Path) -> None:
+    try:
+        save_file(state, tmp, {"tag": tag})
+    except SafetensorError as exc:  # the Rust writer's I/O errors (a full disk) as the OSError they are
+        match = re.search(r"os error (\d+)", str(exc))
+        code = int(match.group(1)) if match else errno.EIO
+        raise OSError(code, os.strerror(code), str(target)) from exc
 
 
 def save_card(run_dir: str | Path, card: ModelCard) -> Path:
@@ -126,67 +124,98 @@ def save_card(run_dir: str | Path, card: ModelCard) -> Path:
 
 
 def load_card(run_dir: str | Path) -> ModelCard:
+    """The card of a run directory this program trained (read here, with the card's size and field checks)."""
     path = Path(run_dir) / CARD_NAME
-    data = read_json_object(path, CheckpointError,
-                            missing=f"{run_dir}: no {CARD_NAME} (is this a DecAlign run directory?)")
+    data = read_card_file(path, missing=f"{run_dir}: no {CARD_NAME} (is this a DecAlign run directory?)")
     return ModelCard.from_dict(data, source=str(path))
 
 
 def load_model(path: str | Path, *, tag: str = "best", device: str | torch.device = "cpu"
                ) -> tuple[DecAlign, ModelCard]:
-    """Load a model in eval mode from a run directory, a ``.safetensors`` file beside a card, or a zip."""
+    """Load a model in eval mode from a run directory, a ``.safetensors`` file beside a card, or a zip.
+
+    The files are read in the sandbox; every failure is one CheckpointError naming the file.
+    """
     path = Path(path)
-    if path.is_file() and path.suffix == ".zip":
-        return load_model_zip(path.read_bytes(), path.name, tag=tag, device=device)
-    if path.is_file():
-        run_dir, weights = path.parent, path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; expected a run directory or its zip")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        size = zip_input_size(path.stat().st_size)
     else:
-        run_dir, weights = path, path / f"{tag}.safetensors"
-    card = load_card(run_dir)
-    model = card.build_model()
-    _load_weights(model, weights)
-    return model.to(device).eval(), card
+        files = [path] if path.is_file() else [path / CARD_NAME, path / f"{tag}.safetensors"]
+        size = sum(f.stat().st_size for f in files if f.is_file())
+    args = {"path": str(path.resolve()), "shown": str(path), "tag": tag}
+    return _load_sandboxed(args, None, size, str(path), device)
 
 
 def load_model_zip(data: bytes, name: str, *, tag: str = "best", device: str | torch.device = "cpu"
                    ) -> tuple[DecAlign, ModelCard]:
     """Load from the bytes of a zipped run directory (card.json and weights at its top or one folder down)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(f"{name}: not a zip file") from exc
-    with archive, tempfile.TemporaryDirectory() as tmp:
-        members = [i for i in archive.infolist() if Path(i.filename).name in (CARD_NAME, f"{tag}.safetensors")]
-        if sum(i.file_size for i in members) > MAX_ZIP_BYTES:
-            raise CheckpointError(f"{name}: the checkpoint inside is larger than {MAX_ZIP_BYTES >> 20} MiB")
-        cards = [i for i in members if Path(i.filename).name == CARD_NAME]
-        if not cards:
-            raise CheckpointError(f"{name}: no {CARD_NAME} inside the zip")
-        folder = str(Path(cards[0].filename).parent)
-        for info in members:  # extract by basename only: no path traversal
-            if str(Path(info.filename).parent) == folder:
-                (Path(tmp) / Path(info.filename).name).write_bytes(archive.read(info))
-        return load_model(tmp, tag=tag, device=device)
+    if len(data) > MAX_ZIP_BYTES:
+        raise CheckpointError(f"{name}: {len(data):,} bytes, more than the {MAX_ZIP_BYTES >> 20} MiB a zipped "
+                              "checkpoint may have")
+    args = {"file": "checkpoint.zip", "shown": name, "tag": tag}
+    return _load_sandboxed(args, {"checkpoint.zip": data}, zip_input_size(len(data)), name, device)
 
 
-def _load_weights(model: DecAlign, weights: Path) -> None:
+def _load_sandboxed(args: dict, files: dict[str, bytes] | None, size: int, shown: str,
+                    device: str | torch.device) -> tuple[DecAlign, ModelCard]:
     try:
-        state = load_file(str(weights))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{weights}: weights file not found") from exc
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+        result = sandbox.run("checkpoint", args, sandbox.Limits.for_input(size), files=files)
+    except sandbox.SandboxError as err:
+        refused = err.error_type in ("CheckpointError", "ConfigError")
+        raise CheckpointError(str(err) if refused else f"{shown}: {err}") from err
+    value = result.value
+    card = ModelCard.from_dict(value["card"], source=f"{shown}: {CARD_NAME}")
+    model = card.build_model()
+    _load_weights(model, value["weights"], shown)
+    return model.to(device).eval(), card
+
+
+def _load_weights(model: DecAlign, weights: dict[str, np.ndarray], shown: str) -> None:
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not fit the card: missing {missing[:5]}, "
+        raise CheckpointError(f"{shown}: weights do not fit the card: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(f"{weights}: {key} has shape {tuple(tensor.shape)}, the card's model "
+    for key, array in weights.items():
+        if tuple(array.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{shown}: {key} has shape {tuple(array.shape)}, the card's model "
                                   f"expects {tuple(expected[key].shape)}")
-    model.load_state_dict(state)
+    model.load_state_dict({key: torch.from_numpy(array) for key, array in weights.items()})
+
+
+def card_data_path(card: ModelCard, run_dir: str | Path | None) -> tuple[Path | None, str | None]:
+    """The data file a card names, if it may be read: one inside the run folder or the bundled assets.
+
+    Returns ``(path, None)``; ``(None, None)`` when the card names no file that is there; or
+    ``(None, warning)`` when it names a file outside both folders (an absolute path, ``..``, a link),
+    which is never read: a card comes from whoever wrote the checkpoint. A relative name is looked up
+    in the run folder, then as a path in this repository (``assets/uci_digits.npz``); a path ending in
+    ``assets/<name>``, as a card written on another machine names the bundled data, means this
+    installation's ``assets/<name>``.
+    """
+    if not card.data_source:
+        return None, None
+    named = Path(card.data_source)
+    allowed = [ASSETS_DIR.resolve()] + ([Path(run_dir).resolve()] if run_dir is not None else [])
+    candidates = [named] if named.is_absolute() else [Path(run_dir) / named] if run_dir is not None else []
+    if not named.is_absolute():
+        candidates.append(ASSETS_DIR.parent / named)
+    if named.parent.name == "assets":
+        candidates.append(ASSETS_DIR / named.name)
+    outside = False
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if not any(resolved.is_relative_to(folder) for folder in allowed):
+            outside = outside or resolved.exists() or named.is_absolute() or ".." in named.parts
+        elif resolved.is_file() and resolved.suffix.lower() in DATA_SUFFIXES:
+            return resolved, None
+    if outside:
+        return None, (f"The model card names the data file {card.data_source!r}, which is outside the run "
+                      "folder and the bundled assets, so it was not read.")
+    return None, None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -199,12 +228,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def model_fingerprint(run_dir: str | Path, tag: str = "best") -> str:
-    """sha256 of the weights file and the card: identifies a checkpoint in the audit trail."""
+    """sha256 of the weights file and the card: identifies a checkpoint in the audit trail.
+
+    Read in 1 MiB blocks: the files may be large (or hostile) and are not loaded whole.
+    """
     digest = hashlib.sha256()
     for name in (f"{tag}.safetensors", CARD_NAME):
         path = Path(run_dir) / name
-        if path.exists():
-            digest.update(path.read_bytes())
+        if path.is_file():
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     return digest.hexdigest()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,18 +64,19 @@ class ModelConfig:
         return dict(self.input_dropouts).get(modality, 0.0)
 
     def validate(self) -> None:
-        if self.d_model <= 0 or self.num_heads <= 0 or self.d_model % self.num_heads:
+        _check_ranges(self, MODEL_RANGES)
+        if self.d_model % self.num_heads:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be a positive multiple of num_heads ({self.num_heads})"
             )
-        for name in ("num_layers", "num_prototypes", "gmm_em_iters", "ot_num_iters", "pde_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, found {getattr(self, name)}")
         for name in ("lambda_ot", "mmd_bandwidth", "gmm_var_floor", "ot_tol"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, found {getattr(self, name)}")
-        if self.conv_kernel_size < 1 or any(k < 1 for _, k in self.conv_kernel_sizes):
-            raise ConfigError("conv kernel sizes must be at least 1")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be positive and finite, found {getattr(self, name)}")
+        for name in ("conv_kernel_sizes", "attn_dropouts", "input_dropouts"):
+            low, high = MODEL_RANGES["conv_kernel_size" if name == "conv_kernel_sizes" else "attn_dropout"]
+            for modality, value in getattr(self, name):
+                if not low <= value <= high:
+                    raise ConfigError(f"{name}[{modality!r}] must be in {low}..{high}, found {value}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class TrainConfig:
     global_alignment: bool = True  # distributed: prototypes and alignment losses over the global batch
 
     def validate(self) -> None:
+        _check_ranges(self, TRAIN_RANGES)
         if self.task_loss not in ("mse", "l1", "smooth_l1", "cross_entropy"):
             raise ConfigError(
                 f"task_loss must be mse, l1, smooth_l1 or cross_entropy, found {self.task_loss!r}"
@@ -111,11 +114,32 @@ class TrainConfig:
             raise ConfigError(f"class_weight must be none or balanced, found {self.class_weight!r}")
         if self.selection_mode not in ("auto", "min", "max"):
             raise ConfigError(f"selection_mode must be auto, min or max, found {self.selection_mode!r}")
-        for name in ("batch_size", "num_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, found {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, found {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"learning_rate must be positive and finite, found {self.learning_rate}")
+
+
+# Inclusive ranges of the numbers a configuration may hold. The upper bounds are far beyond any
+# DecAlign model (the official configs use d 30-60, 4-6 layers, under 20 prototypes) and keep a
+# hostile model card from asking for millions of layers or gigabytes of weights before anything is built.
+MODEL_RANGES: dict[str, tuple[float, float]] = {
+    "d_model": (1, 4096), "num_heads": (1, 256), "num_layers": (1, 64), "conv_kernel_size": (1, 256),
+    "num_prototypes": (1, 1024), "gmm_em_iters": (1, 10_000), "ot_num_iters": (1, 100_000),
+    "pde_dim": (1, 4096), "attn_dropout": (0.0, 1.0), "relu_dropout": (0.0, 1.0), "embed_dropout": (0.0, 1.0),
+    "res_dropout": (0.0, 1.0), "output_dropout": (0.0, 1.0),
+}
+TRAIN_RANGES: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 1 << 20), "num_epochs": (1, 1_000_000), "early_stop_patience": (0, 1_000_000),
+    "scheduler_patience": (0, 1_000_000), "dec_loss_weight": (0.0, 1e6), "alpha": (0.0, 1e6),
+    "beta": (0.0, 1e6), "ct_weight": (0.0, 1e6), "ct_temperature": (1e-6, 1e6), "weight_decay": (0.0, 1e6),
+    "factor": (0.0, 1.0), "clip": (0.0, 1e6),
+}
+
+
+def _check_ranges(section: Any, ranges: dict[str, tuple[float, float]]) -> None:
+    for name, (low, high) in ranges.items():
+        value = getattr(section, name)
+        if not low <= value <= high:  # also false for NaN
+            raise ConfigError(f"{name} must be in {low:g}..{high:g}, found {value}")
 
 
 @dataclass(frozen=True)
@@ -264,7 +288,7 @@ def _coerce(value: Any, f: dataclasses.Field, source: str) -> Any:
     if isinstance(default, (int, float)) and not isinstance(value, bool):
         try:
             cast = type(default)(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"{source}: {f.name} must be a number, found {value!r}") from exc
         if isinstance(default, int) and cast != value:
             raise ConfigError(f"{source}: {f.name} must be a whole number, found {value!r}")

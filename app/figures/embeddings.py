@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from decalign.checkpoint import ModelCard
 from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
+from decalign.safe_output import plotly_text
 
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
@@ -71,9 +72,9 @@ def _names(values: np.ndarray, class_names: list[str] | None) -> np.ndarray:
 
 def hover_texts(result: InferenceResult, raw_text: np.ndarray | None, max_chars: int = 120) -> np.ndarray:
     """(N,) hover text: sample id and, when the data has it, the raw text (shortened)."""
-    texts = [f"id: {i}" for i in result.ids]
+    texts = [f"id: {plotly_text(i)}" for i in result.ids]  # ids and text from the file: escaped
     if raw_text is not None:
-        texts = [t + "<br>" + _short(str(r), max_chars) for t, r in zip(texts, raw_text)]
+        texts = [t + "<br>" + plotly_text(_short(str(r), max_chars)) for t, r in zip(texts, raw_text)]
     return np.array(texts, dtype=object)
 
 
@@ -99,7 +100,7 @@ def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hov
     else:
         for value in sorted(set(colour.tolist()), key=str):
             mask = colour == value
-            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=str(value),
+            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=plotly_text(value),
                                        customdata=rows[mask], text=hover[mask], marker=marker,
                                        hovertemplate="%{text}<extra>" + str(value) + "</extra>"))
     fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from decalign.checkpoint import ModelCard
 from decalign.data import MultimodalDataset
 from decalign.model import AlignmentLevels
+from decalign.safe_output import plotly_text
 from decalign.train.metrics import display_name
 from decalign.train.trainer import LOSS_KEYS
 
@@ -96,7 +97,7 @@ def label_distribution_figure(dataset: MultimodalDataset, class_names: list[str]
             continue
         if dataset.task == "classification":
             counts = np.bincount(part.labels, minlength=dataset.num_classes or 0)
-            names = class_names or [str(i) for i in range(len(counts))]
+            names = [plotly_text(n) for n in class_names] if class_names else [str(i) for i in range(len(counts))]
             fig.add_trace(go.Bar(x=names, y=counts, name=name))
         else:
             fig.add_trace(go.Histogram(x=part.labels, name=name, opacity=0.6, nbinsx=30))

@@ -10,6 +10,7 @@ from decalign.checkpoint import ModelCard
 from decalign.data import Split
 from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
+from decalign.safe_output import plotly_text
 from decalign.train.metrics import confusion_matrix
 
 
@@ -62,14 +63,14 @@ def summary_figure(frame: pd.DataFrame, task: str, num_classes: int | None = Non
     elif task == "classification":
         k = num_classes or int(max(frame["label"].max(), frame["prediction"].max())) + 1
         matrix = confusion_matrix(frame["prediction"].to_numpy(), frame["label"].to_numpy(), k)
-        names = class_names or [str(i) for i in range(k)]
+        names = [plotly_text(n) for n in class_names] if class_names else [str(i) for i in range(k)]
         fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix,
                                    texttemplate="%{text}", hovertemplate="label %{y}, predicted %{x}: %{z}"))
         fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="label",
                           yaxis_autorange="reversed")
     else:
         fig = go.Figure(go.Scattergl(x=frame["label"], y=frame["prediction"], mode="markers",
-                                     text=frame["id"], marker={"size": 5, "opacity": 0.6}))
+                                     text=[plotly_text(i) for i in frame["id"]], marker={"size": 5, "opacity": 0.6}))
         lo = float(min(frame["label"].min(), frame["prediction"].min())) if len(frame) else 0.0
         hi = float(max(frame["label"].max(), frame["prediction"].max())) if len(frame) else 1.0
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",

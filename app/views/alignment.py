@@ -15,6 +15,7 @@ from decalign.explain.levels import (
     alignment_levels,
     levels_history,
 )
+from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
 
 URL_PATH = "alignment"
@@ -39,7 +40,7 @@ def render() -> None:
     try:
         history = levels_history(read_history(ctx.run_dir))
     except RunError as exc:
-        st.warning(f"The per-epoch values cannot be shown: {exc}")
+        st.warning(f"The per-epoch values cannot be shown: {markdown_text(exc)}")
         history = levels_history([])
     n = int(levels.samples.iloc[0])
     st.caption(f"Split **{ctx.split}**: {n:,} samples"

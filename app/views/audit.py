@@ -22,19 +22,20 @@ from decalign.audit.rows import prediction_rows
 from decalign.audit.run import AuditResult, PreparedReference, run_audit, split_reviews
 from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
+from decalign.safe_output import markdown_text
 from decalign.train.metrics import ERROR_TEXT
 
 
 def render() -> None:
     ctx = get_context()
     st.title("Audit")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
-               f"{len(ctx.result):,} samples")
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · "
+               f"split **{ctx.split}** · {len(ctx.result):,} samples")
     prepared = audit_reference(ctx)
     result = _result(ctx, prepared)
     audit = _audit(ctx.model_id, ctx.data_id, ctx.split, ctx, prepared, result)
-    for note in audit.notes:
-        st.caption(note)
+    for note in audit.notes:  # notes name the data file: untrusted text
+        st.caption(markdown_text(note))
     _record(ctx, result, audit.flags)
     _baseline(audit)
     _predictions(audit)
@@ -134,14 +135,15 @@ def _quality(ctx: Context, result) -> None:
 def _drift(audit: AuditResult) -> None:
     st.subheader("Drift against held-out data")
     if audit.drift is None:
-        st.info(audit.drift_missing or f"Drift needs at least {MIN_SAMPLES} samples.")
+        st.info(markdown_text(audit.drift_missing or f"Drift needs at least {MIN_SAMPLES} samples."))
         return
     drift = audit.drift
     st.metric("Drifted from the held-out data?", "yes" if drift.drifted else "no",
-              help=f"A two-sample permutation test per modality and feature space against {drift.reference}; "
+              help=f"A two-sample permutation test per modality and feature space against "
+                   f"{markdown_text(drift.reference)}; "
                    f"'yes' when a p-value corrected for {len(drift.tests)} tests (Holm) is below {drift.alpha:g}.")
-    for sentence in drift.sentences():
-        st.markdown(f"- {sentence}")
+    for sentence in drift.sentences():  # they name the reference's data file
+        st.markdown(f"- {markdown_text(sentence)}")
     st.plotly_chart(fig.drift_figure(drift.tests), key="audit_drift_chart")
     st.dataframe(drift.tests, hide_index=True, key="audit_drift_table")
 
@@ -163,7 +165,7 @@ def _record(ctx: Context, result, flags) -> None:
                 result, source="dashboard", checkpoint_fingerprint=ctx.model_id, input_sha256=ctx.data_id,
                 input_name=ctx.data_label, split=ctx.split, flags=flags))
     except AuditError as exc:
-        st.warning(f"The audit trail could not be written: {exc}")
+        st.warning(f"The audit trail could not be written: {markdown_text(exc)}")
         return
     session.mark_audit_recorded(key)
 
@@ -175,9 +177,9 @@ def _trail_section(ctx: Context) -> None:
         predictions = trail.predictions(limit=200, checkpoint_fingerprint=ctx.model_id)
         reviews = trail.reviews(limit=200, checkpoint_fingerprint=ctx.model_id)
     except AuditError as exc:
-        st.warning(f"The audit trail cannot be read: {exc}")
+        st.warning(f"The audit trail cannot be read: {markdown_text(exc)}")
         return
-    st.caption(f"{trail.path}: newest predictions and reviews of this model.")
+    st.caption(f"{markdown_text(trail.path)}: newest predictions and reviews of this model.")
     tabs = st.tabs(["Predictions", "Reviews"])
     tabs[0].dataframe(predictions.astype(str), hide_index=True, key="audit_trail_predictions")
     tabs[1].dataframe(reviews, hide_index=True, key="audit_trail_reviews")

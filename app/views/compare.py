@@ -22,6 +22,7 @@ from decalign.explain.compare import (
 from decalign.explain.levels import alignment_levels
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign
+from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 
 URL_PATH = "compare"
@@ -67,7 +68,7 @@ def _pick(side: str, choices: dict[str, Path], default: int) -> Side | None:
     try:
         model, card, model_id = loaders.model_from_dir(path)
     except (CheckpointError, OSError) as exc:
-        st.error(f"Model {side} ({path}): {exc}")
+        st.error(f"Model {side} ({markdown_text(path)}): {markdown_text(exc)}")
         return None
     return Side(label, path, model, card, model_id)
 
@@ -89,7 +90,7 @@ def render() -> None:
     dataset, data_id, data_path = found
     splits = [s for s, p in dataset.splits.items() if p.labels is not None and len(p)]
     split = st.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="compare_split")
-    st.caption(f"Data: `{data_path.name}` ({split}, {len(dataset.splits[split])} samples)")
+    st.caption(f"Data: {markdown_text(data_path.name)} ({split}, {len(dataset.splits[split])} samples)")
     ra = _infer(a.model_id, data_id, split, a.model, a.card, dataset)
     rb = _infer(b.model_id, data_id, split, b.model, b.card, dataset)
     _metrics(ra, rb, a.card, b.card)
@@ -100,7 +101,8 @@ def render() -> None:
 
 
 def _same_data(a: Side, b: Side) -> tuple[MultimodalDataset, str, Path] | None:
-    path = loaders.bundled_data_path(a.card) or loaders.bundled_data_path(b.card)
+    path = (loaders.bundled_data_path(a.card, a.path, warn=True)
+            or loaders.bundled_data_path(b.card, b.path, warn=True))
     if path is None:
         st.warning("Neither model names a data file that is still there; compare them on the Train page's data.")
         return None
@@ -109,7 +111,7 @@ def _same_data(a: Side, b: Side) -> tuple[MultimodalDataset, str, Path] | None:
         for side in (a, b):
             check_compatible(dataset, side.card.widths, f"{path.name} for model {side.label}")
     except DataError as exc:
-        st.error(f"The two models do not take the same inputs: {exc}")
+        st.error(f"The two models do not take the same inputs: {markdown_text(exc)}")
         return None
     if a.card.task != b.card.task:
         st.error(f"The models do different tasks ({a.card.task}, {b.card.task}).")
@@ -136,7 +138,7 @@ def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
     st.caption("The Sample page explains the current model: these buttons make A or B current, then open it.")
     for col, letter, side in zip(st.columns(2), "AB", (a, b)):
         path = None if side.label == "bundled demo" else side.path
-        if col.button(f"Explain with model {letter} ({side.label})", key=f"compare_explain_{letter}",
+        if col.button(f"Explain with model {letter} ({markdown_text(side.label)})", key=f"compare_explain_{letter}",
                       on_click=_make_current, args=(path, side.label, chosen, split)):
             st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
 
@@ -180,7 +182,7 @@ def _prototypes(ra, rb, card_a, card_b, same: bool) -> None:
         matches = match_prototypes(card_a.prototype_tensors(), card_b.prototype_tensors(),
                                    features_a=features[0], features_b=features[1])
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(exc))
         return
     st.caption("Exact optimal transport (POT ot.emd) with the Bures cost between the Gaussian prototypes and their "
                "weights as marginals.")

@@ -13,6 +13,7 @@ from app.figures import embeddings as fig
 from app.session import select_sample
 from app.views import sample
 from decalign.explain.projection import Projection, project, project_joint
+from decalign.safe_output import markdown_text
 
 URL_PATH = "embeddings"
 METHODS = {"UMAP": "umap", "PCA": "pca"}
@@ -41,7 +42,7 @@ def _joint(model_id: str, data_id: str, split: str, method: str,
 def render() -> None:
     ctx = get_context()
     st.title("Embeddings")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
     left, right = st.columns(2)
     method = METHODS[left.radio("Projection", list(METHODS), key="emb_method", horizontal=True,

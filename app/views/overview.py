@@ -8,6 +8,7 @@ import streamlit as st
 
 from app.context import baseline_view, get_context
 from app.figures import overview as fig
+from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
 
 
@@ -15,15 +16,17 @@ def render() -> None:
     ctx = get_context()
     card = ctx.card
     st.title("Overview")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}**")
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · "
+               f"split **{ctx.split}**")
     left, right = st.columns(2)
     with left:
         st.subheader("Model card")
-        st.markdown(f"Task: **{card.task}** · outputs: **{card.output_dim}** · source: **{card.source}** · "
+        st.markdown(f"Task: **{card.task}** · outputs: **{card.output_dim}** · source: **{markdown_text(card.source)}** · "
                     f"best epoch: **{card.best_epoch}** · seed: **{card.seed}**")
         st.dataframe(fig.card_summary(card), hide_index=True, key="overview_modalities")
-        st.markdown(f"Training data: `{card.data_source}`  \nFingerprint: `{card.data_fingerprint}`  \n"
-                    f"Model id: `{ctx.model_id[:16]}…` · created {card.created_at}")
+        st.markdown(f"Training data: {markdown_text(card.data_source)}  \n"
+                    f"Fingerprint: {markdown_text(card.data_fingerprint)}  \n"
+                    f"Model id: `{ctx.model_id[:16]}…` · created {markdown_text(card.created_at)}")
     with right:
         st.subheader("Metrics per split")
         metrics = fig.metrics_table(card)
@@ -37,7 +40,7 @@ def render() -> None:
     _training_curves(ctx.run_dir)
     st.subheader("Dataset")
     if ctx.dataset.report.notes:
-        st.caption(" · ".join(ctx.dataset.report.notes))
+        st.caption(" · ".join(markdown_text(note) for note in ctx.dataset.report.notes))
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
     right.plotly_chart(fig.label_distribution_figure(ctx.dataset, card.class_names), key="overview_labels")
@@ -62,7 +65,7 @@ def _training_curves(run_dir) -> None:
     try:
         figures = fig.history_figures(fig.history_frame(read_history(run_dir)))
     except RunError as exc:
-        st.warning(f"The training curves cannot be shown: {exc}")
+        st.warning(f"The training curves cannot be shown: {markdown_text(exc)}")
         return
     if not figures:
         st.info("This run has no history.json (imported or uploaded model): no training curves to show.")

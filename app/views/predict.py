@@ -9,13 +9,14 @@ from app.figures import predict as fig
 from app.session import select_sample, selected_sample
 from app.views import sample
 from decalign.explain.slices import result_metrics
+from decalign.safe_output import frame_csv, markdown_text
 from decalign.train.metrics import display_name
 
 
 def render() -> None:
     ctx = get_context()
     st.title("Predict")
-    st.caption(f"Model **{ctx.model_label}** · data **{ctx.data_label}** · split **{ctx.split}** · "
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
     frame = fig.predictions_frame(ctx.result, ctx.split_data, ctx.card)
     _metrics(ctx)
@@ -28,10 +29,10 @@ def render() -> None:
         select_sample(shown.iloc[rows[0]]["id"])
     chosen = selected_sample()
     left, right = st.columns(2)
-    if left.button(f"Open sample {chosen} on the Sample page" if chosen else "Select a row first",
+    if left.button(f"Open sample {markdown_text(chosen)} on the Sample page" if chosen else "Select a row first",
                    key="predict_open", disabled=chosen is None):
         st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
-    right.download_button("Download CSV", shown.to_csv(index=False).encode("utf-8"),
+    right.download_button("Download CSV", frame_csv(shown).encode("utf-8"),  # formula-safe
                           file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
     st.plotly_chart(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
                                        ctx.card.class_names), key="predict_summary")

@@ -10,6 +10,7 @@ import streamlit as st
 from app import session
 from app.figures import train as fig
 from app.loaders import demo_model_dir
+from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 from decalign.train.replay import REPLAY_DIR, Replay, ReplayError, has_replay, load_replay
 from decalign.train.runs import read_history
@@ -45,7 +46,7 @@ def render() -> None:
     try:
         replay = _replay(str(path), (path / REPLAY_DIR / "index.json").stat().st_mtime)
     except ReplayError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(exc))
         return
     st.caption(f"{len(replay.probe_ids)} fixed validation samples, recorded after every epoch. Each frame is a PCA "
                "of that epoch's pooled unique and common features, rotated onto the previous frame (orthogonal "

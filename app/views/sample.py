@@ -18,6 +18,7 @@ from decalign.explain.attributions import integrated_gradients
 from decalign.explain.counterfactual import modality_counterfactuals
 from decalign.explain.story import PrototypeStory, plan_cells, prototype_story
 from decalign.explain.summary import plain_summary
+from decalign.safe_output import markdown_text
 
 URL_PATH = "sample"
 
@@ -67,8 +68,9 @@ def render() -> None:
     story = _prototypes(ctx, row)
     counterfactuals = _counterfactuals(ctx, row)
     st.subheader("In plain words")
-    st.markdown(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, _flags_row(ctx, row),
-                              story))
+    # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
+    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals,
+                                            _flags_row(ctx, row), story)))
     _attributions(ctx, row)
     _attention(ctx, row)
     _review(ctx, sample_id)
@@ -121,7 +123,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
     st.subheader("Inputs")
     part = ctx.split_data
     if part.raw_text is not None:
-        st.markdown(f"> {part.raw_text[row]}")
+        st.markdown("\n".join(f"> {markdown_text(line)}" for line in str(part.raw_text[row]).splitlines()))
     images = [m for m in part.features if m in fig.IMAGE_MODALITIES]
     others = list(part.features)
     cols = st.columns([1, 3]) if images else [None, st.container()]
@@ -205,8 +207,9 @@ def _review(ctx: Context, sample_id: str) -> None:
     st.subheader("Review")
     try:
         trail = AuditTrail(default_audit_path())
-    except AuditError as exc:
-        st.warning(f"The audit trail cannot be opened, so no review can be recorded: {exc}")
+        history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
+    except AuditError as exc:  # e.g. DECALIGN_AUDIT_DB not writable: the rest of the page still works
+        st.warning(f"Reviews cannot be recorded: {markdown_text(exc)}")
         return
     session.fill_reviewer()
     with st.form("sample_review_form", clear_on_submit=False):
@@ -218,8 +221,7 @@ def _review(ctx: Context, sample_id: str) -> None:
                                                                            sample_id))
     outcome = session.review_outcome()
     if outcome is not None:
-        (st.success if outcome[0] == "success" else st.error)(outcome[1])
-    history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
+        (st.success if outcome[0] == "success" else st.error)(markdown_text(outcome[1]))
     if len(history):
         st.dataframe(history[["created_at", "reviewer", "verdict", "comment"]], hide_index=True,
                      key="sample_review_history")

@@ -15,6 +15,7 @@ from decalign.checkpoint import CheckpointError, load_card
 from decalign.config import ConfigError, DecAlignConfig
 from decalign.data import DataError
 from decalign.defaults import data_defaults, describe
+from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 from decalign.train.baseline import card_comparison
 
@@ -37,7 +38,7 @@ FIELDS = [
 
 def render() -> None:
     st.title("Train")
-    st.caption(f"Runs are saved in `{bg.runs_root()}` (set DECALIGN_RUNS_DIR to change it). Training runs in "
+    st.caption(f"Runs are saved in {markdown_text(bg.runs_root())} (set DECALIGN_RUNS_DIR to change it). Training runs in "
                "its own process: refresh the page or open another tab and you see the same run.")
     with st.expander("New run", expanded=session.new_run_open(not bg.list_runs())):
         _new_run()
@@ -82,7 +83,7 @@ def _new_run() -> None:
     if submitted:
         _start(data, base, values, run_name)
     if session.train_error():
-        st.error(session.train_error())
+        st.error(markdown_text(session.train_error()))
 
 
 def _pick_data() -> tuple | None:
@@ -101,7 +102,7 @@ def _pick_data() -> tuple | None:
     try:
         dataset = loaders.dataset_from_bytes(hashlib.sha256(data).hexdigest(), data, upload.name)
     except DataError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(exc))
         return None
     _glance(dataset, upload.name)
     return data, upload.name, dataset.task, dataset
@@ -109,7 +110,7 @@ def _pick_data() -> tuple | None:
 
 def _glance(dataset, name: str) -> None:
     modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
-    st.caption(f"{name}: {dataset.task}, modalities {modalities}, splits "
+    st.caption(f"{markdown_text(name)}: {dataset.task}, modalities {markdown_text(modalities)}, splits "
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
     st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
 
@@ -136,7 +137,7 @@ def _pick_config(dataset) -> DecAlignConfig | None:
     try:
         return DecAlignConfig.from_dict(json.loads(upload.getvalue().decode("utf-8")), source=upload.name)
     except (ConfigError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        st.error(f"{upload.name}: {exc}")
+        st.error(f"{markdown_text(upload.name)}: {markdown_text(exc)}")
         return None
 
 
@@ -153,7 +154,7 @@ def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> No
     path = DEMO_DATA if content is None else bg.save_upload(run_dir, content, filename)
     bg.start_training(run_dir, path, config)
     session.follow_run(run_dir.name)
-    st.toast(f"Started run {run_dir.name}" + (f" ({note})" if note else ""))
+    st.toast(markdown_text(f"Started run {run_dir.name}" + (f" ({note})" if note else "")))
 
 
 # ------------------------------------------------------------------------------------------- live view
@@ -190,12 +191,13 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
         _baseline(run_dir)
     elif name in bg.RESUMABLE:
         message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
-        st.warning(f"{message} after epoch {state.epoch}." + (f" {state.error}" if state.error else ""))
+        error = f" {markdown_text(state.error)}" if state.error else ""
+        st.warning(f"{message} after epoch {state.epoch}.{error}")
         if state.resumable and st.button("Resume", key="train_resume"):
             try:
                 bg.resume_training(run_dir)
             except (RuntimeError, ConfigError, OSError) as exc:
-                st.error(f"Cannot resume: {exc}")
+                st.error(f"Cannot resume: {markdown_text(exc)}")
                 return
             st.rerun()  # full rerun: the fragment now refreshes every second
 
@@ -204,7 +206,7 @@ def _baseline(run_dir: Path) -> None:
     try:
         comparison = card_comparison(load_card(run_dir))
     except CheckpointError as exc:
-        st.warning(f"The run's card cannot be read: {exc}")
+        st.warning(f"The run's card cannot be read: {markdown_text(exc)}")
         return
     if comparison is not None:
         (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
@@ -213,7 +215,8 @@ def _baseline(run_dir: Path) -> None:
 def _details(run_dir: Path) -> None:
     info = bg.run_info(run_dir)
     with st.expander("Run details: configuration, data, log"):
-        st.markdown(f"Data: `{info.data}`  \nFingerprint: `{info.data_fingerprint}`  \nFolder: `{run_dir}`")
+        st.markdown(f"Data: {markdown_text(info.data)}  \nFingerprint: {markdown_text(info.data_fingerprint)}  \n"
+                    f"Folder: {markdown_text(run_dir)}")
         st.code(json.dumps(info.config, indent=2), language="json")
         log = run_dir / "train.log"
         if log.exists():

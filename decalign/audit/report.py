@@ -23,6 +23,7 @@ from ..data.dataset import MultimodalDataset, Split
 from ..explain import branch_contributions, modality_counterfactuals, plain_summary, prototype_story
 from ..inference import InferenceResult, run_inference
 from ..model import DecAlign
+from ..safe_output import plotly_text
 from ..train.metrics import ERROR_TEXT, card_convention, card_error, confusion_matrix, display_name
 from ..train.reference import TrainingReference, training_plan
 from .drift import SPACES
@@ -38,7 +39,8 @@ RELIABILITY_BINS = 10
 def residual_figure(result: InferenceResult) -> go.Figure:
     """Regression: residual (prediction - label) against the label, with the zero line."""
     pred, label = result.predictions.astype(float), result.labels.astype(float)
-    fig = go.Figure(go.Scatter(x=label, y=pred - label, mode="markers", text=result.ids, opacity=0.6,
+    ids = [plotly_text(i) for i in result.ids]  # plotly reads a few HTML tags in text: ids are escaped
+    fig = go.Figure(go.Scatter(x=label, y=pred - label, mode="markers", text=ids, opacity=0.6,
                                hovertemplate="%{text}<br>label %{x:.2f}<br>residual %{y:.2f}<extra></extra>"))
     fig.add_hline(y=0, line={"color": "grey", "dash": "dash"})
     fig.update_layout(title="Residuals", xaxis_title="label", yaxis_title="prediction - label", height=380)
@@ -49,7 +51,7 @@ def confusion_figure(result: InferenceResult, class_names: list[str] | None = No
     """Classification: confusion matrix, rows = true class, columns = predicted class."""
     k = result.outputs.shape[1]
     cm = confusion_matrix(result.predictions, result.labels.astype(int), k)
-    names = class_names or [str(i) for i in range(k)]
+    names = [plotly_text(n) for n in class_names] if class_names else [str(i) for i in range(k)]
     fig = go.Figure(go.Heatmap(z=cm, x=names, y=names, colorscale="Blues", text=cm, texttemplate="%{text}",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z} samples<extra></extra>"))
     fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true", height=420,

@@ -2,9 +2,10 @@
 
 Every prediction shown by the dashboard or written by the CLI can be recorded with the checkpoint
 and input it came from; reviewers add verdicts. Rows are never changed: triggers abort any UPDATE
-or DELETE, so a correction is a new review row and ``latest_review`` returns the newest one.
-(The triggers guard against accidental edits through SQL, not against someone who can rewrite the
-file itself.)
+or DELETE, and an INSERT that would replace an existing row (``REPLACE INTO``, ``INSERT OR REPLACE``:
+SQLite deletes the old row without firing DELETE triggers unless recursive triggers are on), so a
+correction is a new review row and ``latest_review`` returns the newest one. (The triggers guard
+against edits through SQL, not against someone who can rewrite the file itself.)
 
 Concurrency: the database runs in WAL mode (readers never block the writer) and each operation
 opens its own short-lived connection, so one ``AuditTrail`` can be shared by Streamlit's session
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_write_file
+from ..safe_output import SafeCsvWriter
 
 ENV_VAR = "DECALIGN_AUDIT_DB"
 SCHEMA_VERSION = 1
@@ -39,8 +41,6 @@ _MAX_ID_CHARS = 256
 _MAX_NAME_CHARS = 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _JSON_COLUMNS = ("prediction", "label", "contributions", "flags")
-# Free-text columns that a spreadsheet could read as a formula when exported (CSV injection).
-_TEXT_COLUMNS = ("input_name", "split", "sample_id", "reviewer", "comment")
 
 _PREDICTION_COLUMNS = (
     "id", "created_at", "source", "checkpoint_fingerprint", "input_sha256", "input_name", "split",
@@ -87,6 +87,13 @@ _INDEX_AND_TRIGGER_SCHEMA = (
             BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END"""
         for table in _TABLES for op in ("UPDATE", "DELETE")
     ),
+    # REPLACE deletes the row it conflicts with silently; refuse any insert whose id is taken.
+    *(
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table}
+            WHEN EXISTS (SELECT 1 FROM {table} WHERE id = NEW.id)
+            BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END"""
+        for table in _TABLES
+    ),
 )
 
 
@@ -105,8 +112,16 @@ def default_audit_path() -> Path:
         xdg = os.environ.get("XDG_DATA_HOME", "").strip()
         base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
         path = base / "decalign-studio" / "audit.sqlite3"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     return path
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditError(f"{path}: the audit trail's folder cannot be created ({exc.strerror or exc}); set "
+                         f"{ENV_VAR} to a writable file") from None
 
 
 class AuditTrail:
@@ -128,7 +143,7 @@ class AuditTrail:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_audit_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(self.path)
         self._create_schema()
 
     def __repr__(self) -> str:
@@ -235,14 +250,11 @@ class AuditTrail:
     def export_csv(self, path: str | os.PathLike[str], table: str = "predictions", **filters: Any) -> int:
         """Write ``table`` (JSON columns as stored) to a CSV file atomically; returns the row count.
 
-        Text cells that a spreadsheet would run as a formula (starting with ``= + - @``, and not a
-        number) are prefixed with ``'``.
+        Formula-safe (:mod:`decalign.safe_output`): text cells a spreadsheet would run as a formula
+        get a leading ``'``, and cells with CR or LF are quoted.
         """
         frame = self._select(table, filters, None)
-        for column in _TEXT_COLUMNS:
-            if column in frame:
-                frame[column] = frame[column].map(_defuse_formula)
-        atomic_write_file(path, lambda handle: frame.to_csv(handle, index=False), text=True)
+        atomic_write_file(path, lambda handle: _write_frame(handle, frame), text=True)
         return len(frame)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -273,7 +285,11 @@ class AuditTrail:
         Writes run in ``BEGIN IMMEDIATE`` so the write lock is taken up front and waited for
         with the busy timeout, rather than failing when a read transaction tries to upgrade.
         """
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise AuditError(f"{self.path}: the audit trail cannot be opened ({exc}); set {ENV_VAR} to a "
+                             "writable file") from None
         try:
             conn.execute("PRAGMA synchronous=NORMAL")  # safe in WAL mode: commits survive app crashes
             if write:
@@ -419,11 +435,8 @@ def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
             raise AuditError(f"{path}: table {table!r} has columns {list(found)}, expected {list(expected)}")
 
 
-def _defuse_formula(value: Any) -> Any:
-    if not isinstance(value, str) or not value or value[0] not in "=+-@\t\r":
-        return value
-    try:
-        float(value)
-        return value
-    except ValueError:
-        return "'" + value
+def _write_frame(handle, frame: pd.DataFrame) -> None:
+    """The frame as formula-safe CSV (``decalign.safe_output``); NULL cells stay empty."""
+    writer = SafeCsvWriter(handle)
+    writer.writerow(list(frame.columns))
+    writer.writerows([None if pd.isna(v) else v for v in row] for row in frame.itertuples(index=False, name=None))

@@ -34,22 +34,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return the exit code."""
     args = build_parser().parse_args(argv)  # before the imports below: --help needs no torch
+    from safetensors import SafetensorError  # a weights file that cannot be written (a full disk)
+
     from ..audit.store import AuditError
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data import DataError
     from ..official import OfficialImportError
 
-    expected = (DataError, ConfigError, CheckpointError, OfficialImportError, AuditError, ValueError,
-                FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    expected = (DataError, ConfigError, CheckpointError, OfficialImportError, AuditError, ValueError, OSError,
+                SafetensorError)
     try:
         return int(args.func(args) or 0)
     except expected as exc:
         if os.environ.get("DECALIGN_DEBUG"):
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"decalign: error: {message}", file=sys.stderr)
+        print(f"decalign: error: {_one_line(exc, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("decalign: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException, out: str | None) -> str:
+    """The message on one line; an OSError (full disk, no permission) as ``<file>: <reason>``, naming
+    the command's ``--out`` when the error does not say which file (a failed write does not)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else out or "a file"
+        text = f"{where}: {exc.strerror}"
+    elif type(exc).__name__ == "SafetensorError":
+        text = f"{out or 'a weights file'}: {exc}"
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__

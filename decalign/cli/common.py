@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the package's data layer loads torch; --help must not wait for it
@@ -32,6 +33,34 @@ def load_data(path: str) -> MultimodalDataset:
     from ..data import load_dataset
 
     return load_dataset(path)
+
+
+def check_output_file(path: str, option: str = "--out") -> Path:
+    """``path`` as a file to write: not empty, not a folder, and no file where a folder must be."""
+    if not path.strip():
+        raise ValueError(f"{option}: expected a file name, found an empty string")
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; expected a file name")
+    _check_parents(out, option, path)
+    return out
+
+
+def check_output_dir(path: str, option: str = "--out") -> Path:
+    """``path`` as a folder to write into: not empty and not an existing file (nor below one)."""
+    if not path.strip():
+        raise ValueError(f"{option}: expected a folder name, found an empty string")
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {path}: is a file; expected a folder")
+    _check_parents(out, option, path)
+    return out
+
+
+def _check_parents(out: Path, option: str, path: str) -> None:
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def pick_split(dataset: MultimodalDataset, name: str, source: str, *, labelled: bool = False) -> Split:

@@ -7,11 +7,10 @@ file that replaces ``--out`` at the end, so memory stays bounded for any number 
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import add_data, add_device, check_task, load_data
+from .common import add_data, add_device, check_output_file, check_task, load_data
 
 HELP = "predict a dataset file with a checkpoint and write a CSV (with branch contributions)"
 
@@ -44,9 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import check_compatible
     from ..device import resolve_device
+    from ..safe_output import SafeCsvWriter
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, found {args.batch_size}")
+    out = check_output_file(args.out)
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data)
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     def write(handle) -> None:
         nonlocal count
-        writer = csv.writer(handle)
+        writer = SafeCsvWriter(handle)  # ids and labels come from the file: no formulas
         writer.writerow(header(model.modalities, card.task, card.output_dim))
         for name in names:
             for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 if audit is not None:
                     audit.record(result, name)
 
-    atomic_write_file(Path(args.out), write, text=True)
+    atomic_write_file(out, write, text=True)
     print(f"wrote {count} predictions to {args.out}" + ("" if audit is None else f"; audit trail {audit.path}"))
     return 0
 

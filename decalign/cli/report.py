@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data, add_device, audit_inputs
+from .common import add_data, add_device, audit_inputs, check_output_file
 
 HELP = "write an offline HTML audit report (metrics, slices, drift, flags, explanations)"
 
@@ -33,11 +33,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..audit.report import make_report, write_report
 
+    out = check_output_file(args.out)
     inputs = audit_inputs(args)
     model, card, dataset = inputs.pop("model"), inputs.pop("card"), inputs.pop("dataset")
     ids = [s.strip() for s in args.samples.split(",") if s.strip()]
     text = make_report(model, card, dataset, args.split, sample_ids=ids, title=args.title, **inputs)
-    path = write_report(args.out, text)
+    path = write_report(out, text)
     missing = inputs["reference"].reference is None
     print(f"wrote {path} ({len(dataset.splits[args.split])} samples, {len(ids)} explained"
           f"{', no training reference: flags and drift left out' if missing else ''})")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from .common import add_data, add_device, load_config, load_data, metrics_table
+from .common import add_data, add_device, check_output_dir, load_config, load_data, metrics_table
 
 HELP = "train a model on a dataset file and write a run directory"
 DESCRIPTION = """Train DecAlign on a dataset file (MMSA pickle or npz) and write a run directory:
@@ -46,10 +47,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import train
     from ..train.baseline import baseline_comparison
+    from ..train.losses import match_task_loss
     from ..train.metrics import dataset_convention
 
+    check_output_dir(args.out)
     dataset = load_data(args.data)
     config = _config(args, dataset)
+    # As on the dashboard's Train page: the loss follows the data's task unless the user chose one.
+    config, note = match_task_loss(config, dataset.task, explicit=_task_loss_chosen(args))
+    if note:
+        print(f"decalign: note: {note} ({args.data})", file=sys.stderr)
     callbacks = _callbacks(args, config, dataset, dataset_convention(dataset))
     result = train(dataset, config, args.out, device=args.device, callbacks=callbacks, resume=args.resume,
                    replay=args.replay)
@@ -97,6 +104,20 @@ def _callbacks(args: argparse.Namespace, config, dataset, convention: str) -> li
     if args.cancel_file:
         callbacks.append(CancelFileCallback(args.cancel_file))
     return callbacks
+
+
+def _task_loss_chosen(args: argparse.Namespace) -> bool:
+    """Whether --set or the --config file names the task loss (an official config's train_mode counts)."""
+    if any(item.partition("=")[0].strip() in ("task_loss", "train.task_loss") for item in args.set):
+        return True
+    if not args.config:
+        return False
+    from ..atomic import read_json_object
+    from ..config import ConfigError
+
+    data = read_json_object(args.config, ConfigError)
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    return "task_loss" in data or "train_mode" in data or "task_loss" in train
 
 
 def _fmt(value: float | None) -> str:

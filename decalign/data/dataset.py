@@ -45,6 +45,7 @@ class LoadReport:
     nonfinite_replaced: dict[str, int] = field(default_factory=dict)  # "split/modality" -> count
     carved_splits: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    parser_peak_rss_bytes: int | None = None  # peak memory of the sandboxed parser, when there was one
 
 
 @dataclass

@@ -7,7 +7,6 @@ type, missing splits) happens here, in :func:`build_dataset`, so both formats gi
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,7 +26,12 @@ SUFFIXES = {".pkl": "MMSA pickle", ".pickle": "MMSA pickle", ".npz": "npz archiv
 
 
 def load_dataset(
-    path: str | Path, *, name: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    path: str | Path,
+    *,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    sandbox: bool = True,
+    suffix: str | None = None,
 ) -> MultimodalDataset:
     """Read an MMSA pickle (``.pkl``/``.pickle``) or an npz archive (``.npz``) and validate it.
 
@@ -39,6 +43,12 @@ def load_dataset(
         What error messages and ``report.source`` call the file (e.g. an upload's original name).
     max_bytes
         Files larger than this are refused before reading.
+    sandbox
+        Parse in a short-lived child process with memory and time limits (:mod:`decalign.sandbox`), so
+        no file can crash or exhaust this process. ``False`` parses here: only for files this program
+        wrote itself, and inside that child.
+    suffix
+        The format's extension, overriding the one taken from ``path`` and ``name``.
 
     Raises
     ------
@@ -49,8 +59,14 @@ def load_dataset(
     shown = name or str(path)
     if not path.is_file():
         raise DataError(f"{shown}: no such file; expected an existing .pkl, .pickle or .npz file")
-    suffix = path.suffix.lower() if path.suffix.lower() in SUFFIXES else Path(shown).suffix.lower()
+    if suffix is None:
+        suffix = path.suffix.lower() if path.suffix.lower() in SUFFIXES else Path(shown).suffix.lower()
     _check_size(path.stat().st_size, shown, max_bytes)
+    _check_suffix(suffix, shown)
+    if sandbox:
+        from .untrusted import load_sandboxed
+
+        return load_sandboxed(path, shown, suffix, max_bytes)
     with path.open("rb") as file:
         return _load_stream(file, shown, suffix, max_bytes)
 
@@ -58,9 +74,20 @@ def load_dataset(
 def load_dataset_bytes(
     data: bytes, filename: str, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> MultimodalDataset:
-    """:func:`load_dataset` for an upload held in memory; messages call it ``filename``."""
+    """:func:`load_dataset` for an upload held in memory (always sandboxed); messages call it ``filename``."""
+    from .untrusted import load_sandboxed
+
+    suffix = Path(filename).suffix.lower()
     _check_size(len(data), filename, max_bytes)
-    return _load_stream(io.BytesIO(data), filename, Path(filename).suffix.lower(), max_bytes)
+    _check_suffix(suffix, filename)
+    return load_sandboxed(None, filename, suffix, max_bytes, data=data)
+
+
+def _check_suffix(suffix: str, shown: str) -> None:
+    if suffix not in SUFFIXES:
+        raise DataError(
+            f"{shown}: unsupported extension {suffix or '(none)'!r}; expected .pkl or .pickle (MMSA) or .npz"
+        )
 
 
 def _check_size(size: int, shown: str, max_bytes: int) -> None:
@@ -71,10 +98,7 @@ def _check_size(size: int, shown: str, max_bytes: int) -> None:
 
 
 def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> MultimodalDataset:
-    if suffix not in SUFFIXES:
-        raise DataError(
-            f"{shown}: unsupported extension {suffix or '(none)'!r}; expected .pkl or .pickle (MMSA) or .npz"
-        )
+    _check_suffix(suffix, shown)
     head = file.read(8)
     file.seek(0)
     content = sniff(head)

@@ -9,7 +9,10 @@ Layout (``mosi_aligned_50.pkl``, ``unaligned_39.pkl``, ...)::
                "text_bert": [N, 3, T], "annotations": [N], "regression_labels_T": [N], ...},
      "valid": {...}, "test": {...}}
 
-The file is unpickled once, through :mod:`.safe_pickle`, never with ``pickle.load``.
+The file is unpickled once, through :mod:`.safe_pickle`, never with ``pickle.load``, and every field is
+turned into a plain array by :func:`.plain.to_plain_array` within the file's allocation budget. MMSA
+files in the wild carry more keys than these (per-modality labels, BERT inputs, annotations, and
+whatever a lab added): unknown keys are ignored and the load report names them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 
 from ..atomic import atomic_write_file
 from .dataset import SPLITS, DataError, MultimodalDataset
+from .pickle_numpy import AllocationBudget
+from .plain import to_plain_array
 from .raw import RawData, RawSplit
 from .safe_pickle import safe_load
 
@@ -41,32 +46,39 @@ def read_mmsa(file: BinaryIO, shown: str, hint: str = "") -> RawData:
     ``classification_labels``. ``text_bert``, ``annotations`` and per-modality labels are ignored
     and the report says so.
     """
-    obj = safe_load(file, shown, hint)
+    here = file.tell()
+    budget = AllocationBudget(file.seek(0, 2) - here, shown)
+    file.seek(here)
+    obj = safe_load(file, shown, hint, budget)
     if not isinstance(obj, dict):
         raise DataError(
             f"{shown}: the pickle holds a {type(obj).__name__} at the top level; "
             f"expected a dict with keys {', '.join(SPLITS)}"
         )
-    for key in obj:
-        if key not in SPLITS:
-            raise DataError(f"{shown}: unknown top-level key {key!r}; expected only {', '.join(SPLITS)}")
+    unknown_top = sorted(repr(k)[:80] for k in obj if k not in SPLITS)
+    obj = {k: v for k, v in obj.items() if k in SPLITS}
+    if not obj:
+        raise DataError(f"{shown}: no split key; expected a dict with keys {', '.join(SPLITS)}, found "
+                        f"{', '.join(unknown_top) or 'an empty dict'}")
     for split, part in obj.items():
-        _check_split_keys(part, split, shown)
+        _check_split(part, split, shown)
     label_key = _label_key(obj, shown)
-    splits = {s: _raw_split(obj[s], s, label_key) for s in SPLITS if s in obj}
+    splits = {s: _raw_split(obj[s], s, label_key, shown, budget) for s in SPLITS if s in obj}
     task = {"regression_labels": "regression", "classification_labels": "classification"}.get(label_key)
-    return RawData(splits=splits, task=task, notes=_notes(obj, label_key))
+    notes = _notes(obj, label_key)
+    if unknown_top:
+        notes.append(f"unknown top-level keys ignored: {', '.join(unknown_top)}")
+    return RawData(splits=splits, task=task, notes=notes)
 
 
-def _check_split_keys(part: Any, split: str, shown: str) -> None:
+def _check_split(part: Any, split: str, shown: str) -> None:
     if not isinstance(part, dict):
         raise DataError(f"{shown}: key [{split!r}] holds a {type(part).__name__}; expected a dict of arrays")
-    for key in part:
-        if key not in KNOWN_KEYS and not (isinstance(key, str) and PER_MODALITY_LABEL.match(key)):
-            raise DataError(
-                f"{shown}: unknown key [{split!r}][{key!r}]; expected MMSA keys: {', '.join(KNOWN_KEYS)} "
-                "(and per-modality labels such as regression_labels_T)"
-            )
+
+
+def _unknown_keys(part: dict) -> list[str]:
+    return [repr(k)[:80] for k in part
+            if k not in KNOWN_KEYS and not (isinstance(k, str) and PER_MODALITY_LABEL.match(k))]
 
 
 def _label_key(obj: dict, shown: str) -> str | None:
@@ -81,9 +93,15 @@ def _label_key(obj: dict, shown: str) -> str | None:
     return key
 
 
-def _raw_split(part: dict, split: str, label_key: str | None) -> RawSplit:
+def _raw_split(part: dict, split: str, label_key: str | None, shown: str, budget: AllocationBudget
+               ) -> RawSplit:
     def key(name: str) -> str:
         return f"[{split!r}][{name!r}]"
+
+    def field(name: str, expected: str):
+        value = part.get(name)
+        where = f"{shown}: key {key(name)!r}"
+        return None if value is None else to_plain_array(value, where, expected, budget)
 
     keys = {m: key(m) for m in MODALITIES if m in part}
     keys.update(
@@ -91,11 +109,11 @@ def _raw_split(part: dict, split: str, label_key: str | None) -> RawSplit:
     )
     keys.update({f"lengths/{m}": key(k) for k, m in LENGTH_KEYS.items()})
     return RawSplit(
-        features={m: part[m] for m in MODALITIES if m in part},
-        labels=part.get(label_key) if label_key else None,
-        ids=part.get("id"),
-        raw_text=part.get("raw_text"),
-        lengths={m: part[k] for k, m in LENGTH_KEYS.items() if k in part},
+        features={m: field(m, "a float array [N, T, D] (or [N, D])") for m in MODALITIES if m in part},
+        labels=field(label_key, "numeric labels [N] or [N, 1]") if label_key else None,
+        ids=field("id", "a 1-D array of strings"),
+        raw_text=field("raw_text", "a 1-D array of strings"),
+        lengths={m: field(k, "integer lengths [N]") for k, m in LENGTH_KEYS.items() if k in part},
         keys=keys,
     )
 
@@ -112,6 +130,9 @@ def _notes(obj: dict, label_key: str | None) -> list[str]:
         notes.append("classification_labels ignored: the task is regression on regression_labels")
     if label_key is None:
         notes.append("no regression_labels or classification_labels: the data are unlabelled")
+    unknown = sorted({k for part in obj.values() for k in _unknown_keys(part)})
+    if unknown:
+        notes.append(f"keys this program does not use were ignored: {', '.join(unknown)}")
     return notes
 
 

@@ -8,20 +8,23 @@ Keys::
     train/lengths/<modality>  [N] integer valid time steps (optional)
     valid/..., test/...       the same; missing valid/test splits are carved out of train
 
-Read with ``np.load(allow_pickle=False)``: object arrays are refused, not unpickled.
+Read member by member without pickle: object arrays are refused, not unpickled, and every ``.npy``
+header is checked against the member's size before anything is allocated.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
-import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from ..atomic import atomic_write_file
+from ..safe_zip import MAX_RATIO, RATIO_SLACK, ZIP_ERRORS, check_member, open_archive
+from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .raw import RawData, RawSplit
 
@@ -32,24 +35,36 @@ EXPECTED_KEYS += f"'<split>/lengths/<modality>', with <split> one of {', '.join(
 
 
 def read_npz(file: BinaryIO, shown: str, max_bytes: int) -> RawData:
-    """Open an npz archive (no pickle), check its keys and take it apart into raw splits."""
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise DataError(f"{shown}: not a readable npz archive (truncated or corrupt: {err})") from None
+    """Open an npz archive (no pickle), check its keys and take it apart into raw splits.
+
+    Every member is checked before it is read: encryption and compression method, a plain dtype in
+    its ``.npy`` header, and a shape whose size is what the member holds. The archive as a whole may
+    unpack to at most ``max_bytes`` and to at most :data:`MAX_RATIO` times its own size (plus
+    :data:`RATIO_SLACK`): a small zip that unpacks to gigabytes is refused before it is read.
+    """
+    size = file.seek(0, 2)
+    file.seek(0)
+    archive = open_archive(file, shown, DataError, "an npz archive")
     with archive:
-        total = sum(info.file_size for info in archive.zip.infolist())
-        if total > max_bytes:  # a small zip can decompress to a huge array
+        members = archive.infolist()
+        total = sum(info.file_size for info in members)
+        if total > max_bytes:
             raise DataError(
                 f"{shown}: the archive unpacks to {total:,} bytes, more than the limit of {max_bytes:,}"
             )
-        if not archive.files:
+        if total > MAX_RATIO * size + RATIO_SLACK:
+            raise DataError(
+                f"{shown}: the archive unpacks to {total:,} bytes from {size:,} (more than {MAX_RATIO} times "
+                "its size); refused as a likely zip bomb"
+            )
+        if not members:
             raise DataError(f"{shown}: the archive holds no arrays; expected keys {EXPECTED_KEYS}")
         splits: dict[str, RawSplit] = {}
-        for key in archive.files:
+        for info in members:
+            key = info.filename.removesuffix(".npy")
             split, fieldname = _parse_key(key, shown)
             part = splits.setdefault(split, RawSplit(features={}))
-            _put(part, fieldname, _read_member(archive, key, shown))
+            _put(part, fieldname, _read_member(archive, info, key, shown))
             part.keys[fieldname] = key
     return RawData(splits={s: splits[s] for s in SPLITS if s in splits})
 
@@ -66,18 +81,40 @@ def _parse_key(key: str, shown: str) -> tuple[str, str]:
     return split, fieldname
 
 
-def _read_member(archive: Any, key: str, shown: str) -> np.ndarray:
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shown: str) -> np.ndarray:
+    check_member(info, shown, DataError)
     try:
-        return archive[key]
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise DataError(
-                f"{shown}: key {key!r} holds Python objects (dtype object), which are not loaded; "
-                "expected a numeric array, or strings as fixed-width unicode (np.array(values, dtype=str))"
-            ) from None
-        raise DataError(f"{shown}: key {key!r} could not be read ({err}); expected a .npy array") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        with archive.open(info) as stream:
+            shape, fortran, dtype = _header(stream, key, shown)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if stream.tell() + nbytes != info.file_size:
+                raise DataError(
+                    f"{shown}: key {key!r} declares shape {shape} of {dtype} ({nbytes:,} bytes) but holds "
+                    f"{info.file_size - stream.tell():,} bytes; expected a complete .npy array"
+                )
+            data = stream.read(nbytes)
+            stream.read()  # to the end, so the CRC is checked
+    except DataError:
+        raise
+    except ZIP_ERRORS as err:
         raise DataError(f"{shown}: key {key!r} could not be read (truncated or corrupt: {err})") from None
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _header(stream: BinaryIO, key: str, shown: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        shape, fortran, dtype = read_npy_header(stream, plain=False)
+    except ValueError as err:
+        raise DataError(f"{shown}: key {key!r} could not be read ({err}); expected a .npy array") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"{shown}: key {key!r} holds Python objects (dtype object), which are not loaded; "
+            "expected a numeric array, or strings as fixed-width unicode (np.array(values, dtype=str))"
+        )
+    if not is_plain_dtype(dtype):
+        raise DataError(f"{shown}: key {key!r} holds dtype {dtype}; expected a plain numeric, bool or string "
+                        "array (no structured, date or void types)")
+    return shape, fortran, dtype
 
 
 def _put(part: RawSplit, fieldname: str, value: np.ndarray) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..config import DecAlignConfig
+from .losses import match_task_loss  # noqa: F401 - the Train page calls it as bg.match_task_loss
 from .progress import CANCEL_FILE, PROGRESS_FILE, read_progress
 from .runs import read_history, read_status
 
@@ -64,22 +65,6 @@ def save_upload(run_dir: str | Path, data: bytes, filename: str) -> Path:
     """Store uploaded data in ``run_dir/data/`` under a safe name, so the training process can read it."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(filename).name).lstrip(".") or "data.npz"
     return atomic_write_bytes(Path(run_dir) / "data" / safe, data)
-
-
-def match_task_loss(config: DecAlignConfig, task: str) -> tuple[DecAlignConfig, str | None]:
-    """Make ``train.task_loss`` fit the data's task (cross-entropy for classes, MSE for values).
-
-    The library default is a regression loss; a dashboard user starting from the defaults on
-    classification data would otherwise get a shape error. Returns the config and a note when changed.
-    """
-    loss = config.train.task_loss
-    if task == "classification" and loss != "cross_entropy":
-        new = "cross_entropy"
-    elif task == "regression" and loss == "cross_entropy":
-        new = "mse"
-    else:
-        return config, None
-    return config.override([f"train.task_loss={new}"]), f"task_loss {loss} -> {new} for {task} data"
 
 
 # ------------------------------------------------------------------------------------------ processes

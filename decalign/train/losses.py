@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ..config import ConfigError, DecAlignConfig, TrainConfig
 from ..model import DecAlignOutput
 
 LOSS_TERMS = ("total", "task", "decoupling", "heterogeneity", "homogeneity", "contrastive")
@@ -43,6 +43,28 @@ def task_loss(prediction: torch.Tensor, labels: torch.Tensor, kind: str,
     if kind == "smooth_l1":
         return F.smooth_l1_loss(value, target)
     raise ValueError(f"task_loss must be mse, l1, smooth_l1 or cross_entropy, found {kind!r}")
+
+
+def match_task_loss(config: DecAlignConfig, task: str, *, explicit: bool = False
+                    ) -> tuple[DecAlignConfig, str | None]:
+    """Make ``train.task_loss`` fit the data's task (cross-entropy for classes, MSE for values).
+
+    The library default is a regression loss; training on classification data from the defaults would
+    otherwise end in a shape error. Returns the config and a note when changed. With ``explicit`` (the
+    user set ``task_loss`` themselves), a loss that does not fit is a ConfigError instead of a change.
+    The dashboard's Train page and ``decalign train`` both decide here.
+    """
+    loss = config.train.task_loss
+    if task == "classification" and loss != "cross_entropy":
+        new = "cross_entropy"
+    elif task == "regression" and loss == "cross_entropy":
+        new = "mse"
+    else:
+        return config, None
+    if explicit:
+        raise ConfigError(f"task_loss {loss} does not fit {task} data; use {new}"
+                          + (" (or mse, l1, smooth_l1)" if new == "mse" else ""))
+    return config.override([f"train.task_loss={new}"]), f"task_loss {loss} -> {new} for {task} data"
 
 
 def contrastive_groups(labels: torch.Tensor, task: str) -> torch.Tensor:

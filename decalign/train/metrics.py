@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..card_schema import CONVENTION_ERRORS
+
 if TYPE_CHECKING:  # types only: metrics stay importable without torch
     from ..checkpoint import ModelCard
     from ..data.dataset import MultimodalDataset
@@ -52,8 +54,8 @@ _SIMS_EDGES = {
 CONVENTIONS = ("mosi", "sims", "classification")
 _REGRESSION_CONVENTIONS = ("mosi", "sims")
 _TASKS = ("regression", "classification")
-# The one per-sample error of each convention (see ``prediction_errors``), as stored on the model card.
-ERRORS = {"mosi": "absolute", "sims": "absolute_clipped", "classification": "misclassification"}
+# The one per-sample error of each convention (see ``prediction_errors``), as the model card stores it.
+ERRORS = CONVENTION_ERRORS
 ERROR_TEXT = {
     "absolute": "absolute error |prediction - label|",
     "absolute_clipped": "absolute error |prediction - label| after clipping both to [-1, 1] (as CH-SIMS's MAE)",

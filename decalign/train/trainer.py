@@ -324,10 +324,12 @@ def _batch_values(terms: dict[str, torch.Tensor], levels: AlignmentLevels) -> to
 
 
 def _check_dataset(dataset: MultimodalDataset) -> None:
-    for name in ("train", "valid"):
+    for name, least in (("train", 2), ("valid", 1)):  # prototypes and the explanation reference need two
         split = dataset.splits.get(name)
-        if split is None or len(split) == 0:
-            raise ValueError(f"{dataset.report.source}: training needs a non-empty {name!r} split")
+        if split is None or len(split) < least:
+            found = 0 if split is None else len(split)
+            raise ValueError(f"{dataset.report.source}: the {name!r} split has {found} sample(s); training "
+                             f"needs at least {least}")
         if split.labels is None:
             raise ValueError(f"{dataset.report.source}: the {name!r} split has no labels; training needs them")
     if dataset.task == "classification" and not dataset.num_classes:

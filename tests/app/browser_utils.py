@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,11 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run"]
+
+
+def shown(markdown: str) -> str:
+    """The text a Streamlit message displays: ``decalign.safe_output.markdown_text``'s escapes removed."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def make_tiny_run(dataset: MultimodalDataset, run_dir: Path, *, epochs: int = 2, d_model: int = 16,

@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from browser_utils import ROOT
+from browser_utils import ROOT, shown
 from streamlit.testing.v1 import AppTest
 
 from decalign.audit import AuditTrail
@@ -124,12 +124,12 @@ def test_fitting_npz_upload_replaces_the_data(page_test, demo_npz):
     at = _ok(_upload_data(page_test("predict").run(), demo_npz))
     assert not at.error
     assert len(at.dataframe[0].value) == 50
-    assert f"Using: **{demo_npz.name}**" in [c.value for c in at.caption]
+    assert f"Using: **{demo_npz.name}**" in [shown(c.value) for c in at.caption]
 
 
 def test_mismatched_mmsa_upload_is_refused_and_data_kept(page_test, tav_pickle):
     at = _ok(_upload_data(page_test("predict").run(), tav_pickle))
-    message = at.error[0].value
+    message = shown(at.error[0].value)
     assert "does not match the checkpoint" in message and "'text'" in message and "fourier" in message
     assert len(at.dataframe[0].value) == 300  # still the bundled test split
 
@@ -140,7 +140,7 @@ def test_broken_file_shows_error_and_app_keeps_working(page_test, demo_npz, tmp_
     at = _upload_data(page_test("predict").run(), demo_npz)
     at.file_uploader(key="data_upload").set_value((bad.name, bad.read_bytes(), "application/octet-stream"))
     _ok(at.run())
-    assert "broken.npz" in at.error[0].value
+    assert "broken.npz" in shown(at.error[0].value)
     assert len(at.dataframe[0].value) == 50  # the previous upload stays selected
 
 
@@ -152,7 +152,7 @@ def test_bad_model_zip_keeps_the_demo(page_test, tmp_path):
     at.radio(key="model_kind").set_value("Upload a zip").run()
     at.file_uploader(key="model_zip").set_value(("bad.zip", buffer.getvalue(), "application/zip")).run()
     _ok(at)
-    assert "not valid JSON" in at.error[0].value
+    assert "not valid JSON" in shown(at.error[0].value)
     assert "bundled demo" in " ".join(c.value for c in at.caption)
 
 

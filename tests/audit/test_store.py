@@ -1,5 +1,6 @@
 """Append-only audit trail: schema, round trips, immutability, restarts, WAL, concurrency, export."""
 
+import csv
 import multiprocessing as mp
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from decalign.audit import MAX_COMMENT_CHARS, AuditError, AuditTrail, default_au
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
+BARRIER_S = 600  # spawned writers import pandas and torch first: minutes on a busy 2-core machine
 
 
 def _row(sample_id, **extra):
@@ -36,7 +38,7 @@ def test_schema_is_created(trail):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert {("table", "predictions"), ("table", "reviews")} <= objects
     triggers = {n for t, n in objects if t == "trigger"}
-    assert triggers == {f"{t}_no_{op}" for t in ("predictions", "reviews") for op in ("update", "delete")}
+    assert triggers == {f"{t}_no_{op}" for t in ("predictions", "reviews") for op in ("update", "delete", "replace")}
 
 
 def test_wal_mode_is_on(trail):
@@ -192,6 +194,56 @@ def test_export_csv_matches_and_is_atomic(trail, tmp_path):
     assert trail.export_csv(tmp_path / "test-only.csv", split="nope") == 0
 
 
+@pytest.mark.parametrize("sql", [
+    ("REPLACE INTO predictions (id, created_at, source, checkpoint_fingerprint, input_sha256, sample_id, "
+    "prediction) VALUES (1, 'x', 'cli', 'forged', '{sha}', '1', '9')"),
+    ("INSERT OR REPLACE INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct')"),
+    ("INSERT INTO reviews (id, created_at, checkpoint_fingerprint, input_sha256, sample_id, verdict) "
+    "VALUES (1, 'x', 'ckpt-1', '{sha}', '1', 'correct') ON CONFLICT(id) DO UPDATE SET verdict = 'correct'"),
+])
+@pytest.mark.parametrize("recursive", [False, True])
+def test_replace_and_upsert_are_refused(trail, sql, recursive):
+    # REPLACE deletes the conflicting row without firing DELETE triggers (unless recursive triggers are
+    # on); the BEFORE INSERT trigger refuses it either way.
+    trail.record_predictions([_row(1)])
+    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm", reviewer="ann")
+    conn = _raw(trail)
+    conn.execute(f"PRAGMA recursive_triggers = {'ON' if recursive else 'OFF'}")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute(sql.format(sha=SHA))
+    conn.close()
+    assert trail.predictions().iloc[0]["checkpoint_fingerprint"] == "ckpt-1"
+    assert trail.reviews().iloc[0]["verdict"] == "wrong"
+    trail.record_review("ckpt-1", SHA, 1, "correct", "second look", reviewer="ann")  # appending still works
+    assert list(trail.reviews()["verdict"]) == ["wrong", "correct"]
+
+
+def test_unwritable_database_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "sub").write_text("a file where a folder is expected")
+    with pytest.raises(AuditError, match="sub/audit.sqlite3: the audit trail's folder cannot be created"):
+        AuditTrail(tmp_path / "sub" / "audit.sqlite3")
+    monkeypatch.setenv("DECALIGN_AUDIT_DB", str(tmp_path / "sub" / "audit.sqlite3"))
+    with pytest.raises(AuditError, match="set DECALIGN_AUDIT_DB to a writable file"):
+        default_audit_path()
+    (tmp_path / "folder.sqlite3").mkdir()  # a folder where the database file should be
+    with pytest.raises(AuditError, match="folder.sqlite3: the audit trail cannot be opened"):
+        AuditTrail(tmp_path / "folder.sqlite3")
+
+
+def test_export_is_formula_safe_read_back_with_the_csv_module(trail, tmp_path):
+    ids = ["=HYPERLINK(\"http://x\")", "@SUM(1+1)", "+cmd|' /C calc'!A0", "x\r=1+1", "\t=1", "-2+3", "-3", "ok"]
+    trail.record_predictions([_row(i) for i in ids])
+    trail.export_csv(tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["sample_id"] for r in rows] == [
+        "'=HYPERLINK(\"http://x\")", "'@SUM(1+1)", "'+cmd|' /C calc'!A0", "x\r=1+1", "'\t=1", "'-2+3", "-3", "ok"]
+    raw = (tmp_path / "p.csv").read_bytes()
+    assert b'"x\r=1+1"' in raw  # a bare CR inside a cell is quoted, so no line starts with =1+1
+    assert not any(line.lstrip(b"\r\n").startswith((b"=", b"@", b"+")) for line in raw.split(b"\n"))
+
+
 def test_export_defuses_spreadsheet_formulas(trail, tmp_path):
     trail.record_review("ckpt-1", SHA, -3, "wrong", "=HYPERLINK(\"http://x\")", reviewer="@bob")
     trail.export_csv(tmp_path / "r.csv", table="reviews")
@@ -238,7 +290,7 @@ def test_foreign_schema_is_refused(tmp_path):
 def _write_predictions(path, worker, n_rows, batch, barrier):
     """Child process: once every writer is ready, append rows in small transactions."""
     trail = AuditTrail(path)
-    barrier.wait(60)
+    barrier.wait(BARRIER_S)
     for start in range(0, n_rows, batch):
         trail.record_predictions(
             [_row(f"{worker}-{i}", checkpoint_fingerprint=f"worker-{worker}") for i in range(start, start + batch)]
@@ -255,7 +307,7 @@ def test_concurrent_writers(trail):
     errors = []
 
     def review(thread):
-        go.wait(60)
+        go.wait(BARRIER_S)
         try:
             for i in range(60):
                 trail.record_review(f"worker-{thread}", SHA, f"{thread}-{i}", "wrong", f"t{thread}", reviewer="t")
@@ -265,12 +317,12 @@ def test_concurrent_writers(trail):
     threads = [threading.Thread(target=review, args=(t,)) for t in range(2)]
     for thread in threads:
         thread.start()
-    barrier.wait(60)
+    barrier.wait(BARRIER_S)
     go.set()
     for proc in procs:
-        proc.join(120)
+        proc.join(BARRIER_S)
     for thread in threads:
-        thread.join(120)
+        thread.join(BARRIER_S)
     assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
     assert errors == []
     assert trail.count() == 800

@@ -67,7 +67,7 @@ def test_file_is_unpickled_once(mmsa_payload, dump, monkeypatch):
     calls = []
     original = mmsa_module.safe_load
     monkeypatch.setattr(mmsa_module, "safe_load", lambda *a, **k: calls.append(1) or original(*a, **k))
-    load_dataset(dump(mmsa_payload))
+    load_dataset(dump(mmsa_payload), sandbox=False)  # in this process, where the patch is seen
     assert len(calls) == 1
 
 
@@ -107,3 +107,23 @@ def test_bytes_upload_uses_the_filename(mmsa_payload):
     data = load_dataset_bytes(pickle.dumps(mmsa_payload), "my_upload.pkl")
     assert data.report.source == "my_upload.pkl"
     assert len(data.splits["test"]) == 5
+
+
+def test_plain_arrays_from_lists_are_counted_before_they_are_built():
+    from decalign.data.dataset import DataError
+    from decalign.data.plain import to_plain_array
+    from decalign.data.safe_pickle import AllocationBudget
+
+    budget = AllocationBudget(1000, "f.pkl")
+    row = [1.0] * 4
+    np.testing.assert_array_equal(to_plain_array([row, row], "k", "numbers", budget), np.ones((2, 4)))
+    assert budget.left == budget.limit - 8 * 8  # two shared rows of four counted twice
+    texts = to_plain_array(["a", b"bc"], "k", "strings", budget)
+    assert texts.dtype == np.dtype("<U2") and texts.tolist() == ["a", "bc"]
+    cube = [[[0.0] * 2000] * 2000] * 2000
+    with pytest.raises(DataError, match="k would need 64,000,000,000 bytes"):
+        to_plain_array(cube, "k", "numbers", budget)
+    for value, message in [(["a", 1], "a mix of strings and numbers"), ([{"x": 1}], "dict"),
+                           ("text", "holds a str"), ([[1.0], [1.0, 2.0]], "could not be read as an array")]:
+        with pytest.raises(DataError, match=message):
+            to_plain_array(value, "k", "numbers", budget)

@@ -124,4 +124,64 @@ def test_unpickler_never_calls_pickle_load(monkeypatch, mmsa_payload, dump):
 
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
-    assert len(load_dataset(path).splits["train"]) == 10
+    assert len(load_dataset(path, sandbox=False).splits["train"]) == 10  # the parser, in this process
+    assert len(load_dataset(path).splits["train"]) == 10  # the parent of the sandbox unpickles nothing
+
+
+# ------------------------------------------------------------------- numpy rebuilt by our own code
+
+
+def test_object_arrays_become_str_or_numeric_arrays_never_objects():
+    data = pickle.dumps({
+        "ids": np.array(["a$_$1", "bé"], dtype=object),
+        "labels": np.array([1, 2.5], dtype=object),
+        "mixed": np.array([["a", 1], [None, 2.0]], dtype=object),
+    }, protocol=2)
+    back = safe_loads(data, "x.pkl")
+    assert back["ids"].dtype == np.dtype("<U5") and back["ids"].tolist() == ["a$_$1", "bé"]
+    assert back["labels"].dtype == np.float64 and back["labels"].tolist() == [1.0, 2.5]
+    assert back["mixed"] == [["a", 1], [None, 2.0]]  # a list: the reader refuses it with the key's name
+
+
+def test_an_array_referenced_twice_through_the_memo_is_the_same_array():
+    array = np.arange(5.0)
+    back = safe_loads(pickle.dumps({"x": array, "y": array, "dtype_again": array.dtype}, protocol=2), "x.pkl")
+    np.testing.assert_array_equal(back["y"], array)
+    assert back["x"] is back["y"] and back["dtype_again"] == np.float64
+
+
+def test_python2_style_raw_data_given_as_text_loads():
+    # Python 2 pickles hold an array's bytes as an 8-bit str (SHORT_BINSTRING), which encoding="latin1"
+    # turns into text; the array is rebuilt from that text's latin-1 bytes, as numpy does.
+    raw = np.array([1.5, -2.0, 3.25]).tobytes()
+    dtype = (b"cnumpy\ndtype\n(X\x02\x00\x00\x00f8\x89\x88tR"
+             b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    data = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(K\x00tU\x01btR"
+            b"(K\x01(K\x03t" + dtype + b"\x89U" + bytes([len(raw)]) + raw + b"tb.")
+    np.testing.assert_array_equal(safe_loads(data, "py2.pkl"), [1.5, -2.0, 3.25])
+
+
+@pytest.mark.parametrize("body, refused", [
+    (pickle.EMPTY_DICT + pickle.EMPTY_DICT + pickle.BUILD, "setting the state of a dict"),
+    (pickle.GLOBAL + b"builtins\nset\n" + pickle.EMPTY_TUPLE + pickle.NEWOBJ, "creating a set object"),
+    (pickle.EMPTY_LIST + pickle.NONE + pickle.NONE + pickle.SETITEM, "setting items of a list"),
+])
+def test_opcodes_only_do_what_plain_data_needs(body, refused):
+    with pytest.raises(DataError, match=refused):
+        safe_loads(pickle.PROTO + b"\x02" + body + pickle.STOP, "x.pkl")
+
+
+def test_every_length_is_checked_against_what_is_left_of_the_file():
+    huge = pickle.PROTO + b"\x04" + pickle.BINUNICODE8 + (1 << 40).to_bytes(8, "little") + pickle.STOP
+    with pytest.raises(DataError, match="declares 1,099,511,627,776 bytes where only 1 remain"):
+        safe_loads(huge, "x.pkl")
+
+
+def test_the_allow_list_is_exactly_what_plain_data_needs():
+    from decalign.data.safe_pickle import ALLOWED_NAMES
+
+    numpy = {(f"{p}.{m}", n) for p in ("numpy.core", "numpy._core")
+             for m, n in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+    assert ALLOWED_NAMES == numpy | {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "complex")}

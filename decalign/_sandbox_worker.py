@@ -1,0 +1,142 @@
+"""The child side of :mod:`decalign.sandbox`: ``python -m decalign._sandbox_worker FOLDER``.
+
+It limits itself before it imports numpy or opens the file, runs one task from :data:`TASKS` on
+``FOLDER/request.json``'s arguments, and writes ``FOLDER/result.json`` (``{"value": ...}`` or
+``{"error": {...}}``) with arrays as ``FOLDER/out/a<i>.npy``. Only the standard library is imported
+at the top: the limits must be in place before anything large is loaded. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+# task name -> "module:function"; a function takes the request's args and returns JSON with arrays.
+TASKS = {
+    "dataset": "decalign.data.untrusted:parse_dataset",
+    "checkpoint": "decalign.checkpoint_files:read_checkpoint_files",
+    "selftest": "decalign._sandbox_worker:selftest",
+}
+REFUSALS = ("DataError", "CheckpointError", "ConfigError")  # a parser's own clear refusal of the file
+MEMORY_EXIT = 86  # as decalign.sandbox.MEMORY_EXIT (not imported: it imports numpy)
+ARRAY_KEY = "$array"
+
+
+def main(folder: str) -> int:
+    root = Path(folder)
+    request = json.loads((root / "request.json").read_text(encoding="utf-8"))
+    _limit_self(request["limits"])
+    try:
+        value = _task(request["task"])(request["args"])
+        result = {"value": _encode(value, root / "out")}
+    except MemoryError:
+        result = {"error": {"kind": "memory"}}
+    except RecursionError:
+        result = {"error": {"kind": "refused", "message": "the content is nested too deeply to be read"}}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line for the parent
+        result = {"error": _describe(exc)}
+    result["peak_rss"] = _peak_rss()
+    try:
+        (root / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    except MemoryError:
+        return MEMORY_EXIT
+    return 0
+
+
+def _peak_rss() -> int | None:
+    """This process's own peak resident memory in bytes (VmHWM starts afresh at exec; ``ru_maxrss``
+    would include the parent's image the child was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _limit_self(limits: dict[str, int]) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not leave a core file behind
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output"], limits["output"]))
+
+
+def _task(name: str):
+    module, _, function = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _describe(exc: Exception) -> dict[str, str]:
+    name = type(exc).__name__
+    message = " ".join(str(exc).split())
+    if name in REFUSALS:
+        return {"kind": "refused", "type": name, "message": message}
+    return {"kind": "failed", "type": name, "message": f"the parser failed ({name}: {message})"}
+
+
+def _encode(value, out: Path):
+    """JSON-ready copy of ``value`` with every numpy array saved to ``out`` and replaced by a reference."""
+    import numpy as np
+
+    count = 0
+
+    def encode(item):
+        nonlocal count
+        if isinstance(item, np.ndarray):
+            out.mkdir(exist_ok=True)
+            name = f"a{count}.npy"
+            count += 1
+            np.save(out / name, np.ascontiguousarray(item), allow_pickle=False)
+            return {ARRAY_KEY: name}
+        if isinstance(item, dict):
+            if ARRAY_KEY in item:
+                raise ValueError(f"the key {ARRAY_KEY!r} is reserved")
+            return {str(k): encode(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [encode(v) for v in item]
+        if isinstance(item, np.generic):
+            return item.item()
+        if item is None or isinstance(item, (str, int, float, bool)):
+            return item
+        raise TypeError(f"cannot hand back a {type(item).__name__}")
+
+    return encode(value)
+
+
+def selftest(args: dict):
+    """For the sandbox's own tests: behave as ``args["mode"]`` says."""
+    import numpy as np
+
+    mode = args["mode"]
+    if mode == "arrays":
+        return {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array(["a", "bc"]), "n": 2}
+    if mode == "allocate":
+        return {"big": np.ones(args["bytes"], dtype=np.uint8).sum()}
+    if mode == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if mode == "spin":
+        while True:
+            pass
+    if mode == "sleep":
+        import time
+
+        time.sleep(args["seconds"])
+    if mode == "modules":
+        for task in TASKS.values():  # what the tasks import
+            importlib.import_module(task.partition(":")[0])
+        return {"heavy": sorted(m for m in ("torch", "pandas", "streamlit", "scipy") if m in sys.modules)}
+    if mode == "object":
+        return {"x": np.array([object()], dtype=object)}
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    sys.exit(main(sys.argv[1]))
