@@ -12,8 +12,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import loaders, session
+from decalign.audit.run import PreparedReference
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import MultimodalDataset, Split
+from decalign.explain.slices import result_metrics
 from decalign.inference import InferenceResult
 from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
@@ -72,6 +74,24 @@ def current_split(dataset: MultimodalDataset) -> str:
 
 def widths_text(widths: dict[str, int]) -> str:
     return ", ".join(f"{markdown_text(m)} (width {d})" for m, d in widths.items())
+
+
+def audit_reference(ctx: Context) -> PreparedReference:
+    """The reference the Audit page and the Sample page's flags use (``decalign.audit.run.prepare_reference``),
+    cached per model and data."""
+    return loaders.prepared_reference(ctx.model_id, ctx.data_id, ctx.model, ctx.card, ctx.dataset, ctx.data_label,
+                                      ctx.reference)
+
+
+def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
+    """(baseline, comparison, note) beside the model on the data's test split (``baseline_beside``)."""
+    split = "test" if "test" in ctx.dataset.splits else ctx.split
+    part = ctx.dataset.splits[split]
+    metrics = None
+    if part.labels is not None and len(part):
+        result = loaders.inference(ctx.model_id, ctx.data_id, split, ctx.model, ctx.card, part)
+        metrics = result_metrics(result, ctx.card)
+    return loaders.baseline(ctx.model_id, ctx.data_id, ctx.card, ctx.dataset, ctx.data_label, split, metrics)
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

@@ -38,6 +38,12 @@ class Key(StrEnum):
     # Audit page
     AUDIT_RECORDED = "audit_recorded"  # (model_id, data_id, split) already written to the trail
     AUDIT_REPORT = "audit_report"  # ((model_id, data_id, split), html)
+    # Sample page review form (widgets), the reviewer remembered for the session, the last outcome
+    REVIEW_VERDICT = "sample_review_verdict"
+    REVIEW_COMMENT = "sample_review_comment"
+    REVIEW_REVIEWER = "sample_review_reviewer"
+    REVIEWER_NAME = "reviewer_name"
+    REVIEW_OUTCOME = "review_outcome"  # ("success" | "error", message)
     # Train and Replay pages
     TRAIN_NEW_OPEN = "train_new_open"
     TRAIN_RUN = "train_run"  # the run followed (a selectbox)
@@ -228,6 +234,38 @@ def audit_report(key: tuple[str, str, str]) -> str | None:
 
 def set_audit_report(key: tuple[str, str, str], html: str) -> None:
     _set(Key.AUDIT_REPORT, (key, html))
+
+
+def fill_reviewer() -> None:
+    """Before the review form is drawn: its reviewer field shows the name remembered for this session."""
+    if not _get(Key.REVIEW_REVIEWER) and _get(Key.REVIEWER_NAME):
+        _set(Key.REVIEW_REVIEWER, _get(Key.REVIEWER_NAME))
+
+
+def review_form() -> tuple[str | None, str, str]:
+    """(verdict or None, comment, reviewer) as the review form holds them."""
+    return _get(Key.REVIEW_VERDICT), _get(Key.REVIEW_COMMENT) or "", _get(Key.REVIEW_REVIEWER) or ""
+
+
+def review_recorded(reviewer: str, message: str) -> None:
+    """A review was written: remember the reviewer, clear verdict and comment (in a callback, before the
+    widgets are drawn again)."""
+    _set(Key.REVIEWER_NAME, reviewer)
+    _pop(Key.REVIEW_VERDICT)
+    _pop(Key.REVIEW_COMMENT)
+    _set(Key.REVIEW_OUTCOME, ("success", message))
+
+
+def review_refused(message: str) -> None:
+    """A review was refused: the form keeps what was typed; the message says why."""
+    _set(Key.REVIEW_OUTCOME, ("error", message))
+
+
+def review_outcome() -> tuple[str, str] | None:
+    """The outcome of the last "Record review", shown once."""
+    outcome = _get(Key.REVIEW_OUTCOME)
+    _pop(Key.REVIEW_OUTCOME)
+    return outcome
 
 
 # ---------------------------------------------------------------------------------- train and replay

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from decalign.checkpoint import ModelCard
+from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
 from decalign.safe_output import plotly_text
 
@@ -32,10 +34,11 @@ def space_features(result: InferenceResult, space: str) -> np.ndarray:
 
 
 def colour_values(result: InferenceResult, by: str, modality: str | None,
-                  class_names: list[str] | None = None) -> tuple[np.ndarray, bool]:
+                  class_names: list[str] | None = None, card: ModelCard | None = None) -> tuple[np.ndarray, bool]:
     """(N,) values to colour the samples by, and whether they are continuous (else categories).
 
-    ``error``: "correct"/"wrong" for classification, |prediction - label| for regression. ``prototype``:
+    ``error``: "correct"/"wrong" for classification; for regression the card's error (``result_errors``),
+    |prediction - label| without a card. ``prototype``:
     the most probable training prototype of ``modality`` (argmax of the posteriors). Values that are not
     available (no labels, no prototypes) are "n/a".
     """
@@ -55,6 +58,8 @@ def colour_values(result: InferenceResult, by: str, modality: str | None,
         return (result.labels.astype(float), True) if regression else (_names(result.labels, class_names), False)
     if by == "error":
         if regression:
+            if card is not None:
+                return result_errors(result, card)["error"].to_numpy(dtype=float), True
             return np.abs(result.predictions - result.labels).astype(float), True
         return np.where(result.predictions == result.labels, "correct", "wrong").astype(object), False
     raise ValueError(f"colour_by must be one of {COLOUR_BY}, found {by!r}")

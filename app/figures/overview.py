@@ -33,6 +33,15 @@ def metrics_table(card: ModelCard) -> pd.DataFrame:
     return frame
 
 
+def baseline_table(baseline: dict) -> pd.DataFrame:
+    """The baseline's metrics: one row per split, one column per metric (display names, per-class F1 left out)."""
+    frame = pd.DataFrame(baseline["metrics"]).T
+    frame = frame[[c for c in frame.columns if not str(c).startswith("F1_class_")]]
+    frame.columns = [display_name(c) for c in frame.columns]
+    frame.index.name = "split"
+    return frame
+
+
 def history_frame(rows: list[dict]) -> pd.DataFrame:
     """History rows (``decalign.train.runs.read_history``) flattened to one row per epoch (columns
     ``train/<term>``, ``valid/<metric>``). Empty when the run has no history (an imported or uploaded model).

@@ -6,17 +6,19 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from decalign.checkpoint import ModelCard
 from decalign.data import Split
+from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
 from decalign.safe_output import plotly_text
 from decalign.train.metrics import confusion_matrix
 
 
-def predictions_frame(result: InferenceResult, split: Split) -> pd.DataFrame:
-    """One row per sample: id, raw text (if any), prediction, label, error, probability.
+def predictions_frame(result: InferenceResult, split: Split, card: ModelCard) -> pd.DataFrame:
+    """One row per sample: id, raw text (if any), prediction, label, error, p_label, probability.
 
-    ``error`` is ``|prediction - label|`` for regression and ``1 - p(label)`` (probability mass the model
-    puts off the true class) for classification; ``probability`` is the predicted class's probability.
+    ``error`` (and for classification ``p_label``, the probability given to the true label) is the card's
+    one definition (``decalign.explain.slices.result_errors``); ``probability`` is the predicted class's.
     """
     frame = pd.DataFrame({"id": result.ids})
     if split.raw_text is not None:
@@ -24,14 +26,11 @@ def predictions_frame(result: InferenceResult, split: Split) -> pd.DataFrame:
     frame["prediction"] = result.predictions
     if result.labels is not None:
         frame["label"] = result.labels
-    probs = result.probabilities
-    if probs is None:
-        if result.labels is not None:
-            frame["error"] = np.abs(result.predictions - result.labels)
-    else:
-        if result.labels is not None:
-            frame["error"] = 1.0 - probs[np.arange(len(result)), result.labels]
-        frame["probability"] = probs.max(1)
+        errors = result_errors(result, card)
+        for column in errors.columns:
+            frame[column] = errors[column].to_numpy()
+    if result.probabilities is not None:
+        frame["probability"] = result.probabilities.max(1)
     return frame
 
 

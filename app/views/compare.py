@@ -129,7 +129,7 @@ def _metrics(ra, rb, card_a, card_b) -> None:
 
 
 def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
-    changes = prediction_changes(ra, rb)
+    changes = prediction_changes(ra, rb, a.card, b.card)
     kind = "flipped" if ra.task == "classification" else "changed sign"
     n = int(changes["changed"].sum())
     st.subheader(f"Predictions that changed: {n} {kind}")

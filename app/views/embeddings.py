@@ -74,7 +74,7 @@ def render() -> None:
 
 def _chart(ctx: Context, coords: np.ndarray, rows: np.ndarray, modality: str, colour: str, title: str,
            key: str) -> set[int]:
-    values, continuous = fig.colour_values(ctx.result, colour, modality, ctx.card.class_names)
+    values, continuous = fig.colour_values(ctx.result, colour, modality, ctx.card.class_names, ctx.card)
     hover = fig.hover_texts(ctx.result, ctx.split_data.raw_text)
     figure = fig.scatter_figure(coords, values[rows], continuous, hover[rows], rows, title, colour)
     event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
@@ -86,7 +86,7 @@ def _joint_chart(ctx: Context, joint: Projection, owners: np.ndarray, colour: st
     rows = np.tile(np.arange(n), len(ctx.model.modalities))
     parts, continuous = [], False
     for m in ctx.model.modalities:
-        values, continuous = fig.colour_values(ctx.result, colour, m, ctx.card.class_names)
+        values, continuous = fig.colour_values(ctx.result, colour, m, ctx.card.class_names, ctx.card)
         parts.append(values)
     values = np.concatenate(parts)
     if colour == "prototype":  # the same prototype number means different things in different modalities

@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from app.context import get_context
+from app.context import baseline_view, get_context
 from app.figures import overview as fig
 from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
@@ -34,6 +34,7 @@ def render() -> None:
             st.info("The card records no metrics.")
         else:
             st.dataframe(metrics, key="overview_metrics")
+        _baseline(ctx)
         with st.expander("Configuration"):
             st.code(json.dumps(card.config.to_dict(), indent=2), language="json")
     _training_curves(ctx.run_dir)
@@ -43,6 +44,20 @@ def render() -> None:
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
     right.plotly_chart(fig.label_distribution_figure(ctx.dataset, card.class_names), key="overview_labels")
+
+
+def _baseline(ctx) -> None:
+    st.subheader("Linear baseline")
+    baseline, comparison, note = baseline_view(ctx)
+    if baseline is None:
+        st.info(note or "No linear baseline: it needs labelled train and validation splits.")
+        return
+    if comparison is not None:
+        (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
+    st.caption(f"{baseline['name'].capitalize()} on the input features averaged over time and standardised "
+               f"({baseline['parameter']} = {baseline['value']:g}, chosen on the validation split)."
+               + (f" {note}" if note else ""))
+    st.dataframe(fig.baseline_table(baseline), key="overview_baseline")
 
 
 def _training_curves(run_dir) -> None:

@@ -18,7 +18,7 @@ def render() -> None:
     st.title("Predict")
     st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
-    frame = fig.predictions_frame(ctx.result, ctx.split_data)
+    frame = fig.predictions_frame(ctx.result, ctx.split_data, ctx.card)
     _metrics(ctx)
     shown = fig.filter_frame(frame, **_filters(ctx, frame))
     st.caption(f"{len(shown):,} of {len(frame):,} rows shown; click a row to select that sample.")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app import session
-from app.context import Context, get_context, training_transport
+from app.context import Context, audit_reference, get_context, training_transport
 from app.figures import sample as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
+from decalign.audit.flags import compute_flags
 from decalign.audit.store import VERDICTS
 from decalign.explain import branch_contributions
 from decalign.explain.attention import cross_modal_attention
@@ -67,10 +69,19 @@ def render() -> None:
     counterfactuals = _counterfactuals(ctx, row)
     st.subheader("In plain words")
     # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
-    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, None, story)))
+    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals,
+                                            _flags_row(ctx, row), story)))
     _attributions(ctx, row)
     _attention(ctx, row)
     _review(ctx, sample_id)
+
+
+def _flags_row(ctx: Context, row: int) -> pd.Series | None:
+    """This sample's audit flags, with the Audit page's reference (thresholds calibrated on held-out data)."""
+    reference = audit_reference(ctx).reference
+    if reference is None:
+        return None
+    return compute_flags(ctx.result.subset(np.array([row])), reference, ctx.card).iloc[0]
 
 
 def _pick(ctx: Context) -> int:
@@ -147,7 +158,8 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
-    st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
+    st.markdown("**Nearest training samples** (pooled unique features): those of the same prototype and the same "
+                "answer first, then the rest of the prototype (columns same_prototype, same_answer)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")
     return story
 
@@ -199,19 +211,30 @@ def _review(ctx: Context, sample_id: str) -> None:
     except AuditError as exc:  # e.g. DECALIGN_AUDIT_DB not writable: the rest of the page still works
         st.warning(f"Reviews cannot be recorded: {markdown_text(exc)}")
         return
-    with st.form("sample_review_form", clear_on_submit=True):
-        verdict = st.radio("Verdict on this prediction", VERDICTS, horizontal=True, key="sample_review_verdict")
-        comment = st.text_area("Comment", key="sample_review_comment", max_chars=2000)
-        reviewer = st.text_input("Reviewer", key="sample_review_reviewer")
-        if st.form_submit_button("Record review"):
-            try:
-                trail.record_review(ctx.model_id, ctx.data_id, sample_id, verdict, comment, reviewer)
-                history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
-                st.success("Review recorded.")
-            except AuditError as exc:
-                st.error(markdown_text(exc))
+    session.fill_reviewer()
+    with st.form("sample_review_form", clear_on_submit=False):
+        st.radio("Verdict on this prediction", VERDICTS, index=None, horizontal=True, key=session.Key.REVIEW_VERDICT)
+        st.text_area("Comment", key=session.Key.REVIEW_COMMENT, max_chars=2000)
+        st.text_input("Reviewer (your name; required, remembered while this browser tab is open)",
+                      key=session.Key.REVIEW_REVIEWER)
+        st.form_submit_button("Record review", on_click=_submit_review, args=(trail, ctx.model_id, ctx.data_id,
+                                                                           sample_id))
+    outcome = session.review_outcome()
+    if outcome is not None:
+        (st.success if outcome[0] == "success" else st.error)(markdown_text(outcome[1]))
     if len(history):
         st.dataframe(history[["created_at", "reviewer", "verdict", "comment"]], hide_index=True,
                      key="sample_review_history")
     else:
         st.caption("No reviews of this sample yet.")
+
+
+def _submit_review(trail: AuditTrail, model_id: str, data_id: str, sample_id: str) -> None:
+    """Form callback: record the review, or keep the form as it is and say what is missing."""
+    verdict, comment, reviewer = session.review_form()
+    try:
+        trail.record_review(model_id, data_id, sample_id, verdict, comment, reviewer.strip())
+    except AuditError as exc:
+        session.review_refused(f"Review not recorded: {exc}.")
+        return
+    session.review_recorded(reviewer.strip(), "Review recorded.")

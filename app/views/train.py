@@ -11,16 +11,20 @@ import streamlit as st
 from app import loaders, session
 from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
+from decalign.checkpoint import CheckpointError, load_card
 from decalign.config import ConfigError, DecAlignConfig
 from decalign.data import DataError
+from decalign.defaults import data_defaults, describe
 from decalign.safe_output import markdown_text
 from decalign.train import background as bg
+from decalign.train.baseline import card_comparison
 
 URL_PATH = "train"
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
 TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
-CONFIG_KINDS = ("Demo settings", "Library defaults", "Upload a config file")
+CONFIG_KINDS = ("Chosen from the data", "Demo settings", "Library defaults (official MOSI settings)",
+                "Upload a config file")
 # (section, field, label, kind): the settings the form edits; everything else comes from the base config.
 FIELDS = [
     ("model", "num_prototypes", "Prototypes K", int), ("model", "d_model", "Width d", int),
@@ -57,7 +61,7 @@ def render() -> None:
 
 def _new_run() -> None:
     data = _pick_data()
-    base = _pick_config()
+    base = _pick_config(data[3] if data is not None else None)
     if base is None or data is None:
         return
     config_id = hashlib.sha256(json.dumps(base.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
@@ -82,13 +86,14 @@ def _new_run() -> None:
         st.error(markdown_text(session.train_error()))
 
 
-def _pick_data() -> tuple[bytes | None, str, str] | None:
-    """(bytes, file name, task) of the checked upload, (None, demo name, task) for the demo; None: no data yet."""
+def _pick_data() -> tuple | None:
+    """(bytes, file name, task, dataset) of the checked upload, (None, demo name, task, dataset) for the demo;
+    None: no data yet."""
     kind = st.radio("Data", TRAINING_DATA_KINDS, key="train_data_kind", horizontal=True)
     if kind == TRAINING_DATA_KINDS[0]:
         dataset = loaders.dataset_from_path(DEMO_DATA)[0]
         _glance(dataset, DEMO_DATA.name)
-        return None, DEMO_DATA.name, dataset.task
+        return None, DEMO_DATA.name, dataset.task, dataset
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
                               type=["pkl", "pickle", "npz"], key="train_upload")
     if upload is None:
@@ -100,7 +105,7 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
         st.error(markdown_text(exc))
         return None
     _glance(dataset, upload.name)
-    return data, upload.name, dataset.task
+    return data, upload.name, dataset.task, dataset
 
 
 def _glance(dataset, name: str) -> None:
@@ -110,11 +115,19 @@ def _glance(dataset, name: str) -> None:
     st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
 
 
-def _pick_config() -> DecAlignConfig | None:
+def _pick_config(dataset) -> DecAlignConfig | None:
     kind = st.radio("Start from", CONFIG_KINDS, key="train_config_kind", horizontal=True)
     if kind == CONFIG_KINDS[0]:
-        return DecAlignConfig.from_json(DEMO_CONFIG)
+        if dataset is None:
+            st.info("Pick the data first: the settings are chosen from its number of samples.")
+            return None
+        config = data_defaults(dataset)
+        st.caption(f"Chosen from {len(dataset.splits['train']):,} training samples by the documented rule "
+                   f"(README, 'Settings chosen from the data'): {describe(config)}.")
+        return config
     if kind == CONFIG_KINDS[1]:
+        return DecAlignConfig.from_json(DEMO_CONFIG)
+    if kind == CONFIG_KINDS[2]:
         return DecAlignConfig()
     upload = st.file_uploader("Configuration (this project's JSON or an official DecAlign config)", type=["json"],
                               key="train_config_upload")
@@ -128,9 +141,9 @@ def _pick_config() -> DecAlignConfig | None:
         return None
 
 
-def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: dict, run_name: str) -> None:
+def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> None:
     session.set_train_error(None)
-    content, filename, task = data
+    content, filename, task, _ = data
     try:
         config = base.override([f"{s}.{n}={v}" for (s, n), v in values.items()])
     except ConfigError as exc:
@@ -175,6 +188,7 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
     elif name == "finished":
         st.success(f"Finished after epoch {state.epoch}. Open it on the Compare or Replay page, or pick it "
                    "as 'Training run' in the sidebar to explore it on every page.")
+        _baseline(run_dir)
     elif name in bg.RESUMABLE:
         message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
         error = f" {markdown_text(state.error)}" if state.error else ""
@@ -186,6 +200,16 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
                 st.error(f"Cannot resume: {markdown_text(exc)}")
                 return
             st.rerun()  # full rerun: the fragment now refreshes every second
+
+
+def _baseline(run_dir: Path) -> None:
+    try:
+        comparison = card_comparison(load_card(run_dir))
+    except CheckpointError as exc:
+        st.warning(f"The run's card cannot be read: {markdown_text(exc)}")
+        return
+    if comparison is not None:
+        (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
 
 
 def _details(run_dir: Path) -> None:

@@ -38,7 +38,7 @@ from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import dataset_convention
+from .metrics import ERRORS, dataset_convention
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -174,8 +174,7 @@ class Trainer:
         train = self.dataset.splits["train"]
         classes = self.dataset.num_classes if self.task == "classification" else None
         extra = {"selection_metric": self.selection, "selection_mode": self.mode,
-                 "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode,
-                 "metric_convention": self.convention}
+                 "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode}
         if not self.transform.is_identity:
             extra[TRANSFORM_KEY] = self.transform.to_dict()
         return ModelCard(
@@ -183,6 +182,7 @@ class Trainer:
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
             label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
+            metric_convention=self.convention, error=ERRORS[self.convention],
             extra=extra,
         )
 
@@ -314,7 +314,8 @@ class Trainer:
             self.card.extra.update(status=status, epochs_run=self.state.epoch,
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)
-            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
+            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"],
+                                     self.dataset.splits["valid"])
         self._write_status(status)
         distributed.barrier(self.dist)
 
