@@ -50,6 +50,7 @@ from .runs import (
     write_history,
     write_status,
 )
+from .sizing import cap_prototypes
 
 LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
 BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
@@ -107,7 +108,8 @@ class Trainer:
     def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
                  device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
                  replay: bool = False):
-        self.dataset, self.config, self.run_dir = dataset, config.validate(), Path(run_dir)
+        self.dataset, self.run_dir = dataset, Path(run_dir)
+        self.config, self.size_note = cap_prototypes(config.validate(), dataset)
         self.dist = distributed.context_from_env()  # a world of one unless started by torchrun
         self.device = distributed.rank_device(self.dist, resolve_device(device))
         distributed.init_process_group(self.dist, self.device)
@@ -169,10 +171,11 @@ class Trainer:
         return ModelCard(
             config=self.config, widths=self.dataset.widths, task=self.task, output_dim=classes or 1,
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
-            label_range=[float(train.labels.min()), float(train.labels.max())],
+            class_names=self.dataset.class_names if classes else None, label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
             extra={"selection_metric": self.selection, "selection_mode": self.mode,
-                   "metric_convention": self.convention},
+                   "metric_convention": self.convention,
+                   **({"prototype_note": self.size_note} if self.size_note else {})},
         )
 
     def _class_weight(self) -> torch.Tensor | None:
