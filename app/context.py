@@ -35,6 +35,31 @@ class Context:
     result: InferenceResult  # inference on the current split (cached)
     reference: TrainingReference | None
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The card's class names, else the data's when they name as many classes as the model has."""
+        if self.card.class_names:
+            return self.card.class_names
+        names = self.dataset.class_names
+        return names if names and self.card.task == "classification" and len(names) == self.card.output_dim else None
+
+    def class_name(self, k: int) -> str:
+        names = self.class_names
+        return names[k] if names and 0 <= k < len(names) else str(k)
+
+
+@dataclass
+class Side:
+    """One of the two models trained identically but for the alignment weights, on the current data."""
+
+    title: str  # "with alignment" | "without alignment"
+    label: str  # the model's name in the sidebar
+    model: DecAlign
+    card: ModelCard
+    model_id: str
+    result: InferenceResult
+    reference: TrainingReference | None
+
 
 def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
@@ -72,6 +97,21 @@ def current_split(dataset: MultimodalDataset) -> str:
 
 def widths_text(widths: dict[str, int]) -> str:
     return ", ".join(f"{markdown_text(m)} (width {d})" for m, d in widths.items())
+
+
+def alignment_sides(ctx: Context) -> tuple[Side, Side] | None:
+    """The bundled demo and its no-alignment twin on the current data and split, when the current model
+    is one of them (``loaders.alignment_pair``); None otherwise."""
+    pair = loaders.alignment_pair(loaders.current_model())
+    if pair is None:
+        return None
+    sides = []
+    for title, source in zip(("with alignment", "without alignment"), pair):
+        model, card, model_id = loaders.load(source)
+        result = loaders.inference(model_id, ctx.data_id, ctx.split, model, card, ctx.split_data)
+        sides.append(Side(title, source.label, model, card, model_id, result,
+                          loaders.reference(str(source.path), model_id)))
+    return sides[0], sides[1]
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

@@ -111,3 +111,21 @@ def overlap_sentence(overlap: Separability | None, separation: Separability | No
         parts.append(f"Finding the {what} ({separation.groups} groups) from a point's neighbours: balanced "
                      f"accuracy {separation.accuracy:.2f} (chance {separation.chance:.2f}), so {verdict}.")
     return " ".join(parts)
+
+
+NEGLIGIBLE = 0.1  # a change of the above-chance share smaller than this is called "barely"
+
+
+def alignment_effect_sentence(with_alignment: Separability, without_alignment: Separability,
+                              space: str = "the aligned common space") -> str:
+    """What alignment did to the overlap of the modalities in ``space``, from the two models' numbers,
+    said plainly, including when it did (almost) nothing."""
+    a, b = with_alignment, without_alignment
+    numbers = (f"a classifier tells the modalities apart with balanced accuracy {a.accuracy:.2f} with alignment "
+               f"and {b.accuracy:.2f} without (chance {a.chance:.2f})")
+    change = b.above_chance - a.above_chance  # positive: alignment made them harder to tell apart
+    if abs(change) < NEGLIGIBLE:
+        return f"Alignment barely changes how the modalities overlap in {space}: {numbers}."
+    if change > 0:
+        return f"With alignment the modalities overlap more in {space}: {numbers}."
+    return f"With alignment the modalities overlap less in {space}: {numbers}."

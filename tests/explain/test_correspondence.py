@@ -17,6 +17,7 @@ from decalign.explain.correspondence import (
     correspondences,
     diagonal_order,
     exact_matching,
+    main_flows,
 )
 from decalign.explain.transport_view import label_groups, prototype_table, solve_plan
 from decalign.model import Prototypes
@@ -105,3 +106,23 @@ def test_purities_come_from_the_given_features_with_class_names():
     table = prototype_table(features, protos, label_groups(labels, "classification", names))
     first = table[(table.modality == "a") & (table.prototype == 0)].iloc[0]
     assert first["majority_label"] == "zero" and first["purity"] == pytest.approx(0.75) and first["size"] == 4
+
+
+def test_main_flows_keep_the_largest_flows_of_each_prototype_and_say_how_much_is_shown():
+    plan = np.array([[0.30, 0.05, 0.00], [0.01, 0.20, 0.09], [0.10, 0.004, 0.246]])
+    matching = np.array([[0.35, 0.0, 0.0], [0.0, 0.25, 0.05], [0.06, 0.0, 0.29]])
+    pair = correspondences_stub("a", "b", plan, matching)
+    links, share = main_flows({("a", "b"): pair}, ["a", "b"], exact=False, per_node=1)
+    assert links[["source", "target"]].values.tolist() == [["a:0", "b:0"], ["a:1", "b:1"], ["a:2", "b:2"]]
+    assert share == pytest.approx((0.30 + 0.20 + 0.246) / plan.sum())
+    links, share = main_flows({("a", "b"): pair}, ["b", "a"], exact=True, per_node=2)  # the pair read backwards
+    assert set(map(tuple, links[["source", "target"]].values.tolist())) == {
+        ("b:0", "a:0"), ("b:0", "a:2"), ("b:1", "a:1"), ("b:2", "a:2"), ("b:2", "a:1")}
+    assert share == pytest.approx(1.0)  # the exact matching has at most 2 flows per prototype here
+
+
+def correspondences_stub(a, b, plan, matching):
+    from decalign.explain.correspondence import PairCorrespondence
+
+    k = np.arange(plan.shape[0])
+    return PairCorrespondence(a, b, plan, matching, np.zeros_like(plan), k, k, pd.DataFrame())

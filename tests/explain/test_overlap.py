@@ -92,3 +92,15 @@ def test_inference_keeps_the_distribution_encoders_outputs(trained, digits_data)
         np.testing.assert_allclose(result.distribution[m], out.distribution[m].numpy(), rtol=1e-5, atol=1e-5)
     picked = result.subset(np.array([3, 1]))
     np.testing.assert_array_equal(picked.distribution["pixel"], result.distribution["pixel"][[3, 1]])
+
+
+def test_the_alignment_effect_is_said_plainly_including_no_effect():
+    from decalign.explain.overlap import Separability, alignment_effect_sentence
+
+    def s(acc):
+        return Separability(acc, 1 / 3, 3, 900, 5)
+    assert alignment_effect_sentence(s(0.97), s(1.0)).startswith("Alignment barely changes how the modalities")
+    assert "balanced accuracy 0.97 with alignment and 1.00 without (chance 0.33)" in \
+        alignment_effect_sentence(s(0.97), s(1.0))
+    assert alignment_effect_sentence(s(0.40), s(0.95)).startswith("With alignment the modalities overlap more")
+    assert alignment_effect_sentence(s(0.95), s(0.40)).startswith("With alignment the modalities overlap less")
