@@ -37,15 +37,23 @@ class Context:
 
     @property
     def class_names(self) -> list[str] | None:
-        """The card's class names, else the data's when they name as many classes as the model has."""
-        if self.card.class_names:
-            return self.card.class_names
-        names = self.dataset.class_names
-        return names if names and self.card.task == "classification" and len(names) == self.card.output_dim else None
+        """The card's class names, else the data's when they name as many classes as the model has; a name
+        given twice (a card may hold anything) gets its class number, so charts never merge two classes."""
+        names = self.card.class_names
+        if not names:
+            names = self.dataset.class_names
+            if not (names and self.card.task == "classification" and len(names) == self.card.output_dim):
+                return None
+        return distinct_names(names)
 
     def class_name(self, k: int) -> str:
         names = self.class_names
         return names[k] if names and 0 <= k < len(names) else str(k)
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """``names`` with every repeated name followed by its position: ``["x", "x"]`` -> ``["x (0)", "x (1)"]``."""
+    return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 @dataclass

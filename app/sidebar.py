@@ -222,7 +222,7 @@ def _try_data(data: bytes, name: str) -> None:
         _, digest = load_upload(data, name, card)
     except DataError as exc:
         kept = session.data_source().label if session.data_source().kind == "upload" else "the bundled data"
-        session.set_error(Key.DATA_ERROR, f"Refused, still using {kept}: {exc}")
+        session.set_error(Key.DATA_ERROR, f"{exc} (not loaded: still using {kept})")
         session.clear_uploader(Key.DATA_UPLOAD_GEN)  # the refused file is not in use: do not list it
         return
     session.use_uploaded_data(name, digest, data)

@@ -114,5 +114,6 @@ def label_distribution_figure(dataset: MultimodalDataset, class_names: list[str]
 def class_labels(num_classes: int, class_names: list[str] | None) -> list[str]:
     """Axis labels of the classes 0..C-1: their names (escaped for plotly) or their indices."""
     if class_names:
-        return [plotly_text(class_names[i]) if i < len(class_names) else str(i) for i in range(num_classes)]
+        names = [class_names[i] if i < len(class_names) else str(i) for i in range(num_classes)]
+        return [plotly_text(f"{n} ({i})" if names.count(n) > 1 else n) for i, n in enumerate(names)]
     return [str(i) for i in range(num_classes)]
