@@ -37,6 +37,39 @@ class Context:
     result: InferenceResult  # inference on the current split (cached)
     reference: TrainingReference | None
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The card's class names, else the data's when they name as many classes as the model has; a name
+        given twice (a card may hold anything) gets its class number, so charts never merge two classes."""
+        names = self.card.class_names
+        if not names:
+            names = self.dataset.class_names
+            if not (names and self.card.task == "classification" and len(names) == self.card.output_dim):
+                return None
+        return distinct_names(names)
+
+    def class_name(self, k: int) -> str:
+        names = self.class_names
+        return names[k] if names and 0 <= k < len(names) else str(k)
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """``names`` with every repeated name followed by its position: ``["x", "x"]`` -> ``["x (0)", "x (1)"]``."""
+    return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+@dataclass
+class Side:
+    """One of the two models trained identically but for the alignment weights, on the current data."""
+
+    title: str  # "with alignment" | "without alignment"
+    label: str  # the model's name in the sidebar
+    model: DecAlign
+    card: ModelCard
+    model_id: str
+    result: InferenceResult
+    reference: TrainingReference | None
+
 
 def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
@@ -92,6 +125,21 @@ def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
         result = loaders.inference(ctx.model_id, ctx.data_id, split, ctx.model, ctx.card, part)
         metrics = result_metrics(result, ctx.card)
     return loaders.baseline(ctx.model_id, ctx.data_id, ctx.card, ctx.dataset, ctx.data_label, split, metrics)
+
+
+def alignment_sides(ctx: Context) -> tuple[Side, Side] | None:
+    """The bundled demo and its no-alignment twin on the current data and split, when the current model
+    is one of them (``loaders.alignment_pair``); None otherwise."""
+    pair = loaders.alignment_pair(loaders.current_model())
+    if pair is None:
+        return None
+    sides = []
+    for title, source in zip(("with alignment", "without alignment"), pair):
+        model, card, model_id = loaders.load(source)
+        result = loaders.inference(model_id, ctx.data_id, ctx.split, model, card, ctx.split_data)
+        sides.append(Side(title, source.label, model, card, model_id, result,
+                          loaders.reference(str(source.path), model_id)))
+    return sides[0], sides[1]
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

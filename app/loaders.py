@@ -73,6 +73,23 @@ def default_model() -> session.ModelSource | None:
     return session.ModelSource("dir", "bundled demo", demo) if (demo / "card.json").is_file() else None
 
 
+def twin_model() -> session.ModelSource | None:
+    """The bundled demo's no-alignment twin (``decalign demo`` trains both), None when it is not there."""
+    from decalign.cli.demo import twin_dir
+
+    twin = twin_dir(demo_model_dir())
+    return session.ModelSource("dir", "demo without alignment", twin) if (twin / "card.json").is_file() else None
+
+
+def alignment_pair(source: session.ModelSource | None) -> tuple[session.ModelSource, session.ModelSource] | None:
+    """(with alignment, without alignment) when ``source`` is the bundled demo or its twin, else None:
+    the two models trained identically except for the alignment weights."""
+    demo, twin = default_model(), twin_model()
+    if demo is None or twin is None or source is None or source.path not in (demo.path, twin.path):
+        return None
+    return demo, twin
+
+
 def current_model() -> session.ModelSource | None:
     """The model the sidebar chose, else the bundled demo (None when neither is there)."""
     return session.model_source() or default_model()

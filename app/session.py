@@ -25,6 +25,10 @@ class Key(StrEnum):
     DATA_ERROR = "data_error"
     DATA_UPLOAD_BYTES = "data_upload_bytes"  # sha256 -> bytes of the upload in use
     DATA_UPLOAD_SEEN = "data_upload_seen"
+    DATA_UPLOAD_GEN = "data_upload_gen"  # bumped to clear the uploader (a refused or dropped file)
+    MODEL_ZIP_GEN = "model_zip_gen"
+    NOTICE = "notice"  # a one-off note for the sidebar (e.g. a link whose upload cannot be restored)
+    QUERY_READ = "query_read"  # the address's query parameters were applied in this session
     SPLIT = "split"
     # Sidebar widgets
     MODEL_KIND = "model_kind"
@@ -35,6 +39,9 @@ class Key(StrEnum):
     SELECTED_SAMPLE = "selected_sample"
     SAMPLE_ID = "sample_id"  # the Sample page's selectbox
     SAMPLE_SYNCED = "sample_synced"  # the selected sample the selectbox last took over
+    SAMPLE_SWAP = "sample_swap_with"  # the what-if tab's swap partner
+    # Embeddings, Prototypes and Alignment pages: side by side with the no-alignment twin
+    TWIN_VIEW = "twin_view"
     # Audit page
     AUDIT_RECORDED = "audit_recorded"  # (model_id, data_id, split) already written to the trail
     AUDIT_REPORT = "audit_report"  # ((model_id, data_id, split), html)
@@ -98,7 +105,12 @@ def data_source() -> DataSource:
 
 
 def use_bundled_data() -> None:
+    """The model's bundled data becomes current: the upload is dropped, its uploader emptied, its error gone."""
+    if data_source().kind == "upload":
+        clear_uploader(Key.DATA_UPLOAD_GEN)
     _set(Key.DATA_SOURCE, BUNDLED_DATA)
+    _pop(Key.DATA_UPLOAD_BYTES)
+    _pop(Key.DATA_ERROR)
 
 
 def use_uploaded_data(name: str, digest: str, data: bytes) -> None:
@@ -106,6 +118,17 @@ def use_uploaded_data(name: str, digest: str, data: bytes) -> None:
     _set(Key.DATA_UPLOAD_BYTES, {digest: data})
     _set(Key.DATA_SOURCE, DataSource("upload", name, digest))
     _pop(Key.DATA_ERROR)
+
+
+def uploader_key(base: str, generation: Key) -> str:
+    """The key of an uploader that :func:`clear_uploader` can empty (a new key is a new, empty widget)."""
+    n = _get(generation, 0)
+    return base if n == 0 else f"{base}_{n}"
+
+
+def clear_uploader(generation: Key) -> None:
+    """Empty the uploader counted by ``generation``, so it never lists a file that is not in use."""
+    _set(generation, _get(generation, 0) + 1)
 
 
 def upload_bytes(digest: str) -> bytes:
@@ -127,6 +150,21 @@ def error(key: Key) -> str | None:
 
 def set_error(key: Key, message: str) -> None:
     _set(key, message)
+
+
+def clear_error(key: Key) -> None:
+    _pop(key)
+
+
+def notice() -> str | None:
+    return _get(Key.NOTICE)
+
+
+def set_notice(message: str | None) -> None:
+    if message is None:
+        _pop(Key.NOTICE)
+    else:
+        _set(Key.NOTICE, message)
 
 
 def first_sight(key: Key, file_id: str) -> bool:
@@ -161,6 +199,28 @@ def set_widget(key: Key, value: Any) -> None:
 
 def widget(key: Key) -> Any:
     return _get(key)
+
+
+# --------------------------------------------------------------------------------- the address
+
+
+def query_params_once() -> dict[str, str] | None:
+    """The address's query parameters on the session's first run (a refresh or a shared link is a new
+    session), else None: they are applied once, then the address follows the sidebar."""
+    if _get(Key.QUERY_READ):
+        return None
+    _set(Key.QUERY_READ, True)
+    return {k: st.query_params.get(k) for k in st.query_params}
+
+
+def write_query_params(values: dict[str, str | None]) -> None:
+    """Show the current choices in the address (entries that are None are removed), without a rerun."""
+    for key, value in values.items():
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != value:
+            st.query_params[key] = value
 
 
 # --------------------------------------------------------------------------------- sticky choices

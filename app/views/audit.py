@@ -120,6 +120,8 @@ def _slices(ctx: Context, result, audit: AuditResult) -> None:
         st.caption("One row per class: precision, recall and F1 of that class against all others, its support "
                    "(n) and how often it was predicted.")
     table = audit.slices if by == audit.slice_by else slice_metrics(result, audit.flags, ctx.card, by=by)
+    if by in ("class", "label_bin") and ctx.class_names:  # class slices by name
+        table["slice"] = table["slice"].map(lambda v: ctx.class_name(int(v)) if str(v).isdigit() else v)
     st.dataframe(table, hide_index=True, key="audit_slices")
 
 
@@ -128,7 +130,7 @@ def _quality(ctx: Context, result) -> None:
         st.plotly_chart(fig.residual_figure(result), key="audit_residuals")
         return
     left, right = st.columns(2)
-    left.plotly_chart(fig.confusion_figure(result, ctx.card.class_names), key="audit_confusion")
+    left.plotly_chart(fig.confusion_figure(result, ctx.class_names), key="audit_confusion")
     right.plotly_chart(fig.reliability_figure(result), key="audit_reliability")
 
 
@@ -181,8 +183,11 @@ def _trail_section(ctx: Context) -> None:
         return
     st.caption(f"{markdown_text(trail.path)}: newest predictions and reviews of this model.")
     tabs = st.tabs(["Predictions", "Reviews"])
-    tabs[0].dataframe(predictions.astype(str), hide_index=True, key="audit_trail_predictions")
-    tabs[1].dataframe(reviews, hide_index=True, key="audit_trail_reviews")
+    for tab, table, key in ((tabs[0], predictions.astype(str), "audit_trail_predictions"),
+                            (tabs[1], reviews, "audit_trail_reviews")):
+        shown, helps = fig.shorten_hashes(table)
+        tab.dataframe(shown, hide_index=True, key=key,
+                      column_config={c: st.column_config.TextColumn(c, help=h) for c, h in helps.items()})
     table = st.radio("Export", ["predictions", "reviews"], horizontal=True, key="audit_export_table")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "audit.csv"

@@ -52,28 +52,72 @@ def _key(ctx: Context) -> tuple[str, str, str]:
     return ctx.model_id, ctx.data_id, ctx.split
 
 
+TABS = ("Prediction", "Why", "What if", "Alignment", "Review")
+
+
 def render() -> None:
     ctx = get_context()
     st.title("Sample")
     row = _pick(ctx)
     sample_id = str(ctx.result.ids[row])
     _header(ctx, row)
-    _raw_inputs(ctx, row)
-    st.subheader("Why this prediction: exact branch contributions")
     contributions = branch_contributions(ctx.result, row)
-    output = _output_name(ctx, row)
-    st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
-    st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
-               f"up exactly to {output}.")
-    story = _prototypes(ctx, row)
-    counterfactuals = _counterfactuals(ctx, row)
+    story = _story_for(ctx, row)
+    counterfactuals = _counterfactual_for(ctx, row)
     st.subheader("In plain words")
     # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
     st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals,
                                             _flags_row(ctx, row), story)))
-    _attributions(ctx, row)
-    _attention(ctx, row)
-    _review(ctx, sample_id)
+    prediction, why, what_if, alignment, review = st.tabs(TABS)
+    with prediction:
+        _probabilities(ctx, row)
+        _raw_inputs(ctx, row)
+    with why:
+        _contributions(ctx, row, contributions)
+        _attributions(ctx, row)
+        _attention(ctx, row)
+    with what_if:
+        _counterfactuals(ctx, row)
+    with alignment:
+        _prototypes(ctx, row)
+    with review:
+        _review(ctx, sample_id)
+
+
+def _story_for(ctx: Context, row: int) -> PrototypeStory | None:
+    """The sample's prototype story (cached), when the card has prototypes and the run a reference."""
+    plan = training_transport(ctx) if ctx.result.posteriors is not None else None
+    return None if plan is None else _story(*_key(ctx), row, ctx, plan)
+
+
+def _swap_row(ctx: Context, row: int) -> int:
+    """The what-if tab's swap partner: the picker's choice, else the next sample."""
+    ids = [str(i) for i in ctx.result.ids]
+    chosen = session.widget(session.Key.SAMPLE_SWAP)
+    return ids.index(chosen) if chosen in ids else (row + 1) % len(ids)
+
+
+def _counterfactual_for(ctx: Context, row: int) -> pd.DataFrame | None:
+    if ctx.reference is None:
+        return None
+    return _counterfactual_frame(*_key(ctx), row, _swap_row(ctx, row), ctx)
+
+
+def _contributions(ctx: Context, row: int, contributions: pd.DataFrame) -> None:
+    st.subheader("Exact branch contributions")
+    output = _output_name(ctx, row)
+    st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
+    st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
+               f"up exactly to {output}.")
+
+
+def _probabilities(ctx: Context, row: int) -> None:
+    if ctx.card.task != "classification":
+        return
+    names = [ctx.class_name(k) for k in range(ctx.result.outputs.shape[1])]
+    st.plotly_chart(fig.probability_figure(ctx.result.probabilities[row], names,
+                                           None if ctx.result.labels is None else int(ctx.result.labels[row])),
+                    key="sample_probabilities")
 
 
 def _flags_row(ctx: Context, row: int) -> pd.Series | None:
@@ -99,8 +143,7 @@ def _output_name(ctx: Context, row: int) -> str:
 
 
 def _class_name(ctx: Context, k: int) -> str:
-    names = ctx.card.class_names
-    return names[k] if names and k < len(names) else str(k)
+    return ctx.class_name(k)
 
 
 def _header(ctx: Context, row: int) -> None:
@@ -139,7 +182,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
 
 
 def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
-    st.subheader("Prototypes and transport")
+    st.subheader("Where the sample sits among the training prototypes")
     if ctx.result.posteriors is None:
         st.info("The model card has no training prototypes, so no prototype assignment can be shown.")
         return None
@@ -171,8 +214,9 @@ def _counterfactuals(ctx: Context, row: int) -> pd.DataFrame | None:
                 "training reference; this run has none.")
         return None
     ids = [str(i) for i in ctx.result.ids]
-    other = st.selectbox("Swap in the modality from sample", ids, index=(row + 1) % len(ids),
-                         key="sample_swap_with")
+    swap = _swap_row(ctx, row)
+    session.set_widget(session.Key.SAMPLE_SWAP, ids[swap])
+    other = st.selectbox("Swap in the modality from sample", ids, key=session.Key.SAMPLE_SWAP)
     frame = _counterfactual_frame(*_key(ctx), row, ids.index(other), ctx)
     st.plotly_chart(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
     st.dataframe(frame, hide_index=True, key="sample_counterfactual_table")

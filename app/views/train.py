@@ -18,6 +18,7 @@ from decalign.defaults import data_defaults, describe
 from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 from decalign.train.baseline import card_comparison
+from decalign.train.metrics import display_name
 
 URL_PATH = "train"
 DEMO_DATA = loaders.DEMO_DATA
@@ -46,14 +47,25 @@ def render() -> None:
     if not runs:
         st.info("No runs yet.")
         return
+    active = any(r.state in bg.ACTIVE for r in runs)
+    # The table, the chosen run and its progress are drawn from one reading of the runs' files, every second
+    # while any run is active: the table and the progress bar never disagree.
+    st.fragment(_runs_panel, run_every=1.0 if active else None)(active)
+
+
+def _runs_panel(was_active: bool) -> None:
+    runs = bg.list_runs()
+    views = {r.name: bg.live_view(r.path) for r in runs if r.state in bg.ACTIVE}
+    if was_active and not views:
+        st.rerun()  # the last active run just ended: redraw the page once (no more refreshing)
     st.subheader("Runs")
-    st.dataframe(fig.runs_table(runs), hide_index=True, key="train_runs_table")
+    st.dataframe(fig.runs_table(runs, {n: v.progress for n, v in views.items()}), hide_index=True,
+                 key="train_runs_table")
     names = [r.name for r in runs]
     session.followed_run(names)
     name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN)
-    run_dir = next(r.path for r in runs if r.name == name)
-    active = bg.run_state(run_dir).state in bg.ACTIVE
-    st.fragment(_live, run_every=1.0 if active else None)(str(run_dir), active)
+    run = next(r for r in runs if r.name == name)
+    _live(run, views.get(name) or bg.live_view(run.path))
 
 
 # --------------------------------------------------------------------------------------------- new run
@@ -112,7 +124,9 @@ def _glance(dataset, name: str) -> None:
     modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
     st.caption(f"{markdown_text(name)}: {dataset.task}, modalities {markdown_text(modalities)}, splits "
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
-    st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
+    for warning in dataset.report.warnings:
+        st.warning(markdown_text(f"Small data: {warning}."))
+    st.plotly_chart(label_distribution_figure(dataset, dataset.class_names), key="train_data_labels")
 
 
 def _pick_config(dataset) -> DecAlignConfig | None:
@@ -160,21 +174,31 @@ def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> No
 # ------------------------------------------------------------------------------------------- live view
 
 
-def _live(run_dir: str, was_active: bool) -> None:
-    view = bg.live_view(run_dir)
+def _live(run: bg.RunInfo, view: bg.LiveView) -> None:
     state, progress, history = view.state, view.progress, view.history
-    if was_active and state.state not in bg.ACTIVE:
-        st.rerun()  # the run just ended: redraw the page once, the table and the buttons change
     fraction, text = fig.progress_text(progress, state.state)
     st.progress(fraction, text=text)
-    _controls(Path(run_dir), state)
+    _controls(run.path, state)
+    if state.state == "finished":
+        _test_metrics(run)
     if state.state in bg.ACTIVE and progress and progress.get("batches"):
         st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)
         left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")
         right.plotly_chart(fig.valid_metrics_figure(history), key="train_valid_metrics")
-    _details(Path(run_dir))
+    _details(run.path)
+
+
+def _test_metrics(run: bg.RunInfo) -> None:
+    """The finished run's metrics on the test split (the best epoch's weights), as the card records them."""
+    shown = {k: v for k, v in run.test_metrics.items() if not k.startswith("F1_class_")}
+    if not shown:
+        st.caption("The data has no labelled test split: no test metrics.")
+        return
+    st.markdown(f"**Test metrics** (best epoch {run.best_epoch})")
+    for column, (key, value) in zip(st.columns(len(shown)), shown.items()):
+        column.metric(display_name(key), f"{value:.4f}")
 
 
 def _controls(run_dir: Path, state: bg.RunState) -> None:
@@ -221,3 +245,13 @@ def _details(run_dir: Path) -> None:
         log = run_dir / "train.log"
         if log.exists():
             st.code(log.read_text(encoding="utf-8", errors="replace")[-3000:] or "(empty)", language="text")
+
+
+def _card_note(run_dir: Path) -> str | None:
+    """The run card's note on how the number of prototypes was fitted to the data, if any."""
+    if not (run_dir / "card.json").is_file():
+        return None
+    try:
+        return load_card(run_dir).extra.get("prototype_note")
+    except (CheckpointError, OSError):
+        return None

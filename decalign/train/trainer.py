@@ -52,6 +52,7 @@ from .runs import (
     write_status,
 )
 from .selection import scheduler_rule, selection_rule, with_composites
+from .sizing import cap_prototypes
 
 LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
 BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
@@ -109,7 +110,8 @@ class Trainer:
     def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
                  device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
                  replay: bool = False):
-        self.config, self.run_dir = config.validate(), Path(run_dir)
+        self.run_dir = Path(run_dir)
+        self.config, self.size_note = cap_prototypes(config.validate(), dataset)
         self.dist = distributed.context_from_env()  # a world of one unless started by torchrun
         self.device = distributed.rank_device(self.dist, resolve_device(device))
         distributed.init_process_group(self.dist, self.device)
@@ -177,9 +179,12 @@ class Trainer:
                  "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode}
         if not self.transform.is_identity:
             extra[TRANSFORM_KEY] = self.transform.to_dict()
+        if self.size_note:
+            extra["prototype_note"] = self.size_note
         return ModelCard(
             config=self.config, widths=self.dataset.widths, task=self.task, output_dim=classes or 1,
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
+            class_names=self.dataset.class_names if classes else None,
             label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
             metric_convention=self.convention, error=ERRORS[self.convention],

@@ -95,12 +95,16 @@ def test_history_figures_from_history_json(tmp_path):
     assert "__float__" in (tmp_path / "history.json").read_text()
     history = overview.history_frame(read_history(tmp_path))
     figs = overview.history_figures(history)
-    assert set(figs) == {"Loss terms", "Alignment levels", "Validation metrics"}
-    assert [t.name for t in figs["Loss terms"].data] == ["total", "task"]
-    np.testing.assert_allclose(figs["Loss terms"].data[0].y, [3.0, 1.5, 1.0])
-    assert [t.name for t in figs["Validation metrics"].data] == ["Acc", "Corr"]  # per-class F1 left out
-    np.testing.assert_array_equal(np.asarray(figs["Validation metrics"].data[1].y, dtype=float),
+    scores, corr = "Validation accuracy and F1 (0 to 1, higher is better)", "Validation correlation"
+    losses, levels = "Loss terms (training split)", "Alignment levels (training split, log scale)"
+    assert set(figs) == {losses, levels, scores, corr}  # one metric family per chart
+    assert [t.name for t in figs[losses].data] == ["total", "task"]
+    np.testing.assert_allclose(figs[losses].data[0].y, [3.0, 1.5, 1.0])
+    assert [t.name for t in figs[scores].data] == ["Acc"]  # per-class F1 left out
+    assert figs[levels].layout.yaxis.type == "log"
+    np.testing.assert_array_equal(np.asarray(figs[corr].data[0].y, dtype=float),
                                   [0.1, np.nan, 0.3])  # numbers, never the marker dicts
+    assert figs[losses].layout.xaxis.dtick == 1 and figs[losses].layout.xaxis.tickformat == "d"
     assert overview.history_frame(read_history(None)).empty and overview.history_figures(pd.DataFrame()) == {}
 
 
@@ -126,8 +130,11 @@ def test_plan_cells_read_the_plan():
 def test_assignment_table_and_sequence_padding():
     table = sample.assignment_table({"a": np.array([0.2, 0.7, 0.1]), "b": np.array([0.9, 0.1])})
     assert list(table["prototype"]) == [1, 0] and table["posterior"].tolist() == pytest.approx([0.7, 0.9])
-    fig = sample.sequence_figure(torch.ones(4, 3).numpy(), "a", length=2)
+    fig = sample.sequence_figure(torch.ones(4, 12).numpy(), "a", length=2)  # wide: a heatmap
     z = np.asarray(fig.data[0].z, dtype=float)
     assert np.isnan(z[2:]).all() and (z[:2] == 1).all()
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.yaxis.dtick == 1
+    lines = sample.sequence_figure(np.arange(12.0).reshape(4, 3), "narrow", length=3)  # 3 features: lines
+    assert [t.type for t in lines.data] == ["scatter"] * 3 and list(lines.data[1].y) == [1.0, 4.0, 7.0]
     bars = sample.sequence_figure(np.array([[0.5, -1.0, 2.0]]), "vector")
     assert bars.data[0].type == "bar" and list(bars.data[0].y) == [0.5, -1.0, 2.0]

@@ -62,12 +62,13 @@ def test_predict_table_metrics_and_selection(page_test, demo_dir):
     frame = at.dataframe[0].value
     assert len(frame) == len(split)
     expected = run_inference(model, split, task=card.task).predictions
-    np.testing.assert_array_equal(frame["prediction"].to_numpy(), expected)
+    np.testing.assert_array_equal(frame["prediction_index"].to_numpy(), expected)
+    assert frame["prediction"].tolist() == [card.class_names[k] for k in expected]  # shown by name
     accuracy = next(m for m in at.metric if m.label == "Acc")
     assert float(accuracy.value) == pytest.approx(float(np.mean(expected == split.labels)), abs=1e-4)
     assert _charts(at) == 1
-    at.multiselect[0].set_value([3]).run()
-    assert set(_ok(at).dataframe[0].value["label"]) == {3}
+    at.multiselect[0].set_value([card.class_names[3]]).run()
+    assert set(_ok(at).dataframe[0].value["label_index"]) == {3}
 
 
 def test_sample_page_opens_selected_sample(page_test, demo_dir):
@@ -124,7 +125,7 @@ def test_fitting_npz_upload_replaces_the_data(page_test, demo_npz):
     at = _ok(_upload_data(page_test("predict").run(), demo_npz))
     assert not at.error
     assert len(at.dataframe[0].value) == 50
-    assert f"Using: **{demo_npz.name}**" in [shown(c.value) for c in at.caption]
+    assert f"Data in use: **{demo_npz.name}** (uploaded)" in shown(at.info[0].value)
 
 
 def test_mismatched_mmsa_upload_is_refused_and_data_kept(page_test, tav_pickle):
