@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
 import streamlit as st
@@ -23,7 +22,7 @@ from decalign.checkpoint import ModelCard, card_data_path, load_model, load_mode
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
 from decalign.data.transform import TRANSFORM_KEY
 from decalign.device import resolve_device
-from decalign.explain.projection import warm_up_umap
+from decalign.explain.projection import ProjectionWorker
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
@@ -207,8 +206,14 @@ def training_transport(model_id: str, _reference: TrainingReference, _card: Mode
 
 
 @st.cache_resource
-def warm_up_projections() -> threading.Thread:
-    """Compile UMAP in the background once per server process, so the first Embeddings view is quick."""
-    thread = threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True)
-    thread.start()
-    return thread
+def projection_worker() -> ProjectionWorker:
+    """The server's one background projection worker (``decalign.explain.projection.ProjectionWorker``):
+    a low-priority child process that computes UMAP views and keeps them on disk. Started with the
+    server, it compiles UMAP first, so the first UMAP view a user asks for does not pay for that."""
+    worker = ProjectionWorker()
+    worker.warm_up()
+    return worker
+
+
+def warm_up_projections() -> ProjectionWorker:
+    return projection_worker()

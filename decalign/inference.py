@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .data.dataset import Split
-from .data.torch_batches import iterate_batches
-from .model import DecAlign, Prototypes, posteriors
+from .data.torch_batches import Batch, iterate_batches
+from .model import DecAlign, DecAlignOutput, Prototypes, posteriors
 
 
 @dataclass
@@ -82,8 +82,13 @@ class InferenceResult:
 
 def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int = 256,
                   device: str | torch.device | None = None, prototypes: dict[str, Prototypes] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> InferenceResult:
-    """Predict every sample of ``split`` in chunks of ``batch_size`` without building autograd graphs."""
+                  progress: Callable[[int, int], None] | None = None,
+                  on_chunk: Callable[[Batch, DecAlignOutput], None] | None = None) -> InferenceResult:
+    """Predict every sample of ``split`` in chunks of ``batch_size`` without building autograd graphs.
+
+    ``on_chunk(batch, output)`` sees each chunk's full model output before it is dropped: for what a
+    caller needs from the step-wise features in the same pass (the trainer's final decoupling values).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     chunks: dict[str, list] = {"out": [], "branch": []}
@@ -103,6 +108,8 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int =
                 if prototypes is not None:
                     proto = _on(prototypes[m], device)
                     post.setdefault(m, []).append(posteriors(out.unique_pooled[m].float(), proto).cpu().numpy())
+            if on_chunk is not None:
+                on_chunk(batch, out)
             done += len(batch)
             if progress:
                 progress(done, len(split))

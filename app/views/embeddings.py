@@ -6,11 +6,13 @@ open one on the Sample page."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app import loaders
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import Key, select_sample
@@ -22,7 +24,7 @@ from decalign.explain.overlap import (
     modality_overlap,
     overlap_sentence,
 )
-from decalign.explain.projection import Projection, project, project_joint
+from decalign.explain.projection import Projection, Request, project, stack_modalities
 from decalign.explain.transport_view import label_groups
 from decalign.inference import InferenceResult
 from decalign.safe_output import markdown_text
@@ -41,17 +43,46 @@ COMMON_CAPTION = ("**common** = the output of each modality's distribution encod
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _projection(model_id: str, data_id: str, split: str, space: str, method: str,
-                _features: np.ndarray) -> Projection:
+def _pca(model_id: str, data_id: str, split: str, space: str, _features: np.ndarray) -> Projection:
     PROJECTION_CALLS[space] += 1
-    return project(_features, method, fit_limit=FIT_LIMITS[method])
+    return project(_features, "pca", fit_limit=FIT_LIMITS["pca"])
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _joint(model_id: str, data_id: str, split: str, method: str,
-           _features: dict[str, np.ndarray]) -> tuple[Projection, np.ndarray]:
-    PROJECTION_CALLS["joint"] += 1
-    return project_joint(_features, method, fit_limit=FIT_LIMITS[method])
+def _view(ctx: Context, space: str, method: str, features: np.ndarray, waiting: list[Request]) -> Projection:
+    """PCA at once; UMAP from the server's background worker (``loaders.projection_worker``, persisted on
+    disk), with PCA in its place until it is ready (the request then goes into ``waiting``)."""
+    if method == "umap":
+        worker = loaders.projection_worker()
+        request = Request(features, "umap", fit_limit=FIT_LIMITS["umap"])
+        found = worker.get(request)
+        if found is not None:
+            return found
+        error = worker.error(request)
+        waiting.append(request)
+        pca = _pca(ctx.model_id, ctx.data_id, ctx.split, space, features)
+        if error:
+            return replace(pca, note=f"UMAP failed ({error}); PCA is shown instead.")
+        return pca
+    return _pca(ctx.model_id, ctx.data_id, ctx.split, space, features)
+
+
+def _joint(ctx: Context, model_id: str, method: str, features: dict[str, np.ndarray], waiting: list[Request]
+           ) -> tuple[Projection, np.ndarray]:
+    """The shared projection of every modality's rows (``project_joint``'s stacking)."""
+    stacked, owners = stack_modalities(features)
+    side = replace(ctx, model_id=model_id) if model_id != ctx.model_id else ctx
+    return _view(side, "joint", method, stacked, waiting), owners
+
+
+def _await_umap(waiting: list[Request]) -> None:
+    """Progress of the UMAP views computed in the background; redraws the page once they are all there."""
+    worker = loaders.projection_worker()
+    ready = sum(worker.ready(r) for r in waiting)
+    if ready == len(waiting):
+        st.rerun()
+    st.progress(ready / len(waiting), text=f"UMAP is being computed in the background: {ready} of {len(waiting)} "
+                "views ready. PCA is shown until then; the page swaps UMAP in by itself, and the result is kept "
+                "on disk for the next visit.")
 
 
 @st.cache_data(show_spinner="Measuring how the modalities overlap…", max_entries=64)
@@ -69,26 +100,28 @@ def render() -> None:
                f"**{ctx.split}** · {len(ctx.result):,} samples. " + COMMON_CAPTION)
     left, right = st.columns(2)
     method = METHODS[left.radio("Projection", list(METHODS), key="emb_method", horizontal=True,
-                                help="UMAP keeps neighbourhoods (the first UMAP run compiles for up to a minute); "
-                                     "PCA is instant and linear.")]
+                                help="UMAP keeps neighbourhoods; it is computed in the background (PCA is shown "
+                                     "until it is ready) and kept on disk. PCA is instant and linear.")]
     colour = right.selectbox("Colour by", fig.COLOUR_BY, index=1, key="emb_colour")
     selected: set[int] = set()
     notes: set[str] = set()
-    with st.spinner(f"Projecting with {method.upper()}… (cached afterwards)"):
-        st.subheader("Common features of all modalities, one shared projection")
-        joint = _joint_section(ctx, method, colour, notes)
-        selected |= joint
-        _alignment_changed(ctx, method, colour, notes)
-        st.subheader("Each modality: unique features (left) and aligned common features (right)")
-        for m in ctx.model.modalities:
-            cols = st.columns(2)
-            for col, space in zip(cols, (f"unique:{m}", f"common:{m}")):
-                proj = _projection(ctx.model_id, ctx.data_id, ctx.split, space, method,
-                                   fig.space_features(ctx.result, space))
-                notes.add(proj.note)
-                with col:
-                    selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
-                                       f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
+    waiting: list[Request] = []
+    progress = st.container()
+    st.subheader("Common features of all modalities, one shared projection")
+    selected |= _joint_section(ctx, method, colour, notes, waiting)
+    _alignment_changed(ctx, method, colour, notes, waiting)
+    st.subheader("Each modality: unique features (left) and aligned common features (right)")
+    for m in ctx.model.modalities:
+        cols = st.columns(2)
+        for col, space in zip(cols, (f"unique:{m}", f"common:{m}")):
+            proj = _view(ctx, space, method, fig.space_features(ctx.result, space), waiting)
+            notes.add(proj.note)
+            with col:
+                selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
+                                   f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
+    if waiting:
+        with progress:
+            st.fragment(_await_umap, run_every=2.0)(waiting)
     for note in sorted(n for n in notes if n):
         st.info(note)
     _selection(ctx, np.array(sorted(selected), dtype=int))
@@ -98,12 +131,12 @@ def _groups(ctx: Context, result: InferenceResult) -> np.ndarray | None:
     return label_groups(result.labels, result.task, ctx.class_names)
 
 
-def _joint_section(ctx: Context, method: str, colour: str, notes: set[str]) -> set[int]:
+def _joint_section(ctx: Context, method: str, colour: str, notes: set[str], waiting: list[Request]) -> set[int]:
     common = fig.common_features(ctx.result)
     overlap, separation = _separability(ctx.model_id, ctx.data_id, ctx.split, "common", common,
                                         _groups(ctx, ctx.result))
     _numbers(overlap, separation)
-    joint, owners = _joint(ctx.model_id, ctx.data_id, ctx.split, method, common)
+    joint, owners = _joint(ctx, ctx.model_id, method, common, waiting)
     notes.add(joint.note)
     chosen = _joint_chart(ctx, ctx.result, joint, owners, colour, "emb_chart_joint",
                           f"common:* · {joint.method.upper()}")
@@ -126,7 +159,7 @@ def _numbers(overlap: Separability | None, separation: Separability | None) -> N
                             "above chance: the classes form separate groups in this space.")
 
 
-def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str]) -> None:
+def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str], waiting: list[Request]) -> None:
     sides = alignment_sides(ctx)
     if sides is None:
         return
@@ -140,7 +173,7 @@ def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str]) 
         common = fig.common_features(side.result)
         numbers[side.title] = _separability(side.model_id, ctx.data_id, ctx.split, "common", common,
                                             _groups(ctx, side.result))
-        joint, owners = _joint(side.model_id, ctx.data_id, ctx.split, method, common)
+        joint, owners = _joint(ctx, side.model_id, method, common, waiting)
         notes.add(joint.note)
         with col:
             st.markdown(f"**{side.title}** ({markdown_text(side.label)})")

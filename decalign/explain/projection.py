@@ -3,20 +3,41 @@
 Large inputs are handled the way a user would by hand: fit the projection on a seeded random sample of
 ``fit_limit`` rows, then map every other row through the fitted projection (``transform``). The
 ``Projection.note`` says when that happened, so the page can tell the user.
+
+UMAP takes seconds to minutes, so a dashboard never waits for it: :class:`ProjectionWorker` computes
+projections one at a time in a low-priority background thread and keeps every result on disk
+(``$DECALIGN_CACHE_DIR``, default ``~/.cache/decalign-studio``, under ``projections/``), keyed by a hash
+of the features themselves (so of the model and the data that produced them), the parameters and
+``PROJECTION_VERSION``; a restarted server or a second user reads the result back instead of
+recomputing it. The page shows PCA (instant) until the UMAP result is there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
+
+from ..atomic import atomic_write
 
 METHODS = ("umap", "pca")
 # Below this many rows UMAP's neighbour graph is meaningless; PCA is used instead (and the note says so).
 MIN_UMAP_ROWS = 8
 UMAP_EPOCHS = 200
+PROJECTION_VERSION = 1  # bump when a projection's computation changes: older cached results are then ignored
+BACKGROUND_NICE = 10  # the worker's niceness: a training process on the same cores goes first
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 @dataclass
@@ -77,13 +98,20 @@ def project_joint(features_by_modality: dict[str, np.ndarray], method: str = "um
     """
     if not features_by_modality:
         raise ValueError("project_joint needs at least one modality")
+    stacked, labels = stack_modalities(features_by_modality)
+    proj = project(stacked, method, seed=seed, fit_limit=fit_limit, n_neighbors=n_neighbors)
+    return proj, labels
+
+
+def stack_modalities(features_by_modality: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows :func:`project_joint` projects: every modality's rows stacked in dict order, and the
+    (sum N_m,) modality name of each row."""
     widths = {m: np.asarray(x).shape[1:] for m, x in features_by_modality.items()}
     if len(set(widths.values())) != 1:
         raise ValueError(f"project_joint: modalities have different feature shapes {widths}")
     stacked = np.concatenate([np.asarray(x) for x in features_by_modality.values()])
     labels = np.concatenate([np.full(len(x), m, dtype=object) for m, x in features_by_modality.items()])
-    proj = project(stacked, method, seed=seed, fit_limit=fit_limit, n_neighbors=n_neighbors)
-    return proj, labels
+    return stacked, labels
 
 
 def project_with_points(features: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +180,254 @@ def _pad(coords: np.ndarray) -> np.ndarray:
     out = np.zeros((coords.shape[0], 2))
     out[:, : coords.shape[1]] = coords
     return out
+
+
+# ------------------------------------------------------------------------------ persisted, in the background
+
+
+def cache_root() -> Path:
+    """Where computed results are kept: ``$DECALIGN_CACHE_DIR``, else ``~/.cache/decalign-studio``."""
+    return Path(os.environ.get("DECALIGN_CACHE_DIR") or "~/.cache/decalign-studio").expanduser()
+
+
+def projection_key(features: np.ndarray, method: str, *, seed: int = 0, fit_limit: int = 5000,
+                   n_neighbors: int = 15) -> str:
+    """sha256 of the features (shape, dtype, bytes), the parameters and ``PROJECTION_VERSION``."""
+    x = np.ascontiguousarray(features)
+    digest = hashlib.sha256(json.dumps([PROJECTION_VERSION, method, seed, fit_limit, n_neighbors,
+                                        list(x.shape), x.dtype.str]).encode())
+    digest.update(memoryview(x).cast("B"))
+    return digest.hexdigest()
+
+
+def load_cached(folder: Path, key: str, n: int) -> Projection | None:
+    """The projection stored under ``key``; None when absent or unreadable (it is then recomputed)."""
+    path = folder / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            coords, meta = stored["coords"], json.loads(str(stored["meta"]))
+        proj = Projection(np.asarray(coords, dtype=np.float64), str(meta["method"]), int(meta["fitted_on"]),
+                          str(meta["note"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return proj if proj.coords.shape == (n, 2) and np.isfinite(proj.coords).all() else None
+
+
+def save_cached(folder: Path, key: str, proj: Projection) -> None:
+    meta = json.dumps({"method": proj.method, "fitted_on": proj.fitted_on, "note": proj.note})
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, coords=proj.coords, meta=np.array(meta))
+
+    atomic_write(folder / f"{key}.npz", write)
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One projection to compute: the features and :func:`project`'s parameters."""
+
+    features: np.ndarray
+    method: str
+    seed: int = 0
+    fit_limit: int = 5000
+    n_neighbors: int = 15
+
+    @cached_property
+    def key(self) -> str:
+        return projection_key(self.features, self.method, seed=self.seed, fit_limit=self.fit_limit,
+                              n_neighbors=self.n_neighbors)
+
+
+class ProjectionWorker:
+    """Computes :func:`project` results one at a time in the background, keeps them on disk and in memory,
+    and never blocks the caller.
+
+    ``get`` answers at once: the result when it is known (memory, then disk), else None after queueing the
+    request (once). A thread hands the requests to one child process, started once and kept (numba
+    compiles UMAP there once): the server's own threads never wait for the GIL behind UMAP. The child
+    runs at a lower priority (``BACKGROUND_NICE``) with one numba and one BLAS thread, so a training
+    process on the same machine keeps its cores. A failure is kept as the request's error
+    (``error(request)``) rather than retried forever.
+    """
+
+    def __init__(self, folder: str | Path | None = None, *, memory_entries: int = 128, nice: int = BACKGROUND_NICE):
+        self.folder = Path(folder) if folder is not None else cache_root() / "projections"
+        self.nice, self.memory_entries = nice, memory_entries
+        self._done: OrderedDict[str, Projection] = OrderedDict()
+        self._errors: dict[str, str] = {}
+        self._queue: OrderedDict[str, Request] = OrderedDict()
+        self._lock, self._wake = threading.Lock(), threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pool = None
+        self.computed = 0  # projections really computed here (not read back), for tests and benchmarks
+
+    def get(self, request: Request) -> Projection | None:
+        """The finished projection of ``request``, or None (then it is computed in the background)."""
+        key = request.key
+        found = self._known(key, len(request.features))
+        if found is None and key not in self._errors:
+            with self._wake:
+                self._queue.setdefault(key, request)
+                self._start()
+                self._wake.notify()
+        return found
+
+    def error(self, request: Request) -> str | None:
+        return self._errors.get(request.key)
+
+    def ready(self, request: Request) -> bool:
+        """Whether ``get`` would answer with a result (or the request failed): nothing left to wait for."""
+        with self._lock:
+            if request.key in self._done:
+                return True
+        return request.key in self._errors or self._known(request.key, len(request.features)) is not None
+
+    def pending(self) -> int:
+        """Requests queued or being computed."""
+        with self._wake:
+            return len(self._queue)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until nothing is pending (tests, benchmarks, warm-up scripts); False on timeout."""
+        with self._wake:
+            return self._wake.wait_for(lambda: not self._queue, timeout)
+
+    def warm_up(self) -> None:
+        """Queue a tiny UMAP so numba compiles it (seconds) in the background, before a user asks."""
+        with self._wake:
+            self._queue.setdefault("warm-up", None)
+            self._start()
+            self._wake.notify()
+
+    def _known(self, key: str, n: int) -> Projection | None:
+        with self._lock:
+            if key in self._done:
+                self._done.move_to_end(key)
+                return self._done[key]
+        found = load_cached(self.folder, key, n)
+        if found is not None:
+            self._remember(key, found)
+        return found
+
+    def _remember(self, key: str, proj: Projection) -> None:
+        with self._lock:
+            self._done[key] = proj
+            while len(self._done) > self.memory_entries:
+                self._done.popitem(last=False)
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="projection-worker", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._queue)
+                key, request = next(iter(self._queue.items()))
+            self._compute(key, request)
+            with self._wake:
+                self._queue.pop(key, None)
+                self._wake.notify_all()
+
+    def _compute(self, key: str, request: Request | None) -> None:
+        try:
+            if request is None:
+                self._child().ask({"warm_up": True})
+                return
+            if self._known(key, len(request.features)) is not None:
+                return
+            features = self.folder / f".{key}.request.npy"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            np.save(features, np.ascontiguousarray(request.features), allow_pickle=False)
+            try:
+                self._child().ask({"key": key, "features": str(features), "method": request.method,
+                                   "seed": request.seed, "fit_limit": request.fit_limit,
+                                   "n_neighbors": request.n_neighbors})
+            finally:
+                features.unlink(missing_ok=True)
+            proj = load_cached(self.folder, key, len(request.features))
+            if proj is None:
+                raise RuntimeError("the projection worker wrote no readable result")
+            self.computed += 1
+            self._remember(key, proj)
+        except Exception as exc:  # noqa: BLE001 - reported to the page through error(); the thread lives on
+            self._errors[key] = f"{type(exc).__name__}: {exc}"
+
+    def _child(self) -> _Child:
+        if self._pool is None or not self._pool.alive():
+            self._pool = _Child(self.folder, self.nice)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the child process (tests; a server's child also ends with the server: its stdin closes)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+class _Child:
+    """``python -m decalign.explain.projection FOLDER``: reads one JSON request a line on stdin, writes the
+    result into the cache folder, answers one JSON line on stdout. Features travel as ``.npy`` files."""
+
+    def __init__(self, folder: Path, nice: int):
+        env = {**os.environ, **{v: "1" for v in _THREAD_VARS}}
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "decalign.explain.projection", str(folder), str(nice)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=env, text=True, bufsize=1)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, request: dict) -> None:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the projection worker stopped (exit status {self.proc.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve(folder: Path, nice: int) -> None:
+    """The child's loop (see :class:`_Child`)."""
+    _lower_priority(nice)
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            if request.get("warm_up"):
+                warm_up_umap()
+            else:
+                features = np.load(request["features"], allow_pickle=False)
+                proj = project(features, request["method"], seed=request["seed"], fit_limit=request["fit_limit"],
+                               n_neighbors=request["n_neighbors"])
+                save_cached(folder, request["key"], proj)
+            answer = {"ok": True}
+        except Exception as exc:  # noqa: BLE001 - one line back to the parent, the loop goes on
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+def _lower_priority(nice: int) -> None:
+    """In the worker child: a lower scheduling priority (its thread counts come from the environment)."""
+    try:
+        os.nice(max(0, nice - os.nice(0)))
+    except (AttributeError, OSError):
+        pass
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]), int(sys.argv[2]))

@@ -181,6 +181,23 @@ class DecAlign(nn.Module):
         pairs, as the official code) or studio (sums); see ``decalign.model.alignment``. With M = 3 the
         official levels are the official ``dec_loss``, ``hete_loss`` (transport + sample-to-prototype)
         and ``homo_loss`` (moments + MMD); other M generalise by the same means."""
+        dec = {m: decoupling_loss(out.unique[m].float(), out.common[m].float()) for m in self.modalities}
+        self._align_pooled(out, dec, fixed, gather)
+
+    def pooled_alignment(self, unique_pooled: dict[str, torch.Tensor], common_pooled: dict[str, torch.Tensor],
+                         decoupling: dict[str, torch.Tensor], prototypes: dict[str, Prototypes]) -> AlignmentLevels:
+        """The five levels that ``forward(..., align=True, prototypes=prototypes)`` gives for a batch, from
+        its pooled features and its per-modality decoupling values (the only level that needs the
+        step-wise features), without running the encoders again: the trainer's final pass computes
+        them from one inference pass."""
+        any_pooled = next(iter(unique_pooled.values()))
+        out = DecAlignOutput(any_pooled.new_zeros(len(any_pooled), self.output_dim), {}, {}, unique_pooled,
+                             common_pooled, {}, any_pooled.new_zeros(0), [], {}, {})
+        with torch.autocast(any_pooled.device.type, enabled=False):
+            self._align_pooled(out, decoupling, prototypes, _identity)
+        return out.alignment
+
+    def _align_pooled(self, out: DecAlignOutput, dec: dict[str, torch.Tensor], fixed, gather) -> None:
         c = self.config
         order = self.modalities
         unique = {m: gather(out.unique_pooled[m]).float() for m in order}  # (N_global, d), float32 maths
@@ -188,7 +205,6 @@ class DecAlign(nn.Module):
         check_every = 1 if out.prediction.device.type == "cpu" else 0  # a GPU runs the full count
         out.transport = transport_plan(out.prototypes, c, check_every=check_every)
         out.distribution = {m: gather(self.distribution_encoders[m](out.common_pooled[m].float())) for m in order}
-        dec = {m: decoupling_loss(out.unique[m].float(), out.common[m].float()) for m in order}
         official = c.objective == "official"
         local, moment, mmd = (_official_terms if official else _studio_terms)(c, unique, out)
         combine = _mean if official else sum

@@ -28,15 +28,19 @@ NAMES = {"classification": "a logistic regression", "mosi": "a ridge regression"
 MAX_ITER = 2000
 
 
-def pooled_inputs(split: Split, modalities: list[str]) -> np.ndarray:
+def pooled_inputs(split: Split, modalities: list[str], chunk: int = 256) -> np.ndarray:
     """(N, sum of widths) each modality's input averaged over its valid steps, modalities concatenated."""
     parts = []
     for m in modalities:
-        x = np.asarray(split.features[m], dtype=np.float64)
+        x = split.features[m]
         n, steps = x.shape[:2]
         lengths = np.clip(split.lengths.get(m, np.full(n, steps)), 1, steps)
         valid = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)  # (N, T)
-        parts.append(np.einsum("nt,ntd->nd", valid, x) / valid.sum(1, keepdims=True))
+        summed = np.empty((n, x.shape[2]))
+        for start in range(0, n, chunk):  # float64 a chunk at a time, never a float64 copy of the whole split
+            rows = slice(start, start + chunk)
+            summed[rows] = np.einsum("nt,ntd->nd", valid[rows], np.asarray(x[rows], dtype=np.float64))
+        parts.append(summed / valid.sum(1, keepdims=True))
     return np.concatenate(parts, axis=1)
 
 

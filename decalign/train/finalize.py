@@ -1,12 +1,14 @@
 """Evaluation during training and what is computed once training ends (prototypes, alignment, metrics).
 
 Everything here runs the model in eval mode without autograd, over a split in chunks, so memory is
-bounded by one chunk's activations plus what is kept per sample.
+bounded by one chunk's activations plus what is kept per sample. After training, each split is run through
+the model once (:func:`final_pass`): the final metrics, the training prototypes, the training alignment and
+the explanation reference all read that one pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +18,15 @@ from ..checkpoint import ModelCard
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
-from ..model import AlignmentLevels, DecAlign, Prototypes, fit_prototypes
+from ..inference import InferenceResult, run_inference
+from ..model import AlignmentLevels, DecAlign, Prototypes, decoupling_loss, fit_prototypes
 from .baseline import fit_baseline
 from .losses import main_loss
 from .metrics import compute_metrics
 from .reference import build_reference, save_reference
 
 FINAL_EM_ITERS = 50  # EM steps for the prototypes stored with the model (at least)
+INFERENCE_CHUNK = 64  # samples per forward in the final pass: bounds the attention weights held at once
 
 
 @dataclass
@@ -59,13 +63,81 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
     else:
         rows, gather = shard
         outputs = gather(predict_outputs(model, split.subset(rows), args.batch_size))
+    return output_metrics(outputs, split.labels, args)
+
+
+def output_metrics(outputs: np.ndarray, labels: np.ndarray, args: EvalArgs) -> dict[str, float]:
+    """The metrics of :func:`evaluate_split` from the (N, out) head outputs already computed."""
     weight = None if args.class_weight is None else args.class_weight.cpu()
-    loss = float(main_loss(torch.from_numpy(outputs), torch.from_numpy(split.labels), args.task_loss, weight,
+    loss = float(main_loss(torch.from_numpy(outputs), torch.from_numpy(labels), args.task_loss, weight,
                            beta=args.smooth_l1_beta, binary_weight=args.binary_task_weight))
     preds = outputs[:, 0] if args.task == "regression" else outputs
-    metrics = compute_metrics(args.task, preds, split.labels, num_classes=args.num_classes,
-                              convention=args.convention)
+    metrics = compute_metrics(args.task, preds, labels, num_classes=args.num_classes, convention=args.convention)
     return {**metrics, "loss": loss}
+
+
+@dataclass
+class FinalPass:
+    """One inference pass per split after training, shared by everything computed once training ends.
+
+    ``results``: split name -> :class:`~decalign.inference.InferenceResult`. ``decoupling``: modality ->
+    (N_train,) each training sample's decoupling value (``decoupling_loss`` of that sample alone): the one
+    alignment level that needs the step-wise features, kept while its chunk is in memory. ``batch_size``:
+    the chunks the training alignment is averaged over (as :func:`training_alignment`).
+    """
+
+    results: dict[str, InferenceResult]
+    batch_size: int
+    decoupling: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def final_pass(model: DecAlign, dataset: MultimodalDataset, task: str, batch_size: int,
+               chunk: int = INFERENCE_CHUNK) -> FinalPass:
+    """Run every non-empty split through ``model`` once (eval mode, no autograd), ``chunk`` samples at a
+    time: at MOSI shapes the attention weights of 256 samples alone take 150 MB."""
+    final = FinalPass({}, batch_size)
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
+
+    def keep_decoupling(_batch, out) -> None:
+        for m in model.modalities:
+            u, c = out.unique[m].float(), out.common[m].float()
+            parts[m].append(np.array([float(decoupling_loss(u[i:i + 1], c[i:i + 1])) for i in range(len(u))]))
+
+    for name, split in dataset.splits.items():
+        if len(split):
+            hook = keep_decoupling if name == "train" else None
+            final.results[name] = run_inference(model, split, task=task, batch_size=chunk, on_chunk=hook)
+    final.decoupling = {m: np.concatenate(v) if v else np.zeros(0) for m, v in parts.items()}
+    return final
+
+
+def prototypes_from_pooled(pooled: dict[str, np.ndarray], config: DecAlignConfig) -> dict[str, Prototypes]:
+    """The training prototypes (see :func:`fit_training_prototypes`) from pooled unique features."""
+    c = config.model
+    iters = max(c.gmm_em_iters, FINAL_EM_ITERS)
+    with torch.inference_mode():
+        return {m: fit_prototypes(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), c, iterations=iters)
+                for m, x in pooled.items()}
+
+
+def pass_alignment(model: DecAlign, final: FinalPass, prototypes: dict[str, Prototypes]) -> dict[str, float]:
+    """:func:`training_alignment` from the final pass: the same chunks, the same levels
+    (``DecAlign.pooled_alignment``), without running the encoders again."""
+    device = next(model.parameters()).device
+    result, size = final.results["train"], final.batch_size
+    fixed = {m: Prototypes(p.means.to(device), p.variances.to(device), p.weights.to(device))
+             for m, p in prototypes.items()}
+    summed = torch.zeros(len(AlignmentLevels.LEVELS), device=device)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(result), size):
+            rows = slice(start, start + size)
+            decoupling = {m: torch.tensor(float(v[rows].mean()), device=device) for m, v in final.decoupling.items()}
+            levels = model.pooled_alignment(_rows_on(result.unique_pooled, rows, device),
+                                            _rows_on(result.common_pooled, rows, device), decoupling, fixed)
+            n = len(result.ids[rows])
+            summed += torch.stack([getattr(levels, name).float() for name in AlignmentLevels.LEVELS]) * n
+    return dict(zip(AlignmentLevels.LEVELS, (summed / len(result)).tolist()))
 
 
 def fit_training_prototypes(model: DecAlign, split: Split, config: DecAlignConfig, batch_size: int
@@ -75,18 +147,8 @@ def fit_training_prototypes(model: DecAlign, split: Split, config: DecAlignConfi
     The EM of the model's objective (``decalign.model.fit_prototypes``) with ``max(gmm_em_iters,
     FINAL_EM_ITERS)`` steps: one fit over all samples, not per batch.
     """
-    device = next(model.parameters()).device
-    model.eval()
-    pooled: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    with torch.inference_mode():
-        for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
-            out = model(batch.inputs, batch.lengths, align=False)
-            for m in model.modalities:
-                pooled[m].append(out.unique_pooled[m].float())
-    c = config.model
-    iters = max(c.gmm_em_iters, FINAL_EM_ITERS)
-    with torch.inference_mode():
-        return {m: fit_prototypes(torch.cat(parts), c, iterations=iters) for m, parts in pooled.items()}
+    task = "regression" if model.output_dim == 1 else "classification"
+    return prototypes_from_pooled(run_inference(model, split, task=task, batch_size=batch_size).unique_pooled, config)
 
 
 def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prototypes], batch_size: int
@@ -104,23 +166,33 @@ def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prot
     return dict(zip(AlignmentLevels.LEVELS, (summed / len(split)).tolist()))
 
 
+def _rows_on(arrays: dict[str, np.ndarray], rows: slice, device: torch.device) -> dict[str, torch.Tensor]:
+    return {m: torch.from_numpy(x[rows]).to(device) for m, x in arrays.items()}
+
+
 def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, config: DecAlignConfig,
-                args: EvalArgs) -> None:
+                args: EvalArgs) -> FinalPass:
     """Fill the card with the training prototypes, the training alignment, metrics per split and the linear
-    baseline's (``decalign.train.baseline``)."""
-    train = dataset.splits["train"]
-    prototypes = fit_training_prototypes(model, train, config, args.batch_size)
+    baseline's (``decalign.train.baseline``), all from one :func:`final_pass`, which is returned for
+    :func:`write_reference`."""
+    final = final_pass(model, dataset, args.task, args.batch_size)
+    prototypes = prototypes_from_pooled(final.results["train"].unique_pooled, config)
     card.set_prototypes(prototypes)
-    card.extra["training_alignment"] = training_alignment(model, train, prototypes, args.batch_size)
-    card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
-                    if split.labels is not None and len(split)}
+    card.extra["training_alignment"] = pass_alignment(model, final, prototypes)
+    card.metrics = {name: output_metrics(final.results[name].outputs, split.labels, args)
+                    for name, split in dataset.splits.items() if split.labels is not None and len(split)}
     card.baseline = fit_baseline(dataset, args.convention)
+    return final
 
 
-def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None) -> Path:
+def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None,
+                    final: FinalPass | None = None) -> Path:
     """Save the training reference (``decalign.train.reference``) that explanations and audits compare with,
-    with the validation split as its held-out part (the drift reference and the flags' calibration)."""
-    return save_reference(run_dir, build_reference(model, card, train, valid))
+    with the validation split as its held-out part (the drift reference and the flags' calibration).
+    With ``final`` its inference results are reused instead of running the model again."""
+    results = final.results if final is not None else {}
+    return save_reference(run_dir, build_reference(model, card, train, valid, train_result=results.get("train"),
+                                                   valid_result=results.get("valid")))
 
 
 def finish_import(run_dir: Path, convention: str, dataset: MultimodalDataset | None = None, *,
@@ -140,10 +212,11 @@ def finish_import(run_dir: Path, convention: str, dataset: MultimodalDataset | N
         if card.task == "regression" and train.labels is not None and len(train.labels):
             card.label_range = [float(train.labels.min()), float(train.labels.max())]
         args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, convention, batch_size)
-        card.set_prototypes(fit_training_prototypes(model, train, card.config, batch_size))
-        card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
-                        if split.labels is not None and len(split)}
+        final = final_pass(model, dataset, card.task, batch_size)
+        card.set_prototypes(prototypes_from_pooled(final.results["train"].unique_pooled, card.config))
+        card.metrics = {name: output_metrics(final.results[name].outputs, split.labels, args)
+                        for name, split in dataset.splits.items() if split.labels is not None and len(split)}
         card.baseline = fit_baseline(dataset, convention)
-        write_reference(run_dir, model, card, train, dataset.splits.get("valid"))
+        write_reference(run_dir, model, card, train, dataset.splits.get("valid"), final)
     save_card(run_dir, card)
     return card

@@ -33,7 +33,7 @@ from ..atomic import atomic_write, atomic_write_json
 from ..checkpoint import CheckpointError, ModelCard
 from ..config import ModelConfig
 from ..data.dataset import Split
-from ..inference import run_inference
+from ..inference import InferenceResult, run_inference
 from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, transport_plan
 
 REFERENCE_ARRAYS = "reference.safetensors"
@@ -42,6 +42,7 @@ REFERENCE_FORMAT = 2  # 2: held-out (validation) features and thresholds calibra
 OOD_QUANTILE = 0.99
 DECOUPLING_QUANTILE = 0.99
 MAX_HELD_OUT = 1000  # held-out samples kept (a seeded subsample of larger validation splits)
+MAX_TRAIN_KEPT = 5000  # training samples whose pooled features are kept (a seeded subsample beyond)
 HELD_OUT_SEED = 0
 REFERENCE_EM_ITERS = 50  # EM steps when the card has no prototypes and the reference fits its own
 
@@ -80,7 +81,8 @@ class TrainingReference:
     ood_thresholds : modality -> 99th percentile of :func:`prototype_distance` over the held-out samples
         (over the training samples when ``thresholds_from == "train"``).
     train_unique, train_common : modality -> (N_train, d) pooled unique / common features.
-    train_ids : (N_train,) str; train_labels : (N_train,) or None; train_raw_text : (N_train,) str or None.
+    train_ids : (N_train,) str; train_labels : (N_train,) or None; train_raw_text : (N_train,) str or None:
+        the kept training samples, a seeded subsample of at most ``MAX_TRAIN_KEPT``.
     decoupling_threshold : 99th percentile, over the same samples as ``ood_thresholds``, of the largest
         (over modalities) ``|cos(unique_pooled, common_pooled)|``.
     held_out : pooled features of the validation split (:class:`HeldOut`); None in references written
@@ -99,6 +101,7 @@ class TrainingReference:
     decoupling_threshold: float = 1.0
     held_out: HeldOut | None = None
     thresholds_from: str = "train"
+    train_total: int | None = None  # training samples summarised; more than len(train_ids) when subsampled
 
     @property
     def modalities(self) -> list[str]:
@@ -140,18 +143,27 @@ def decoupling_cosines(unique: dict[str, np.ndarray], common: dict[str, np.ndarr
 # ---------------------------------------------------------------------------------------------
 
 def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_split: Split | None = None, *,
-                    batch_size: int = 256) -> TrainingReference:
+                    batch_size: int = 256, train_result: InferenceResult | None = None,
+                    valid_result: InferenceResult | None = None) -> TrainingReference:
     """Summarise ``train_split`` as seen by ``model`` (run in eval mode, no gradients).
 
     Uses the card's prototypes; if the card has none, fits a diagonal GMM (K = ``num_prototypes``) to the
-    training pooled unique features. With ``valid_split`` (held out from fitting: the validation split)
-    its pooled features are kept (:func:`with_held_out`) and the flag thresholds are calibrated on them;
-    without it they are calibrated on the training samples and ``held_out`` stays None.
+    training pooled unique features. The pooled features of a seeded subsample of at most
+    ``MAX_TRAIN_KEPT`` training samples are kept (the mean inputs cover every sample). With
+    ``valid_split`` (held out from fitting: the validation split) its pooled features are kept
+    (:func:`with_held_out`) and the flag thresholds are calibrated on them; without it they are calibrated
+    on the kept training samples and ``held_out`` stays None. ``train_result`` / ``valid_result``: the
+    model's inference over those whole splits, when the caller has it already (the trainer's final pass).
     """
     if len(train_split) < 2:
         raise ValueError(f"build_reference: the training split has {len(train_split)} samples, need at least 2")
     prototypes = card.prototype_tensors()
-    result = run_inference(model, train_split, task=card.task, batch_size=batch_size, prototypes=prototypes)
+    rows = seeded_rows(len(train_split), MAX_TRAIN_KEPT)
+    kept = train_split if rows is None else train_split.subset(rows)
+    if train_result is not None:
+        result = train_result if rows is None else train_result.subset(rows)
+    else:
+        result = run_inference(model, kept, task=card.task, batch_size=batch_size)
     if prototypes is None:
         prototypes = _fit_prototypes(result.unique_pooled, model.config)
     prototypes = {m: Prototypes(p.means.float(), p.variances.float(), p.weights.float())
@@ -159,30 +171,40 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_
     reference = TrainingReference(
         input_means=_input_means(train_split), prototypes=prototypes, ood_thresholds={},
         train_unique=result.unique_pooled, train_common=result.common_pooled,
-        train_ids=np.asarray(train_split.ids).astype(str), train_labels=train_split.labels,
-        train_raw_text=None if train_split.raw_text is None else np.asarray(train_split.raw_text).astype(str),
+        train_ids=np.asarray(kept.ids).astype(str), train_labels=kept.labels,
+        train_raw_text=None if kept.raw_text is None else np.asarray(kept.raw_text).astype(str),
+        train_total=len(train_split),
     )
     _calibrate(reference, result.unique_pooled, result.common_pooled, "train")
     if valid_split is not None and len(valid_split) >= 2:
         reference = with_held_out(reference, model, card, valid_split, "the validation split stored with the run",
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, result=valid_result)
     return reference
 
 
+def seeded_rows(n: int, most: int, seed: int = HELD_OUT_SEED) -> np.ndarray | None:
+    """Sorted rows of a seeded subsample of ``most`` out of ``n``; None when all ``n`` are kept."""
+    if n <= most:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
 def with_held_out(reference: TrainingReference, model: DecAlign, card: ModelCard, split: Split, source: str, *,
-                  batch_size: int = 256) -> TrainingReference:
+                  batch_size: int = 256, result: InferenceResult | None = None) -> TrainingReference:
     """A copy of ``reference`` with the pooled features of ``split`` (held-out samples; a seeded subsample of
     at most ``MAX_HELD_OUT``) as ``held_out``, and its flag thresholds calibrated on them.
 
     ``source`` says in words where the samples come from; it is shown beside every drift verdict.
+    ``result``: the model's inference over the whole ``split``, when the caller has it already.
     """
     if len(split) < 2:
         raise ValueError(f"held-out reference: {source} has {len(split)} samples, need at least 2")
-    kept = split
-    if len(split) > MAX_HELD_OUT:
-        rows = np.sort(np.random.default_rng(HELD_OUT_SEED).choice(len(split), MAX_HELD_OUT, replace=False))
-        kept = split.subset(rows)
-    result = run_inference(model, kept, task=card.task, batch_size=batch_size)
+    rows = seeded_rows(len(split), MAX_HELD_OUT)
+    kept = split if rows is None else split.subset(rows)
+    if result is None:
+        result = run_inference(model, kept, task=card.task, batch_size=batch_size)
+    elif rows is not None:
+        result = result.subset(rows)
     out = replace(reference, ood_thresholds={}, held_out=HeldOut(
         result.unique_pooled, result.common_pooled, np.asarray(kept.ids).astype(str), source, len(split)))
     _calibrate(out, result.unique_pooled, result.common_pooled, "valid")
@@ -206,14 +228,20 @@ def _fit_prototypes(unique: dict[str, np.ndarray], config: ModelConfig) -> dict[
             for m, x in unique.items()}
 
 
-def _input_means(split: Split) -> dict[str, np.ndarray]:
-    """(T, D) mean input; at step t only samples whose length exceeds t count (padding excluded)."""
+def _input_means(split: Split, chunk: int = 256) -> dict[str, np.ndarray]:
+    """(T, D) mean input; at step t only samples whose length exceeds t count (padding excluded).
+
+    Summed in float64 a chunk of samples at a time: a float64 copy of a whole MOSI-sized text array
+    would be the largest allocation of a training run."""
     means = {}
     for m, x in split.features.items():
         n, steps = x.shape[:2]
         lengths = split.lengths.get(m, np.full(n, steps))
         valid = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)  # (N, T)
-        total = np.einsum("nt,ntd->td", valid, x.astype(np.float64))
+        total = np.zeros(x.shape[1:], dtype=np.float64)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            total += np.einsum("nt,ntd->td", valid[rows], x[rows].astype(np.float64))
         means[m] = (total / np.maximum(valid.sum(0), 1.0)[:, None]).astype(np.float32)
     return means
 
@@ -242,7 +270,7 @@ def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
         "train_ids": [str(i) for i in ref.train_ids],
         "train_raw_text": None if ref.train_raw_text is None else [str(t) for t in ref.train_raw_text],
         "ood_thresholds": ref.ood_thresholds, "decoupling_threshold": ref.decoupling_threshold,
-        "thresholds_from": ref.thresholds_from,
+        "thresholds_from": ref.thresholds_from, "train_total": ref.train_total,
         "held_out": None if ref.held_out is None else {
             "ids": [str(i) for i in ref.held_out.ids], "source": ref.held_out.source,
             "n_total": int(ref.held_out.n_total)},
@@ -275,6 +303,7 @@ def load_reference(run_dir: str | Path) -> TrainingReference | None:
         train_raw_text=None if meta["train_raw_text"] is None else np.asarray(meta["train_raw_text"], dtype=str),
         decoupling_threshold=float(meta["decoupling_threshold"]),
         held_out=_held_out(meta, mods, get, meta_path), thresholds_from=_thresholds_from(meta, meta_path),
+        train_total=_train_total(meta, meta_path),
     )
     _check_sizes(ref, arrays_path)
     return ref
@@ -302,6 +331,17 @@ def _thresholds_from(meta: dict, path: Path) -> str:
     value = meta.get("thresholds_from", "train")
     if value not in ("train", "valid"):
         raise CheckpointError(f"{path}: 'thresholds_from' must be 'train' or 'valid', found {value!r:.40}")
+    return value
+
+
+def _train_total(meta: dict, path: Path) -> int | None:
+    """Training samples summarised; None in references written before it was recorded."""
+    value = meta.get("train_total")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise CheckpointError(f"{path}: 'train_total' must be null or a count of samples, found {value!r:.40}")
+    if value is not None and value < len(meta["train_ids"]):
+        raise CheckpointError(f"{path}: 'train_total' ({value}) is smaller than the {len(meta['train_ids'])} "
+                              "training samples kept")
     return value
 
 

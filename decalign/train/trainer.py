@@ -315,12 +315,12 @@ class Trainer:
         if self.dist.is_main and best.exists():
             self.model.load_state_dict(load_file(str(best)))
             self.model.to(self.device)
-            finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
+            final = finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
             self.card.extra.update(status=status, epochs_run=self.state.epoch,
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)
             finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"],
-                                     self.dataset.splits["valid"])
+                                     self.dataset.splits["valid"], final)
         self._write_status(status)
         distributed.barrier(self.dist)
 

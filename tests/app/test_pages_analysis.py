@@ -6,10 +6,13 @@ through the ``page_test`` fixture (sidebar + ``render()``), like the other page 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import streamlit as st
 from browser_utils import ROOT
 
+from app import loaders
 from app.views import embeddings
 from decalign.checkpoint import load_model
 from decalign.data import load_dataset
@@ -46,6 +49,33 @@ def test_embeddings_charts_and_projection_cached_across_colours(page_test, demo_
     assert sum(embeddings.PROJECTION_CALLS.values()) == 2 * m + 1
     _ok(at.radio(key="emb_method").set_value("PCA").run())
     assert "Select points" in " ".join(c.value for c in at.caption)
+
+
+def _titles(at) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
+def test_embeddings_shows_pca_at_once_then_umap_from_the_background(page_test, demo_dir, tmp_path, monkeypatch):
+    """UMAP never blocks the page: PCA first with a progress bar, UMAP once the worker has it, from disk after."""
+    monkeypatch.setenv("DECALIGN_CACHE_DIR", str(tmp_path / "cache"))
+    st.cache_resource.clear()  # a fresh worker, on the empty cache folder
+    st.cache_data.clear()
+    at = page_test("embeddings")
+    at.session_state["emb_method"] = "UMAP"
+    _ok(at.run())
+    m = len(_modalities(demo_dir))
+    worker = loaders.projection_worker()
+    try:
+        assert all("PCA" in t for t in _titles(at)) and len(_titles(at)) == 2 * m + 1
+        assert any("UMAP is being computed in the background" in p.proto.text for p in at.get("progress"))
+        assert worker.wait(timeout=900)
+        _ok(at.run())
+        assert all("UMAP" in t for t in _titles(at)), _titles(at)
+        assert worker.computed == 2 * m + 1
+        assert len(list((tmp_path / "cache" / "projections").glob("*.npz"))) == 2 * m + 1
+    finally:
+        worker.close()
+        st.cache_resource.clear()
 
 
 def test_prototypes_page_plans_sankey_and_entropy(page_test, demo_dir):
