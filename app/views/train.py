@@ -21,6 +21,7 @@ from decalign.train.baseline import card_comparison
 from decalign.train.metrics import display_name
 
 URL_PATH = "train"
+REFRESH_S = 2.0  # seconds between redraws of a live run
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
 TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
@@ -48,9 +49,10 @@ def render() -> None:
         st.info("No runs yet.")
         return
     active = any(r.state in bg.ACTIVE for r in runs)
-    # The table, the chosen run and its progress are drawn from one reading of the runs' files, every second
-    # while any run is active: the table and the progress bar never disagree.
-    st.fragment(_runs_panel, run_every=1.0 if active else None)(active)
+    # The table, the chosen run and its progress are drawn from one reading of the runs' files, every
+    # REFRESH_S while any run is active: the table and the progress bar never disagree. Each refresh redraws
+    # the live charts in the server and the browser, CPU the training process on the same cores needs.
+    st.fragment(_runs_panel, run_every=REFRESH_S if active else None)(active)
 
 
 def _runs_panel(was_active: bool) -> None:

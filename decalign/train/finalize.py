@@ -58,11 +58,12 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
     ``shard``: in distributed training, a ``(rows, gather)`` pair: this rank predicts only ``rows`` and
     ``gather`` joins every rank's outputs in order, so all ranks compute the same metrics.
     """
+    chunk = min(args.batch_size, INFERENCE_CHUNK)  # outputs do not depend on the chunking; memory does
     if shard is None:
-        outputs = predict_outputs(model, split, args.batch_size)
+        outputs = predict_outputs(model, split, chunk)
     else:
         rows, gather = shard
-        outputs = gather(predict_outputs(model, split.subset(rows), args.batch_size))
+        outputs = gather(predict_outputs(model, split.subset(rows), chunk))
     return output_metrics(outputs, split.labels, args)
 
 

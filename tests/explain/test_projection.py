@@ -84,3 +84,43 @@ def test_bad_input_is_refused(bad, match):
         project(bad, "pca")
     with pytest.raises(ValueError, match="method"):
         project(np.zeros((3, 3)), "tsne")
+
+
+def test_worker_computes_in_the_background_and_persists(blobs, tmp_path):
+    """The worker answers at once, computes in its child, keeps the result on disk for the next worker."""
+    from decalign.explain.projection import ProjectionWorker, Request, projection_key
+
+    request = Request(blobs, "pca", fit_limit=50, seed=3)
+    first = ProjectionWorker(tmp_path)
+    try:
+        assert first.get(request) is None  # queued, not computed in the caller
+        assert first.wait(timeout=600) and first.error(request) is None and first.ready(request)
+        got = first.get(request)
+        np.testing.assert_allclose(got.coords, project(blobs, "pca", fit_limit=50, seed=3).coords)
+        assert got.fitted_on == 50 and "random sample" in got.note and first.computed == 1
+    finally:
+        first.close()
+    second = ProjectionWorker(tmp_path)
+    again = second.get(request)  # from disk: no child started, nothing computed
+    assert again is not None and second.computed == 0 and second._pool is None
+    np.testing.assert_array_equal(again.coords, got.coords)
+    # The key follows the features, the parameters and the computation's version.
+    keys = {projection_key(blobs, "pca", fit_limit=50, seed=3), projection_key(blobs, "pca", fit_limit=50, seed=4),
+            projection_key(blobs + 1e-3, "pca", fit_limit=50, seed=3), projection_key(blobs, "umap", fit_limit=50, seed=3)}
+    assert len(keys) == 4
+
+
+def test_worker_recomputes_a_broken_cache_file_and_reports_failures(blobs, tmp_path):
+    from decalign.explain.projection import ProjectionWorker, Request
+
+    request = Request(blobs, "pca")
+    (tmp_path / f"{request.key}.npz").write_bytes(b"not an npz")
+    worker = ProjectionWorker(tmp_path)
+    bad = Request(np.full((5, 3), np.nan), "pca")
+    try:
+        assert worker.get(request) is None and worker.get(bad) is None
+        assert worker.wait(timeout=600)
+        np.testing.assert_allclose(worker.get(request).coords, project(blobs, "pca").coords)
+        assert "non-finite" in worker.error(bad) and worker.get(bad) is None and worker.ready(bad)
+    finally:
+        worker.close()
