@@ -14,6 +14,7 @@ recomputing it. The page shows PCA (instant) until the UMAP result is there.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -358,6 +359,7 @@ class ProjectionWorker:
     def _child(self) -> _Child:
         if self._pool is None or not self._pool.alive():
             self._pool = _Child(self.folder, self.nice)
+            atexit.register(self._pool.close)  # its stdin closes with this process anyway; this waits for it
         return self._pool
 
     def close(self) -> None:
@@ -393,9 +395,14 @@ class _Child:
             raise RuntimeError(answer["error"])
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        if self.proc.poll() is not None:
+            return
         try:
-            self.proc.wait(timeout=60)
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)  # a projection still running is not worth waiting for
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
