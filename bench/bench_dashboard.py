@@ -88,7 +88,7 @@ def _upload(page, path: Path) -> float:
         expect(sidebar.get_by_text("MMSA pickle (.pkl) or .npz")).to_be_visible(timeout=TIMEOUT)
     start = time.perf_counter()
     sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(path))
-    expect(sidebar.get_by_text(f"Using: {path.name}")).to_be_visible(timeout=TIMEOUT)
+    expect(sidebar.get_by_text(f"Data in use: {path.name} (uploaded)")).to_be_visible(timeout=TIMEOUT)
     return start
 
 
