@@ -133,8 +133,10 @@ def _expect_review(page, scope, first_column: str, comment: str,
 def _record_review(page, comment: str) -> None:
     from playwright.sync_api import expect
 
+    page.get_by_role("tab", name="Review").click()  # the form sits in the Sample page's Review tab
     form = page.locator('[data-testid="stForm"]')
     expect(form).to_have_count(1, timeout=TIMEOUT)
+    expect(form).to_be_visible(timeout=TIMEOUT)
     form.scroll_into_view_if_needed()
     form.locator('[data-testid="stRadio"] label', has_text="wrong").click()
     expect(form.get_by_role("radio", name="wrong")).to_be_checked(timeout=TIMEOUT)

@@ -133,8 +133,9 @@ def test_train_cancel_resume_compare(server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "train_compare.png"))
             page.get_by_role("button", name=re.compile(r"Explain with model B")).click()
             _settle(page, "Sample")
-            expect(page.locator('[data-testid="stSidebar"]').get_by_text(re.compile(r"Using: .*second"))
-                   ).to_be_visible(timeout=TIMEOUT)
+            in_use = page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]',
+                                  has_text=re.compile(r"Model in use: .*second"))
+            expect(in_use).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_compare_sample.png"))
 
             # 4. the replay of the first run

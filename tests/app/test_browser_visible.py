@@ -173,7 +173,7 @@ def _demo_pages(page, expect) -> None:
     _chart(page, "Plan fourier – karhunen")
     _shot(page, "demo_prototypes")
     _open(page, "Alignment levels")
-    page.get_by_text("Compare with the model trained without alignment").click()
+    page.get_by_text("Show the model trained without alignment beside it").click()
     _chart(page, "Each level on this data, both models")
     _shot(page, "demo_alignment")
     for name in ("Audit", "Train", "Replay training", "Compare models"):
