@@ -128,10 +128,16 @@ def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
 
 
 def alignment_sides(ctx: Context) -> tuple[Side, Side] | None:
-    """The bundled demo and its no-alignment twin on the current data and split, when the current model
-    is one of them (``loaders.alignment_pair``); None otherwise."""
+    """The "What alignment changed" section's heading and switch, and when the current model is the bundled
+    demo or its no-alignment twin (``loaders.alignment_pair``) and the switch is on, both models on the
+    current data and split; None otherwise. The twin is loaded only once the switch is on."""
     pair = loaders.alignment_pair(loaders.current_model())
     if pair is None:
+        return None
+    st.subheader("What alignment changed")
+    if not st.toggle("Show the model trained without alignment beside it", key=session.Key.TWIN_VIEW,
+                     help="The bundled demo has a twin trained on the same data with the same seed and settings, "
+                          "but with every alignment weight at 0."):
         return None
     sides = []
     for title, source in zip(("with alignment", "without alignment"), pair):

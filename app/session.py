@@ -41,6 +41,7 @@ class Key(StrEnum):
     SAMPLE_SYNCED = "sample_synced"  # the selected sample the selectbox last took over
     SAMPLE_SWAP = "sample_swap_with"  # the what-if tab's swap partner
     # Embeddings, Prototypes and Alignment pages: side by side with the no-alignment twin
+    SAMPLE_TAB = "sample_tab"  # the Sample page's open tab, kept across reruns (e.g. after a review)
     TWIN_VIEW = "twin_view"
     # Audit page
     AUDIT_RECORDED = "audit_recorded"  # (model_id, data_id, split) already written to the trail

@@ -106,6 +106,7 @@ def _model_picker() -> None:
         if upload is not None and session.first_sight(Key.MODEL_ZIP_SEEN, upload.file_id):
             data = upload.getvalue()
             _try_model(ModelSource("zip", upload.name, None, hashlib.sha256(data).hexdigest()), data)
+            _rerun_if_cleared(key, "model_zip", Key.MODEL_ZIP_GEN)
     elif kind == MODEL_KINDS[4]:
         _run_picker()
     _show_error(Key.MODEL_ERROR)
@@ -198,7 +199,15 @@ def _data_picker() -> None:
         upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key=key)
         if upload is not None and session.first_sight(Key.DATA_UPLOAD_SEEN, upload.file_id):
             _try_data(upload.getvalue(), upload.name)
+            _rerun_if_cleared(key, "data_upload", Key.DATA_UPLOAD_GEN)
     _show_error(Key.DATA_ERROR)
+
+
+def _rerun_if_cleared(key: str, base: str, generation: Key) -> None:
+    """A refused file empties its uploader by giving it a new key; rerun at once so the page shows the new,
+    empty uploader: a file dropped on the old one before the next rerun would be lost."""
+    if session.uploader_key(base, generation) != key:
+        st.rerun()
 
 
 def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalDataset, str]:

@@ -8,7 +8,6 @@ import streamlit as st
 
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import alignment as fig
-from app.session import Key
 from decalign.explain.compare import levels_side_by_side
 from decalign.explain.levels import (
     GROUPS,
@@ -79,9 +78,6 @@ def _side_levels(model_id: str, data_id: str, split: str, fixed: bool, _side: Si
 def _alignment_changed(ctx: Context, fixed: bool) -> None:
     sides = alignment_sides(ctx)
     if sides is None:
-        return
-    st.header("What alignment changed")
-    if not st.toggle("Compare with the model trained without alignment", key=Key.TWIN_VIEW):
         return
     frames = [_side_levels(s.model_id, ctx.data_id, ctx.split, fixed and bool(s.card.prototypes), s, ctx)
               for s in sides]

@@ -15,7 +15,7 @@ import streamlit as st
 from app import loaders
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
-from app.session import Key, select_sample
+from app.session import select_sample
 from app.views import sample
 from decalign.explain.overlap import (
     Separability,
@@ -162,11 +162,6 @@ def _numbers(overlap: Separability | None, separation: Separability | None) -> N
 def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str], waiting: list[Request]) -> None:
     sides = alignment_sides(ctx)
     if sides is None:
-        return
-    st.subheader("What alignment changed")
-    if not st.toggle("Show the model trained without alignment beside it", key=Key.TWIN_VIEW,
-                     help="The bundled demo has a twin trained on the same data with the same seed and settings, "
-                          "but with every alignment weight at 0."):
         return
     numbers = {}
     for col, side in zip(st.columns(2), sides):

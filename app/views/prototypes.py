@@ -10,7 +10,6 @@ import streamlit as st
 
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import transport as fig
-from app.session import Key
 from decalign.config import ModelConfig
 from decalign.explain.correspondence import PairCorrespondence, agreement, correspondences, main_flows
 from decalign.explain.projection import project_with_points
@@ -212,9 +211,6 @@ def _flows(view: PlanView, pairs: dict[tuple[str, str], PairCorrespondence]) -> 
 def _alignment_changed(ctx: Context, lam: float) -> None:
     sides = alignment_sides(ctx)
     if sides is None:
-        return
-    st.subheader("What alignment changed")
-    if not st.toggle("Compare with the model trained without alignment", key=Key.TWIN_VIEW):
         return
     rows = [_side_numbers(ctx, side, lam) for side in sides]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="proto_twin_table")

@@ -68,7 +68,7 @@ def render() -> None:
     # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
     st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals,
                                             _flags_row(ctx, row), story)))
-    prediction, why, what_if, alignment, review = st.tabs(TABS)
+    prediction, why, what_if, alignment, review = st.tabs(TABS, key=session.Key.SAMPLE_TAB)
     with prediction:
         _probabilities(ctx, row)
         _raw_inputs(ctx, row)

@@ -162,7 +162,8 @@ def _demo_pages(page, expect) -> None:
         timeout=4 * TIMEOUT)
     expect(page.get_by_text(re.compile(r"Classes told apart \(chance 0\.10\)")).first).to_be_visible()
     _shot(page, "demo_embeddings")
-    page.get_by_text("Show the model trained without alignment beside it").click()
+    # the switch comes after the page's first projection: a cold UMAP on a busy machine takes minutes
+    page.get_by_text("Show the model trained without alignment beside it").click(timeout=4 * TIMEOUT)
     expect(page.get_by_text(re.compile(r"with alignment and \d\.\d\d without")).first).to_be_visible(
         timeout=4 * TIMEOUT)
     expect(page.get_by_text(re.compile(r"Modalities told apart")).nth(2)).to_be_visible(timeout=4 * TIMEOUT)
@@ -173,7 +174,8 @@ def _demo_pages(page, expect) -> None:
     _chart(page, "Plan fourier – karhunen")
     _shot(page, "demo_prototypes")
     _open(page, "Alignment levels")
-    page.get_by_text("Compare with the model trained without alignment").click()
+    # the switch comes after the page's first projection: a cold UMAP on a busy machine takes minutes
+    page.get_by_text("Show the model trained without alignment beside it").click(timeout=4 * TIMEOUT)
     _chart(page, "Each level on this data, both models")
     _shot(page, "demo_alignment")
     for name in ("Audit", "Train", "Replay training", "Compare models"):

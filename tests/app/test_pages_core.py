@@ -110,7 +110,7 @@ def test_untouched_or_anonymous_review_is_refused(page_test, tmp_path, monkeypat
     at = _ok(page_test("sample").run())
     assert at.radio(key="sample_review_verdict").value is None  # no default verdict
     at.button[-1].click().run()  # "Record review" on the untouched form
-    assert [e.value for e in _ok(at).error] == [
+    assert [shown(e.value) for e in _ok(at).error] == [
         ("Review not recorded: no verdict chosen (correct, wrong or unsure) and no reviewer (a review needs the "
         "reviewer's name).")]
     at.radio(key="sample_review_verdict").set_value("correct")

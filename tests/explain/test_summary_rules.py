@@ -73,15 +73,17 @@ def test_no_summary_of_a_demo_test_sample_contradicts_itself(demo):
         cf = modality_counterfactuals(model, split, row, reference)
         story = prototype_story(model, card, split, row, reference, plan=plan)
         text = plain_summary(card, result, row, branch_contributions(result, row), cf, flags.iloc[row], story)
-        _check(text, row, result, cf, story, model, split, reference, train_pattern, train_row, seen)
+        _check(text, row, result, cf, story, model, split, reference, train_pattern, train_row, seen,
+               card.class_names)
     assert seen["why"] > 0  # the demo does have samples whose share and what-if disagree, and they are explained
 
 
-def _check(text, row, result, cf, story, model, split, reference, train_pattern, train_row, seen):
+def _check(text, row, result, cf, story, model, split, reference, train_pattern, train_row, seen, names):
     where = f"sample {result.ids[row]}:\n{text}"
     pred, probs = int(result.predictions[row]), result.probabilities[row]
+    named = names[pred] if names else str(pred)  # the summary names classes by the card's names
     # 1. the prediction and the verdict
-    assert f'predicts "{pred}" with probability' in text, where
+    assert f'predicts "{named}" with probability' in text, where
     verdict = "correct" if int(result.labels[row]) == pred else "wrong"
     assert f"so this prediction is {verdict}." in text, where
     # 2. the score's parts: values, shares and signs as the head's weights give them
@@ -93,7 +95,7 @@ def _check(text, row, result, cf, story, model, split, reference, train_pattern,
         assert value == pytest.approx(parts[m], abs=0.006), where
         assert abs(share - 100 * abs(parts[m]) / total) <= 0.5 + 1e-9, where
         assert against == (parts[m] < 0), where
-    assert f"the score (logit) for \"{pred}\" is {result.outputs[row, pred]:.2f}" in text, where
+    assert f"the score (logit) for \"{named}\" is {result.outputs[row, pred]:.2f}" in text, where
     # 3. confidence words follow the probability
     if "very sure" in text and "not very sure" not in text:
         assert probs.max() >= 0.9, where
@@ -133,7 +135,7 @@ def _check(text, row, result, cf, story, model, split, reference, train_pattern,
         if "None of the training examples" in sentence:
             assert int(label) != pred, where
         else:
-            assert f'with the answer "{pred}"' in sentence and int(label) == pred, where
+            assert f'with the answer "{named}"' in sentence and int(label) == pred, where
     seen["none_same"] += "None of the training examples" in sentence
 
 
