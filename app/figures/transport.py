@@ -31,11 +31,11 @@ def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assig
                                    name=f"prototype {k}", showlegend=False, hoverinfo="skip",
                                    marker={"size": 5, "opacity": 0.5, "color": colours[k]}))
     size = 14 + 40 * np.sqrt(np.asarray(weights, dtype=float))
+    star_colours = "black" if colours is None else [colours[k] for k in range(len(proto_coords))]
     fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers+text", name="means",
                              text=[str(k) for k in range(len(proto_coords))], textposition="middle center",
                              showlegend=False,
-                             marker={"symbol": "star", "size": size, "opacity": 0.9,
-                                     "color": "black" if colours is None else [colours[k] for k in range(len(proto_coords))],
+                             marker={"symbol": "star", "size": size, "opacity": 0.9, "color": star_colours,
                                      "line": {"color": "black", "width": 1.5}},
                              textfont={"color": "white", "size": 10},
                              customdata=np.asarray(weights, dtype=float),
