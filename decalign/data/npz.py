@@ -6,6 +6,7 @@ Keys::
     train/labels              [N]; float for regression, integer for classification (optional)
     train/ids, train/raw_text [N] strings, fixed-width unicode (optional)
     train/lengths/<modality>  [N] integer valid time steps (optional)
+    train/text_bert           [N, 3, T] integer BERT tokens, MMSA's layout (optional; for BERT models)
     valid/..., test/...       the same; missing valid/test splits are carved out of train
 
 Read member by member without pickle: object arrays are refused, not unpickled, and every ``.npy``
@@ -28,9 +29,9 @@ from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .raw import RawData, RawSplit
 
-RESERVED = ("labels", "ids", "raw_text", "lengths")
+RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths")
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
-EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text' or "
+EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text', '<split>/text_bert' or "
 EXPECTED_KEYS += f"'<split>/lengths/<modality>', with <split> one of {', '.join(SPLITS)}"
 
 
@@ -73,7 +74,7 @@ def _parse_key(key: str, shown: str) -> tuple[str, str]:
     split, _, fieldname = key.partition("/")
     parts = fieldname.split("/")
     ok = split in SPLITS and (
-        (len(parts) == 1 and (parts[0] in RESERVED[:3] or MODALITY_NAME.match(parts[0])))
+        (len(parts) == 1 and (parts[0] in RESERVED[:4] or MODALITY_NAME.match(parts[0])))
         or (len(parts) == 2 and parts[0] == "lengths" and MODALITY_NAME.match(parts[1]))
     )
     if not ok:
@@ -124,6 +125,8 @@ def _put(part: RawSplit, fieldname: str, value: np.ndarray) -> None:
         part.ids = value
     elif fieldname == "raw_text":
         part.raw_text = value
+    elif fieldname == "text_bert":
+        part.text_bert = value
     elif fieldname.startswith("lengths/"):
         part.lengths[fieldname.split("/", 1)[1]] = value
     else:
@@ -146,5 +149,7 @@ def save_npz(dataset: MultimodalDataset, path: str | Path, *, compress: bool = T
         if part.raw_text is not None:
             arrays[f"{split}/raw_text"] = np.asarray(part.raw_text, dtype=str)
         arrays.update({f"{split}/lengths/{m}": v for m, v in part.lengths.items()})
+        if part.text_bert is not None:
+            arrays[f"{split}/text_bert"] = part.text_bert
     writer = np.savez_compressed if compress else np.savez
     atomic_write_file(path, lambda file: writer(file, **arrays))  # a file object: numpy adds no ".npz"

@@ -154,7 +154,7 @@ def test_import_official(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     args = ["import-official", "--state-dict", str(tmp_path / "model.pth"), "--config", str(tmp_path / "cfg.json"),
             "--out", str(tmp_path / "run")]
-    with pytest.warns(UserWarning, match="BERT"):
+    with pytest.warns(UserWarning, match="not used"):
         assert main([*args, "--feature-dims", "6,3,4"]) == 0
     model, card = load_model(tmp_path / "run")
     assert card.widths == {"text": 6, "audio": 3, "vision": 4} and card.source == "imported-official"
