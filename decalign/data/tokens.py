@@ -89,6 +89,16 @@ def bert_inputs(dataset: MultimodalDataset, model) -> MultimodalDataset:
     return view
 
 
+def token_positions(tokens: np.ndarray):
+    """One sample's (T, 3) tokens as a table of its valid positions: position, token id, segment id.
+    Masked (padding) positions are left out; ids stay ids (no vocabulary ships with a model)."""
+    import pandas as pd
+
+    ids, mask, segments = token_rows(np.asarray(tokens))
+    keep = np.flatnonzero(mask)
+    return pd.DataFrame({"position": keep, "token id": ids[keep], "segment": segments[keep]})
+
+
 def is_token_input(x) -> bool:
     """True for ``(N, T, 3)`` integer tokens (numpy or torch), the form :func:`bert_view` gives."""
     dtype = str(x.dtype)
