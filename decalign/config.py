@@ -120,6 +120,9 @@ class ModelConfig:
                 "layer_norm_eps": self.bert_layer_norm_eps, "hidden_act": self.bert_hidden_act}
 
     def _validate_bert(self) -> None:
+        if len(self.pretrained) > 4096:
+            raise ConfigError(f"pretrained must be a folder path of at most 4096 characters, found "
+                              f"{len(self.pretrained):,}")
         if self.bert_hidden_act not in BERT_ACTIVATIONS:
             raise ConfigError(f"bert_hidden_act must be one of {', '.join(BERT_ACTIVATIONS)}, "
                               f"found {self.bert_hidden_act!r}")

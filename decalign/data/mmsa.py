@@ -123,6 +123,9 @@ def _raw_split(part: dict, split: str, label_key: str | None, shown: str, budget
 def _notes(obj: dict, label_key: str | None) -> list[str]:
     keys = {k for part in obj.values() for k in part}
     notes = []
+    if "text_bert" in keys:
+        notes.append("text_bert (BERT tokens) is read only by models with a BERT text encoder; other models "
+                     "use the 'text' features")
     per_modality = sorted(k for k in keys if PER_MODALITY_LABEL.match(str(k)))
     if per_modality:
         notes.append(f"per-modality labels ignored: {', '.join(per_modality)}")

@@ -18,11 +18,11 @@ from torch import nn
 from ..config import ConfigError, ModelConfig
 from ..data.tokens import check_token_ranges, is_token_input, token_rows
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only, never the hub
 BERT_PREFIX = "text_encoder.bert."
 
 
 def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only, never the hub
     import transformers
 
     transformers.logging.set_verbosity_error()  # its "weights not initialised" chatter is not for users

@@ -270,3 +270,18 @@ def test_config_refuses_a_non_bert_text_encoder(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ConfigError, match="transformers 'roberta': only 'bert'"):
             DecAlignConfig.from_json(path)
+
+
+def test_transformers_is_imported_only_for_a_model_with_a_bert():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from decalign.cli import main\n"
+            "from decalign import official, checkpoint\n"
+            "from decalign.model import DecAlign\n"
+            "from decalign.config import ModelConfig\n"
+            "DecAlign(ModelConfig(d_model=8, num_heads=2, num_layers=1, pde_dim=8), {'a': 3, 'b': 4})\n"
+            "print('transformers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    assert out.stdout.strip() == "False"
