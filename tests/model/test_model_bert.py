@@ -92,6 +92,7 @@ def test_imported_bert_checkpoint_levels_equal_the_official_losses(tmp_path):
         out = model({"text": text.transpose(1, 2), "audio": audio, "vision": vision}, align=True)
     assert float(out.alignment.decoupling) == pytest.approx(float(expected["dec_loss"]), rel=1e-4)
     assert float(out.alignment.homogeneity) == pytest.approx(float(expected["homo_loss"]), rel=1e-4)
+    assert float(out.alignment.heterogeneity) == pytest.approx(float(expected["hete_loss"]), rel=1e-4)
 
 
 def test_imported_bert_model_runs_on_an_mmsa_pickle_like_the_official_loader(tmp_path):
