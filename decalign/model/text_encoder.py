@@ -108,14 +108,16 @@ def infer_bert_shape(state: dict[str, torch.Tensor], prefix: str, source: str) -
     def tensor(name: str) -> torch.Tensor:
         value = state.get(prefix + name)
         if value is None or value.dim() != 2:
-            raise ValueError(f"{source}: {prefix}{name} is missing or not a matrix: not a BERT text encoder")
+            raise ValueError(f"{source}: {prefix}{name} is missing or not a matrix: not a complete BERT text "
+                             "encoder")
         return value
 
     words = tensor("embeddings.word_embeddings.weight")
     hidden = words.shape[1]
     layers = {int(k[len(prefix):].split(".")[2]) for k in state if k.startswith(prefix + "encoder.layer.")}
     if not layers or layers != set(range(len(layers))):
-        raise ValueError(f"{source}: {prefix}encoder.layer.* numbers {sorted(layers)[:8]}: expected layers 0..L-1")
+        raise ValueError(f"{source}: the BERT text encoder's layers {prefix}encoder.layer.* are numbered "
+                         f"{sorted(layers)[:8]}: expected layers 0..L-1")
     if hidden % 64:
         raise ValueError(f"{source}: the BERT's width {hidden} is not a multiple of 64, so its number of "
                          "attention heads (width / 64) cannot be inferred")

@@ -112,7 +112,7 @@ def test_width_equal_to_d_does_not_silently_drop_trained_projection(tmp_path):
         quiet_import(weights, config, [40, 5, 20], tmp_path / "run")
 
 
-def test_state_dict_with_bert_weights_is_refused(tmp_path):
+def test_state_dict_with_an_incomplete_bert_is_refused(tmp_path):
     weights, config, reference = official_files(tmp_path, {}, (768, 5, 20), 1)
     state = reference.state_dict()
     state["text_model.embeddings.word_embeddings.weight"] = torch.zeros(3, 4)
