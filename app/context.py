@@ -12,8 +12,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import loaders, session
+from decalign.audit.run import PreparedReference
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import MultimodalDataset, Split
+from decalign.explain.slices import result_metrics
 from decalign.inference import InferenceResult
 from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
@@ -33,6 +35,39 @@ class Context:
     split: str
     split_data: Split
     result: InferenceResult  # inference on the current split (cached)
+    reference: TrainingReference | None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The card's class names, else the data's when they name as many classes as the model has; a name
+        given twice (a card may hold anything) gets its class number, so charts never merge two classes."""
+        names = self.card.class_names
+        if not names:
+            names = self.dataset.class_names
+            if not (names and self.card.task == "classification" and len(names) == self.card.output_dim):
+                return None
+        return distinct_names(names)
+
+    def class_name(self, k: int) -> str:
+        names = self.class_names
+        return names[k] if names and 0 <= k < len(names) else str(k)
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """``names`` with every repeated name followed by its position: ``["x", "x"]`` -> ``["x (0)", "x (1)"]``."""
+    return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+@dataclass
+class Side:
+    """One of the two models trained identically but for the alignment weights, on the current data."""
+
+    title: str  # "with alignment" | "without alignment"
+    label: str  # the model's name in the sidebar
+    model: DecAlign
+    card: ModelCard
+    model_id: str
+    result: InferenceResult
     reference: TrainingReference | None
 
 
@@ -72,6 +107,45 @@ def current_split(dataset: MultimodalDataset) -> str:
 
 def widths_text(widths: dict[str, int]) -> str:
     return ", ".join(f"{markdown_text(m)} (width {d})" for m, d in widths.items())
+
+
+def audit_reference(ctx: Context) -> PreparedReference:
+    """The reference the Audit page and the Sample page's flags use (``decalign.audit.run.prepare_reference``),
+    cached per model and data."""
+    return loaders.prepared_reference(ctx.model_id, ctx.data_id, ctx.model, ctx.card, ctx.dataset, ctx.data_label,
+                                      ctx.reference)
+
+
+def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
+    """(baseline, comparison, note) beside the model on the data's test split (``baseline_beside``)."""
+    split = "test" if "test" in ctx.dataset.splits else ctx.split
+    part = ctx.dataset.splits[split]
+    metrics = None
+    if part.labels is not None and len(part):
+        result = loaders.inference(ctx.model_id, ctx.data_id, split, ctx.model, ctx.card, part)
+        metrics = result_metrics(result, ctx.card)
+    return loaders.baseline(ctx.model_id, ctx.data_id, ctx.card, ctx.dataset, ctx.data_label, split, metrics)
+
+
+def alignment_sides(ctx: Context) -> tuple[Side, Side] | None:
+    """The "What alignment changed" section's heading and switch, and when the current model is the bundled
+    demo or its no-alignment twin (``loaders.alignment_pair``) and the switch is on, both models on the
+    current data and split; None otherwise. The twin is loaded only once the switch is on."""
+    pair = loaders.alignment_pair(loaders.current_model())
+    if pair is None:
+        return None
+    st.subheader("What alignment changed")
+    if not st.toggle("Show the model trained without alignment beside it", key=session.Key.TWIN_VIEW,
+                     help="The bundled demo has a twin trained on the same data with the same seed and settings, "
+                          "but with every alignment weight at 0."):
+        return None
+    sides = []
+    for title, source in zip(("with alignment", "without alignment"), pair):
+        model, card, model_id = loaders.load(source)
+        result = loaders.inference(model_id, ctx.data_id, ctx.split, model, card, ctx.split_data)
+        sides.append(Side(title, source.label, model, card, model_id, result,
+                          loaders.reference(str(source.path), model_id)))
+    return sides[0], sides[1]
 
 
 def training_transport(ctx: Context) -> TransportResult | None:

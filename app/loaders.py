@@ -18,6 +18,7 @@ import streamlit as st
 
 from app import session
 from decalign.atomic import clean_stale_temps
+from decalign.audit.run import PreparedReference, prepare_reference
 from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
 from decalign.data.transform import TRANSFORM_KEY
@@ -26,6 +27,7 @@ from decalign.explain.projection import warm_up_umap
 from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
+from decalign.train.baseline import baseline_beside
 from decalign.train.reference import TrainingReference, load_reference, training_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +71,23 @@ def demo_model_dir() -> Path:
 def default_model() -> session.ModelSource | None:
     demo = demo_model_dir()
     return session.ModelSource("dir", "bundled demo", demo) if (demo / "card.json").is_file() else None
+
+
+def twin_model() -> session.ModelSource | None:
+    """The bundled demo's no-alignment twin (``decalign demo`` trains both), None when it is not there."""
+    from decalign.cli.demo import twin_dir
+
+    twin = twin_dir(demo_model_dir())
+    return session.ModelSource("dir", "demo without alignment", twin) if (twin / "card.json").is_file() else None
+
+
+def alignment_pair(source: session.ModelSource | None) -> tuple[session.ModelSource, session.ModelSource] | None:
+    """(with alignment, without alignment) when ``source`` is the bundled demo or its twin, else None:
+    the two models trained identically except for the alignment weights."""
+    demo, twin = default_model(), twin_model()
+    if demo is None or twin is None or source is None or source.path not in (demo.path, twin.path):
+        return None
+    return demo, twin
 
 
 def current_model() -> session.ModelSource | None:
@@ -149,6 +168,21 @@ def prepared(dataset: MultimodalDataset, data_id: str, card: ModelCard) -> Multi
 def reference(path: str, fingerprint: str) -> TrainingReference | None:
     """The training reference saved in a run directory, None when it has none."""
     return load_reference(path)
+
+
+@st.cache_resource(show_spinner="Preparing the reference data…", max_entries=4)
+def prepared_reference(model_id: str, data_id: str, _model: DecAlign, _card: ModelCard, _dataset: MultimodalDataset,
+                       data_label: str, _stored: TrainingReference | None) -> PreparedReference:
+    """The audit's reference for a model on a dataset (``decalign.audit.run.prepare_reference``)."""
+    return prepare_reference(_model, _card, _dataset, data_label, _stored)
+
+
+@st.cache_data(show_spinner="Fitting the linear baseline…", max_entries=8)
+def baseline(model_id: str, data_id: str, _card: ModelCard, _dataset: MultimodalDataset, data_label: str, split: str,
+             metrics: dict | None) -> tuple[dict | None, dict | None, str | None]:
+    """(baseline, comparison, note) of a model on a dataset (``decalign.train.baseline.baseline_beside``):
+    the card's, or fitted now (and cached) when the card has none."""
+    return baseline_beside(_card, _dataset, data_label, split, metrics)
 
 
 @st.cache_resource(max_entries=2)

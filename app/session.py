@@ -25,6 +25,10 @@ class Key(StrEnum):
     DATA_ERROR = "data_error"
     DATA_UPLOAD_BYTES = "data_upload_bytes"  # sha256 -> bytes of the upload in use
     DATA_UPLOAD_SEEN = "data_upload_seen"
+    DATA_UPLOAD_GEN = "data_upload_gen"  # bumped to clear the uploader (a refused or dropped file)
+    MODEL_ZIP_GEN = "model_zip_gen"
+    NOTICE = "notice"  # a one-off note for the sidebar (e.g. a link whose upload cannot be restored)
+    QUERY_READ = "query_read"  # the address's query parameters were applied in this session
     SPLIT = "split"
     # Sidebar widgets
     MODEL_KIND = "model_kind"
@@ -35,9 +39,19 @@ class Key(StrEnum):
     SELECTED_SAMPLE = "selected_sample"
     SAMPLE_ID = "sample_id"  # the Sample page's selectbox
     SAMPLE_SYNCED = "sample_synced"  # the selected sample the selectbox last took over
+    SAMPLE_SWAP = "sample_swap_with"  # the what-if tab's swap partner
+    # Embeddings, Prototypes and Alignment pages: side by side with the no-alignment twin
+    SAMPLE_TAB = "sample_tab"  # the Sample page's open tab, kept across reruns (e.g. after a review)
+    TWIN_VIEW = "twin_view"
     # Audit page
     AUDIT_RECORDED = "audit_recorded"  # (model_id, data_id, split) already written to the trail
     AUDIT_REPORT = "audit_report"  # ((model_id, data_id, split), html)
+    # Sample page review form (widgets), the reviewer remembered for the session, the last outcome
+    REVIEW_VERDICT = "sample_review_verdict"
+    REVIEW_COMMENT = "sample_review_comment"
+    REVIEW_REVIEWER = "sample_review_reviewer"
+    REVIEWER_NAME = "reviewer_name"
+    REVIEW_OUTCOME = "review_outcome"  # ("success" | "error", message)
     # Train and Replay pages
     TRAIN_NEW_OPEN = "train_new_open"
     TRAIN_RUN = "train_run"  # the run followed (a selectbox)
@@ -92,7 +106,12 @@ def data_source() -> DataSource:
 
 
 def use_bundled_data() -> None:
+    """The model's bundled data becomes current: the upload is dropped, its uploader emptied, its error gone."""
+    if data_source().kind == "upload":
+        clear_uploader(Key.DATA_UPLOAD_GEN)
     _set(Key.DATA_SOURCE, BUNDLED_DATA)
+    _pop(Key.DATA_UPLOAD_BYTES)
+    _pop(Key.DATA_ERROR)
 
 
 def use_uploaded_data(name: str, digest: str, data: bytes) -> None:
@@ -100,6 +119,17 @@ def use_uploaded_data(name: str, digest: str, data: bytes) -> None:
     _set(Key.DATA_UPLOAD_BYTES, {digest: data})
     _set(Key.DATA_SOURCE, DataSource("upload", name, digest))
     _pop(Key.DATA_ERROR)
+
+
+def uploader_key(base: str, generation: Key) -> str:
+    """The key of an uploader that :func:`clear_uploader` can empty (a new key is a new, empty widget)."""
+    n = _get(generation, 0)
+    return base if n == 0 else f"{base}_{n}"
+
+
+def clear_uploader(generation: Key) -> None:
+    """Empty the uploader counted by ``generation``, so it never lists a file that is not in use."""
+    _set(generation, _get(generation, 0) + 1)
 
 
 def upload_bytes(digest: str) -> bytes:
@@ -121,6 +151,21 @@ def error(key: Key) -> str | None:
 
 def set_error(key: Key, message: str) -> None:
     _set(key, message)
+
+
+def clear_error(key: Key) -> None:
+    _pop(key)
+
+
+def notice() -> str | None:
+    return _get(Key.NOTICE)
+
+
+def set_notice(message: str | None) -> None:
+    if message is None:
+        _pop(Key.NOTICE)
+    else:
+        _set(Key.NOTICE, message)
 
 
 def first_sight(key: Key, file_id: str) -> bool:
@@ -155,6 +200,28 @@ def set_widget(key: Key, value: Any) -> None:
 
 def widget(key: Key) -> Any:
     return _get(key)
+
+
+# --------------------------------------------------------------------------------- the address
+
+
+def query_params_once() -> dict[str, str] | None:
+    """The address's query parameters on the session's first run (a refresh or a shared link is a new
+    session), else None: they are applied once, then the address follows the sidebar."""
+    if _get(Key.QUERY_READ):
+        return None
+    _set(Key.QUERY_READ, True)
+    return {k: st.query_params.get(k) for k in st.query_params}
+
+
+def write_query_params(values: dict[str, str | None]) -> None:
+    """Show the current choices in the address (entries that are None are removed), without a rerun."""
+    for key, value in values.items():
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != value:
+            st.query_params[key] = value
 
 
 # --------------------------------------------------------------------------------- sticky choices
@@ -228,6 +295,38 @@ def audit_report(key: tuple[str, str, str]) -> str | None:
 
 def set_audit_report(key: tuple[str, str, str], html: str) -> None:
     _set(Key.AUDIT_REPORT, (key, html))
+
+
+def fill_reviewer() -> None:
+    """Before the review form is drawn: its reviewer field shows the name remembered for this session."""
+    if not _get(Key.REVIEW_REVIEWER) and _get(Key.REVIEWER_NAME):
+        _set(Key.REVIEW_REVIEWER, _get(Key.REVIEWER_NAME))
+
+
+def review_form() -> tuple[str | None, str, str]:
+    """(verdict or None, comment, reviewer) as the review form holds them."""
+    return _get(Key.REVIEW_VERDICT), _get(Key.REVIEW_COMMENT) or "", _get(Key.REVIEW_REVIEWER) or ""
+
+
+def review_recorded(reviewer: str, message: str) -> None:
+    """A review was written: remember the reviewer, clear verdict and comment (in a callback, before the
+    widgets are drawn again)."""
+    _set(Key.REVIEWER_NAME, reviewer)
+    _pop(Key.REVIEW_VERDICT)
+    _pop(Key.REVIEW_COMMENT)
+    _set(Key.REVIEW_OUTCOME, ("success", message))
+
+
+def review_refused(message: str) -> None:
+    """A review was refused: the form keeps what was typed; the message says why."""
+    _set(Key.REVIEW_OUTCOME, ("error", message))
+
+
+def review_outcome() -> tuple[str, str] | None:
+    """The outcome of the last "Record review", shown once."""
+    outcome = _get(Key.REVIEW_OUTCOME)
+    _pop(Key.REVIEW_OUTCOME)
+    return outcome
 
 
 # ---------------------------------------------------------------------------------- train and replay

@@ -1,7 +1,10 @@
-"""The sidebar: model picker, data picker and split picker.
+"""The sidebar: what is in use (model, data, split), and the pickers that change it.
 
 A new model or data file is loaded and checked before it replaces the current one; a failure shows its
-message and leaves the previous choice in place.
+message, empties the uploader (it never lists a file that is not in use) and leaves the previous choice in
+place. A message stays only while its cause does: a new choice of model or data clears it. The choices
+live in the address (``?model=...&data=...&split=...&sample=...``), so a refresh or a shared link restores
+what can be restored: a bundled model, a run of the runs folder, the bundled data.
 """
 
 from __future__ import annotations
@@ -18,18 +21,54 @@ from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import DataError, MultimodalDataset, check_compatible
 from decalign.safe_output import markdown_text
 
-MODEL_KINDS = ("Bundled demo", "Checkpoint directory", "Upload a zip", "Training run")
+MODEL_KINDS = ("Bundled demo", "Demo without alignment", "Checkpoint directory", "Upload a zip", "Training run")
 DATA_KINDS = ("Model's bundled data", "Upload a file")
+RUN_PREFIX = "run:"
 
 
 def render() -> None:
-    """Model picker, data picker and split picker."""
+    """What is in use, then the model, data and split pickers; the address follows the choices."""
+    _restore_from_address()
     with st.sidebar:
+        status = st.container()
         st.header("Model")
         _model_picker()
         st.header("Data")
         _data_picker()
-        _split_picker()
+        split = _split_picker()
+        with status:
+            _in_use(split)
+    _write_address()
+
+
+# ------------------------------------------------------------------------------------------ in use
+
+
+def _in_use(split: tuple[str, int] | None) -> None:
+    """The model and data every page works on, whatever the pickers below show."""
+    model = loaders.current_model()
+    data = session.data_source()
+    lines = [f"Model in use: **{markdown_text(model.label) if model else 'none'}**",
+             f"Data in use: **{markdown_text(_data_label(model, data))}**"
+             + (" (uploaded)" if data.kind == "upload" else " (bundled with the model)")]
+    if split is not None:
+        lines.append(f"Split: **{split[0]}**, {split[1]:,} samples")
+    st.info("  \n".join(lines))
+    if session.notice():
+        st.warning(markdown_text(session.notice()))
+
+
+def _data_label(model: ModelSource | None, data: session.DataSource) -> str:
+    if data.kind == "upload":
+        return data.label
+    if model is None:
+        return "none"
+    try:
+        _, card, _ = loaders.load(model)
+        path = loaders.bundled_data_path(card, model.path)
+    except (CheckpointError, OSError):
+        return "none"
+    return path.name if path is not None else "none (upload data for this model)"
 
 
 def _sticky_radio(label: str, options: tuple[str, ...], key: Key, on_change=None) -> str:
@@ -48,26 +87,29 @@ def _sticky_radio(label: str, options: tuple[str, ...], key: Key, on_change=None
 
 
 def _model_kind_changed(kind: str) -> None:
-    if kind == MODEL_KINDS[0] and session.model_source() not in (None, loaders.default_model()):
-        _set_model(loaders.default_model())
+    session.clear_error(Key.MODEL_ERROR)  # a message about another kind of model no longer applies
+    fixed = {MODEL_KINDS[0]: loaders.default_model(), MODEL_KINDS[1]: loaders.twin_model()}
+    if kind in fixed and fixed[kind] is not None and session.model_source() != fixed[kind]:
+        _set_model(fixed[kind])
 
 
 def _model_picker() -> None:
-    kind = _sticky_radio("Model", MODEL_KINDS, Key.MODEL_KIND, _model_kind_changed)
-    if kind == MODEL_KINDS[1]:
+    kinds = MODEL_KINDS if loaders.twin_model() is not None else (MODEL_KINDS[0], *MODEL_KINDS[2:])
+    kind = _sticky_radio("Model", kinds, Key.MODEL_KIND, _model_kind_changed)
+    if kind == MODEL_KINDS[2]:
         path = st.text_input("Run directory", key=Key.MODEL_DIR, placeholder="runs/my_run")
         if st.button("Load checkpoint", key="model_dir_load") and path:
             _try_model(ModelSource("dir", path, Path(path).expanduser()))
-    elif kind == MODEL_KINDS[2]:
-        upload = st.file_uploader("Zipped run directory", type=["zip"], key="model_zip")
+    elif kind == MODEL_KINDS[3]:
+        key = session.uploader_key("model_zip", Key.MODEL_ZIP_GEN)
+        upload = st.file_uploader("Zipped run directory", type=["zip"], key=key)
         if upload is not None and session.first_sight(Key.MODEL_ZIP_SEEN, upload.file_id):
             data = upload.getvalue()
             _try_model(ModelSource("zip", upload.name, None, hashlib.sha256(data).hexdigest()), data)
-    elif kind == MODEL_KINDS[3]:
+            _rerun_if_cleared(key, "model_zip", Key.MODEL_ZIP_GEN)
+    elif kind == MODEL_KINDS[4]:
         _run_picker()
     _show_error(Key.MODEL_ERROR)
-    current = loaders.current_model()
-    st.caption(f"Using: **{markdown_text(current.label)}**" if current else "No model loaded")
 
 
 def trained_runs() -> dict[str, Path]:
@@ -89,10 +131,13 @@ def _run_picker() -> None:
 
 def use_model_dir(path: Path | None, label: str) -> None:
     """Make the run directory ``path`` (None: the bundled demo) the current model; safe in a widget callback."""
-    session.set_choice(Key.MODEL_KIND, MODEL_KINDS[0] if path is None else MODEL_KINDS[1])
-    if path is None:
-        _set_model(loaders.default_model())
+    twin = loaders.twin_model()
+    if path is None or (twin is not None and Path(path) == twin.path):
+        source = loaders.default_model() if path is None else twin
+        session.set_choice(Key.MODEL_KIND, MODEL_KINDS[0] if path is None else MODEL_KINDS[1])
+        _set_model(source)
     else:
+        session.set_choice(Key.MODEL_KIND, MODEL_KINDS[2])
         session.set_widget(Key.MODEL_DIR, str(path))
         _try_model(ModelSource("dir", label, Path(path)))
 
@@ -112,6 +157,8 @@ def _try_model(source: ModelSource, zip_bytes: bytes | None = None) -> None:
     except (CheckpointError, OSError) as exc:
         session.set_error(Key.MODEL_ERROR, str(exc))
         session.set_zip_bytes(previous)
+        if zip_bytes is not None:
+            session.clear_uploader(Key.MODEL_ZIP_GEN)  # the refused zip is not in use: do not list it
         return
     current = session.model_source()
     if zip_bytes is not None:  # keep only the zip in use (if any) and the new one
@@ -122,6 +169,7 @@ def _try_model(source: ModelSource, zip_bytes: bytes | None = None) -> None:
 
 def _set_model(source: ModelSource | None) -> None:
     session.set_model_source(source)
+    session.set_notice(None)
     # Data chosen for another model may not fit this one: check it, else go back to the bundled data.
     data = session.data_source()
     if source is None or data.kind != "upload":
@@ -131,7 +179,8 @@ def _set_model(source: ModelSource | None) -> None:
     try:
         check_compatible(dataset, card.widths, data.label, bert_text=card.has_bert)
     except DataError:
-        session.use_bundled_data()
+        use_bundled_data()
+        session.set_notice(f"{data.label} does not fit {source.label}: back on the model's bundled data.")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -140,18 +189,25 @@ def _set_model(source: ModelSource | None) -> None:
 def _data_kind_changed(kind: str) -> None:
     if kind == DATA_KINDS[0]:
         session.use_bundled_data()
+    session.clear_error(Key.DATA_ERROR)
 
 
 def _data_picker() -> None:
     kind = _sticky_radio("Data", DATA_KINDS, Key.DATA_KIND, _data_kind_changed)
     if kind == DATA_KINDS[1]:
-        upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key="data_upload")
+        key = session.uploader_key("data_upload", Key.DATA_UPLOAD_GEN)
+        upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key=key)
         if upload is not None and session.first_sight(Key.DATA_UPLOAD_SEEN, upload.file_id):
             _try_data(upload.getvalue(), upload.name)
+            _rerun_if_cleared(key, "data_upload", Key.DATA_UPLOAD_GEN)
     _show_error(Key.DATA_ERROR)
-    current = session.data_source()
-    if current.kind == "upload":
-        st.caption(f"Using: **{markdown_text(current.label)}**")
+
+
+def _rerun_if_cleared(key: str, base: str, generation: Key) -> None:
+    """A refused file empties its uploader by giving it a new key; rerun at once so the page shows the new,
+    empty uploader: a file dropped on the old one before the next rerun would be lost."""
+    if session.uploader_key(base, generation) != key:
+        st.rerun()
 
 
 def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalDataset, str]:
@@ -174,27 +230,98 @@ def _try_data(data: bytes, name: str) -> None:
     try:
         _, digest = load_upload(data, name, card)
     except DataError as exc:
-        session.set_error(Key.DATA_ERROR, str(exc))
+        kept = session.data_source().label if session.data_source().kind == "upload" else "the bundled data"
+        session.set_error(Key.DATA_ERROR, f"{exc} (not loaded: still using {kept})")
+        session.clear_uploader(Key.DATA_UPLOAD_GEN)  # the refused file is not in use: do not list it
         return
     session.use_uploaded_data(name, digest, data)
+    session.set_notice(None)
 
 
-def _split_picker() -> None:
+def _split_picker() -> tuple[str, int] | None:
+    """The split selectbox; returns (split in use, its size), or None without usable data."""
     source = loaders.current_model()
     if source is None:
-        return
+        return None
     try:
         _, card, _ = loaders.load(source)
         found = loaders.dataset(session.data_source(), card, source.path)
-    except (CheckpointError, DataError):
-        return
+    except (CheckpointError, DataError, OSError):
+        return None
     if found is None:
-        return
-    session.show_split_in_picker(current_split(found[0]))
+        return None
+    split = current_split(found[0])
+    session.show_split_in_picker(split)
     st.selectbox("Split", list(found[0].splits), key=Key.SPLIT_PICKER, on_change=session.split_from_picker)
+    return split, len(found[0].splits[split])
 
 
 def _show_error(key: Key) -> None:
     message = session.error(key)
     if message:
         st.error(markdown_text(message))
+
+
+# -------------------------------------------------------------------------------------- the address
+
+
+def model_param(source: ModelSource | None) -> str | None:
+    """How the address names a model, or None for one it cannot restore (an upload, a folder elsewhere)."""
+    if source is None:
+        return None
+    for name, fixed in (("demo", loaders.default_model()), ("demo_noalign", loaders.twin_model())):
+        if fixed is not None and source.path == fixed.path:
+            return name
+    runs = trained_runs() if source.kind == "dir" else {}
+    for name, path in runs.items():
+        if source.path is not None and Path(source.path).resolve() == Path(path).resolve():
+            return RUN_PREFIX + name
+    return None
+
+
+def _restore_from_address() -> None:
+    """Apply ``?model=&data=&split=&sample=`` once per session; say what cannot be restored."""
+    params = session.query_params_once()
+    if not params:
+        return
+    problems = []
+    model = params.get("model")
+    if model:
+        source = _model_from_param(model)
+        if source is None:
+            problems.append(f"the model {model!r} is not a bundled model or a run of the runs folder")
+        elif source != loaders.current_model():
+            use_model_dir(None if source == loaders.default_model() else source.path, source.label)
+    data = params.get("data")
+    if data and data != "bundled":
+        problems.append(f"the data {data.removeprefix('upload:')!r} was an upload, which is not kept on the "
+                        "server: upload it again")
+    if params.get("split"):
+        session.set_split(params["split"])
+    if params.get("sample"):
+        session.select_sample(params["sample"])
+    if problems:
+        session.set_notice("The link could not restore everything: " + "; ".join(problems) + ".")
+
+
+def _model_from_param(value: str) -> ModelSource | None:
+    if value == "demo":
+        return loaders.default_model()
+    if value == "demo_noalign":
+        return loaders.twin_model()
+    if value.startswith(RUN_PREFIX):
+        name = value.removeprefix(RUN_PREFIX)
+        path = trained_runs().get(name)  # only a run listed in the runs folder: never a path from the address
+        return ModelSource("dir", f"run {name}", path) if path is not None else None
+    return None
+
+
+def _write_address() -> None:
+    model = loaders.current_model()
+    data = session.data_source()
+    session.write_query_params({
+        "model": model_param(model),
+        "data": "bundled" if data.kind == "bundled" else f"upload:{data.label}",
+        "split": session.split(),
+        "sample": session.selected_sample(),
+    })

@@ -3,29 +3,42 @@
 Shapes: text 768, audio 5, vision 20, T = 50, batch 32; the official MOSI config
 (``tests/reference/official_model.official_config_dict``); 2 CPU threads. Measures
 
-* ms per training step (forward with alignment, backward, gradient clipping, Adam) and samples/s;
-* ms per no-grad eval forward of a batch of 32;
-* the same two figures for the official reference (``bench/official_baseline.time_official``);
+* ms per training step (forward with alignment, backward, gradient clipping, Adam as the trainer builds
+  it) and samples/s, and ms per eval forward of a batch of 32 under ``torch.inference_mode`` (as
+  ``decalign.inference`` runs it);
+* the same two figures for the official reference (``bench/official_baseline.time_official``) and, with
+  ``--before REV``, for this repository at an earlier commit, each in the same alternating rounds, so all
+  see the same machine load (the machine is shared: compare ratios within one run);
+* where a training step's time goes (forward with and without alignment, loss, backward, clipping,
+  Adam) and the
+  operators that take the most time in a training step and in an eval forward (``torch.profiler``);
+* the training step with ``torch.compile`` (inductor, CPU) of the batched transformers
+  (``decalign.model.fusion.encode``, most of the step), its compile time, and the eager step in the same
+  rounds;
 * peak RSS of a fresh subprocess per phase (3 training epochs of 40 batches; 120 eval forwards), with the
   peak after each epoch, to show that memory does not grow with the number of batches.
 
-Run ``python bench/bench_model.py``; writes bench/results/model.json.
+Run ``python bench/bench_model.py [--before REV] [--compile]``; writes bench/results/model.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+TREE = Path(os.environ.get("DECALIGN_BENCH_TREE", ROOT))  # --before runs this file on an older checkout
+sys.path.insert(0, str(TREE))
 
 from bench.bench_train_epoch import machine, write_result
 from bench.official_baseline import median_ms, time_official
@@ -46,7 +59,7 @@ def official_config() -> DecAlignConfig:
 
 
 def make_step(seed: int = 0):
-    """(train_step, eval_forward) closures over a fresh model and one synthetic batch."""
+    """(train_step, eval_forward, parts) closures over a fresh model and one synthetic batch."""
     torch.manual_seed(seed)
     config = official_config()
     model = DecAlign(config.model, WIDTHS, 1)
@@ -56,28 +69,155 @@ def make_step(seed: int = 0):
     inputs = {m: torch.randn(BATCH, T, w, generator=g) for m, w in WIDTHS.items()}
     labels = torch.empty(BATCH).uniform_(-3, 3, generator=g)
 
-    def train_step() -> float:
+    def train_step(times: dict[str, list[float]] | None = None) -> float:
+        clock = _Clock(times)
         model.train()
         out = model(inputs, align=True)
+        clock("forward_with_alignment")
         loss, _ = total_loss(out, labels, config.train, "regression")
+        clock("loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clock("backward")
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip)
+        clock("clip")
         optimizer.step()
+        clock("adam")
         return loss.item()
 
     def eval_forward() -> None:
         model.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             model(inputs)
 
-    return train_step, eval_forward
+    return train_step, eval_forward, (model, inputs)
+
+
+class _Clock:
+    """Appends the ms since the previous call to ``times[name]``; does nothing without ``times``."""
+
+    def __init__(self, times: dict[str, list[float]] | None):
+        self.times, self.last = times, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.times is not None:
+            now = time.perf_counter()
+            self.times.setdefault(name, []).append((now - self.last) * 1000)
+            self.last = now
+
+
+def time_this_tree() -> dict[str, float]:
+    """Median ms of STEPS training steps and eval forwards after WARMUP, for the ``decalign`` on sys.path."""
+    torch.set_num_threads(THREADS)
+    train_step, eval_forward, _ = make_step()
+    return {"train_step_ms": median_ms(train_step, STEPS, WARMUP),
+            "eval_forward_ms": median_ms(eval_forward, STEPS, WARMUP)}
+
+
+def time_tree(tree: Path) -> dict[str, float]:
+    """``time_this_tree`` in a subprocess that imports ``decalign`` from another checkout."""
+    done = subprocess.run([sys.executable, __file__, "--phase", "time"], capture_output=True, text=True,
+                          check=True, cwd=tree, env={**os.environ, "DECALIGN_BENCH_TREE": str(tree)})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def timings(before: Path | None) -> dict[str, dict]:
+    """Medians over ROUNDS rounds that alternate ours, the official reference and (optionally) an older
+    commit, so that all see the same machine load; each round times STEPS steps after WARMUP."""
+    names = ["decalign_studio", "official_reference"] + (["before"] if before else [])
+    rounds = {name: {"train_step_ms": [], "eval_forward_ms": []} for name in names}
+    for _ in range(ROUNDS):
+        for name in names:
+            if name == "decalign_studio":
+                figures = time_this_tree()
+            elif name == "before":
+                figures = time_tree(before)
+            else:
+                t = time_official(batch=BATCH, T=T, threads=THREADS, steps=STEPS, warmup=WARMUP)
+                figures = {"train_step_ms": t.train_step_ms, "eval_forward_ms": t.eval_forward_ms}
+            for key, value in figures.items():
+                rounds[name][key].append(value)
+    return {name: summarise(timing) for name, timing in rounds.items()}
+
+
+def summarise(timing: dict[str, list[float]]) -> dict:
+    """Median and best (least disturbed) round of each figure; on a shared machine the best round is
+    the better estimate of the code's own speed, the median shows what the load did."""
+    row = {}
+    for key in ("train_step_ms", "eval_forward_ms"):
+        values = timing[key]
+        row.update({key: statistics.median(values), f"{key}_best_round": min(values), f"{key}_per_round": values})
+    row["train_samples_per_second"] = BATCH * 1000 / row["train_step_ms"]
+    row["eval_samples_per_second"] = BATCH * 1000 / row["eval_forward_ms"]
+    row["train_samples_per_second_best_round"] = BATCH * 1000 / row["train_step_ms_best_round"]
+    return row
+
+
+def breakdown(steps: int = 2 * STEPS) -> dict:
+    """Median ms of each part of a training step, and the operators that take the most time."""
+    torch.set_num_threads(THREADS)
+    train_step, eval_forward, (model, inputs) = make_step()
+    for _ in range(WARMUP):
+        train_step()
+        eval_forward()
+    times: dict[str, list[float]] = {}
+    for _ in range(steps):
+        train_step(times)
+        clock = _Clock(times)
+        model.train()
+        model(inputs, align=False)  # the alignment's share is the difference
+        clock("forward_without_alignment")
+    parts = {name: round(statistics.median(values), 2) for name, values in times.items()}
+    return {"train_step_parts_ms": parts, "train_step_top_ops": top_ops(train_step),
+            "eval_forward_top_ops": top_ops(eval_forward)}
+
+
+def top_ops(fn, calls: int = 5, rows: int = 12) -> list[dict]:
+    """The operators with the most self CPU time over ``calls`` calls of ``fn`` (torch.profiler)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(calls):
+            fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_ms_per_call": round(e.self_cpu_time_total / 1000 / calls, 2),
+             "share": round(e.self_cpu_time_total / total, 3), "count_per_call": e.count // calls}
+            for e in events[:rows]]
+
+
+def compiled_transformers(rounds: int = ROUNDS) -> dict:
+    """Training step with the transformers compiled by ``torch.compile`` (inductor) against eager, in
+    alternating rounds, and the first (compiling) step's time. The product runs them eagerly: this is
+    the measurement behind that choice."""
+    import decalign.model.decalign as model_module
+
+    torch.set_num_threads(THREADS)
+    eager = model_module.encode
+    compiled = torch.compile(eager, dynamic=False)
+    train_step, _, _ = make_step()
+    train_step()
+    model_module.encode = compiled
+    try:
+        start = time.perf_counter()
+        train_step()
+        compile_s = time.perf_counter() - start
+        times = {"eager": [], "compiled": []}
+        for _ in range(rounds):
+            for name, encode in (("eager", eager), ("compiled", compiled)):
+                model_module.encode = encode
+                times[name].append(median_ms(train_step, STEPS, WARMUP))
+    finally:
+        model_module.encode = eager
+    return {"first_step_with_compile_s": round(compile_s, 1),
+            **{f"train_step_ms_{name}": round(statistics.median(v), 1) for name, v in times.items()},
+            **{f"train_step_ms_{name}_per_round": [round(x, 1) for x in v] for name, v in times.items()}}
 
 
 def phase(name: str) -> dict:
     """Run inside a fresh subprocess: peak RSS (MiB) after each epoch of one phase."""
     torch.set_num_threads(THREADS)
-    train_step, eval_forward = make_step()
+    train_step, eval_forward, _ = make_step()
     fn = train_step if name == "train" else eval_forward
     peaks = []
     for _ in range(EPOCHS):
@@ -95,76 +235,69 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def timings() -> tuple[dict, dict]:
-    """Medians over ROUNDS rounds that alternate ours and the official reference, so that both see the
-    same machine load; each round times STEPS steps after WARMUP."""
-    train_step, eval_forward = make_step()
-    ours, official = {"train_step_ms": [], "eval_forward_ms": []}, {"train_step_ms": [], "eval_forward_ms": []}
-    for _ in range(ROUNDS):
-        torch.set_num_threads(THREADS)
-        ours["train_step_ms"].append(median_ms(train_step, STEPS, WARMUP))
-        ours["eval_forward_ms"].append(median_ms(eval_forward, STEPS, WARMUP))
-        t = time_official(batch=BATCH, T=T, threads=THREADS, steps=STEPS, warmup=WARMUP)
-        official["train_step_ms"].append(t.train_step_ms)
-        official["eval_forward_ms"].append(t.eval_forward_ms)
-    return summarise(ours), summarise(official)
-
-
-def summarise(timing: dict[str, list[float]]) -> dict:
-    """Median and best (least disturbed) round of each figure; on a shared machine the best round is
-    the better estimate of the code's own speed, the median shows what the load did."""
-    row = {}
-    for key in ("train_step_ms", "eval_forward_ms"):
-        values = timing[f"{key}_per_round"] if f"{key}_per_round" in timing else timing[key]
-        row.update({key: statistics.median(values), f"{key}_best_round": min(values), f"{key}_per_round": values})
-    row["train_samples_per_second"] = BATCH * 1000 / row["train_step_ms"]
-    row["eval_samples_per_second"] = BATCH * 1000 / row["eval_forward_ms"]
-    row["train_samples_per_second_best_round"] = BATCH * 1000 / row["train_step_ms_best_round"]
-    return row
-
-
 def run_phase(name: str) -> dict:
     done = subprocess.run([sys.executable, __file__, "--phase", name], capture_output=True, text=True,
                           check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def checkout(rev: str, into: Path) -> Path:
+    """This repository's files at ``rev`` (git archive), for --before."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=("train", "eval"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("train", "eval", "time"), help=argparse.SUPPRESS)
+    parser.add_argument("--before", metavar="REV", help="also time this repository at an earlier commit")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step with torch.compile of the transformers (about a minute more)")
     args = parser.parse_args(argv)
     if args.phase:
-        print(json.dumps(phase(args.phase)))
+        print(json.dumps(time_this_tree() if args.phase == "time" else phase(args.phase)))
         return {}
     memory = {"train": run_phase("train"), "eval": run_phase("eval"), "epochs": EPOCHS,
               "batches_per_epoch": BATCHES_PER_EPOCH}  # first, while this process is small
-    ours, official = timings()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = timings(checkout(args.before, Path(tmp)) if args.before else None)
     result = {
         "benchmark": f"DecAlign at MOSI shapes, official MOSI config; median over {ROUNDS} alternating rounds "
                      f"of the median of {STEPS} steps after {WARMUP} warm-up",
         "shapes": {"batch": BATCH, "T": T, "widths": WIDTHS},
-        "decalign_studio": ours, "official_reference": official,
-        "ratio_official_over_ours": ratios(ours, official),
+        **rows,
+        "ratio_official_over_ours": ratios(rows["decalign_studio"], rows["official_reference"]),
+        "breakdown": breakdown(),
+        "torch_compile": compiled_transformers() if args.compile else "not run (--compile)",
         "memory": memory,
         "machine": {**machine(), "torch_threads": THREADS},
     }
+    if args.before:
+        result["before_commit"] = args.before
+        result["ratio_before_over_ours"] = ratios(rows["decalign_studio"], rows["before"])
     print_summary(result)
     print(f"wrote {write_result('model.json', result)}")
     return result
 
 
-def ratios(ours: dict, official: dict) -> dict[str, float]:
-    """Official time / our time (above 1: ours is faster), for the median and the best round."""
-    return {f"{key}{kind}": official[f"{key}_ms{kind}"] / ours[f"{key}_ms{kind}"]
+def ratios(ours: dict, other: dict) -> dict[str, float]:
+    """Other time / our time (above 1: ours is faster), for the median and the best round."""
+    return {f"{key}{kind}": other[f"{key}_ms{kind}"] / ours[f"{key}_ms{kind}"]
             for key in ("train_step", "eval_forward") for kind in ("", "_best_round")}
 
 
 def print_summary(r: dict) -> None:
-    ours, off = r["decalign_studio"], r["official_reference"]
-    print(f"{'':32}{'ours':>10}{'official':>10}")
+    names = [n for n in ("decalign_studio", "official_reference", "before") if n in r]
+    print(f"{'':32}" + "".join(f"{n[:12]:>14}" for n in names))
     for key, label in (("train_step_ms", "train step (ms)"), ("eval_forward_ms", "eval forward of 32 (ms)")):
-        print(f"{label + ', median':32}{ours[key]:10.1f}{off[key]:10.1f}")
-        print(f"{label + ', best round':32}{ours[key + '_best_round']:10.1f}{off[key + '_best_round']:10.1f}")
+        for kind, suffix in (("", ", median"), ("_best_round", ", best round")):
+            print(f"{label + suffix:32}" + "".join(f"{r[n][key + kind]:14.1f}" for n in names))
+    print("train step parts (ms): " + ", ".join(f"{k} {v}" for k, v in r["breakdown"]["train_step_parts_ms"].items()))
+    if isinstance(r["torch_compile"], dict):
+        c = r["torch_compile"]
+        print(f"torch.compile of the transformers: step {c['train_step_ms_compiled']} ms against eager "
+              f"{c['train_step_ms_eager']} ms; first step with compiling {c['first_step_with_compile_s']} s")
     for name in ("train", "eval"):
         peaks = r["memory"][name]["peak_rss_mib_after_epoch"]
         print(f"peak RSS, {name} ({r['memory']['epochs']} x {r['memory']['batches_per_epoch']} batches): "

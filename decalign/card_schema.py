@@ -30,7 +30,11 @@ TASKS = ("regression", "classification")
 _TEXT_FIELDS = ("data_fingerprint", "data_source", "source", "library_version", "created_at")
 CARD_FIELDS = ("config", "widths", "task", "output_dim", "seq_lens", "num_classes", "label_range",
                "class_names", "metrics", "data_fingerprint", "data_source", "seed", "best_epoch",
-               "prototypes", "source", "library_version", "created_at", "extra", "format")
+               "prototypes", "source", "metric_convention", "error", "baseline", "library_version", "created_at",
+               "extra", "format")
+# The metric conventions a card may record and the one per-sample error each implies
+# (decalign.train.metrics decides and uses them).
+CONVENTION_ERRORS = {"mosi": "absolute", "sims": "absolute_clipped", "classification": "misclassification"}
 
 
 class CheckpointError(ValueError):
@@ -135,8 +139,28 @@ def _optional_fields(data: dict[str, Any], widths: dict[str, int], source: str) 
         for i, name in enumerate(names):
             _text(name, f"class_names[{i}]", source, 200)
     _metrics(data.get("metrics"), source)
+    _recorded(data, source)
     if data.get("extra") is not None and not isinstance(data["extra"], dict):
         raise CheckpointError(f"{source}: 'extra' must be an object")
+
+
+def _recorded(data: dict[str, Any], source: str) -> None:
+    """The metric convention fits the task, the error fits the convention, the baseline holds metrics."""
+    convention, error = data.get("metric_convention"), data.get("error")
+    if convention is not None:
+        fits = (convention == "classification") == (data["task"] == "classification")
+        if convention not in CONVENTION_ERRORS or not fits:
+            expected = "classification" if data["task"] == "classification" else "mosi or sims"
+            raise CheckpointError(f"{source}: 'metric_convention' must be {expected} for a {data['task']} model, "
+                                  f"found {convention!r:.40}")
+    allowed = [CONVENTION_ERRORS[convention]] if convention is not None else list(CONVENTION_ERRORS.values())
+    if error is not None and error not in allowed:
+        raise CheckpointError(f"{source}: 'error' must be {' or '.join(allowed)}, found {error!r:.40}")
+    baseline = data.get("baseline")
+    if baseline is not None:
+        if not isinstance(baseline, dict) or not isinstance(baseline.get("metrics"), dict):
+            raise CheckpointError(f"{source}: 'baseline' must be an object with 'metrics'")
+        _metrics(baseline["metrics"], f"{source}: baseline")
 
 
 def _widths(value: Any, source: str) -> dict[str, int]:

@@ -58,6 +58,11 @@ class ModelCard:
     best_epoch: int | None = None
     prototypes: dict[str, dict[str, list]] | None = None  # modality -> means/variances/weights
     source: str = "trained"  # trained | imported-official
+    # Decided once at training or import (decalign.train.metrics.metric_convention): mosi | sims |
+    # classification, and the per-sample error it implies (absolute | absolute_clipped | misclassification).
+    metric_convention: str | None = None
+    error: str | None = None
+    baseline: dict[str, Any] | None = None  # decalign.train.baseline.fit_baseline: a linear model's scores
     library_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,8 +1,9 @@
 """Run a model over a whole split in chunks and keep only what the product shows.
 
 Memory is bounded: activations live for one chunk at a time; what is kept per sample is the prediction,
-the head's input (2*M*d floats), the pooled unique and common features (2*M*d) and the posteriors over
-the training prototypes (M*K). For MOSI shapes (d = 40, M = 3, K = 7) that is under 2 KiB a sample.
+the head's input (2*M*d floats), the pooled unique and common features (2*M*d), the distribution encoders'
+outputs (M*pde_dim: the space moment matching and MMD align) and the posteriors over the training
+prototypes (M*K). For MOSI shapes (d = pde_dim = 40, M = 3, K = 7) that is under 2.5 KiB a sample.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class InferenceResult:
     head_weight: np.ndarray  # (out, 2*M*d)
     head_bias: np.ndarray  # (out,)
     task: str
+    distribution: dict[str, np.ndarray] | None = None  # (N, pde_dim) distribution encoders' outputs
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,7 +77,7 @@ class InferenceResult:
         return InferenceResult(self.ids[index], None if self.labels is None else self.labels[index],
                                self.outputs[index], self.branch_inputs[index], self.branch_names,
                                pick(self.unique_pooled), pick(self.common_pooled), pick(self.posteriors),
-                               self.head_weight, self.head_bias, self.task)
+                               self.head_weight, self.head_bias, self.task, pick(self.distribution))
 
 
 def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int = 256,
@@ -86,6 +88,7 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int =
     model.eval()
     chunks: dict[str, list] = {"out": [], "branch": []}
     unique, common, post = {m: [] for m in model.modalities}, {m: [] for m in model.modalities}, {}
+    spread = {m: [] for m in model.modalities}
     done = 0
     with torch.inference_mode():
         for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
@@ -95,6 +98,8 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int =
             for m in model.modalities:
                 unique[m].append(out.unique_pooled[m].float().cpu().numpy())
                 common[m].append(out.common_pooled[m].float().cpu().numpy())
+                # The space the homogeneity losses (moments, MMD) align: what "common" views should show.
+                spread[m].append(model.distribution_encoders[m](out.common_pooled[m].float()).cpu().numpy())
                 if prototypes is not None:
                     proto = _on(prototypes[m], device)
                     post.setdefault(m, []).append(posteriors(out.unique_pooled[m].float(), proto).cpu().numpy())
@@ -110,7 +115,7 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int =
         common_pooled={m: _cat(v, (0, model.config.d_model)) for m, v in common.items()},
         posteriors={m: np.concatenate(v) for m, v in post.items()} if prototypes is not None else None,
         head_weight=head.weight.detach().cpu().numpy().copy(), head_bias=head.bias.detach().cpu().numpy().copy(),
-        task=task,
+        task=task, distribution={m: _cat(v, (0, model.config.pde_dim)) for m, v in spread.items()},
     )
 
 

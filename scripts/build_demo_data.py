@@ -93,7 +93,8 @@ def build(wheel_path: Path) -> MultimodalDataset:
         for s, idx in stratified_split(labels, rng).items()
     }
     return MultimodalDataset(
-        splits=splits, task="classification", num_classes=10, report=LoadReport(source="uci")
+        splits=splits, task="classification", num_classes=10, report=LoadReport(source="uci"),
+        class_names=[f"digit {d}" for d in range(10)],
     )
 
 

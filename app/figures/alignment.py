@@ -7,6 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .style import PALETTE, epoch_axis
+
 
 def training_value(training: dict | None, level: str) -> float | None:
     """The level's value on the training set from ``card.extra["training_alignment"]``, if recorded."""
@@ -42,9 +44,22 @@ def history_figure(history: pd.DataFrame, level: str) -> go.Figure | None:
     if rows.empty:
         return None
     fig = go.Figure()
-    for source, group in rows.groupby("source", sort=True):
+    for i, (source, group) in enumerate(rows.groupby("source", sort=True)):
         group = group.sort_values("epoch")
-        fig.add_trace(go.Scatter(x=group.epoch, y=group.value, mode="lines+markers", name=str(source)))
-    fig.update_xaxes(title="epoch", tickformat="d", dtick=1)
+        fig.add_trace(go.Scatter(x=group.epoch, y=group.value, mode="lines+markers", name=str(source),
+                                 line={"color": PALETTE[i % len(PALETTE)]}))
     fig.update_layout(title="over the training epochs", height=320, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return epoch_axis(fig, rows.epoch)
+
+
+def comparison_figure(table: pd.DataFrame, names: tuple[str, str]) -> go.Figure:
+    """Each level's total for two models (``decalign.explain.compare.levels_side_by_side``'s A and B
+    columns), grouped bars on a log axis: the levels differ by orders of magnitude."""
+    total = table[table["kind"] == "total"]
+    fig = go.Figure([go.Bar(name=name, x=total["level"], y=total[side], marker_color=PALETTE[i],
+                            hovertemplate="%{x}: %{y:.4g}<extra>" + name + "</extra>")
+                     for i, (side, name) in enumerate(zip(("A", "B"), names))])
+    fig.update_layout(barmode="group", title="Each level on this data, both models (lower = better aligned)",
+                      height=360, yaxis_type="log", margin={"l": 10, "r": 10, "t": 60, "b": 10},
+                      legend={"orientation": "h", "y": -0.15})
     return fig

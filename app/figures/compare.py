@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from decalign.explain.compare import PrototypeMatch
 
+from .style import PALETTE, by_family
+
 
 def metrics_figure(metrics: pd.DataFrame) -> go.Figure:
-    """Grouped bars of A and B per metric (per-class F1 left out)."""
+    """Grouped bars of A and B per metric (per-class F1 left out), one panel per metric family (scores,
+    loss, error, correlation), so no two scales share an axis."""
     shown = metrics[~metrics["metric"].str.startswith("F1_class_")]
-    fig = go.Figure([go.Bar(name=side, x=shown["name"], y=shown[side]) for side in ("A", "B")])
-    fig.update_layout(barmode="group", title="Metrics", height=340)
+    families = by_family(shown["metric"].tolist()) or {"metrics": []}
+    fig = make_subplots(rows=1, cols=len(families), subplot_titles=list(families),
+                        column_widths=[max(len(k), 1) for k in families.values()], horizontal_spacing=0.06)
+    for col, keys in enumerate(families.values(), start=1):
+        part = shown.set_index("metric").loc[keys]
+        for i, side in enumerate(("A", "B")):
+            fig.add_trace(go.Bar(name=side, x=part["name"], y=part[side], marker_color=PALETTE[i],
+                                 showlegend=col == 1, legendgroup=side), row=1, col=col)
+    fig.update_layout(barmode="group", title="Metrics", height=360)
     return fig
 
 

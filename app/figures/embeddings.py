@@ -5,12 +5,18 @@ Every point carries its row index in ``customdata`` so a lasso or box selection 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from decalign.checkpoint import ModelCard
+from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
 from decalign.safe_output import plotly_text
+
+from .style import CONTINUOUS, category_colours, compact_legend
 
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
@@ -22,20 +28,42 @@ def spaces(result: InferenceResult) -> list[str]:
     return [f"unique:{m}" for m in result.unique_pooled] + [f"common:{m}" for m in result.common_pooled]
 
 
+def common_features(result: InferenceResult) -> dict[str, np.ndarray]:
+    """The aligned common space: the distribution encoders' outputs, where moment matching and MMD pull
+    the modalities together (the pooled common features themselves are never aligned by a loss). A
+    result without them (an old cache) falls back to the pooled common features."""
+    return result.distribution if result.distribution else result.common_pooled
+
+
 def space_features(result: InferenceResult, space: str) -> np.ndarray:
-    """(N, d) pooled features of ``space`` ("unique:<m>" or "common:<m>")."""
+    """(N, d) features of ``space``: "unique:<m>" (pooled unique features) or "common:<m>" (the
+    distribution encoder's output, :func:`common_features`)."""
     part, _, modality = space.partition(":")
-    table = {"unique": result.unique_pooled, "common": result.common_pooled}.get(part)
+    table = {"unique": result.unique_pooled, "common": common_features(result)}.get(part)
     if table is None or modality not in table:
         raise ValueError(f"unknown space {space!r}; expected one of {spaces(result)}")
     return table[modality]
 
 
+def category_order(result: InferenceResult, by: str, class_names: list[str] | None, modalities: list[str]
+                   ) -> list | None:
+    """The legend order of a categorical colouring: classes by index, modalities in model order."""
+    if by in ("label", "prediction") and result.task == "classification":
+        k = result.outputs.shape[1]
+        return [class_names[i] if class_names and i < len(class_names) else str(i) for i in range(k)]
+    if by == "modality":
+        return list(modalities)
+    if by == "error" and result.task == "classification":
+        return ["correct", "wrong"]
+    return None
+
+
 def colour_values(result: InferenceResult, by: str, modality: str | None,
-                  class_names: list[str] | None = None) -> tuple[np.ndarray, bool]:
+                  class_names: list[str] | None = None, card: ModelCard | None = None) -> tuple[np.ndarray, bool]:
     """(N,) values to colour the samples by, and whether they are continuous (else categories).
 
-    ``error``: "correct"/"wrong" for classification, |prediction - label| for regression. ``prototype``:
+    ``error``: "correct"/"wrong" for classification; for regression the card's error (``result_errors``),
+    |prediction - label| without a card. ``prototype``:
     the most probable training prototype of ``modality`` (argmax of the posteriors). Values that are not
     available (no labels, no prototypes) are "n/a".
     """
@@ -55,6 +83,8 @@ def colour_values(result: InferenceResult, by: str, modality: str | None,
         return (result.labels.astype(float), True) if regression else (_names(result.labels, class_names), False)
     if by == "error":
         if regression:
+            if card is not None:
+                return result_errors(result, card)["error"].to_numpy(dtype=float), True
             return np.abs(result.predictions - result.labels).astype(float), True
         return np.where(result.predictions == result.labels, "correct", "wrong").astype(object), False
     raise ValueError(f"colour_by must be one of {COLOUR_BY}, found {by!r}")
@@ -78,8 +108,10 @@ def _short(text: str, max_chars: int) -> str:
 
 
 def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hover: np.ndarray,
-                   rows: np.ndarray, title: str, colour_title: str = "") -> go.Figure:
-    """WebGL scatter of (N, 2) ``coords``; one trace per category (a legend) or one with a colour bar.
+                   rows: np.ndarray, title: str, colour_title: str = "", order: list | None = None) -> go.Figure:
+    """WebGL scatter of (N, 2) ``coords``; one trace per category with its own colour of the class palette
+    (``order``: the categories' order, default natural), or one trace with a colour bar for continuous
+    values and for more categories than the palette has colours (legend-less; hover names the category).
 
     ``rows`` (N,) are written to ``customdata`` so selections can be mapped back (see
     :func:`selected_rows`).
@@ -87,22 +119,39 @@ def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hov
     n = len(coords)
     marker = {"size": 4 if n > DENSE_POINTS else 6, "opacity": 0.6 if n > DENSE_POINTS else 0.85}
     fig = go.Figure()
-    if continuous:
+    categories = None if continuous else [*(order or []), *(v for v in natural_order(colour) if v not in (order or []))]
+    colours = None if continuous else category_colours(categories)
+    if colours is None:
+        codes = colour if continuous else np.array([categories.index(v) for v in colour])
+        bar = {"title": colour_title} if continuous else {"title": f"{colour_title} (index)"}
+        text = hover if continuous else np.array([f"{h}<br>{colour_title}: {plotly_text(v)}"
+                                                  for h, v in zip(hover, colour)], dtype=object)
         fig.add_trace(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=rows,
-                                   text=hover, hovertemplate="%{text}<extra></extra>", showlegend=False,
-                                   marker={**marker, "color": colour, "colorscale": "Viridis",
-                                           "colorbar": {"title": colour_title}}))
+                                   text=text, hovertemplate="%{text}<extra></extra>", showlegend=False,
+                                   marker={**marker, "color": codes, "colorscale": CONTINUOUS, "colorbar": bar}))
     else:
-        for value in sorted(set(colour.tolist()), key=str):
+        for value in categories:
             mask = colour == value
+            if not mask.any():
+                continue
             fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=plotly_text(value),
-                                       customdata=rows[mask], text=hover[mask], marker=marker,
-                                       hovertemplate="%{text}<extra>" + str(value) + "</extra>"))
-    fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"title": colour_title, "itemsizing": "constant"}, dragmode="lasso")
+                                       customdata=rows[mask], text=hover[mask],
+                                       marker={**marker, "color": colours[value]},
+                                       hovertemplate="%{text}<extra>" + plotly_text(value) + "</extra>"))
+        compact_legend(fig, len(categories))
+    fig.update_layout(title=title, height=fig.layout.height or 440, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      dragmode="lasso")
     fig.update_xaxes(showticklabels=False, title=None)
     fig.update_yaxes(showticklabels=False, title=None)
     return fig
+
+
+def natural_order(values: np.ndarray) -> list:
+    """Distinct values in natural order: "digit 2" before "digit 10", "prototype 9" before "prototype 10"."""
+    def key(v):
+        text = str(v)
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+    return sorted(set(np.asarray(values).tolist()), key=key)
 
 
 def selected_rows(selection) -> np.ndarray:

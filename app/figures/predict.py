@@ -6,33 +6,47 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from decalign.checkpoint import ModelCard
 from decalign.data import Split
+from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
 from decalign.safe_output import plotly_text
 from decalign.train.metrics import confusion_matrix
 
+from .overview import class_labels
+from .style import class_axis
 
-def predictions_frame(result: InferenceResult, split: Split) -> pd.DataFrame:
-    """One row per sample: id, raw text (if any), prediction, label, error, probability.
 
-    ``error`` is ``|prediction - label|`` for regression and ``1 - p(label)`` (probability mass the model
-    puts off the true class) for classification; ``probability`` is the predicted class's probability.
+def predictions_frame(result: InferenceResult, split: Split, card: ModelCard,
+                      class_names: list[str] | None = None) -> pd.DataFrame:
+    """One row per sample: id, raw text (if any), prediction, label, error, p_label, probability.
+
+    ``error`` (and for classification ``p_label``, the probability given to the true label) is the card's
+    one definition (``decalign.explain.slices.result_errors``); ``probability`` is the predicted class's.
+    With ``class_names`` the prediction and label columns show the names and ``prediction_index`` /
+    ``label_index`` keep the class numbers.
     """
     frame = pd.DataFrame({"id": result.ids})
     if split.raw_text is not None:
         frame["text"] = split.raw_text
-    frame["prediction"] = result.predictions
+    named = class_names and result.task == "classification"
+    frame["prediction"] = _named(result.predictions, class_names) if named else result.predictions
     if result.labels is not None:
-        frame["label"] = result.labels
-    probs = result.probabilities
-    if probs is None:
+        frame["label"] = _named(result.labels, class_names) if named else result.labels
+        errors = result_errors(result, card)
+        for column in errors.columns:
+            frame[column] = errors[column].to_numpy()
+    if result.probabilities is not None:
+        frame["probability"] = result.probabilities.max(1)
+    if named:
+        frame["prediction_index"] = result.predictions
         if result.labels is not None:
-            frame["error"] = np.abs(result.predictions - result.labels)
-    else:
-        if result.labels is not None:
-            frame["error"] = 1.0 - probs[np.arange(len(result)), result.labels]
-        frame["probability"] = probs.max(1)
+            frame["label_index"] = result.labels
     return frame
+
+
+def _named(values: np.ndarray, names: list[str]) -> np.ndarray:
+    return np.array([names[int(v)] if 0 <= int(v) < len(names) else str(int(v)) for v in values], dtype=object)
 
 
 def filter_frame(frame: pd.DataFrame, *, error_range: tuple[float, float] | None = None,
@@ -62,13 +76,16 @@ def summary_figure(frame: pd.DataFrame, task: str, num_classes: int | None = Non
         fig = go.Figure(go.Histogram(x=frame["prediction"], nbinsx=30))
         fig.update_layout(title="Predictions", xaxis_title="prediction", yaxis_title="samples")
     elif task == "classification":
-        k = num_classes or int(max(frame["label"].max(), frame["prediction"].max())) + 1
-        matrix = confusion_matrix(frame["prediction"].to_numpy(), frame["label"].to_numpy(), k)
-        names = [plotly_text(n) for n in class_names] if class_names else [str(i) for i in range(k)]
+        pred, label = (("prediction_index", "label_index") if "label_index" in frame else ("prediction", "label"))
+        k = num_classes or int(max(frame[label].max(), frame[pred].max())) + 1
+        matrix = confusion_matrix(frame[pred].to_numpy(), frame[label].to_numpy(), k)
+        names = class_labels(k, class_names)
         fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix,
-                                   texttemplate="%{text}", hovertemplate="label %{y}, predicted %{x}: %{z}"))
-        fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="label",
-                          yaxis_autorange="reversed")
+                                   texttemplate="%{text}", hovertemplate="label %{y}, predicted %{x}: %{z}"
+                                   "<extra></extra>"))
+        fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="label")
+        class_axis(fig, names, "x")
+        class_axis(fig, names, "y", autorange="reversed")
     else:
         fig = go.Figure(go.Scattergl(x=frame["label"], y=frame["prediction"], mode="markers",
                                      text=[plotly_text(i) for i in frame["id"]], marker={"size": 5, "opacity": 0.6}))

@@ -16,6 +16,8 @@ from decalign.train.metrics import display_name
 from decalign.train.replay import Replay, ReplayEpoch
 from decalign.train.trainer import LOSS_KEYS
 
+from .style import PALETTE, by_family, epoch_axis, short_hash
+
 TERMS = LOSS_KEYS
 LEVELS = AlignmentLevels.LEVELS
 
@@ -38,18 +40,36 @@ def progress_text(progress: dict[str, Any] | None, state: str) -> tuple[float, s
     return float(progress.get("fraction", 0.0)), text
 
 
-def runs_table(runs: list[RunInfo]) -> pd.DataFrame:
+def runs_table(runs: list[RunInfo], progress: dict[str, dict[str, Any] | None] | None = None) -> pd.DataFrame:
+    """One row per run. ``progress`` (run name -> its progress.json) makes an active run's row say what its
+    progress bar says: the epoch in progress and the batch, not only the last finished epoch."""
     rows = []
     for r in runs:
         metric = r.selection_metric
-        rows.append({"run": r.name, "status": r.state, "epoch": r.epoch, "epochs": r.num_epochs,
-                     "best epoch": r.best_epoch,
+        live = (progress or {}).get(r.name) if r.state in ("starting", "running") else None
+        rows.append({"run": r.name, "status": _status_text(r, live), "epochs done": r.epoch,
+                     "of": r.num_epochs, "best epoch": r.best_epoch,
                      "best valid": f"{display_name(metric)} {r.best_metrics[metric]:.4f}"
                      if metric in r.best_metrics else "",
-                     "data": (r.data or "").rsplit("/", 1)[-1], "fingerprint": (r.data_fingerprint or "")[:12],
+                     "test": _test_text(r), "data": (r.data or "").rsplit("/", 1)[-1],
+                     "fingerprint": short_hash(r.data_fingerprint),
                      "d": r.config.get("model", {}).get("d_model"), "K": r.config.get("model", {}).get("num_prototypes"),
                      "lr": r.config.get("train", {}).get("learning_rate")})
     return pd.DataFrame(rows)
+
+
+def _status_text(run: RunInfo, progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return run.state
+    return (f"{run.state} · epoch {progress.get('epoch')}/{progress.get('total_epochs')}, batch "
+            f"{progress.get('batch')}/{progress.get('num_batches')}")
+
+
+def _test_text(run: RunInfo) -> str:
+    """The finished run's test metrics, in brief (accuracy or MAE first)."""
+    test = run.test_metrics
+    shown = [k for k in ("Acc", "WAF1", "MAE", "Corr", "Has0_acc_2", "Mult_acc_2") if k in test][:2]
+    return " · ".join(f"{display_name(k)} {test[k]:.4f}" for k in shown)
 
 
 def batch_loss_figure(progress: dict[str, Any] | None) -> go.Figure:
@@ -57,13 +77,14 @@ def batch_loss_figure(progress: dict[str, Any] | None) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "alignment levels"))
     batches = (progress or {}).get("batches") or []
     frame = pd.DataFrame(batches)
+    mode = "lines+markers" if len(frame) <= 50 else "lines"  # one batch an epoch is still a visible point
     for col, names in ((1, TERMS), (2, LEVELS)):
         for name in names:
             if name in frame:
-                fig.add_trace(go.Scatter(x=frame["batch"], y=frame[name], mode="lines", name=name), row=1, col=col)
+                fig.add_trace(go.Scatter(x=frame["batch"], y=frame[name], mode=mode, name=name), row=1, col=col)
     epoch = (progress or {}).get("epoch", "")
     fig.update_layout(title=f"Epoch {epoch}: batch losses", height=320, margin={"t": 60, "b": 30})
-    fig.update_xaxes(title_text="batch")
+    fig.update_xaxes(title_text="batch", tickformat="d", rangemode="tozero")
     return fig
 
 
@@ -77,25 +98,28 @@ def history_loss_figure(history: list[dict[str, Any]]) -> go.Figure:
             if any(v is not None for v in values):
                 fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=name), row=1, col=col)
     fig.update_layout(title="Per epoch (training split)", height=320, margin={"t": 60, "b": 30})
-    fig.update_xaxes(title_text="epoch")
-    return fig
+    fig.update_yaxes(type="log", row=1, col=2)  # the levels differ by orders of magnitude
+    return epoch_axis(fig, epochs)
 
 
 def valid_metrics_figure(history: list[dict[str, Any]]) -> go.Figure:
-    """Validation metrics per epoch (per-class F1 left out), loss on its own axis."""
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    """Validation metrics per epoch (per-class F1 left out): one panel per metric family (loss, scores,
+    error, correlation), so no two scales share an axis; the best epoch marked."""
     epochs = [row["epoch"] for row in history]
     keys = [k for k in (history[0].get("valid", {}) if history else {}) if not k.startswith("F1_class_")]
-    for key in keys:
-        values = [row.get("valid", {}).get(key) for row in history]
-        fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=display_name(key)),
-                      secondary_y=key == "loss")
+    families = by_family(keys) or {"loss": []}
+    fig = make_subplots(rows=1, cols=len(families), subplot_titles=list(families), horizontal_spacing=0.08)
+    colour = iter(PALETTE * 3)
+    for col, (family, names) in enumerate(families.items(), start=1):
+        for key in names:
+            values = [row.get("valid", {}).get(key) for row in history]
+            fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=display_name(key),
+                                     line={"color": next(colour)}), row=1, col=col)
     best = [row["epoch"] for row in history if row.get("improved")]
     for epoch in best[-1:]:
         fig.add_vline(x=epoch, line_dash="dot", annotation_text="best")
     fig.update_layout(title="Validation metrics", height=320, margin={"t": 60, "b": 30})
-    fig.update_xaxes(title_text="epoch")
-    return fig
+    return epoch_axis(fig, epochs)
 
 
 # ------------------------------------------------------------------------------------------- replay
@@ -145,8 +169,7 @@ def replay_curves(summary: pd.DataFrame, current: int | None = None) -> go.Figur
         if current is not None:
             fig.add_vline(x=current, line_dash="dot", row=1, col=col)
     fig.update_layout(height=300, margin={"t": 50, "b": 30})
-    fig.update_xaxes(title_text="epoch")
-    return fig
+    return epoch_axis(fig, x)
 
 
 def prototype_animation(replay: Replay, modality: str) -> go.Figure:

@@ -8,7 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from decalign.explain.correspondence import PairCorrespondence
 from decalign.explain.transport_view import PlanView
+
+from .style import CONTINUOUS, category_colours, compact_legend
 
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
@@ -16,11 +19,16 @@ def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assig
     """Samples (WebGL, coloured by their most probable prototype) and the prototype means (stars, sized
     by weight) in one PCA plane."""
     fig = go.Figure()
-    for k in range(len(proto_coords)):
+    colours = category_colours(list(range(len(proto_coords))))
+    if colours is None:  # more prototypes than distinct colours: one continuous scale, no legend
+        fig.add_trace(go.Scattergl(x=sample_coords[:, 0], y=sample_coords[:, 1], mode="markers", showlegend=False,
+                                   marker={"size": 5, "opacity": 0.5, "color": assigned, "colorscale": CONTINUOUS,
+                                           "colorbar": {"title": "prototype"}}, hoverinfo="skip"))
+    for k in range(len(proto_coords)) if colours is not None else ():
         mask = assigned == k
         fig.add_trace(go.Scattergl(x=sample_coords[mask, 0], y=sample_coords[mask, 1], mode="markers",
-                                   name=f"prototype {k}", legendgroup=str(k), marker={"size": 5, "opacity": 0.5},
-                                   hoverinfo="skip"))
+                                   name=f"prototype {k}", legendgroup=str(k), hoverinfo="skip",
+                                   marker={"size": 5, "opacity": 0.5, "color": colours[k]}))
     size = 14 + 40 * np.sqrt(np.asarray(weights, dtype=float))
     fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers+text", name="means",
                              text=[str(k) for k in range(len(proto_coords))], textposition="middle center",
@@ -29,57 +37,72 @@ def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assig
                              textfont={"color": "white", "size": 10},
                              customdata=np.asarray(weights, dtype=float),
                              hovertemplate="prototype %{text}<br>weight %{customdata:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"itemsizing": "constant"})
+    fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    compact_legend(fig, len(proto_coords) + 1)
     fig.update_xaxes(title="PC 1")
     fig.update_yaxes(title="PC 2")
     return fig
 
 
 def matrix_figure(matrix: np.ndarray, row_marginal: np.ndarray, col_marginal: np.ndarray, a: str, b: str,
-                  title: str, colorscale: str = "Blues") -> go.Figure:
+                  title: str, colorscale: str = "Blues", row_order: np.ndarray | None = None,
+                  col_order: np.ndarray | None = None, outline: np.ndarray | None = None) -> go.Figure:
     """Heatmap of a (K_a, K_b) matrix with bar charts of the row marginal (right) and the column marginal
-    (top), so the plan's constraints are visible next to it."""
+    (top), so the plan's constraints are visible next to it. ``row_order``/``col_order`` reorder it (the
+    ticks keep the prototypes' own numbers); ``outline`` (K_a, K_b) bool marks cells with a frame (the
+    exact matching)."""
+    ka, kb = matrix.shape
+    rows = np.arange(ka) if row_order is None else np.asarray(row_order)
+    cols = np.arange(kb) if col_order is None else np.asarray(col_order)
+    z = np.asarray(matrix)[np.ix_(rows, cols)]
+    xs, ys = [f"{b} {k}" for k in cols], [f"{a} {k}" for k in rows]
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=[0.8, 0.2],
                         row_heights=[0.22, 0.78], horizontal_spacing=0.02, vertical_spacing=0.03)
-    ka, kb = matrix.shape
-    fig.add_trace(go.Heatmap(z=matrix, x=list(range(kb)), y=list(range(ka)), colorscale=colorscale,
-                             colorbar={"len": 0.7, "y": 0.38}, name=title,
-                             hovertemplate=f"{a} %{{y}} → {b} %{{x}}: %{{z:.4f}}<extra></extra>"), row=2, col=1)
-    fig.add_trace(go.Bar(x=list(range(kb)), y=col_marginal, name=f"{b} marginal", marker_color="#888",
+    fig.add_trace(go.Heatmap(z=z, x=xs, y=ys, colorscale=colorscale, colorbar={"len": 0.7, "y": 0.38}, name=title,
+                             hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Bar(x=xs, y=np.asarray(col_marginal)[cols], name=f"{b} marginal", marker_color="#888",
                          showlegend=False), row=1, col=1)
-    fig.add_trace(go.Bar(y=list(range(ka)), x=row_marginal, orientation="h", name=f"{a} marginal",
+    fig.add_trace(go.Bar(y=ys, x=np.asarray(row_marginal)[rows], orientation="h", name=f"{a} marginal",
                          marker_color="#888", showlegend=False), row=2, col=2)
-    fig.update_yaxes(title=f"{a} prototype", autorange="reversed", dtick=1, row=2, col=1)
-    fig.update_xaxes(title=f"{b} prototype", dtick=1, row=2, col=1)
-    fig.update_layout(title=title, height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    if outline is not None:
+        for i, j in zip(*np.nonzero(np.asarray(outline)[np.ix_(rows, cols)])):
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=2, col=1,
+                          line={"color": "#d62728", "width": 2})
+    fig.update_yaxes(title=f"{a} prototype", type="category", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title=f"{b} prototype", type="category", row=2, col=1)
+    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
-def plan_figures(view: PlanView, a: str, b: str) -> tuple[go.Figure, go.Figure]:
-    """(cost heatmap, plan heatmap) of the pair (a, b); both with the pair plan's marginals."""
+def plan_figures(view: PlanView, a: str, b: str, pair: PairCorrespondence | None = None
+                 ) -> tuple[go.Figure, go.Figure]:
+    """(cost heatmap, plan heatmap) of the pair (a, b), both with the pair plan's marginals; with ``pair``
+    (its correspondences) sorted so the exact matching lies on the diagonal, its cells framed."""
     plan = view.pair_plans[(a, b)] if (a, b) in view.pair_plans else view.pair_plans[(b, a)].T
     cost = view.pair_costs[(a, b)] if (a, b) in view.pair_costs else view.pair_costs[(b, a)].T
     rows, cols = plan.sum(1), plan.sum(0)
-    return (matrix_figure(cost, rows, cols, a, b, f"Cost {a} – {b} ({view.cost_name})", "Reds"),
-            matrix_figure(plan, rows, cols, a, b, f"Plan {a} – {b}"))
+    order = {} if pair is None else {"row_order": pair.row_order, "col_order": pair.col_order,
+                                     "outline": pair.matching > 1e-9}
+    return (matrix_figure(cost, rows, cols, a, b, f"Cost {a} – {b} ({view.cost_name})", "Reds", **order),
+            matrix_figure(plan, rows, cols, a, b, f"Plan {a} – {b}", **order))
 
 
 def sankey_figure(links: pd.DataFrame, order: list[str], title: str = "") -> go.Figure:
-    """Sankey of ``decalign.explain.transport_view.sankey_links``: nodes ``modality:k``, columns in ``order``."""
+    """Sankey of ``decalign.explain.transport_view.sankey_links`` (or of :func:`main_flows`' rows): nodes
+    ``modality:k``, columns in ``order``, each node coloured by its prototype number."""
     nodes = list(dict.fromkeys(list(links.source) + list(links.target)))
     nodes.sort(key=lambda n: (order.index(n.rpartition(":")[0]), int(n.rpartition(":")[2])))
     index = {n: i for i, n in enumerate(nodes)}
     column = [order.index(n.rpartition(":")[0]) for n in nodes]
     fig = go.Figure(go.Sankey(
         arrangement="snap",
-        node={"label": nodes, "pad": 8, "thickness": 14,
+        node={"label": [n.replace(":", " ") for n in nodes], "pad": 8, "thickness": 14,
               "x": [0.01 + 0.98 * c / max(1, len(order) - 1) for c in column]},
         link={"source": [index[s] for s in links.source], "target": [index[t] for t in links.target],
               "value": links.value.tolist(),
               "hovertemplate": "%{source.label} → %{target.label}: %{value:.4f}<extra></extra>"},
     ))
-    fig.update_layout(title=title, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(title=title, height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 

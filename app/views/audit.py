@@ -1,8 +1,10 @@
-"""Audit: every prediction with its flags, metrics per slice, calibration, drift against the training
-data, the audit trail, and a downloadable HTML report."""
+"""Audit: the linear baseline, every prediction with its error and flags, metrics per slice, calibration,
+drift against held-out data, the audit trail, and a downloadable HTML report. Every number comes from
+one ``decalign.audit.run.run_audit`` (the same ``decalign audit`` and the report use)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -10,97 +12,83 @@ import pandas as pd
 import streamlit as st
 
 from app import session
-from app.context import Context, get_context
+from app.context import Context, audit_reference, get_context
 from app.figures import audit as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
-from decalign.audit.drift import batch_drift
-from decalign.audit.flags import compute_flags, flag_columns
+from decalign.audit.drift import MIN_SAMPLES
+from decalign.audit.flags import flag_columns
 from decalign.audit.report import build_report, explain_rows
 from decalign.audit.rows import prediction_rows
-from decalign.audit.table import prediction_table
+from decalign.audit.run import AuditResult, PreparedReference, run_audit, split_reviews
 from decalign.explain.slices import SLICE_KINDS, slice_metrics
 from decalign.inference import InferenceResult, run_inference
 from decalign.safe_output import markdown_text
-from decalign.train.reference import TrainingReference, build_reference
-
-MIN_DRIFT = 10  # fewer samples than this: no drift test
+from decalign.train.metrics import ERROR_TEXT
 
 
 def render() -> None:
     ctx = get_context()
     st.title("Audit")
-    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
-               f"{len(ctx.result):,} samples")
-    reference = _reference(ctx)
-    result = _result(ctx, reference)
-    flags = _flags(ctx, reference, result)
-    _record(ctx, result, flags)
-    table = prediction_table(result, flags, ctx.split, ctx.split_data.raw_text, ctx.card)
-    _predictions(table, flags)
-    if result.labels is not None:
-        _slices(ctx, result, flags)
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · "
+               f"split **{ctx.split}** · {len(ctx.result):,} samples")
+    prepared = audit_reference(ctx)
+    result = _result(ctx, prepared)
+    audit = _audit(ctx.model_id, ctx.data_id, ctx.split, ctx, prepared, result)
+    for note in audit.notes:  # notes name the data file: untrusted text
+        st.caption(markdown_text(note))
+    _record(ctx, result, audit.flags)
+    _baseline(audit)
+    _predictions(audit)
+    if audit.metrics is not None:
+        _slices(ctx, result, audit)
         _quality(ctx, result)
-    _drift(ctx, reference, result)
+    _drift(audit)
     _trail_section(ctx)
-    _report(ctx, reference, result, flags)
+    _report(ctx, prepared, result, audit)
 
 
 # ----------------------------------------------------------------------------------- cached maths
 
 
-@st.cache_resource(show_spinner="Summarising the training data…", max_entries=4)
-def _built_reference(model_id: str, data_id: str, _ctx: Context) -> TrainingReference:
-    return build_reference(_ctx.model, _ctx.card, _ctx.dataset.splits["train"])
-
-
-def _reference(ctx: Context) -> TrainingReference | None:
-    if ctx.reference is not None:
-        return ctx.reference
-    train = ctx.dataset.splits.get("train")
-    if train is None or len(train) < 2:
-        st.info("This model has no saved training reference and the data has no train split: unusual-input "
-                "flags and drift are not available.")
-        return None
-    st.caption("No saved training reference: using this data's train split as the training data.")
-    return _built_reference(ctx.model_id, ctx.data_id, ctx)
-
-
 @st.cache_data(show_spinner="Scoring against the training patterns…", max_entries=8)
-def _scored(model_id: str, data_id: str, split: str, _ctx: Context, _ref: TrainingReference) -> InferenceResult:
-    return run_inference(_ctx.model, _ctx.split_data, task=_ctx.card.task, prototypes=_ref.prototypes)
+def _scored(model_id: str, data_id: str, split: str, _ctx: Context, _prepared: PreparedReference
+            ) -> InferenceResult:
+    return run_inference(_ctx.model, _ctx.split_data, task=_ctx.card.task,
+                         prototypes=_prepared.reference.prototypes)
 
 
-def _result(ctx: Context, reference: TrainingReference | None) -> InferenceResult:
+def _result(ctx: Context, prepared: PreparedReference) -> InferenceResult:
     # Prototype slices need posteriors over the reference prototypes; the shared result may lack them.
-    if reference is None or ctx.result.posteriors is not None:
+    if prepared.reference is None or ctx.result.posteriors is not None:
         return ctx.result
-    return _scored(ctx.model_id, ctx.data_id, ctx.split, ctx, reference)
+    return _scored(ctx.model_id, ctx.data_id, ctx.split, ctx, prepared)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _cached_flags(model_id: str, data_id: str, split: str, _result: InferenceResult, _ref, _card) -> pd.DataFrame:
-    return compute_flags(_result, _ref, _card)
-
-
-def _flags(ctx: Context, reference, result) -> pd.DataFrame | None:
-    if reference is None:
-        return None
-    return _cached_flags(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
-
-
-@st.cache_data(show_spinner="Testing for drift…", max_entries=8)
-def _cached_drift(model_id: str, data_id: str, split: str, _result, _ref, _card) -> pd.DataFrame:
-    return batch_drift(_result, _ref, n_resamples=10, var_floor=_card.config.model.gmm_var_floor)
+@st.cache_data(show_spinner="Auditing: flags, drift test, baseline…", max_entries=8)
+def _audit(model_id: str, data_id: str, split: str, _ctx: Context, _prepared: PreparedReference,
+           _result: InferenceResult) -> AuditResult:
+    # Reviews change while the page is open: they are read live (_live_reviews), not cached here.
+    return run_audit(_ctx.model, _ctx.card, _ctx.dataset, split, data_name=_ctx.data_label, reference=_prepared,
+                     result=_result)
 
 
 # ------------------------------------------------------------------------------------------ sections
 
 
-def _predictions(table: pd.DataFrame, flags: pd.DataFrame | None) -> None:
+def _baseline(audit: AuditResult) -> None:
+    if audit.comparison is not None:
+        st.info(audit.comparison["sentence"])
+
+
+def _predictions(audit: AuditResult) -> None:
     st.subheader("Predictions")
+    table, flags = audit.table, audit.flags
+    st.caption(f"Error: {ERROR_TEXT[audit.error]}.")
     if flags is not None:
-        counts = {c: int(flags[c].sum()) for c in flag_columns(flags)}
-        st.caption(f"{int(flags['any_flag'].sum()):,} flagged: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts = ", ".join(f"{k} {v}" for k, v in audit.flag_counts.items())
+        source = "validation" if audit.thresholds_from == "valid" else "training"
+        st.caption(f"{int(flags['any_flag'].sum()):,} flagged: {counts} (unusual-input and decoupling "
+                   f"thresholds calibrated on the {source} samples).")
     cols = st.columns(3)
     filters = {
         "labels": cols[0].multiselect("Label", sorted(table["label"].dropna().unique().tolist()),
@@ -123,12 +111,18 @@ def _predictions(table: pd.DataFrame, flags: pd.DataFrame | None) -> None:
     st.dataframe(shown, hide_index=True, key="audit_table", height=360)
 
 
-def _slices(ctx: Context, result, flags) -> None:
+def _slices(ctx: Context, result, audit: AuditResult) -> None:
     st.subheader("Metrics per slice")
-    options = [k for k in SLICE_KINDS if k != "flags" or flags is not None]
+    options = [k for k in SLICE_KINDS if k != "flags" or audit.flags is not None]
     options += [f"prototype:{m}" for m in (result.posteriors or {})]
     by = st.selectbox("Slice by", options, key="audit_slice_by")
-    st.dataframe(slice_metrics(result, flags, ctx.card, by=by), hide_index=True, key="audit_slices")
+    if by in ("class", "label_bin") and result.task == "classification":
+        st.caption("One row per class: precision, recall and F1 of that class against all others, its support "
+                   "(n) and how often it was predicted.")
+    table = audit.slices if by == audit.slice_by else slice_metrics(result, audit.flags, ctx.card, by=by)
+    if by in ("class", "label_bin") and ctx.class_names:  # class slices by name
+        table["slice"] = table["slice"].map(lambda v: ctx.class_name(int(v)) if str(v).isdigit() else v)
+    st.dataframe(table, hide_index=True, key="audit_slices")
 
 
 def _quality(ctx: Context, result) -> None:
@@ -136,24 +130,24 @@ def _quality(ctx: Context, result) -> None:
         st.plotly_chart(fig.residual_figure(result), key="audit_residuals")
         return
     left, right = st.columns(2)
-    left.plotly_chart(fig.confusion_figure(result, ctx.card.class_names), key="audit_confusion")
+    left.plotly_chart(fig.confusion_figure(result, ctx.class_names), key="audit_confusion")
     right.plotly_chart(fig.reliability_figure(result), key="audit_reliability")
 
 
-def _drift(ctx: Context, reference, result) -> None:
-    st.subheader("Drift against the training data")
-    if reference is None or len(result) < MIN_DRIFT:
-        st.info(f"Drift needs a training reference and at least {MIN_DRIFT} samples.")
+def _drift(audit: AuditResult) -> None:
+    st.subheader("Drift against held-out data")
+    if audit.drift is None:
+        st.info(markdown_text(audit.drift_missing or f"Drift needs at least {MIN_SAMPLES} samples."))
         return
-    drift = _cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
-    drifted = drift[drift.drifted]
-    st.metric("Drifted from the training data?", "yes" if len(drifted) else "no",
-              help="A statistic above the 95th percentile of the same statistic on random training subsets "
-                   "of this size.")
-    if len(drifted):
-        st.warning("Drifted: " + ", ".join(f"{r.modality} ({r.space} space)" for r in drifted.itertuples()))
-    st.plotly_chart(fig.drift_figure(drift), key="audit_drift_chart")
-    st.dataframe(drift, hide_index=True, key="audit_drift_table")
+    drift = audit.drift
+    st.metric("Drifted from the held-out data?", "yes" if drift.drifted else "no",
+              help=f"A two-sample permutation test per modality and feature space against "
+                   f"{markdown_text(drift.reference)}; "
+                   f"'yes' when a p-value corrected for {len(drift.tests)} tests (Holm) is below {drift.alpha:g}.")
+    for sentence in drift.sentences():  # they name the reference's data file
+        st.markdown(f"- {markdown_text(sentence)}")
+    st.plotly_chart(fig.drift_figure(drift.tests), key="audit_drift_chart")
+    st.dataframe(drift.tests, hide_index=True, key="audit_drift_table")
 
 
 def _open_trail() -> AuditTrail:
@@ -189,8 +183,11 @@ def _trail_section(ctx: Context) -> None:
         return
     st.caption(f"{markdown_text(trail.path)}: newest predictions and reviews of this model.")
     tabs = st.tabs(["Predictions", "Reviews"])
-    tabs[0].dataframe(predictions.astype(str), hide_index=True, key="audit_trail_predictions")
-    tabs[1].dataframe(reviews, hide_index=True, key="audit_trail_reviews")
+    for tab, table, key in ((tabs[0], predictions.astype(str), "audit_trail_predictions"),
+                            (tabs[1], reviews, "audit_trail_reviews")):
+        shown, helps = fig.shorten_hashes(table)
+        tab.dataframe(shown, hide_index=True, key=key,
+                      column_config={c: st.column_config.TextColumn(c, help=h) for c, h in helps.items()})
     table = st.radio("Export", ["predictions", "reviews"], horizontal=True, key="audit_export_table")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "audit.csv"
@@ -200,25 +197,26 @@ def _trail_section(ctx: Context) -> None:
                        key="audit_export")
 
 
-def _report(ctx: Context, reference, result, flags) -> None:
+def _live_reviews(ctx: Context, result) -> pd.DataFrame | None:
+    try:
+        return split_reviews(_open_trail(), ctx.model_id, (ctx.data_id,), result)
+    except AuditError:
+        return None
+
+
+def _report(ctx: Context, prepared: PreparedReference, result, audit: AuditResult) -> None:
     st.subheader("Report")
     key = (ctx.model_id, ctx.data_id, ctx.split)
     chosen = session.selected_sample()
     ids = [chosen] if chosen is not None and chosen in set(map(str, result.ids)) else []
-    st.caption("An HTML file with the model card, metrics, drift, flagged samples"
+    st.caption("An HTML file with the model card, the baseline, metrics, drift, flagged samples, reviews"
                + (f" and the explanation of sample {chosen}" if ids else "") + "; it opens offline.")
     if st.button("Prepare the report", key="audit_prepare_report"):
         with st.spinner("Writing the report…"):
-            slices = None
-            if result.labels is not None:
-                slices = slice_metrics(result, flags, ctx.card, by="class" if result.task != "regression"
-                                       else "label_bin")
-            drift = (_cached_drift(ctx.model_id, ctx.data_id, ctx.split, result, reference, ctx.card)
-                     if reference is not None and len(result) >= MIN_DRIFT else None)
-            rows = explain_rows(ctx.model, ctx.card, ctx.split_data, result, reference, ids, flags)
+            rows = explain_rows(ctx.model, ctx.card, ctx.split_data, result, prepared.reference, ids, audit.flags)
+            full = dataclasses.replace(audit, reviews=_live_reviews(ctx, result))
             session.set_audit_report(key, build_report(
-                ctx.card, ctx.data_label, result, flags, slices, drift, rows,
-                title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}", split_name=ctx.split))
+                ctx.card, full, result, rows, title=f"DecAlign audit: {ctx.model_label} on {ctx.data_label}"))
     html = session.audit_report(key)
     if html:
         st.download_button("Download the report (HTML)", html.encode("utf-8"), file_name="decalign_report.html",

@@ -10,7 +10,7 @@ import streamlit as st
 from app import loaders, session, sidebar
 from app.figures import compare as fig
 from app.views import sample
-from decalign.checkpoint import CheckpointError, ModelCard
+from decalign.checkpoint import CheckpointError, ModelCard, load_card, model_fingerprint
 from decalign.data import DataError, MultimodalDataset, check_compatible
 from decalign.explain.compare import (
     compare_metrics,
@@ -52,9 +52,30 @@ def _levels(model_id: str, data_id: str, split: str, _model, _card: ModelCard, _
 
 
 def _choices() -> dict[str, Path]:
+    """Every model to compare, the most recently trained first (the bundled demo and its twin by their cards'
+    creation time, like the runs)."""
     runs = {f"run {r.name}": r.path for r in bg.list_runs() if r.has_model}
-    demo = loaders.demo_model_dir()
-    return {**({"bundled demo": demo} if (demo / "card.json").is_file() else {}), **runs}
+    bundled = {s.label: s.path for s in (loaders.default_model(), loaders.twin_model()) if s is not None}
+    found = {**runs, **bundled}
+    return dict(sorted(found.items(), key=lambda item: _created(item[1]), reverse=True))
+
+
+def _created(path: Path) -> str:
+    try:
+        return load_card(path).created_at or ""
+    except (CheckpointError, OSError):
+        return ""
+
+
+def default_pair(choices: dict[str, Path]) -> tuple[int, int]:
+    """Positions of the two most recent different models (different weights) among ``choices``; a model
+    alone is compared with itself."""
+    labels = list(choices)
+    if not labels:
+        return 0, 0
+    first = model_fingerprint(choices[labels[0]])
+    second = next((i for i, label in enumerate(labels[1:], 1) if model_fingerprint(choices[label]) != first), 0)
+    return 0, second
 
 
 def _pick(side: str, choices: dict[str, Path], default: int) -> Side | None:
@@ -77,11 +98,14 @@ def _pick(side: str, choices: dict[str, Path], default: int) -> Side | None:
 def render() -> None:
     st.title("Compare models")
     choices = _choices()
+    first, second = default_pair(choices)
     left, right = st.columns(2)
     with left:
-        a = _pick("A", choices, 0)
+        a = _pick("A", choices, first)
     with right:
-        b = _pick("B", choices, 1 if len(choices) > 1 else 0)  # alone, a model is compared with itself
+        b = _pick("B", choices, second)
+    if a is not None and b is not None and a.model_id == b.model_id:
+        st.info("A and B are the same model: every difference below is zero. Pick another model for B.")
     if a is None or b is None:
         st.info("Choose two models (the bundled demo, a run from the Train page, or a run directory).")
         return
@@ -129,7 +153,7 @@ def _metrics(ra, rb, card_a, card_b) -> None:
 
 
 def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
-    changes = prediction_changes(ra, rb)
+    changes = prediction_changes(ra, rb, a.card, b.card)
     kind = "flipped" if ra.task == "classification" else "changed sign"
     n = int(changes["changed"].sum())
     st.subheader(f"Predictions that changed: {n} {kind}")
@@ -138,7 +162,7 @@ def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
     chosen = st.selectbox("Sample", ids, key="compare_sample")
     st.caption("The Sample page explains the current model: these buttons make A or B current, then open it.")
     for col, letter, side in zip(st.columns(2), "AB", (a, b)):
-        path = None if side.label == "bundled demo" else side.path
+        path = None if side.path == loaders.demo_model_dir() else side.path
         if col.button(f"Explain with model {letter} ({markdown_text(side.label)})", key=f"compare_explain_{letter}",
                       on_click=_make_current, args=(path, side.label, chosen, split)):
             st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))

@@ -1,18 +1,30 @@
-"""Embeddings: unique and common features of every modality in 2-D, and the modalities' common parts
-in one shared projection. Select points to list them and open one on the Sample page."""
+"""Embeddings: unique and common features of every modality in 2-D, the modalities' aligned common parts
+in one shared projection with numbers for how well they overlap and how well classes separate, and (for
+the bundled demo) the same beside the model trained without alignment. Select points to list them and
+open one on the Sample page."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from app.context import Context, get_context
+from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import select_sample
 from app.views import sample
+from decalign.explain.overlap import (
+    Separability,
+    alignment_effect_sentence,
+    class_separation,
+    modality_overlap,
+    overlap_sentence,
+)
 from decalign.explain.projection import Projection, project, project_joint
+from decalign.explain.transport_view import label_groups
+from decalign.inference import InferenceResult
 from decalign.safe_output import markdown_text
 
 URL_PATH = "embeddings"
@@ -23,6 +35,9 @@ METHODS = {"UMAP": "umap", "PCA": "pca"}
 FIT_LIMITS = {"umap": 5000, "pca": 200_000}
 # How often each projection was really computed (not served from the cache), by space; read by tests.
 PROJECTION_CALLS: Counter = Counter()
+COMMON_CAPTION = ("**common** = the output of each modality's distribution encoder: the space where moment "
+                  "matching and MMD pull the modalities together (the pooled common features feed the head, "
+                  "but no loss aligns them).")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -39,11 +54,19 @@ def _joint(model_id: str, data_id: str, split: str, method: str,
     return project_joint(_features, method, fit_limit=FIT_LIMITS[method])
 
 
+@st.cache_data(show_spinner="Measuring how the modalities overlap…", max_entries=64)
+def _separability(model_id: str, data_id: str, split: str, space: str, _features: dict[str, np.ndarray],
+                  _groups: np.ndarray | None) -> tuple[Separability | None, Separability | None]:
+    overlap = modality_overlap(_features) if len(_features) > 1 else None
+    separation = class_separation(_features, _groups) if _groups is not None else None
+    return overlap, separation
+
+
 def render() -> None:
     ctx = get_context()
     st.title("Embeddings")
-    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
-               f"{len(ctx.result):,} samples")
+    st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split "
+               f"**{ctx.split}** · {len(ctx.result):,} samples. " + COMMON_CAPTION)
     left, right = st.columns(2)
     method = METHODS[left.radio("Projection", list(METHODS), key="emb_method", horizontal=True,
                                 help="UMAP keeps neighbourhoods (the first UMAP run compiles for up to a minute); "
@@ -52,6 +75,11 @@ def render() -> None:
     selected: set[int] = set()
     notes: set[str] = set()
     with st.spinner(f"Projecting with {method.upper()}… (cached afterwards)"):
+        st.subheader("Common features of all modalities, one shared projection")
+        joint = _joint_section(ctx, method, colour, notes)
+        selected |= joint
+        _alignment_changed(ctx, method, colour, notes)
+        st.subheader("Each modality: unique features (left) and aligned common features (right)")
         for m in ctx.model.modalities:
             cols = st.columns(2)
             for col, space in zip(cols, (f"unique:{m}", f"common:{m}")):
@@ -59,45 +87,118 @@ def render() -> None:
                                    fig.space_features(ctx.result, space))
                 notes.add(proj.note)
                 with col:
-                    selected |= _chart(ctx, proj.coords, np.arange(len(ctx.result)), m, colour,
+                    selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
                                        f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
-        st.subheader("Common features of all modalities, one shared projection")
-        joint, owners = _joint(ctx.model_id, ctx.data_id, ctx.split, method, ctx.result.common_pooled)
-        notes.add(joint.note)
-        selected |= _joint_chart(ctx, joint, owners, colour)
-    st.caption("The common parts of a well-aligned model overlap across modalities in the shared projection; "
-               "separate islands per modality mean the common spaces still differ.")
     for note in sorted(n for n in notes if n):
         st.info(note)
     _selection(ctx, np.array(sorted(selected), dtype=int))
 
 
-def _chart(ctx: Context, coords: np.ndarray, rows: np.ndarray, modality: str, colour: str, title: str,
+def _groups(ctx: Context, result: InferenceResult) -> np.ndarray | None:
+    return label_groups(result.labels, result.task, ctx.class_names)
+
+
+def _joint_section(ctx: Context, method: str, colour: str, notes: set[str]) -> set[int]:
+    common = fig.common_features(ctx.result)
+    overlap, separation = _separability(ctx.model_id, ctx.data_id, ctx.split, "common", common,
+                                        _groups(ctx, ctx.result))
+    _numbers(overlap, separation)
+    joint, owners = _joint(ctx.model_id, ctx.data_id, ctx.split, method, common)
+    notes.add(joint.note)
+    chosen = _joint_chart(ctx, ctx.result, joint, owners, colour, "emb_chart_joint",
+                          f"common:* · {joint.method.upper()}")
+    st.caption(overlap_sentence(overlap, separation, "labels" if ctx.card.task == "classification"
+                                else "sign of the label") + " Both are cross-validated k-nearest-neighbour "
+               "balanced accuracies on the features themselves (not on the 2-D picture).")
+    return chosen
+
+
+def _numbers(overlap: Separability | None, separation: Separability | None) -> None:
+    cols = st.columns(2)
+    if overlap is not None:
+        cols[0].metric(f"Modalities told apart (chance {overlap.chance:.2f})", f"{overlap.accuracy:.2f}",
+                       help="Balanced accuracy of a k-nearest-neighbour classifier guessing each point's modality (5-fold, a sample's "
+                            "rows held out together). Near chance: the modalities overlap, as alignment intends; "
+                            "near 1: each modality is its own island.")
+    if separation is not None:
+        cols[1].metric(f"Classes told apart (chance {separation.chance:.2f})", f"{separation.accuracy:.2f}",
+                       help="The same classifier guesses each point's label (class, or sign of the label). Far "
+                            "above chance: the classes form separate groups in this space.")
+
+
+def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str]) -> None:
+    sides = alignment_sides(ctx)
+    if sides is None:
+        return
+    numbers = {}
+    for col, side in zip(st.columns(2), sides):
+        common = fig.common_features(side.result)
+        numbers[side.title] = _separability(side.model_id, ctx.data_id, ctx.split, "common", common,
+                                            _groups(ctx, side.result))
+        joint, owners = _joint(side.model_id, ctx.data_id, ctx.split, method, common)
+        notes.add(joint.note)
+        with col:
+            st.markdown(f"**{side.title}** ({markdown_text(side.label)})")
+            _numbers(*numbers[side.title])
+            _joint_chart(ctx, side.result, joint, owners, colour, f"emb_twin_chart_{side.title.split()[0]}",
+                         f"common:* · {joint.method.upper()}", select=False)
+    with_overlap, without_overlap = numbers[sides[0].title][0], numbers[sides[1].title][0]
+    if with_overlap is not None and without_overlap is not None:
+        st.info(alignment_effect_sentence(with_overlap, without_overlap))
+    st.dataframe(_space_table(ctx, sides), hide_index=True, key="emb_twin_table")
+
+
+def _space_table(ctx: Context, sides: tuple[Side, Side]) -> pd.DataFrame:
+    """Overlap and separation of every space, for both models."""
+    rows = []
+    for side in sides:
+        spaces = {"common": ("aligned common (distribution encoders)", fig.common_features(side.result)),
+                  "unique": ("unique", side.result.unique_pooled),
+                  "pooled": ("pooled common (the head's input)", side.result.common_pooled)}
+        for space, (name, features) in spaces.items():
+            overlap, separation = _separability(side.model_id, ctx.data_id, ctx.split, space, features,
+                                                _groups(ctx, side.result))
+            rows.append({"model": side.title, "space (all modalities)": name,
+                         "modalities told apart": None if overlap is None else round(overlap.accuracy, 3),
+                         "chance (modalities)": None if overlap is None else round(overlap.chance, 3),
+                         "classes told apart": None if separation is None else round(separation.accuracy, 3),
+                         "chance (classes)": None if separation is None else round(separation.chance, 3)})
+    return pd.DataFrame(rows)
+
+
+def _chart(ctx: Context, result: InferenceResult, coords: np.ndarray, modality: str, colour: str, title: str,
            key: str) -> set[int]:
-    values, continuous = fig.colour_values(ctx.result, colour, modality, ctx.card.class_names)
-    hover = fig.hover_texts(ctx.result, ctx.split_data.raw_text)
-    figure = fig.scatter_figure(coords, values[rows], continuous, hover[rows], rows, title, colour)
+    rows = np.arange(len(result))
+    values, continuous = fig.colour_values(result, colour, modality, ctx.class_names, ctx.card)
+    hover = fig.hover_texts(result, ctx.split_data.raw_text)
+    order = fig.category_order(result, colour, ctx.class_names, ctx.model.modalities)
+    figure = fig.scatter_figure(coords, values, continuous, hover, rows, title, colour, order)
     event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
 
-def _joint_chart(ctx: Context, joint: Projection, owners: np.ndarray, colour: str) -> set[int]:
-    n = len(ctx.result)
-    rows = np.tile(np.arange(n), len(ctx.model.modalities))
+def _joint_chart(ctx: Context, result: InferenceResult, joint: Projection, owners: np.ndarray, colour: str,
+                 key: str, title: str, select: bool = True) -> set[int]:
+    n = len(result)
+    modalities = list(fig.common_features(result))
+    rows = np.tile(np.arange(n), len(modalities))
     parts, continuous = [], False
-    for m in ctx.model.modalities:
-        values, continuous = fig.colour_values(ctx.result, colour, m, ctx.card.class_names)
+    for m in modalities:
+        values, continuous = fig.colour_values(result, colour, m, ctx.class_names, ctx.card)
         parts.append(values)
     values = np.concatenate(parts)
+    order = fig.category_order(result, colour, ctx.class_names, modalities)
     if colour == "prototype":  # the same prototype number means different things in different modalities
         values = np.array([f"{o} {v}" for o, v in zip(owners, values)], dtype=object)
+        order = None
     hover = np.array([f"{h}<br>modality: {o}" for h, o in
-                      zip(np.tile(fig.hover_texts(ctx.result, ctx.split_data.raw_text), len(parts)), owners)],
+                      zip(np.tile(fig.hover_texts(result, ctx.split_data.raw_text), len(parts)), owners)],
                      dtype=object)
-    figure = fig.scatter_figure(joint.coords, values, continuous, hover, rows,
-                                f"common:* · {joint.method.upper()}", colour)
-    event = st.plotly_chart(figure, key="emb_chart_joint", on_select="rerun",
-                            selection_mode=("points", "box", "lasso"))
+    figure = fig.scatter_figure(joint.coords, values, continuous, hover, rows, title, colour, order)
+    if not select:
+        st.plotly_chart(figure, key=key)
+        return set()
+    event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
 
@@ -107,7 +208,7 @@ def _selection(ctx: Context, rows: np.ndarray) -> None:
         st.caption("Select points with the lasso or box tool (or click one) in any chart to list them here.")
         return
     st.caption(f"{len(rows):,} selected (union of the selections in all charts).")
-    table = fig.sample_table(ctx.result, ctx.split_data.raw_text, rows, ctx.card.class_names)
+    table = fig.sample_table(ctx.result, ctx.split_data.raw_text, rows, ctx.class_names)
     st.dataframe(table, hide_index=True, key="emb_table")
     left, right = st.columns([3, 1])
     choice = left.selectbox("Sample to open", table["id"].tolist(), key="emb_open_id")

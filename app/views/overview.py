@@ -6,8 +6,9 @@ import json
 
 import streamlit as st
 
-from app.context import get_context
+from app.context import baseline_view, get_context
 from app.figures import overview as fig
+from app.figures.style import short_hash
 from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
 
@@ -25,8 +26,14 @@ def render() -> None:
                     f"best epoch: **{card.best_epoch}** · seed: **{card.seed}**")
         st.dataframe(fig.card_summary(card), hide_index=True, key="overview_modalities")
         st.markdown(f"Training data: {markdown_text(card.data_source)}  \n"
-                    f"Fingerprint: {markdown_text(card.data_fingerprint)}  \n"
-                    f"Model id: `{ctx.model_id[:16]}…` · created {markdown_text(card.created_at)}")
+                    f"Fingerprint: {markdown_text(short_hash(card.data_fingerprint))} · model id "
+                    f"{markdown_text(short_hash(ctx.model_id))} · created {markdown_text(card.created_at)}",
+                    help=f"Training-data fingerprint: {card.data_fingerprint}  \nModel id (weights and card): "
+                         f"{ctx.model_id}")
+        if card.class_names:
+            st.caption("Classes: " + ", ".join(f"{i} = {markdown_text(n)}" for i, n in enumerate(card.class_names)))
+        if card.extra.get("prototype_note"):
+            st.info(markdown_text(f"Prototypes: {card.extra['prototype_note']}."))
     with right:
         st.subheader("Metrics per split")
         metrics = fig.metrics_table(card)
@@ -34,15 +41,32 @@ def render() -> None:
             st.info("The card records no metrics.")
         else:
             st.dataframe(metrics, key="overview_metrics")
+        _baseline(ctx)
         with st.expander("Configuration"):
             st.code(json.dumps(card.config.to_dict(), indent=2), language="json")
     _training_curves(ctx.run_dir)
     st.subheader("Dataset")
+    for warning in ctx.dataset.report.warnings:
+        st.warning(markdown_text(f"Small data: {warning}."))
     if ctx.dataset.report.notes:
         st.caption(" · ".join(markdown_text(note) for note in ctx.dataset.report.notes))
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
-    right.plotly_chart(fig.label_distribution_figure(ctx.dataset, card.class_names), key="overview_labels")
+    right.plotly_chart(fig.label_distribution_figure(ctx.dataset, ctx.class_names), key="overview_labels")
+
+
+def _baseline(ctx) -> None:
+    st.subheader("Linear baseline")
+    baseline, comparison, note = baseline_view(ctx)
+    if baseline is None:
+        st.info(note or "No linear baseline: it needs labelled train and validation splits.")
+        return
+    if comparison is not None:
+        (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
+    st.caption(f"{baseline['name'].capitalize()} on the input features averaged over time and standardised "
+               f"({baseline['parameter']} = {baseline['value']:g}, chosen on the validation split)."
+               + (f" {note}" if note else ""))
+    st.dataframe(fig.baseline_table(baseline), key="overview_baseline")
 
 
 def _training_curves(run_dir) -> None:

@@ -18,7 +18,7 @@ def render() -> None:
     st.title("Predict")
     st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · split **{ctx.split}** · "
                f"{len(ctx.result):,} samples")
-    frame = fig.predictions_frame(ctx.result, ctx.split_data)
+    frame = fig.predictions_frame(ctx.result, ctx.split_data, ctx.card, ctx.class_names)
     _metrics(ctx)
     shown = fig.filter_frame(frame, **_filters(ctx, frame))
     st.caption(f"{len(shown):,} of {len(frame):,} rows shown; click a row to select that sample.")
@@ -35,7 +35,7 @@ def render() -> None:
     right.download_button("Download CSV", frame_csv(shown).encode("utf-8"),  # formula-safe
                           file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
     st.plotly_chart(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
-                                       ctx.card.class_names), key="predict_summary")
+                                       ctx.class_names), key="predict_summary")
 
 
 def _metrics(ctx: Context) -> None:
@@ -58,9 +58,10 @@ def _filters(ctx: Context, frame) -> dict:
         if hi > lo:
             out["error_range"] = cols[0].slider("Error", lo, hi, (lo, hi), key=f"predict_error_{tag}")
     if ctx.card.task == "classification":
-        classes = sorted(int(v) for v in frame["prediction"].unique())
+        order = [ctx.class_name(k) for k in range(ctx.card.output_dim)] if ctx.class_names else range(ctx.card.output_dim)
+        classes = [c for c in order if c in set(frame["prediction"])]
         if "label" in frame:
-            labels = sorted(int(v) for v in frame["label"].unique())
+            labels = [c for c in order if c in set(frame["label"])]
             out["labels"] = cols[1].multiselect("Label", labels, key=f"predict_labels_{tag}")
         out["predictions"] = cols[2].multiselect("Prediction", classes, key=f"predict_predictions_{tag}")
     else:

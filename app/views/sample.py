@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app import session
-from app.context import Context, get_context, training_transport
+from app.context import Context, audit_reference, get_context, training_transport
 from app.figures import sample as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
+from decalign.audit.flags import compute_flags
 from decalign.audit.store import VERDICTS
 from decalign.data.tokens import is_token_input, token_positions
 from decalign.explain import branch_contributions
@@ -51,27 +53,80 @@ def _key(ctx: Context) -> tuple[str, str, str]:
     return ctx.model_id, ctx.data_id, ctx.split
 
 
+TABS = ("Prediction", "Why", "What if", "Alignment", "Review")
+
+
 def render() -> None:
     ctx = get_context()
     st.title("Sample")
     row = _pick(ctx)
     sample_id = str(ctx.result.ids[row])
     _header(ctx, row)
-    _raw_inputs(ctx, row)
-    st.subheader("Why this prediction: exact branch contributions")
     contributions = branch_contributions(ctx.result, row)
+    story = _story_for(ctx, row)
+    counterfactuals = _counterfactual_for(ctx, row)
+    st.subheader("In plain words")
+    # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
+    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals,
+                                            _flags_row(ctx, row), story)))
+    prediction, why, what_if, alignment, review = st.tabs(TABS, key=session.Key.SAMPLE_TAB)
+    with prediction:
+        _probabilities(ctx, row)
+        _raw_inputs(ctx, row)
+    with why:
+        _contributions(ctx, row, contributions)
+        _attributions(ctx, row)
+        _attention(ctx, row)
+    with what_if:
+        _counterfactuals(ctx, row)
+    with alignment:
+        _prototypes(ctx, row)
+    with review:
+        _review(ctx, sample_id)
+
+
+def _story_for(ctx: Context, row: int) -> PrototypeStory | None:
+    """The sample's prototype story (cached), when the card has prototypes and the run a reference."""
+    plan = training_transport(ctx) if ctx.result.posteriors is not None else None
+    return None if plan is None else _story(*_key(ctx), row, ctx, plan)
+
+
+def _swap_row(ctx: Context, row: int) -> int:
+    """The what-if tab's swap partner: the picker's choice, else the next sample."""
+    ids = [str(i) for i in ctx.result.ids]
+    chosen = session.widget(session.Key.SAMPLE_SWAP)
+    return ids.index(chosen) if chosen in ids else (row + 1) % len(ids)
+
+
+def _counterfactual_for(ctx: Context, row: int) -> pd.DataFrame | None:
+    if ctx.reference is None:
+        return None
+    return _counterfactual_frame(*_key(ctx), row, _swap_row(ctx, row), ctx)
+
+
+def _contributions(ctx: Context, row: int, contributions: pd.DataFrame) -> None:
+    st.subheader("Exact branch contributions")
     output = _output_name(ctx, row)
     st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
     st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
                f"up exactly to {output}.")
-    story = _prototypes(ctx, row)
-    counterfactuals = _counterfactuals(ctx, row)
-    st.subheader("In plain words")
-    # Plain sentences built from the card's class names and the data's ids: shown as text, not Markdown.
-    st.markdown(markdown_text(plain_summary(ctx.card, ctx.result, row, contributions, counterfactuals, None, story)))
-    _attributions(ctx, row)
-    _attention(ctx, row)
-    _review(ctx, sample_id)
+
+
+def _probabilities(ctx: Context, row: int) -> None:
+    if ctx.card.task != "classification":
+        return
+    names = [ctx.class_name(k) for k in range(ctx.result.outputs.shape[1])]
+    st.plotly_chart(fig.probability_figure(ctx.result.probabilities[row], names,
+                                           None if ctx.result.labels is None else int(ctx.result.labels[row])),
+                    key="sample_probabilities")
+
+
+def _flags_row(ctx: Context, row: int) -> pd.Series | None:
+    """This sample's audit flags, with the Audit page's reference (thresholds calibrated on held-out data)."""
+    reference = audit_reference(ctx).reference
+    if reference is None:
+        return None
+    return compute_flags(ctx.result.subset(np.array([row])), reference, ctx.card).iloc[0]
 
 
 def _pick(ctx: Context) -> int:
@@ -89,8 +144,7 @@ def _output_name(ctx: Context, row: int) -> str:
 
 
 def _class_name(ctx: Context, k: int) -> str:
-    names = ctx.card.class_names
-    return names[k] if names and k < len(names) else str(k)
+    return ctx.class_name(k)
 
 
 def _header(ctx: Context, row: int) -> None:
@@ -133,7 +187,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
 
 
 def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
-    st.subheader("Prototypes and transport")
+    st.subheader("Where the sample sits among the training prototypes")
     if ctx.result.posteriors is None:
         st.info("The model card has no training prototypes, so no prototype assignment can be shown.")
         return None
@@ -152,7 +206,8 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
     st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
-    st.markdown("**Nearest training samples in the same prototype** (pooled unique features)")
+    st.markdown("**Nearest training samples** (pooled unique features): those of the same prototype and the same "
+                "answer first, then the rest of the prototype (columns same_prototype, same_answer)")
     st.dataframe(story.nearest, hide_index=True, key="sample_nearest")
     return story
 
@@ -164,8 +219,9 @@ def _counterfactuals(ctx: Context, row: int) -> pd.DataFrame | None:
                 "training reference; this run has none.")
         return None
     ids = [str(i) for i in ctx.result.ids]
-    other = st.selectbox("Swap in the modality from sample", ids, index=(row + 1) % len(ids),
-                         key="sample_swap_with")
+    swap = _swap_row(ctx, row)
+    session.set_widget(session.Key.SAMPLE_SWAP, ids[swap])
+    other = st.selectbox("Swap in the modality from sample", ids, key=session.Key.SAMPLE_SWAP)
     frame = _counterfactual_frame(*_key(ctx), row, ids.index(other), ctx)
     st.plotly_chart(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
     st.dataframe(frame, hide_index=True, key="sample_counterfactual_table")
@@ -204,19 +260,30 @@ def _review(ctx: Context, sample_id: str) -> None:
     except AuditError as exc:  # e.g. DECALIGN_AUDIT_DB not writable: the rest of the page still works
         st.warning(f"Reviews cannot be recorded: {markdown_text(exc)}")
         return
-    with st.form("sample_review_form", clear_on_submit=True):
-        verdict = st.radio("Verdict on this prediction", VERDICTS, horizontal=True, key="sample_review_verdict")
-        comment = st.text_area("Comment", key="sample_review_comment", max_chars=2000)
-        reviewer = st.text_input("Reviewer", key="sample_review_reviewer")
-        if st.form_submit_button("Record review"):
-            try:
-                trail.record_review(ctx.model_id, ctx.data_id, sample_id, verdict, comment, reviewer)
-                history = trail.reviews_for(ctx.model_id, ctx.data_id, sample_id)
-                st.success("Review recorded.")
-            except AuditError as exc:
-                st.error(markdown_text(exc))
+    session.fill_reviewer()
+    with st.form("sample_review_form", clear_on_submit=False):
+        st.radio("Verdict on this prediction", VERDICTS, index=None, horizontal=True, key=session.Key.REVIEW_VERDICT)
+        st.text_area("Comment", key=session.Key.REVIEW_COMMENT, max_chars=2000)
+        st.text_input("Reviewer (your name; required, remembered while this browser tab is open)",
+                      key=session.Key.REVIEW_REVIEWER)
+        st.form_submit_button("Record review", on_click=_submit_review, args=(trail, ctx.model_id, ctx.data_id,
+                                                                           sample_id))
+    outcome = session.review_outcome()
+    if outcome is not None:
+        (st.success if outcome[0] == "success" else st.error)(markdown_text(outcome[1]))
     if len(history):
         st.dataframe(history[["created_at", "reviewer", "verdict", "comment"]], hide_index=True,
                      key="sample_review_history")
     else:
         st.caption("No reviews of this sample yet.")
+
+
+def _submit_review(trail: AuditTrail, model_id: str, data_id: str, sample_id: str) -> None:
+    """Form callback: record the review, or keep the form as it is and say what is missing."""
+    verdict, comment, reviewer = session.review_form()
+    try:
+        trail.record_review(model_id, data_id, sample_id, verdict, comment, reviewer.strip())
+    except AuditError as exc:
+        session.review_refused(f"Review not recorded: {exc}.")
+        return
+    session.review_recorded(reviewer.strip(), "Review recorded.")

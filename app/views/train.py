@@ -11,16 +11,21 @@ import streamlit as st
 from app import loaders, session
 from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
+from decalign.checkpoint import CheckpointError, load_card
 from decalign.config import ConfigError, DecAlignConfig
 from decalign.data import DataError
+from decalign.defaults import data_defaults, describe
 from decalign.safe_output import markdown_text
 from decalign.train import background as bg
+from decalign.train.baseline import card_comparison
+from decalign.train.metrics import display_name
 
 URL_PATH = "train"
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
 TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
-CONFIG_KINDS = ("Demo settings", "Library defaults", "Upload a config file")
+CONFIG_KINDS = ("Chosen from the data", "Demo settings", "Library defaults (official MOSI settings)",
+                "Upload a config file")
 # (section, field, label, kind): the settings the form edits; everything else comes from the base config.
 FIELDS = [
     ("model", "num_prototypes", "Prototypes K", int), ("model", "d_model", "Width d", int),
@@ -42,14 +47,25 @@ def render() -> None:
     if not runs:
         st.info("No runs yet.")
         return
+    active = any(r.state in bg.ACTIVE for r in runs)
+    # The table, the chosen run and its progress are drawn from one reading of the runs' files, every second
+    # while any run is active: the table and the progress bar never disagree.
+    st.fragment(_runs_panel, run_every=1.0 if active else None)(active)
+
+
+def _runs_panel(was_active: bool) -> None:
+    runs = bg.list_runs()
+    views = {r.name: bg.live_view(r.path) for r in runs if r.state in bg.ACTIVE}
+    if was_active and not views:
+        st.rerun()  # the last active run just ended: redraw the page once (no more refreshing)
     st.subheader("Runs")
-    st.dataframe(fig.runs_table(runs), hide_index=True, key="train_runs_table")
+    st.dataframe(fig.runs_table(runs, {n: v.progress for n, v in views.items()}), hide_index=True,
+                 key="train_runs_table")
     names = [r.name for r in runs]
     session.followed_run(names)
     name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN)
-    run_dir = next(r.path for r in runs if r.name == name)
-    active = bg.run_state(run_dir).state in bg.ACTIVE
-    st.fragment(_live, run_every=1.0 if active else None)(str(run_dir), active)
+    run = next(r for r in runs if r.name == name)
+    _live(run, views.get(name) or bg.live_view(run.path))
 
 
 # --------------------------------------------------------------------------------------------- new run
@@ -57,7 +73,7 @@ def render() -> None:
 
 def _new_run() -> None:
     data = _pick_data()
-    base = _pick_config()
+    base = _pick_config(data[3] if data is not None else None)
     if base is None or data is None:
         return
     config_id = hashlib.sha256(json.dumps(base.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
@@ -82,13 +98,14 @@ def _new_run() -> None:
         st.error(markdown_text(session.train_error()))
 
 
-def _pick_data() -> tuple[bytes | None, str, str] | None:
-    """(bytes, file name, task) of the checked upload, (None, demo name, task) for the demo; None: no data yet."""
+def _pick_data() -> tuple | None:
+    """(bytes, file name, task, dataset) of the checked upload, (None, demo name, task, dataset) for the demo;
+    None: no data yet."""
     kind = st.radio("Data", TRAINING_DATA_KINDS, key="train_data_kind", horizontal=True)
     if kind == TRAINING_DATA_KINDS[0]:
         dataset = loaders.dataset_from_path(DEMO_DATA)[0]
         _glance(dataset, DEMO_DATA.name)
-        return None, DEMO_DATA.name, dataset.task
+        return None, DEMO_DATA.name, dataset.task, dataset
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
                               type=["pkl", "pickle", "npz"], key="train_upload")
     if upload is None:
@@ -100,21 +117,31 @@ def _pick_data() -> tuple[bytes | None, str, str] | None:
         st.error(markdown_text(exc))
         return None
     _glance(dataset, upload.name)
-    return data, upload.name, dataset.task
+    return data, upload.name, dataset.task, dataset
 
 
 def _glance(dataset, name: str) -> None:
     modalities = ", ".join(f"{m} {t}×{d}" for m, (t, d) in dataset.modalities.items())
     st.caption(f"{markdown_text(name)}: {dataset.task}, modalities {markdown_text(modalities)}, splits "
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
-    st.plotly_chart(label_distribution_figure(dataset), key="train_data_labels")
+    for warning in dataset.report.warnings:
+        st.warning(markdown_text(f"Small data: {warning}."))
+    st.plotly_chart(label_distribution_figure(dataset, dataset.class_names), key="train_data_labels")
 
 
-def _pick_config() -> DecAlignConfig | None:
+def _pick_config(dataset) -> DecAlignConfig | None:
     kind = st.radio("Start from", CONFIG_KINDS, key="train_config_kind", horizontal=True)
     if kind == CONFIG_KINDS[0]:
-        return DecAlignConfig.from_json(DEMO_CONFIG)
+        if dataset is None:
+            st.info("Pick the data first: the settings are chosen from its number of samples.")
+            return None
+        config = data_defaults(dataset)
+        st.caption(f"Chosen from {len(dataset.splits['train']):,} training samples by the documented rule "
+                   f"(README, 'Settings chosen from the data'): {describe(config)}.")
+        return config
     if kind == CONFIG_KINDS[1]:
+        return DecAlignConfig.from_json(DEMO_CONFIG)
+    if kind == CONFIG_KINDS[2]:
         return DecAlignConfig()
     upload = st.file_uploader("Configuration (this project's JSON or an official DecAlign config)", type=["json"],
                               key="train_config_upload")
@@ -128,9 +155,9 @@ def _pick_config() -> DecAlignConfig | None:
         return None
 
 
-def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: dict, run_name: str) -> None:
+def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> None:
     session.set_train_error(None)
-    content, filename, task = data
+    content, filename, task, _ = data
     try:
         config = base.override([f"{s}.{n}={v}" for (s, n), v in values.items()])
     except ConfigError as exc:
@@ -147,21 +174,31 @@ def _start(data: tuple[bytes | None, str, str], base: DecAlignConfig, values: di
 # ------------------------------------------------------------------------------------------- live view
 
 
-def _live(run_dir: str, was_active: bool) -> None:
-    view = bg.live_view(run_dir)
+def _live(run: bg.RunInfo, view: bg.LiveView) -> None:
     state, progress, history = view.state, view.progress, view.history
-    if was_active and state.state not in bg.ACTIVE:
-        st.rerun()  # the run just ended: redraw the page once, the table and the buttons change
     fraction, text = fig.progress_text(progress, state.state)
     st.progress(fraction, text=text)
-    _controls(Path(run_dir), state)
+    _controls(run.path, state)
+    if state.state == "finished":
+        _test_metrics(run)
     if state.state in bg.ACTIVE and progress and progress.get("batches"):
         st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)
         left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")
         right.plotly_chart(fig.valid_metrics_figure(history), key="train_valid_metrics")
-    _details(Path(run_dir))
+    _details(run.path)
+
+
+def _test_metrics(run: bg.RunInfo) -> None:
+    """The finished run's metrics on the test split (the best epoch's weights), as the card records them."""
+    shown = {k: v for k, v in run.test_metrics.items() if not k.startswith("F1_class_")}
+    if not shown:
+        st.caption("The data has no labelled test split: no test metrics.")
+        return
+    st.markdown(f"**Test metrics** (best epoch {run.best_epoch})")
+    for column, (key, value) in zip(st.columns(len(shown)), shown.items()):
+        column.metric(display_name(key), f"{value:.4f}")
 
 
 def _controls(run_dir: Path, state: bg.RunState) -> None:
@@ -175,6 +212,7 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
     elif name == "finished":
         st.success(f"Finished after epoch {state.epoch}. Open it on the Compare or Replay page, or pick it "
                    "as 'Training run' in the sidebar to explore it on every page.")
+        _baseline(run_dir)
     elif name in bg.RESUMABLE:
         message = {"cancelled": "Cancelled", "failed": "Failed", "crashed": "Crashed (the process is gone)"}[name]
         error = f" {markdown_text(state.error)}" if state.error else ""
@@ -188,6 +226,16 @@ def _controls(run_dir: Path, state: bg.RunState) -> None:
             st.rerun()  # full rerun: the fragment now refreshes every second
 
 
+def _baseline(run_dir: Path) -> None:
+    try:
+        comparison = card_comparison(load_card(run_dir))
+    except CheckpointError as exc:
+        st.warning(f"The run's card cannot be read: {markdown_text(exc)}")
+        return
+    if comparison is not None:
+        (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
+
+
 def _details(run_dir: Path) -> None:
     info = bg.run_info(run_dir)
     with st.expander("Run details: configuration, data, log"):
@@ -197,3 +245,13 @@ def _details(run_dir: Path) -> None:
         log = run_dir / "train.log"
         if log.exists():
             st.code(log.read_text(encoding="utf-8", errors="replace")[-3000:] or "(empty)", language="text")
+
+
+def _card_note(run_dir: Path) -> str | None:
+    """The run card's note on how the number of prototypes was fitted to the data, if any."""
+    if not (run_dir / "card.json").is_file():
+        return None
+    try:
+        return load_card(run_dir).extra.get("prototype_note")
+    except (CheckpointError, OSError):
+        return None

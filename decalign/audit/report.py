@@ -1,5 +1,7 @@
-"""A self-contained HTML audit report: model card, metrics per slice, drift, flagged samples and the
-explanations of chosen samples, with plotly figures (plotly.js inlined once, so it opens offline).
+"""A self-contained HTML audit report: model card, baseline, metrics and metrics per slice, drift, flagged
+samples, reviews and the explanations of chosen samples, with plotly figures (plotly.js inlined once, so
+it opens offline). Every number comes from one :class:`decalign.audit.run.AuditResult` (:func:`run_audit`),
+the same the Audit page and ``decalign audit --json`` show.
 
 The figure builders here are plain plotly (no Streamlit); the dashboard's Audit page reuses them.
 """
@@ -17,17 +19,16 @@ import plotly.io as pio
 
 from ..atomic import atomic_write_text
 from ..checkpoint import ModelCard
-from ..data.dataset import Split
-from ..explain import branch_contributions, modality_counterfactuals, plain_summary
-from ..explain.slices import slice_metrics
-from ..inference import InferenceResult
+from ..data.dataset import MultimodalDataset, Split
+from ..explain import branch_contributions, modality_counterfactuals, plain_summary, prototype_story
+from ..inference import InferenceResult, run_inference
 from ..model import DecAlign
 from ..safe_output import plotly_text
-from ..train.metrics import confusion_matrix
-from ..train.reference import TrainingReference
-from .drift import batch_drift
-from .flags import compute_flags, flag_columns
-from .table import prediction_table
+from ..train.metrics import ERROR_TEXT, card_convention, card_error, confusion_matrix, display_name
+from ..train.reference import TrainingReference, training_plan
+from .drift import SPACES
+from .run import AuditResult, PreparedReference, run_audit
+from .store import AuditTrail
 
 MAX_FLAGGED_ROWS = 200
 RELIABILITY_BINS = 10
@@ -81,19 +82,20 @@ def reliability_figure(result: InferenceResult, bins: int = RELIABILITY_BINS) ->
     return fig
 
 
-def drift_figure(drift: pd.DataFrame) -> go.Figure:
-    """One bar per modality and statistic (value / band top), with the band as an error bar; red = drifted."""
-    labels = [f"{r.modality} ({r.statistic})" for r in drift.itertuples()]
-    scale = drift.band_high.replace(0, np.nan).to_numpy()
-    ratio = np.nan_to_num(drift.value.to_numpy() / scale, nan=0.0)
+def drift_figure(tests: pd.DataFrame) -> go.Figure:
+    """How far each modality's features moved from the held-out reference (``mean_shift_effect``, in
+    standard deviations), one bar per modality and space; red = drifted (Holm-corrected p < alpha), the
+    corrected p-value written on each bar."""
+    labels = [f"{r.modality} ({SPACES[r.space]})" for r in tests.itertuples()]
+    effect = np.nan_to_num(tests["effect"].to_numpy(dtype=float), posinf=0.0)
     fig = go.Figure(go.Bar(
-        x=labels, y=ratio, marker_color=["crimson" if d else "steelblue" for d in drift.drifted],
-        customdata=np.stack([drift.value, drift.band_low, drift.band_high], axis=1),
-        hovertemplate="%{x}<br>value %{customdata[0]:.4g}<br>band %{customdata[1]:.4g} - %{customdata[2]:.4g}"
-                      "<extra></extra>"))
-    fig.add_hline(y=1.0, line={"color": "grey", "dash": "dash"}, annotation_text="top of training band")
-    fig.update_layout(title="Drift against the training data (value / top of the training band)", height=380,
-                      yaxis_title="value / band top")
+        x=labels, y=effect, marker_color=["crimson" if d else "steelblue" for d in tests["drifted"]],
+        text=[f"p = {p:.3g}" for p in tests["p_corrected"]], textposition="outside",
+        customdata=np.stack([tests["p_value"], tests["p_corrected"], tests["mmd2"]], axis=1),
+        hovertemplate="%{x}<br>moved %{y:.2f} standard deviations<br>p = %{customdata[0]:.3g}, corrected "
+                      "%{customdata[1]:.3g}<br>MMD² %{customdata[2]:.3g}<extra></extra>"))
+    fig.update_layout(title="Drift against held-out data: how far each view moved (red: drifted)", height=380,
+                      yaxis_title="mean shift (standard deviations)", yaxis={"rangemode": "tozero"})
     return fig
 
 
@@ -109,12 +111,14 @@ def explain_rows(model: DecAlign, card: ModelCard, split: Split, result: Inferen
     if missing:
         raise ValueError(f"sample ids {missing[:5]} are not in this split (ids look like {list(index)[:3]})")
     rows = []
+    plan = training_plan(reference, card.config.model) if reference is not None and ids else None
     for sample_id in ids:
         row = index[str(sample_id)]
         contrib = branch_contributions(result, row)
         cf = modality_counterfactuals(model, split, row, reference) if reference is not None else None
+        story = prototype_story(model, card, split, row, reference, plan=plan) if reference is not None else None
         flags_row = None if flags is None else flags.iloc[row]
-        summary = plain_summary(card, result, row, contrib, cf, flags_row, None)
+        summary = plain_summary(card, result, row, contrib, cf, flags_row, story)
         rows.append({"id": str(sample_id), "contributions": contrib, "counterfactuals": cf, "summary": summary})
     return rows
 
@@ -122,20 +126,22 @@ def explain_rows(model: DecAlign, card: ModelCard, split: Split, result: Inferen
 # ------------------------------------------------------------------------------------------- report
 
 
-def build_report(card: ModelCard, dataset_name: str, result: InferenceResult, flags: pd.DataFrame | None,
-                 slices: pd.DataFrame | None, drift: pd.DataFrame | None, explained_rows: list[dict], *,
-                 title: str = "DecAlign audit report", split_name: str = "") -> str:
-    """The report as one HTML string (see module docstring); every text value is HTML-escaped."""
-    figures = _figures(card, result, drift)
+def build_report(card: ModelCard, audit: AuditResult, result: InferenceResult, explained_rows: list[dict], *,
+                 title: str = "DecAlign audit report") -> str:
+    """The report of one :class:`AuditResult` as one HTML string; every text value is HTML-escaped."""
+    figures = _figures(card, result, audit)
     sections = [
         _section("Model", _card_table(card)),
         _section("Metrics recorded at training", _metrics_table(card)),
-        _section(f"Data: {dataset_name} {split_name}".strip(), f"<p>{len(result)} samples.</p>"),
-        _section("Metrics per slice", _table(slices) if slices is not None else "<p>No labels: not computed.</p>"),
-        _section("Figures", "".join(_figure_html(f, i == 0) for i, f in enumerate(figures))),
-        _section("Drift", _table(drift) if drift is not None else "<p>No training reference: not computed.</p>"),
-        _section("Flagged samples", _flagged(result, flags, card, split_name)),
+        _section("Linear baseline", _baseline(audit)),
+        _section(f"Data: {audit.data} {audit.split}".strip(), _data(audit)),
+        _section("Metrics per slice", _slices(audit)),
+        _section("Figures", "".join(_figure_html(f, i == 0) for i, f in enumerate(figures)) or "<p>None.</p>"),
+        _section("Drift", _drift(audit)),
+        _section("Flagged samples", _flagged(audit)),
+        _section("Reviews", _reviews(audit)),
         _section("Explained samples", "".join(_explained(r) for r in explained_rows) or "<p>None chosen.</p>"),
+        _section("Notes", "".join(f"<p>{_e(n)}</p>" for n in audit.notes) or "<p>None.</p>"),
     ]
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
@@ -147,35 +153,29 @@ def write_report(path: str | Path, html_text: str) -> Path:
     return atomic_write_text(path, html_text)
 
 
-def make_report(model: DecAlign, card: ModelCard, split: Split, *, dataset_name: str, split_name: str,
-                reference: TrainingReference | None, sample_ids: list[str] = (), title: str = "DecAlign audit report",
-                result: InferenceResult | None = None) -> str:
-    """Run everything the report needs (inference, flags, slices, drift, explanations) and build it."""
-    prototypes = reference.prototypes if reference is not None else card.prototype_tensors()
-    if result is None:
-        from ..inference import run_inference
-        result = run_inference(model, split, task=card.task, prototypes=prototypes)
-    flags = compute_flags(result, reference, card) if reference is not None else None
-    slices = None
-    if result.labels is not None:
-        by = "class" if card.task == "classification" else "label_bin"
-        slices = slice_metrics(result, flags, card, by=by)
-    drift = None
-    if reference is not None and len(result) >= 2:
-        drift = batch_drift(result, reference, n_resamples=10, var_floor=card.config.model.gmm_var_floor)
-    rows = explain_rows(model, card, split, result, reference, list(sample_ids), flags)
-    return build_report(card, dataset_name, result, flags, slices, drift, rows, title=title, split_name=split_name)
+def make_report(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, split_name: str, *, data_name: str,
+                reference: PreparedReference, sample_ids: list[str] = (), title: str = "DecAlign audit report",
+                trail: AuditTrail | None = None, checkpoint_fingerprint: str | None = None,
+                input_ids: tuple[str, ...] = ()) -> str:
+    """Run the audit (:func:`run_audit`) and the explanations of ``sample_ids``, and build the report."""
+    ref = reference.reference
+    split = dataset.splits[split_name]
+    result = run_inference(model, split, task=card.task, prototypes=ref.prototypes if ref else None)
+    audit = run_audit(model, card, dataset, split_name, data_name=data_name, reference=reference, result=result,
+                      trail=trail, checkpoint_fingerprint=checkpoint_fingerprint, input_ids=input_ids)
+    rows = explain_rows(model, card, split, result, ref, list(sample_ids), audit.flags)
+    return build_report(card, audit, result, rows, title=title)
 
 
-def _figures(card, result, drift) -> list[go.Figure]:
+def _figures(card, result, audit: AuditResult) -> list[go.Figure]:
     figures = []
     if result.labels is not None and len(result):
         if result.task == "regression":
             figures.append(residual_figure(result))
         else:
             figures += [confusion_figure(result, card.class_names), reliability_figure(result)]
-    if drift is not None and len(drift):
-        figures.append(drift_figure(drift))
+    if audit.drift is not None:
+        figures.append(drift_figure(audit.drift.tests))
     return figures
 
 
@@ -203,6 +203,7 @@ def _card_table(card: ModelCard) -> str:
               "classes": ", ".join(card.class_names or []) or card.num_classes, "label range": card.label_range,
               "source": card.source, "data source": card.data_source, "data fingerprint": card.data_fingerprint,
               "best epoch": card.best_epoch, "seed": card.seed, "created": card.created_at,
+              "metric convention": card_convention(card), "per-sample error": ERROR_TEXT[card_error(card)],
               "d_model": card.config.model.d_model, "prototypes (K)": card.config.model.num_prototypes}
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in fields.items() if v not in (None, ""))
     return f"<table class='card'>{rows}</table>"
@@ -215,16 +216,64 @@ def _metrics_table(card: ModelCard) -> str:
     return _table(frame[[c for c in frame.columns if not str(c).startswith("F1_class_")]])
 
 
-def _flagged(result, flags, card, split_name) -> str:
-    if flags is None:
+def _baseline(audit: AuditResult) -> str:
+    if audit.baseline is None:
+        return "<p>No baseline (it needs labelled train and validation splits).</p>"
+    b = audit.baseline
+    head = (f"<p>{_e(b['name'].capitalize())} on the input features averaged over time and standardised "
+            f"({b['features']} features), {_e(b['parameter'])} = {b['value']:g} chosen on the validation split.</p>")
+    if audit.comparison is not None:
+        head += f"<p><strong>{_e(audit.comparison['sentence'])}</strong></p>"
+    frame = pd.DataFrame(b["metrics"]).T.reset_index(names="split")
+    return head + _table(frame[[c for c in frame.columns if not str(c).startswith("F1_class_")]])
+
+
+def _data(audit: AuditResult) -> str:
+    body = f"<p>{audit.n} samples. Per-sample error: {_e(ERROR_TEXT[audit.error])}.</p>"
+    if audit.metrics:
+        shown = {display_name(k): v for k, v in audit.metrics.items() if not k.startswith("F1_class_")}
+        body += _table(pd.DataFrame([shown]))
+    return body
+
+
+def _slices(audit: AuditResult) -> str:
+    if audit.slices is None:
+        return "<p>No labels: not computed.</p>"
+    what = ("one row per class: precision, recall and F1 of that class against all others"
+            if audit.slice_by == "class" else "one row per rounded label")
+    return f"<p>By {_e(audit.slice_by)}: {what}.</p>" + _table(audit.slices)
+
+
+def _drift(audit: AuditResult) -> str:
+    if audit.drift is None:
+        return f"<p>{_e(audit.drift_missing)}</p>"
+    lines = "".join(f"<li>{_e(t)}</li>" for t in audit.drift.sentences())
+    return f"<ul>{lines}</ul>" + _table(audit.drift.tests)
+
+
+def _flagged(audit: AuditResult) -> str:
+    if audit.flags is None:
         return "<p>No training reference: flags not computed.</p>"
-    table = prediction_table(result, flags, split_name, None, card)
+    table = audit.table
     flagged = table[table.any_flag].drop(columns=["raw_text", "any_flag"])
-    counts = ", ".join(f"{c}: {int(flags[c].sum())}" for c in flag_columns(flags))
-    head = f"<p>{len(flagged)} of {len(table)} samples flagged ({_e(counts)}).</p>"
+    counts = ", ".join(f"{c}: {v}" for c, v in audit.flag_counts.items())
+    head = (f"<p>{len(flagged)} of {len(table)} samples flagged ({_e(counts)}); thresholds calibrated on the "
+            f"{'validation' if audit.thresholds_from == 'valid' else 'training'} samples.</p>")
     if len(flagged) > MAX_FLAGGED_ROWS:
         head += f"<p>Showing the first {MAX_FLAGGED_ROWS}.</p>"
     return head + _table(flagged.head(MAX_FLAGGED_ROWS))
+
+
+def _reviews(audit: AuditResult) -> str:
+    if audit.reviews is None:
+        return "<p>The audit trail was not read.</p>"
+    if audit.reviews.empty:
+        return "<p>No sample of this split has been reviewed.</p>"
+    shown = audit.reviews[["sample_id", "verdict", "reviewer", "comment", "created_at"]]
+    counts = shown["verdict"].value_counts()
+    head = f"<p>{len(shown)} samples reviewed (newest verdict each): " + ", ".join(
+        f"{_e(v)} {int(n)}" for v, n in counts.items()) + ".</p>"
+    return head + _table(shown)
 
 
 def _explained(row: dict) -> str:

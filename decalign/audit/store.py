@@ -137,7 +137,7 @@ class AuditTrail:
     >>> trail.record_predictions([{"source": "cli", "checkpoint_fingerprint": "ab12",
     ...     "input_sha256": "0" * 64, "sample_id": "7", "prediction": 1.25}])
     1
-    >>> trail.record_review("ab12", "0" * 64, "7", "wrong", "sarcasm")
+    >>> trail.record_review("ab12", "0" * 64, "7", "wrong", "sarcasm", reviewer="ann")
     1
     """
 
@@ -180,8 +180,14 @@ class AuditTrail:
     ) -> int:
         """Append a review of one sample's prediction; returns the new row id.
 
-        ``verdict`` is "correct", "wrong" or "unsure"; ``comment`` at most ``MAX_COMMENT_CHARS``.
+        ``verdict`` is "correct", "wrong" or "unsure" (there is no default: None is refused); ``reviewer``
+        names who decided and is required; ``comment`` at most ``MAX_COMMENT_CHARS``.
         """
+        missing = [what for what, absent in (("no verdict chosen (correct, wrong or unsure)", verdict is None),
+                                             ("no reviewer (a review needs the reviewer's name)",
+                                              isinstance(reviewer, str) and not reviewer.strip())) if absent]
+        if missing:
+            raise AuditError(" and ".join(missing))
         if verdict not in VERDICTS:
             raise AuditError(f"verdict must be one of {', '.join(VERDICTS)}, found {verdict!r}")
         values = (

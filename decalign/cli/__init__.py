@@ -15,7 +15,7 @@ from .. import __version__
 
 # Subcommand modules, in the order --help lists them. Each imports its heavy dependencies inside ``run``,
 # so building the parser (and --help) stays light.
-COMMANDS = ("train", "evaluate", "levels", "predict", "demo", "import_official", "report")
+COMMANDS = ("train", "evaluate", "levels", "predict", "audit", "report", "demo", "import_official")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,3 +87,35 @@ def metrics_table(metrics: dict[str, float]) -> str:
     names = {key: display_name(key) for key in metrics}
     width = max((len(n) for n in names.values()), default=0)
     return "\n".join(f"{names[k]:<{width}}  {v:.4f}" for k, v in metrics.items())
+
+
+def audit_inputs(args: argparse.Namespace) -> dict:
+    """What ``audit`` and ``report`` share: the model and data (checked against each other), the prepared
+    reference (``decalign.audit.run.prepare_reference``) and the audit trail's keys for reviews.
+
+    Returns keyword arguments of ``run_audit`` / ``make_report`` plus ``model``, ``card`` and ``dataset``.
+    """
+    from pathlib import Path
+
+    from ..audit.run import prepare_reference
+    from ..audit.store import AuditTrail, default_audit_path
+    from ..checkpoint import file_sha256, load_model, model_fingerprint
+    from ..data import check_compatible
+    from ..device import resolve_device
+    from ..train.reference import load_reference
+
+    model, card = load_model(args.checkpoint, device=resolve_device(args.device))
+    dataset = load_data(args.data)
+    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
+    check_task(dataset, card.task, card.num_classes, args.data)
+    raw_fingerprint = dataset.fingerprint()  # the user's file as given, before the run's input transform
+    dataset = card.prepare(dataset)
+    pick_split(dataset, args.split, args.data)
+    checkpoint, data_name = Path(args.checkpoint), Path(args.data).name
+    stored = load_reference(checkpoint) if checkpoint.is_dir() else None
+    trail_path = default_audit_path()
+    return {"model": model, "card": card, "dataset": dataset, "data_name": data_name,
+            "reference": prepare_reference(model, card, dataset, data_name, stored),
+            "trail": AuditTrail(trail_path) if trail_path.is_file() else None,
+            "checkpoint_fingerprint": model_fingerprint(checkpoint) if checkpoint.is_dir() else None,
+            "input_ids": (file_sha256(args.data), raw_fingerprint)}

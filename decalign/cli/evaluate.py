@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .common import add_data, add_device, check_task, load_data, metrics_table, pick_split
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..data import check_compatible
     from ..device import resolve_device
+    from ..train.baseline import baseline_beside
     from ..train.finalize import EvalArgs, evaluate_split
     from ..train.metrics import card_convention
 
@@ -43,9 +45,15 @@ def run(args: argparse.Namespace) -> int:
     eval_args = EvalArgs(card.task, train.task_loss, card.num_classes, card_convention(card), max(1, args.batch_size),
                          binary_task_weight=train.binary_task_weight, smooth_l1_beta=train.smooth_l1_beta)
     metrics = evaluate_split(model, split, eval_args)
+    baseline, comparison, note = baseline_beside(card, dataset, Path(args.data).name, args.split, metrics)
     if args.json:
-        print(json.dumps({"split": args.split, "samples": len(split), "metrics": metrics}, indent=2))
+        print(json.dumps({"split": args.split, "samples": len(split), "metric_convention": eval_args.convention,
+                          "metrics": metrics, "baseline": baseline, "baseline_comparison": comparison,
+                          "notes": [note] if note else []}, indent=2))
     else:
         print(f"{args.split} split of {args.data}: {len(split)} samples")
         print(metrics_table(metrics))
+        for line in (comparison["sentence"] if comparison else None, note):
+            if line:
+                print(line)
     return 0

@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict", help=HELP,
         description="One CSV row per sample: id, split, prediction (for classification the predicted class "
-                    "and prob_<c> per class), label when known, and the exact contribution of every branch "
+                    "and prob_<c> per class), label when known, its error by the model card's one definition "
+                    "(absolute error, or 0/1 misclassification with p_label, the probability of the true "
+                    "label), and the exact contribution of every branch "
                     "of the linear head (contrib_unique_<m>, contrib_common_<m>, contrib_bias; for "
                     "classification those of the predicted class), which sum to the head's output. "
                     "The predictions are also appended to the audit trail ($DECALIGN_AUDIT_DB or "
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         writer.writerow(header(model.modalities, card.task, card.output_dim))
         for name in names:
             for result in _chunks(model, dataset.splits[name], card.task, args.batch_size):
-                rows = list(result_rows(result, name))
+                rows = list(result_rows(result, name, card))
                 writer.writerows(rows)
                 count += len(rows)
                 if audit is not None:
@@ -76,22 +78,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def header(modalities: list[str], task: str, output_dim: int) -> list[str]:
-    probs = [f"prob_{c}" for c in range(output_dim)] if task == "classification" else []
+    classification = task == "classification"
+    probs = [f"prob_{c}" for c in range(output_dim)] if classification else []
+    errors = ["error", "p_label"] if classification else ["error"]
     branches = [f"contrib_unique_{m}" for m in modalities] + [f"contrib_common_{m}" for m in modalities]
-    return ["id", "split", "prediction", *probs, "label", *branches, "contrib_bias"]
+    return ["id", "split", "prediction", *probs, "label", *errors, *branches, "contrib_bias"]
 
 
-def result_rows(result, split: str) -> Iterator[list]:
-    """CSV rows of one chunk's ``InferenceResult``: contributions of the predicted output."""
+def result_rows(result, split: str, card) -> Iterator[list]:
+    """CSV rows of one chunk's ``InferenceResult``: errors (``result_errors``, empty without a label) and
+    the contributions of the predicted output."""
+    from ..explain.slices import result_errors
+
     picked = result.explained_contributions()  # (N, B + 1)
     probs = result.probabilities
     labels = result.labels
+    errors = result_errors(result, card).to_numpy(dtype=float)  # (N, 1 or 2)
     for i, sample_id in enumerate(result.ids):
         pred = result.predictions[i]
         row = [sample_id, split, int(pred) if result.task == "classification" else float(pred)]
         if probs is not None:
             row += [float(p) for p in probs[i]]
         row.append("" if labels is None else labels[i].item())
+        row += ["" if labels is None else float(e) for e in errors[i]]
         row += [float(v) for v in picked[i]]
         yield row
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data, add_device, check_output_file, load_data, pick_split
+from .common import add_data, add_device, audit_inputs, check_output_file
 
 HELP = "write an offline HTML audit report (metrics, slices, drift, flags, explanations)"
 
@@ -13,9 +13,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", help=HELP,
         description="Audit a run directory (or its zip) on one split of a dataset file and write one HTML "
-                    "file that opens offline. Flags and drift need the run's training reference "
-                    "(reference.json); without it they are computed from the data file's train split if it "
-                    "has one, else left out.")
+                    "file that opens offline: the same audit as 'decalign audit' (metrics, slices, flags, "
+                    "drift, reviews, baseline) with figures and explained samples. Flags need the run's "
+                    "training reference (reference.json); without it the data file's train split stands in. "
+                    "Drift needs held-out features: those stored with the run, or the validation split of "
+                    "the run's own data file.")
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory or its zip")
     add_data(parser)
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
@@ -29,28 +31,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..audit.report import make_report, write_report
-    from ..checkpoint import load_model
-    from ..data import check_compatible
-    from ..device import resolve_device
-    from ..train.reference import build_reference, load_reference
 
     out = check_output_file(args.out)
-    model, card = load_model(args.checkpoint, device=resolve_device(args.device))
-    dataset = load_data(args.data)
-    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
-    dataset = card.prepare(dataset)  # the run's input transform, if it has one
-    split = pick_split(dataset, args.split, args.data)
-    checkpoint = Path(args.checkpoint)
-    reference = load_reference(checkpoint) if checkpoint.is_dir() else None
-    if reference is None and "train" in dataset.splits and len(dataset.splits["train"]) >= 2:
-        reference = build_reference(model, card, dataset.splits["train"])
+    inputs = audit_inputs(args)
+    model, card, dataset = inputs.pop("model"), inputs.pop("card"), inputs.pop("dataset")
     ids = [s.strip() for s in args.samples.split(",") if s.strip()]
-    text = make_report(model, card, split, dataset_name=Path(args.data).name, split_name=args.split,
-                       reference=reference, sample_ids=ids, title=args.title)
+    text = make_report(model, card, dataset, args.split, sample_ids=ids, title=args.title, **inputs)
     path = write_report(out, text)
-    print(f"wrote {path} ({len(split)} samples, {len(ids)} explained"
-          f"{'' if reference is not None else ', no training reference: flags and drift left out'})")
+    missing = inputs["reference"].reference is None
+    print(f"wrote {path} ({len(dataset.splits[args.split])} samples, {len(ids)} explained"
+          f"{', no training reference: flags and drift left out' if missing else ''})")
     return 0

@@ -10,11 +10,15 @@ from .common import add_data, add_device, check_output_dir, load_config, load_da
 HELP = "train a model on a dataset file and write a run directory"
 DESCRIPTION = """Train DecAlign on a dataset file (MMSA pickle or npz) and write a run directory:
 card.json (config, modalities, metrics, prototypes), best.safetensors, last.safetensors, history.json,
-status.json and resume/. The configuration starts from the defaults, then --config (this project's
-JSON or an official DecAlign config such as dec_mosi_config.json), then every --set. The alignment
-terms follow model.objective: official (the default, every term as the official code computes it) or
-studio (this project's scale-free variants). An official config's input transforms (standardisation,
-averaging over time) are fitted on the training split and stored with the run."""
+status.json and resume/. Without --config the settings are chosen from the data (width, layers,
+prototypes, batch size, epochs and learning rate from the number of training samples; the rule is in
+the README); with --config (this project's JSON or an official DecAlign config such as
+dec_mosi_config.json) the file's values are kept. Every --set applies last. The alignment terms follow
+model.objective: official (the default, every term as the official code computes it) or studio (this
+project's scale-free variants). An official config's input transforms (standardisation, averaging over
+time) are fitted on the training split and stored with the run. After training a logistic
+(classification) or ridge (regression) regression on the same input features is fitted as a baseline
+and shown beside the model's test score."""
 EPILOG = """examples:
   decalign train --data mosi.pkl --config dec_mosi_config.json --out runs/mosi
   decalign train --data mosi.pkl --set num_epochs=5 --set train.learning_rate=1e-3 --out runs/quick
@@ -45,25 +49,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TqdmCallback, selection_rule, train
+    from ..train import train
+    from ..train.baseline import baseline_comparison
     from ..train.losses import match_task_loss
     from ..train.metrics import dataset_convention
-    from ..train.progress import CancelFileCallback, ProgressFileCallback
 
     check_output_dir(args.out)
-    config = load_config(args.config, args.set)
     dataset = load_data(args.data)
+    config = _config(args, dataset)
     # As on the dashboard's Train page: the loss follows the data's task unless the user chose one.
     config, note = match_task_loss(config, dataset.task, explicit=_task_loss_chosen(args))
     if note:
         print(f"decalign: note: {note} ({args.data})", file=sys.stderr)
-    callbacks = []
-    if not args.quiet:
-        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, dataset_convention(dataset))[0]))
-    if args.progress_file:
-        callbacks.append(ProgressFileCallback(args.progress_file))
-    if args.cancel_file:
-        callbacks.append(CancelFileCallback(args.cancel_file))
+    callbacks = _callbacks(args, config, dataset, dataset_convention(dataset))
     result = train(dataset, config, args.out, device=args.device, callbacks=callbacks, resume=args.resume,
                    replay=args.replay)
     print(f"{result.status}: best epoch {result.best_epoch} "
@@ -71,7 +69,45 @@ def run(args: argparse.Namespace) -> int:
     if "test" in result.card.metrics:
         print("test metrics:")
         print(metrics_table(result.card.metrics["test"]))
+    comparison = baseline_comparison(result.card.metrics, result.card.baseline)
+    if comparison is not None:
+        print(comparison["sentence"])
     return 0
+
+
+def _config(args: argparse.Namespace, dataset):
+    """The file's settings with --config; else, resuming, the run's own; else the data-driven defaults
+    (``decalign.defaults``); then --set."""
+    from pathlib import Path
+
+    if args.config:
+        return load_config(args.config, args.set)
+    if args.resume and (Path(args.out) / "card.json").is_file():
+        from ..checkpoint import load_card
+
+        config = load_card(args.out).config
+        return config.override(args.set) if args.set else config
+    from ..defaults import data_defaults, describe
+
+    config = data_defaults(dataset)
+    if not args.quiet:
+        print(f"no --config: settings chosen from the data ({len(dataset.splits['train'])} training samples): "
+              f"{describe(config)}")
+    return config.override(args.set) if args.set else config
+
+
+def _callbacks(args: argparse.Namespace, config, dataset, convention: str) -> list:
+    from ..train import TqdmCallback, selection_rule
+    from ..train.progress import CancelFileCallback, ProgressFileCallback
+
+    callbacks = []
+    if not args.quiet:
+        callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
+    if args.progress_file:
+        callbacks.append(ProgressFileCallback(args.progress_file))
+    if args.cancel_file:
+        callbacks.append(CancelFileCallback(args.cancel_file))
+    return callbacks
 
 
 def _task_loss_chosen(args: argparse.Namespace) -> bool:

@@ -47,6 +47,7 @@ class LoadReport:
     nonfinite_replaced: dict[str, int] = field(default_factory=dict)  # "split/modality" -> count
     carved_splits: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # small or lopsided splits: results may mislead
     parser_peak_rss_bytes: int | None = None  # peak memory of the sandboxed parser, when there was one
 
 
@@ -56,6 +57,11 @@ class MultimodalDataset:
     task: str  # "regression" | "classification"
     num_classes: int | None = None
     report: LoadReport = field(default_factory=lambda: LoadReport(source="memory"))
+    class_names: list[str] | None = None  # one per class index, when the file names them
+
+    def class_name(self, k: int) -> str:
+        """The name of class ``k``, or its index as text."""
+        return self.class_names[k] if self.class_names and 0 <= k < len(self.class_names) else str(k)
 
     @property
     def modalities(self) -> dict[str, tuple[int, int]]:

@@ -13,13 +13,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import mmsa, npz
+from .class_names import check_class_names
 from .dataset import SPLITS, DataError, LoadReport, MultimodalDataset, Split
 from .raw import RawData, RawSplit
+from .splitting import carve_missing, small_data_warnings
 from .tokens import TEXT, TOKENS_FIELD, check_token_array
 
 DEFAULT_MAX_BYTES = 4 * 1024**3  # 4 GiB: larger than any MMSA release (MOSEI unaligned is ~3.3 GiB)
-CARVE_FRACTION = 0.1  # share of train moved to each missing valid/test split
-CARVE_SEED = 0
 SUFFIXES = {".pkl": "MMSA pickle", ".pickle": "MMSA pickle", ".npz": "npz archive"}
 
 
@@ -145,7 +145,9 @@ def build_dataset(raw: RawData, source: str) -> MultimodalDataset:
 
     Features: float32, C-contiguous, ``[N, T, D]`` (``[N, D]`` becomes ``[N, 1, D]``), NaN/inf replaced
     by 0 and counted. Labels: ``[N]`` or ``[N, 1]``, finite; int64 with ``num_classes = max + 1`` for
-    classification, float32 for regression. Missing valid/test splits are carved out of train.
+    classification, float32 for regression. Class names (npz ``label_names``, or recognised in an MMSA
+    file) are checked against the labels. Missing valid/test splits are carved out of train (stratified
+    for classification), and splits too small to trust are named in ``report.warnings``.
     """
     report = LoadReport(source=source, notes=list(raw.notes))
     if not raw.splits:
@@ -156,8 +158,31 @@ def build_dataset(raw: RawData, source: str) -> MultimodalDataset:
     _check_widths(splits, raw, source)
     task = _task(raw, source)
     num_classes = _finish_labels(splits, raw, task, source)
-    splits = _carve_missing(splits, source, report)
-    return MultimodalDataset(splits=splits, task=task, num_classes=num_classes, report=report)
+    names = _class_names(raw, task, num_classes, source)
+    if names is not None:
+        num_classes = max(num_classes or 0, len(names))  # a named class may have no sample in the file
+    splits = carve_missing(splits, source, report, task)
+    report.warnings = small_data_warnings(splits, task, num_classes, names)
+    return MultimodalDataset(splits=splits, task=task, num_classes=num_classes, report=report, class_names=names)
+
+
+def _class_names(raw: RawData, task: str, num_classes: int | None, source: str) -> list[str] | None:
+    """The one list of class names the file gives (top level or per split, all equal), checked."""
+    given = {raw.label_names_key: raw.label_names} if raw.label_names is not None else {}
+    given.update({raw.splits[s].keys.get("label_names", f"{s}/label_names"): r.label_names
+                  for s, r in raw.splits.items() if r.label_names is not None})
+    if not given:
+        return None
+    if task != "classification":
+        raise DataError(f"{source}: key {next(iter(given))!r} names classes, but the labels are floats "
+                        "(regression); expected integer class indices with label_names, or no label_names")
+    checked = {key: check_class_names(v, f"{source}: key {key!r}", num_classes) for key, v in given.items()}
+    first_key, first = next(iter(checked.items()))
+    for key, names in checked.items():
+        if names != first:
+            raise DataError(f"{source}: key {key!r} gives class names {names[:6]} but {first_key!r} gives "
+                            f"{first[:6]}; expected the same names everywhere")
+    return first
 
 
 def _where(source: str, raw: RawSplit, fieldname: str) -> str:
@@ -388,35 +413,6 @@ def _finish_labels(splits: dict[str, Split], raw: RawData, task: str, source: st
     if task == "classification":
         return int(max(p.labels.max() for p in labelled.values())) + 1
     return None
-
-
-def _carve_missing(splits: dict[str, Split], source: str, report: LoadReport) -> dict[str, Split]:
-    """Move a seeded random 10% of train into each missing valid/test split (train keeps the rest)."""
-    missing = [s for s in ("valid", "test") if s not in splits]
-    if "train" not in splits:
-        report.notes.append(f"no train split: {', '.join(splits)} only, usable for evaluation, not training")
-        return splits
-    if not missing:
-        return splits
-    n = len(splits["train"])
-    k = max(1, round(CARVE_FRACTION * n))
-    if n - k * len(missing) < 1:
-        raise DataError(
-            f"{source}: {' and '.join(missing)} missing and train has only {n} samples; expected at least "
-            f"{k * len(missing) + 1} to carve {k} per missing split out of train"
-        )
-    perm = np.random.default_rng(CARVE_SEED).permutation(n)
-    carved = {s: np.sort(perm[i * k : (i + 1) * k]) for i, s in enumerate(missing)}
-    train = splits["train"]
-    out = {**splits, "train": train.subset(np.sort(perm[k * len(missing) :]))}
-    out.update({s: train.subset(idx) for s, idx in carved.items()})
-    report.carved_splits = list(missing)
-    report.notes.append(
-        f"{' and '.join(missing)} missing from the file, so {k} training samples each "
-        f"({CARVE_FRACTION:.0%}, seeded permutation, seed {CARVE_SEED}) were moved into them; "
-        f"train keeps {len(out['train'])}"
-    )
-    return {s: out[s] for s in SPLITS if s in out}
 
 
 # ---------------------------------------------------------------------------------- compatibility

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..atomic import atomic_write_file
+from .class_names import recognise_mmsa_names
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .pickle_numpy import AllocationBudget
 from .plain import to_plain_array
@@ -68,7 +69,32 @@ def read_mmsa(file: BinaryIO, shown: str, hint: str = "") -> RawData:
     notes = _notes(obj, label_key)
     if unknown_top:
         notes.append(f"unknown top-level keys ignored: {', '.join(unknown_top)}")
-    return RawData(splits=splits, task=task, notes=notes)
+    names, how = _class_names(obj, splits, task, shown, budget)
+    if how:
+        notes.append(how)
+    return RawData(splits=splits, task=task, notes=notes, label_names=names,
+                   label_names_key="class names recognised in the MMSA file")
+
+
+def _class_names(obj: dict, splits: dict[str, RawSplit], task: str | None, shown: str,
+                 budget: AllocationBudget) -> tuple[list[str] | None, str | None]:
+    """Class names of a classification file, when recognisable (:mod:`.class_names`)."""
+    if task != "classification":
+        return None, None
+    annotations = [_annotations(obj[s], s, shown, budget) for s in splits]
+    return recognise_mmsa_names([p.labels for p in splits.values()], annotations,
+                                [p.ids for p in splits.values()])
+
+
+def _annotations(part: dict, split: str, shown: str, budget: AllocationBudget) -> np.ndarray | None:
+    """A split's annotations as strings; None when absent or unreadable (only used for class names)."""
+    if "annotations" not in part:
+        return None
+    try:
+        return to_plain_array(part["annotations"], f"{shown}: key [{split!r}]['annotations']",
+                              "a 1-D array of strings", budget)
+    except DataError:
+        return None
 
 
 def _check_split(part: Any, split: str, shown: str) -> None:
@@ -144,16 +170,17 @@ def write_mmsa_pickle(dataset: MultimodalDataset, path: str | Path) -> None:
 
     For tests and benchmarks: the modalities must be among text/audio/vision. Like MMSA, a
     regression file also carries 3-class ``classification_labels`` (negative 0, neutral 1,
-    positive 2) and ``annotations``; ids and raw text are object arrays; audio/vision lengths are lists.
+    positive 2) and ``annotations``; a classification file with class names carries them as annotations; ids and raw text are object arrays; audio/vision lengths are lists.
     """
     unknown = [m for m in dataset.widths if m not in MODALITIES]
     if unknown:
         raise ValueError(f"MMSA pickles hold only {', '.join(MODALITIES)}; found modalities {unknown}")
-    payload = {name: _mmsa_split(part, dataset.task) for name, part in dataset.splits.items()}
+    payload = {name: _mmsa_split(part, dataset.task, dataset.class_names)
+               for name, part in dataset.splits.items()}
     atomic_write_file(path, lambda file: pickle.dump(payload, file))
 
 
-def _mmsa_split(part: Any, task: str) -> dict[str, Any]:
+def _mmsa_split(part: Any, task: str, class_names: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {m: x for m, x in part.features.items()}
     out["id"] = np.array(part.ids.tolist(), dtype=object)
     if part.raw_text is not None:
@@ -167,6 +194,8 @@ def _mmsa_split(part: Any, task: str) -> dict[str, Any]:
         )
     elif part.labels is not None:
         out["classification_labels"] = part.labels.astype(np.float32)
+        if class_names:  # MMSA's one string per sample: how a reader recognises the names
+            out["annotations"] = np.array([class_names[int(c)] for c in part.labels], dtype=object)
     if part.text_bert is not None:
         out["text_bert"] = part.text_bert
     for key, m in LENGTH_KEYS.items():  # MMSA itself stores audio and vision lengths only

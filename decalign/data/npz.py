@@ -7,6 +7,7 @@ Keys::
     train/ids, train/raw_text [N] strings, fixed-width unicode (optional)
     train/lengths/<modality>  [N] integer valid time steps (optional)
     train/text_bert           [N, 3, T] integer BERT tokens, MMSA's layout (optional; for BERT models)
+    train/label_names         [C] class names, fixed-width unicode (optional; or one top-level label_names)
     valid/..., test/...       the same; missing valid/test splits are carved out of train
 
 Read member by member without pickle: object arrays are refused, not unpickled, and every ``.npy``
@@ -29,10 +30,12 @@ from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .raw import RawData, RawSplit
 
-RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths")
+RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths", "label_names")
+LABEL_NAMES = "label_names"
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
-EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text', '<split>/text_bert' or "
-EXPECTED_KEYS += f"'<split>/lengths/<modality>', with <split> one of {', '.join(SPLITS)}"
+EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text', '<split>/text_bert', "
+EXPECTED_KEYS += "'<split>/label_names', '<split>/lengths/<modality>' (with <split> one of "
+EXPECTED_KEYS += f"{', '.join(SPLITS)}) or a top-level 'label_names'"
 
 
 def read_npz(file: BinaryIO, shown: str, max_bytes: int) -> RawData:
@@ -61,20 +64,24 @@ def read_npz(file: BinaryIO, shown: str, max_bytes: int) -> RawData:
         if not members:
             raise DataError(f"{shown}: the archive holds no arrays; expected keys {EXPECTED_KEYS}")
         splits: dict[str, RawSplit] = {}
+        names = None
         for info in members:
             key = info.filename.removesuffix(".npy")
+            if key == LABEL_NAMES:
+                names = _read_member(archive, info, key, shown)
+                continue
             split, fieldname = _parse_key(key, shown)
             part = splits.setdefault(split, RawSplit(features={}))
             _put(part, fieldname, _read_member(archive, info, key, shown))
             part.keys[fieldname] = key
-    return RawData(splits={s: splits[s] for s in SPLITS if s in splits})
+    return RawData(splits={s: splits[s] for s in SPLITS if s in splits}, label_names=names)
 
 
 def _parse_key(key: str, shown: str) -> tuple[str, str]:
     split, _, fieldname = key.partition("/")
     parts = fieldname.split("/")
     ok = split in SPLITS and (
-        (len(parts) == 1 and (parts[0] in RESERVED[:4] or MODALITY_NAME.match(parts[0])))
+        (len(parts) == 1 and (parts[0] in (*RESERVED[:4], LABEL_NAMES) or MODALITY_NAME.match(parts[0])))
         or (len(parts) == 2 and parts[0] == "lengths" and MODALITY_NAME.match(parts[1]))
     )
     if not ok:
@@ -127,6 +134,8 @@ def _put(part: RawSplit, fieldname: str, value: np.ndarray) -> None:
         part.raw_text = value
     elif fieldname == "text_bert":
         part.text_bert = value
+    elif fieldname == LABEL_NAMES:
+        part.label_names = value
     elif fieldname.startswith("lengths/"):
         part.lengths[fieldname.split("/", 1)[1]] = value
     else:
@@ -151,5 +160,7 @@ def save_npz(dataset: MultimodalDataset, path: str | Path, *, compress: bool = T
         arrays.update({f"{split}/lengths/{m}": v for m, v in part.lengths.items()})
         if part.text_bert is not None:
             arrays[f"{split}/text_bert"] = part.text_bert
+    if dataset.class_names:
+        arrays[LABEL_NAMES] = np.asarray(dataset.class_names, dtype=str)
     writer = np.savez_compressed if compress else np.savez
     atomic_write_file(path, lambda file: writer(file, **arrays))  # a file object: numpy adds no ".npz"

@@ -24,12 +24,16 @@ class RawSplit:
     lengths: dict[str, Any] = field(default_factory=dict)
     text_bert: Any | None = None  # MMSA BERT tokens [N, 3, T] (decalign.data.tokens)
     keys: dict[str, str] = field(default_factory=dict)
+    label_names: Any | None = None  # (C,) class names given with this split
 
 
 @dataclass
 class RawData:
-    """What a reader returns: splits, the task if the format says it (else ``None``), notes."""
+    """What a reader returns: splits, the task if the format says it (else ``None``), notes, and class
+    names given for the whole file (``label_names_key`` says where, for messages)."""
 
     splits: dict[str, RawSplit]
     task: str | None = None
     notes: list[str] = field(default_factory=list)
+    label_names: Any | None = None
+    label_names_key: str = "label_names"

@@ -67,7 +67,7 @@ def dataset_payload(dataset: MultimodalDataset) -> dict[str, Any]:
                      "raw_text": part.raw_text, "lengths": part.lengths, "text_bert": part.text_bert}
               for name, part in dataset.splits.items()}
     return {"task": dataset.task, "num_classes": dataset.num_classes, "report": asdict(dataset.report),
-            "splits": splits}
+            "splits": splits, "class_names": dataset.class_names}
 
 
 # ----------------------------------------------------------------------------------- parent side
@@ -82,10 +82,19 @@ def dataset_from_payload(value: Any, shown: str) -> MultimodalDataset:
         task, num_classes = value["task"], value["num_classes"]
         if not splits or task not in ("regression", "classification"):
             raise ValueError("no split or no task")
+        names = _names(value.get("class_names"), num_classes)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{shown}: the parser handed back an unusable result ({err})") from None
     report.source = shown
-    return MultimodalDataset(splits=splits, task=task, num_classes=num_classes, report=report)
+    return MultimodalDataset(splits=splits, task=task, num_classes=num_classes, report=report, class_names=names)
+
+
+def _names(value: Any, num_classes: int | None) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) != num_classes:
+        raise ValueError("class names are not one string per class")
+    return value
 
 
 def _split(part: dict[str, Any]) -> Split:

@@ -17,7 +17,7 @@ from ..inference import InferenceResult
 from ..model import Prototypes, gaussian_cost
 from ..train.metrics import display_name, metric_direction
 from ..train.replay import procrustes_rotation
-from .slices import result_metrics, slice_metrics
+from .slices import result_errors, result_metrics, slice_metrics
 
 
 def _check_same_samples(a: InferenceResult, b: InferenceResult) -> None:
@@ -42,13 +42,15 @@ def compare_metrics(result_a: InferenceResult, result_b: InferenceResult, card_a
     return pd.DataFrame(rows)
 
 
-def prediction_changes(result_a: InferenceResult, result_b: InferenceResult) -> pd.DataFrame:
+def prediction_changes(result_a: InferenceResult, result_b: InferenceResult, card_a: ModelCard | None = None,
+                       card_b: ModelCard | None = None) -> pd.DataFrame:
     """One row per sample: id, label, prediction of A and B, and how it changed, most changed first.
 
     Classification: ``changed`` = the predicted class differs (a flip), ``shift`` = total variation
     distance between the two probability vectors, ``0.5 * sum_k |p_A - p_B|``; ``correct_A``/``correct_B``.
     Regression: ``shift`` = ``|pred_B - pred_A|``, ``changed`` = the sign differs (the binary sentiment
-    flipped); ``error_A``/``error_B`` = absolute errors.
+    flipped); with the cards, ``error_A``/``error_B`` = each model's error by its card's one definition
+    (``result_errors``).
     Sorted by changed (flips first), then shift, largest first.
     """
     _check_same_samples(result_a, result_b)
@@ -65,8 +67,9 @@ def prediction_changes(result_a: InferenceResult, result_b: InferenceResult) -> 
     else:
         table["changed"] = np.sign(pa) != np.sign(pb)
         table["shift"] = np.abs(pb - pa)
-        if labels is not None:
-            table["error_A"], table["error_B"] = np.abs(pa - labels), np.abs(pb - labels)
+        if labels is not None and card_a is not None and card_b is not None:
+            table["error_A"] = result_errors(result_a, card_a)["error"].to_numpy()
+            table["error_B"] = result_errors(result_b, card_b)["error"].to_numpy()
     return table.sort_values(["changed", "shift"], ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -74,13 +77,14 @@ def slice_differences(result_a: InferenceResult, result_b: InferenceResult, card
                       *, by: str = "label_bin", metric: str | None = None) -> pd.DataFrame:
     """Per slice (``decalign.explain.slices``: "label_bin", "class", "dominant_modality"...): n, A, B, change.
 
-    ``metric``: default accuracy (classification) or MAE (regression). Slices are those of model A for
-    kinds that depend on the model (dominant modality); label-based kinds are the same for both.
+    ``metric``: default F1 for classes (one-vs-rest), accuracy for other classification slices, MAE for
+    regression. Slices are those of model A for kinds that depend on the model (dominant modality);
+    label-based kinds are the same for both.
     """
     _check_same_samples(result_a, result_b)
-    metric = metric or ("Acc" if result_a.task == "classification" else "MAE")
     sa = slice_metrics(result_a, None, card_a, by=by, min_samples=1)
     sb = slice_metrics(result_b, None, card_b, by=by, min_samples=1)
+    metric = metric or ("MAE" if result_a.task == "regression" else "F1" if "F1" in sa.columns else "Acc")
     if metric not in sa.columns:
         raise ValueError(f"metric {metric!r} is not computed per slice; available: "
                          f"{[c for c in sa.columns if c not in ('slice', 'n')]}")

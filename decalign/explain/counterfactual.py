@@ -38,6 +38,12 @@ def fit_to_length(mean: np.ndarray, steps: int) -> np.ndarray:
 def evaluate(model: DecAlign, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None,
              prototypes: dict[str, Prototypes]) -> tuple[np.ndarray, dict[str, int]]:
     """Model output (out,) and the most likely prototype per modality for a single sample."""
+    output, assigned, _ = _run(model, inputs, lengths, prototypes)
+    return output, assigned
+
+
+def _run(model, inputs, lengths, prototypes) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
+    """(output (out,), prototype per modality, head input (2*M*d,)) of a single sample."""
     model.eval()
     with torch.inference_mode():
         out = model(inputs, lengths or None)
@@ -46,7 +52,18 @@ def evaluate(model: DecAlign, inputs: dict[str, torch.Tensor], lengths: dict[str
             p = prototypes[m]
             proto = Prototypes(p.means.to(pooled), p.variances.to(pooled), p.weights.to(pooled))
             assigned[m] = int(posteriors(pooled, proto)[0].argmax())
-    return out.prediction[0].double().cpu().numpy(), assigned
+    return (out.prediction[0].double().cpu().numpy(), assigned,
+            out.branch_inputs[0].double().cpu().numpy())
+
+
+def modality_parts(model: DecAlign, head_input: np.ndarray, output: int) -> dict[str, float]:
+    """modality -> its net part of head output ``output``: the unique plus the common branch term
+    (the head input is ``[unique_1..M, common_1..M]``, each d wide)."""
+    weight = model.head.weight.detach().double().cpu().numpy()[output]
+    mods = model.modalities
+    d = len(head_input) // (2 * len(mods))
+    term = lambda i: float(head_input[i * d:(i + 1) * d] @ weight[i * d:(i + 1) * d])
+    return {m: term(i) + term(len(mods) + i) for i, m in enumerate(mods)}
 
 
 def modality_counterfactuals(model: DecAlign, split: Split, row: int, reference: TrainingReference, *,
@@ -58,20 +75,26 @@ def modality_counterfactuals(model: DecAlign, split: Split, row: int, reference:
     ``prototype_before:<m>`` / ``prototype_after:<m>`` for every modality, cell_before, cell_after.
     For regression ``delta`` is the change of the predicted value; for classification it is the change
     in the probability of the class predicted before the change (predictions are class indices).
+
+    Then what explains a change, all of the output explained before the change (the predicted class's
+    logit, or the value): ``score_before``/``score_after``; ``part_before``/``part_after``, the changed
+    modality's own net part of it (unique plus common branch term, ``modality_parts``); and for
+    classification ``margin_after``, that class's logit minus the best other logit after the change, and
+    ``probability_before``, its probability before (``probability_before + delta`` after).
     """
     prototypes = reference.prototypes if prototypes is None else prototypes
     device = next(model.parameters()).device
     inputs, lengths = sample_inputs(split, row, device)
     swap = None if swap_row is None else sample_inputs(split, swap_row, device)
-    base, base_cell = evaluate(model, inputs, lengths, prototypes)
+    base = _run(model, inputs, lengths, prototypes)
     records = []
     for m in model.modalities:
         changes = {"drop": _dropped(inputs, lengths, m, reference, device)}
         if swap is not None:
             changes["swap"] = ({**inputs, m: swap[0][m]}, {**lengths, **({m: swap[1][m]} if m in swap[1] else {})})
         for change, (new_inputs, new_lengths) in changes.items():
-            after, cell = evaluate(model, new_inputs, new_lengths, prototypes)
-            records.append(_record(m, change, base, after, base_cell, cell))
+            after = _run(model, new_inputs, new_lengths, prototypes)
+            records.append(_record(model, m, change, base, after))
     return pd.DataFrame.from_records(records)
 
 
@@ -87,7 +110,8 @@ def _dropped(inputs, lengths, modality, reference, device):
     return {**inputs, modality: replaced}, new_lengths
 
 
-def _record(modality, change, base, after, base_cell, cell) -> dict:
+def _record(model, modality, change, base_run, after_run) -> dict:
+    (base, base_cell, base_h), (after, cell, after_h) = base_run, after_run
     regression = base.shape[0] == 1
     if regression:
         before_pred, after_pred, delta = float(base[0]), float(after[0]), float(after[0] - base[0])
@@ -102,6 +126,12 @@ def _record(modality, change, base, after, base_cell, cell) -> dict:
         record[f"prototype_after:{m}"] = cell[m]
     record["cell_before"] = tuple(base_cell.values())
     record["cell_after"] = tuple(cell.values())
+    out = 0 if regression else int(base.argmax())
+    record["score_before"], record["score_after"] = float(base[out]), float(after[out])
+    record["part_before"] = modality_parts(model, base_h, out)[modality]
+    record["part_after"] = modality_parts(model, after_h, out)[modality]
+    record["margin_after"] = np.nan if regression else float(after[out] - np.delete(after, out).max())
+    record["probability_before"] = np.nan if regression else float(_softmax(base)[out])
     return record
 
 

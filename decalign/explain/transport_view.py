@@ -60,27 +60,33 @@ def fit_prototypes(result: InferenceResult, config: ModelConfig, num_prototypes:
             for m, x in result.unique_pooled.items()}
 
 
-def assignments(result: InferenceResult, prototypes: dict[str, Prototypes]) -> dict[str, np.ndarray]:
-    """(N, K) posteriors ``p(k | x)`` of every sample of ``result`` under each modality's prototypes."""
+def assignments(result: InferenceResult | dict[str, np.ndarray], prototypes: dict[str, Prototypes]
+                ) -> dict[str, np.ndarray]:
+    """(N, K) posteriors ``p(k | x)`` under each modality's prototypes, of the pooled unique features of
+    ``result`` (or of a dict modality -> (N, d) features, e.g. the training reference's)."""
+    features = result.unique_pooled if isinstance(result, InferenceResult) else result
     out = {}
     for m, proto in prototypes.items():
-        x = torch.from_numpy(np.asarray(result.unique_pooled[m], dtype=np.float32))
+        x = torch.from_numpy(np.asarray(features[m], dtype=np.float32))
         fixed = Prototypes(proto.means.float(), proto.variances.float(), proto.weights.float())
         out[m] = posteriors(x, fixed).numpy().astype(np.float64)
     return out
 
 
-def label_groups(labels: np.ndarray | None, task: str) -> np.ndarray | None:
-    """What "the same label" means for purity: the class, or for regression the sign of the label."""
+def label_groups(labels: np.ndarray | None, task: str, class_names: list[str] | None = None) -> np.ndarray | None:
+    """What "the same label" means for purity: the class (its name when ``class_names`` has one), or for
+    regression the sign of the label."""
     if labels is None:
         return None
     if task == "regression":
         sign = np.sign(np.asarray(labels, dtype=np.float64))
         return np.where(sign > 0, "positive", np.where(sign < 0, "negative", "zero"))
+    if class_names:
+        return np.array([class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c)) for c in labels])
     return np.asarray(labels).astype(str)
 
 
-def prototype_table(result: InferenceResult, prototypes: dict[str, Prototypes],
+def prototype_table(result: InferenceResult | dict[str, np.ndarray], prototypes: dict[str, Prototypes],
                     labels: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (modality, prototype): weight, size, share of samples, label purity.
 
@@ -90,7 +96,8 @@ def prototype_table(result: InferenceResult, prototypes: dict[str, Prototypes],
 
     Parameters
     ----------
-    result : inference on the current data (its pooled unique features are assigned).
+    result : inference on the current data (its pooled unique features are assigned), or modality ->
+        (N, d) pooled unique features (the training reference's, for purities on the training set).
     prototypes : modality -> Prototypes.
     labels : (N,) label groups (e.g. from :func:`label_groups`), or None.
     """

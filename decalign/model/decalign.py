@@ -21,7 +21,7 @@ from .alignment import (
     sample_to_prototype_loss,
 )
 from .dropout import dropout
-from .fusion import CrossModalEncoder
+from .fusion import CrossModalEncoder, encode
 from .output import AlignmentLevels, DecAlignOutput, Prototypes
 from .prototypes import fit_prototypes, posteriors
 from .transport import transport_plan
@@ -182,18 +182,27 @@ class DecAlign(nn.Module):
         return masks
 
     def _fuse(self, unique, masks, need_attention):
-        fused, attention, keys = {}, {}, {}
+        """Each modality's transformer over its unique sequence; modalities whose query and key lengths
+        agree run as one batched computation (``fusion.encode``)."""
+        memory, mask, keys = {}, {}, {}
         for m in self.widths:
             others = [n for n in self.widths if n != m]
             if self.config.cross_modal_attention:
-                memory = torch.cat([unique[n] for n in others], dim=1)  # (N, sum T_n, d)
-                mask = _key_mask([masks[n] for n in others], unique[m].shape[1], [unique[n] for n in others])
+                memory[m] = torch.cat([unique[n] for n in others], dim=1)  # (N, sum T_n, d)
+                mask[m] = _key_mask([masks[n] for n in others], unique[m].shape[1], [unique[n] for n in others])
                 keys[m] = [(n, unique[n].shape[1]) for n in others]
             else:
-                memory, mask = None, _self_mask(unique[m], masks[m], self.config.attn_mask)
+                memory[m], mask[m] = None, _self_mask(unique[m], masks[m], self.config.attn_mask)
                 keys[m] = [(m, unique[m].shape[1])]
-            hidden, attention[m] = self.transformers[m](unique[m], memory, mask, need_attention)
-            fused[m] = _masked_mean(hidden, masks[m])
+        fused, attention = {}, {}
+        for group in _same_shapes(unique, memory):
+            stacked_memory = None if memory[group[0]] is None else torch.stack([memory[m] for m in group])
+            hidden, weights = encode([self.transformers[m] for m in group], torch.stack([unique[m] for m in group]),
+                                     stacked_memory, _stack_masks([mask[m] for m in group], unique[group[0]],
+                                                                  stacked_memory), need_attention)
+            for i, m in enumerate(group):
+                fused[m] = _masked_mean(hidden[i], masks[m])
+                attention[m] = [w[i] for w in weights]
         return fused, attention, keys
 
     def _align(self, out: DecAlignOutput, fixed: dict[str, Prototypes] | None, gather) -> None:
@@ -286,6 +295,24 @@ def _key_mask(masks, query_len: int, memories) -> torch.Tensor | None:
     parts = [torch.ones(mem.shape[:2], dtype=torch.bool, device=mem.device) if m is None else m
              for m, mem in zip(masks, memories)]
     return torch.cat(parts, dim=1).unsqueeze(1).expand(-1, query_len, -1)  # (N, Tq, Tk)
+
+
+def _same_shapes(unique, memory) -> list[list[str]]:
+    """Modalities grouped by (query length, key length), in model order."""
+    groups: dict[tuple, list[str]] = {}
+    for m, x in unique.items():
+        groups.setdefault((x.shape[1], None if memory[m] is None else memory[m].shape[1]), []).append(m)
+    return list(groups.values())
+
+
+def _stack_masks(masks, query: torch.Tensor, memory: torch.Tensor | None) -> torch.Tensor | None:
+    """(M, N, Tq, Tk) from per-modality (N or 1, Tq, Tk) masks; None when no modality has one."""
+    if all(m is None for m in masks):
+        return None
+    n, steps = query.shape[:2]
+    keys = steps if memory is None else memory.shape[2]
+    full = torch.ones(n, steps, keys, dtype=torch.bool, device=query.device)
+    return torch.stack([full if m is None else m.expand(n, -1, -1) for m in masks])
 
 
 def _self_mask(x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:

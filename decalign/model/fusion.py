@@ -1,4 +1,11 @@
-"""Cross-modal transformer encoders, laid out parameter for parameter like the official DecAlign's."""
+"""Cross-modal transformer encoders, laid out parameter for parameter like the official DecAlign's.
+
+The modules only hold the parameters (same names and shapes as the official ``state_dict``); ``encode``
+runs several encoders of equal shapes as one batched computation, stacking their weights at forward time:
+three modalities cost one set of kernels instead of three. In cross-modal attention the keys and values
+are the embedded input of every layer (as in the official encoder), so all layers' key and value
+projections are one matrix product. Attention itself is ``attention.attention`` (head-major layout).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import dropout, keep_mask
-
-EXPLICIT_CPU_BACKWARD = True  # see MultiheadAttention.forward
+from .attention import attention
+from .dropout import dropout
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with a packed input projection (``in_proj_weight``: q, k, v rows)."""
+    """Multi-head attention parameters with a packed input projection (``in_proj_weight``: q, k, v rows)."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -24,44 +30,6 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None, need_weights: bool = False):
-        """query (B, Tq, d), key/value (B, Tk, d), mask (B or 1, Tq, Tk) bool, True = may attend.
-
-        Returns the output (B, Tq, d) and, if asked, the head-averaged weights (B, Tq, Tk).
-        """
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = self._split(F.linear(query, w_q, b_q))  # (B, h, Tq, hd)
-        k = self._split(F.linear(key, w_k, b_k))  # (B, h, Tk, hd)
-        v = self._split(F.linear(value, w_v, b_v))
-        mask = None if mask is None else mask.unsqueeze(1)  # broadcast over heads
-        drop = self.dropout if self.training else 0.0
-        # Explicit softmax attention when weights are wanted, with dropout (SDPA would fall back to slow
-        # Bernoulli draws), or for backward on the CPU, where SDPA's flash backward is twice as slow for
-        # head widths as small as DecAlign's (4).
-        explicit = need_weights or drop > 0 or (EXPLICIT_CPU_BACKWARD and query.device.type == "cpu"
-                                                and torch.is_grad_enabled())
-        if explicit:
-            # Scale q and the output, both (B, h, T, hd), rather than the (B, h, Tq, Tk) weights.
-            scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = torch.softmax(scores, dim=-1)
-            keep, rescale = keep_mask(weights, drop) if drop > 0 else (None, 1.0)
-            out = (weights if keep is None else weights * keep) @ v
-            out = out * rescale if keep is not None else out
-            averaged = weights.mean(1) if need_weights else None
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            averaged = None
-        b, h, t, hd = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, h * hd)), averaged
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
 
 
 class EncoderLayer(nn.Module):
@@ -76,19 +44,13 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(dim)
         self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
 
-    def forward(self, x, key, value, mask=None, need_weights=False):
-        attended, weights = self.self_attn(x, key, value, mask, need_weights)
-        x = self.attn_layer_norm(x + dropout(attended, self.res_dropout, self.training))
-        hidden = dropout(F.relu(self.fc1(x)), self.relu_dropout, self.training)
-        x = self.final_layer_norm(x + dropout(self.fc2(hidden), self.res_dropout, self.training))
-        return x, weights
-
 
 class CrossModalEncoder(nn.Module):
     """A stack of ``EncoderLayer`` in which one modality's sequence queries a key/value sequence.
 
-    Query and key/value inputs are scaled by sqrt(d) (then embedding dropout), as in the official model;
-    sinusoidal positions are added after scaling only when ``positional_encoding`` is on.
+    Query and key/value inputs are scaled by sqrt(d), then embedding dropout (keys and values drawn
+    separately, as in the official model); sinusoidal positions are added after scaling only when
+    ``positional_encoding`` is on. Without a memory the layer input attends to itself.
     """
 
     def __init__(self, dim: int, heads: int, layers: int, *, attn_dropout: float, relu_dropout: float,
@@ -97,26 +59,155 @@ class CrossModalEncoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers)
         )
-        self.scale, self.embed_dropout, self.positional = math.sqrt(dim), embed_dropout, positional_encoding
+        self.dim, self.heads = dim, heads
+        self.embed_dropout, self.positional = embed_dropout, positional_encoding
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor | None = None, mask=None,
                 need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """query (B, Tq, d); memory (B, Tk, d) or None for self-attention. Returns (B, Tq, d), weights."""
-        x = self._embed(query)
-        kv = x if memory is None else self._embed(memory)
-        weights = []
-        for layer in self.layers:
-            # As in the official encoder, keys and values stay the embedded input in every layer.
-            x, w = layer(x, kv, kv, mask, need_weights)
-            if need_weights:
-                weights.append(w)
-        return x, weights
+        """query (B, Tq, d); memory (B, Tk, d) or None; mask (B or 1, Tq, Tk) bool, True = may attend.
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.scale * x
-        if self.positional:
-            x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
-        return dropout(x, self.embed_dropout, self.training)
+        Returns (B, Tq, d) and, if asked, the head-averaged weights (B, Tq, Tk) of every layer."""
+        hidden, weights = encode([self], query.unsqueeze(0), None if memory is None else memory.unsqueeze(0),
+                                 None if mask is None else mask.unsqueeze(0), need_weights)
+        return hidden[0], [w[0] for w in weights]
+
+
+def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: torch.Tensor | None = None,
+           masks: torch.Tensor | None = None, need_weights: bool = False):
+    """Run M encoders of one configuration side by side, as the official code runs them one by one.
+
+    Parameters
+    ----------
+    encoders : M ``CrossModalEncoder`` with the same width, heads, layers and dropout rates (the
+        attention dropout may differ).
+    queries : (M, B, Tq, d), one query sequence per encoder.
+    memories : (M, B, Tk, d) key/value sequences, or None for self-attention.
+    masks : (M, B or 1, Tq, Tk) bool, True where a query may attend, or None.
+    need_weights : also return each layer's head-averaged attention weights.
+
+    Returns
+    -------
+    (M, B, Tq, d) outputs and a list, one per layer, of (M, B, Tq, Tk) weights (empty unless asked).
+    """
+    first = encoders[0]
+    batch = queries.shape[1]
+    flat_mask = None if masks is None else masks.expand(-1, batch, -1, -1).flatten(0, 1)  # (M*B, Tq, Tk)
+    params = _stacked_parameters(encoders)  # name -> (M, L, ...)
+    x = _embed(first, queries)  # (M, B, Tq, d)
+    keys = values = None
+    if memories is not None:
+        key_in = _embed(first, memories)
+        value_in = _embed(first, memories) if first.training and first.embed_dropout > 0 else key_in
+        keys, values = _memory_projections(params, key_in, value_in, first.heads)  # (L, M*B*h, hd, Tk)
+    rates = tuple(e.layers[0].self_attn.dropout for e in encoders)
+    # unbind, not indexing: the backward of L slices would build L full-size gradients and add them up
+    per_layer = {name: p.unbind(1) for name, p in params.items()}  # name -> L tensors (M, ...)
+    keys, values = (keys.unbind(0), values.unbind(0)) if keys is not None else (None, None)
+    weights = []
+    for index, settings in enumerate(first.layers):
+        layer = {name: p[index] for name, p in per_layer.items()}
+        kt, vt = (keys[index], values[index]) if keys is not None else _self_projections(layer, x, first.heads)
+        x, w = _layer(settings, first.heads, layer, x, kt, vt, flat_mask, rates, need_weights)
+        if need_weights:
+            weights.append(w)
+    return x, weights
+
+
+def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
+    """Each layer parameter of every encoder, stacked: name -> (M, L, *shape)."""
+    names = [name for name, _ in encoders[0].layers[0].named_parameters()]
+    per_encoder = [dict(e.layers.named_parameters()) for e in encoders]
+    layers = len(encoders[0].layers)
+    return {name: torch.stack([p[f"{i}.{name}"] for p in per_encoder for i in range(layers)])
+            .unflatten(0, (len(encoders), layers)) for name in names}
+
+
+def _embed(encoder: CrossModalEncoder, x: torch.Tensor) -> torch.Tensor:
+    x = math.sqrt(encoder.dim) * x
+    if encoder.positional:
+        x = x + sinusoidal_positions(x.shape[-2], x.shape[-1], x.device, x.dtype)
+    return dropout(x, encoder.embed_dropout, encoder.training)
+
+
+def _memory_projections(params, key_in: torch.Tensor, value_in: torch.Tensor, heads: int):
+    """Every layer's keys and values of the (unchanging) memory in one product: (L, M*B*h, hd, Tk) each."""
+    weight, bias = params["self_attn.in_proj_weight"], params["self_attn.in_proj_bias"]  # (M, L, 3d, d)
+    layers, d = weight.shape[1], weight.shape[3]
+    weight = weight[:, :, d:].unflatten(2, (2, d))  # (M, L, k|v, d, d)
+    bias = bias[:, :, d:].unflatten(2, (2, d))
+    if key_in is value_in:  # no separate dropout: one product for keys and values
+        kv = _head_projection(key_in, weight.flatten(1, 3), bias.flatten(1), heads, (layers, 2))
+        return kv[:, 0], kv[:, 1]  # (L, 2, M*B*h, hd, Tk) -> keys, values
+    keys = _head_projection(key_in, weight[:, :, 0].flatten(1, 2), bias[:, :, 0].flatten(1), heads, (layers,))
+    values = _head_projection(value_in, weight[:, :, 1].flatten(1, 2), bias[:, :, 1].flatten(1), heads, (layers,))
+    return keys, values
+
+
+def _self_projections(layer, x: torch.Tensor, heads: int):
+    """Keys and values of the current layer input (self-attention): (M*B*h, hd, T) each."""
+    d = x.shape[-1]
+    kv = _head_projection(x, layer["self_attn.in_proj_weight"][:, d:], layer["self_attn.in_proj_bias"][:, d:],
+                          heads, (2,))
+    return kv[0], kv[1]
+
+
+def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch.Tensor, kt: torch.Tensor,
+           vt: torch.Tensor, mask, rates: tuple[float, ...], need_weights: bool):
+    """One post-norm layer of every encoder: ``first`` gives the settings, ``p`` the stacked parameters
+    (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M*B*h, hd, Tk)."""
+    train, d = first.training, x.shape[-1]
+    scale = 1.0 / math.sqrt(d // heads)  # folded into the query projection
+    qt = _head_projection(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale,
+                          heads)
+    out, weights = attention(qt, kt, vt, mask, rates, train, need_weights)
+    attended = _linear(_token_major(out, x.shape), p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
+    x = _layer_norm(x + dropout(attended, first.res_dropout, train), p, "attn_layer_norm", first)
+    hidden = dropout(F.relu(_linear(x, p["fc1.weight"], p["fc1.bias"])), first.relu_dropout, train)
+    residual = dropout(_linear(hidden, p["fc2.weight"], p["fc2.bias"]), first.res_dropout, train)
+    x = _layer_norm(x + residual, p, "final_layer_norm", first)
+    averaged = weights.view(*x.shape[:2], heads, *weights.shape[1:]).mean(2) if need_weights else None
+    return x, averaged
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per-encoder ``F.linear``: x (M, B, T, in), weight (M, out, in), bias (M, out) -> (M, B, T, out)."""
+    count, batch, steps, width = x.shape
+    flat = x.reshape(count, batch * steps, width)
+    out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+    return out.view(count, batch, steps, -1)
+
+
+def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: EncoderLayer) -> torch.Tensor:
+    """LayerNorm over d with each encoder's own scale and shift. x (M, B, T, d)."""
+    weight, bias, eps = p[f"{name}.weight"], p[f"{name}.bias"], first.get_submodule(name).eps
+    if x.shape[0] == 1:
+        return F.layer_norm(x, x.shape[-1:], weight[0], bias[0], eps)
+    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
+    return torch.addcmul(bias[:, None, None], normed, weight[:, None, None])
+
+
+def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
+                     lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d), laid out for attention:
+    (*lead, M*B*h, hd, T), contiguous.
+
+    The product is taken feature-major (W @ x^T, rows = output features, columns = B*T tokens), so the
+    reordering to head-major copies whole rows of T steps instead of gathering one float at a time.
+    """
+    count, batch, steps, d = x.shape
+    tokens = x.reshape(count, batch * steps, d).transpose(1, 2)  # (M, d, B*T), a view
+    out = torch.baddbmm(bias.unsqueeze(2), weight, tokens)  # (M, rows, B*T)
+    width = weight.shape[1] // math.prod(lead) // heads
+    n = len(lead)
+    out = out.view(count, *lead, heads, width, batch, steps)
+    order = (*range(1, 1 + n), 0, 3 + n, 1 + n, 2 + n, 4 + n)  # lead..., M, B, h, hd, T
+    return out.permute(order).reshape(*lead, count * batch * heads, width, steps)
+
+
+def _token_major(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(M*B*h, hd, T) attention output -> (M, B, T, d)."""
+    count, batch, steps, d = shape
+    return out.view(count, batch, d, steps).transpose(2, 3)
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:

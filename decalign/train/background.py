@@ -24,7 +24,7 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,7 @@ class RunInfo:
     selection_metric: str | None
     config: dict[str, Any]
     has_model: bool
+    test_metrics: dict[str, float] = field(default_factory=dict)  # on the card once the run has finished
 
 
 def run_info(run_dir: str | Path) -> RunInfo:
@@ -260,7 +261,8 @@ def run_info(run_dir: str | Path) -> RunInfo:
         num_epochs=config.get("train", {}).get("num_epochs"), data=request.get("data"),
         data_fingerprint=card.data_fingerprint if card else None, best_epoch=card.best_epoch if card else None,
         best_metrics=metrics, selection_metric=card.extra.get("selection_metric") if card else None,
-        config=config, has_model=(run_dir / "best.safetensors").exists() and card is not None)
+        config=config, has_model=(run_dir / "best.safetensors").exists() and card is not None,
+        test_metrics=card.metrics.get("test", {}) if card else {})
 
 
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:

@@ -17,6 +17,7 @@ from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
 from ..model import AlignmentLevels, DecAlign, Prototypes, fit_prototypes
+from .baseline import fit_baseline
 from .losses import main_loss
 from .metrics import compute_metrics
 from .reference import build_reference, save_reference
@@ -105,15 +106,45 @@ def training_alignment(model: DecAlign, split: Split, prototypes: dict[str, Prot
 
 def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, config: DecAlignConfig,
                 args: EvalArgs) -> None:
-    """Fill the card with the training prototypes, the training alignment and metrics per split."""
+    """Fill the card with the training prototypes, the training alignment, metrics per split and the linear
+    baseline's (``decalign.train.baseline``)."""
     train = dataset.splits["train"]
     prototypes = fit_training_prototypes(model, train, config, args.batch_size)
     card.set_prototypes(prototypes)
     card.extra["training_alignment"] = training_alignment(model, train, prototypes, args.batch_size)
     card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
                     if split.labels is not None and len(split)}
+    card.baseline = fit_baseline(dataset, args.convention)
 
 
-def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split) -> Path:
-    """Save the training reference (``decalign.train.reference``) that explanations and audits compare with."""
-    return save_reference(run_dir, build_reference(model, card, train))
+def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None) -> Path:
+    """Save the training reference (``decalign.train.reference``) that explanations and audits compare with,
+    with the validation split as its held-out part (the drift reference and the flags' calibration)."""
+    return save_reference(run_dir, build_reference(model, card, train, valid))
+
+
+def finish_import(run_dir: Path, convention: str, dataset: MultimodalDataset | None = None, *,
+                  data_source: str | None = None, batch_size: int = 256) -> ModelCard:
+    """Complete the card of imported weights (``decalign.official.import_official``): record the metric
+    convention and its per-sample error, decided once here; with the data the weights were trained on, also
+    its fingerprint and label range, metrics per split, the linear baseline and the explanation reference
+    (training prototypes and held-out validation features), as training writes them."""
+    from ..checkpoint import load_model, save_card
+    from .metrics import ERRORS
+
+    model, card = load_model(run_dir)
+    card.metric_convention, card.error = convention, ERRORS[convention]
+    if dataset is not None:
+        card.data_fingerprint, card.data_source = dataset.fingerprint(), data_source or dataset.report.source
+        dataset = card.prepare(dataset)  # a BERT model reads the text_bert tokens
+        train = dataset.splits["train"]
+        if card.task == "regression" and train.labels is not None and len(train.labels):
+            card.label_range = [float(train.labels.min()), float(train.labels.max())]
+        args = EvalArgs(card.task, card.config.train.task_loss, card.num_classes, convention, batch_size)
+        card.set_prototypes(fit_training_prototypes(model, train, card.config, batch_size))
+        card.metrics = {name: evaluate_split(model, split, args) for name, split in dataset.splits.items()
+                        if split.labels is not None and len(split)}
+        card.baseline = fit_baseline(dataset, convention)
+        write_reference(run_dir, model, card, train, dataset.splits.get("valid"))
+    save_card(run_dir, card)
+    return card

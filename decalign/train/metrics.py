@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..card_schema import CONVENTION_ERRORS
+
 if TYPE_CHECKING:  # types only: metrics stay importable without torch
     from ..checkpoint import ModelCard
     from ..data.dataset import MultimodalDataset
@@ -49,8 +51,17 @@ _SIMS_EDGES = {
     "Mult_acc_3": (-1.01, -0.1, 0.1, 1.01),
     "Mult_acc_5": (-1.01, -0.7, -0.1, 0.1, 0.7, 1.01),
 }
-_CONVENTIONS = ("mosi", "sims")
+CONVENTIONS = ("mosi", "sims", "classification")
+_REGRESSION_CONVENTIONS = ("mosi", "sims")
 _TASKS = ("regression", "classification")
+# The one per-sample error of each convention (see ``prediction_errors``), as the model card stores it.
+ERRORS = CONVENTION_ERRORS
+ERROR_TEXT = {
+    "absolute": "absolute error |prediction - label|",
+    "absolute_clipped": "absolute error |prediction - label| after clipping both to [-1, 1] (as CH-SIMS's MAE)",
+    "misclassification": "1 for a wrong class, 0 for a right one (the probability given to the true label is a "
+                         "separate column, p_label)",
+}
 
 
 def display_name(key: str) -> str:
@@ -237,7 +248,8 @@ def compute_metrics(
     """Metrics of ``task`` ("regression" or "classification").
 
     Regression uses ``convention`` "mosi" (MOSI/MOSEI, ``regression_metrics``) or "sims"
-    (CH-SIMS, ``sims_metrics``). Classification needs ``num_classes`` unless ``preds`` is (N, C).
+    (CH-SIMS, ``sims_metrics``). Classification needs ``num_classes`` unless ``preds`` is (N, C); its
+    convention is "classification" (any other is ignored there).
     """
     _check_choice(task, _TASKS, "task")
     if task == "classification":
@@ -247,37 +259,87 @@ def compute_metrics(
                 raise ValueError("classification: num_classes is required when preds are class ids")
             num_classes = scores.shape[1]
         return classification_metrics(preds, labels, num_classes)
-    _check_choice(convention, _CONVENTIONS, "convention")
+    _check_choice(convention, _REGRESSION_CONVENTIONS, "convention")
     return sims_metrics(preds, labels) if convention == "sims" else regression_metrics(preds, labels)
 
 
-def metric_convention(source: str = "", label_range: Sequence[float] | None = None) -> str:
-    """Which regression metrics a dataset gets: "sims" for CH-SIMS, else "mosi" (MOSI/MOSEI).
+def metric_convention(source: str = "", label_range: Sequence[float] | None = None, task: str = "regression") -> str:
+    """The one rule for which metrics (and which per-sample error) a model gets: "classification" for a
+    classifier; for regression "sims" (CH-SIMS) or "mosi" (MOSI/MOSEI and everything else).
 
     CH-SIMS is recognised by a file named after it or by labels spanning exactly [-1, 1], its scale
-    (MMSA's CH-SIMS release is also named ``unaligned_39.pkl``). The one rule: training applies it with
-    :func:`dataset_convention` and records the result in the card; readers of a card use
-    :func:`card_convention`.
+    (MMSA's CH-SIMS release is also named ``unaligned_39.pkl``). It is applied once: when a model is trained
+    (:func:`dataset_convention`) or imported, and the result is stored on the card (``metric_convention``
+    and ``error``). Readers use :func:`card_convention`, which applies this same rule to what an older card
+    knows (its data source and label range) when the card has no recorded convention.
     """
-    if "sims" in source.lower():
+    _check_choice(task, _TASKS, "task")
+    if task == "classification":
+        return "classification"
+    if "sims" in (source or "").lower():
         return "sims"
     return "sims" if label_range is not None and [float(v) for v in label_range] == [-1.0, 1.0] else "mosi"
 
 
 def dataset_convention(dataset: MultimodalDataset) -> str:
-    """:func:`metric_convention` of a dataset: its source name and its training labels' range."""
+    """:func:`metric_convention` of a dataset: its task, source name and its training labels' range."""
     labels = dataset.splits["train"].labels if "train" in dataset.splits else None
     span = None if labels is None or not len(labels) else (labels.min(), labels.max())
-    return metric_convention(dataset.report.source, span)
+    return metric_convention(dataset.report.source, span, dataset.task)
 
 
 def card_convention(card: ModelCard) -> str:
-    """The convention a model was trained and selected with: recorded in its card, else
-    :func:`metric_convention` of the card's data source and label range (imported models)."""
-    recorded = card.extra.get("metric_convention")
-    if recorded in _CONVENTIONS:
-        return recorded
-    return metric_convention(card.data_source or "", card.label_range)
+    """The convention a model was trained and selected with: the card's ``metric_convention`` (or the
+    ``extra`` entry older versions wrote), else :func:`metric_convention` of what the card knows.
+
+    Raises ValueError for a recorded convention or error that does not fit the card's task.
+    """
+    recorded = card.metric_convention or card.extra.get("metric_convention")
+    if card.task == "classification" and recorded in (None, "classification", "mosi"):  # old cards wrote mosi
+        convention = "classification"
+    elif card.task != "classification" and recorded in _REGRESSION_CONVENTIONS:
+        convention = recorded
+    elif recorded is None:
+        convention = metric_convention(card.data_source or "", card.label_range, card.task)
+    else:
+        raise ValueError(f"model card: metric_convention {recorded!r:.40} does not fit a {card.task} model")
+    if card.error is not None and card.error != ERRORS[convention]:
+        raise ValueError(f"model card: error {card.error!r:.40} does not fit metric_convention {convention!r} "
+                         f"(expected {ERRORS[convention]!r})")
+    return convention
+
+
+def card_error(card: ModelCard) -> str:
+    """The card's per-sample error definition (a key of ``ERROR_TEXT``), from :func:`card_convention`."""
+    return ERRORS[card_convention(card)]
+
+
+def prediction_errors(convention: str, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) the one per-sample error of a convention (``ERRORS``), so that its mean is the headline error.
+
+    * "classification": 1.0 where ``argmax(outputs) != label``, else 0.0 (mean = 1 - Acc);
+    * "mosi": ``|p - y|`` (mean = MAE);
+    * "sims": ``|clip(p) - clip(y)|`` with both clipped to [-1, 1] (mean = CH-SIMS's MAE).
+
+    ``outputs``: (N, C) scores for classification; (N,) or (N, 1) values for regression.
+    """
+    _check_choice(convention, CONVENTIONS, "convention")
+    if convention == "classification":
+        scores = np.asarray(outputs)
+        preds = predicted_classes(scores, scores.shape[1]) if scores.ndim == 2 else np.asarray(scores)
+        return (preds != np.asarray(labels).astype(np.int64)).astype(np.float64)
+    p, y = _regression_inputs(outputs, labels)
+    if convention == "sims":
+        p, y = np.clip(p, -1.0, 1.0), np.clip(y, -1.0, 1.0)
+    return np.abs(p - y)
+
+
+def label_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) softmax probability the classifier gives the true label: the model's confidence in the right
+    answer, shown beside (never instead of) the 0/1 error."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return (z / z.sum(1, keepdims=True))[np.arange(len(z)), np.asarray(labels).astype(np.int64)]
 
 
 def metric_direction(name: str) -> str:
@@ -310,8 +372,10 @@ def resolve_metric_name(name: str, task: str, convention: str = "mosi") -> str:
     headline (``Non0_acc_2``, ``Non0_F1_score``). Raises ValueError for anything else.
     """
     _check_choice(task, _TASKS, "task")
-    _check_choice(convention, _CONVENTIONS, "convention")
+    _check_choice(convention, CONVENTIONS, "convention")
     family = "classification" if task == "classification" else convention
+    if family == "classification" and task != "classification":
+        raise ValueError("convention 'classification' needs task classification")
     valid = _valid_keys(family)
     if name in valid:
         return name

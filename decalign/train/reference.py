@@ -1,7 +1,8 @@
 """What the training set looked like, kept beside a checkpoint so explanations and audits can compare.
 
 A :class:`TrainingReference` holds the training set's mean input per modality (the "missing modality"
-stand-in), the prototypes, the pooled unique and common features of every training sample, and the
+stand-in), the prototypes, the pooled unique and common features of every training sample, the pooled
+features of held-out samples the model did not fit (:class:`HeldOut`, from the validation split), and the
 thresholds the audit flags use. It is written as ``reference.safetensors`` (arrays) plus
 ``reference.json`` (ids, raw text, thresholds) in the run directory; nothing is pickled.
 
@@ -11,13 +12,16 @@ training prototypes ``(mu_k, var_k)``,
 ``dist(x) = min_k sqrt( sum_j (x_j - mu_kj)^2 / var_kj )``
 
 the diagonal Mahalanobis distance to the nearest prototype. The OOD threshold is its 99th percentile
-over the training samples, so about 1% of training samples are flagged by construction.
+over the held-out (validation) samples, so about 1% of new data like the validation split is flagged.
+Training samples would give a threshold that is too low: the model fitted them, so their features sit
+closer to the prototypes than new data does. Only a reference without held-out samples (written before
+they were stored) keeps thresholds calibrated on the training samples (``thresholds_from == "train"``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +39,35 @@ from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, trans
 
 REFERENCE_ARRAYS = "reference.safetensors"
 REFERENCE_JSON = "reference.json"
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2  # 2: held-out (validation) features and thresholds calibrated on them
 OOD_QUANTILE = 0.99
 DECOUPLING_QUANTILE = 0.99
-MMD_REFERENCE_SIZE = 128  # batch size of the stored MMD band (drift recomputes for other sizes)
-MMD_RESAMPLES = 20
+MAX_HELD_OUT = 1000  # held-out samples kept (a seeded subsample of larger validation splits)
+HELD_OUT_SEED = 0
 REFERENCE_EM_ITERS = 50  # EM steps when the card has no prototypes and the reference fits its own
+
+
+@dataclass
+class HeldOut:
+    """Pooled features of held-out samples the model did not fit: the drift reference, and what the
+    flag thresholds are calibrated on.
+
+    Attributes
+    ----------
+    unique, common : modality -> (n, d) pooled unique / common features.
+    ids : (n,) str ids of the samples kept.
+    source : where they come from, in words ("the validation split stored with the run").
+    n_total : samples in that split before the seeded subsample of at most ``MAX_HELD_OUT``.
+    """
+
+    unique: dict[str, np.ndarray]
+    common: dict[str, np.ndarray]
+    ids: np.ndarray
+    source: str
+    n_total: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -51,14 +78,15 @@ class TrainingReference:
     ----------
     input_means : modality -> (T, D) mean training input (step-wise, over samples valid at that step).
     prototypes : modality -> training prototypes (means, variances, weights).
-    ood_thresholds : modality -> 99th percentile over training samples of :func:`prototype_distance`.
+    ood_thresholds : modality -> 99th percentile of :func:`prototype_distance` over the held-out samples
+        (over the training samples when ``thresholds_from == "train"``).
     train_unique, train_common : modality -> (N_train, d) pooled unique / common features.
     train_ids : (N_train,) str; train_labels : (N_train,) or None; train_raw_text : (N_train,) str or None.
-    decoupling_threshold : 99th percentile over training samples of the largest (over modalities)
-        ``|cos(unique_pooled, common_pooled)|``.
-    common_mmd_band : modality -> {"bandwidth": median-heuristic Gaussian bandwidth of the training
-        common features, "batch_size": n, "band_low"/"band_high": 5th/95th percentile of the MMD^2
-        between two disjoint random training subsets of size n}.
+    decoupling_threshold : 99th percentile, over the same samples as ``ood_thresholds``, of the largest
+        (over modalities) ``|cos(unique_pooled, common_pooled)|``.
+    held_out : pooled features of the validation split (:class:`HeldOut`); None in references written
+        before they were stored.
+    thresholds_from : "valid" or "train": which samples the thresholds were calibrated on.
     """
 
     input_means: dict[str, np.ndarray]
@@ -70,7 +98,8 @@ class TrainingReference:
     train_labels: np.ndarray | None
     train_raw_text: np.ndarray | None = None
     decoupling_threshold: float = 1.0
-    common_mmd_band: dict[str, dict[str, float]] = field(default_factory=dict)
+    held_out: HeldOut | None = None
+    thresholds_from: str = "train"
 
     @property
     def modalities(self) -> list[str]:
@@ -107,58 +136,18 @@ def decoupling_cosines(unique: dict[str, np.ndarray], common: dict[str, np.ndarr
     return {m: abs_cosine(unique[m], common[m]) for m in unique}
 
 
-def median_bandwidth(x: np.ndarray, max_points: int = 1000, seed: int = 0) -> float:
-    """Median heuristic: ``s = sqrt(median ||x_i - x_j||^2 / 2)`` over pairs i < j (subsampled)."""
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) > max_points:
-        x = x[np.random.default_rng(seed).choice(len(x), max_points, replace=False)]
-    pairs = squared_distances(x, x)[np.triu_indices(len(x), k=1)]
-    med = float(np.median(pairs)) if pairs.size else 1.0
-    return float(np.sqrt(med / 2)) if med > 0 else 1.0
-
-
-def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) ``||a_i - b_j||^2`` as ``|a|^2 + |b|^2 - 2 a.b`` (no (N, M, d) temporary), clipped at 0."""
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-    return np.maximum(sq, 0.0)
-
-
-def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
-    """Biased MMD^2 with ``k(x, y) = exp(-||x - y||^2 / (2 s^2))`` (same estimate as ``gaussian_mmd``)."""
-    def kernel_mean(a, b):
-        return float(np.exp(-squared_distances(a, b) / (2 * bandwidth**2)).mean())
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return max(kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y), 0.0)
-
-
-def mmd_null_band(train: np.ndarray, size: int, bandwidth: float, *, n_resamples: int = MMD_RESAMPLES,
-                  seed: int = 0) -> np.ndarray:
-    """MMD^2 between a random training subset of ``size`` and the rest, ``n_resamples`` times.
-
-    Comparing against the *rest* of the training set (not all of it) keeps the subset out of its own
-    reference, as a genuinely new batch would be.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(train)
-    size = max(1, min(size, n - 1))
-    values = []
-    for _ in range(n_resamples):
-        order = rng.permutation(n)
-        values.append(mmd2(train[order[:size]], train[order[size:]], bandwidth))
-    return np.asarray(values)
-
-
 # ---------------------------------------------------------------------------------------------
 # Building, saving, loading
 # ---------------------------------------------------------------------------------------------
 
-def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
+def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_split: Split | None = None, *,
                     batch_size: int = 256) -> TrainingReference:
     """Summarise ``train_split`` as seen by ``model`` (run in eval mode, no gradients).
 
     Uses the card's prototypes; if the card has none, fits a diagonal GMM (K = ``num_prototypes``) to the
-    training pooled unique features.
+    training pooled unique features. With ``valid_split`` (held out from fitting: the validation split)
+    its pooled features are kept (:func:`with_held_out`) and the flag thresholds are calibrated on them;
+    without it they are calibrated on the training samples and ``held_out`` stays None.
     """
     if len(train_split) < 2:
         raise ValueError(f"build_reference: the training split has {len(train_split)} samples, need at least 2")
@@ -168,18 +157,48 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, *,
         prototypes = _fit_prototypes(result.unique_pooled, model.config)
     prototypes = {m: Prototypes(p.means.float(), p.variances.float(), p.weights.float())
                   for m, p in prototypes.items()}
-    ood = {m: float(np.quantile(prototype_distance(result.unique_pooled[m], prototypes[m]), OOD_QUANTILE))
-           for m in model.modalities}
-    cosines = decoupling_cosines(result.unique_pooled, result.common_pooled)
-    worst = np.max(np.stack(list(cosines.values())), axis=0)
-    return TrainingReference(
-        input_means=_input_means(train_split, model, batch_size), prototypes=prototypes, ood_thresholds=ood,
+    reference = TrainingReference(
+        input_means=_input_means(train_split, model, batch_size), prototypes=prototypes, ood_thresholds={},
         train_unique=result.unique_pooled, train_common=result.common_pooled,
         train_ids=np.asarray(train_split.ids).astype(str), train_labels=train_split.labels,
         train_raw_text=None if train_split.raw_text is None else np.asarray(train_split.raw_text).astype(str),
-        decoupling_threshold=float(np.quantile(worst, DECOUPLING_QUANTILE)),
-        common_mmd_band={m: _mmd_band(x) for m, x in result.common_pooled.items()},
     )
+    _calibrate(reference, result.unique_pooled, result.common_pooled, "train")
+    if valid_split is not None and len(valid_split) >= 2:
+        reference = with_held_out(reference, model, card, valid_split, "the validation split stored with the run",
+                                  batch_size=batch_size)
+    return reference
+
+
+def with_held_out(reference: TrainingReference, model: DecAlign, card: ModelCard, split: Split, source: str, *,
+                  batch_size: int = 256) -> TrainingReference:
+    """A copy of ``reference`` with the pooled features of ``split`` (held-out samples; a seeded subsample of
+    at most ``MAX_HELD_OUT``) as ``held_out``, and its flag thresholds calibrated on them.
+
+    ``source`` says in words where the samples come from; it is shown beside every drift verdict.
+    """
+    if len(split) < 2:
+        raise ValueError(f"held-out reference: {source} has {len(split)} samples, need at least 2")
+    kept = split
+    if len(split) > MAX_HELD_OUT:
+        rows = np.sort(np.random.default_rng(HELD_OUT_SEED).choice(len(split), MAX_HELD_OUT, replace=False))
+        kept = split.subset(rows)
+    result = run_inference(model, kept, task=card.task, batch_size=batch_size)
+    out = replace(reference, ood_thresholds={}, held_out=HeldOut(
+        result.unique_pooled, result.common_pooled, np.asarray(kept.ids).astype(str), source, len(split)))
+    _calibrate(out, result.unique_pooled, result.common_pooled, "valid")
+    return out
+
+
+def _calibrate(reference: TrainingReference, unique: dict[str, np.ndarray], common: dict[str, np.ndarray],
+               name: str) -> None:
+    """Set the OOD and decoupling thresholds to the quantiles over the given samples (see module docstring)."""
+    reference.ood_thresholds = {
+        m: float(np.quantile(prototype_distance(unique[m], reference.prototypes[m]), OOD_QUANTILE))
+        for m in reference.modalities}
+    worst = np.max(np.stack(list(decoupling_cosines(unique, common).values())), axis=0)
+    reference.decoupling_threshold = float(np.quantile(worst, DECOUPLING_QUANTILE))
+    reference.thresholds_from = name
 
 
 def _encoded_text(model: DecAlign, tokens: np.ndarray, batch_size: int) -> np.ndarray:
@@ -217,14 +236,6 @@ def _input_means(split: Split, model: DecAlign, batch_size: int) -> dict[str, np
     return means
 
 
-def _mmd_band(common: np.ndarray) -> dict[str, float]:
-    bandwidth = median_bandwidth(common)
-    size = min(MMD_REFERENCE_SIZE, len(common) // 2)
-    values = mmd_null_band(common, size, bandwidth)
-    return {"bandwidth": bandwidth, "batch_size": float(size),
-            "band_low": float(np.quantile(values, 0.05)), "band_high": float(np.quantile(values, 0.95))}
-
-
 def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
     """Write ``reference.safetensors`` and ``reference.json`` into ``run_dir`` atomically; returns the JSON path."""
     run_dir = Path(run_dir)
@@ -237,6 +248,9 @@ def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
         arrays[f"prototypes/{m}/weights"] = p.weights.detach().cpu().float().numpy()
         arrays[f"train_unique/{m}"] = np.asarray(ref.train_unique[m], dtype=np.float32)
         arrays[f"train_common/{m}"] = np.asarray(ref.train_common[m], dtype=np.float32)
+        if ref.held_out is not None:
+            arrays[f"held_out_unique/{m}"] = np.asarray(ref.held_out.unique[m], dtype=np.float32)
+            arrays[f"held_out_common/{m}"] = np.asarray(ref.held_out.common[m], dtype=np.float32)
     if ref.train_labels is not None:
         arrays["train_labels"] = np.asarray(ref.train_labels)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -246,7 +260,10 @@ def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
         "train_ids": [str(i) for i in ref.train_ids],
         "train_raw_text": None if ref.train_raw_text is None else [str(t) for t in ref.train_raw_text],
         "ood_thresholds": ref.ood_thresholds, "decoupling_threshold": ref.decoupling_threshold,
-        "common_mmd_band": ref.common_mmd_band,
+        "thresholds_from": ref.thresholds_from,
+        "held_out": None if ref.held_out is None else {
+            "ids": [str(i) for i in ref.held_out.ids], "source": ref.held_out.source,
+            "n_total": int(ref.held_out.n_total)},
     }
     return atomic_write_json(run_dir / REFERENCE_JSON, meta)
 
@@ -275,10 +292,35 @@ def load_reference(run_dir: str | Path) -> TrainingReference | None:
         train_labels=arrays.get("train_labels"),
         train_raw_text=None if meta["train_raw_text"] is None else np.asarray(meta["train_raw_text"], dtype=str),
         decoupling_threshold=float(meta["decoupling_threshold"]),
-        common_mmd_band=meta["common_mmd_band"],
+        held_out=_held_out(meta, mods, get, meta_path), thresholds_from=_thresholds_from(meta, meta_path),
     )
     _check_sizes(ref, arrays_path)
     return ref
+
+
+def _held_out(meta: dict, mods: list[str], get, path: Path) -> HeldOut | None:
+    """The held-out part of a reference; None for format 1 (written before it was stored)."""
+    info = meta.get("held_out")
+    if info is None:
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("ids"), list) or not isinstance(info.get("source"), str):
+        raise CheckpointError(f"{path}: 'held_out' must be null or an object with 'ids' (a list), 'source' "
+                              f"(text) and 'n_total', found {str(info)[:80]!r}")
+    ids = np.asarray([str(i) for i in info["ids"]], dtype=str)
+    held = HeldOut({m: get(f"held_out_unique/{m}") for m in mods}, {m: get(f"held_out_common/{m}") for m in mods},
+                   ids, info["source"], int(info.get("n_total", len(ids))))
+    for m in mods:
+        for name, x in (("held_out_unique", held.unique[m]), ("held_out_common", held.common[m])):
+            if x.ndim != 2 or len(x) != len(ids):
+                raise CheckpointError(f"{path}: {name}/{m} has shape {x.shape}, expected ({len(ids)}, d)")
+    return held
+
+
+def _thresholds_from(meta: dict, path: Path) -> str:
+    value = meta.get("thresholds_from", "train")
+    if value not in ("train", "valid"):
+        raise CheckpointError(f"{path}: 'thresholds_from' must be 'train' or 'valid', found {value!r:.40}")
+    return value
 
 
 def _read_meta(path: Path) -> dict:
@@ -286,8 +328,7 @@ def _read_meta(path: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    required = ("modalities", "train_ids", "train_raw_text", "ood_thresholds", "decoupling_threshold",
-                "common_mmd_band")
+    required = ("modalities", "train_ids", "train_raw_text", "ood_thresholds", "decoupling_threshold")
     if not isinstance(meta, dict) or any(k not in meta for k in required):
         found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: expected a JSON object with keys {list(required)}, found {found}")

@@ -39,7 +39,7 @@ from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
 from .losses import balanced_class_weight, total_loss
-from .metrics import dataset_convention
+from .metrics import ERRORS, dataset_convention
 from .replay import ReplayRecorder
 from .runs import (
     ResumeState,
@@ -53,6 +53,7 @@ from .runs import (
     write_status,
 )
 from .selection import scheduler_rule, selection_rule, with_composites
+from .sizing import cap_prototypes
 
 LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
 BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
@@ -110,7 +111,8 @@ class Trainer:
     def __init__(self, dataset: MultimodalDataset, config: DecAlignConfig, run_dir: str | Path, *,
                  device: str | torch.device = "cpu", callbacks: Sequence[Callback] = (), resume: bool = False,
                  replay: bool = False):
-        self.config, self.run_dir = config.validate(), Path(run_dir)
+        self.run_dir = Path(run_dir)
+        self.config, self.size_note = cap_prototypes(config.validate(), dataset)
         self.dist = distributed.context_from_env()  # a world of one unless started by torchrun
         self.device = distributed.rank_device(self.dist, resolve_device(device))
         distributed.init_process_group(self.dist, self.device)
@@ -182,15 +184,18 @@ class Trainer:
         train = self.dataset.splits["train"]
         classes = self.dataset.num_classes if self.task == "classification" else None
         extra = {"selection_metric": self.selection, "selection_mode": self.mode,
-                 "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode,
-                 "metric_convention": self.convention}
+                 "scheduler_metric": self.scheduler_key, "scheduler_mode": self.scheduler_mode}
         if not self.transform.is_identity:
             extra[TRANSFORM_KEY] = self.transform.to_dict()
+        if self.size_note:
+            extra["prototype_note"] = self.size_note
         return ModelCard(
             config=self.config, widths=self._model_widths(), task=self.task, output_dim=classes or 1,
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
+            class_names=self.dataset.class_names if classes else None,
             label_range=[float(train.labels.min()), float(train.labels.max())],
             data_fingerprint=fingerprint, data_source=self.dataset.report.source, seed=self.config.train.seed,
+            metric_convention=self.convention, error=ERRORS[self.convention],
             extra=extra,
         )
 
@@ -328,7 +333,8 @@ class Trainer:
             self.card.extra.update(status=status, epochs_run=self.state.epoch,
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)
-            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"])
+            finalize.write_reference(self.run_dir, self.model, self.card, self.dataset.splits["train"],
+                                     self.dataset.splits["valid"])
         self._write_status(status)
         distributed.barrier(self.dist)
 

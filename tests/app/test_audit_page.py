@@ -33,7 +33,12 @@ def test_audit_page_renders_and_records_once(page_test, demo_dir, audit_db):
     assert at.title[0].value == "Audit"
     charts = at.get("plotly_chart")
     assert len(charts) >= 3  # confusion, reliability, drift
-    assert any(m.label == "Drifted from the training data?" for m in at.metric)
+    drifted = [m for m in at.metric if m.label == "Drifted from the held-out data?"]
+    assert len(drifted) == 1 and drifted[0].value == "no"  # the demo's test split is i.i.d. with validation
+    text = " ".join(m.value for m in at.markdown)
+    assert "shows no significant drift" in text and "after correcting for 6 tests" in text
+    assert "from the validation split stored with the run" in text
+    assert any("logistic regression" in i.value for i in at.info)  # the baseline beside the model
     recorded = AuditTrail(audit_db).count(source="dashboard")
     assert recorded > 0
     _ok(at.run())  # a rerun does not record again
@@ -87,3 +92,19 @@ def test_audit_rows_and_figures(demo_dir):
     conf = fig.confusion_figure(result)
     assert np.asarray(conf.data[0].z).sum() == 40
     assert len(fig.reliability_figure(result).data) == 2
+
+
+def test_small_upload_gets_a_calibrated_drift_verdict(page_test, demo_dir, demo_npz, audit_db):
+    # 50 demo digits uploaded: tested against the run's stored validation features, the chart's axis is the
+    # mean shift in standard deviations (no ratio to a band of width ~0), and i.i.d. data is not drifted.
+    at = page_test("audit").run()
+    at.radio(key="data_kind").set_value("Upload a file").run()
+    at.file_uploader(key="data_upload").set_value((demo_npz.name, demo_npz.read_bytes(), "application/octet-stream"))
+    _ok(at.run())
+    drifted = next(m for m in at.metric if m.label == "Drifted from the held-out data?")
+    assert drifted.value == "no"
+    table = next(t.value for t in at.dataframe if "p_corrected" in t.value.columns)
+    assert len(table) == 6 and (table["n_current"] == 50).all() and (table["n_reference"] == 300).all()
+    assert table["effect"].max() < 0.5 and (table["p_corrected"] >= table["p_value"]).all()
+    text = " ".join(m.value for m in at.markdown)
+    assert "the validation split stored with the run" in text

@@ -118,7 +118,10 @@ def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
             sync.expect(page.get_by_text("does not match the checkpoint").first).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "mismatch.png"))
 
-            # a broken file: a message naming it, and every page still works
+            # a broken file: a message naming it, and every page still works. The refused pickle left the
+            # uploader (it lists only what is in use): wait for that rerun before uploading again.
+            _settle(page, "Sample")
+            sync.expect(sidebar.locator('[data-testid="stFileUploaderFile"]')).to_have_count(0, timeout=TIMEOUT)
             bad = tmp_path / "broken.npz"
             bad.write_bytes(b"not a zip archive at all")
             sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
@@ -126,7 +129,8 @@ def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
                 timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "broken_file.png"))
             _visit_all(page, server, "after_errors")
-            sync.expect(page.get_by_text(f"Using: {demo_npz.name}").first).to_be_visible(timeout=TIMEOUT)
+            sync.expect(sidebar.locator('[data-testid="stAlert"]', has_text=f"Data in use: {demo_npz.name}")
+                        ).to_be_visible(timeout=TIMEOUT)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"))
             raise

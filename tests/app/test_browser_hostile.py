@@ -78,7 +78,8 @@ def test_markup_in_data_and_cards_is_text_and_fetches_nothing(demo_dir, tmp_path
                 timeout=TIMEOUT)
             page.locator(".st-key-data_kind label", has_text="Upload a file").click()
             page.locator(".st-key-data_upload input[type=file]").set_input_files(str(data))
-            expect(page.get_by_text("Using: hostile_data.npz")).to_be_visible(timeout=TIMEOUT)
+            expect(page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]',
+                                has_text="Data in use: hostile_data.npz")).to_be_visible(timeout=TIMEOUT)
             for name in ("Predict", "Sample"):
                 page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
                 expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible(timeout=TIMEOUT)

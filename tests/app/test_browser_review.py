@@ -130,11 +130,18 @@ def _expect_review(page, scope, first_column: str, comment: str,
                          f"grid starting with {first_column!r}: {rows}")
 
 
+def _review_tab(page) -> None:
+    """Open the Sample page's Review tab (the form and the sample's review history)."""
+    page.get_by_role("tab", name="Review").click()
+
+
 def _record_review(page, comment: str) -> None:
     from playwright.sync_api import expect
 
+    _review_tab(page)
     form = page.locator('[data-testid="stForm"]')
     expect(form).to_have_count(1, timeout=TIMEOUT)
+    expect(form).to_be_visible(timeout=TIMEOUT)
     form.scroll_into_view_if_needed()
     form.locator('[data-testid="stRadio"] label', has_text="wrong").click()
     expect(form.get_by_role("radio", name="wrong")).to_be_checked(timeout=TIMEOUT)
@@ -210,6 +217,7 @@ def test_review_survives_a_server_restart(demo_dir, tmp_path):
             with _serving(demo_dir, audit_db, runs) as base, _page(browser, base, errors) as page:
                 _open(page, "Sample", SAMPLE_PAGE_TIMEOUT)
                 assert _choose_sample(page, sample_id=sample_id) == sample_id
+                _review_tab(page)
                 row = _expect_review(page, page, HISTORY_FIRST, comment)
                 assert row["reviewer"] == "restart test"
                 _screenshot(page, "review_after_restart.png")

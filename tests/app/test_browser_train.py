@@ -125,16 +125,17 @@ def test_train_cancel_resume_compare(server, tmp_path):
             states = {info.name.rsplit("-", 1)[-1]: info.state for info in list_runs(runs)}
             assert states == {"first": "finished", "second": "finished"}
 
-            # 3. the finished run on the Compare page (bundled demo as A, newest run as B)
+            # 3. the finished runs on the Compare page (the two most recent different models: newest as A)
             _open(page, "Compare models")
             expect(page.get_by_role("heading", name=re.compile("Predictions that changed"))).to_be_visible(
                 timeout=4 * TIMEOUT)
             expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=4 * TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_compare.png"))
-            page.get_by_role("button", name=re.compile(r"Explain with model B")).click()
+            page.get_by_role("button", name=re.compile(r"Explain with model A")).click()
             _settle(page, "Sample")
-            expect(page.locator('[data-testid="stSidebar"]').get_by_text(re.compile(r"Using: .*second"))
-                   ).to_be_visible(timeout=TIMEOUT)
+            in_use = page.locator('[data-testid="stSidebar"] [data-testid="stAlert"]',
+                                  has_text=re.compile(r"Model in use: .*second"))
+            expect(in_use).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_compare_sample.png"))
 
             # 4. the replay of the first run

@@ -101,7 +101,7 @@ def test_sankey_nodes_and_link_values(view):
     fig = tfig.sankey_figure(sankey_links(view, order), order)
     sankey = fig.data[0]
     assert isinstance(sankey, go.Sankey)
-    assert len(sankey.node.label) == 3 + 4 + 2 and sankey.node.label[0] == "b:0"
+    assert len(sankey.node.label) == 3 + 4 + 2 and sankey.node.label[0] == "b 0"
     values = np.array(sankey.link.value)
     assert values.sum() == pytest.approx(len(order) - 1)  # each consecutive pair carries mass 1
     first = np.array([s < 4 for s in sankey.link.source])  # links leaving b's nodes

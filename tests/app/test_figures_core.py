@@ -9,6 +9,8 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 
 from app.figures import overview, predict, sample
+from decalign.checkpoint import ModelCard
+from decalign.config import DecAlignConfig
 from decalign.data import Split
 from decalign.explain import branch_contributions
 from decalign.explain.story import plan_cells
@@ -38,25 +40,34 @@ def test_waterfall_total_is_the_head_output(result):
     assert list(trace.x[:-1]) == ["unique:a", "unique:b", "common:a", "common:b", "bias"]
 
 
+def _card(task: str, **fields) -> ModelCard:
+    return ModelCard(config=DecAlignConfig(), widths={"a": 2, "b": 2}, task=task,
+                     output_dim=4 if task == "classification" else 1, **fields)
+
+
 def test_predictions_frame_errors_and_probabilities(result):
     split = Split({}, result.labels, result.ids, raw_text=np.array([f"t{i}" for i in range(40)]))
-    frame = predict.predictions_frame(result, split)
-    assert list(frame.columns) == ["id", "text", "prediction", "label", "error", "probability"]
+    frame = predict.predictions_frame(result, split, _card("classification"))
+    assert list(frame.columns) == ["id", "text", "prediction", "label", "error", "p_label", "probability"]
     logits = result.outputs.astype(np.float64)
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    np.testing.assert_allclose(frame["error"], 1 - probs[np.arange(40), result.labels], atol=1e-6)
+    # the one error: 0/1 misclassification, as the Audit page and the CLI; p(label) beside it
+    np.testing.assert_array_equal(frame["error"], (logits.argmax(1) != result.labels).astype(float))
+    np.testing.assert_allclose(frame["p_label"], probs[np.arange(40), result.labels], atol=1e-6)
     np.testing.assert_allclose(frame["probability"], probs.max(1), atol=1e-6)
     np.testing.assert_array_equal(frame["prediction"], logits.argmax(1))
 
 
-def test_regression_frame_error_is_absolute_difference():
+def test_regression_frame_error_is_the_cards_absolute_error():
     out = np.array([[0.5], [-1.0], [2.0]], dtype=np.float32)
     res = InferenceResult(np.array(["a", "b", "c"]), np.array([1.0, -1.0, 0.0], np.float32), out,
                           np.zeros((3, 4), np.float32), ["unique:x", "common:x"], {}, {}, None,
                           np.zeros((1, 4), np.float32), np.zeros(1, np.float32), "regression")
-    frame = predict.predictions_frame(res, Split({}, res.labels, res.ids))
+    frame = predict.predictions_frame(res, Split({}, res.labels, res.ids), _card("regression"))
     np.testing.assert_allclose(frame["error"], [0.5, 0.0, 2.0])
-    assert "probability" not in frame
+    assert "probability" not in frame and "p_label" not in frame
+    sims = predict.predictions_frame(res, Split({}, res.labels, res.ids), _card("regression", metric_convention="sims"))
+    np.testing.assert_allclose(sims["error"], [0.5, 0.0, 1.0])  # CH-SIMS clips both sides to [-1, 1]
 
 
 def test_filter_frame_lists_ranges_and_error():
@@ -69,7 +80,7 @@ def test_filter_frame_lists_ranges_and_error():
 
 
 def test_confusion_figure_matches_sklearn(result):
-    frame = predict.predictions_frame(result, Split({}, result.labels, result.ids))
+    frame = predict.predictions_frame(result, Split({}, result.labels, result.ids), _card("classification"))
     fig = predict.summary_figure(frame, "classification", 4)
     expected = sk_confusion(result.labels, result.outputs.argmax(1), labels=range(4))
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), expected)
@@ -84,12 +95,16 @@ def test_history_figures_from_history_json(tmp_path):
     assert "__float__" in (tmp_path / "history.json").read_text()
     history = overview.history_frame(read_history(tmp_path))
     figs = overview.history_figures(history)
-    assert set(figs) == {"Loss terms", "Alignment levels", "Validation metrics"}
-    assert [t.name for t in figs["Loss terms"].data] == ["total", "task"]
-    np.testing.assert_allclose(figs["Loss terms"].data[0].y, [3.0, 1.5, 1.0])
-    assert [t.name for t in figs["Validation metrics"].data] == ["Acc", "Corr"]  # per-class F1 left out
-    np.testing.assert_array_equal(np.asarray(figs["Validation metrics"].data[1].y, dtype=float),
+    scores, corr = "Validation accuracy and F1 (0 to 1, higher is better)", "Validation correlation"
+    losses, levels = "Loss terms (training split)", "Alignment levels (training split, log scale)"
+    assert set(figs) == {losses, levels, scores, corr}  # one metric family per chart
+    assert [t.name for t in figs[losses].data] == ["total", "task"]
+    np.testing.assert_allclose(figs[losses].data[0].y, [3.0, 1.5, 1.0])
+    assert [t.name for t in figs[scores].data] == ["Acc"]  # per-class F1 left out
+    assert figs[levels].layout.yaxis.type == "log"
+    np.testing.assert_array_equal(np.asarray(figs[corr].data[0].y, dtype=float),
                                   [0.1, np.nan, 0.3])  # numbers, never the marker dicts
+    assert figs[losses].layout.xaxis.dtick == 1 and figs[losses].layout.xaxis.tickformat == "d"
     assert overview.history_frame(read_history(None)).empty and overview.history_figures(pd.DataFrame()) == {}
 
 
@@ -115,8 +130,11 @@ def test_plan_cells_read_the_plan():
 def test_assignment_table_and_sequence_padding():
     table = sample.assignment_table({"a": np.array([0.2, 0.7, 0.1]), "b": np.array([0.9, 0.1])})
     assert list(table["prototype"]) == [1, 0] and table["posterior"].tolist() == pytest.approx([0.7, 0.9])
-    fig = sample.sequence_figure(torch.ones(4, 3).numpy(), "a", length=2)
+    fig = sample.sequence_figure(torch.ones(4, 12).numpy(), "a", length=2)  # wide: a heatmap
     z = np.asarray(fig.data[0].z, dtype=float)
     assert np.isnan(z[2:]).all() and (z[:2] == 1).all()
+    assert fig.layout.xaxis.tickformat == "d" and fig.layout.yaxis.dtick == 1
+    lines = sample.sequence_figure(np.arange(12.0).reshape(4, 3), "narrow", length=3)  # 3 features: lines
+    assert [t.type for t in lines.data] == ["scatter"] * 3 and list(lines.data[1].y) == [1.0, 4.0, 7.0]
     bars = sample.sequence_figure(np.array([[0.5, -1.0, 2.0]]), "vector")
     assert bars.data[0].type == "bar" and list(bars.data[0].y) == [0.5, -1.0, 2.0]

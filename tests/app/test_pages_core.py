@@ -15,7 +15,7 @@ from browser_utils import ROOT, shown
 from streamlit.testing.v1 import AppTest
 
 from decalign.audit import AuditTrail
-from decalign.checkpoint import load_model
+from decalign.checkpoint import load_card, load_model
 from decalign.data import load_dataset
 from decalign.inference import run_inference
 
@@ -47,7 +47,12 @@ def test_overview_shows_card_curves_and_data(page_test, demo_dir):
     assert at.title[0].value == "Overview"
     # split sizes + labels + loss / alignment / validation curves from history.json
     assert _charts(at) >= 5
-    assert len(at.dataframe) >= 2  # modalities and metrics tables
+    assert len(at.dataframe) >= 3  # modalities, metrics and baseline tables
+    # the linear baseline beside the model, with both test scores in one sentence
+    sentence = next(m.value for m in [*at.info, *at.warning] if "linear baseline" in m.value)
+    card = load_card(demo_dir)
+    acc = card.metrics["test"]["Acc"]
+    assert f"DecAlign reaches Acc {acc:.3f}" in sentence and "a logistic regression" in sentence
 
 
 def test_predict_table_metrics_and_selection(page_test, demo_dir):
@@ -57,12 +62,13 @@ def test_predict_table_metrics_and_selection(page_test, demo_dir):
     frame = at.dataframe[0].value
     assert len(frame) == len(split)
     expected = run_inference(model, split, task=card.task).predictions
-    np.testing.assert_array_equal(frame["prediction"].to_numpy(), expected)
+    np.testing.assert_array_equal(frame["prediction_index"].to_numpy(), expected)
+    assert frame["prediction"].tolist() == [card.class_names[k] for k in expected]  # shown by name
     accuracy = next(m for m in at.metric if m.label == "Acc")
     assert float(accuracy.value) == pytest.approx(float(np.mean(expected == split.labels)), abs=1e-4)
     assert _charts(at) == 1
-    at.multiselect[0].set_value([3]).run()
-    assert set(_ok(at).dataframe[0].value["label"]) == {3}
+    at.multiselect[0].set_value([card.class_names[3]]).run()
+    assert set(_ok(at).dataframe[0].value["label_index"]) == {3}
 
 
 def test_sample_page_opens_selected_sample(page_test, demo_dir):
@@ -93,13 +99,33 @@ def test_sample_review_is_recorded_with_history(page_test, tmp_path, monkeypatch
     sample_id = at.selectbox(key="sample_id").value
     reviews = AuditTrail(tmp_path / "audit.db").reviews(sample_id=sample_id)
     assert reviews["verdict"].tolist() == ["wrong"]
+    # the form is ready for the next review: no verdict, no comment, the reviewer remembered
+    assert at.radio(key="sample_review_verdict").value is None
+    assert at.text_area(key="sample_review_comment").value == ""
+    assert at.text_input(key="sample_review_reviewer").value == "ana"
+
+
+def test_untouched_or_anonymous_review_is_refused(page_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECALIGN_AUDIT_DB", str(tmp_path / "audit.db"))
+    at = _ok(page_test("sample").run())
+    assert at.radio(key="sample_review_verdict").value is None  # no default verdict
+    at.button[-1].click().run()  # "Record review" on the untouched form
+    assert [shown(e.value) for e in _ok(at).error] == [
+        ("Review not recorded: no verdict chosen (correct, wrong or unsure) and no reviewer (a review needs the "
+        "reviewer's name).")]
+    at.radio(key="sample_review_verdict").set_value("correct")
+    at.text_area(key="sample_review_comment").set_value("kept after a refusal")
+    at.button[-1].click().run()
+    assert "no reviewer" in _ok(at).error[0].value and "no verdict" not in at.error[0].value
+    assert at.text_area(key="sample_review_comment").value == "kept after a refusal"  # nothing typed is lost
+    assert AuditTrail(tmp_path / "audit.db").count("reviews") == 0
 
 
 def test_fitting_npz_upload_replaces_the_data(page_test, demo_npz):
     at = _ok(_upload_data(page_test("predict").run(), demo_npz))
     assert not at.error
     assert len(at.dataframe[0].value) == 50
-    assert f"Using: **{demo_npz.name}**" in [shown(c.value) for c in at.caption]
+    assert f"Data in use: **{demo_npz.name}** (uploaded)" in shown(at.info[0].value)
 
 
 def test_mismatched_mmsa_upload_is_refused_and_data_kept(page_test, tav_pickle):

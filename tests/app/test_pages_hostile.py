@@ -74,7 +74,7 @@ def test_untrusted_text_is_escaped_on_the_pages(page_test, tmp_path):
     at = _upload(page_test("sample").run(), "data_upload", "data_kind", "Upload a file", "![u](http:x).npz",
                  path.read_bytes())
     assert f"> {markdown_text(markup)}" in [m.value for m in at.markdown]
-    assert f"Using: **{markdown_text('![u](http:x).npz')}**" in [c.value for c in at.caption]
+    assert f"Data in use: **{markdown_text('![u](http:x).npz')}** (uploaded)" in at.info[0].value
     card = model_card(source="![s](http://127.0.0.1:9/s.png)", class_names=["<b>x</b>"] * 10,
                       widths=digits.widths, seq_lens={m: 1 for m in digits.widths}, task="classification",
                       output_dim=10, num_classes=10)  # the demo's inputs: the bundled digits are its data

@@ -60,6 +60,9 @@ def test_train_page_lists_runs_and_shows_a_finished_run(page_test, runs_dir):
     assert list(table["run"]) == sorted(p.name for p in runs_dir[0].iterdir())[::-1]
     assert set(table["status"]) == {"finished"}
     assert any("Finished after epoch 2" in s.value for s in at.success)
+    # the linear baseline beside the model, in one sentence with both numbers
+    sentences = [m.value for m in [*at.info, *at.warning] if "linear baseline" in m.value]
+    assert len(sentences) == 1 and "a logistic regression" in sentences[0] and "test split" in sentences[0]
     assert at.selectbox(key="train_run").value == table["run"][0]
     labels = [n.label for n in at.number_input]
     assert {"Prototypes K", "Width d", "Alpha (heterogeneity)", "Learning rate", "Epochs", "Seed"} <= set(labels)
@@ -80,7 +83,11 @@ def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_di
     at.radio(key="train_data_kind").set_value("Upload a file").run()
     at.file_uploader(key="train_upload").set_value(("tiny.npz", data_path.read_bytes(), "application/octet-stream"))
     at.run()
-    at.radio(key="train_config_kind").set_value("Library defaults").run()
+    assert any("Chosen from 96 training samples" in c.value for c in at.caption)  # the default: from the data
+    width = lambda: next(w.value for w in at.number_input if w.label == "Width d")
+    assert width() == 32  # the rule: fewer than 2,000 training samples
+    at.radio(key="train_config_kind").set_value("Library defaults (official MOSI settings)").run()
+    assert width() == 40
     settings = {"Prototypes K": 3, "Width d": 8, "Attention heads": 2, "Layers": 1, "Epochs": 1, "Batch size": 32}
     for widget in at.number_input:
         if widget.label in settings:

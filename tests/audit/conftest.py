@@ -23,7 +23,7 @@ def trained_digits():
     torch.set_num_threads(1)
     ds = digits()
     model, card = train_small(ds, steps=60)
-    ref = build_reference(model, card, ds.splits["train"])
+    ref = build_reference(model, card, ds.splits["train"], ds.splits["valid"])
     result = run_inference(model, ds.splits["test"], task=card.task, prototypes=ref.prototypes)
     yield model, card, ref, result
     torch.set_num_threads(threads)

@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
 
 from explain_fixtures import DIGITS, digits, train_small
 
-from decalign.audit.flags import compute_flags
 from decalign.audit.report import (
     build_report,
     explain_rows,
@@ -18,6 +17,8 @@ from decalign.audit.report import (
     reliability_table,
     write_report,
 )
+from decalign.audit.run import PreparedReference, run_audit
+from decalign.audit.store import AuditTrail
 from decalign.checkpoint import save_model
 from decalign.cli import main
 from decalign.data import save_npz
@@ -33,7 +34,7 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     ds = digits(120)
     model, card = train_small(ds, steps=40)
-    ref = build_reference(model, card, ds.splits["train"])
+    ref = build_reference(model, card, ds.splits["train"], ds.splits["valid"])
     run = tmp_path_factory.mktemp("run")
     save_model(run, model, card)
     save_reference(run, ref)
@@ -43,32 +44,42 @@ def setup(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-def test_report_is_self_contained_and_complete(setup):
+def test_report_is_self_contained_and_complete(setup, tmp_path):
     model, card, ref, ds, _, _ = setup
     split = ds.splits["test"]
     ids = [str(split.ids[0]), str(split.ids[5])]
-    text = make_report(model, card, split, dataset_name="digits", split_name="test", reference=ref,
-                       sample_ids=ids, title="Audit <of> digits")
+    trail = AuditTrail(tmp_path / "audit.sqlite3")
+    trail.record_review("model-fp", "a" * 64, ids[1], "wrong", "looks like a 7 <b>", reviewer="Ada")
+    text = make_report(model, card, ds, "test", data_name="digits", reference=PreparedReference(ref),
+                       sample_ids=ids, title="Audit <of> digits", trail=trail, checkpoint_fingerprint="model-fp",
+                       input_ids=("a" * 64,))
     assert len(PLOTLY_BUNDLE.findall(text)) == 1  # plotly.js inlined exactly once
     assert not re.search(r"<script[^>]+src=", text)  # nothing loaded from elsewhere
     assert text.count('class="plotly-graph-div"') == 3  # confusion, reliability, drift
     assert "Audit &lt;of&gt; digits" in text  # title escaped
     for sample_id in ids:
         assert f"Sample {sample_id}" in text
-    assert "Flagged samples" in text and "Metrics per slice" in text and "gmm_ot" in text
+    for heading in ("Flagged samples", "Metrics per slice", "Linear baseline", "Reviews", "Drift"):
+        assert f"<h2>{heading}</h2>" in text
+    assert "precision" in text and "recall" in text  # per-class slices
+    assert "looks like a 7 &lt;b&gt;" in text and "Ada" in text and "1 samples reviewed" in text
+    assert "after correcting for 6 tests" in text  # the drift sentences
+    assert "logistic regression" in text and "typical pattern" in text  # the summaries of the explained samples
 
 
 def test_report_escapes_untrusted_text(setup):
     model, card, ref, ds, _, _ = setup
-    split = ds.splits["test"].subset(np.arange(30))
+    data = type(ds)(**{**ds.__dict__, "splits": {**ds.splits, "test": ds.splits["test"].subset(np.arange(30))}})
+    split = data.splits["test"]
     split.ids = split.ids.astype(object)
     split.ids[0] = "<script>alert(1)</script>"
     result = run_inference(model, split, task=card.task, prototypes=ref.prototypes)
-    flags = compute_flags(result, ref, card)
-    flags.loc[0, "any_flag"] = True
-    rows = explain_rows(model, card, split, result, ref, ["<script>alert(1)</script>"], flags)
-    text = build_report(card, "x", result, flags, None, None, rows, title="t")
-    assert "<script>alert(1)</script>" not in text
+    audit = run_audit(model, card, data, "test", data_name="<i>x</i>", reference=PreparedReference(ref),
+                      result=result)
+    audit.table.loc[0, "any_flag"] = True
+    rows = explain_rows(model, card, split, result, ref, ["<script>alert(1)</script>"], audit.flags)
+    text = build_report(card, audit, result, rows, title="t")
+    assert "<script>alert(1)</script>" not in text and "<i>x</i>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
 
 
@@ -116,8 +127,8 @@ def test_report_opens_in_chromium(setup, tmp_path):
     model, card, ref, ds, _, _ = setup
     split = ds.splits["test"]
     path = write_report(tmp_path / "report.html",
-                        make_report(model, card, split, dataset_name=DIGITS.name, split_name="test",
-                                    reference=ref, sample_ids=[str(split.ids[0])]))
+                        make_report(model, card, ds, "test", data_name=DIGITS.name,
+                                    reference=PreparedReference(ref), sample_ids=[str(split.ids[0])]))
     errors = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium",

@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.metrics import precision_recall_fscore_support
 
 from decalign.audit.flags import compute_flags
 from decalign.audit.table import prediction_table
@@ -15,14 +16,23 @@ def setup(trained_digits):
     return card, ref, result, compute_flags(result, ref, card)
 
 
-def test_class_slices_match_direct_metrics(setup):
+def test_class_slices_are_one_vs_rest_as_scikit_learn(setup):
     card, _, result, flags = setup
-    table = slice_metrics(result, flags, card, by="class")
-    assert table.n.sum() == len(result)
-    row = table[table.slice == 3].iloc[0]
-    idx = result.labels == 3
-    assert row.Acc == pytest.approx(np.mean(result.predictions[idx] == 3))
-    assert "F1_class_0" not in table.columns
+    table = slice_metrics(result, flags, card, by="class", min_samples=1)
+    assert list(table.columns) == ["slice", "n", "predicted", "precision", "recall", "F1"]
+    classes = sorted(set(result.labels) | set(result.predictions))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        result.labels, result.predictions, labels=classes, zero_division=0)
+    assert list(table.slice) == classes and table.n.sum() == len(result)
+    np.testing.assert_allclose(table.precision, precision)
+    np.testing.assert_allclose(table.recall, recall)
+    np.testing.assert_allclose(table.F1, f1)
+    np.testing.assert_array_equal(table.n, support)
+    np.testing.assert_array_equal(table.predicted, [np.sum(result.predictions == c) for c in classes])
+    # the whole-split per-class F1 of the metrics is the same number
+    whole = compute_metrics("classification", result.outputs, result.labels, num_classes=result.outputs.shape[1])
+    assert table.set_index("slice").F1.to_dict() == pytest.approx({c: whole[f"F1_class_{c}"] for c in classes})
+    assert (slice_metrics(result, flags, card, by="label_bin", min_samples=1) == table).all().all()
 
 
 def test_flag_and_prototype_slices(setup):
@@ -49,13 +59,22 @@ def test_regression_label_bins(setup):
     row = table[table.slice == -3].iloc[0]
     idx = np.clip(np.round(reg.labels), -3, 3) == -3
     assert row.MAE == pytest.approx(compute_metrics("regression", reg.outputs[idx, 0], reg.labels[idx])["MAE"])
+    assert row.bias == pytest.approx(np.mean(reg.outputs[idx, 0] - reg.labels[idx]))
+    # within one label bin Corr and F1 are degenerate: not shown; other slices keep every metric
+    assert "Corr" not in table.columns and not any("F1" in c for c in table.columns)
+    mixed = slice_metrics(reg, None, rcard, by="dominant_modality", min_samples=5)
+    assert "Corr" in mixed.columns
 
 
 def test_prediction_table_and_dominant_branch(setup):
     card, _, result, flags = setup
     table = prediction_table(result, flags, "test", None, card)
-    assert list(table.columns[:6]) == ["id", "split", "raw_text", "prediction", "label", "error"]
+    assert list(table.columns[:8]) == ["id", "split", "raw_text", "prediction", "label", "error", "p_label",
+                                       "confidence"]
     assert table.error.mean() == pytest.approx(1 - np.mean(result.predictions == result.labels))
+    probs = np.exp(result.outputs - result.outputs.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(table.p_label, probs[np.arange(len(result)), result.labels], rtol=1e-6)
     terms = result.contributions()[0, result.outputs[0].argmax(), :-1]
     assert dominant_branch(result)[0] == result.branch_names[int(np.abs(terms).argmax())]
     assert table.dominant_branch[0] == dominant_branch(result)[0]

@@ -96,7 +96,7 @@ def test_filters_count_and_limit(trail):
 ])
 def test_update_and_delete_are_refused(trail, table, sql):
     trail.record_predictions([_row(1)])
-    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm")
+    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm", reviewer="ann")
     conn = _raw(trail)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute(sql)
@@ -110,7 +110,7 @@ def test_corrections_are_new_reviews(trail):
     assert trail.latest_review("ckpt-1", SHA, 4) is None
     first = trail.record_review("ckpt-1", SHA, 4, "wrong", "looks negative", reviewer="ann")
     second = trail.record_review("ckpt-1", SHA, "4", "correct", "re-listened: fine", reviewer="ann")
-    trail.record_review("ckpt-1", SHA, 5, "unsure")
+    trail.record_review("ckpt-1", SHA, 5, "unsure", reviewer="bo")
     assert second > first
     history = trail.reviews_for("ckpt-1", SHA, 4)
     assert list(history["verdict"]) == ["wrong", "correct"]
@@ -126,7 +126,7 @@ def test_corrections_are_new_reviews(trail):
 def test_survives_restarts(tmp_path):
     path = tmp_path / "nested" / "audit.sqlite3"
     AuditTrail(path).record_predictions([_row(i) for i in range(3)])
-    AuditTrail(path).record_review("ckpt-1", SHA, 1, "correct")
+    AuditTrail(path).record_review("ckpt-1", SHA, 1, "correct", reviewer="ann")
     reopened = AuditTrail(path)
     assert reopened.count() == 3 and reopened.count("reviews") == 1
     assert list(reopened.predictions()["sample_id"]) == ["0", "1", "2"]
@@ -161,12 +161,19 @@ def test_bad_prediction_rows_are_rejected(trail, row, message):
 
 def test_bad_reviews_are_rejected(trail):
     with pytest.raises(AuditError, match="verdict must be one of correct, wrong, unsure, found 'maybe'"):
-        trail.record_review("ckpt-1", SHA, 1, "maybe")
+        trail.record_review("ckpt-1", SHA, 1, "maybe", reviewer="ann")
     with pytest.raises(AuditError, match=f"expected at most {MAX_COMMENT_CHARS}"):
-        trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * (MAX_COMMENT_CHARS + 1))
+        trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * (MAX_COMMENT_CHARS + 1), reviewer="ann")
     with pytest.raises(AuditError, match="SHA-256"):
-        trail.record_review("ckpt-1", "not-a-hash", 1, "wrong")
-    assert trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * MAX_COMMENT_CHARS) == 1
+        trail.record_review("ckpt-1", "not-a-hash", 1, "wrong", reviewer="ann")
+    # no default verdict and no anonymous review: an untouched form records nothing
+    with pytest.raises(AuditError, match="no verdict chosen"):
+        trail.record_review("ckpt-1", SHA, 1, None, reviewer="ann")
+    for blank in ("", "   "):
+        with pytest.raises(AuditError, match="no reviewer"):
+            trail.record_review("ckpt-1", SHA, 1, "correct", "ok", reviewer=blank)
+    assert trail.count("reviews") == 0
+    assert trail.record_review("ckpt-1", SHA, 1, "wrong", "x" * MAX_COMMENT_CHARS, reviewer="ann") == 1
 
 
 def test_export_csv_matches_and_is_atomic(trail, tmp_path):
@@ -200,7 +207,7 @@ def test_replace_and_upsert_are_refused(trail, sql, recursive):
     # REPLACE deletes the conflicting row without firing DELETE triggers (unless recursive triggers are
     # on); the BEFORE INSERT trigger refuses it either way.
     trail.record_predictions([_row(1)])
-    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm")
+    trail.record_review("ckpt-1", SHA, 1, "wrong", "sarcasm", reviewer="ann")
     conn = _raw(trail)
     conn.execute(f"PRAGMA recursive_triggers = {'ON' if recursive else 'OFF'}")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -208,7 +215,7 @@ def test_replace_and_upsert_are_refused(trail, sql, recursive):
     conn.close()
     assert trail.predictions().iloc[0]["checkpoint_fingerprint"] == "ckpt-1"
     assert trail.reviews().iloc[0]["verdict"] == "wrong"
-    trail.record_review("ckpt-1", SHA, 1, "correct", "second look")  # appending still works
+    trail.record_review("ckpt-1", SHA, 1, "correct", "second look", reviewer="ann")  # appending still works
     assert list(trail.reviews()["verdict"]) == ["wrong", "correct"]
 
 

@@ -24,6 +24,24 @@ def test_train_writes_a_run(regression_run, capsys):
         assert (run / name).exists()
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     assert len(json.loads((run / "history.json").read_text())) == 2
+    card = load_card(run)
+    assert card.metric_convention == "mosi" and card.error == "absolute"
+    assert card.baseline["model"] == "ridge" and set(card.baseline["metrics"]) == {"train", "valid", "test"}
+
+
+def test_train_without_a_config_chooses_from_the_data(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    save_npz(make_synthetic(40, 20, 20, widths={"a": 4, "b": 6}, seq_len=2, task="classification",
+                            num_classes=3, seed=0), data)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "num_epochs=1",
+            "--set", "model.num_layers=1", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no --config: settings chosen from the data (40 training samples): d_model 32, 4 heads" in out
+    config = load_card(tmp_path / "run").config
+    assert config.train.task_loss == "cross_entropy" and config.train.batch_size == 16  # the rule, then --set
+    assert config.train.num_epochs == 1 and config.model.num_layers == 1
+    assert "linear baseline" in out and "logistic regression" in out
 
 
 def test_eval_json_matches_the_card(regression_run, capsys):
@@ -31,7 +49,13 @@ def test_eval_json_matches_the_card(regression_run, capsys):
     assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "test" and report["samples"] == 30
-    assert report["metrics"]["MAE"] == pytest.approx(load_card(run).metrics["test"]["MAE"], rel=1e-6)
+    card = load_card(run)
+    assert report["metrics"]["MAE"] == pytest.approx(card.metrics["test"]["MAE"], rel=1e-6)
+    # the baseline trained with the run, compared on the same split (the run's own data)
+    assert report["metric_convention"] == "mosi" and report["baseline"] == card.baseline
+    comparison = report["baseline_comparison"]
+    assert comparison["metric"] == "MAE" and comparison["baseline"] == card.baseline["metrics"]["test"]["MAE"]
+    assert comparison["verdict"] == ("beats" if comparison["model"] < comparison["baseline"] else "does not beat")
     assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--split", "valid"]) == 0
     table = capsys.readouterr().out
     assert "MAE" in table and "Acc-2 (non0)" in table
@@ -43,11 +67,13 @@ def test_predict_csv_rows_columns_contributions_and_audit(regression_run, tmp_pa
     assert main(["predict", "--checkpoint", str(run), "--data", str(data), "--out", str(out),
                  "--batch-size", "7"]) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["id", "split", "prediction", "label", "contrib_unique_a", "contrib_unique_b",
-                                   "contrib_common_a", "contrib_common_b", "contrib_bias"]
+    assert list(frame.columns) == ["id", "split", "prediction", "label", "error", "contrib_unique_a",
+                                   "contrib_unique_b", "contrib_common_a", "contrib_common_b", "contrib_bias"]
     test = load_dataset(data).splits["test"]
     assert len(frame) == 30 and list(frame["id"]) == list(test.ids) and set(frame["split"]) == {"test"}
     np.testing.assert_allclose(frame["label"], test.labels, rtol=1e-6)
+    np.testing.assert_allclose(frame["error"], np.abs(frame["prediction"] - frame["label"]), rtol=1e-5, atol=1e-6)
+    assert frame["error"].mean() == pytest.approx(load_card(run).metrics["test"]["MAE"], rel=1e-5)  # one error
     contrib = frame.filter(like="contrib_").sum(axis=1)
     np.testing.assert_allclose(contrib, frame["prediction"], rtol=1e-5, atol=1e-5)
     model, _ = load_model(run)
@@ -77,6 +103,9 @@ def test_predict_classification_probabilities_and_contributions(classification_r
     probs = frame[["prob_0", "prob_1", "prob_2"]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert np.array_equal(frame["prediction"], probs.argmax(1))
+    np.testing.assert_array_equal(frame["error"], (frame["prediction"] != frame["label"]).astype(float))
+    np.testing.assert_allclose(frame["p_label"], probs[np.arange(len(frame)), frame["label"]], rtol=1e-5)
+    assert 1 - frame["error"].mean() == pytest.approx(load_card(run).metrics["test"]["Acc"])
     model, _ = load_model(run)
     test = load_dataset(data).splits["test"]
     logits = run_inference(model, test, task="classification").outputs
@@ -118,7 +147,7 @@ def test_train_refuses_an_existing_run_and_bad_device(regression_run, capsys):
     assert "unknown device" in one_error_line(capsys)
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "demo", "import-official"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "audit", "report", "demo", "import-official"])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -163,5 +192,38 @@ def test_import_official(tmp_path, capsys):
         ours = model(dict(zip(card.widths, x))).prediction
         theirs = official(*x)["output_logit"]
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert card.metric_convention == "mosi" and card.error == "absolute" and card.baseline is None
     assert main([*args, "--feature-dims", "6,3"]) == 2
     assert "feature-dims" in one_error_line(capsys)
+
+
+def test_import_official_with_its_data(tmp_path, capsys):
+    # With --data the imported run gets what training writes: convention, metrics, baseline, reference.
+    from decalign.train.reference import load_reference
+    from tests.reference.official_model import OfficialDecAlign, official_config_dict
+
+    cfg = official_config_dict(dst_feature_dim_nheads=[8, 2], nlevels=1, num_prototypes=3, pde_dim=8,
+                               use_bert=False)
+    torch.manual_seed(0)
+    torch.save(OfficialDecAlign(cfg, feature_dims=(6, 3, 4), output_dim=1).eval().state_dict(), tmp_path / "m.pth")
+    (tmp_path / "dec_sims_config.json").write_text(json.dumps(cfg))
+    data = tmp_path / "train_data.npz"
+    save_npz(make_synthetic(60, 30, 30, widths={"text": 6, "audio": 3, "vision": 4}, seq_len=4, seed=2), data)
+    args = ["import-official", "--state-dict", str(tmp_path / "m.pth"), "--feature-dims", "6,3,4",
+            "--out", str(tmp_path / "run"), "--data", str(data)]
+    with pytest.warns(UserWarning, match="BERT"):
+        assert main([*args, "--config", str(tmp_path / "dec_sims_config.json")]) == 0
+    card = load_card(tmp_path / "run")
+    assert card.metric_convention == "sims" and card.error == "absolute_clipped"  # named after CH-SIMS
+    assert set(card.metrics) == {"train", "valid", "test"} and "Mult_acc_3" in card.metrics["test"]
+    assert card.baseline["model"] == "ridge" and card.data_fingerprint == load_dataset(data).fingerprint()
+    reference = load_reference(tmp_path / "run")
+    assert reference.held_out is not None and reference.thresholds_from == "valid"
+    assert "ridge regression" in capsys.readouterr().out
+    # a classifier cannot be given a regression convention, and data of another width are refused first
+    other = tmp_path / "other.npz"
+    save_npz(make_synthetic(20, 10, 10, widths={"text": 5, "audio": 3, "vision": 4}, seq_len=4, seed=2), other)
+    bad = ["import-official", "--state-dict", str(tmp_path / "m.pth"), "--feature-dims", "6,3,4", "--config",
+           str(tmp_path / "dec_sims_config.json"), "--out", str(tmp_path / "run2"), "--data", str(other)]
+    assert main(bad) == 2 and "'text' has width 5, expected 6" in one_error_line(capsys)
+    assert not (tmp_path / "run2").exists()

@@ -54,9 +54,13 @@ def test_integer_labels_train_with_cross_entropy_by_default(tmp_path, capsys):
     save_npz(make_synthetic(48, 16, 16, widths={"a": 4, "b": 3}, seq_len=2, task="classification",
                             num_classes=3, seed=4), data)
     args = ["train", "--data", str(data), "--quiet", *SETS]
-    assert main([*args, "--out", str(tmp_path / "run")]) == 0
-    assert "task_loss mse -> cross_entropy for classification data" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0  # no config: the settings chosen from the data
+    assert capsys.readouterr().err == ""
     assert load_card(tmp_path / "run").config.train.task_loss == "cross_entropy"
+    (tmp_path / "config.json").write_text('{"model": {"d_model": 8, "num_heads": 2}}')  # a config without a loss
+    assert main([*args, "--out", str(tmp_path / "run1"), "--config", str(tmp_path / "config.json")]) == 0
+    assert "task_loss mse -> cross_entropy for classification data" in capsys.readouterr().err
+    assert load_card(tmp_path / "run1").config.train.task_loss == "cross_entropy"
     assert main([*args, "--out", str(tmp_path / "run2"), "--set", "task_loss=l1"]) == 2  # chosen, and wrong
     assert "task_loss l1 does not fit classification data; use cross_entropy" in _one_line(capsys)
 

@@ -22,6 +22,7 @@ def demo():
 
 def test_demo_shapes_classes_and_splits(demo):
     assert demo.task == "classification" and demo.num_classes == 10
+    assert demo.class_names == [f"digit {d}" for d in range(10)]  # the archive's label_names
     assert demo.modalities == {"fourier": (1, 76), "karhunen": (1, 64), "pixel": (16, 15)}
     sizes = {s: len(p) for s, p in demo.splits.items()}
     assert sizes == {"train": 1400, "valid": 300, "test": 300}

@@ -28,7 +28,7 @@ def trained(digits_data):
 @pytest.fixture(scope="session")
 def reference(trained, digits_data):
     model, card = trained
-    return build_reference(model, card, digits_data.splits["train"])
+    return build_reference(model, card, digits_data.splits["train"], digits_data.splits["valid"])
 
 
 @pytest.fixture(scope="session")

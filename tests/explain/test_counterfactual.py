@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from decalign.explain import modality_counterfactuals
@@ -57,3 +58,24 @@ def test_fit_to_length():
     padded = fit_to_length(mean, 5)
     assert padded.shape == (5, 2)
     np.testing.assert_array_equal(padded[3], [2.0, 3.0])
+
+
+def test_what_if_parts_and_scores_are_the_heads(trained, digits_data, reference, test_result):
+    from decalign.explain import branch_contributions
+
+    model, _ = trained
+    split = digits_data.splits["test"]
+    cf = modality_counterfactuals(model, split, 7, reference).set_index("modality")
+    contrib = branch_contributions(test_result, 7)
+    k = int(test_result.predictions[7])
+    for m in reference.modalities:
+        own = contrib[contrib.modality == m].contribution.sum()
+        assert cf.loc[m, "part_before"] == pytest.approx(own, abs=1e-4)
+        assert cf.loc[m, "score_before"] == pytest.approx(float(test_result.outputs[7, k]), abs=1e-4)
+        inputs, lengths = sample_inputs(split, 7)
+        inputs[m] = torch.from_numpy(fit_to_length(reference.input_means[m], inputs[m].shape[1])[None])
+        out, _ = evaluate(model, inputs, lengths, reference.prototypes)
+        assert cf.loc[m, "score_after"] == pytest.approx(out[k], abs=1e-5)
+        assert cf.loc[m, "margin_after"] == pytest.approx(out[k] - np.delete(out, k).max(), abs=1e-5)
+        probs = np.exp(test_result.outputs[7] - test_result.outputs[7].max())
+        assert cf.loc[m, "probability_before"] == pytest.approx(probs[k] / probs.sum(), abs=1e-5)

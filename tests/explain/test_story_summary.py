@@ -61,3 +61,61 @@ def test_sentiment_words():
     assert sentiment_word(1.0, [-3, 3]) == "positive"
     assert sentiment_word(-2.5, [-3, 3]) == "strongly negative"
     assert sentiment_word(0.5, [0, 1]) is None
+
+
+def test_nearest_examples_share_the_pattern_and_the_answer_first(trained, digits_data, reference, test_result):
+    model, card = trained
+    for row in (0, 6, 11):
+        story = prototype_story(model, card, digits_data.splits["test"], row, reference, k_nearest=6)
+        assert story.prediction == int(test_result.predictions[row])
+        for m, near in story.nearest.groupby("modality", sort=False):
+            assert (near.prototype == int(test_result.posteriors[m][row].argmax())).all()
+            np.testing.assert_array_equal(near.same_answer, near.label == story.prediction)
+            rank = (~(near.same_prototype & near.same_answer)).astype(int) + 2 * (~near.same_prototype).astype(int)
+            assert rank.is_monotonic_increasing  # matching examples first, then the pattern, then the rest
+            for _, group in near.groupby(rank, sort=False):
+                assert group.distance.is_monotonic_increasing
+
+
+def test_summary_names_what_each_number_is(trained, digits_data, reference, test_result):
+    model, card = trained
+    split = digits_data.splits["test"]
+    cf = modality_counterfactuals(model, split, 3, reference)
+    text = plain_summary(card, test_result, 3, branch_contributions(test_result, 3), cf)
+    assert "shares of the model's score, not of the probability" in text
+    assert "how the probability of the answer changes, not a share of the score" in text
+    assert "total effect" not in text
+
+
+def _regression_result(parts: dict[str, float], bias: float):
+    from decalign.inference import InferenceResult
+
+    names = [f"unique:{m}" for m in parts] + [f"common:{m}" for m in parts]
+    h = np.array([[v for v in parts.values()] + [0.0] * len(parts)], dtype=np.float32)  # d = 1, weight 1
+    w = np.array([[1.0] * len(parts) + [1.0] * len(parts)], dtype=np.float32)
+    out = h @ w.T + bias
+    return InferenceResult(np.array(["s"]), np.array([0.5], np.float32), out, h, names, {}, {}, None, w,
+                           np.array([bias], np.float32), "regression")
+
+
+def test_regression_summary_explains_a_large_part_that_hardly_matters(trained):
+    from dataclasses import replace
+
+    import pandas as pd
+
+    _, card = trained
+    rcard = replace(card, task="regression", label_range=[-3.0, 3.0], class_names=None)
+    result = _regression_result({"text": 1.2, "audio": -0.3}, 0.1)
+    cf = pd.DataFrame([
+        {"modality": "text", "change": "drop", "prediction_before": 1.0, "prediction_after": 0.95, "delta": -0.05,
+         "score_before": 1.0, "score_after": 0.95, "part_before": 1.2, "part_after": 1.15},
+        {"modality": "audio", "change": "drop", "prediction_before": 1.0, "prediction_after": 2.5, "delta": 1.5,
+         "score_before": 1.0, "score_after": 2.5, "part_before": -0.3, "part_after": 1.2}])
+    text = plain_summary(rcard, result, 0, branch_contributions(result, 0), cf)
+    assert "1.00 is the exact sum of one part per input and a constant of +0.10" in text
+    assert "the text data +1.20 (80%) and the audio data -0.30 (20%, pulling it down)" in text
+    assert "without the text data the prediction would move from 1.00 to 0.95, so the text data hardly matters" in text
+    assert "Why the text data carries 80% of the prediction yet hardly matters" in text
+    assert "its part of the prediction changes little without it (+1.20 becomes +1.15)" in text
+    assert "how the value changes, not a share of the prediction" in text
+    assert "Why the audio data" not in text  # 20% is not a small share: no disagreement to explain

@@ -286,3 +286,21 @@ def test_transformers_is_imported_only_for_a_model_with_a_bert():
             "print('transformers' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     assert out.stdout.strip() == "False"
+
+
+def test_import_with_its_data_evaluates_the_bert_model_on_the_tokens(tmp_path):
+    weights, config, reference = official_bert_files(tmp_path)
+    data = make_synthetic(12, 6, 6, widths={"text": 12, "audio": DIMS[1], "vision": DIMS[2]}, seq_len=10,
+                          text_bert_vocab=BERT["vocab_size"])
+    write_mmsa_pickle(data, tmp_path / "d.pkl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["import-official", "--state-dict", str(weights), "--config", str(config), "--feature-dims",
+                     ",".join(map(str, DIMS)), "--data", str(tmp_path / "d.pkl"), "--out", str(tmp_path / "run")]) == 0
+    _, card = load_model(tmp_path / "run")
+    test = data.splits["test"]
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(test.text_bert), torch.from_numpy(test.features["audio"]),
+                             torch.from_numpy(test.features["vision"]))["output_logit"][:, 0].numpy()
+    assert card.metrics["test"]["MAE"] == pytest.approx(float(np.abs(expected - test.labels).mean()), rel=1e-4)
+    assert card.baseline["features"] == DIMS[1] + DIMS[2]  # the token ids are not baseline features

@@ -40,10 +40,24 @@ def _card(**changes) -> dict:
     ({"metrics": {"test": {"MAE": "low"}}}, "'metrics'"),
     ({"data_source": ["list"]}, "'data_source'"),
     ({"surprise": 1}, "unknown keys ['surprise']"),
+    ({"metric_convention": "classification"}, "'metric_convention' must be mosi or sims"),
+    ({"metric_convention": "iemocap"}, "'metric_convention'"),
+    ({"metric_convention": "mosi", "error": "misclassification"}, "'error' must be absolute"),
+    ({"error": "squared"}, "'error' must be absolute or absolute_clipped or misclassification"),
+    ({"baseline": {"name": "x"}}, "'baseline' must be an object with 'metrics'"),
+    ({"baseline": {"metrics": {"test": {"Acc": "high"}}}}, "baseline: 'metrics'"),
 ])
 def test_every_field_is_checked_with_its_name(changes, named):
     with pytest.raises(CheckpointError, match="card.json: .*" + __import__("re").escape(named)):
         check_card(_card(**changes), "card.json")
+
+
+def test_recorded_convention_error_and_baseline_load():
+    card = ModelCard.from_dict(_card(metric_convention="sims", error="absolute_clipped",
+                                     baseline={"model": "ridge", "metrics": {"test": {"MAE": 0.5}}}), "card.json")
+    assert (card.metric_convention, card.error, card.baseline["metrics"]["test"]["MAE"]) == ("sims", "absolute_clipped",
+                                                                                          0.5)
+    assert ModelCard.from_dict(card.to_dict(), "card.json") == card
 
 
 def test_json_depth_and_size_are_capped():

@@ -155,3 +155,60 @@ def test_wrapper_prefixes_are_stripped():
         assert _strip_wrappers({prefix + k: v for k, v in inner.items()}).keys() == inner.keys()
     assert _strip_wrappers(inner).keys() == inner.keys()
     assert _strip_wrappers({"out_layer.weight": torch.zeros(1)}).keys() == {"out_layer.weight"}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_cross_modal_attention": False, "nlevels": 3}],
+                         ids=["cross-modal", "self-attention"])
+def test_training_forward_and_gradients_equal_the_reference_without_dropout(overrides):
+    """The hand-written attention backward and the batched encoders train the official function."""
+    from decalign.config import DecAlignConfig
+    from decalign.model import DecAlign
+    from decalign.official import convert_state_dict
+
+    no_dropout = {k: 0.0 for k in ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
+                                   "embed_dropout", "res_dropout")}
+    raw = official_config_dict(dst_feature_dim_nheads=[16, 4], **no_dropout, **{"nlevels": 2} | overrides)
+    dims = (30, 5, 20)
+    torch.manual_seed(0)
+    reference = OfficialDecAlign(raw, feature_dims=dims, output_dim=1).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = DecAlignConfig.from_dict(raw)
+    widths = {"text": 30, "audio": 5, "vision": 20}
+    model = DecAlign(config.model, widths, 1).train()
+    state, _ = convert_state_dict(reference.state_dict(), widths, 16)
+    model.load_state_dict(state)
+    g = torch.Generator().manual_seed(2)
+    inputs = {m: torch.randn(6, 7, w, generator=g) for m, w in widths.items()}
+    expected = reference(inputs["text"], inputs["audio"], inputs["vision"])["output_logit"]
+    ours = model(inputs, align=False).prediction
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(6, 1, generator=g)
+    ours_by_name = dict(model.named_parameters())
+    pairs = []  # (official name, official parameter, our parameter)
+    for name, param in reference.named_parameters():
+        renamed = convert_state_dict({name: param.detach()}, widths, 16)[0]
+        if renamed:
+            pairs.append((name, param, ours_by_name[next(iter(renamed))]))
+    ref_grads = torch.autograd.grad(expected, [p for _, p, _ in pairs], upstream, allow_unused=True)
+    our_grads = torch.autograd.grad(ours, [p for _, _, p in pairs], upstream, allow_unused=True)
+    assert len(pairs) == len(ours_by_name)  # every parameter maps (the pde_* ones get no gradient here)
+    for (name, _, _), a, b in zip(pairs, our_grads, ref_grads):
+        if b is None:  # not on the prediction's path
+            assert a is None or not a.abs().sum(), name
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_eval_forward_at_mosi_shapes_equals_the_reference(tmp_path):
+    """MOSI shapes and config (batch 32, T 50, d 40, 10 heads, 5 layers): the batched encoders and the
+    attention in cache-sized blocks give the official prediction to 1e-5."""
+    weights, config, reference = official_files(tmp_path, {}, (768, 5, 20), 1)
+    quiet_import(weights, config, [768, 5, 20], tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
+    g = torch.Generator().manual_seed(3)
+    text, audio, vision = (torch.randn(32, 50, w, generator=g) for w in (768, 5, 20))
+    with torch.no_grad():
+        expected = reference(text, audio, vision)["output_logit"]
+        ours = model({"text": text, "audio": audio, "vision": vision}).prediction
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)

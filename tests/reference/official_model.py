@@ -207,16 +207,15 @@ class OfficialTransformerEncoder(nn.Module):
                 x_in_v: torch.Tensor | None = None) -> torch.Tensor:
         x = F.dropout(self.embed_scale * x_in, p=self.embed_dropout, training=self.training)
         mask = None
-        if x_in_k is not None and x_in_v is not None:
+        cross = x_in_k is not None and x_in_v is not None
+        if cross:  # keys and values: the embedded memory in every layer, each with its own dropout mask
             x_k = F.dropout(self.embed_scale * x_in_k, p=self.embed_dropout, training=self.training)
             x_v = F.dropout(self.embed_scale * x_in_v, p=self.embed_dropout, training=self.training)
-        else:
-            x_k = x_v = x
-            if self.causal:
-                t = x.shape[0]
-                mask = torch.triu(torch.ones(t, t, device=x.device), diagonal=1).bool()
-        for layer in self.layers:
-            x = layer(x, x_k, x_v, mask)
+        elif self.causal:
+            t = x.shape[0]
+            mask = torch.triu(torch.ones(t, t, device=x.device), diagonal=1).bool()
+        for layer in self.layers:  # self-attention: each layer attends to its own input
+            x = layer(x, x_k, x_v, mask) if cross else layer(x, x, x, mask)
         return x  # (T, B, d)
 
 

@@ -269,4 +269,41 @@ def test_one_convention_rule_for_data_and_cards():
                      label_range=[-1.0, 1.0])
     assert card_convention(card) == "sims"  # an imported card: inferred from its label range
     card.extra["metric_convention"] = "mosi"
-    assert card_convention(card) == "mosi"  # what training recorded (and selected with) wins
+    assert card_convention(card) == "mosi"  # what older training recorded (and selected with) wins
+    card.metric_convention = "sims"
+    assert card_convention(card) == "sims"  # the card's own field first
+    assert metric_convention("sims.npz", (-1.0, 1.0), "classification") == "classification"
+
+
+def test_a_recorded_convention_must_fit_the_task_and_the_error():
+    from decalign.checkpoint import ModelCard
+    from decalign.config import DecAlignConfig
+    from decalign.train.metrics import card_convention, card_error
+
+    card = ModelCard(config=DecAlignConfig(), widths={"a": 2, "b": 2}, task="classification", output_dim=3)
+    assert card_convention(card) == "classification" and card_error(card) == "misclassification"
+    card.extra["metric_convention"] = "mosi"  # what older versions wrote for every task
+    assert card_convention(card) == "classification"
+    card.metric_convention = "sims"
+    with pytest.raises(ValueError, match="does not fit a classification model"):
+        card_convention(card)
+    card = ModelCard(config=DecAlignConfig(), widths={"a": 2, "b": 2}, task="regression", output_dim=1,
+                     metric_convention="mosi", error="misclassification")
+    with pytest.raises(ValueError, match="error 'misclassification' does not fit metric_convention 'mosi'"):
+        card_convention(card)
+
+
+def test_one_error_whose_mean_is_the_headline_metric():
+    from decalign.train.metrics import label_probability, prediction_errors
+
+    rng = np.random.default_rng(3)
+    p, y = rng.uniform(-3, 3, 50), rng.uniform(-3, 3, 50)
+    assert prediction_errors("mosi", p, y).mean() == pytest.approx(regression_metrics(p, y)["MAE"])
+    assert prediction_errors("sims", p / 2, y / 2).mean() == pytest.approx(sims_metrics(p / 2, y / 2)["MAE"])
+    np.testing.assert_allclose(prediction_errors("sims", np.array([2.0, 0.5]), np.array([0.0, -3.0])), [1.0, 1.5])
+    logits, labels = rng.normal(size=(50, 4)), rng.integers(0, 4, 50)
+    errors = prediction_errors("classification", logits, labels)
+    assert set(np.unique(errors)) <= {0.0, 1.0}
+    assert 1 - errors.mean() == pytest.approx(classification_metrics(logits, labels, 4)["Acc"])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(label_probability(logits, labels), probs[np.arange(50), labels])

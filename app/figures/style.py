@@ -1,0 +1,97 @@
+"""What makes every chart of the dashboard readable: one class palette, epoch and class axes, short hashes.
+
+- :data:`PALETTE`: 20 colours for categories (classes, modalities, prototypes). The first 10 are d3's
+  category10; the next 10 were picked greedily for the largest CIE76 distance to those already chosen,
+  among colours with at least 2:1 contrast on white. Every pair differs by at least Delta-E 27 (a pair of
+  Delta-E 10 is already easy to tell apart), and none is pale (class 9 stays visible). Above 20
+  categories colours would repeat: :func:`category_colours` returns None and the caller draws a
+  continuous, legend-less scale instead.
+- :func:`epoch_axis`: at most about 10 epoch ticks, whole numbers, whatever the number of epochs.
+- :func:`class_axis`: a categorical axis with every class labelled (by name when the data names them).
+- :func:`short_hash`: a 64-character fingerprint shortened for tables; the full value goes on hover.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#ff00ff", "#000000", "#000080", "#637939", "#ff1493", "#40004b", "#8a2be2", "#b03060",
+           "#b8860b", "#003c30")
+CONTINUOUS = "Viridis"
+MAX_EPOCH_TICKS = 10
+HASH_CHARS = 10
+
+
+def category_colours(categories: list) -> dict | None:
+    """One distinct colour per category (in the given order), or None above ``len(PALETTE)`` of them."""
+    if len(categories) > len(PALETTE):
+        return None
+    return {c: PALETTE[i] for i, c in enumerate(categories)}
+
+
+def nice_step(span: float, max_ticks: int = MAX_EPOCH_TICKS) -> int:
+    """The smallest step of 1, 2, 5, 10, 20, 50... that puts at most ``max_ticks`` ticks on ``span``."""
+    if span <= max_ticks:
+        return 1
+    power = 10 ** math.floor(math.log10(span / max_ticks))
+    for factor in (1, 2, 5, 10):
+        if span / (factor * power) <= max_ticks:
+            return factor * power
+    return 10 * power
+
+
+def epoch_axis(fig: go.Figure, epochs, **where) -> go.Figure:
+    """Whole-number epoch ticks, at most about :data:`MAX_EPOCH_TICKS` of them, on every x axis (or the
+    subplot named by ``row``/``col``)."""
+    values = [int(e) for e in epochs] if epochs is not None else []
+    lo, hi = (min(values), max(values)) if values else (1, 1)
+    step = nice_step(hi - lo + 1)
+    first = lo if step == 1 else int(math.ceil(lo / step) * step)
+    fig.update_xaxes(title_text="epoch", tickmode="linear", tick0=first, dtick=step, tickformat="d", **where)
+    return fig
+
+
+def class_axis(fig: go.Figure, names: list[str], axis: str = "x", **where) -> go.Figure:
+    """A categorical axis listing every class, in class order, each with its label."""
+    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+    update(type="category", tickmode="array", tickvals=list(names), ticktext=list(names),
+           categoryorder="array", categoryarray=list(names), **where)
+    return fig
+
+
+def short_hash(value: str | None) -> str:
+    """``"bba0cfc6b4…"``: the first :data:`HASH_CHARS` characters of a long fingerprint ("" for None)."""
+    if not value:
+        return ""
+    value = str(value)
+    return value if len(value) <= HASH_CHARS + 1 else value[:HASH_CHARS] + "…"
+
+
+def compact_legend(fig: go.Figure, categories: int) -> go.Figure:
+    """A legend that never squeezes the plot: horizontal under the chart, no scroll bar for up to 20."""
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.02, "xanchor": "left", "x": 0,
+                              "itemsizing": "constant", "font": {"size": 11}})
+    if categories > 10:
+        fig.update_layout(height=(fig.layout.height or 420) + 20 * math.ceil((categories - 10) / 5))
+    return fig
+
+
+# Families of metrics that share a scale and a direction; each gets its own axis (or panel).
+FAMILIES = {"loss": "loss", "MAE": "error (MAE, lower is better)", "Corr": "correlation"}
+SCORES = "accuracy and F1 (0 to 1, higher is better)"
+
+
+def metric_family(key: str) -> str:
+    """The axis a metric belongs on: its loss, its error, its correlation, or the 0-1 scores."""
+    return FAMILIES.get(key, SCORES)
+
+
+def by_family(keys: list[str]) -> dict[str, list[str]]:
+    """``keys`` grouped by :func:`metric_family`, scores first, each group in the given order."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(keys, key=lambda k: metric_family(k) != SCORES):
+        groups.setdefault(metric_family(key), []).append(key)
+    return groups

@@ -1,0 +1,75 @@
+"""Dropout masks: the exact probability (as ``F.dropout``), independent elements, torch's seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decalign.model.dropout import _byte_positions, dropout, keep_mask
+
+CPU = torch.device("cpu")
+
+
+def dropped_fraction_z(p: float, n: int) -> float:
+    """How many standard deviations the dropped count of ``n`` draws is from n * p."""
+    dropped = int((keep_mask((n,), p, CPU) == 0).sum())
+    return (dropped - n * p) / (n * p * (1 - p)) ** 0.5
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])
+def test_drop_rate_is_p(p):
+    # Rounding p to 1/256 (0.1 -> 0.1016) would be 10 standard deviations off at this size.
+    torch.manual_seed(0)
+    assert abs(dropped_fraction_z(p, 4_000_000)) < 5
+
+
+@pytest.mark.parametrize("p, n", [(2.5 / 256, 1_000_000), (2.5 / 65536, 40_000_000)])
+def test_probability_between_grid_levels_is_exact(p, n):
+    # Rounding p to a 1/256 grid would be 20 standard deviations off for the first, to a 1/65536 grid 7.8
+    # for the second: a random byte that ties the threshold is settled by a double-precision uniform.
+    torch.manual_seed(1)
+    assert abs(dropped_fraction_z(p, n)) < 4
+
+
+def test_elements_are_independent():
+    torch.manual_seed(2)
+    keep = keep_mask((2_000_000,), 0.5, CPU).double()
+    for lag in (1, 2, 3, 7, 8, 9):  # eight neighbours share a 64-bit draw
+        both = (keep[:-lag] * keep[lag:]).mean()
+        assert abs(float(both) - 0.25) < 5 * (0.25 * 0.75 / keep.numel()) ** 0.5
+
+
+def test_masks_follow_the_torch_seed_and_keep_the_shape():
+    torch.manual_seed(3)
+    first = keep_mask((3, 50, 7), 0.1, CPU)
+    torch.manual_seed(3)
+    assert torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    assert first.shape == (3, 50, 7) and first.dtype == torch.float32
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, keep_mask((3, 50, 7), 0.1, CPU))
+    scaled = keep_mask((1000,), 0.25, CPU, torch.float64, scale=4 / 3)
+    assert scaled.dtype == torch.float64 and set(scaled.unique().tolist()) == {0.0, 4 / 3}
+
+
+def test_byte_positions_finds_every_matching_byte():
+    g = torch.Generator().manual_seed(5)
+    words = torch.randint(-(2**63), 2**63 - 1, (5000,), generator=g, dtype=torch.int64)
+    as_bytes = words.view(torch.int8)
+    for value in (-128, -1, 0, 37, 127):
+        expected = (as_bytes == value).nonzero().squeeze(1)
+        assert expected.numel() > 100
+        assert torch.equal(_byte_positions(words, value), expected)
+
+
+def test_dropout_scales_what_it_keeps_and_its_gradient_is_the_mask():
+    x = torch.rand(1000, 64, dtype=torch.float64) + 1.0
+    x.requires_grad_(True)
+    torch.manual_seed(4)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.8)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.double() / 0.8)
+    assert abs(float(y.detach().mean() / x.detach().mean()) - 1) < 0.01  # the expectation is kept
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
