@@ -149,10 +149,13 @@ def _prepared(data_id: str, transform_id: str, _dataset: MultimodalDataset, _car
 
 
 def prepared(dataset: MultimodalDataset, data_id: str, card: ModelCard) -> MultimodalDataset:
-    """``dataset`` as the model of ``card`` reads it (``ModelCard.prepare``: the run's input transform)."""
+    """``dataset`` as the model of ``card`` reads it (``ModelCard.prepare``: the run's input transform, and a
+    BERT model's tokens)."""
     stored = card.extra.get(TRANSFORM_KEY)
-    if stored is None:
+    if stored is None and not card.has_bert:
         return dataset
+    if card.has_bert:  # the token view depends on the BERT's vocabulary, checked in prepare
+        stored = {"transform": stored, "bert": card.config.model.bert_shape()}
     transform_id = hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()
     return _prepared(data_id, transform_id, dataset, card)
 

@@ -177,7 +177,7 @@ def _set_model(source: ModelSource | None) -> None:
     _, card, _ = loaders.load(source)
     dataset = loaders.dataset_from_bytes(data.digest, session.upload_bytes(data.digest), data.label)
     try:
-        check_compatible(dataset, card.widths, data.label)
+        check_compatible(dataset, card.widths, data.label, bert_text=card.has_bert)
     except DataError:
         use_bundled_data()
         session.set_notice(f"{data.label} does not fit {source.label}: back on the model's bundled data.")
@@ -217,7 +217,7 @@ def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalData
     """
     digest = hashlib.sha256(data).hexdigest()
     dataset = loaders.dataset_from_bytes(digest, data, name)
-    check_compatible(dataset, card.widths, name)
+    check_compatible(dataset, card.widths, name, bert_text=card.has_bert)
     return dataset, digest
 
 

@@ -105,6 +105,7 @@ def check_card(data: dict[str, Any], source: str) -> DecAlignConfig:
         raise CheckpointError(f"{source}: 'task' must be regression or classification, found {task!r:.80}")
     _integer(output_dim, "output_dim", 1, 1 if task == "regression" else MAX_OUTPUTS, source)
     _optional_fields(data, widths, source)
+    _bert(config.model, widths, source)
     _prototypes(data.get("prototypes"), widths, config.model, source)
     count = parameter_count(config.model, widths, output_dim)
     if count > MAX_PARAMETERS:
@@ -172,6 +173,18 @@ def _widths(value: Any, source: str) -> dict[str, int]:
                                   "digits and _ (starting with a letter, at most 64)")
         _integer(width, f"widths[{name!r}]", 1, MAX_WIDTH, source)
     return value
+
+
+def _bert(model: ModelConfig, widths: dict[str, int], source: str) -> None:
+    """A BERT model's card records its BERT's whole shape, and its text width is the BERT's width."""
+    if not model.use_bert:
+        return
+    if not model.bert_shape_known:
+        raise CheckpointError(f"{source}: config: use_bert is true but the BERT's shape (bert_hidden_size, "
+                              "bert_vocab_size, ...) is not recorded")
+    if widths.get("text") != model.bert_hidden_size:
+        raise CheckpointError(f"{source}: widths['text'] must be the BERT's hidden size {model.bert_hidden_size}, "
+                              f"found {widths.get('text')!r:.80}")
 
 
 def _prototypes(value: Any, widths: dict[str, int], model: ModelConfig, source: str) -> None:
@@ -246,4 +259,16 @@ def parameter_count(model: ModelConfig, widths: dict[str, int], output_dim: int)
     for name, width in widths.items():
         projection = 0 if width == d else width * d * model.kernel_size(name)
         total += projection + d * d + model.num_layers * per_layer + (d * d + d) + (d * p + p)
-    return total
+    return total + bert_parameter_count(model)
+
+
+def bert_parameter_count(model: ModelConfig) -> int:
+    """Values in a ``transformers.BertModel`` with its pooler, of the config's BERT shape (0 without one):
+    word, position and type embeddings and their LayerNorm; per layer the q/k/v/output projections, two
+    LayerNorms and the two-matrix MLP; the pooler."""
+    if not model.use_bert:
+        return 0
+    h, inner = model.bert_hidden_size, model.bert_intermediate_size
+    embeddings = (model.bert_vocab_size + model.bert_max_positions + model.bert_type_vocab_size) * h + 2 * h
+    per_layer = 4 * (h * h + h) + 2 * (2 * h) + (inner * h + inner) + (h * inner + h)
+    return embeddings + model.bert_num_layers * per_layer + (h * h + h)

@@ -30,6 +30,7 @@ from .card_schema import CheckpointError, check_card, read_card_file
 from .checkpoint_files import CARD_NAME, MAX_ZIP_BYTES, zip_input_size
 from .config import ConfigError, DecAlignConfig
 from .data import DataError, MultimodalDataset
+from .data.tokens import bert_inputs
 from .data.transform import TRANSFORM_KEY, FeatureTransform, apply_feature_transform
 from .model import DecAlign, Prototypes
 
@@ -111,10 +112,17 @@ class ModelCard:
         except DataError as exc:
             raise CheckpointError(str(exc)) from exc
 
+    @property
+    def has_bert(self) -> bool:
+        """The model encodes its text with a BERT, so it reads the data's ``text_bert`` tokens."""
+        return self.config.model.use_bert
+
     def prepare(self, dataset: MultimodalDataset) -> MultimodalDataset:
-        """``dataset`` as this model reads it: the run's input transform applied to every split. Every
-        consumer of a model (evaluation, prediction, reports, levels, the dashboard) goes through here."""
-        return apply_feature_transform(dataset, self.feature_transform())
+        """``dataset`` as this model reads it: the run's input transform applied to every split, and for a
+        BERT model the text replaced by the ``text_bert`` tokens (checked against the BERT's vocabulary).
+        Every consumer of a model (evaluation, prediction, reports, levels, the dashboard) goes through here."""
+        prepared = apply_feature_transform(dataset, self.feature_transform())
+        return bert_inputs(prepared, self.config.model) if self.has_bert else prepared
 
 
 def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: str = "best",

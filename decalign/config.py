@@ -62,6 +62,21 @@ class ModelConfig:
     objective: str = "official"
     hetero_cost_reduction: str = "mean"  # official: mean or sum over feature dimensions [hetero_cost_reduction]
     local_proto_mahalanobis: bool = False  # official: local cost divided by the prototype variance
+    # BERT text encoder (official use_bert): the "text" modality is read as MMSA text_bert tokens and
+    # encoded by a transformers.BertModel of the shape below, inferred from an imported checkpoint's
+    # tensors or read from the local folder ``pretrained`` when training; 0 means not known yet.
+    use_bert: bool = False
+    use_finetune: bool = True  # false: the BERT is frozen (no gradient), as the official encoder
+    pretrained: str = ""  # a local Hugging Face BERT folder (config.json + weights); training only
+    bert_vocab_size: int = 0
+    bert_hidden_size: int = 0
+    bert_num_layers: int = 0
+    bert_num_heads: int = 0
+    bert_intermediate_size: int = 0
+    bert_max_positions: int = 0
+    bert_type_vocab_size: int = 0
+    bert_layer_norm_eps: float = 1e-12
+    bert_hidden_act: str = "gelu"
 
     def kernel_size(self, modality: str) -> int:
         return dict(self.conv_kernel_sizes).get(modality, self.conv_kernel_size)
@@ -90,6 +105,36 @@ class ModelConfig:
             raise ConfigError(f"objective must be official or studio, found {self.objective!r}")
         if self.hetero_cost_reduction not in ("mean", "sum"):
             raise ConfigError(f"hetero_cost_reduction must be mean or sum, found {self.hetero_cost_reduction!r}")
+        self._validate_bert()
+
+    @property
+    def bert_shape_known(self) -> bool:
+        return self.use_bert and self.bert_hidden_size > 0
+
+    def bert_shape(self) -> dict[str, int | float | str]:
+        """The BERT's architecture as ``transformers.BertConfig`` keyword arguments."""
+        return {"vocab_size": self.bert_vocab_size, "hidden_size": self.bert_hidden_size,
+                "num_hidden_layers": self.bert_num_layers, "num_attention_heads": self.bert_num_heads,
+                "intermediate_size": self.bert_intermediate_size,
+                "max_position_embeddings": self.bert_max_positions, "type_vocab_size": self.bert_type_vocab_size,
+                "layer_norm_eps": self.bert_layer_norm_eps, "hidden_act": self.bert_hidden_act}
+
+    def _validate_bert(self) -> None:
+        if len(self.pretrained) > 4096:
+            raise ConfigError(f"pretrained must be a folder path of at most 4096 characters, found "
+                              f"{len(self.pretrained):,}")
+        if self.bert_hidden_act not in BERT_ACTIVATIONS:
+            raise ConfigError(f"bert_hidden_act must be one of {', '.join(BERT_ACTIVATIONS)}, "
+                              f"found {self.bert_hidden_act!r}")
+        if not 0 < self.bert_layer_norm_eps < 1:
+            raise ConfigError(f"bert_layer_norm_eps must be in (0, 1), found {self.bert_layer_norm_eps}")
+        sizes = {name: getattr(self, name) for name in BERT_SIZE_FIELDS}
+        if self.use_bert and any(sizes.values()) and not all(sizes.values()):
+            missing = [name for name, value in sizes.items() if not value]
+            raise ConfigError(f"use_bert: the BERT shape is incomplete ({', '.join(missing)} missing)")
+        if self.bert_shape_known and self.bert_hidden_size % self.bert_num_heads:
+            raise ConfigError(f"bert_hidden_size ({self.bert_hidden_size}) must be a multiple of "
+                              f"bert_num_heads ({self.bert_num_heads})")
 
 
 @dataclass(frozen=True)
@@ -118,6 +163,7 @@ class TrainConfig:
     scheduler_metric: str = "auto"  # the validation value ReduceLROnPlateau follows; auto = selection_metric
     scheduler_mode: str = "auto"  # min | max | auto (from the metric)
     seed: int = 1111
+    bert_learning_rate: float = 0.0  # the BERT's own learning rate (its Adam group); 0: learning_rate
     mixed_precision: bool = False  # bf16 autocast for the transformers on CUDA; alignment stays float32
     global_alignment: bool = True  # distributed: prototypes and alignment losses over the global batch
 
@@ -144,12 +190,20 @@ MODEL_RANGES: dict[str, tuple[float, float]] = {
     "num_prototypes": (1, 1024), "gmm_em_iters": (1, 10_000), "ot_num_iters": (1, 100_000),
     "pde_dim": (1, 4096), "attn_dropout": (0.0, 1.0), "relu_dropout": (0.0, 1.0), "embed_dropout": (0.0, 1.0),
     "res_dropout": (0.0, 1.0), "output_dropout": (0.0, 1.0),
+    # BERT: bert-base has 30,522 words, width 768, 12 layers, 12 heads, 3,072 inner, 512 positions, 2 types
+    "bert_vocab_size": (0, 1 << 20), "bert_hidden_size": (0, 4096), "bert_num_layers": (0, 64),
+    "bert_num_heads": (0, 256), "bert_intermediate_size": (0, 16384), "bert_max_positions": (0, 1 << 16),
+    "bert_type_vocab_size": (0, 1024),
 }
+BERT_SIZE_FIELDS = ("bert_vocab_size", "bert_hidden_size", "bert_num_layers", "bert_num_heads",
+                    "bert_intermediate_size", "bert_max_positions", "bert_type_vocab_size")
+BERT_ACTIVATIONS = ("gelu", "relu", "gelu_new", "gelu_python", "silu", "tanh")
 TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 1 << 20), "num_epochs": (1, 1_000_000), "early_stop_patience": (0, 1_000_000),
     "scheduler_patience": (0, 1_000_000), "dec_loss_weight": (0.0, 1e6), "alpha": (0.0, 1e6),
     "beta": (0.0, 1e6), "ct_weight": (0.0, 1e6), "ct_temperature": (1e-6, 1e6), "weight_decay": (0.0, 1e6),
     "factor": (0.0, 1.0), "clip": (0.0, 1e6), "binary_task_weight": (0.0, 1e6), "smooth_l1_beta": (0.0, 1e6),
+    "bert_learning_rate": (0.0, 1e6),
 }
 
 
@@ -238,9 +292,8 @@ def with_legacy_objective(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-# Official keys this project accepts but does not use. BERT ones wait for the BERT text encoder; the
-# others are bookkeeping or data-loading details of the official scripts (``when`` is read by nothing).
-_BERT_ONLY = ("use_bert", "use_finetune", "transformers", "pretrained", "bert_learning_rate")
+# Official keys this project accepts but does not use: bookkeeping or data-loading details of the
+# official scripts (``when`` is read by nothing).
 _OFFICIAL_UNUSED = ("model_name", "dataset_name", "need_data_aligned", "loss_contract", "num_classes",
                     "feature_dims", "seq_lens", "iemocap_protocol", "when", "alpha1", "alpha2", "KeyEval",
                     "language", "train_samples", "active_modalities")
@@ -254,6 +307,7 @@ _OFFICIAL_MODEL_KEYS = {
     "embed_dropout": "embed_dropout", "res_dropout": "res_dropout", "output_dropout": "output_dropout",
     "attn_mask": "attn_mask", "use_sequence_mask": "use_sequence_mask",
     "hetero_cost_reduction": "hetero_cost_reduction", "local_proto_mahalanobis": "local_proto_mahalanobis",
+    "use_bert": "use_bert", "use_finetune": "use_finetune", "pretrained": "pretrained",
 }
 _OFFICIAL_TRAIN_KEYS = {
     "task_loss": "task_loss", "dec_loss_weight": "dec_loss_weight", "alpha": "alpha", "beta": "beta",
@@ -264,6 +318,7 @@ _OFFICIAL_TRAIN_KEYS = {
     "selection_metric": "selection_metric", "selection_mode": "selection_mode",
     "scheduler_metric": "scheduler_metric", "scheduler_mode": "scheduler_mode", "seed": "seed",
     "binary_task_weight": "binary_task_weight", "smooth_l1_beta": "smooth_l1_beta",
+    "bert_learning_rate": "bert_learning_rate",  # null (the official default): the learning_rate
 }
 _OFFICIAL_DATA_KEYS = ("need_feature_standardized", "feature_standardize_modalities", "feature_clip_percentiles",
                        "need_normalized")
@@ -305,7 +360,8 @@ def from_official_dict(data: dict[str, Any], source: str = "config") -> DecAlign
     given = {k: v for k, v in data.items() if v is not None}
     values = {**OFFICIAL_DEFAULTS, **given}
     model, train = _official_model(values, source), _official_train(values, given)
-    _warn_unused(sorted(k for k in given if k in _OFFICIAL_UNUSED or k in _BERT_ONLY), source)
+    _check_transformers(given.get("transformers", "bert"), source)
+    _warn_unused(sorted(k for k in given if k in _OFFICIAL_UNUSED), source)
     config = DecAlignConfig(
         _section_from_dict(ModelConfig, model, source),
         _section_from_dict(TrainConfig, train, source),
@@ -317,7 +373,7 @@ def from_official_dict(data: dict[str, Any], source: str = "config") -> DecAlign
         raise ConfigError(f"{source}: {exc}") from None
 
 
-_OFFICIAL_KNOWN = {*_BERT_ONLY, *_OFFICIAL_UNUSED, *_OFFICIAL_MODEL_KEYS, *_OFFICIAL_TRAIN_KEYS,
+_OFFICIAL_KNOWN = {"transformers", *_OFFICIAL_UNUSED, *_OFFICIAL_MODEL_KEYS, *_OFFICIAL_TRAIN_KEYS,
                    *_OFFICIAL_DATA_KEYS, *_OFFICIAL_LOOP_KEYS, "dst_feature_dim_nheads", "text_dropout",
                    "attn_dropout_a", "attn_dropout_v"}
 
@@ -392,14 +448,15 @@ def _check_active_modalities(value: Any, source: str) -> None:
                           "to leave a modality out, train on data without it")
 
 
+def _check_transformers(value: Any, source: str) -> None:
+    """The official encoder builds a BERT whatever ``transformers`` says; only ``bert`` means that here."""
+    if not (isinstance(value, str) and value.lower() == "bert"):
+        raise ConfigError(f"{source}: transformers {value!r}: only 'bert' text encoders are supported")
+
+
 def _warn_unused(keys: list[str], source: str) -> None:
-    bert = [k for k in keys if k in _BERT_ONLY]
-    other = [k for k in keys if k not in _BERT_ONLY]
-    if bert:
-        warnings.warn(f"{source}: keys for the BERT text encoder are ignored (text is read as precomputed "
-                      f"features): {', '.join(bert)}", stacklevel=3)
-    if other:
-        warnings.warn(f"{source}: official keys not used by this project are ignored: {', '.join(other)}",
+    if keys:
+        warnings.warn(f"{source}: official keys not used by this project are ignored: {', '.join(keys)}",
                       stacklevel=3)
 
 

@@ -2,7 +2,9 @@
 
 The official model names its parts per modality letter (``proj_l``, ``encoder_uni_a``, ``trans_v``,
 ``pde_l``) and has one shared ``encoder_com`` and a head ``out_layer``. Ours keeps the same sub-module
-layout inside dicts keyed by modality name, so importing is a renaming with shape checks.
+layout inside dicts keyed by modality name, so importing is a renaming with shape checks. A ``use_bert``
+model also holds its fine-tuned BERT under ``text_model.model.*`` (a ``transformers.BertModel`` inside the
+official ``BertTextEncoder``); its shape is inferred from those tensors, so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import torch
 
 from .checkpoint import ModelCard, file_sha256, save_model
 from .config import OFFICIAL_MODALITIES, DecAlignConfig
+from .model.text_encoder import BERT_PREFIX, bert_fields, infer_bert_shape
 
 _PREFIXES = {"proj": "projections", "encoder_uni": "unique_encoders", "trans": "transformers",
              "pde": "distribution_encoders"}
 _KEY = re.compile(r"^(proj|encoder_uni|trans|pde)_([lav])\.(.+)$")
+_BERT_KEY = re.compile(r"^text_model\.(?:model\.)?(.+)$")  # the BertModel inside BertTextEncoder
+# Buffers that older transformers versions saved with a BertModel; they are rebuilt, not weights.
+_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
 class OfficialImportError(ValueError):
@@ -60,9 +66,6 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def convert_state_dict(official: dict[str, torch.Tensor], widths: dict[str, int], d_model: int,
                        source: str = "state_dict") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename official keys to ours. Returns the new state and the official keys that were not used."""
-    if any(k.startswith("text_model.") for k in official):
-        raise OfficialImportError(f"{source}: holds BERT text-encoder weights (use_bert true); only models "
-                                  "trained on precomputed text features (use_bert false) can be imported")
     converted, unused = {}, []
     for key, tensor in official.items():
         new_key = _rename(key)
@@ -83,6 +86,9 @@ def convert_state_dict(official: dict[str, torch.Tensor], widths: dict[str, int]
 
 
 def _rename(key: str) -> str | None:
+    bert = _BERT_KEY.match(key)
+    if bert:
+        return None if bert.group(1) in _BERT_BUFFERS else BERT_PREFIX + bert.group(1)
     if key.startswith("encoder_com."):
         return "common_encoder." + key.removeprefix("encoder_com.")
     if key.startswith("out_layer."):
@@ -102,7 +108,8 @@ def import_official(state_dict_path: str | Path, config_path: str | Path, featur
     ----------
     state_dict_path : ``.pth`` from the official code (``torch.save(model.state_dict())``).
     config_path : the official config JSON it was trained with (e.g. ``dec_mosi_config.json``).
-    feature_dims : input widths of text, audio and vision, e.g. ``[768, 5, 20]`` for MOSI.
+    feature_dims : input widths of text, audio and vision, e.g. ``[768, 5, 20]`` for MOSI; with a BERT
+        (``use_bert``), the text width is the BERT's hidden size.
     out_dir : run directory to write (``card.json``, ``best.safetensors``, ``last.safetensors``).
     """
     if len(feature_dims) != 3 or any(int(w) < 1 for w in feature_dims):
@@ -116,6 +123,7 @@ def import_official(state_dict_path: str | Path, config_path: str | Path, featur
         raise OfficialImportError(f"{state_dict_path}: no out_layer.weight: not an official DecAlign state_dict")
     config = _fit_config(config, official, head, Path(state_dict_path))
     state, unused = convert_state_dict(official, widths, config.model.d_model, str(state_dict_path))
+    config = _fit_bert(config, state, widths, str(state_dict_path))
     card = ModelCard(config=config, widths=widths, task="regression" if head.shape[0] == 1 else "classification",
                      output_dim=int(head.shape[0]), num_classes=None if head.shape[0] == 1 else int(head.shape[0]),
                      source="imported-official",
@@ -147,6 +155,28 @@ def _fit_config(config: DecAlignConfig, official, head: torch.Tensor, path: Path
     if head.shape[0] > 1 and train.task_loss != "cross_entropy":
         train = replace(train, task_loss="cross_entropy")
     return replace(config, train=train)
+
+
+def _fit_bert(config: DecAlignConfig, state: dict[str, torch.Tensor], widths: dict[str, int],
+              source: str) -> DecAlignConfig:
+    """Record the BERT's shape, inferred from its tensors, in the config. The weights decide use_bert:
+    the official code builds and saves a BERT exactly when the config's use_bert is true."""
+    has_bert = any(k.startswith(BERT_PREFIX) for k in state)
+    if has_bert != config.model.use_bert:
+        found = "hold a BERT (text_model.*)" if has_bert else "hold no BERT (text_model.*)"
+        warnings.warn(f"{source}: the config sets use_bert {str(config.model.use_bert).lower()} but the weights "
+                      f"{found}; imported as the weights say", stacklevel=3)
+    if not has_bert:
+        return replace(config, model=replace(config.model, use_bert=False))
+    try:
+        shape = infer_bert_shape(state, BERT_PREFIX, source)
+    except ValueError as exc:
+        raise OfficialImportError(str(exc).replace(BERT_PREFIX, "text_model.model.")) from None
+    if widths["text"] != shape["hidden_size"]:
+        raise OfficialImportError(f"{source}: the BERT's hidden size is {shape['hidden_size']}, --feature-dims "
+                                  f"gives text width {widths['text']}; the text width of a BERT model is the "
+                                  "BERT's hidden size")
+    return replace(config, model=replace(config.model, use_bert=True, **bert_fields(shape)))
 
 
 def _check_shapes(model, state: dict[str, torch.Tensor], source: str) -> None:

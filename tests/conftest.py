@@ -24,3 +24,25 @@ def _isolated_user_state(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def save_tiny_bert(folder, *, vocab: int = 40, hidden: int = 64, layers: int = 2, positions: int = 32,
+                   seed: int = 0):
+    """A small random BERT saved with ``save_pretrained`` (a local folder, as users pass ``pretrained``);
+    width 64 so its heads follow the released BERTs' rule (width / 64)."""
+    import torch
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden // 64), intermediate_size=2 * hidden,
+                        max_position_embeddings=positions, type_vocab_size=2)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -74,14 +74,16 @@ def history_figures(history: pd.DataFrame) -> dict[str, go.Figure]:
     valid = [c.removeprefix("valid/") for c in history.columns
              if c.startswith("valid/") and not c.startswith("valid/F1_class_")]
     groups = {"Loss terms (training split)": ([f"train/{t}" for t in LOSS_TERMS], False),
-              "Alignment levels (training split, log scale)": ([f"train/{t}" for t in LEVELS], True)}
+              "Alignment levels (training split)": ([f"train/{t}" for t in LEVELS], True)}
     for family, keys in by_family(valid).items():
         groups[f"Validation {family}"] = ([f"valid/{k}" for k in keys], False)
     out = {}
     for title, (cols, log_y) in groups.items():
         cols = [c for c in cols if c in history and history[c].notna().any()]
         if log_y and any((history[c].dropna() <= 0).any() for c in cols):
-            log_y = False  # a level of exactly 0 has no place on a log axis
+            log_y = False  # a level of 0, or the official transport term (its entropy part is negative)
+        if log_y:
+            title = title.replace(")", ", log scale)")
         if cols:
             out[title] = curves_figure(history, cols, title, log_y=log_y)
     return out

@@ -11,13 +11,14 @@ from plotly.subplots import make_subplots
 from decalign.explain.correspondence import PairCorrespondence
 from decalign.explain.transport_view import PlanView
 
-from .style import CONTINUOUS, category_colours, compact_legend
+from .style import CONTINUOUS, category_colours
 
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
                       weights: np.ndarray, title: str) -> go.Figure:
-    """Samples (WebGL, coloured by their most probable prototype) and the prototype means (stars, sized
-    by weight) in one PCA plane."""
+    """Samples (WebGL, coloured by their most probable prototype) and the prototype means (stars in the same
+    colours, numbered, sized by weight) in one PCA plane. No legend: the numbered stars name the colours, and
+    a legend of K entries would squeeze a chart one third of the page wide."""
     fig = go.Figure()
     colours = category_colours(list(range(len(proto_coords))))
     if colours is None:  # more prototypes than distinct colours: one continuous scale, no legend
@@ -27,18 +28,19 @@ def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assig
     for k in range(len(proto_coords)) if colours is not None else ():
         mask = assigned == k
         fig.add_trace(go.Scattergl(x=sample_coords[mask, 0], y=sample_coords[mask, 1], mode="markers",
-                                   name=f"prototype {k}", legendgroup=str(k), hoverinfo="skip",
+                                   name=f"prototype {k}", showlegend=False, hoverinfo="skip",
                                    marker={"size": 5, "opacity": 0.5, "color": colours[k]}))
     size = 14 + 40 * np.sqrt(np.asarray(weights, dtype=float))
+    star_colours = "black" if colours is None else [colours[k] for k in range(len(proto_coords))]
     fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers+text", name="means",
                              text=[str(k) for k in range(len(proto_coords))], textposition="middle center",
-                             marker={"symbol": "star", "size": size, "color": "black", "opacity": 0.8,
-                                     "line": {"color": "white", "width": 1}},
+                             showlegend=False,
+                             marker={"symbol": "star", "size": size, "opacity": 0.9, "color": star_colours,
+                                     "line": {"color": "black", "width": 1.5}},
                              textfont={"color": "white", "size": 10},
                              customdata=np.asarray(weights, dtype=float),
                              hovertemplate="prototype %{text}<br>weight %{customdata:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    compact_legend(fig, len(proto_coords) + 1)
     fig.update_xaxes(title="PC 1")
     fig.update_yaxes(title="PC 2")
     return fig

@@ -134,7 +134,7 @@ def _same_data(a: Side, b: Side) -> tuple[MultimodalDataset, str, Path] | None:
     dataset, data_id = loaders.dataset_from_path(path)
     try:
         for side in (a, b):
-            check_compatible(dataset, side.card.widths, f"{path.name} for model {side.label}")
+            check_compatible(dataset, side.card.widths, f"{path.name} for model {side.label}", bert_text=side.card.has_bert)
     except DataError as exc:
         st.error(f"The two models do not take the same inputs: {markdown_text(exc)}")
         return None

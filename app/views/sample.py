@@ -12,6 +12,7 @@ from app.figures import sample as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
 from decalign.audit.flags import compute_flags
 from decalign.audit.store import VERDICTS
+from decalign.data.tokens import is_token_input, token_positions
 from decalign.explain import branch_contributions
 from decalign.explain.attention import cross_modal_attention
 from decalign.explain.attributions import integrated_gradients
@@ -177,6 +178,10 @@ def _raw_inputs(ctx: Context, row: int) -> None:
                                 key=f"sample_image_{m}")
     with cols[1]:
         for m in others:
+            if is_token_input(part.features[m]):  # a BERT model's text: its tokens' positions, ids as ids
+                st.caption(f"{m}: BERT tokens at their positions (ids; no vocabulary ships with the model)")
+                st.dataframe(token_positions(part.features[m][row]), hide_index=True, key=f"sample_tokens_{m}")
+                continue
             length = int(part.lengths[m][row]) if m in part.lengths else None
             st.plotly_chart(fig.sequence_figure(part.features[m][row], m, length), key=f"sample_seq_{m}")
 

@@ -106,7 +106,7 @@ def audit_inputs(args: argparse.Namespace) -> dict:
 
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
-    check_compatible(dataset, card.widths, args.data)
+    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
     check_task(dataset, card.task, card.num_classes, args.data)
     raw_fingerprint = dataset.fingerprint()  # the user's file as given, before the run's input transform
     dataset = card.prepare(dataset)

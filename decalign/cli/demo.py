@@ -47,11 +47,19 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, [f"train.num_epochs={args.epochs}"] if args.epochs else None)
     dataset = load_data(args.data)
+    dataset.report.source = _portable_source(Path(args.data))
     out = Path(args.out)
     for name, path, settings in (("demo model", out, config),
                                  ("no-alignment twin", twin_dir(out), without_alignment(config))):
         _train_one(name, path, settings, dataset, args)
     return 0
+
+
+def _portable_source(path: Path) -> str:
+    """The bundled data as the card names it: ``assets/<name>``, found again on any clone (an absolute path
+    would name the machine the demo was built on)."""
+    resolved = path.resolve()
+    return f"assets/{resolved.name}" if resolved.parent == ASSETS.resolve() else str(path)
 
 
 def _train_one(name: str, out: Path, config, dataset, args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, card = load_model(args.checkpoint, device=device)
     dataset = load_data(args.data)
-    check_compatible(dataset, card.widths, args.data)
+    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
     dataset = card.prepare(dataset)  # the run's input transform, if it has one
     check_task(dataset, card.task, card.num_classes, args.data)
     split = pick_split(dataset, args.split, args.data, labelled=True)

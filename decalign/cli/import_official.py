@@ -11,11 +11,13 @@ def register(subparsers) -> None:
         description="Convert weights saved by the official taco-group/DecAlign code (torch.save of the "
                     "state_dict) and the config they were trained with into a run directory of this "
                     "project (card.json, best.safetensors, last.safetensors). The .pth file is read with "
-                    "torch.load(weights_only=True): no code in it runs.")
+                    "torch.load(weights_only=True): no code in it runs. A use_bert model's BERT "
+                    "(text_model.*) is rebuilt from its tensors' shapes; nothing is downloaded.")
     parser.add_argument("--state-dict", required=True, metavar="PTH", help="official state_dict file")
     parser.add_argument("--config", required=True, metavar="JSON", help="official config, e.g. dec_mosi_config.json")
     parser.add_argument("--feature-dims", required=True, metavar="L,A,V",
-                        help="input widths of text, audio and vision, e.g. 768,5,20 for MOSI")
+                        help="input widths of text, audio and vision, e.g. 768,5,20 for MOSI (with a BERT, "
+                             "the text width is the BERT's width)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     parser.add_argument("--data", metavar="FILE",
                         help="the data the weights were trained on (MMSA pickle or npz): adds metrics per split, "
@@ -40,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = None
     if args.data:  # checked before anything is written
         dataset = load_data(args.data)
-        check_compatible(dataset, dict(zip(OFFICIAL_MODALITIES.values(), dims)), args.data)
-        head = load_official_state_dict(args.state_dict).get("out_layer.weight")
+        official = load_official_state_dict(args.state_dict)
+        bert = any(key.startswith("text_model.") for key in official)
+        check_compatible(dataset, dict(zip(OFFICIAL_MODALITIES.values(), dims)), args.data, bert_text=bert)
+        head = official.get("out_layer.weight")
         if head is not None:
             outputs = int(head.shape[0])
             check_task(dataset, "regression" if outputs == 1 else "classification", outputs, args.data)
@@ -49,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     convention = decide_convention(args, card.task, dataset)
     card = finish_import(Path(args.out), convention, dataset, data_source=args.data)
     widths = ", ".join(f"{m} {w}" for m, w in card.widths.items())
-    print(f"imported {card.task} model ({widths}; d={card.config.model.d_model}; metric convention "
+    bert = card.config.model
+    text = (f"; BERT {bert.bert_num_layers} layers, width {bert.bert_hidden_size}, vocabulary {bert.bert_vocab_size}"
+            if bert.use_bert else "")
+    print(f"imported {card.task} model ({widths}; d={card.config.model.d_model}{text}; metric convention "
           f"{convention}) into {args.out}")
     if card.baseline is not None:
         from ..train.baseline import card_comparison

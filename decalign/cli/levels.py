@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if count < 2:
         raise ValueError(f"--max-samples must be at least 2 (prototypes need a batch), found {count}")
     dataset = load_data(args.data)
-    check_compatible(dataset, card.widths, args.data)
+    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
     split = pick_split(card.prepare(dataset), args.split, args.data)
     levels = alignment_levels(model, split, batch_size=None, max_samples=count, first=True,
                               weights=card.config.train)

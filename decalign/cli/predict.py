@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out)
     model, card = load_model(args.checkpoint, device=resolve_device(args.device))
     dataset = load_data(args.data)
-    check_compatible(dataset, card.widths, args.data)
+    check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
     dataset = card.prepare(dataset)  # the run's input transform, if it has one
     check_task(dataset, card.task, card.num_classes, args.data)
     names = list(dataset.splits) if args.split == "all" else [args.split]

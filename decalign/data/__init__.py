@@ -10,6 +10,7 @@ from .loading import DEFAULT_MAX_BYTES, check_compatible, load_dataset, load_dat
 from .mmsa import write_mmsa_pickle
 from .npz import save_npz
 from .synthetic import make_synthetic
+from .tokens import bert_view, token_rows
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -19,12 +20,14 @@ __all__ = [
     "LoadReport",
     "MultimodalDataset",
     "Split",
+    "bert_view",
     "check_compatible",
     "iterate_batches",
     "load_dataset",
     "load_dataset_bytes",
     "make_synthetic",
     "save_npz",
+    "token_rows",
     "write_mmsa_pickle",
 ]
 

@@ -23,6 +23,7 @@ class Split:
     ids: np.ndarray  # (N,) str
     raw_text: np.ndarray | None = None  # (N,) str
     lengths: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,) int64 valid steps
+    text_bert: np.ndarray | None = None  # (N, 3, T) int64 MMSA BERT tokens (decalign.data.tokens), if any
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -34,6 +35,7 @@ class Split:
             ids=self.ids[index],
             raw_text=None if self.raw_text is None else self.raw_text[index],
             lengths={m: v[index] for m, v in self.lengths.items()},
+            text_bert=None if self.text_bert is None else self.text_bert[index],
         )
 
 
@@ -82,4 +84,7 @@ class MultimodalDataset:
                 digest.update(np.ascontiguousarray(part.features[m]).tobytes())
             if part.labels is not None:
                 digest.update(np.ascontiguousarray(part.labels).tobytes())
+            if part.text_bert is not None:
+                digest.update(b"text_bert")
+                digest.update(np.ascontiguousarray(part.text_bert).tobytes())
         return digest.hexdigest()

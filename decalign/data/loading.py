@@ -17,6 +17,7 @@ from .class_names import check_class_names
 from .dataset import SPLITS, DataError, LoadReport, MultimodalDataset, Split
 from .raw import RawData, RawSplit
 from .splitting import carve_missing, small_data_warnings
+from .tokens import TEXT, TOKENS_FIELD, check_token_array
 
 DEFAULT_MAX_BYTES = 4 * 1024**3  # 4 GiB: larger than any MMSA release (MOSEI unaligned is ~3.3 GiB)
 SUFFIXES = {".pkl": "MMSA pickle", ".pickle": "MMSA pickle", ".npz": "npz archive"}
@@ -234,7 +235,28 @@ def _build_split(split: str, raw: RawSplit, source: str, report: LoadReport) -> 
         ids=ids,
         raw_text=None if text is None else _strings(text, n, _where(source, raw, "raw_text"), split),
         lengths=lengths,
+        text_bert=_tokens(raw.text_bert, n, _where(source, raw, "text_bert"), report),
     )
+
+
+def _tokens(value: Any, n: int, where: str, report: LoadReport) -> np.ndarray | None:
+    """MMSA's BERT tokens as int64 (N, 3, T), or None with a note when the field is not usable tokens
+    (only a model with a BERT reads them, and it then says the field is missing)."""
+    if value is None:
+        return None
+    arr = _as_array(value, where, "integer BERT tokens [N, 3, T]")
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)  # whole numbers stored as floats
+    try:
+        tokens = check_token_array(arr, where) if arr.dtype.kind in "biuf" else None
+    except DataError as err:
+        report.notes.append(f"ignored: {err}")
+        return None
+    if tokens is None or len(tokens) != n:
+        found = f"dtype {arr.dtype}" if tokens is None else f"{len(tokens)} samples, expected {n}"
+        report.notes.append(f"ignored: {where}: not usable BERT tokens ({found})")
+        return None
+    return tokens
 
 
 def _as_array(value: Any, where: str, expected: str) -> np.ndarray:
@@ -396,14 +418,23 @@ def _finish_labels(splits: dict[str, Split], raw: RawData, task: str, source: st
 # ---------------------------------------------------------------------------------- compatibility
 
 
-def check_compatible(dataset: MultimodalDataset, expected: dict[str, int], source: str) -> None:
+def check_compatible(dataset: MultimodalDataset, expected: dict[str, int], source: str, *,
+                     bert_text: bool = False) -> None:
     """Raise DataError if ``dataset``'s modalities and widths are not exactly ``expected`` (name -> D).
 
     The message lists every mismatch: a missing modality, a different width, a modality the
-    checkpoint does not know.
+    checkpoint does not know. ``bert_text``: the model encodes the text modality with a BERT, so it
+    reads the ``text_bert`` tokens of every split instead of the text features.
     """
     widths = dataset.widths
     problems = []
+    if bert_text:
+        missing = [name for name, split in dataset.splits.items() if split.text_bert is None]
+        if missing:
+            raise DataError(f"{source}: split {missing[0]!r} has no field {TOKENS_FIELD!r}: the model has a BERT "
+                            f"text encoder and reads MMSA's {TOKENS_FIELD} tokens (N, 3, T)")
+        widths = {m: d for m, d in widths.items() if m != TEXT}
+        expected = {m: d for m, d in expected.items() if m != TEXT}
     for m, d in expected.items():
         if m not in widths:
             problems.append(f"modality {m!r} is missing (expected width {d})")

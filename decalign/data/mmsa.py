@@ -35,9 +35,9 @@ from .safe_pickle import safe_load
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
 LABEL_KEYS = ("regression_labels", "classification_labels")
 LENGTH_KEYS = {"text_lengths": "text", "audio_lengths": "audio", "vision_lengths": "vision"}
-IGNORED_KEYS = ("text_bert", "annotations")
+IGNORED_KEYS = ("annotations",)
 PER_MODALITY_LABEL = re.compile(r"(regression|classification)_labels_[A-Za-z]+$")
-KNOWN_KEYS = (*MODALITIES, *LABEL_KEYS, *LENGTH_KEYS, *IGNORED_KEYS, "raw_text", "id")
+KNOWN_KEYS = (*MODALITIES, *LABEL_KEYS, *LENGTH_KEYS, *IGNORED_KEYS, "raw_text", "id", "text_bert")
 
 
 def read_mmsa(file: BinaryIO, shown: str, hint: str = "") -> RawData:
@@ -134,12 +134,14 @@ def _raw_split(part: dict, split: str, label_key: str | None, shown: str, budget
         {"ids": key("id"), "raw_text": key("raw_text"), "labels": key(label_key or "regression_labels")}
     )
     keys.update({f"lengths/{m}": key(k) for k, m in LENGTH_KEYS.items()})
+    keys["text_bert"] = key("text_bert")
     return RawSplit(
         features={m: field(m, "a float array [N, T, D] (or [N, D])") for m in MODALITIES if m in part},
         labels=field(label_key, "numeric labels [N] or [N, 1]") if label_key else None,
         ids=field("id", "a 1-D array of strings"),
         raw_text=field("raw_text", "a 1-D array of strings"),
         lengths={m: field(k, "integer lengths [N]") for k, m in LENGTH_KEYS.items() if k in part},
+        text_bert=field("text_bert", "integer BERT tokens [N, 3, T]"),
         keys=keys,
     )
 
@@ -148,7 +150,8 @@ def _notes(obj: dict, label_key: str | None) -> list[str]:
     keys = {k for part in obj.values() for k in part}
     notes = []
     if "text_bert" in keys:
-        notes.append("text_bert (BERT token ids and masks) is ignored; the 'text' features are used")
+        notes.append("text_bert (BERT tokens) is read only by models with a BERT text encoder; other models "
+                     "use the 'text' features")
     per_modality = sorted(k for k in keys if PER_MODALITY_LABEL.match(str(k)))
     if per_modality:
         notes.append(f"per-modality labels ignored: {', '.join(per_modality)}")
@@ -193,6 +196,8 @@ def _mmsa_split(part: Any, task: str, class_names: list[str] | None = None) -> d
         out["classification_labels"] = part.labels.astype(np.float32)
         if class_names:  # MMSA's one string per sample: how a reader recognises the names
             out["annotations"] = np.array([class_names[int(c)] for c in part.labels], dtype=object)
+    if part.text_bert is not None:
+        out["text_bert"] = part.text_bert
     for key, m in LENGTH_KEYS.items():  # MMSA itself stores audio and vision lengths only
         if m in part.lengths:
             out[key] = part.lengths[m].tolist()

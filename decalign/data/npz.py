@@ -6,6 +6,7 @@ Keys::
     train/labels              [N]; float for regression, integer for classification (optional)
     train/ids, train/raw_text [N] strings, fixed-width unicode (optional)
     train/lengths/<modality>  [N] integer valid time steps (optional)
+    train/text_bert           [N, 3, T] integer BERT tokens, MMSA's layout (optional; for BERT models)
     train/label_names         [C] class names, fixed-width unicode (optional; or one top-level label_names)
     valid/..., test/...       the same; missing valid/test splits are carved out of train
 
@@ -29,10 +30,10 @@ from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .raw import RawData, RawSplit
 
-RESERVED = ("labels", "ids", "raw_text", "lengths", "label_names")
+RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths", "label_names")
 LABEL_NAMES = "label_names"
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
-EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text', "
+EXPECTED_KEYS = "'<split>/<modality>', '<split>/labels', '<split>/ids', '<split>/raw_text', '<split>/text_bert', "
 EXPECTED_KEYS += "'<split>/label_names', '<split>/lengths/<modality>' (with <split> one of "
 EXPECTED_KEYS += f"{', '.join(SPLITS)}) or a top-level 'label_names'"
 
@@ -80,7 +81,7 @@ def _parse_key(key: str, shown: str) -> tuple[str, str]:
     split, _, fieldname = key.partition("/")
     parts = fieldname.split("/")
     ok = split in SPLITS and (
-        (len(parts) == 1 and (parts[0] in (*RESERVED[:3], LABEL_NAMES) or MODALITY_NAME.match(parts[0])))
+        (len(parts) == 1 and (parts[0] in (*RESERVED[:4], LABEL_NAMES) or MODALITY_NAME.match(parts[0])))
         or (len(parts) == 2 and parts[0] == "lengths" and MODALITY_NAME.match(parts[1]))
     )
     if not ok:
@@ -131,6 +132,8 @@ def _put(part: RawSplit, fieldname: str, value: np.ndarray) -> None:
         part.ids = value
     elif fieldname == "raw_text":
         part.raw_text = value
+    elif fieldname == "text_bert":
+        part.text_bert = value
     elif fieldname == LABEL_NAMES:
         part.label_names = value
     elif fieldname.startswith("lengths/"):
@@ -155,6 +158,8 @@ def save_npz(dataset: MultimodalDataset, path: str | Path, *, compress: bool = T
         if part.raw_text is not None:
             arrays[f"{split}/raw_text"] = np.asarray(part.raw_text, dtype=str)
         arrays.update({f"{split}/lengths/{m}": v for m, v in part.lengths.items()})
+        if part.text_bert is not None:
+            arrays[f"{split}/text_bert"] = part.text_bert
     if dataset.class_names:
         arrays[LABEL_NAMES] = np.asarray(dataset.class_names, dtype=str)
     writer = np.savez_compressed if compress else np.savez

@@ -22,6 +22,7 @@ class RawSplit:
     ids: Any | None = None
     raw_text: Any | None = None
     lengths: dict[str, Any] = field(default_factory=dict)
+    text_bert: Any | None = None  # MMSA BERT tokens [N, 3, T] (decalign.data.tokens)
     keys: dict[str, str] = field(default_factory=dict)
     label_names: Any | None = None  # (C,) class names given with this split
 

@@ -39,6 +39,7 @@ def make_synthetic(
     seed: int = 0,
     signal: float = 1.0,
     variable_lengths: bool = False,
+    text_bert_vocab: int = 0,
 ) -> MultimodalDataset:
     """Generate a dataset whose labels a multimodal model can learn (see the module docstring).
 
@@ -59,6 +60,11 @@ def make_synthetic(
     variable_lengths
         If true, each sample keeps a random number of leading steps (at least half of T) and the rest
         is zero padding, like MMSA's unaligned files; ``Split.lengths`` records them.
+    text_bert_vocab
+        If positive, every split also gets MMSA ``text_bert`` tokens ``(N, 3, T_text)`` over a vocabulary of
+        this size (rows input_ids, attention_mask, segment_ids; at least half the positions valid); the
+        first token encodes the text modality's planted score, so a BERT model can learn from it. Drawn
+        from a generator of its own: the features are those of the same call without tokens.
     """
     widths = dict(DEFAULT_WIDTHS if widths is None else widths)
     if len(widths) < 2 or min(widths.values()) < 1:
@@ -76,12 +82,32 @@ def make_synthetic(
         for name, n in sizes.items()
         if n > 0
     }
+    if text_bert_vocab > 0:
+        token_rng = np.random.default_rng([seed, 7])
+        first = next(iter(directions))
+        for part in splits.values():
+            part.text_bert = _tokens(part.features[first] @ directions[first], text_bert_vocab, token_rng)
     return MultimodalDataset(
         splits=splits,
         task=task,
         num_classes=num_classes if task == "classification" else None,
         report=LoadReport(source=f"synthetic(seed={seed}, signal={signal})"),
     )
+
+
+def _tokens(projection: np.ndarray, vocab: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 3, T) tokens: id 1 + a bucket of the sample's mean projection first, random ids after it,
+    a prefix attention mask, zero segment ids."""
+    if vocab < 3:
+        raise ValueError(f"text_bert_vocab must be at least 3, found {vocab}")
+    n, steps = projection.shape
+    score = projection.mean(1) * np.sqrt(steps)  # about N(0, 1 + signal^2 * steps)
+    rank = np.argsort(np.argsort(score)) / max(n - 1, 1)
+    ids = rng.integers(1, vocab, size=(n, steps))
+    ids[:, 0] = 1 + np.minimum((rank * (vocab - 1)).astype(np.int64), vocab - 2)
+    lengths = rng.integers((steps + 1) // 2, steps + 1, size=n)
+    mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.int64)
+    return np.stack([ids * mask, mask, np.zeros_like(mask)], axis=1).astype(np.int64)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

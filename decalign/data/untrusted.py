@@ -64,7 +64,7 @@ def parse_dataset(args: dict[str, Any]) -> dict[str, Any]:
 
 def dataset_payload(dataset: MultimodalDataset) -> dict[str, Any]:
     splits = {name: {"features": part.features, "labels": part.labels, "ids": part.ids,
-                     "raw_text": part.raw_text, "lengths": part.lengths}
+                     "raw_text": part.raw_text, "lengths": part.lengths, "text_bert": part.text_bert}
               for name, part in dataset.splits.items()}
     return {"task": dataset.task, "num_classes": dataset.num_classes, "report": asdict(dataset.report),
             "splits": splits, "class_names": dataset.class_names}
@@ -106,7 +106,10 @@ def _split(part: dict[str, Any]) -> Split:
     labels = None if part["labels"] is None else _array(part["labels"], "fi", 1, len(ids))
     raw_text = None if part["raw_text"] is None else _array(part["raw_text"], "U", 1, len(ids))
     lengths = {str(m): _array(v, "i", 1, len(ids)) for m, v in part["lengths"].items()}
-    return Split(features=features, labels=labels, ids=ids, raw_text=raw_text, lengths=lengths)
+    tokens = part.get("text_bert")
+    text_bert = None if tokens is None else _array(tokens, "i", 3, len(ids))
+    return Split(features=features, labels=labels, ids=ids, raw_text=raw_text, lengths=lengths,
+                 text_bert=text_bert)
 
 
 def _array(value: Any, kinds: str, ndim: int, n: int | None = None) -> np.ndarray:

@@ -11,6 +11,10 @@ polynomials of degree ``2 * steps - 1`` and converges much faster than the Riema
 ``completeness_gap`` reports how far the sum is from ``F(x) - F(x')``: with 64 nodes it is typically
 well under 1% of ``|F(x) - F(x')|``, but a path that crosses sharp kinks (saturated attention, ReLUs
 switching together) needs more steps; show the gap beside the attributions.
+
+A model with a BERT reads its text as tokens; its text branch is attributed over the BERT's output,
+(T, H) per-token features, as a model on precomputed BERT features would be: token ids are not a
+path one can integrate along. The baselines are zero or the training-mean BERT output.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def integrated_gradients(model: DecAlign, split: Split, row: int, *, target: int
     net = copy.deepcopy(model).to(dtype).eval()
     device = next(net.parameters()).device
     x, lengths = sample_inputs(split, row, device, dtype)
+    with torch.no_grad():
+        x = net.encode_text(x)  # BERT tokens -> (1, T, H) features; other inputs unchanged
     base = _baseline(x, baseline, reference)
     with torch.no_grad():
         out_x = net(x, lengths or None).prediction[0]

@@ -18,10 +18,11 @@ from ..train.reference import TrainingReference
 
 def sample_inputs(split: Split, row: int, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(1, T, D) inputs and (1,) lengths of one sample of ``split``."""
+    """(1, T, D) inputs and (1,) lengths of one sample of ``split`` (BERT tokens stay integers)."""
     if not isinstance(row, (int, np.integer)) or isinstance(row, bool) or not 0 <= row < len(split):
         raise IndexError(f"row must be an integer in [0, {len(split)}), found {row!r}")
-    inputs = {m: torch.as_tensor(x[row:row + 1], device=device, dtype=dtype) for m, x in split.features.items()}
+    inputs = {m: torch.as_tensor(x[row:row + 1], device=device, dtype=None if x.dtype.kind in "iu" else dtype)
+              for m, x in split.features.items()}
     lengths = {m: torch.as_tensor(split.lengths[m][row:row + 1], device=device) for m in split.lengths}
     return inputs, lengths
 
@@ -100,7 +101,9 @@ def modality_counterfactuals(model: DecAlign, split: Split, row: int, reference:
 def _dropped(inputs, lengths, modality, reference, device):
     steps = inputs[modality].shape[1]
     mean = fit_to_length(reference.input_means[modality], steps)
-    replaced = torch.as_tensor(mean[None], device=device, dtype=inputs[modality].dtype)
+    # BERT tokens are replaced by the training mean of the BERT's output, which the model takes as is
+    dtype = inputs[modality].dtype if inputs[modality].is_floating_point() else torch.float32
+    replaced = torch.as_tensor(mean[None], device=device, dtype=dtype)
     new_lengths = dict(lengths)
     if modality in new_lengths:  # the mean input is valid at every step
         new_lengths[modality] = torch.full_like(new_lengths[modality], steps)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.tokens import TEXT, is_token_input
 from .alignment import (
     decoupling_loss,
     gaussian_mmd,
@@ -49,6 +50,9 @@ class DecAlign(nn.Module):
     config : architecture and alignment settings.
     widths : modality name -> input feature width D_m, in the order used for fusion and the head.
     output_dim : 1 for regression, C for C-class classification.
+
+    With ``config.use_bert`` the "text" modality goes through a BERT first (``text_encoder``, the official
+    ``text_model``): its input is then (N, T, 3) integer tokens, and its width the BERT's hidden size.
     """
 
     def __init__(self, config: ModelConfig, widths: dict[str, int], output_dim: int = 1):
@@ -57,6 +61,8 @@ class DecAlign(nn.Module):
         if len(widths) < 2:
             raise ValueError(f"DecAlign needs at least two modalities, found {list(widths)}")
         self.config, self.widths, self.output_dim = config, dict(widths), output_dim
+        if config.use_bert:
+            self.text_encoder = self._text_encoder(config, widths)
         d = config.d_model
         self.projections = nn.ModuleDict({
             m: nn.Identity() if w == d else nn.Conv1d(w, d, config.kernel_size(m), bias=False)
@@ -74,6 +80,25 @@ class DecAlign(nn.Module):
     @property
     def modalities(self) -> list[str]:
         return list(self.widths)
+
+    @property
+    def has_bert(self) -> bool:
+        return self.config.use_bert
+
+    @staticmethod
+    def _text_encoder(config: ModelConfig, widths: dict[str, int]) -> nn.Module:
+        from .text_encoder import BertTextEncoder  # imports transformers: only for a model with a BERT
+
+        if widths.get(TEXT) != config.bert_hidden_size:
+            raise ValueError(f"use_bert: the text modality's width must be the BERT's hidden size "
+                             f"{config.bert_hidden_size}, found {widths.get(TEXT)}")
+        return BertTextEncoder(config)
+
+    def encode_text(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs`` with BERT tokens replaced by the BERT's output (N, T, H); unchanged without a BERT."""
+        if not self.has_bert or not is_token_input(inputs[TEXT]):
+            return inputs
+        return {**inputs, TEXT: self.text_encoder(inputs[TEXT])}
 
     def _encoder(self, modality: str) -> CrossModalEncoder:
         c = self.config
@@ -101,6 +126,7 @@ class DecAlign(nn.Module):
             prototypes, transport, moments and MMD see the whole global batch; per-sample terms stay local.
         """
         self.check_inputs(inputs)
+        inputs = self.encode_text(inputs)  # BERT tokens -> (N, T, H)
         projected = {m: self._project(m, x) for m, x in inputs.items()}  # (N, T', d)
         masks = self._step_masks(projected, lengths)  # (N, T') bool or None
         unique = {m: _pointwise(self.unique_encoders[m], x) for m, x in projected.items()}
@@ -125,6 +151,9 @@ class DecAlign(nn.Module):
         sizes = {x.shape[0] if x.dim() else -1 for x in inputs.values()}
         for m, x in inputs.items():
             kernel = 1 if isinstance(self.projections[m], nn.Identity) else self.config.kernel_size(m)
+            if m == TEXT and self.has_bert and is_token_input(x):
+                self.text_encoder.check_tokens(x, f"modality {m!r}")
+                continue
             if x.dim() != 3 or x.shape[2] != self.widths[m] or x.shape[1] < kernel:
                 raise ValueError(f"modality {m!r}: expected (N, T>={kernel}, {self.widths[m]}), "
                                  f"found {tuple(x.shape)}")

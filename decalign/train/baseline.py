@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from ..data.dataset import MultimodalDataset, Split
+from ..data.tokens import is_token_input
 from .metrics import compute_metrics, display_name, metric_direction
 
 GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
@@ -60,7 +61,9 @@ def fit_baseline(dataset: MultimodalDataset, convention: str) -> dict:
 def _fit_baseline(dataset: MultimodalDataset, convention: str) -> dict:
     from sklearn.preprocessing import StandardScaler
 
-    mods = list(dataset.widths)
+    # BERT tokens (a BERT model's view of the text) are ids, not features: the baseline leaves them out
+    first = next(iter(dataset.splits.values()))
+    mods = [m for m in dataset.widths if not is_token_input(first.features[m])]
     for name in ("train", "valid"):
         split = dataset.splits.get(name)
         if split is None or split.labels is None or len(split) < 2:

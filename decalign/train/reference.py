@@ -33,6 +33,7 @@ from ..atomic import atomic_write, atomic_write_json
 from ..checkpoint import CheckpointError, ModelCard
 from ..config import ModelConfig
 from ..data.dataset import Split
+from ..data.tokens import is_token_input
 from ..inference import InferenceResult, run_inference
 from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, transport_plan
 
@@ -169,7 +170,7 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_
     prototypes = {m: Prototypes(p.means.float(), p.variances.float(), p.weights.float())
                   for m, p in prototypes.items()}
     reference = TrainingReference(
-        input_means=_input_means(train_split), prototypes=prototypes, ood_thresholds={},
+        input_means=_input_means(train_split, model, batch_size), prototypes=prototypes, ood_thresholds={},
         train_unique=result.unique_pooled, train_common=result.common_pooled,
         train_ids=np.asarray(kept.ids).astype(str), train_labels=kept.labels,
         train_raw_text=None if kept.raw_text is None else np.asarray(kept.raw_text).astype(str),
@@ -222,19 +223,36 @@ def _calibrate(reference: TrainingReference, unique: dict[str, np.ndarray], comm
     reference.thresholds_from = name
 
 
+def _encoded_text(model: DecAlign, tokens: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, T, H) BERT output of (N, T, 3) tokens, in batches, eval mode, no gradients."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start:start + batch_size]).to(device)
+            parts.append(model.text_encoder(batch).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(parts)
+
+
 def _fit_prototypes(unique: dict[str, np.ndarray], config: ModelConfig) -> dict[str, Prototypes]:
     # The model's EM, with more steps than in training: a one-off fit on the whole set, not a per-batch estimate.
     return {m: fit_prototypes(torch.from_numpy(x).double(), config, iterations=REFERENCE_EM_ITERS)
             for m, x in unique.items()}
 
 
-def _input_means(split: Split, chunk: int = 256) -> dict[str, np.ndarray]:
-    """(T, D) mean input; at step t only samples whose length exceeds t count (padding excluded).
+def _input_means(split: Split, model: DecAlign, batch_size: int, chunk: int = 256) -> dict[str, np.ndarray]:
+    """(T, D) mean input; at step t only samples whose length exceeds t count (padding excluded). A BERT's
+    tokens are summarised by the mean of the BERT's output (T, H), the input its model's explanations vary.
 
     Summed in float64 a chunk of samples at a time: a float64 copy of a whole MOSI-sized text array
     would be the largest allocation of a training run."""
     means = {}
     for m, x in split.features.items():
+        if is_token_input(x):
+            x = _encoded_text(model, x, batch_size)
         n, steps = x.shape[:2]
         lengths = split.lengths.get(m, np.full(n, steps))
         valid = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)  # (N, T)

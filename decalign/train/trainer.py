@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..atomic import clean_stale_temps
 from ..checkpoint import ModelCard, load_card, save_card, save_model
 from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset
+from ..data.tokens import TEXT, bert_inputs
 from ..data.torch_batches import iterate_batches
 from ..data.transform import TRANSFORM_KEY, apply_feature_transform, fit_feature_transform
 from ..device import resolve_device
@@ -126,6 +127,10 @@ class Trainer:
         self.raw_fingerprint = dataset.fingerprint()
         self.transform = fit_feature_transform(config.data, dataset.splits["train"], dataset.report.source)
         self.dataset = apply_feature_transform(dataset, self.transform)
+        self.pretrained_bert = None
+        if self.config.model.use_bert:  # the BERT's shape and weights come from the local folder `pretrained`
+            self.config, self.pretrained_bert = with_pretrained_bert(self.config)
+            self.dataset = bert_inputs(self.dataset, self.config.model)
         self.recorder = ReplayRecorder(self.run_dir, self.dataset, self.config) if replay else None
 
     # ------------------------------------------------------------------------ setup
@@ -158,10 +163,13 @@ class Trainer:
         distributed.barrier(self.dist)  # every rank has checked before rank 0 writes
         seed_everything(cfg.seed)
         self.card = self._new_card(fingerprint) if not self.resume else _resumed_card(self.run_dir, self.config)
-        self.model = self.card.build_model().to(self.device)
+        self.model = self.card.build_model()
+        if self.pretrained_bert is not None:
+            self.model.text_encoder.bert.load_state_dict(self.pretrained_bert)
+            self.pretrained_bert = None
+        self.model.to(self.device)
         self.step_model = distributed.wrap_model(self.model, self.dist, self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
-                                          weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode=self.scheduler_mode, patience=cfg.scheduler_patience, factor=cfg.factor)
         self.class_weight = self._class_weight()
@@ -182,7 +190,7 @@ class Trainer:
         if self.size_note:
             extra["prototype_note"] = self.size_note
         return ModelCard(
-            config=self.config, widths=self.dataset.widths, task=self.task, output_dim=classes or 1,
+            config=self.config, widths=self._model_widths(), task=self.task, output_dim=classes or 1,
             seq_lens={m: t for m, (t, _) in self.dataset.modalities.items()}, num_classes=classes,
             class_names=self.dataset.class_names if classes else None,
             label_range=[float(train.labels.min()), float(train.labels.max())],
@@ -190,6 +198,12 @@ class Trainer:
             metric_convention=self.convention, error=ERRORS[self.convention],
             extra=extra,
         )
+
+    def _model_widths(self) -> dict[str, int]:
+        """The data's widths, the text's being the BERT's hidden size when a BERT reads its tokens."""
+        model = self.config.model
+        return {m: model.bert_hidden_size if m == TEXT and model.use_bert else d
+                for m, d in self.dataset.widths.items()}
 
     def _class_weight(self) -> torch.Tensor | None:
         if self.task != "classification" or self.config.train.class_weight != "balanced":
@@ -329,6 +343,29 @@ def _batch_values(terms: dict[str, torch.Tensor], levels: AlignmentLevels) -> to
     parts = [terms["total"], terms["task"], terms["contrastive"]]
     parts += [getattr(levels, name) for name in AlignmentLevels.LEVELS]
     return torch.stack([p.detach().float().reshape(()) for p in parts])
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Adam:
+    """Adam as the official trainer builds it: with ``bert_learning_rate`` set, the BERT's parameters form
+    a group of their own at that rate (same weight decay); otherwise one group at ``learning_rate``."""
+    text_encoder = getattr(model, "text_encoder", None)
+    if text_encoder is None or not cfg.bert_learning_rate:
+        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    bert = list(text_encoder.parameters())
+    ids = {id(p) for p in bert}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": bert, "lr": cfg.bert_learning_rate, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay}],
+                            lr=cfg.learning_rate)
+
+
+def with_pretrained_bert(config: DecAlignConfig) -> tuple[DecAlignConfig, dict[str, torch.Tensor]]:
+    """The config with the shape of the BERT in the local folder ``pretrained`` recorded, and its weights."""
+    from ..model.text_encoder import bert_fields, load_pretrained_bert
+
+    shape, state = load_pretrained_bert(config.model.pretrained)
+    model = replace(config.model, **bert_fields(shape))
+    return replace(config, model=model).validate(), state
 
 
 def _check_dataset(dataset: MultimodalDataset) -> None:

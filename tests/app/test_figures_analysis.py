@@ -113,6 +113,10 @@ def test_prototype_scatter_and_entropy_figure():
                                  "unique:a")
     assert [type(t) for t in fig.data] == [go.Scattergl] * 3 + [go.Scatter]
     assert list(fig.data[-1].text) == ["0", "1", "2"]
+    # each numbered star has its samples' colour, so no legend is needed (none squeezes the narrow chart)
+    assert list(fig.data[-1].marker.color) == [t.marker.color for t in fig.data[:3]]
+    assert len({t.marker.color for t in fig.data[:3]}) == 3
+    assert not any(t.showlegend is not False for t in fig.data)
     sweep = pd.DataFrame({"lambda_ot": [0.1, 1.0], "entropy": [1.0, 2.0], "transport_cost": [3.0, 4.0]})
     efig_ = tfig.entropy_figure(sweep, 0.1)
     assert len(efig_.data) == 2 and efig_.layout.xaxis.type == "log"

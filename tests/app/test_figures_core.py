@@ -106,6 +106,11 @@ def test_history_figures_from_history_json(tmp_path):
                                   [0.1, np.nan, 0.3])  # numbers, never the marker dicts
     assert figs[losses].layout.xaxis.dtick == 1 and figs[losses].layout.xaxis.tickformat == "d"
     assert overview.history_frame(read_history(None)).empty and overview.history_figures(pd.DataFrame()) == {}
+    rows[0]["train"]["prototype_transport"] = -0.5  # the official transport term can be negative
+    write_history(tmp_path, rows)
+    figs = overview.history_figures(overview.history_frame(read_history(tmp_path)))
+    linear = figs["Alignment levels (training split)"]  # no "log scale" in a title the axis does not keep
+    assert linear.layout.yaxis.type != "log"
 
 
 def test_label_distribution_counts_classes():

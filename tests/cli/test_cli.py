@@ -183,7 +183,7 @@ def test_import_official(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     args = ["import-official", "--state-dict", str(tmp_path / "model.pth"), "--config", str(tmp_path / "cfg.json"),
             "--out", str(tmp_path / "run")]
-    with pytest.warns(UserWarning, match="BERT"):
+    with pytest.warns(UserWarning, match="not used"):
         assert main([*args, "--feature-dims", "6,3,4"]) == 0
     model, card = load_model(tmp_path / "run")
     assert card.widths == {"text": 6, "audio": 3, "vision": 4} and card.source == "imported-official"
@@ -211,7 +211,7 @@ def test_import_official_with_its_data(tmp_path, capsys):
     save_npz(make_synthetic(60, 30, 30, widths={"text": 6, "audio": 3, "vision": 4}, seq_len=4, seed=2), data)
     args = ["import-official", "--state-dict", str(tmp_path / "m.pth"), "--feature-dims", "6,3,4",
             "--out", str(tmp_path / "run"), "--data", str(data)]
-    with pytest.warns(UserWarning, match="BERT"):
+    with pytest.warns(UserWarning, match="not used"):
         assert main([*args, "--config", str(tmp_path / "dec_sims_config.json")]) == 0
     card = load_card(tmp_path / "run")
     assert card.metric_convention == "sims" and card.error == "absolute_clipped"  # named after CH-SIMS

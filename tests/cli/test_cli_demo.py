@@ -33,6 +33,16 @@ def test_demo_writes_the_model_and_its_twin(tmp_path, capsys):
     for path in (out, twin):
         assert (path / "reference.json").is_file() and not (path / "last.safetensors").exists()
         assert len(json.loads((path / "history.json").read_text())) == 2  # levels recorded for both
+    assert cards[out]["data_source"] == str(data)  # a file outside assets/ keeps its name
     assert "no-alignment twin written to" in capsys.readouterr().out
     assert alignment_off(DecAlignConfig.from_dict(cards[twin]["config"]))
     assert not alignment_off(DecAlignConfig.from_dict(cards[out]["config"]))
+
+
+def test_the_bundled_demo_names_its_data_as_any_clone_finds_it():
+    from decalign.cli.demo import ASSETS, DEMO_DATA, DEMO_MODEL, _portable_source, twin_dir
+
+    assert _portable_source(DEMO_DATA) == "assets/uci_digits.npz"
+    assert _portable_source(ASSETS.parent / "elsewhere" / "x.npz") == str(ASSETS.parent / "elsewhere" / "x.npz")
+    for folder in (DEMO_MODEL, twin_dir(DEMO_MODEL)):  # never the path of the machine the demo was built on
+        assert json.loads((folder / "card.json").read_text())["data_source"] == "assets/uci_digits.npz"

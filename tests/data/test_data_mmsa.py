@@ -61,6 +61,8 @@ def test_unaligned_lengths_as_lists_and_text_bert_noted(mmsa_payload, dump, rng)
     np.testing.assert_array_equal(train.lengths["vision"], np.full(10, 4))
     notes = " | ".join(data.report.notes)
     assert "text_bert" in notes and "regression_labels_T" in notes and "clipped to 4" in notes
+    # whole numbers stored as floats are kept as token ids, for a model with a BERT
+    assert train.text_bert.dtype == np.int64 and train.text_bert.shape == (10, 3, 4) and not train.text_bert.any()
 
 
 def test_file_is_unpickled_once(mmsa_payload, dump, monkeypatch):

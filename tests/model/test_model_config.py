@@ -21,7 +21,7 @@ def test_official_config_file_maps_onto_fields(tmp_path):
                                conv1d_kernel_size_a=3, attn_dropout_v=0.2, text_dropout=0.15,
                                use_cross_modal_attention=False, task_loss="SmoothL1", ot_num_iters=70)
     path = write_json(tmp_path / "dec_mosi_config.json", raw)
-    with pytest.warns(UserWarning, match="BERT") as record:
+    with pytest.warns(UserWarning, match="not used") as record:
         config = DecAlignConfig.from_json(path)
     model, train = config.model, config.train
     assert (model.d_model, model.num_heads, model.num_layers, model.num_prototypes) == (30, 6, 3, 9)
@@ -36,8 +36,10 @@ def test_official_config_file_maps_onto_fields(tmp_path):
     assert train.selection_metric == "MOSI"
     message = str(record[0].message)
     for key in ("use_bert", "use_finetune", "transformers", "pretrained", "bert_learning_rate"):
-        assert key in message
-    assert "model_name" not in message  # bookkeeping keys are ignored silently
+        assert key not in message  # the BERT keys configure the BERT text encoder
+    assert model.use_bert and model.use_finetune and model.pretrained == "bert-base-uncased"
+    assert train.bert_learning_rate == 2.5e-5
+    assert "model_name" in message
 
 
 def test_official_classification_mode_defaults_to_cross_entropy(tmp_path):

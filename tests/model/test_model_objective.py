@@ -147,7 +147,7 @@ def model_config(raw: dict) -> DecAlignConfig:
 
 
 def test_options_hetero_cost_sum_and_mahalanobis_local_cost(tmp_path):
-    raw = oracle.official_config_dict(dst_feature_dim_nheads=[16, 4], nlevels=1, num_prototypes=4)
+    raw = oracle.official_config_dict(dst_feature_dim_nheads=[16, 4], nlevels=1, num_prototypes=4, use_bert=False)
     for key, value in (("hetero_cost_reduction", "sum"), ("local_proto_mahalanobis", True)):
         torch.manual_seed(2)
         reference = oracle.OfficialDecAlign({**raw, key: value}, feature_dims=DIMS).eval()

@@ -112,7 +112,7 @@ def test_width_equal_to_d_does_not_silently_drop_trained_projection(tmp_path):
         quiet_import(weights, config, [40, 5, 20], tmp_path / "run")
 
 
-def test_state_dict_with_bert_weights_is_refused(tmp_path):
+def test_state_dict_with_an_incomplete_bert_is_refused(tmp_path):
     weights, config, reference = official_files(tmp_path, {}, (768, 5, 20), 1)
     state = reference.state_dict()
     state["text_model.embeddings.word_embeddings.weight"] = torch.zeros(3, 4)
@@ -167,7 +167,7 @@ def test_training_forward_and_gradients_equal_the_reference_without_dropout(over
 
     no_dropout = {k: 0.0 for k in ("attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
                                    "embed_dropout", "res_dropout")}
-    raw = official_config_dict(dst_feature_dim_nheads=[16, 4], **no_dropout, **{"nlevels": 2} | overrides)
+    raw = official_config_dict(dst_feature_dim_nheads=[16, 4], use_bert=False, **no_dropout, **{"nlevels": 2} | overrides)
     dims = (30, 5, 20)
     torch.manual_seed(0)
     reference = OfficialDecAlign(raw, feature_dims=dims, output_dim=1).train()

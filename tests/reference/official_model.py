@@ -1,4 +1,4 @@
-"""Independent re-implementation of the official taco-group/DecAlign model (``use_bert`` false).
+"""Independent re-implementation of the official taco-group/DecAlign model, with or without its BERT.
 
 This file is a test oracle and a speed baseline, not part of the product. It is written from a
 written specification of what the official forward computes, and it deliberately keeps the
@@ -15,6 +15,12 @@ Forward, per modality m in (l, a, v), with x_m of shape (B, T_m, D_m):
     c_m   = encoder_com(p_m)                one Conv1d(d -> d, 1) shared     (common)
     h_m   = mean_t trans_m(s_m, keys/values)  post-norm transformer, nlevels layers
     y     = out_layer(cat[h_l, h_a, h_v, mean_t c_l, mean_t c_a, mean_t c_v])
+
+With ``use_bert`` (and a ``bert_config``), ``text_model.model`` is a ``transformers.BertModel`` (the
+library the official encoder uses) and the text input is MMSA's (B, 3, T) integer ``text_bert``:
+row 0 the ids; the attention mask is row 1 unless row 2 sums to more (then rows swap roles), judged
+over the whole batch; the BERT's last hidden state (B, T, H) is the text features. Float text passes
+through unchanged. Without ``use_finetune`` the BERT is frozen and runs without gradients in training.
 
 Cross-modal attention (``use_cross_modal_attention``): queries s_m, keys/values the other
 modalities' unique sequences concatenated in time in the order l, a, v, no mask. Otherwise self
@@ -41,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "OfficialBertTextEncoder",
     "OfficialDecAlign",
     "OfficialMultiheadAttention",
     "OfficialTransformerEncoder",
@@ -342,6 +349,36 @@ def gaussian_mmd(x, y, bandwidth: float) -> torch.Tensor:
     return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
 
 
+# --------------------------------------------------------------------------- BERT
+
+
+class OfficialBertTextEncoder(nn.Module):
+    """The official ``BertTextEncoder``, its ``BertModel`` built from a config dict instead of downloaded."""
+
+    def __init__(self, bert_config: dict[str, Any], use_finetune: bool = True) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.use_finetune = use_finetune
+        self.model = BertModel(BertConfig(**bert_config))
+        if not use_finetune:
+            for param in self.model.parameters():
+                param.requires_grad = False
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        if text.dim() != 3 or text.shape[1] != 3 or text.is_floating_point():
+            return text  # already-encoded features
+        input_ids = text[:, 0, :].long()
+        first, second = text[:, 1, :].long(), text[:, 2, :].long()
+        if second.sum() == 0 or first.sum() >= second.sum():
+            attention_mask, token_type_ids = first, second
+        else:
+            attention_mask, token_type_ids = second, first
+        with torch.set_grad_enabled(self.use_finetune and self.training):
+            out = self.model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+            return out.last_hidden_state
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -351,19 +388,23 @@ class OfficialDecAlign(nn.Module):
     Parameters
     ----------
     args : dict or namespace
-        An official config (see ``official_config_dict``). ``use_bert`` is ignored: the text input
-        is always taken as already-encoded features (B, T, D_text).
+        An official config (see ``official_config_dict``). ``use_bert`` counts only with a ``bert_config``;
+        without one the text input is taken as already-encoded features (B, T, D_text).
     feature_dims : (D_text, D_audio, D_vision), optional
-        Defaults to ``args.feature_dims``.
+        Defaults to ``args.feature_dims``. With a BERT, D_text is its hidden size.
     output_dim : int, optional
         1 for regression, C for classification; defaults to ``args.output_dim`` or 1.
+    bert_config : ``transformers.BertConfig`` keyword arguments of the text BERT (``use_bert`` true).
     """
 
     def __init__(self, args: Any, feature_dims: tuple[int, int, int] | None = None,
-                 output_dim: int | None = None) -> None:
+                 output_dim: int | None = None, bert_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         a = _as_namespace(args)
         self.args = a
+        self.use_bert = bool(a.use_bert) and bert_config is not None if hasattr(a, "use_bert") else False
+        if self.use_bert:
+            self.text_model = OfficialBertTextEncoder(bert_config, getattr(a, "use_finetune", True))
         dims = feature_dims if feature_dims is not None else getattr(a, "feature_dims", None)
         if dims is None or len(dims) != 3:
             raise ValueError(f"feature_dims must be (D_text, D_audio, D_vision), found {dims!r}")
@@ -444,7 +485,10 @@ class OfficialDecAlign(nn.Module):
         return {"homo_loss": sem + mmd, "sem_loss": sem, "mmd_loss": mmd, "z_common": (z_l, z_a, z_v)}
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> dict[str, Any]:
-        """Inputs (B, T_m, D_m); returns ``output_logit`` (B, out) and the three alignment losses."""
+        """Inputs (B, T_m, D_m) (text: (B, 3, T) tokens with a BERT); returns ``output_logit`` (B, out) and
+        the three alignment losses."""
+        if self.use_bert:
+            text = self.text_model(text)
         x_l = F.dropout(text.transpose(1, 2), p=self.args.text_dropout, training=self.training)
         x_a, x_v = audio.transpose(1, 2), vision.transpose(1, 2)
         p_l = x_l if self.orig_d_l == self.d else self.proj_l(x_l)  # (B, d, T_l)

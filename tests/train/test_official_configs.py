@@ -52,8 +52,10 @@ def test_every_official_file_loads_with_official_values_and_names_what_it_ignore
     assert train.early_stop_patience == data.get("early_stop_patience", data["patience"])
     assert train.scheduler_patience == data.get("scheduler_patience", data["patience"])
     assert train.binary_task_weight == data.get("binary_task_weight", 0.0)
-    assert "use_bert" in messages[0] and "BERT" in messages[0]
-    unused = messages[1]
+    assert model.use_bert == data["use_bert"] and not model.bert_shape_known  # the shape comes with `pretrained`
+    assert train.bert_learning_rate == (data.get("bert_learning_rate") or 0.0)
+    unused = messages[0]
+    assert "use_bert" not in unused and "pretrained" not in unused
     for key in ("model_name", "need_data_aligned"):
         assert key in unused
     if "when" in data:
@@ -166,9 +168,10 @@ def official_standardize(train: np.ndarray, splits: list[np.ndarray], percentile
 
 
 @pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
+def data_files(tmp_path_factory, tiny_bert_dir):
     folder = tmp_path_factory.mktemp("official_data")
-    regression = make_synthetic(60, 24, 24, widths=WIDTHS, seq_len=8, seed=2, signal=2.0)
+    (folder / "bert").symlink_to(tiny_bert_dir)  # the official MOSI, MOSEI and SIMS configs set use_bert
+    regression = make_synthetic(60, 24, 24, widths=WIDTHS, seq_len=8, seed=2, signal=2.0, text_bert_vocab=40)
     for split in regression.splits.values():  # audio far from unit scale, with outliers: standardising matters
         split.features["audio"] = split.features["audio"] * 40.0 + 7.0
         split.features["audio"][::9, 0, 0] = 1e4
@@ -184,7 +187,7 @@ def train_official(name: str, data: Path, out: Path, *extra: str) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return main(["train", "--data", str(data), "--config", str(CONFIGS / name), "--set", "num_epochs=1",
-                     *extra, "--out", str(out), "--quiet", "--device", "cpu"])
+                     "--set", f"pretrained={data.parent / 'bert'}", *extra, "--out", str(out), "--quiet", "--device", "cpu"])
 
 
 @pytest.mark.slow
@@ -221,7 +224,9 @@ def test_standardisation_is_the_official_transform_fitted_on_train_only(data_fil
         expected = official_standardize(splits[0], splits, percentiles)
         for s, want in zip(("train", "valid", "test"), expected):
             np.testing.assert_allclose(prepared.splits[s].features[m], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(prepared.splits["test"].features["text"], raw_data.splits["test"].features["text"])
+    # the SIMS config sets use_bert: the model reads the text_bert tokens, untransformed, time on axis 1
+    tokens = raw_data.splits["test"].text_bert.transpose(0, 2, 1)
+    np.testing.assert_array_equal(prepared.splits["test"].features["text"], tokens)
     assert np.abs(prepared.splits["train"].features["audio"]).max() < 10  # the 1e4 outliers were clipped
     assert card.extra["feature_transform"]["clip_percentiles"] == percentiles
 
@@ -232,7 +237,7 @@ def test_need_normalized_averages_audio_and_vision_over_time(data_files, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["train", "--data", str(data_files / "mosi_like.npz"), "--config", str(tmp_path / "cfg.json"),
-                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+                     "--set", f"pretrained={data_files / 'bert'}", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     card = load_card(tmp_path / "run")
     assert card.seq_lens == {"text": 8, "audio": 1, "vision": 1}
     data = load_dataset(data_files / "mosi_like.npz")
