@@ -48,9 +48,10 @@ def _in_use(split: tuple[str, int] | None) -> None:
     """The model and data every page works on, whatever the pickers below show."""
     model = loaders.current_model()
     data = session.data_source()
+    label = _data_label(model, data)
+    where = " (uploaded)" if data.kind == "upload" else "" if label.startswith("none") else " (bundled with the model)"
     lines = [f"Model in use: **{markdown_text(model.label) if model else 'none'}**",
-             f"Data in use: **{markdown_text(_data_label(model, data))}**"
-             + (" (uploaded)" if data.kind == "upload" else " (bundled with the model)")]
+             f"Data in use: **{markdown_text(label)}**{where}"]
     if split is not None:
         lines.append(f"Split: **{split[0]}**, {split[1]:,} samples")
     st.info("  \n".join(lines))

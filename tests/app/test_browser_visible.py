@@ -195,7 +195,8 @@ def _address_restores_the_choice(page, server: str, expect) -> None:
         _settle(page, "Sample")
         sidebar = _sidebar_text(page)
         assert "Model in use: demo without alignment" in sidebar and "Split: valid, 300 samples" in sidebar
-        expect(page.locator(".st-key-sample_id")).to_contain_text(valid[5], timeout=TIMEOUT)
+        # the selectbox shows its choice as the value of its combobox input, not as text
+        expect(page.locator(".st-key-sample_id input[role='combobox']")).to_have_value(valid[5], timeout=TIMEOUT)
         assert "model=demo_noalign" in page.url and f"sample={valid[5]}" in page.url
         if attempt == 0:
             _shot(page, "address_restored")
@@ -226,8 +227,10 @@ def _refused_upload_leaves_no_trace(page, expect) -> None:
 
 def _two_modality_upload(page, server: str, data: Path, expect) -> None:
     page.goto(f"{server}/predict?model=run:{RUN_NAME}")
-    _settle(page, "Predict")
-    assert f"Model in use: run {RUN_NAME}" in _sidebar_text(page)
+    expect(page.get_by_text(f"The model run {RUN_NAME} has no bundled data")).to_be_visible(timeout=TIMEOUT)
+    sidebar_text = _sidebar_text(page)
+    assert f"Model in use: run {RUN_NAME}" in sidebar_text
+    assert "Data in use: none (upload data for this model)" in sidebar_text and "bundled with" not in sidebar_text
     _upload(page, data)
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("Data in use: activity.npz (uploaded)")
            ).to_be_visible(timeout=TIMEOUT)
@@ -245,7 +248,7 @@ def _two_modality_upload(page, server: str, data: Path, expect) -> None:
     _open(page, "Embeddings")
     expect(page.get_by_text(re.compile(r"Modalities told apart \(chance 0\.50\)")).first).to_be_visible(
         timeout=4 * TIMEOUT)
-    legend = page.locator(".js-plotly-plot").first.locator(".legendtext").all_inner_texts()
+    legend = page.locator(".js-plotly-plot").first.locator(".legendtext").all_text_contents()  # SVG text
     assert legend == ACTIVITIES, legend  # coloured by label, every class named, in class order
     _shot(page, "two_embeddings")
     _open(page, "Prototypes and transport")
@@ -255,8 +258,7 @@ def _two_modality_upload(page, server: str, data: Path, expect) -> None:
     for name in ("Alignment levels", "Audit"):
         _open(page, name)
         _shot(page, f"two_{name.split()[0].lower()}")
-    page.reload()  # an upload cannot come back from the address: the page says so
-    _settle(page, "Audit")
+    page.reload()  # an upload cannot come back from the address: the page says so (and has no data to show)
     expect(page.get_by_text(re.compile("was an upload, which is not kept on the server"))).to_be_visible(
         timeout=TIMEOUT)
     assert f"Model in use: run {RUN_NAME}" in _sidebar_text(page)
