@@ -59,7 +59,7 @@ def prepare_reference(model: DecAlign, card: ModelCard, dataset: MultimodalDatas
     notes = []
     valid = dataset.splits.get("valid")
     usable_valid = valid is not None and len(valid) >= 2
-    own = card.data_fingerprint is not None and card.data_fingerprint == dataset.fingerprint()
+    own = card.data_fingerprint is not None and card.data_fingerprint == dataset.file_fingerprint()
     unknown = card.data_fingerprint is None
     reference = stored
     if reference is None:

@@ -108,7 +108,6 @@ def audit_inputs(args: argparse.Namespace) -> dict:
     dataset = load_data(args.data)
     check_compatible(dataset, card.widths, args.data, bert_text=card.has_bert)
     check_task(dataset, card.task, card.num_classes, args.data)
-    raw_fingerprint = dataset.fingerprint()  # the user's file as given, before the run's input transform
     dataset = card.prepare(dataset)
     pick_split(dataset, args.split, args.data)
     checkpoint, data_name = Path(args.checkpoint), Path(args.data).name
@@ -118,4 +117,4 @@ def audit_inputs(args: argparse.Namespace) -> dict:
             "reference": prepare_reference(model, card, dataset, data_name, stored),
             "trail": AuditTrail(trail_path) if trail_path.is_file() else None,
             "checkpoint_fingerprint": model_fingerprint(checkpoint) if checkpoint.is_dir() else None,
-            "input_ids": (file_sha256(args.data), raw_fingerprint)}
+            "input_ids": (file_sha256(args.data), dataset.file_fingerprint())}

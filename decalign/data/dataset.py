@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,6 +58,8 @@ class MultimodalDataset:
     num_classes: int | None = None
     report: LoadReport = field(default_factory=lambda: LoadReport(source="memory"))
     class_names: list[str] | None = None  # one per class index, when the file names them
+    # The fingerprint of the data as read, kept by the views a model derives from them (``derived``).
+    source_fingerprint: str | None = field(default=None, repr=False)
 
     def class_name(self, k: int) -> str:
         """The name of class ``k``, or its index as text."""
@@ -72,6 +74,15 @@ class MultimodalDataset:
     @property
     def widths(self) -> dict[str, int]:
         return {m: d for m, (_, d) in self.modalities.items()}
+
+    def file_fingerprint(self) -> str:
+        """The fingerprint of the data as read from the file: the same for the views derived from it (a run's
+        input transform, a BERT model's tokens), so a card recognises its own data however it was prepared."""
+        return self.source_fingerprint or self.fingerprint()
+
+    def derived(self, **changes) -> MultimodalDataset:
+        """A view of these data with ``changes`` (``dataclasses.replace``) that keeps ``file_fingerprint``."""
+        return replace(self, **changes, source_fingerprint=self.file_fingerprint())
 
     def fingerprint(self, split: str | None = None) -> str:
         """sha256 over the feature and label bytes (of one split, or all), in a fixed order."""

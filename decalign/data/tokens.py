@@ -68,7 +68,7 @@ def bert_view(dataset: MultimodalDataset) -> MultimodalDataset:
             raise DataError(f"{dataset.report.source}: split {name!r} has no field {TOKENS_FIELD!r}: the model "
                             f"has a BERT text encoder and reads MMSA's {TOKENS_FIELD} tokens (N, 3, T)")
         splits[name] = _token_split(split)
-    return replace(dataset, splits=splits)
+    return dataset.derived(splits=splits)
 
 
 def _token_split(split: Split) -> Split:

@@ -94,7 +94,7 @@ def apply_feature_transform(dataset: MultimodalDataset, transform: FeatureTransf
     _check_named_modalities(transform, dataset)
     splits = {name: transform.apply_split(split) for name, split in dataset.splits.items()}
     note = _describe(transform)
-    return replace(dataset, splits=splits, report=replace(dataset.report, notes=[*dataset.report.notes, note]))
+    return dataset.derived(splits=splits, report=replace(dataset.report, notes=[*dataset.report.notes, note]))
 
 
 def _fit_stats(x: np.ndarray, percentiles: tuple[float, float]) -> dict[str, np.ndarray]:

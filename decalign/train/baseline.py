@@ -139,7 +139,7 @@ def baseline_beside(card, dataset: MultimodalDataset, data_name: str, split: str
     from .metrics import card_convention
 
     if card.baseline:
-        own = card.data_fingerprint is not None and card.data_fingerprint == dataset.fingerprint()
+        own = card.data_fingerprint is not None and card.data_fingerprint == dataset.file_fingerprint()
         if own and metrics and split in card.baseline.get("metrics", {}):
             return card.baseline, baseline_comparison({split: metrics}, card.baseline, split), None
         return card.baseline, baseline_comparison(card.metrics, card.baseline), None

@@ -123,8 +123,6 @@ class Trainer:
         self.convention = dataset_convention(dataset)
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
         self.scheduler_key, self.scheduler_mode = scheduler_rule(config, self.task, self.convention)
-        # The file's data identify the run (fingerprint); the model trains on them after the run's transform.
-        self.raw_fingerprint = dataset.fingerprint()
         self.transform = fit_feature_transform(config.data, dataset.splits["train"], dataset.report.source)
         self.dataset = apply_feature_transform(dataset, self.transform)
         self.pretrained_bert = None
@@ -152,7 +150,7 @@ class Trainer:
 
     def _prepare(self) -> None:
         cfg = self.config.train
-        fingerprint = self.raw_fingerprint
+        fingerprint = self.dataset.file_fingerprint()  # the file's data identify the run, not their transform
         if self.dist.is_main:  # a killed earlier attempt may have left temp files of unfinished writes
             clean_stale_temps(self.run_dir)
         if self.resume:

@@ -69,3 +69,22 @@ def test_a_card_keeps_the_transform_and_refuses_a_broken_one(data):
 def test_named_modalities_must_exist(data):
     with pytest.raises(DataError, match="time_average_modalities names 'pixels'"):
         fit_feature_transform(DataConfig(time_average_modalities=("pixels",)), data.splits["train"], "d.npz")
+
+
+def test_a_transformed_view_keeps_the_fingerprint_of_the_data_as_read(data):
+    from decalign.train.baseline import baseline_beside
+
+    transform = fit_feature_transform(DataConfig(standardize_modalities=("audio",)), data.splits["train"], "d.npz")
+    out = apply_feature_transform(data, transform)
+    assert out.fingerprint() != data.fingerprint()  # other numbers...
+    assert out.file_fingerprint() == data.fingerprint()  # ...read from the same file
+    again = apply_feature_transform(out, transform)  # a view of a view still names the file's data
+    assert again.file_fingerprint() == data.fingerprint()
+
+    # a run's card recognises its own data through its transform: the baseline is compared on the split asked
+    card = ModelCard(config=DecAlignConfig(), widths=data.widths, task="regression", output_dim=1,
+                     data_fingerprint=data.fingerprint(),
+                     baseline={"metrics": {"valid": {"MAE": 0.5}, "test": {"MAE": 0.9}}, "headline": "MAE",
+                               "name": "a ridge regression"})
+    _, comparison, _ = baseline_beside(card, out, "d.npz", "valid", {"MAE": 0.4})
+    assert comparison["split"] == "valid" and comparison["baseline"] == 0.5
