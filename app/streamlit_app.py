@@ -23,6 +23,8 @@ from app.views import (
     sample,
     train,
 )
+from decalign.cpu_share import share_with_training
+from decalign.train.background import training_alive
 
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 
@@ -39,6 +41,7 @@ PAGES = [
     st.Page(compare.render, title="Compare models", url_path=compare.URL_PATH),
 ]
 navigation = st.navigation(PAGES)
+share_with_training(training_alive())  # a run started here keeps its speed while pages compute
 loaders.warm_up_projections()
 sidebar.render()
 navigation.run()

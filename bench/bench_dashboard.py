@@ -155,48 +155,66 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench_train_page(browser, port: int, runs: Path, tmp: Path, server_pid: int, epochs: int = 2) -> dict:
-    """A demo run started on the Train page (followed live, a second tab opening Embeddings meanwhile)
-    against the same command run alone; per-epoch seconds from each run's history.json."""
+    """Demo runs started on the Train page, (a) followed live and (b) followed while a second tab opens
+    Embeddings and Sample, against the same command run alone; per-epoch seconds from history.json.
+    The browser runs on the same cores, so its CPU seconds are reported beside the epochs."""
+    followed = _page_run(browser, port, runs, server_pid, epochs, second_tab=False)
+    busy = _page_run(browser, port, runs, server_pid, epochs, second_tab=True)
+    cli_dir = tmp / "cli_run"
+    command = [sys.executable, "-m", "decalign", "train", "--data", busy.pop("data"), "--config",
+               busy.pop("config"), "--out", str(cli_dir), "--quiet", "--replay",
+               "--progress-file", str(cli_dir / "progress.json"), "--cancel-file", str(cli_dir / "cancel")]
+    followed.pop("data"), followed.pop("config")
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    cli_epochs = [row["seconds"] for row in json.loads((cli_dir / "history.json").read_text())]
+    for run in (followed, busy):
+        run["slowdown"] = round(sum(run["train_page_epoch_s"]) / sum(cli_epochs), 2)
+    return {"epochs": epochs, "cli_alone_epoch_s": cli_epochs, "followed_live": followed,
+            "followed_while_second_tab_opens_pages": busy}
+
+
+def _page_run(browser, port: int, runs: Path, server_pid: int, epochs: int, second_tab: bool) -> dict:
+    before = set(runs.glob("*/request.json"))
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(f"http://127.0.0.1:{port}/train")
     expect(page.get_by_role("heading", name="Train", exact=True).first).to_be_visible(timeout=TIMEOUT)
     _idle(page)
-    page.locator('[data-testid="stMain"]').get_by_text("Demo settings", exact=True).first.click()
+    demo = page.locator('[data-testid="stMain"]').get_by_text("Demo settings", exact=True).first
+    if not demo.is_visible():  # the New run expander starts closed once there are runs
+        page.locator('[data-testid="stMain"]').get_by_text("New run", exact=True).first.click()
+    demo.click()
     _idle(page)
     page.get_by_label("Epochs").fill(str(epochs))
     page.get_by_role("button", name="Start training").click()
     deadline = time.monotonic() + 3600
-    while not list(runs.glob("*/request.json")) and time.monotonic() < deadline:
+    while not set(runs.glob("*/request.json")) - before and time.monotonic() < deadline:
         time.sleep(0.5)
-    run_dir = next(runs.glob("*/request.json")).parent
+    run_dir = next(iter(set(runs.glob("*/request.json")) - before)).parent
     trainer_pid = json.loads((run_dir / "train.pid").read_text())["pid"] if (run_dir / "train.pid").is_file() else None
     server_cpu, wall = cpu_seconds(server_pid) - cpu_seconds(trainer_pid or -1), time.perf_counter()
     browser_cpu = _browser_cpu()
-    other = browser.new_page(viewport={"width": 1280, "height": 1600})
-    other.goto(f"http://127.0.0.1:{port}")
-    expect(other.get_by_role("heading", name="Overview").first).to_be_visible(timeout=TIMEOUT)
-    during = {name: _try_open(other, name) for name in ("Embeddings", "Sample")}
+    during, other = {}, None
+    if second_tab:
+        other = browser.new_page(viewport={"width": 1280, "height": 1600})
+        other.goto(f"http://127.0.0.1:{port}")
+        expect(other.get_by_role("heading", name="Overview").first).to_be_visible(timeout=TIMEOUT)
+        during = {name: _try_open(other, name) for name in ("Embeddings", "Sample")}
     while _status(run_dir) in (None, "running") and time.monotonic() < deadline:
         time.sleep(1.0)
     wall = time.perf_counter() - wall
     # The trainer is the server's child: leave its own CPU out (it has ended by now, so /proc has none).
     server_cpu = cpu_seconds(server_pid) - cpu_seconds(trainer_pid or -1) - server_cpu
     browser_cpu = _browser_cpu() - browser_cpu
-    page_epochs = [row["seconds"] for row in json.loads((run_dir / "history.json").read_text())]
     request = json.loads((run_dir / "request.json").read_text())
-    page.close()
-    other.close()
-    cli_dir = tmp / "cli_run"
-    command = [sys.executable, "-m", "decalign", "train", "--data", request["data"], "--config",
-               str(run_dir / "config.json"), "--out", str(cli_dir), "--quiet", "--replay",
-               "--progress-file", str(cli_dir / "progress.json"), "--cancel-file", str(cli_dir / "cancel")]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    cli_epochs = [row["seconds"] for row in json.loads((cli_dir / "history.json").read_text())]
-    return {"epochs": epochs, "train_page_epoch_s": page_epochs, "cli_alone_epoch_s": cli_epochs,
-            "slowdown": round(sum(page_epochs) / sum(cli_epochs), 2),
-            "pages_opened_during_training_first_chart_s": during,
+    shared = [line for line in (run_dir / "train.log").read_text().splitlines() if "--share-cpu" in line]
+    for tab in (page, other):
+        if tab is not None:
+            tab.close()
+    return {"train_page_epoch_s": [row["seconds"] for row in json.loads((run_dir / "history.json").read_text())],
+            "pages_opened_during_training_first_chart_s": during, "threads": shared[-1] if shared else None,
             "while_training": {"wall_s": round(wall, 1), "server_cpu_s": round(server_cpu, 1),
-                               "browser_cpu_s": round(browser_cpu, 1)}}
+                               "browser_cpu_s": round(browser_cpu, 1)},
+            "data": request["data"], "config": str(run_dir / "config.json")}
 
 
 def _browser_cpu() -> float:

@@ -43,6 +43,10 @@ def register(subparsers) -> None:
                         help="stop cleanly (keep best, status cancelled) as soon as this file exists")
     parser.add_argument("--replay", action="store_true",
                         help="record prototypes, transport plans and probe features per epoch in RUN_DIR/replay")
+    parser.add_argument("--share-cpu", action="store_true",
+                        help="use one torch thread fewer per core other processes keep busy (checked twice a "
+                             "second; the dashboard trains this way); results may differ in the last bits "
+                             "from a fixed thread count")
     add_device(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     parser.set_defaults(func=run)
@@ -98,9 +102,10 @@ def _config(args: argparse.Namespace, dataset):
 
 def _callbacks(args: argparse.Namespace, config, dataset, convention: str) -> list:
     from ..train import TqdmCallback, selection_rule
+    from ..train.cpu_threads import ShareCpuCallback
     from ..train.progress import CancelFileCallback, ProgressFileCallback
 
-    callbacks = []
+    callbacks = [ShareCpuCallback()] if args.share_cpu else []
     if not args.quiet:
         callbacks.append(TqdmCallback(selection_rule(config, dataset.task, convention)[0]))
     if args.progress_file:

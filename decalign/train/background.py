@@ -90,7 +90,8 @@ def start_training(run_dir: str | Path, data_path: str | Path, config: DecAlignC
     (run_dir / "train.pid").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "decalign", "train", "--data", str(Path(data_path).resolve()),
            "--config", str(run_dir / "config.json"), "--out", str(run_dir), "--device", device, "--quiet",
-           "--progress-file", str(run_dir / PROGRESS_FILE), "--cancel-file", str(run_dir / CANCEL_FILE)]
+           "--progress-file", str(run_dir / PROGRESS_FILE), "--cancel-file", str(run_dir / CANCEL_FILE),
+           "--share-cpu"]  # the browser and the server's pages run on the same cores
     cmd += ["--replay"] * replay + ["--resume"] * resume
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                       os.environ.get("PYTHONPATH")]))}
@@ -100,6 +101,11 @@ def start_training(run_dir: str | Path, data_path: str | Path, config: DecAlignC
     _CHILDREN[proc.pid] = proc
     atomic_write_json(run_dir / "train.pid", {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid)})
     return proc.pid
+
+
+def training_alive() -> bool:
+    """Whether a training process started by this process is still running (polling reaps finished ones)."""
+    return any(proc.poll() is None for proc in list(_CHILDREN.values()))
 
 
 def resume_training(run_dir: str | Path, num_epochs: int | None = None) -> int:

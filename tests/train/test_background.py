@@ -25,6 +25,7 @@ from decalign.train.background import (
     resume_training,
     run_state,
     start_training,
+    training_alive,
     wait_training,
 )
 from decalign.train.progress import read_progress
@@ -105,6 +106,8 @@ def test_two_epoch_demo_run_reports_progress_and_finishes(runs):
     info = next(i for i in list_runs(root) if i.path == run)
     assert info.has_model and info.best_epoch in (1, 2) and "Acc" in info.best_metrics
     assert info.num_epochs == 2 and info.data == str(DEMO_DATA)
+    # started with --share-cpu, so the log says how it shared (OMP_NUM_THREADS=1 here: one thread of one)
+    assert "--share-cpu: ran on 1 of 1 torch threads (0 changes)" in (run / "train.log").read_text()
 
 
 def test_cancel_keeps_best_then_resume_finishes(runs):
@@ -163,7 +166,9 @@ def test_sigkill_mid_epoch_is_crashed_and_resumes(runs):
 def test_refuses_a_second_process_and_reports_launch_failures(tmp_path):
     run = new_run_dir("bad", tmp_path)
     start_training(run, tmp_path / "missing.npz", demo_config(1))
+    assert training_alive()
     assert wait_training(run, timeout=120) == 2  # the CLI's one-line error
+    assert not training_alive()
     state = run_state(run)
     assert state.state == "failed" and "missing.npz" in (state.error or "")
     assert run_state(tmp_path).state == "empty"

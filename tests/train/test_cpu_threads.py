@@ -1,0 +1,109 @@
+"""Sharing the CPU: the trainer's thread governor and the server's per-thread politeness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from decalign.cpu_share import TRAINING_NICE, share_with_training
+from decalign.train import cpu_threads
+from decalign.train.cpu_threads import ShareCpuCallback, others_cores, threads_left
+
+
+def test_others_cores_subtracts_own_time():
+    # 2 s of wall time; the machine's CPU time grew by 3 s, 1.2 of them this process's own
+    assert others_cores((10.0, 100.0, 5.0), (12.0, 103.0, 6.2)) == pytest.approx(0.9)
+    assert others_cores((10.0, 100.0, 5.0), (12.0, 100.5, 6.0)) == 0.0  # clock granularity: never negative
+    assert others_cores((10.0, 100.0, 5.0), (10.0, 101.0, 5.0)) == 0.0
+
+
+@pytest.mark.parametrize(("cores", "others", "maximum", "expected"), [
+    (2, 0.0, 2, 2), (2, 0.49, 2, 2), (2, 0.5, 2, 1), (2, 1.7, 2, 1), (2, 3.0, 2, 1),
+    (8, 2.6, 8, 5), (8, 0.2, 4, 4), (8, 7.9, 8, 1),
+])
+def test_threads_left(cores, others, maximum, expected):
+    assert threads_left(cores, others, maximum) == expected
+
+
+def _spinner(stop: threading.Event) -> None:
+    code = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    stop.wait()
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="measures other processes through /proc/stat")
+def test_governor_follows_a_busy_process(monkeypatch):
+    """One thread while another process spins on one of the cores, all of them once it has stopped."""
+    before = torch.get_num_threads()
+    callback = ShareCpuCallback(check_every_s=0.3)
+    monkeypatch.setattr(callback, "cores", 2)
+    try:
+        torch.set_num_threads(2)
+        callback.on_train_start(1, 1, 10)
+        assert torch.get_num_threads() == 1  # starts on one thread
+        stop = threading.Event()
+        spinner = threading.Thread(target=_spinner, args=(stop,))
+        spinner.start()
+        try:
+            _tick_until(callback, lambda: callback.changes and callback.changes[-1][1] == 1, 10)
+            time.sleep(1.0)
+            _tick_for(callback, 1.0)
+            assert torch.get_num_threads() == 1
+        finally:
+            stop.set()
+            spinner.join()
+        _tick_until(callback, lambda: torch.get_num_threads() == 2, 30)
+        callback.on_train_end("finished")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def _tick_for(callback, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        callback.on_batch_end(1, 1, 10, {})
+        time.sleep(0.05)
+
+
+def _tick_until(callback, condition, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"threads stayed {torch.get_num_threads()}; changes {callback.changes}"
+        callback.on_batch_end(1, 1, 10, {})
+        time.sleep(0.05)
+
+
+def test_governor_without_proc_stat_keeps_the_threads(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_threads, "STAT", tmp_path / "missing")
+    before = torch.get_num_threads()
+    callback = ShareCpuCallback(check_every_s=0.0)
+    callback.on_train_start(1, 1, 10)
+    callback.on_batch_end(1, 1, 10, {})
+    assert torch.get_num_threads() == before and callback.changes == []
+
+
+def test_server_thread_is_polite_while_training():
+    """The calling thread only: one torch thread and niceness 10 while a run is alive, back after."""
+    seen = {}
+
+    def page(training: bool):
+        share_with_training(training)
+        seen[training] = (torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    default = torch.get_num_threads()
+    for training in (True, False):
+        worker = threading.Thread(target=page, args=(training,))
+        worker.start()
+        worker.join()
+    assert seen[True] == (1, TRAINING_NICE)
+    assert seen[False][0] == default
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # this thread was never touched
