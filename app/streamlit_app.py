@@ -42,6 +42,6 @@ PAGES = [
 ]
 navigation = st.navigation(PAGES)
 share_with_training(training_alive())  # a run started here keeps its speed while pages compute
-loaders.warm_up_projections()
 sidebar.render()
 navigation.run()
+loaders.warm_up_projections()  # after the page: the worker's start must not delay the first chart

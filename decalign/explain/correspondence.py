@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from .transport_view import PlanView
 
@@ -67,6 +66,8 @@ def diagonal_order(matching: np.ndarray, row_keys: list | None = None) -> tuple[
     columns placed after the row they send most mass to.
     """
     m = np.asarray(matching, dtype=np.float64)
+    from scipy.optimize import linear_sum_assignment  # here: scipy's import slows the dashboard's cold start
+
     rows, cols = linear_sum_assignment(-m)
     keys = row_keys if row_keys is not None else [0] * m.shape[0]
     pairs = sorted(zip(rows, cols), key=lambda rc: (_sortable(keys[rc[0]]), -m[rc], rc[0]))

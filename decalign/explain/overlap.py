@@ -19,9 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import GroupKFold, cross_val_predict
-from sklearn.neighbors import KNeighborsClassifier
 
 NEIGHBOURS = 10
 FOLDS = 5
@@ -89,6 +86,11 @@ def _cross_validated(x: np.ndarray, target: np.ndarray, sample: np.ndarray) -> S
     folds = min(FOLDS, samples)
     if folds < 2 or groups < 2:
         return None
+    # scikit-learn is imported here: its import costs about a second of the dashboard's cold start
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
     classifier = KNeighborsClassifier(n_neighbors=max(1, min(NEIGHBOURS, len(x) * (folds - 1) // folds - 1)))
     predicted = cross_val_predict(classifier, x, target, groups=sample, cv=GroupKFold(n_splits=folds))
     return Separability(float(balanced_accuracy_score(target, predicted)), 1.0 / groups, groups, len(x), folds)

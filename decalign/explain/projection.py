@@ -28,7 +28,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from ..atomic import atomic_write
 
@@ -142,7 +141,9 @@ def _check(features: np.ndarray, method: str, fit_limit: int) -> np.ndarray:
     return x
 
 
-def _fit_pca(x: np.ndarray) -> PCA:
+def _fit_pca(x: np.ndarray):
+    from sklearn.decomposition import PCA  # here: scikit-learn's import costs a second of a cold page
+
     return PCA(n_components=min(2, x.shape[0], x.shape[1]), svd_solver="full").fit(x)
 
 
