@@ -1,4 +1,8 @@
-import cProfile, pstats, runpy, time
+import cProfile
+import pstats
+import runpy
+import time
+
 t = time.perf_counter()
 pr = cProfile.Profile(); pr.enable()
 runpy.run_path("/work/main/app/streamlit_app.py", run_name="__main__")

@@ -16,7 +16,7 @@ from decalign.explain.slices import result_errors
 from decalign.inference import InferenceResult
 from decalign.safe_output import plotly_text
 
-from .style import CONTINUOUS, category_colours, compact_legend
+from .style import CONTINUOUS, category_colours, compact_legend, point_trace
 
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
@@ -109,7 +109,7 @@ def _short(text: str, max_chars: int) -> str:
 
 def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hover: np.ndarray,
                    rows: np.ndarray, title: str, colour_title: str = "", order: list | None = None) -> go.Figure:
-    """WebGL scatter of (N, 2) ``coords``; one trace per category with its own colour of the class palette
+    """Scatter of (N, 2) ``coords`` (SVG or WebGL by size, ``style.point_trace``); one trace per category with its own colour of the class palette
     (``order``: the categories' order, default natural), or one trace with a colour bar for continuous
     values and for more categories than the palette has colours (legend-less; hover names the category).
 
@@ -117,6 +117,7 @@ def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hov
     :func:`selected_rows`).
     """
     n = len(coords)
+    trace = point_trace(n)
     marker = {"size": 4 if n > DENSE_POINTS else 6, "opacity": 0.6 if n > DENSE_POINTS else 0.85}
     fig = go.Figure()
     categories = None if continuous else [*(order or []), *(v for v in natural_order(colour) if v not in (order or []))]
@@ -126,18 +127,17 @@ def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hov
         bar = {"title": colour_title} if continuous else {"title": f"{colour_title} (index)"}
         text = hover if continuous else np.array([f"{h}<br>{colour_title}: {plotly_text(v)}"
                                                   for h, v in zip(hover, colour)], dtype=object)
-        fig.add_trace(go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=rows,
-                                   text=text, hovertemplate="%{text}<extra></extra>", showlegend=False,
-                                   marker={**marker, "color": codes, "colorscale": CONTINUOUS, "colorbar": bar}))
+        fig.add_trace(trace(x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=rows,
+                            text=text, hovertemplate="%{text}<extra></extra>", showlegend=False,
+                            marker={**marker, "color": codes, "colorscale": CONTINUOUS, "colorbar": bar}))
     else:
         for value in categories:
             mask = colour == value
             if not mask.any():
                 continue
-            fig.add_trace(go.Scattergl(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=plotly_text(value),
-                                       customdata=rows[mask], text=hover[mask],
-                                       marker={**marker, "color": colours[value]},
-                                       hovertemplate="%{text}<extra>" + plotly_text(value) + "</extra>"))
+            fig.add_trace(trace(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=plotly_text(value),
+                                customdata=rows[mask], text=hover[mask], marker={**marker, "color": colours[value]},
+                                hovertemplate="%{text}<extra>" + plotly_text(value) + "</extra>"))
         compact_legend(fig, len(categories))
     fig.update_layout(title=title, height=fig.layout.height or 440, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       dragmode="lasso")

@@ -21,6 +21,10 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#ff00ff", "#000000", "#000080", "#637939", "#ff1493", "#40004b", "#8a2be2", "#b03060",
            "#b8860b", "#003c30")
 CONTINUOUS = "Viridis"
+# Up to this many points a chart draws SVG markers, above it WebGL. Each WebGL chart costs the browser a
+# drawing context, and without a GPU a software renderer: the Embeddings page's seven WebGL charts of the
+# demo took 3.0 s to appear warm in headless Chromium here. SVG stays smooth at a few thousand points.
+SVG_POINTS = 2000
 MAX_EPOCH_TICKS = 10
 HASH_CHARS = 10
 
@@ -95,3 +99,8 @@ def by_family(keys: list[str]) -> dict[str, list[str]]:
     for key in sorted(keys, key=lambda k: metric_family(k) != SCORES):
         groups.setdefault(metric_family(key), []).append(key)
     return groups
+
+
+def point_trace(n_points: int) -> type[go.Scatter | go.Scattergl]:
+    """The scatter trace class for a chart of ``n_points`` markers: SVG up to ``SVG_POINTS``, else WebGL."""
+    return go.Scatter if n_points <= SVG_POINTS else go.Scattergl

@@ -11,25 +11,26 @@ from plotly.subplots import make_subplots
 from decalign.explain.correspondence import PairCorrespondence
 from decalign.explain.transport_view import PlanView
 
-from .style import CONTINUOUS, category_colours
+from .style import CONTINUOUS, category_colours, point_trace
 
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
                       weights: np.ndarray, title: str) -> go.Figure:
-    """Samples (WebGL, coloured by their most probable prototype) and the prototype means (stars in the same
+    """Samples (SVG or WebGL by size, coloured by their most probable prototype) and the prototype means (stars in the same
     colours, numbered, sized by weight) in one PCA plane. No legend: the numbered stars name the colours, and
     a legend of K entries would squeeze a chart one third of the page wide."""
     fig = go.Figure()
+    trace = point_trace(len(sample_coords))
     colours = category_colours(list(range(len(proto_coords))))
     if colours is None:  # more prototypes than distinct colours: one continuous scale, no legend
-        fig.add_trace(go.Scattergl(x=sample_coords[:, 0], y=sample_coords[:, 1], mode="markers", showlegend=False,
+        fig.add_trace(trace(x=sample_coords[:, 0], y=sample_coords[:, 1], mode="markers", showlegend=False,
                                    marker={"size": 5, "opacity": 0.5, "color": assigned, "colorscale": CONTINUOUS,
                                            "colorbar": {"title": "prototype"}}, hoverinfo="skip"))
     for k in range(len(proto_coords)) if colours is not None else ():
         mask = assigned == k
-        fig.add_trace(go.Scattergl(x=sample_coords[mask, 0], y=sample_coords[mask, 1], mode="markers",
-                                   name=f"prototype {k}", showlegend=False, hoverinfo="skip",
-                                   marker={"size": 5, "opacity": 0.5, "color": colours[k]}))
+        fig.add_trace(trace(x=sample_coords[mask, 0], y=sample_coords[mask, 1], mode="markers",
+                            name=f"prototype {k}", showlegend=False, hoverinfo="skip",
+                            marker={"size": 5, "opacity": 0.5, "color": colours[k]}))
     size = 14 + 40 * np.sqrt(np.asarray(weights, dtype=float))
     star_colours = "black" if colours is None else [colours[k] for k in range(len(proto_coords))]
     fig.add_trace(go.Scatter(x=proto_coords[:, 0], y=proto_coords[:, 1], mode="markers+text", name="means",
@@ -66,10 +67,12 @@ def matrix_figure(matrix: np.ndarray, row_marginal: np.ndarray, col_marginal: np
                          showlegend=False), row=1, col=1)
     fig.add_trace(go.Bar(y=ys, x=np.asarray(row_marginal)[rows], orientation="h", name=f"{a} marginal",
                          marker_color="#888", showlegend=False), row=2, col=2)
-    if outline is not None:
-        for i, j in zip(*np.nonzero(np.asarray(outline)[np.ix_(rows, cols)])):
-            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=2, col=1,
-                          line={"color": "#d62728", "width": 2})
+    if outline is not None:  # one layout update: add_shape per cell re-validates every shape so far
+        axes = fig.get_subplot(2, 1)
+        refs = {"xref": axes.xaxis.plotly_name.replace("axis", ""), "yref": axes.yaxis.plotly_name.replace("axis", "")}
+        fig.update_layout(shapes=[{"type": "rect", "x0": j - 0.5, "x1": j + 0.5, "y0": i - 0.5, "y1": i + 0.5, **refs,
+                                   "line": {"color": "#d62728", "width": 2}}
+                                  for i, j in zip(*np.nonzero(np.asarray(outline)[np.ix_(rows, cols)]))])
     fig.update_yaxes(title=f"{a} prototype", type="category", autorange="reversed", row=2, col=1)
     fig.update_xaxes(title=f"{b} prototype", type="category", row=2, col=1)
     fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10})

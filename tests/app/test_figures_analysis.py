@@ -51,13 +51,24 @@ def test_colour_values_per_choice():
     assert cont and np.allclose(values, np.abs(reg.outputs[:, 0] - reg.labels))
 
 
-def test_scatter_is_webgl_with_row_customdata_per_category():
+def test_scatter_is_svg_when_small_webgl_when_large():
+    from app.figures.style import SVG_POINTS
+
+    for n, kind in ((SVG_POINTS, go.Scatter), (SVG_POINTS + 1, go.Scattergl)):
+        coords = np.random.default_rng(0).normal(size=(n, 2))
+        fig = efig.scatter_figure(coords, np.arange(n) % 3, False, np.array(["x"] * n), np.arange(n), "t")
+        assert {type(t) for t in fig.data} == {kind}
+        proto = tfig.prototype_scatter(coords, np.ones((3, 2)), np.arange(n) % 3, np.full(3, 1 / 3), "u")
+        assert {type(t) for t in proto.data[:-1]} == {kind}
+
+
+def test_scatter_has_row_customdata_per_category():
     res = _result()
     values, cont = efig.colour_values(res, "label", "a")
     rows = np.arange(len(res))
     fig = efig.scatter_figure(np.random.default_rng(1).normal(size=(30, 2)), values, cont,
                               efig.hover_texts(res, np.array(["t"] * 30)), rows, "t")
-    assert all(isinstance(t, go.Scattergl) for t in fig.data)
+    assert all(type(t) is go.Scatter for t in fig.data)  # 30 points: SVG
     assert len(fig.data) == len(set(values))
     assert sorted(np.concatenate([t.customdata for t in fig.data]).tolist()) == rows.tolist()
     assert "id: s0<br>t" in fig.data[0].text or any("id: s0<br>t" in t.text for t in fig.data)
@@ -111,7 +122,7 @@ def test_sankey_nodes_and_link_values(view):
 def test_prototype_scatter_and_entropy_figure():
     fig = tfig.prototype_scatter(np.zeros((10, 2)), np.ones((3, 2)), np.arange(10) % 3, np.array([0.5, 0.3, 0.2]),
                                  "unique:a")
-    assert [type(t) for t in fig.data] == [go.Scattergl] * 3 + [go.Scatter]
+    assert [type(t) for t in fig.data] == [go.Scatter] * 4  # 10 samples: SVG markers
     assert list(fig.data[-1].text) == ["0", "1", "2"]
     # each numbered star has its samples' colour, so no legend is needed (none squeezes the narrow chart)
     assert list(fig.data[-1].marker.color) == [t.marker.color for t in fig.data[:3]]
