@@ -195,23 +195,28 @@ def compiled_transformers(rounds: int = ROUNDS) -> dict:
     torch.set_num_threads(THREADS)
     eager = model_module.encode
     compiled = torch.compile(eager, dynamic=False)
-    train_step, _, _ = make_step()
+    train_step, eval_forward, _ = make_step()
     train_step()
+    eval_forward()
     model_module.encode = compiled
     try:
         start = time.perf_counter()
         train_step()
         compile_s = time.perf_counter() - start
-        times = {"eager": [], "compiled": []}
+        start = time.perf_counter()
+        eval_forward()
+        compile_eval_s = time.perf_counter() - start
+        times = {f"{kind}_ms_{name}": [] for kind in ("train_step", "eval_forward") for name in ("eager", "compiled")}
         for _ in range(rounds):
             for name, encode in (("eager", eager), ("compiled", compiled)):
                 model_module.encode = encode
-                times[name].append(median_ms(train_step, STEPS, WARMUP))
+                times[f"train_step_ms_{name}"].append(median_ms(train_step, STEPS, WARMUP))
+                times[f"eval_forward_ms_{name}"].append(median_ms(eval_forward, STEPS, WARMUP))
     finally:
         model_module.encode = eager
-    return {"first_step_with_compile_s": round(compile_s, 1),
-            **{f"train_step_ms_{name}": round(statistics.median(v), 1) for name, v in times.items()},
-            **{f"train_step_ms_{name}_per_round": [round(x, 1) for x in v] for name, v in times.items()}}
+    return {"first_step_with_compile_s": round(compile_s, 1), "first_eval_with_compile_s": round(compile_eval_s, 1),
+            **{key: round(statistics.median(v), 1) for key, v in times.items()},
+            **{f"{key}_per_round": [round(x, 1) for x in v] for key, v in times.items()}}
 
 
 def phase(name: str) -> dict:
@@ -297,7 +302,8 @@ def print_summary(r: dict) -> None:
     if isinstance(r["torch_compile"], dict):
         c = r["torch_compile"]
         print(f"torch.compile of the transformers: step {c['train_step_ms_compiled']} ms against eager "
-              f"{c['train_step_ms_eager']} ms; first step with compiling {c['first_step_with_compile_s']} s")
+              f"{c['train_step_ms_eager']} ms; eval {c['eval_forward_ms_compiled']} ms against eager "
+              f"{c['eval_forward_ms_eager']} ms; first step with compiling {c['first_step_with_compile_s']} s")
     for name in ("train", "eval"):
         peaks = r["memory"][name]["peak_rss_mib_after_epoch"]
         print(f"peak RSS, {name} ({r['memory']['epochs']} x {r['memory']['batches_per_epoch']} batches): "
