@@ -37,6 +37,8 @@ MIN_UMAP_ROWS = 8
 UMAP_EPOCHS = 200
 PROJECTION_VERSION = 1  # bump when a projection's computation changes: older cached results are then ignored
 BACKGROUND_NICE = 10  # the worker's niceness: a training process on the same cores goes first
+MAX_WORKERS = 3  # child processes computing projections side by side (each holds numba's compiled UMAP)
+WARM_UP = "warm-up-"  # queue key of a child's warm-up, followed by its index
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -242,26 +244,31 @@ class Request:
 
 
 class ProjectionWorker:
-    """Computes :func:`project` results one at a time in the background, keeps them on disk and in memory,
-    and never blocks the caller.
+    """Computes :func:`project` results in the background, keeps them on disk and in memory, and never
+    blocks the caller.
 
     ``get`` answers at once: the result when it is known (memory, then disk), else None after queueing the
-    request (once). A thread hands the requests to one child process, started once and kept (numba
-    compiles UMAP there once): the server's own threads never wait for the GIL behind UMAP. The child
-    runs at a lower priority (``BACKGROUND_NICE``) with one numba and one BLAS thread, so a training
-    process on the same machine keeps its cores. A failure is kept as the request's error
-    (``error(request)``) rather than retried forever.
+    request (once). Up to ``workers`` threads each hand requests to their own child process, started once
+    and kept (numba compiles UMAP there once): the server's own threads never wait for the GIL behind UMAP.
+    UMAP with a seed runs on one thread, so the Embeddings page's seven views are computed side by side,
+    one child per core (at most ``MAX_WORKERS``). The children run at a lower priority
+    (``BACKGROUND_NICE``) with one numba and one BLAS thread each, so a training process on the same
+    machine keeps its cores. A failure is kept as the request's error (``error(request)``) rather than
+    retried forever.
     """
 
-    def __init__(self, folder: str | Path | None = None, *, memory_entries: int = 128, nice: int = BACKGROUND_NICE):
+    def __init__(self, folder: str | Path | None = None, *, memory_entries: int = 128, nice: int = BACKGROUND_NICE,
+                 workers: int | None = None):
         self.folder = Path(folder) if folder is not None else cache_root() / "projections"
         self.nice, self.memory_entries = nice, memory_entries
+        self.workers = max(1, workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1))
         self._done: OrderedDict[str, Projection] = OrderedDict()
         self._errors: dict[str, str] = {}
-        self._queue: OrderedDict[str, Request] = OrderedDict()
+        self._queue: OrderedDict[str, Request | None] = OrderedDict()
+        self._taken: set[str] = set()  # queued keys a thread is computing
         self._lock, self._wake = threading.Lock(), threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pool = None
+        self._threads: list[threading.Thread | None] = [None] * self.workers
+        self._children: list[_Child | None] = [None] * self.workers
         self.computed = 0  # projections really computed here (not read back), for tests and benchmarks
 
     def get(self, request: Request) -> Projection | None:
@@ -272,7 +279,7 @@ class ProjectionWorker:
             with self._wake:
                 self._queue.setdefault(key, request)
                 self._start()
-                self._wake.notify()
+                self._wake.notify_all()
         return found
 
     def error(self, request: Request) -> str | None:
@@ -296,11 +303,13 @@ class ProjectionWorker:
             return self._wake.wait_for(lambda: not self._queue, timeout)
 
     def warm_up(self) -> None:
-        """Queue a tiny UMAP so numba compiles it (seconds) in the background, before a user asks."""
+        """Queue a tiny UMAP for every child so numba compiles it (seconds) in the background, before a
+        user asks."""
         with self._wake:
-            self._queue.setdefault("warm-up", None)
+            for index in range(self.workers):
+                self._queue.setdefault(f"{WARM_UP}{index}", None)
             self._start()
-            self._wake.notify()
+            self._wake.notify_all()
 
     def _known(self, key: str, n: int) -> Projection | None:
         with self._lock:
@@ -319,24 +328,39 @@ class ProjectionWorker:
                 self._done.popitem(last=False)
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="projection-worker", daemon=True)
-            self._thread.start()
+        """Every thread alive (called holding ``_wake``); an idle one waits, its child starts on demand."""
+        for index, thread in enumerate(self._threads):
+            if thread is None or not thread.is_alive():
+                self._threads[index] = threading.Thread(target=self._run, args=(index,),
+                                                        name=f"projection-worker-{index}", daemon=True)
+                self._threads[index].start()
 
-    def _run(self) -> None:
+    def _next(self, index: int) -> str | None:
+        """The first queued key no other thread has taken (a warm-up only for its own child)."""
+        for key in self._queue:
+            if key not in self._taken and (not key.startswith(WARM_UP) or key == f"{WARM_UP}{index}"):
+                return key
+        return None
+
+    def _run(self, index: int) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._queue)
-                key, request = next(iter(self._queue.items()))
-            self._compute(key, request)
-            with self._wake:
-                self._queue.pop(key, None)
-                self._wake.notify_all()
+                self._wake.wait_for(lambda: self._next(index) is not None)
+                key = self._next(index)
+                self._taken.add(key)
+                request = self._queue[key]
+            try:
+                self._compute(index, key, request)
+            finally:
+                with self._wake:
+                    self._taken.discard(key)
+                    self._queue.pop(key, None)
+                    self._wake.notify_all()
 
-    def _compute(self, key: str, request: Request | None) -> None:
+    def _compute(self, index: int, key: str, request: Request | None) -> None:
         try:
             if request is None:
-                self._child().ask({"warm_up": True})
+                self._child(index).ask({"warm_up": True})
                 return
             if self._known(key, len(request.features)) is not None:
                 return
@@ -344,30 +368,38 @@ class ProjectionWorker:
             self.folder.mkdir(parents=True, exist_ok=True)
             np.save(features, np.ascontiguousarray(request.features), allow_pickle=False)
             try:
-                self._child().ask({"key": key, "features": str(features), "method": request.method,
-                                   "seed": request.seed, "fit_limit": request.fit_limit,
-                                   "n_neighbors": request.n_neighbors})
+                self._child(index).ask({"key": key, "features": str(features), "method": request.method,
+                                        "seed": request.seed, "fit_limit": request.fit_limit,
+                                        "n_neighbors": request.n_neighbors})
             finally:
                 features.unlink(missing_ok=True)
             proj = load_cached(self.folder, key, len(request.features))
             if proj is None:
                 raise RuntimeError("the projection worker wrote no readable result")
-            self.computed += 1
+            with self._lock:
+                self.computed += 1
             self._remember(key, proj)
         except Exception as exc:  # noqa: BLE001 - reported to the page through error(); the thread lives on
             self._errors[key] = f"{type(exc).__name__}: {exc}"
 
-    def _child(self) -> _Child:
-        if self._pool is None or not self._pool.alive():
-            self._pool = _Child(self.folder, self.nice)
-            atexit.register(self._pool.close)  # its stdin closes with this process anyway; this waits for it
-        return self._pool
+    def _child(self, index: int) -> _Child:
+        child = self._children[index]
+        if child is None or not child.alive():
+            child = self._children[index] = _Child(self.folder, self.nice)
+            atexit.register(child.close)  # its stdin closes with this process anyway; this waits for it
+        return child
+
+    @property
+    def children_started(self) -> int:
+        """Child processes started so far (tests: a result read from disk starts none)."""
+        return sum(child is not None for child in self._children)
 
     def close(self) -> None:
-        """Stop the child process (tests; a server's child also ends with the server: its stdin closes)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        """Stop the child processes (tests; a server's children also end with the server: stdin closes)."""
+        for index, child in enumerate(self._children):
+            if child is not None:
+                child.close()
+                self._children[index] = None
 
 
 class _Child:

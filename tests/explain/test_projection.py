@@ -102,12 +102,29 @@ def test_worker_computes_in_the_background_and_persists(blobs, tmp_path):
         first.close()
     second = ProjectionWorker(tmp_path)
     again = second.get(request)  # from disk: no child started, nothing computed
-    assert again is not None and second.computed == 0 and second._pool is None
+    assert again is not None and second.computed == 0 and second.children_started == 0
     np.testing.assert_array_equal(again.coords, got.coords)
     # The key follows the features, the parameters and the computation's version.
     keys = {projection_key(blobs, "pca", fit_limit=50, seed=3), projection_key(blobs, "pca", fit_limit=50, seed=4),
             projection_key(blobs + 1e-3, "pca", fit_limit=50, seed=3), projection_key(blobs, "umap", fit_limit=50, seed=3)}
     assert len(keys) == 4
+
+
+def test_workers_side_by_side_compute_every_request_once(blobs, tmp_path):
+    """Two children share the queue: each result equals the direct computation, none is computed twice."""
+    from decalign.explain.projection import ProjectionWorker, Request
+
+    requests = [Request(blobs + shift, "pca", seed=shift) for shift in range(5)]
+    worker = ProjectionWorker(tmp_path, workers=2)
+    try:
+        worker.warm_up()
+        assert all(worker.get(r) is None for r in requests)
+        assert worker.wait(timeout=600) and worker.pending() == 0
+        for shift, request in enumerate(requests):
+            np.testing.assert_allclose(worker.get(request).coords, project(blobs + shift, "pca", seed=shift).coords)
+        assert worker.computed == 5 and worker.children_started == 2  # both warmed up, so both started
+    finally:
+        worker.close()
 
 
 def test_worker_recomputes_a_broken_cache_file_and_reports_failures(blobs, tmp_path):
