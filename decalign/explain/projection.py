@@ -38,6 +38,9 @@ UMAP_EPOCHS = 200
 PROJECTION_VERSION = 1  # bump when a projection's computation changes: older cached results are then ignored
 BACKGROUND_NICE = 10  # the worker's niceness: a training process on the same cores goes first
 MAX_WORKERS = 3  # child processes computing projections side by side (each holds numba's compiled UMAP)
+# Half the cores at most: on 2 cores two children computing UMAP made two sessions opening a page at once
+# wait 11-12 s instead of 5-7 s (bench_dashboard, quiet machine), though each child runs at niceness 10.
+CORES_PER_WORKER = 2
 WARM_UP = "warm-up-"  # queue key of a child's warm-up, followed by its index
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -251,7 +254,7 @@ class ProjectionWorker:
     request (once). Up to ``workers`` threads each hand requests to their own child process, started once
     and kept (numba compiles UMAP there once): the server's own threads never wait for the GIL behind UMAP.
     UMAP with a seed runs on one thread, so the Embeddings page's seven views are computed side by side,
-    one child per core (at most ``MAX_WORKERS``). The children run at a lower priority
+    one child per two cores (at most ``MAX_WORKERS``; one on a 2-core machine). The children run at a lower priority
     (``BACKGROUND_NICE``) with one numba and one BLAS thread each, so a training process on the same
     machine keeps its cores. A failure is kept as the request's error (``error(request)``) rather than
     retried forever.
@@ -261,7 +264,8 @@ class ProjectionWorker:
                  workers: int | None = None):
         self.folder = Path(folder) if folder is not None else cache_root() / "projections"
         self.nice, self.memory_entries = nice, memory_entries
-        self.workers = max(1, workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1))
+        cores = os.cpu_count() or 1
+        self.workers = max(1, workers if workers is not None else min(MAX_WORKERS, cores // CORES_PER_WORKER))
         self._done: OrderedDict[str, Projection] = OrderedDict()
         self._errors: dict[str, str] = {}
         self._queue: OrderedDict[str, Request | None] = OrderedDict()
