@@ -15,6 +15,8 @@ run reproduces an uninterrupted one exactly on the CPU.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import random
 import time
@@ -325,6 +327,7 @@ class Trainer:
         distributed.barrier(self.dist)  # rank 0's last checkpoint is on disk before anyone reads it
         best = self.run_dir / "best.safetensors"
         if self.dist.is_main and best.exists():
+            return_free_memory()  # before the final pass, so that it does not raise the run's peak
             self.model.load_state_dict(load_file(str(best)))
             self.model.to(self.device)
             final = finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
@@ -335,6 +338,18 @@ class Trainer:
                                      self.dataset.splits["valid"], final)
         self._write_status(status)
         distributed.barrier(self.dist)
+
+
+def return_free_memory() -> None:
+    """Hand the heap pages training freed back to the system. glibc keeps them, and the final pass's
+    differently sized allocations then land beside them: at MOSI shapes (bench_train_epoch's data, 2
+    epochs) the run's peak RSS went from 1,290 to 1,206 MiB. A no-op where the C library has no
+    ``malloc_trim`` (not glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _batch_values(terms: dict[str, torch.Tensor], levels: AlignmentLevels) -> torch.Tensor:

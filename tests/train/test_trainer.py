@@ -209,3 +209,21 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_return_free_memory_is_a_no_op_without_glibc(monkeypatch):
+    """The trainer trims glibc's heap before the final pass; elsewhere (no libc.so.6, no malloc_trim) it
+    must neither fail nor stop the run."""
+    import ctypes
+
+    from decalign.train import trainer
+
+    trainer.return_free_memory()  # glibc here: really trims
+
+    class NoTrim:
+        def __init__(self, name):
+            pass
+
+    for fake in (NoTrim, lambda name: (_ for _ in ()).throw(OSError(f"{name}: not found"))):
+        monkeypatch.setattr(ctypes, "CDLL", fake)
+        assert trainer.return_free_memory() is None
