@@ -2,8 +2,8 @@
 
 Torch's OpenMP threads spin while they wait for each other, so a training process that runs one thread
 per core slows down several-fold as soon as anything else runs (a browser drawing the live view, the
-dashboard computing a page): at MOSI shapes on 2 cores one epoch took 2.5 s alone and 7.2 s beside one
-busy process with two threads, 3.2 s with one. ``ShareCpuCallback`` measures, about twice a second,
+dashboard computing a page): at MOSI shapes on 2 cores one epoch took 2.5 s alone; beside one busy
+process it took 7.2 s training on two threads and 3.2 s on one. ``ShareCpuCallback`` measures, about twice a second,
 how many cores the other processes on the machine used (all CPU time from ``/proc/stat`` minus this
 process's own) and runs on the cores left over, at least one and at most the starting thread count. It
 starts on one thread: two threads beside a busy process cost far more than one thread on an idle machine

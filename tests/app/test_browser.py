@@ -65,6 +65,14 @@ def _upload(page, path: Path) -> None:
     expect(sidebar.get_by_text(path.name).first).to_be_visible(timeout=TIMEOUT)
 
 
+def _uploader(sidebar, sync):
+    """The sidebar's file input, once there is exactly one: a rerun can leave the previous uploader on the
+    page for a moment beside the new one."""
+    uploader = sidebar.locator('[data-testid="stFileUploader"] input[type="file"]')
+    sync.expect(uploader).to_have_count(1, timeout=TIMEOUT)
+    return uploader
+
+
 def _visit_all(page, base: str, tag: str) -> list[str]:
     links = page.locator('[data-testid="stSidebarNav"] a')
     names = [re.sub(r"\s+", " ", t).strip() for t in links.all_inner_texts()]
@@ -114,7 +122,7 @@ def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
 
             # an MMSA pickle for another model: the mismatch is explained, the npz stays selected
             sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(tav_pickle))
+            _uploader(sidebar, sync).set_input_files(str(tav_pickle))
             sync.expect(page.get_by_text("does not match the checkpoint").first).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "mismatch.png"))
 
@@ -124,7 +132,7 @@ def test_dashboard_in_a_real_browser(server, demo_npz, tav_pickle, tmp_path):
             sync.expect(sidebar.locator('[data-testid="stFileUploaderFile"]')).to_have_count(0, timeout=TIMEOUT)
             bad = tmp_path / "broken.npz"
             bad.write_bytes(b"not a zip archive at all")
-            sidebar.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
+            _uploader(sidebar, sync).set_input_files(str(bad))
             sync.expect(page.locator('[data-testid="stAlert"]', has_text="broken.npz").first).to_be_visible(
                 timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "broken_file.png"))
