@@ -3,27 +3,22 @@
 Torch's OpenMP threads spin while they wait for each other. Two processes that each run two such threads
 on two cores keep descheduling each other's partner thread, and both slow down by far more than half:
 on this project's 2-core machine a demo epoch took 1.5 s alone and 34-105 s beside a busy 2-thread
-torch loop (``bench/bench_dashboard.py --parts train`` measures the dashboard case). So while a training
-process started by this server is alive, the server's page computations run on one torch thread, in a
-script thread at a lower scheduling priority: the same busy loop at niceness 10 cost the demo epoch
-about 10 %. The training process itself keeps the settings the command line uses.
+torch loop. So while a training process started by this server is alive, the server's page computations
+run on one torch thread; the training process (``decalign train --share-cpu``) then sees that core busy
+and trains on the other.
 
-Streamlit runs each script run in its own thread (a thread may serve a few reruns in a row), so the
-niceness is set per thread and put back when no run is going where the system allows it (an
-unprivileged process may raise its niceness but not lower it again; such a thread then stays polite).
+The torch thread count is set per script run, in the thread that runs it (Streamlit runs each script run
+in a thread of its own). The thread's scheduling priority is left alone: a lower one also delayed the
+Train page's own live view behind the run it shows.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-
-TRAINING_NICE = 10
 _default_threads: int | None = None
 
 
 def share_with_training(training: bool) -> None:
-    """Set the calling thread's torch threads and niceness for ``training`` (a run alive) or not."""
+    """Set the calling thread's torch threads for ``training`` (a run alive: one) or not (the default)."""
     import torch  # here, not at the top: importing this module stays light
 
     global _default_threads
@@ -32,15 +27,3 @@ def share_with_training(training: bool) -> None:
     wanted = 1 if training else _default_threads
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
-    _set_thread_nice(TRAINING_NICE if training else 0)
-
-
-def _set_thread_nice(nice: int) -> None:
-    if not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) != nice:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except OSError:  # lowering the niceness needs a privilege: the thread stays at the higher one
-        pass

@@ -58,7 +58,7 @@ def _open(page, name: str) -> None:
     _settle(page, name)
 
 
-def _start_run(page, name: str, epochs: int) -> None:
+def _start_run(page, name: str, epochs: int, batch_size: int | None = None) -> None:
     from playwright.sync_api import expect
 
     start = page.get_by_role("button", name="Start training")
@@ -67,7 +67,8 @@ def _start_run(page, name: str, epochs: int) -> None:
     if not start.is_visible():
         page.get_by_text("New run", exact=True).click()
     expect(start).to_be_visible(timeout=TIMEOUT)
-    for label, value in {**TINY, "Epochs": epochs}.items():
+    settings = {**TINY, "Epochs": epochs, **({"Batch size": batch_size} if batch_size else {})}
+    for label, value in settings.items():
         box = page.get_by_label(label, exact=True)
         box.fill(str(value))
         box.press("Tab")
@@ -97,18 +98,20 @@ def test_train_cancel_resume_compare(server, tmp_path):
             _settle(page, "Overview")
             _open(page, "Train")
 
-            # 1. a two-epoch run on the bundled demo: the progress bar advances, then it finishes
-            _start_run(page, "first", 2)
+            # 1. a six-epoch run on the bundled demo, small batches (a two-epoch run of 11 batches could end
+            # between two refreshes of the page): the progress bar advances, then it finishes
+            _start_run(page, "first", 6, batch_size=32)
             seen = set()
             deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
-            while time.monotonic() < deadline and not page.get_by_text("Finished after epoch 2").count():
+            finished = page.get_by_text(re.compile(r"^Finished after epoch \d+"))
+            while time.monotonic() < deadline and not finished.count():
                 found = re.search(r"epoch \d+/\d+ · batch \d+/\d+", _progress_text(page))
                 if found:
                     seen.add(found.group(0))
                 if len(seen) == 2:
                     page.screenshot(path=str(ARTIFACTS / "train_progress.png"))
                 time.sleep(0.3)
-            expect(page.get_by_text("Finished after epoch 2")).to_be_visible(timeout=TIMEOUT)
+            expect(finished.first).to_be_visible(timeout=TIMEOUT)
             assert len(seen) >= 2, seen  # the bar moved while we watched
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_finished.png"))
