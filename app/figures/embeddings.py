@@ -109,9 +109,10 @@ def _short(text: str, max_chars: int) -> str:
 
 def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hover: np.ndarray,
                    rows: np.ndarray, title: str, colour_title: str = "", order: list | None = None) -> go.Figure:
-    """Scatter of (N, 2) ``coords`` (SVG or WebGL by size, ``style.point_trace``); one trace per category with its own colour of the class palette
-    (``order``: the categories' order, default natural), or one trace with a colour bar for continuous
-    values and for more categories than the palette has colours (legend-less; hover names the category).
+    """Scatter of (N, 2) ``coords`` (SVG or WebGL by size, ``style.point_trace``); one trace per category
+    with its own colour of the class palette (``order``: the categories' order, default natural), or one
+    trace with a colour bar for continuous values and for more categories than the palette has colours
+    (legend-less; hover names the category).
 
     ``rows`` (N,) are written to ``customdata`` so selections can be mapped back (see
     :func:`selected_rows`).

@@ -87,8 +87,9 @@ def summary_figure(frame: pd.DataFrame, task: str, num_classes: int | None = Non
         class_axis(fig, names, "x")
         class_axis(fig, names, "y", autorange="reversed")
     else:
-        fig = go.Figure(point_trace(len(frame))(x=frame["label"], y=frame["prediction"], mode="markers",
-                                                text=[plotly_text(i) for i in frame["id"]], marker={"size": 5, "opacity": 0.6}))
+        trace = point_trace(len(frame))
+        fig = go.Figure(trace(x=frame["label"], y=frame["prediction"], mode="markers",
+                              text=[plotly_text(i) for i in frame["id"]], marker={"size": 5, "opacity": 0.6}))
         lo = float(min(frame["label"].min(), frame["prediction"].min())) if len(frame) else 0.0
         hi = float(max(frame["label"].max(), frame["prediction"].max())) if len(frame) else 1.0
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",

@@ -16,8 +16,8 @@ from .style import CONTINUOUS, category_colours, point_trace
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
                       weights: np.ndarray, title: str) -> go.Figure:
-    """Samples (SVG or WebGL by size, coloured by their most probable prototype) and the prototype means (stars in the same
-    colours, numbered, sized by weight) in one PCA plane. No legend: the numbered stars name the colours, and
+    """Samples (SVG or WebGL by size, coloured by their most probable prototype) and the prototype means
+    (stars in the same colours, numbered, sized by weight) in one PCA plane. No legend: the numbered stars name the colours, and
     a legend of K entries would squeeze a chart one third of the page wide."""
     fig = go.Figure()
     trace = point_trace(len(sample_coords))

@@ -13,7 +13,6 @@ from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
 from decalign.checkpoint import CheckpointError, load_card
 from decalign.config import ConfigError, DecAlignConfig
-from decalign.cpu_share import share_with_training
 from decalign.data import DataError
 from decalign.defaults import data_defaults, describe
 from decalign.safe_output import markdown_text
@@ -57,7 +56,6 @@ def render() -> None:
 
 
 def _runs_panel(was_active: bool) -> None:
-    share_with_training(bg.training_alive())  # a fragment rerun skips the app script's own call
     runs = bg.list_runs()
     views = {r.name: bg.live_view(r.path) for r in runs if r.state in bg.ACTIVE}
     if was_active and not views:
