@@ -141,3 +141,36 @@ def test_worker_recomputes_a_broken_cache_file_and_reports_failures(blobs, tmp_p
         assert "non-finite" in worker.error(bad) and worker.get(bad) is None and worker.ready(bad)
     finally:
         worker.close()
+
+
+def test_umap_on_precomputed_distances_keeps_umap_learns_graph_and_quality(blobs):
+    """Our exact-distance fit builds umap-learn's own neighbour graph (to float rounding) and a map as
+    trustworthy as umap-learn's default Euclidean path."""
+    import umap
+    from sklearn.manifold import trustworthiness
+
+    from decalign.explain.projection import _euclidean
+
+    plain = umap.UMAP(n_components=2, n_neighbors=10, random_state=1, n_epochs=200).fit(blobs)
+    ours = umap.UMAP(n_components=2, n_neighbors=10, random_state=1, n_epochs=200,
+                     metric="precomputed").fit(_euclidean(blobs, blobs))
+    assert abs(plain.graph_ - ours.graph_).max() < 1e-4
+    coords = project(blobs, "umap", seed=1, n_neighbors=10).coords
+    reference = trustworthiness(blobs, plain.embedding_, n_neighbors=10)
+    assert trustworthiness(blobs, coords, n_neighbors=10) > reference - 0.02
+
+
+def test_umap_fits_at_most_its_exact_path_and_transforms_the_rest_in_chunks(monkeypatch):
+    from decalign.explain import projection
+
+    monkeypatch.setattr(projection, "UMAP_MAX_FIT", 300)
+    monkeypatch.setattr(projection, "TRANSFORM_CHUNK", 250)  # 700 rows left: three chunks
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=8.0, size=(2, 6))
+    x = np.concatenate([c + rng.normal(size=(500, 6)) for c in centres])
+    proj = project(x, "umap", fit_limit=5000)
+    assert proj.fitted_on == 300 and "300 of the 1,000" in proj.note
+    groups = np.repeat([0, 1], 500)
+    centroids = np.stack([proj.coords[groups == g].mean(0) for g in (0, 1)])
+    nearest = np.argmin(((proj.coords[:, None] - centroids[None]) ** 2).sum(-1), 1)
+    assert (nearest == groups).mean() > 0.99
