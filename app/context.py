@@ -92,9 +92,21 @@ def get_context() -> Context:
     split = current_split(dataset)
     part = dataset.splits[split]
     result = loaders.inference(model_id, data_id, split, model, card, part)
-    reference = loaders.reference(str(source.path), model_id) if source.path is not None else None
+    reference = _reference(source, model_id, model)
     return Context(model, card, model_id, source.label, source.path, dataset, data_id, data_label, split, part,
                    result, reference)
+
+
+def _reference(source, model_id: str, model: DecAlign) -> TrainingReference | None:
+    """The run's training reference with its maps; None (and a warning naming the file) when it cannot be used."""
+    if source.path is None:
+        return None
+    try:
+        return loaders.reference(str(source.path), model_id, model)
+    except CheckpointError as exc:
+        st.warning(f"The training reference of {markdown_text(source.label)} cannot be used, so the pages show "
+                   f"nothing that compares with the training set: {markdown_text(exc)}")
+        return None
 
 
 def current_split(dataset: MultimodalDataset) -> str:
@@ -144,7 +156,7 @@ def alignment_sides(ctx: Context) -> tuple[Side, Side] | None:
         model, card, model_id = loaders.load(source)
         result = loaders.inference(model_id, ctx.data_id, ctx.split, model, card, ctx.split_data)
         sides.append(Side(title, source.label, model, card, model_id, result,
-                          loaders.reference(str(source.path), model_id)))
+                          _reference(source, model_id, model)))
     return sides[0], sides[1]
 
 

@@ -27,7 +27,7 @@ from decalign.inference import InferenceResult, run_inference
 from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
 from decalign.train.baseline import baseline_beside
-from decalign.train.reference import TrainingReference, load_reference, training_plan
+from decalign.train.reference import TrainingReference, load_reference, training_plan, with_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
@@ -164,9 +164,11 @@ def prepared(dataset: MultimodalDataset, data_id: str, card: ModelCard) -> Multi
 
 
 @st.cache_resource(max_entries=4)
-def reference(path: str, fingerprint: str) -> TrainingReference | None:
-    """The training reference saved in a run directory, None when it has none."""
-    return load_reference(path)
+def reference(path: str, fingerprint: str, _model: DecAlign) -> TrainingReference | None:
+    """The training reference saved in a run directory, with its projection maps (fitted from ``_model``
+    for references written before they were stored); None when the run directory has none."""
+    found = load_reference(path)
+    return None if found is None else with_maps(found, _model)
 
 
 @st.cache_resource(show_spinner="Preparing the reference data…", max_entries=4)

@@ -17,6 +17,7 @@ from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import select_sample
 from app.views import sample
+from decalign.explain.maps import JOINT, PcaMap, space_rows
 from decalign.explain.overlap import (
     Separability,
     alignment_effect_sentence,
@@ -24,10 +25,18 @@ from decalign.explain.overlap import (
     modality_overlap,
     overlap_sentence,
 )
-from decalign.explain.projection import UMAP_MAX_FIT, Projection, Request, project, stack_modalities
+from decalign.explain.projection import (
+    MIN_UMAP_ROWS,
+    UMAP_MAX_FIT,
+    Projection,
+    Request,
+    project,
+    stack_modalities,
+)
 from decalign.explain.transport_view import label_groups
 from decalign.inference import InferenceResult
 from decalign.safe_output import markdown_text
+from decalign.train.reference import TrainingReference
 
 URL_PATH = "embeddings"
 METHODS = {"UMAP": "umap", "PCA": "pca"}
@@ -47,30 +56,51 @@ def _pca(model_id: str, data_id: str, split: str, space: str, _features: np.ndar
     return project(_features, "pca", fit_limit=FIT_LIMITS["pca"])
 
 
-def _view(ctx: Context, space: str, method: str, features: np.ndarray, waiting: list[Request]) -> Projection:
-    """PCA at once; UMAP from the server's background worker (``loaders.projection_worker``, persisted on
-    disk), with PCA in its place until it is ready (the request then goes into ``waiting``)."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def _placed(model_id: str, data_id: str, split: str, space: str, _map: PcaMap, _features: np.ndarray) -> Projection:
+    PROJECTION_CALLS[space] += 1
+    return _map.place(_features)
+
+
+def _view(ctx: Context, space: str, method: str, features: np.ndarray, waiting: list[Request],
+          reference: TrainingReference | None) -> Projection:
+    """The features placed on the training map of ``space`` when the model's ``reference`` has one (PCA at
+    once; UMAP from the server's background worker, the PCA map in its place until it is ready, the request
+    then going into ``waiting``); without a map, a projection fitted to the features themselves, the same way."""
+    pca_map = reference.maps.get(space) if reference is not None else None
+    if pca_map is not None and (pca_map.mean.shape[0] != features.shape[1] or reference.train_distribution is None):
+        pca_map = None  # a model's spaces and its reference always agree; a mismatch falls back to fitting
     if method == "umap":
+        rows = None if pca_map is None else space_rows(reference.train_unique, reference.train_distribution)[space]
+        request = (Request(features, "umap", reference=rows) if rows is not None and len(rows) >= MIN_UMAP_ROWS
+                   else Request(features, "umap", fit_limit=FIT_LIMITS["umap"]))
         worker = loaders.projection_worker()
-        request = Request(features, "umap", fit_limit=FIT_LIMITS["umap"])
         found = worker.get(request)
         if found is not None:
             return found
         error = worker.error(request)
         waiting.append(request)
-        pca = _pca(ctx.model_id, ctx.data_id, ctx.split, space, features)
+        pca = _pca_view(ctx, space, features, pca_map)
         if error:
             return replace(pca, note=f"UMAP failed ({error}); PCA is shown instead.")
         return pca
+    return _pca_view(ctx, space, features, pca_map)
+
+
+def _pca_view(ctx: Context, space: str, features: np.ndarray, pca_map: PcaMap | None) -> Projection:
+    if pca_map is not None:
+        return _placed(ctx.model_id, ctx.data_id, ctx.split, space, pca_map, features)
     return _pca(ctx.model_id, ctx.data_id, ctx.split, space, features)
 
 
-def _joint(ctx: Context, model_id: str, method: str, features: dict[str, np.ndarray], waiting: list[Request]
+def _joint(ctx: Context, side: Side | None, method: str, features: dict[str, np.ndarray], waiting: list[Request]
            ) -> tuple[Projection, np.ndarray]:
-    """The shared projection of every modality's rows (``project_joint``'s stacking)."""
+    """The shared projection of every modality's rows (``project_joint``'s stacking), for the current model
+    or the ``side`` model."""
     stacked, owners = stack_modalities(features)
-    side = replace(ctx, model_id=model_id) if model_id != ctx.model_id else ctx
-    return _view(side, "joint", method, stacked, waiting), owners
+    if side is None or side.model_id == ctx.model_id:
+        return _view(ctx, JOINT, method, stacked, waiting, ctx.reference), owners
+    return _view(replace(ctx, model_id=side.model_id), JOINT, method, stacked, waiting, side.reference), owners
 
 
 def _await_umap(waiting: list[Request]) -> None:
@@ -113,7 +143,7 @@ def render() -> None:
     for m in ctx.model.modalities:
         cols = st.columns(2)
         for col, space in zip(cols, (f"unique:{m}", f"common:{m}")):
-            proj = _view(ctx, space, method, fig.space_features(ctx.result, space), waiting)
+            proj = _view(ctx, space, method, fig.space_features(ctx.result, space), waiting, ctx.reference)
             notes.add(proj.note)
             with col:
                 selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
@@ -135,7 +165,7 @@ def _joint_section(ctx: Context, method: str, colour: str, notes: set[str], wait
     overlap, separation = _separability(ctx.model_id, ctx.data_id, ctx.split, "common", common,
                                         _groups(ctx, ctx.result))
     _numbers(overlap, separation)
-    joint, owners = _joint(ctx, ctx.model_id, method, common, waiting)
+    joint, owners = _joint(ctx, None, method, common, waiting)
     notes.add(joint.note)
     chosen = _joint_chart(ctx, ctx.result, joint, owners, colour, "emb_chart_joint",
                           f"common:* · {joint.method.upper()}")
@@ -167,7 +197,7 @@ def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str], 
         common = fig.common_features(side.result)
         numbers[side.title] = _separability(side.model_id, ctx.data_id, ctx.split, "common", common,
                                             _groups(ctx, side.result))
-        joint, owners = _joint(ctx, side.model_id, method, common, waiting)
+        joint, owners = _joint(ctx, side, method, common, waiting)
         notes.add(joint.note)
         with col:
             st.markdown(f"**{side.title}** ({markdown_text(side.label)})")

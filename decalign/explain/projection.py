@@ -219,12 +219,16 @@ def cache_root() -> Path:
 
 
 def projection_key(features: np.ndarray, method: str, *, seed: int = 0, fit_limit: int = 5000,
-                   n_neighbors: int = 15) -> str:
-    """sha256 of the features (shape, dtype, bytes), the parameters and ``PROJECTION_VERSION``."""
-    x = np.ascontiguousarray(features)
+                   n_neighbors: int = 15, reference: np.ndarray | None = None) -> str:
+    """sha256 of the features (shape, dtype, bytes), the parameters and ``PROJECTION_VERSION``, and of the
+    training rows of the map the features are placed on (``reference``), if any."""
     digest = hashlib.sha256(json.dumps([PROJECTION_VERSION, method, seed, fit_limit, n_neighbors,
-                                        list(x.shape), x.dtype.str]).encode())
-    digest.update(memoryview(x).cast("B"))
+                                        reference is not None]).encode())
+    for x in (features, reference):
+        if x is not None:
+            x = np.ascontiguousarray(x)
+            digest.update(json.dumps([list(x.shape), x.dtype.str]).encode())
+            digest.update(memoryview(x).cast("B"))
     return digest.hexdigest()
 
 
@@ -253,18 +257,21 @@ def save_cached(folder: Path, key: str, proj: Projection) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Request:
-    """One projection to compute: the features and :func:`project`'s parameters."""
+    """One projection to compute: the features and :func:`project`'s parameters; with ``reference`` (the
+    training rows of the space, UMAP only) the features are placed on the training map instead
+    (``decalign.explain.maps.umap_onto``)."""
 
     features: np.ndarray
     method: str
     seed: int = 0
     fit_limit: int = 5000
     n_neighbors: int = 15
+    reference: np.ndarray | None = None
 
     @cached_property
     def key(self) -> str:
         return projection_key(self.features, self.method, seed=self.seed, fit_limit=self.fit_limit,
-                              n_neighbors=self.n_neighbors)
+                              n_neighbors=self.n_neighbors, reference=self.reference)
 
 
 class ProjectionWorker:
@@ -389,15 +396,18 @@ class ProjectionWorker:
                 return
             if self._known(key, len(request.features)) is not None:
                 return
-            features = self.folder / f".{key}.request.npy"
             self.folder.mkdir(parents=True, exist_ok=True)
-            np.save(features, np.ascontiguousarray(request.features), allow_pickle=False)
+            arrays = {"features": request.features, "reference": request.reference}
+            paths = {name: self.folder / f".{key}.{name}.npy" for name, x in arrays.items() if x is not None}
+            for name, path in paths.items():
+                np.save(path, np.ascontiguousarray(arrays[name]), allow_pickle=False)
             try:
-                self._child(index).ask({"key": key, "features": str(features), "method": request.method,
-                                        "seed": request.seed, "fit_limit": request.fit_limit,
-                                        "n_neighbors": request.n_neighbors})
+                self._child(index).ask({"key": key, **{name: str(p) for name, p in paths.items()},
+                                        "method": request.method, "seed": request.seed,
+                                        "fit_limit": request.fit_limit, "n_neighbors": request.n_neighbors})
             finally:
-                features.unlink(missing_ok=True)
+                for path in paths.values():
+                    path.unlink(missing_ok=True)
             proj = load_cached(self.folder, key, len(request.features))
             if proj is None:
                 raise RuntimeError("the projection worker wrote no readable result")
@@ -475,15 +485,24 @@ def _serve(folder: Path, nice: int) -> None:
             if request.get("warm_up"):
                 warm_up_umap()
             else:
-                features = np.load(request["features"], allow_pickle=False)
-                proj = project(features, request["method"], seed=request["seed"], fit_limit=request["fit_limit"],
-                               n_neighbors=request["n_neighbors"])
-                save_cached(folder, request["key"], proj)
+                save_cached(folder, request["key"], _answer(folder, request))
             answer = {"ok": True}
         except Exception as exc:  # noqa: BLE001 - one line back to the parent, the loop goes on
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
+
+
+def _answer(folder: Path, request: dict) -> Projection:
+    """The projection a child was asked for: fitted to the features, or placed on a training map."""
+    features = np.load(request["features"], allow_pickle=False)
+    if "reference" in request:
+        from .maps import umap_onto  # the maps build on this module
+
+        return umap_onto(np.load(request["reference"], allow_pickle=False), features, folder,
+                         seed=request["seed"], n_neighbors=request["n_neighbors"])
+    return project(features, request["method"], seed=request["seed"], fit_limit=request["fit_limit"],
+                   n_neighbors=request["n_neighbors"])
 
 
 def _lower_priority(nice: int) -> None:

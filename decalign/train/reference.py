@@ -21,8 +21,9 @@ they were stored) keeps thresholds calibrated on the training samples (``thresho
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,9 +38,12 @@ from ..data.tokens import is_token_input
 from ..inference import InferenceResult, run_inference
 from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, transport_plan
 
+if TYPE_CHECKING:
+    from ..explain.maps import PcaMap
+
 REFERENCE_ARRAYS = "reference.safetensors"
 REFERENCE_JSON = "reference.json"
-REFERENCE_FORMAT = 2  # 2: held-out (validation) features and thresholds calibrated on them
+REFERENCE_FORMAT = 3  # 2: held-out (validation) features and thresholds calibrated on them; 3: projection maps
 OOD_QUANTILE = 0.99
 DECOUPLING_QUANTILE = 0.99
 MAX_HELD_OUT = 1000  # held-out samples kept (a seeded subsample of larger validation splits)
@@ -89,6 +93,10 @@ class TrainingReference:
     held_out : pooled features of the validation split (:class:`HeldOut`); None in references written
         before they were stored.
     thresholds_from : "valid" or "train": which samples the thresholds were calibrated on.
+    train_distribution : modality -> (N_train, pde_dim) distribution encoders' outputs of the kept training
+        samples (the "common" space the Embeddings page shows); None in references written before it was stored.
+    maps : space -> PCA map fitted on the kept training samples (``decalign.explain.maps``); empty in
+        references written before they were stored (:func:`with_maps` fits them from the model).
     """
 
     input_means: dict[str, np.ndarray]
@@ -103,6 +111,8 @@ class TrainingReference:
     held_out: HeldOut | None = None
     thresholds_from: str = "train"
     train_total: int | None = None  # training samples summarised; more than len(train_ids) when subsampled
+    train_distribution: dict[str, np.ndarray] | None = None
+    maps: dict[str, PcaMap] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -174,8 +184,12 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_
         train_unique=result.unique_pooled, train_common=result.common_pooled,
         train_ids=np.asarray(kept.ids).astype(str), train_labels=kept.labels,
         train_raw_text=None if kept.raw_text is None else np.asarray(kept.raw_text).astype(str),
-        train_total=len(train_split),
+        train_total=len(train_split), train_distribution=result.distribution or None,
     )
+    if reference.train_distribution is not None:
+        from ..explain.maps import fit_pca_maps  # here: decalign.explain imports this module
+
+        reference.maps = fit_pca_maps(reference.train_unique, reference.train_distribution)
     _calibrate(reference, result.unique_pooled, result.common_pooled, "train")
     if valid_split is not None and len(valid_split) >= 2:
         reference = with_held_out(reference, model, card, valid_split, "the validation split stored with the run",
@@ -221,6 +235,49 @@ def _calibrate(reference: TrainingReference, unique: dict[str, np.ndarray], comm
     worst = np.max(np.stack(list(decoupling_cosines(unique, common).values())), axis=0)
     reference.decoupling_threshold = float(np.quantile(worst, DECOUPLING_QUANTILE))
     reference.thresholds_from = name
+
+
+def with_maps(reference: TrainingReference, model: DecAlign) -> TrainingReference:
+    """``reference`` with the distribution encoders' outputs of its training samples and its PCA maps; a
+    reference written before they were stored gets them from ``model`` (the distribution encoders applied
+    to the stored pooled common features, as inference computes them). Raises ``CheckpointError`` when the
+    reference's widths do not fit the model."""
+    _check_widths(reference, model)
+    if reference.maps and reference.train_distribution is not None:
+        return reference
+    distribution = reference.train_distribution
+    if distribution is None:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            distribution = {m: model.distribution_encoders[m](torch.from_numpy(x).float().to(device)).cpu().numpy()
+                            for m, x in reference.train_common.items()}
+        model.train(was_training)
+    from ..explain.maps import fit_pca_maps  # here: decalign.explain imports this module
+
+    return replace(reference, train_distribution=distribution,
+                   maps=fit_pca_maps(reference.train_unique, distribution))
+
+
+def _check_widths(reference: TrainingReference, model: DecAlign) -> None:
+    from ..explain.maps import JOINT
+
+    config, mods = model.config, list(model.modalities)
+    tables = {"train_unique": (reference.train_unique, config.d_model),
+              "train_common": (reference.train_common, config.d_model),
+              "train_distribution": (reference.train_distribution, config.pde_dim)}
+    for name, (table, width) in tables.items():
+        if table is not None and (sorted(table) != sorted(mods) or any(x.shape[1] != width for x in table.values())):
+            found = {m: x.shape[1] for m, x in table.items()}
+            raise CheckpointError(f"the training reference's {name} has widths {found}; the model expects width "
+                                  f"{width} for modalities {mods}")
+    expected = {**{f"unique:{m}": config.d_model for m in mods}, **{f"common:{m}": config.pde_dim for m in mods},
+                JOINT: config.pde_dim}
+    for space, pca_map in reference.maps.items():
+        if expected.get(space) != len(pca_map.mean):
+            raise CheckpointError(f"the training reference's map {space!r} has width {len(pca_map.mean)}; the model "
+                                  f"has spaces {expected}")
 
 
 def _encoded_text(model: DecAlign, tokens: np.ndarray, batch_size: int) -> np.ndarray:
@@ -279,6 +336,11 @@ def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
         if ref.held_out is not None:
             arrays[f"held_out_unique/{m}"] = np.asarray(ref.held_out.unique[m], dtype=np.float32)
             arrays[f"held_out_common/{m}"] = np.asarray(ref.held_out.common[m], dtype=np.float32)
+        if ref.train_distribution is not None:
+            arrays[f"train_distribution/{m}"] = np.asarray(ref.train_distribution[m], dtype=np.float32)
+    for space, pca_map in ref.maps.items():
+        arrays[f"maps/{space}/mean"] = pca_map.mean.astype(np.float64)
+        arrays[f"maps/{space}/axes"] = pca_map.axes.astype(np.float64)
     if ref.train_labels is not None:
         arrays["train_labels"] = np.asarray(ref.train_labels)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -292,6 +354,7 @@ def save_reference(run_dir: str | Path, ref: TrainingReference) -> Path:
         "held_out": None if ref.held_out is None else {
             "ids": [str(i) for i in ref.held_out.ids], "source": ref.held_out.source,
             "n_total": int(ref.held_out.n_total)},
+        "maps": {space: int(pca_map.fitted_on) for space, pca_map in ref.maps.items()},
     }
     return atomic_write_json(run_dir / REFERENCE_JSON, meta)
 
@@ -322,6 +385,9 @@ def load_reference(run_dir: str | Path) -> TrainingReference | None:
         decoupling_threshold=float(meta["decoupling_threshold"]),
         held_out=_held_out(meta, mods, get, meta_path), thresholds_from=_thresholds_from(meta, meta_path),
         train_total=_train_total(meta, meta_path),
+        train_distribution={m: get(f"train_distribution/{m}") for m in mods}
+        if all(f"train_distribution/{m}" in arrays for m in mods) else None,
+        maps=_maps(meta, get, meta_path),
     )
     _check_sizes(ref, arrays_path)
     return ref
@@ -343,6 +409,26 @@ def _held_out(meta: dict, mods: list[str], get, path: Path) -> HeldOut | None:
             if x.ndim != 2 or len(x) != len(ids):
                 raise CheckpointError(f"{path}: {name}/{m} has shape {x.shape}, expected ({len(ids)}, d)")
     return held
+
+
+def _maps(meta: dict, get, path: Path) -> dict[str, PcaMap]:
+    """The stored PCA maps; none in references written before they were stored."""
+    from ..explain.maps import PcaMap  # here: decalign.explain imports this module
+
+    info = meta.get("maps") or {}
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: 'maps' must be an object of space -> rows fitted, found {str(info)[:80]!r}")
+    maps = {}
+    for space, fitted_on in info.items():
+        mean, axes = get(f"maps/{space}/mean"), get(f"maps/{space}/axes")
+        counted = isinstance(fitted_on, int) and not isinstance(fitted_on, bool) and fitted_on > 0
+        finite = np.isfinite(mean).all() and np.isfinite(axes).all()
+        if mean.ndim != 1 or axes.shape != (2, len(mean)) or not counted or not finite:
+            raise CheckpointError(f"{path}: map {space!r} has a mean of shape {mean.shape} and axes of shape "
+                                  f"{axes.shape}, fitted on {fitted_on!r:.20}; expected finite (d,) and (2, d) arrays and a "
+                                  "positive count of rows")
+        maps[space] = PcaMap(mean, axes, fitted_on)
+    return maps
 
 
 def _thresholds_from(meta: dict, path: Path) -> str:
@@ -389,7 +475,9 @@ def _array(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
 def _check_sizes(ref: TrainingReference, path: Path) -> None:
     n = len(ref.train_ids)
     for m in ref.modalities:
-        for name, x in (("train_unique", ref.train_unique[m]), ("train_common", ref.train_common[m])):
+        tables = (("train_unique", ref.train_unique[m]), ("train_common", ref.train_common[m]),
+                  ("train_distribution", None if ref.train_distribution is None else ref.train_distribution[m]))
+        for name, x in (t for t in tables if t[1] is not None):
             if x.ndim != 2 or len(x) != n:
                 raise CheckpointError(f"{path}: {name}/{m} has shape {x.shape}, expected ({n}, d)")
     for name, x in (("train_labels", ref.train_labels), ("train_raw_text", ref.train_raw_text)):

@@ -111,3 +111,42 @@ def test_alignment_page_values_match_the_library(page_test, demo_dir):
     recorded = card.extra.get("training_alignment")
     assert (summary["training set"] == "not recorded").all() == (not recorded)
     assert any("near 0 means they carry different information" in c.value for c in at.caption)
+
+
+def _values(array) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array ``{"dtype", "bdata"}`` (base64 of the raw values)."""
+    import base64
+
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).astype(float)
+    return np.asarray(array, dtype=float)
+
+
+def test_embeddings_places_the_data_on_the_training_map(page_test, demo_dir):
+    """The PCA view of a space is the training reference's PCA (scikit-learn, fitted on the training rows)
+    applied to the shown samples, and the page says so."""
+    from sklearn.decomposition import PCA
+
+    from decalign.explain.maps import MAP_NOTE
+    from decalign.inference import run_inference
+    from decalign.train.reference import load_reference
+
+    st.cache_data.clear()
+    at = page_test("embeddings")
+    at.session_state["emb_method"] = "PCA"
+    _ok(at.run())
+    model, card = load_model(demo_dir)[:2]
+    m = model.modalities[0]
+    reference = load_reference(demo_dir)
+    shown = run_inference(model, load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"], task=card.task)
+    expected = PCA(n_components=2, svd_solver="full").fit(reference.train_unique[m].astype(np.float64))
+    expected = expected.transform(shown.unique_pooled[m].astype(np.float64))
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if json.loads(c.proto.spec)["layout"]["title"]["text"].startswith(f"unique:{m} "))
+    xy = np.concatenate([np.column_stack([_values(t["x"]), _values(t["y"])]) for t in spec["data"]
+                         if t.get("x") is not None])
+    xy, expected = xy[np.lexsort(xy.T[::-1])], expected[np.lexsort(expected.T[::-1])]
+    assert xy.shape == expected.shape
+    signs = np.sign((xy * expected).sum(0))  # principal axes are defined up to sign
+    np.testing.assert_allclose(xy, expected * signs, atol=1e-4)
+    assert any(MAP_NOTE in i.value for i in at.info)
