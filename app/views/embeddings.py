@@ -17,7 +17,7 @@ from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import select_sample
 from app.views import sample
-from decalign.explain.maps import JOINT, PcaMap, space_rows
+from decalign.explain.maps import place_on
 from decalign.explain.overlap import (
     Separability,
     alignment_effect_sentence,
@@ -35,6 +35,7 @@ from decalign.explain.projection import (
 )
 from decalign.explain.transport_view import label_groups
 from decalign.inference import InferenceResult
+from decalign.maps import JOINT, PcaMap, space_rows
 from decalign.safe_output import markdown_text
 from decalign.train.reference import TrainingReference
 
@@ -59,7 +60,7 @@ def _pca(model_id: str, data_id: str, split: str, space: str, _features: np.ndar
 @st.cache_data(show_spinner=False, max_entries=64)
 def _placed(model_id: str, data_id: str, split: str, space: str, _map: PcaMap, _features: np.ndarray) -> Projection:
     PROJECTION_CALLS[space] += 1
-    return _map.place(_features)
+    return place_on(_map, _features)
 
 
 def _view(ctx: Context, space: str, method: str, features: np.ndarray, waiting: list[Request],

@@ -1,42 +1,36 @@
-"""Projection maps fitted on a model's training samples: new data is only placed on them (``transform``).
+"""Data placed on projection maps fitted on a model's training samples (``transform`` only).
 
-A map belongs to one feature space of one model, named as the Embeddings page names them:
-``unique:<m>`` (pooled unique features), ``common:<m>`` (the distribution encoder's output) and
-``common:*`` (every modality's common rows in one map). Placing data on the training map instead of
-fitting a projection to the data itself means a new upload costs a transform only, and a sample lands in
-the same place whatever else was uploaded with it.
+The spaces and their PCA maps are ``decalign.maps``'s (fitted when the training reference is built and
+stored in it; placing rows is one product). Placing data on the training map instead of fitting a
+projection to the data itself means a new upload costs a transform only, and a sample lands in the same
+place whatever else was uploaded with it.
 
-- PCA maps (:class:`PcaMap`, a mean and two axes) are fitted when the training reference is built and are
-  stored in it (``decalign.train.reference``); placing rows is one product.
-- UMAP maps are fitted on first use by the dashboard's projection worker on the same training rows (a
-  seeded sample of at most ``UMAP_MAX_FIT``), and their coordinates are kept on disk beside the other
-  projections; placing rows is umap-learn's ``transform`` onto the map (:func:`umap_onto`).
+UMAP maps are fitted on first use by the dashboard's projection worker on the same training rows (a
+seeded sample of at most ``UMAP_MAX_FIT``), and their coordinates are kept on disk beside the other
+projections; placing rows is umap-learn's ``transform`` onto the map (:func:`umap_onto`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..maps import PcaMap
 from .projection import (
     TRANSFORM_CHUNK,
     UMAP_EPOCHS,
     UMAP_MAX_FIT,
     Projection,
     _euclidean,
-    _fit_pca,
     _umap,
     load_cached,
     projection_key,
     save_cached,
-    stack_modalities,
 )
 
-JOINT = "common:*"
 MAP_NOTE = ("Every projection is a map fitted on the model's training samples (kept with the model in its "
             "training reference); the samples shown are placed on it, so a sample lands in the same place "
             "whatever data it comes with.")
@@ -44,40 +38,9 @@ _REBUILT: OrderedDict[str, object] = OrderedDict()  # map key -> umap-learn redu
 _REBUILT_KEPT = 16
 
 
-@dataclass(frozen=True)
-class PcaMap:
-    """The two leading principal axes of a space's training rows: ``coords = (x - mean) @ axes.T``."""
-
-    mean: np.ndarray  # (d,)
-    axes: np.ndarray  # (2, d); a zero row where the rows span fewer than two directions
-    fitted_on: int  # training rows the map was fitted on
-
-    @classmethod
-    def fit(cls, rows: np.ndarray) -> PcaMap:
-        x = np.asarray(rows, dtype=np.float64)
-        pca = _fit_pca(x)  # scikit-learn's PCA, as for every other PCA view
-        axes = np.zeros((2, x.shape[1]))
-        axes[: len(pca.components_)] = pca.components_
-        return cls(pca.mean_.copy(), axes, len(x))
-
-    def place(self, features: np.ndarray) -> Projection:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"features of shape {x.shape} cannot be placed on a map of width {self.mean.shape[0]}")
-        return Projection((x - self.mean) @ self.axes.T, "pca", self.fitted_on, MAP_NOTE)
-
-
-def space_rows(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows of every map's space: unique and common features per modality, and all common rows stacked."""
-    rows = {f"unique:{m}": x for m, x in unique.items()}
-    rows.update({f"common:{m}": x for m, x in common.items()})
-    rows[JOINT] = stack_modalities(common)[0]
-    return rows
-
-
-def fit_pca_maps(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> dict[str, PcaMap]:
-    """A :class:`PcaMap` per space (:func:`space_rows`) of the training rows."""
-    return {space: PcaMap.fit(x) for space, x in space_rows(unique, common).items() if len(x) >= 1}
+def place_on(pca_map: PcaMap, features: np.ndarray) -> Projection:
+    """``features`` placed on a training PCA map (``decalign.maps``), as a view."""
+    return Projection(pca_map.place(features), "pca", pca_map.fitted_on, MAP_NOTE)
 
 
 # ------------------------------------------------------------------------------ UMAP, in the worker child

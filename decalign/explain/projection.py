@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from ..maps import fit_pca
 
 METHODS = ("umap", "pca")
 # Below this many rows UMAP's neighbour graph is meaningless; PCA is used instead (and the note says so).
@@ -135,7 +136,7 @@ def project_with_points(features: np.ndarray, points: np.ndarray) -> tuple[np.nd
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != x.shape[1]:
         raise ValueError(f"points must be (P, {x.shape[1]}), found {pts.shape}")
-    pca = _fit_pca(x)
+    pca = fit_pca(x)
     return _pad(pca.transform(x)), _pad(pca.transform(pts))
 
 
@@ -152,14 +153,8 @@ def _check(features: np.ndarray, method: str, fit_limit: int) -> np.ndarray:
     return x
 
 
-def _fit_pca(x: np.ndarray):
-    from sklearn.decomposition import PCA  # here: scikit-learn's import costs a second of a cold page
-
-    return PCA(n_components=min(2, x.shape[0], x.shape[1]), svd_solver="full").fit(x)
-
-
 def _pca(x: np.ndarray, fit_rows: np.ndarray | None) -> np.ndarray:
-    pca = _fit_pca(x if fit_rows is None else x[fit_rows])
+    pca = fit_pca(x if fit_rows is None else x[fit_rows])
     return _pad(pca.transform(x))
 
 

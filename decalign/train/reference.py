@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,10 +35,8 @@ from ..config import ModelConfig
 from ..data.dataset import Split
 from ..data.tokens import is_token_input
 from ..inference import InferenceResult, run_inference
+from ..maps import JOINT, PcaMap, fit_pca_maps
 from ..model import DecAlign, Prototypes, TransportResult, fit_prototypes, transport_plan
-
-if TYPE_CHECKING:
-    from ..explain.maps import PcaMap
 
 REFERENCE_ARRAYS = "reference.safetensors"
 REFERENCE_JSON = "reference.json"
@@ -95,7 +92,7 @@ class TrainingReference:
     thresholds_from : "valid" or "train": which samples the thresholds were calibrated on.
     train_distribution : modality -> (N_train, pde_dim) distribution encoders' outputs of the kept training
         samples (the "common" space the Embeddings page shows); None in references written before it was stored.
-    maps : space -> PCA map fitted on the kept training samples (``decalign.explain.maps``); empty in
+    maps : space -> PCA map fitted on the kept training samples (``decalign.maps``); empty in
         references written before they were stored (:func:`with_maps` fits them from the model).
     """
 
@@ -187,8 +184,6 @@ def build_reference(model: DecAlign, card: ModelCard, train_split: Split, valid_
         train_total=len(train_split), train_distribution=result.distribution or None,
     )
     if reference.train_distribution is not None:
-        from ..explain.maps import fit_pca_maps  # here: decalign.explain imports this module
-
         reference.maps = fit_pca_maps(reference.train_unique, reference.train_distribution)
     _calibrate(reference, result.unique_pooled, result.common_pooled, "train")
     if valid_split is not None and len(valid_split) >= 2:
@@ -254,15 +249,11 @@ def with_maps(reference: TrainingReference, model: DecAlign) -> TrainingReferenc
             distribution = {m: model.distribution_encoders[m](torch.from_numpy(x).float().to(device)).cpu().numpy()
                             for m, x in reference.train_common.items()}
         model.train(was_training)
-    from ..explain.maps import fit_pca_maps  # here: decalign.explain imports this module
-
-    return replace(reference, train_distribution=distribution,
+        return replace(reference, train_distribution=distribution,
                    maps=fit_pca_maps(reference.train_unique, distribution))
 
 
 def _check_widths(reference: TrainingReference, model: DecAlign) -> None:
-    from ..explain.maps import JOINT
-
     config, mods = model.config, list(model.modalities)
     tables = {"train_unique": (reference.train_unique, config.d_model),
               "train_common": (reference.train_common, config.d_model),
@@ -413,8 +404,6 @@ def _held_out(meta: dict, mods: list[str], get, path: Path) -> HeldOut | None:
 
 def _maps(meta: dict, get, path: Path) -> dict[str, PcaMap]:
     """The stored PCA maps; none in references written before they were stored."""
-    from ..explain.maps import PcaMap  # here: decalign.explain imports this module
-
     info = meta.get("maps") or {}
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: 'maps' must be an object of space -> rows fitted, found {str(info)[:80]!r}")

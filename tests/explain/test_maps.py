@@ -9,8 +9,9 @@ from sklearn.decomposition import PCA
 
 from decalign.checkpoint import CheckpointError
 from decalign.explain import maps
-from decalign.explain.maps import JOINT, PcaMap, fit_pca_maps, space_rows, umap_onto
+from decalign.explain.maps import place_on, umap_onto
 from decalign.inference import run_inference
+from decalign.maps import JOINT, PcaMap, fit_pca_maps, space_rows
 from decalign.train.reference import load_reference, save_reference, with_maps
 
 
@@ -23,14 +24,14 @@ def _blobs(seed: int, per: int = 60, width: int = 10):
 def test_pca_map_places_new_rows_as_scikit_learn_transforms_them():
     train, _ = _blobs(1)
     new, _ = _blobs(2, per=7)
-    placed = PcaMap.fit(train).place(new)
+    placed = place_on(PcaMap.fit(train), new)
     np.testing.assert_allclose(placed.coords, PCA(n_components=2, svd_solver="full").fit(train).transform(new),
                                atol=1e-10)
     assert (placed.method, placed.fitted_on, placed.note) == ("pca", len(train), maps.MAP_NOTE)
     with pytest.raises(ValueError, match="width 10"):
         PcaMap.fit(train).place(new[:, :4])
     one_wide = PcaMap.fit(train[:, :1])  # a single principal axis: the second coordinate is 0
-    assert one_wide.axes.shape == (2, 1) and not one_wide.place(new[:, :1]).coords[:, 1].any()
+    assert one_wide.axes.shape == (2, 1) and not one_wide.place(new[:, :1])[:, 1].any()
 
 
 def test_spaces_are_named_as_the_embeddings_page_names_them():
