@@ -17,7 +17,10 @@ _EXPORTS = {
     "cross_modal_attention": "attention", "modality_counterfactuals": "counterfactual",
     "PrototypeStory": "story", "prototype_story": "story", "plain_summary": "summary",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "IGResult", "PrototypeStory", "branch_contributions", "cross_modal_attention", "integrated_gradients",
+    "modality_counterfactuals", "plain_summary", "prototype_story",
+]
 
 
 def __getattr__(name: str):

@@ -122,11 +122,12 @@ def free_port() -> int:
 
 
 def start_server(port: int, env: dict[str, str] | None = None, timeout: float = 90.0) -> subprocess.Popen:
-    """Start ``streamlit run app/streamlit_app.py`` headless on 127.0.0.1:``port``; wait for /_stcore/health.
+    """Start the dashboard as the README does (``python3 -m app``: ``streamlit run app/streamlit_app.py`` with
+    the pages' imports begun at start) headless on 127.0.0.1:``port``; wait for /_stcore/health.
 
     The file watcher is off: an edit to a source file while a test runs must not pop up "source changed".
     """
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.headless", "true",
+    cmd = [sys.executable, "-m", "app", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

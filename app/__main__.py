@@ -1,0 +1,67 @@
+"""``python3 -m app [streamlit options]``: the dashboard, as ``streamlit run app/streamlit_app.py`` starts it,
+with the pages' imports begun as soon as the server is up.
+
+A fresh server runs nothing of the app until a browser connects, and the first script run then spends about
+3 s importing torch, pandas and the pages before it draws anything. Here a background thread imports them
+once the server answers, while the browser loads Streamlit's page, so the first run finds them in
+``sys.modules``. The thread only imports modules (no Streamlit call, no file read); an import that fails is
+left for the page's own import to report.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "app" / "streamlit_app.py"
+PRELOAD = ("torch", "pandas", "plotly.graph_objects", "app.loaders", "app.sidebar", "app.context",
+           *(f"app.views.{page}" for page in ("overview", "predict", "sample", "embeddings", "prototypes",
+                                              "alignment", "audit", "train", "replay", "compare")))
+
+
+def preload(names: tuple[str, ...] = PRELOAD, wait_s: float = 30.0) -> list[str]:
+    """Once the server is up (or after ``wait_s``), import ``names`` in order; returns those that failed (the
+    page's own import reports them). Waiting first keeps the imports from delaying the server's start: they
+    hold the GIL for most of their 3 s."""
+    _wait_for_server(wait_s)
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the page imports it again and shows the error there
+            failed.append(name)
+    return failed
+
+
+def _wait_for_server(wait_s: float) -> None:
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.runtime import RuntimeState
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if Runtime.exists() and Runtime.instance().state != RuntimeState.INITIAL:
+            return
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print("usage: python3 -m app [OPTIONS]\n\n" + (__doc__ or "") + "\nOPTIONS are those of `streamlit run` "
+              "(see `python3 -m streamlit run --help`), e.g. --server.port 8502.")
+        return
+    threading.Thread(target=preload, name="preload-imports", daemon=True).start()
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(SCRIPT), *args]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
