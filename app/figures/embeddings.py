@@ -21,6 +21,9 @@ from .style import CONTINUOUS, category_colours, compact_legend, point_trace
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
 DENSE_POINTS = 5000
+# Samples drawn per chart. Without a GPU the browser renders WebGL in software: a colour change on the
+# Embeddings page redrew 7 charts of 20,000 samples (180,000 points) in 7.8-8.9 s (bench_dashboard).
+MAX_SHOWN_SAMPLES = 5000
 
 
 def spaces(result: InferenceResult) -> list[str]:
@@ -105,6 +108,24 @@ def hover_texts(result: InferenceResult, raw_text: np.ndarray | None, max_chars:
 
 def _short(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def shown_samples(n: int, most: int | None = None, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the samples the charts draw: all ``n`` up to ``most`` (default ``MAX_SHOWN_SAMPLES``),
+    else a seeded random sample of ``most`` (the same in every chart)."""
+    most = MAX_SHOWN_SAMPLES if most is None else most
+    if n <= most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
+def shown_note(n: int) -> str:
+    """What the charts leave out, in words; "" when they draw every sample."""
+    if n <= MAX_SHOWN_SAMPLES:
+        return ""
+    return (f"The charts draw a random {MAX_SHOWN_SAMPLES:,} of the {n:,} samples (seed 0, the same samples in "
+            "every chart) so that the browser redraws them quickly; the projections and the numbers use all of "
+            "them, and a selection lists the points drawn.")
 
 
 def scatter_figure(coords: np.ndarray, colour: np.ndarray, continuous: bool, hover: np.ndarray,

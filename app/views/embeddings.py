@@ -149,6 +149,8 @@ def render() -> None:
             with col:
                 selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
                                    f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
+    if fig.shown_note(len(ctx.result)):
+        st.caption(fig.shown_note(len(ctx.result)))
     if waiting:
         with progress:
             st.fragment(_await_umap, run_every=2.0)(waiting)
@@ -231,11 +233,11 @@ def _space_table(ctx: Context, sides: tuple[Side, Side]) -> pd.DataFrame:
 
 def _chart(ctx: Context, result: InferenceResult, coords: np.ndarray, modality: str, colour: str, title: str,
            key: str) -> set[int]:
-    rows = np.arange(len(result))
+    rows = fig.shown_samples(len(result))
     values, continuous = fig.colour_values(result, colour, modality, ctx.class_names, ctx.card)
     hover = fig.hover_texts(result, ctx.split_data.raw_text)
     order = fig.category_order(result, colour, ctx.class_names, ctx.model.modalities)
-    figure = fig.scatter_figure(coords, values, continuous, hover, rows, title, colour, order)
+    figure = fig.scatter_figure(coords[rows], values[rows], continuous, hover[rows], rows, title, colour, order)
     event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
@@ -257,7 +259,9 @@ def _joint_chart(ctx: Context, result: InferenceResult, joint: Projection, owner
     hover = np.array([f"{h}<br>modality: {o}" for h, o in
                       zip(np.tile(fig.hover_texts(result, ctx.split_data.raw_text), len(parts)), owners)],
                      dtype=object)
-    figure = fig.scatter_figure(joint.coords, values, continuous, hover, rows, title, colour, order)
+    shown = np.concatenate([k * n + fig.shown_samples(n) for k in range(len(modalities))])  # stacked by modality
+    figure = fig.scatter_figure(joint.coords[shown], values[shown], continuous, hover[shown], rows[shown], title,
+                                colour, order)
     if not select:
         st.plotly_chart(figure, key=key)
         return set()

@@ -150,3 +150,24 @@ def test_embeddings_places_the_data_on_the_training_map(page_test, demo_dir):
     signs = np.sign((xy * expected).sum(0))  # principal axes are defined up to sign
     np.testing.assert_allclose(xy, expected * signs, atol=1e-4)
     assert any(MAP_NOTE in i.value for i in at.info)
+
+
+def test_embeddings_draws_a_seeded_sample_of_large_sets(page_test, demo_dir, monkeypatch):
+    """Above MAX_SHOWN_SAMPLES the charts draw the same seeded sample of samples, and the page says so."""
+    from app.figures import embeddings as emb_fig
+
+    monkeypatch.setattr(emb_fig, "MAX_SHOWN_SAMPLES", 40)
+    st.cache_data.clear()
+    at = page_test("embeddings")
+    at.session_state["emb_method"] = "PCA"
+    _ok(at.run())
+    m = len(_modalities(demo_dir))
+    n = len(load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"])
+    expected = np.sort(np.random.default_rng(0).choice(n, 40, replace=False))
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        rows = np.concatenate([_values(t["customdata"]) for t in spec["data"] if t.get("customdata") is not None])
+        joint = spec["layout"]["title"]["text"].startswith("common:*")
+        assert len(rows) == 40 * (m if joint else 1)
+        np.testing.assert_array_equal(np.unique(rows), expected)
+    assert any(f"random 40 of the {n:,} samples" in c.value for c in at.caption)
