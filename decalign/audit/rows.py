@@ -21,9 +21,10 @@ def prediction_rows(result: InferenceResult, *, source: str, checkpoint_fingerpr
     names = [*result.branch_names, "bias"]
     raised = _raised_flags(flags, len(result))
     labels = result.labels
+    predictions = result.predictions  # a property over all rows: taken once, not per row (20,000 rows: 12 s)
     rows = []
     for i, sample_id in enumerate(result.ids):
-        pred = result.predictions[i]
+        pred = predictions[i]
         rows.append({"source": source, "checkpoint_fingerprint": checkpoint_fingerprint,
                      "input_sha256": input_sha256, "input_name": input_name, "split": split,
                      "sample_id": str(sample_id),

@@ -94,8 +94,9 @@ def result_rows(result, split: str, card) -> Iterator[list]:
     probs = result.probabilities
     labels = result.labels
     errors = result_errors(result, card).to_numpy(dtype=float)  # (N, 1 or 2)
+    predictions = result.predictions  # a property over all rows: taken once, not per row
     for i, sample_id in enumerate(result.ids):
-        pred = result.predictions[i]
+        pred = predictions[i]
         row = [sample_id, split, int(pred) if result.task == "classification" else float(pred)]
         if probs is not None:
             row += [float(p) for p in probs[i]]
