@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -324,16 +325,22 @@ def bench_large(page, tmp: Path, n: int = 20_000) -> dict:
     _idle(page)
     _chart(page)
     filter_s = time.perf_counter() - start
-    _open(page, "Embeddings")
-    _projection(page, "PCA")
     start = time.perf_counter()
+    _open(page, "Embeddings")
+    _projection(page, "UMAP")  # every UMAP view (a map fitted on the training rows, 20,000 rows placed on it)
+    charts = page.locator(".js-plotly-plot")
+    expect(page.get_by_text(re.compile(r"· UMAP$"))).to_have_count(charts.count(), timeout=TIMEOUT)
+    umap_s = time.perf_counter() - start
+    _projection(page, "PCA")
+    start = time.perf_counter()  # the background worker is idle now: the redraw is the page and the browser
     page.locator('[data-testid="stSelectbox"]', has_text="Colour by").click()
     page.get_by_role("option", name="prediction").click()
     _idle(page)
     _chart(page)
     colour_s = time.perf_counter() - start
     return {"samples": n, "upload_to_predictions_s": round(upload, 3), "page_first_chart_s": pages,
-            "filter_redraw_s": round(filter_s, 3), "colour_redraw_s": round(colour_s, 3),
+            "filter_redraw_s": round(filter_s, 3), "embeddings_open_to_all_umap_views_s": round(umap_s, 3),
+            "colour_redraw_s": round(colour_s, 3),
             "targets": {"redraw_s": 2.0}}
 
 
