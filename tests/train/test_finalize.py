@@ -70,7 +70,13 @@ def test_training_runs_each_split_once_after_the_last_epoch(data, tmp_path, monk
     card = load_card(tmp_path / "run")
     assert set(card.metrics) == {"train", "valid", "test"}
     assert set(card.extra["training_alignment"]) == set(AlignmentLevels.LEVELS)
-    assert load_reference(tmp_path / "run").train_total == n["train"]
+    stored = load_reference(tmp_path / "run")
+    assert stored.train_total == n["train"]
+    # the run's reference carries a PCA map of every space, fitted on the kept training rows
+    spaces = {f"{part}:{m}" for part in ("unique", "common") for m in data.widths} | {"common:*"}
+    assert set(stored.maps) == spaces
+    assert {s: p.fitted_on for s, p in stored.maps.items()} == {
+        s: n["train"] * (len(data.widths) if s == "common:*" else 1) for s in spaces}
 
 
 def test_reference_keeps_a_bounded_seeded_sample(data, tmp_path, monkeypatch):
