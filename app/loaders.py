@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -220,5 +222,27 @@ def projection_worker() -> ProjectionWorker:
     return worker
 
 
+# Imported by pages only where used (scikit-learn's import costs a cold page 1-1.6 s): loaded in the background
+# once a server has drawn its first page, so the Embeddings, Prototypes and Audit pages find them loaded.
+LATER_IMPORTS = ("sklearn.decomposition", "sklearn.neighbors", "sklearn.model_selection", "sklearn.metrics",
+                 "sklearn.linear_model", "sklearn.preprocessing")
+
+
 def warm_up_projections() -> ProjectionWorker:
+    """After a page: the projection worker (started once) and the imports pages make later."""
+    _later_imports()
     return projection_worker()
+
+
+@st.cache_resource
+def _later_imports() -> threading.Thread:
+    def load() -> None:
+        for name in LATER_IMPORTS:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # the page's own import reports it
+                pass
+
+    thread = threading.Thread(target=load, name="later-imports", daemon=True)
+    thread.start()
+    return thread
