@@ -469,6 +469,9 @@ def _check_sizes(ref: TrainingReference, path: Path) -> None:
         for name, x in (t for t in tables if t[1] is not None):
             if x.ndim != 2 or len(x) != n:
                 raise CheckpointError(f"{path}: {name}/{m} has shape {x.shape}, expected ({n}, d)")
+            if not np.isfinite(x).all():  # the maps, flags and drift are computed from these rows
+                raise CheckpointError(f"{path}: {name}/{m} holds {int((~np.isfinite(x)).sum())} non-finite "
+                                      "values; expected finite features")
     for name, x in (("train_labels", ref.train_labels), ("train_raw_text", ref.train_raw_text)):
         if x is not None and len(x) != n:
             raise CheckpointError(f"{path}: {name} has {len(x)} entries, expected {n} (one per train id)")

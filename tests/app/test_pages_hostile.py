@@ -87,3 +87,24 @@ def subset(dataset: MultimodalDataset, n: int) -> MultimodalDataset:
     """The first ``n`` samples of every split."""
     return MultimodalDataset({s: p.subset(np.arange(min(n, len(p)))) for s, p in dataset.splits.items()},
                              dataset.task, dataset.num_classes)
+
+
+def test_a_run_whose_reference_does_not_fit_its_model_is_used_without_it(page_test, tmp_path):
+    """A broken training reference is one warning naming the problem; the run's pages still work."""
+    import json
+    import shutil
+
+    from app.session import Key
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "assets" / "demo_model", run)
+    meta = json.loads((run / "reference.json").read_text())
+    meta["maps"]["unique:pixel"] = 0  # a map fitted on no rows
+    (run / "reference.json").write_text(json.dumps(meta))
+    at = page_test("embeddings").run()
+    at.radio(key="model_kind").set_value("Checkpoint directory").run()
+    at.text_input(key=Key.MODEL_DIR).set_value(str(run)).run()
+    at = _ok(at.button(key="model_dir_load").click().run())
+    warnings = " ".join(shown(w.value) for w in at.warning)
+    assert "training reference" in warnings and "positive count of rows" in warnings
+    assert len(at.get("plotly_chart")) == 7  # the Embeddings page, its projections fitted to the data shown

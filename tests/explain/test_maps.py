@@ -111,3 +111,15 @@ def test_maps_that_do_not_fit_the_model_are_refused(reference, trained, tmp_path
     (tmp_path / "reference.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="positive count"):
         load_reference(tmp_path)
+
+
+def test_a_reference_with_non_finite_training_features_is_refused(reference, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    save_reference(tmp_path, reference)
+    arrays = load_file(str(tmp_path / "reference.safetensors"))
+    m = reference.modalities[0]
+    arrays[f"train_unique/{m}"][3, 1] = np.nan
+    save_file(arrays, str(tmp_path / "reference.safetensors"))
+    with pytest.raises(CheckpointError, match=f"train_unique/{m} holds 1 non-finite"):
+        load_reference(tmp_path)
