@@ -249,8 +249,7 @@ def with_maps(reference: TrainingReference, model: DecAlign) -> TrainingReferenc
             distribution = {m: model.distribution_encoders[m](torch.from_numpy(x).float().to(device)).cpu().numpy()
                             for m, x in reference.train_common.items()}
         model.train(was_training)
-        return replace(reference, train_distribution=distribution,
-                   maps=fit_pca_maps(reference.train_unique, distribution))
+    return replace(reference, train_distribution=distribution, maps=fit_pca_maps(reference.train_unique, distribution))
 
 
 def _check_widths(reference: TrainingReference, model: DecAlign) -> None:

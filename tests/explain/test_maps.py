@@ -92,6 +92,11 @@ def test_a_reference_without_maps_gets_them_from_the_model(reference, trained):
         np.testing.assert_allclose(upgraded.train_distribution[m], reference.train_distribution[m], atol=1e-5)
     for space, pca_map in reference.maps.items():
         np.testing.assert_allclose(np.abs(upgraded.maps[space].axes), np.abs(pca_map.axes), atol=1e-4)
+    # stored features without maps: the maps are fitted on them, the features kept as they are
+    refitted = with_maps(replace(reference, maps={}), model)
+    assert refitted is not None and refitted.train_distribution is reference.train_distribution
+    for space, pca_map in reference.maps.items():
+        np.testing.assert_allclose(refitted.maps[space].axes, pca_map.axes)
 
 
 def test_maps_that_do_not_fit_the_model_are_refused(reference, trained, tmp_path):
