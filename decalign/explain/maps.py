@@ -12,7 +12,6 @@ projections; placing rows is umap-learn's ``transform`` onto the map (:func:`uma
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,15 +19,15 @@ import numpy as np
 
 from ..maps import PcaMap
 from .projection import (
-    TRANSFORM_CHUNK,
     UMAP_EPOCHS,
     UMAP_MAX_FIT,
     Projection,
-    _euclidean,
     _umap,
     load_cached,
     projection_key,
     save_cached,
+    umap_reducer,
+    umap_transform,
 )
 
 MAP_NOTE = ("Every projection is a map fitted on the model's training samples (kept with the model in its "
@@ -66,13 +65,7 @@ def umap_onto(reference: np.ndarray, features: np.ndarray, folder: Path, *, seed
     _REBUILT.move_to_end(key)
     while len(_REBUILT) > _REBUILT_KEPT:
         _REBUILT.popitem(last=False)
-    x = np.asarray(features, dtype=np.float64)
-    coords = np.empty((len(x), 2))
-    with warnings.catch_warnings():  # umap-learn warns that transform assumes precomputed distances: it does
-        warnings.simplefilter("ignore", UserWarning)
-        for start in range(0, len(x), TRANSFORM_CHUNK):
-            coords[start:start + TRANSFORM_CHUNK] = reducer.transform(_euclidean(x[start:start + TRANSFORM_CHUNK],
-                                                                                 rows))
+    coords = umap_transform(reducer, np.asarray(features, dtype=np.float64), rows)
     return Projection(coords, "umap", len(rows), MAP_NOTE)
 
 
@@ -91,12 +84,6 @@ def _map_coords(rows: np.ndarray, key: str, folder: Path, seed: int, n_neighbors
 
 def _rebuild(rows: np.ndarray, coords: np.ndarray, seed: int, n_neighbors: int):
     """A umap-learn reducer holding the map ``coords`` of ``rows``: its neighbour graph, no epochs run."""
-    import umap
-
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(rows) - 1)), random_state=seed,
-                        transform_seed=seed, n_epochs=0, init=coords.astype(np.float32), metric="precomputed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        reducer.fit(_euclidean(rows, rows))
+    reducer = umap_reducer(rows, seed, n_neighbors, n_epochs=0, init=coords.astype(np.float32))
     reducer.n_epochs = UMAP_EPOCHS  # transform then runs umap-learn's third of the fitting epochs
     return reducer

@@ -159,24 +159,43 @@ def _pca(x: np.ndarray, fit_rows: np.ndarray | None) -> np.ndarray:
 
 
 def _umap(x: np.ndarray, fit_rows: np.ndarray | None, seed: int, n_neighbors: int) -> np.ndarray:
+    fitted = x if fit_rows is None else x[fit_rows]
+    reducer = umap_reducer(fitted, seed, n_neighbors)
+    if fit_rows is None:
+        return reducer.embedding_.astype(np.float64)
+    coords = np.empty((x.shape[0], 2))
+    coords[fit_rows] = reducer.embedding_
+    rest = np.setdiff1d(np.arange(x.shape[0]), fit_rows)
+    coords[rest] = umap_transform(reducer, x[rest], fitted)
+    return coords
+
+
+def umap_reducer(rows: np.ndarray, seed: int, n_neighbors: int, *, n_epochs: int = UMAP_EPOCHS,
+                 init: str | np.ndarray = "spectral"):
+    """umap-learn's ``UMAP`` fitted on the exact distances of ``rows`` (seeded, so single-threaded).
+
+    200 optimisation epochs by default, as umap-learn itself uses above 10,000 rows; its 500 for smaller
+    data cost 25% more time here for maps that look the same at dashboard size. ``init``: umap-learn's
+    initial layout (an array: the coordinates of a stored map, with ``n_epochs=0`` to keep them)."""
     import umap  # imported here: numba start-up costs seconds, and PCA users should not pay it
 
-    fitted = x if fit_rows is None else x[fit_rows]
-    # 200 optimisation epochs, as umap-learn itself uses above 10,000 rows; its 500 for smaller data
-    # cost 25% more time here for maps that look the same at dashboard size.
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(fitted) - 1)),
-                        random_state=seed, transform_seed=seed, n_epochs=UMAP_EPOCHS, metric="precomputed")
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(rows) - 1)), random_state=seed,
+                        transform_seed=seed, n_epochs=n_epochs, init=init, metric="precomputed")
     with warnings.catch_warnings():  # "n_jobs overridden by random_state": determinism is what we want
         warnings.simplefilter("ignore", UserWarning)
-        reducer.fit(_euclidean(fitted, fitted))
-        if fit_rows is None:
-            return reducer.embedding_.astype(np.float64)
-        coords = np.empty((x.shape[0], 2))
-        coords[fit_rows] = reducer.embedding_
-        rest = np.setdiff1d(np.arange(x.shape[0]), fit_rows)
-        for start in range(0, len(rest), TRANSFORM_CHUNK):  # bounds the (chunk, fitted) distance matrix
-            rows = rest[start:start + TRANSFORM_CHUNK]
-            coords[rows] = reducer.transform(_euclidean(x[rows], fitted))
+        reducer.fit(_euclidean(rows, rows))
+    return reducer
+
+
+def umap_transform(reducer, x: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """(len(x), 2): ``x`` placed by umap-learn's ``transform`` on ``reducer`` (fitted on ``fitted``), a
+    chunk at a time to bound the (chunk, fitted) distance matrix."""
+    coords = np.empty((len(x), 2))
+    with warnings.catch_warnings():  # umap-learn warns that transform assumes precomputed distances: it does
+        warnings.simplefilter("ignore", UserWarning)
+        for start in range(0, len(x), TRANSFORM_CHUNK):
+            chunk = slice(start, start + TRANSFORM_CHUNK)
+            coords[chunk] = reducer.transform(_euclidean(x[chunk], fitted))
     return coords
 
 
