@@ -10,7 +10,6 @@ left for the page's own import to report.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import threading
 import time
@@ -24,17 +23,13 @@ PRELOAD = ("torch", "pandas", "plotly.graph_objects", "app.loaders", "app.sideba
 
 
 def preload(names: tuple[str, ...] = PRELOAD, wait_s: float = 30.0) -> list[str]:
-    """Once the server is up (or after ``wait_s``), import ``names`` in order; returns those that failed (the
-    page's own import reports them). Waiting first keeps the imports from delaying the server's start: they
-    hold the GIL for most of their 3 s."""
+    """Once the server is up (or after ``wait_s``), import ``names`` (``app.import_all``); returns those that
+    failed. Waiting first keeps the imports from delaying the server's start: they hold the GIL for most of
+    their 3 s."""
     _wait_for_server(wait_s)
-    failed = []
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the page imports it again and shows the error there
-            failed.append(name)
-    return failed
+    from app import import_all
+
+    return import_all(names)
 
 
 def _wait_for_server(wait_s: float) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import json
 import os
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import session
+from app import import_all, session
 from decalign.atomic import clean_stale_temps
 from decalign.audit.run import PreparedReference, prepare_reference
 from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
@@ -236,13 +235,6 @@ def warm_up_projections() -> ProjectionWorker:
 
 @st.cache_resource
 def _later_imports() -> threading.Thread:
-    def load() -> None:
-        for name in LATER_IMPORTS:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # the page's own import reports it
-                pass
-
-    thread = threading.Thread(target=load, name="later-imports", daemon=True)
+    thread = threading.Thread(target=import_all, args=(LATER_IMPORTS,), name="later-imports", daemon=True)
     thread.start()
     return thread
