@@ -48,12 +48,18 @@ class PcaMap:
 
 
 def space_rows(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows of every map's space: unique and common features per modality, and all common rows stacked (in
-    modality order, as the joint views stack them)."""
-    rows = {f"unique:{m}": x for m, x in unique.items()}
-    rows.update({f"common:{m}": x for m, x in common.items()})
-    rows[JOINT] = np.concatenate([np.asarray(x) for x in common.values()])
-    return rows
+    """Rows of every map's space (:func:`rows_of`)."""
+    spaces = [*(f"unique:{m}" for m in unique), *(f"common:{m}" for m in common), JOINT]
+    return {space: rows_of(unique, common, space) for space in spaces}
+
+
+def rows_of(unique: dict[str, np.ndarray], common: dict[str, np.ndarray], space: str) -> np.ndarray:
+    """Rows of one space: a modality's unique or common features, or for ``JOINT`` all common rows stacked
+    (in modality order, as the joint views stack them)."""
+    if space == JOINT:
+        return np.concatenate([np.asarray(x) for x in common.values()])
+    part, _, modality = space.partition(":")
+    return {"unique": unique, "common": common}[part][modality]
 
 
 def fit_pca_maps(unique: dict[str, np.ndarray], common: dict[str, np.ndarray]) -> dict[str, PcaMap]:

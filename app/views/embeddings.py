@@ -35,7 +35,7 @@ from decalign.explain.projection import (
 )
 from decalign.explain.transport_view import label_groups
 from decalign.inference import InferenceResult
-from decalign.maps import JOINT, PcaMap, space_rows
+from decalign.maps import JOINT, PcaMap, rows_of
 from decalign.safe_output import markdown_text
 from decalign.train.reference import TrainingReference
 
@@ -72,7 +72,7 @@ def _view(ctx: Context, space: str, method: str, features: np.ndarray, waiting: 
     if pca_map is not None and (pca_map.mean.shape[0] != features.shape[1] or reference.train_distribution is None):
         pca_map = None  # a model's spaces and its reference always agree; a mismatch falls back to fitting
     if method == "umap":
-        rows = None if pca_map is None else space_rows(reference.train_unique, reference.train_distribution)[space]
+        rows = None if pca_map is None else rows_of(reference.train_unique, reference.train_distribution, space)
         request = (Request(features, "umap", reference=rows) if rows is not None and len(rows) >= MIN_UMAP_ROWS
                    else Request(features, "umap", fit_limit=FIT_LIMITS["umap"]))
         worker = loaders.projection_worker()
