@@ -7,7 +7,9 @@ Screenshots go to ``test-artifacts/train_*.png``. Runs go to a temporary DECALIG
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import time
 
 import pytest
@@ -21,14 +23,13 @@ from browser_utils import (
 )
 
 from decalign.train.background import kill_training, list_runs
+from decalign.train.progress import PROGRESS_FILE
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT = 30_000
 TRAIN_TIMEOUT = 240_000
 TINY = {"Width d": 16, "Attention heads": 2, "Layers": 1, "Batch size": 128, "Prototypes K": 4}
-
-
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,23 @@ def _progress_text(page) -> str:
     return bar.first.inner_text() if bar.count() else ""
 
 
+def _freeze_after_first_epoch(runs, name: str):
+    """Stop (SIGSTOP) the run named ``name`` as soon as its progress file reports epoch 2; returns its folder."""
+    deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        for info in list_runs(runs):
+            if info.name.endswith(f"-{name}"):
+                try:
+                    progress = json.loads((info.path / PROGRESS_FILE).read_text(encoding="utf-8"))
+                except (OSError, ValueError):  # not written yet, or being replaced
+                    continue
+                if progress.get("state") == "running" and progress.get("epoch", 0) >= 2:
+                    assert kill_training(info.path, signal.SIGSTOP), "the run's process is gone"
+                    return info.path
+        time.sleep(0.02)
+    raise AssertionError(f"run {name} never reached its second epoch")
+
+
 def test_train_cancel_resume_compare(server, tmp_path):
     sync = require_browser()
     from playwright.sync_api import expect
@@ -116,14 +134,22 @@ def test_train_cancel_resume_compare(server, tmp_path):
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_finished.png"))
 
-            # 2. a second run, cancelled while it trains, then resumed to the end
-            _start_run(page, "second", 3)
-            expect(page.get_by_text(re.compile(r"epoch \d+/3 · batch"))).to_be_visible(timeout=TRAIN_TIMEOUT)
-            page.get_by_role("button", name="Cancel").click()
-            expect(page.get_by_text(re.compile(r"Cancelled after epoch"))).to_be_visible(timeout=TRAIN_TIMEOUT)
+            # 2. a second run, cancelled while it trains, then resumed to the end. The run is frozen once its
+            # first epoch is done, so the click cannot race the end of a run that trains faster than the page
+            # refreshes (it did, in CI); the cancel then lands after the batch that follows the thaw.
+            _start_run(page, "second", 8, batch_size=32)
+            second = _freeze_after_first_epoch(runs, "second")
+            try:
+                expect(page.get_by_text(re.compile(r"epoch \d+/8 · batch"))).to_be_visible(timeout=TRAIN_TIMEOUT)
+                page.get_by_role("button", name="Cancel").click()
+                expect(page.get_by_text("Cancelling after the current batch…")).to_be_visible(timeout=TIMEOUT)
+            finally:
+                kill_training(second, signal.SIGCONT)
+            expect(page.get_by_text(re.compile(r"Cancelled after epoch [1-7]\."))).to_be_visible(
+                timeout=TRAIN_TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_cancelled.png"))
             page.get_by_role("button", name="Resume").click()
-            expect(page.get_by_text("Finished after epoch 3")).to_be_visible(timeout=TRAIN_TIMEOUT)
+            expect(page.get_by_text("Finished after epoch 8")).to_be_visible(timeout=TRAIN_TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_resumed.png"))
             states = {info.name.rsplit("-", 1)[-1]: info.state for info in list_runs(runs)}
             assert states == {"first": "finished", "second": "finished"}
