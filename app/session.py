@@ -29,6 +29,7 @@ class Key(StrEnum):
     MODEL_ZIP_GEN = "model_zip_gen"
     NOTICE = "notice"  # a one-off note for the sidebar (e.g. a link whose upload cannot be restored)
     QUERY_READ = "query_read"  # the address's query parameters were applied in this session
+    CODE_PREFETCHED = "code_prefetched"  # this session's browser was sent the hidden chart and table (app.prefetch)
     SPLIT = "split"
     # Sidebar widgets
     MODEL_KIND = "model_kind"

@@ -10,6 +10,11 @@ import streamlit as st
 # `streamlit run app/streamlit_app.py` puts app/ on the path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import prefetch
+
+st.set_page_config(page_title="DecAlign Studio", layout="wide")
+prefetched = prefetch.start()  # before the imports below, which wait for the launcher's preload
+
 from app import loaders, sidebar
 from app.views import (
     alignment,
@@ -25,8 +30,6 @@ from app.views import (
 )
 from decalign.cpu_share import share_with_training
 from decalign.train.background import training_alive
-
-st.set_page_config(page_title="DecAlign Studio", layout="wide")
 
 PAGES = [
     st.Page(overview.render, title="Overview", url_path="overview", default=True),
@@ -44,4 +47,5 @@ navigation = st.navigation(PAGES)
 share_with_training(training_alive())  # a run started here keeps its speed while pages compute
 sidebar.render()
 navigation.run()
+prefetch.finish(prefetched)
 loaders.warm_up_projections()  # after the page: the worker's start must not delay the first chart

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "app")]
 
-from browser_utils import free_port, launch_chromium, make_tiny_run, start_server, stop_server
+from browser_utils import MAIN_CHARTS, free_port, launch_chromium, make_tiny_run, start_server, stop_server
 from playwright.sync_api import expect, sync_playwright
 
 from decalign.data import MultimodalDataset, Split, load_dataset, make_synthetic, save_npz
@@ -56,7 +56,7 @@ def _idle(page, appear_ms: int = 1500) -> None:
 
 
 def _chart(page) -> None:
-    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT)
+    expect(page.locator(MAIN_CHARTS).first).to_be_visible(timeout=TIMEOUT)
 
 
 def _try_open(page, name: str) -> float | str:
@@ -328,7 +328,7 @@ def bench_large(page, tmp: Path, n: int = 20_000) -> dict:
     start = time.perf_counter()
     _open(page, "Embeddings")
     _projection(page, "UMAP")  # every UMAP view (a map fitted on the training rows, 20,000 rows placed on it)
-    charts = page.locator(".js-plotly-plot")
+    charts = page.locator(MAIN_CHARTS)
     expect(page.get_by_text(re.compile(r"· UMAP$"))).to_have_count(charts.count(), timeout=TIMEOUT)
     umap_s = time.perf_counter() - start
     _projection(page, "PCA")

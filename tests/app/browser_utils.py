@@ -32,6 +32,8 @@ from decalign.train.reference import build_reference, save_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+# The page's charts: a session's first run also holds a hidden empty chart in the sidebar (app.prefetch).
+MAIN_CHARTS = '[data-testid="stMain"] .js-plotly-plot'
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run"]

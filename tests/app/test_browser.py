@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from browser_utils import (
+    MAIN_CHARTS,
     ROOT,
     free_port,
     launch_chromium,
@@ -50,7 +51,7 @@ def _settle(page, heading: str) -> None:
 def _charts(page, at_least: int = 1, timeout: int = TIMEOUT) -> None:
     from playwright.sync_api import expect
 
-    expect(page.locator(".js-plotly-plot").nth(at_least - 1)).to_be_visible(timeout=timeout)
+    expect(page.locator(MAIN_CHARTS).nth(at_least - 1)).to_be_visible(timeout=timeout)
 
 
 def _upload(page, path: Path) -> None:
@@ -154,3 +155,58 @@ def _select_first_row(page, sync) -> None:
     box = grid.bounding_box()
     page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
     sync.expect(page.get_by_role("button", name=re.compile("^Open sample"))).to_be_enabled(timeout=TIMEOUT)
+
+
+# Records when the page's first heading arrives, how often the hidden prefetch container (app.prefetch) is
+# added, and its height once the sidebar's own widgets arrive below it (0: it pushes nothing down; null:
+# it is gone).
+_WATCH = """
+window.__heading = null; window.__prefetchAdded = 0; window.__prefetchAtWidgets = undefined;
+new MutationObserver((records) => {
+  if (window.__heading === null && document.querySelector('[data-testid="stMain"] h1')) {
+    window.__heading = performance.now();
+  }
+  if (window.__prefetchAtWidgets === undefined
+      && document.querySelector('[data-testid="stSidebar"] [data-testid="stRadio"]')) {
+    const box = document.querySelector('.st-key-prefetch_chart_code');
+    window.__prefetchAtWidgets = box ? box.getBoundingClientRect().height : null;
+  }
+  for (const record of records) for (const node of record.addedNodes) {
+    if (node.nodeType === 1 && (node.matches('.st-key-prefetch_chart_code')
+                                || node.querySelector('.st-key-prefetch_chart_code'))) window.__prefetchAdded++;
+  }
+}).observe(document, {subtree: true, childList: true});
+"""
+
+
+def test_first_run_fetches_the_chart_code_before_the_page_draws(server):
+    """The browser starts loading the plotly and data-frame code before the page's first heading arrives
+    (without app.prefetch it waited for the first chart), and the hidden empty elements are gone afterwards."""
+    sync = require_browser()
+    with sync.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1600})
+            context.add_init_script(_WATCH)
+            page = context.new_page()
+            page.goto(server)
+            _settle(page, "Overview")
+            _charts(page, 2)
+            heading = page.evaluate("window.__heading")
+            starts = page.evaluate("""performance.getEntriesByType('resource')
+                .filter(e => /\\/(PlotlyChart|DataFrame)\\.[^/]*\\.js$/.test(e.name))
+                .map(e => [e.name.split('/').pop().split('.')[0], e.startTime])""")
+            assert {name for name, _ in starts} == {"PlotlyChart", "DataFrame"}, starts
+            assert heading is not None and all(start < heading for _, start in starts), (heading, starts)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            assert sidebar.locator('.js-plotly-plot, [data-testid="stDataFrame"]').count() == 0
+            assert page.locator(".st-key-prefetch_chart_code").count() == 0
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Sample").first.click()
+            _settle(page, "Sample")
+            _charts(page)
+            assert page.evaluate("window.__prefetchAdded") == 1  # once per session, not on every rerun
+            # hidden when the sidebar's widgets came below it, or already removed (a busy browser can draw them
+            # in the same frame as the end of the run)
+            assert page.evaluate("window.__prefetchAtWidgets") in (0, None)
+        finally:
+            browser.close()

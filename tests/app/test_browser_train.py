@@ -14,6 +14,7 @@ import time
 
 import pytest
 from browser_utils import (
+    MAIN_CHARTS,
     ROOT,
     free_port,
     launch_chromium,
@@ -131,7 +132,7 @@ def test_train_cancel_resume_compare(server, tmp_path):
                 time.sleep(0.3)
             expect(finished.first).to_be_visible(timeout=TIMEOUT)
             assert len(seen) >= 2, seen  # the bar moved while we watched
-            expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=TIMEOUT)
+            expect(page.locator(MAIN_CHARTS).first).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_finished.png"))
 
             # 2. a second run, cancelled while it trains, then resumed to the end. The run is frozen once its
@@ -158,7 +159,7 @@ def test_train_cancel_resume_compare(server, tmp_path):
             _open(page, "Compare models")
             expect(page.get_by_role("heading", name=re.compile("Predictions that changed"))).to_be_visible(
                 timeout=4 * TIMEOUT)
-            expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=4 * TIMEOUT)
+            expect(page.locator(MAIN_CHARTS).nth(2)).to_be_visible(timeout=4 * TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_compare.png"))
             page.get_by_role("button", name=re.compile(r"Explain with model A")).click()
             _settle(page, "Sample")
@@ -169,7 +170,7 @@ def test_train_cancel_resume_compare(server, tmp_path):
 
             # 4. the replay of the first run
             _open(page, "Replay training")
-            expect(page.locator(".js-plotly-plot").nth(2)).to_be_visible(timeout=TIMEOUT)
+            expect(page.locator(MAIN_CHARTS).nth(2)).to_be_visible(timeout=TIMEOUT)
             page.screenshot(path=str(ARTIFACTS / "train_replay.png"))
         finally:
             browser.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from browser_utils import (
+    MAIN_CHARTS,
     ROOT,
     free_port,
     launch_chromium,
@@ -80,7 +81,7 @@ def _chart(page, title: str):
     """The plotly chart whose title contains ``title``, once drawn."""
     from playwright.sync_api import expect
 
-    chart = page.locator(".js-plotly-plot", has=page.locator(".gtitle", has_text=title)).first
+    chart = page.locator(MAIN_CHARTS, has=page.locator(".gtitle", has_text=title)).first
     expect(chart).to_be_visible(timeout=4 * TIMEOUT)
     return chart
 
@@ -248,7 +249,7 @@ def _two_modality_upload(page, server: str, data: Path, expect) -> None:
     _open(page, "Embeddings")
     expect(page.get_by_text(re.compile(r"Modalities told apart \(chance 0\.50\)")).first).to_be_visible(
         timeout=4 * TIMEOUT)
-    legend = page.locator(".js-plotly-plot").first.locator(".legendtext").all_text_contents()  # SVG text
+    legend = page.locator(MAIN_CHARTS).first.locator(".legendtext").all_text_contents()  # SVG text
     assert legend == ACTIVITIES, legend  # coloured by label, every class named, in class order
     _shot(page, "two_embeddings")
     _open(page, "Prototypes and transport")
