@@ -13,7 +13,7 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from app.session import Key
+from app import session
 
 CONTAINER_KEY = "prefetch_chart_code"  # Streamlit gives the container the CSS class st-key-<key>
 EMPTY_CHART = {"data": [{"type": "scatter", "x": [], "y": []}], "layout": {"height": 10}}  # needs one trace
@@ -21,9 +21,8 @@ EMPTY_CHART = {"data": [{"type": "scatter", "x": [], "y": []}], "layout": {"heig
 
 def start() -> DeltaGenerator | None:
     """In a session's first run: the hidden slot holding the empty elements (pass it to :func:`finish`)."""
-    if st.session_state.get(Key.CODE_PREFETCHED):
+    if not session.code_prefetch_due():
         return None
-    st.session_state[Key.CODE_PREFETCHED] = True
     slot = st.sidebar.empty()
     with slot.container(key=CONTAINER_KEY):
         # The rule travels inside the container and goes with it. Until the browser has drawn it (markdown's

@@ -169,6 +169,14 @@ def set_notice(message: str | None) -> None:
         _set(Key.NOTICE, message)
 
 
+def code_prefetch_due() -> bool:
+    """True in a session's first run only: when ``app.prefetch`` sends the browser its hidden elements."""
+    if _get(Key.CODE_PREFETCHED):
+        return False
+    _set(Key.CODE_PREFETCHED, True)
+    return True
+
+
 def first_sight(key: Key, file_id: str) -> bool:
     """True once per uploaded file (``Key.MODEL_ZIP_SEEN`` / ``Key.DATA_UPLOAD_SEEN``): handle it once."""
     if _get(key) == file_id:

@@ -1,5 +1,6 @@
 """``python3 -m app``: the README's dashboard command."""
 
+import gc
 import subprocess
 import sys
 
@@ -19,6 +20,26 @@ def test_preload_imports_the_pages_and_reports_what_failed(monkeypatch):
     import app.__main__ as launcher
 
     monkeypatch.setattr(launcher, "_wait_for_server", lambda wait_s: None)
-    assert launcher.preload(("json", "no_such_module_here")) == ["no_such_module_here"]
-    assert set(launcher.PRELOAD) >= {"torch", "app.loaders", "app.views.overview", "app.views.embeddings"}
-    assert launcher.preload() == []  # every name is a module that imports
+    try:
+        assert launcher.preload(("json", "no_such_module_here")) == ["no_such_module_here"]
+        assert set(launcher.PRELOAD) >= {"torch", "app.loaders", "app.views.overview", "app.views.embeddings"}
+        assert launcher.preload() == []  # every name is a module that imports
+    finally:
+        gc.unfreeze()  # this test process's later tests may count on collecting what exists now
+
+
+def test_imports_are_frozen_out_of_later_full_collections():
+    """After ``import_all`` the objects that existed are in the permanent generation: Streamlit's full
+    collection after every script run no longer scans them."""
+    from app import import_all
+
+    gc.unfreeze()
+    existing = [[]]  # a container the collector tracks
+    try:
+        assert any(obj is existing for obj in gc.get_objects())
+        import_all(("json",))
+        assert gc.get_freeze_count() > 0
+        assert not any(obj is existing for obj in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert any(obj is existing for obj in gc.get_objects())
