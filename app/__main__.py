@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "app" / "streamlit_app.py"
-PRELOAD = ("torch", "pandas", "plotly.graph_objects", "app.loaders", "app.sidebar", "app.context",
+# pandas first: the first run's app.prefetch waits for it (plotly must not see it half imported)
+PRELOAD = ("pandas", "torch", "plotly.graph_objects", "app.loaders", "app.sidebar", "app.context",
            *(f"app.views.{page}" for page in ("overview", "predict", "sample", "embeddings", "prototypes",
                                               "alignment", "audit", "train", "replay", "compare")))
 

@@ -16,13 +16,17 @@ from streamlit.delta_generator import DeltaGenerator
 from app import session
 
 CONTAINER_KEY = "prefetch_chart_code"  # Streamlit gives the container the CSS class st-key-<key>
-EMPTY_CHART = {"data": [{"type": "scatter", "x": [], "y": []}], "layout": {"height": 10}}  # needs one trace
+EMPTY_CHART = {"data": [{"type": "scatter"}]}  # plotly refuses a figure without a trace
 
 
 def start() -> DeltaGenerator | None:
     """In a session's first run: the hidden slot holding the empty elements (pass it to :func:`finish`)."""
     if not session.code_prefetch_due():
         return None
+    # Plotly's checks look pandas up in sys.modules: while the launcher's thread is importing it, they would
+    # find a half-initialised module without Series (it failed so in CI). This import waits for that import
+    # to finish; the launcher imports pandas first (0.3 s), well before a browser's first run starts.
+    import pandas  # noqa: F401
     slot = st.sidebar.empty()
     with slot.container(key=CONTAINER_KEY):
         # The rule travels inside the container and goes with it. Until the browser has drawn it (markdown's

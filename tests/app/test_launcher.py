@@ -4,6 +4,7 @@ import gc
 import subprocess
 import sys
 
+import pytest
 from browser_utils import ROOT
 
 
@@ -43,3 +44,28 @@ def test_imports_are_frozen_out_of_later_full_collections():
     finally:
         gc.unfreeze()
     assert any(obj is existing for obj in gc.get_objects())
+
+
+def test_prefetch_waits_for_pandas_and_the_launcher_imports_it_first():
+    """Plotly's checks look pandas up in sys.modules, where a half-imported pandas has no Series (CI hit it:
+    the prefetch's chart was built while the launcher's thread imported pandas). So the launcher imports
+    pandas first and the prefetch imports it before any chart; this shows the failure it prevents."""
+    import inspect
+    import types
+
+    import plotly.tools
+
+    import app.__main__ as launcher
+    from app import prefetch
+
+    assert launcher.PRELOAD[0] == "pandas"
+    source = inspect.getsource(prefetch.start)
+    assert source.index("import pandas") < source.index("st.plotly_chart")
+    half_imported = types.ModuleType("pandas")
+    saved = sys.modules["pandas"]
+    sys.modules["pandas"] = half_imported
+    try:
+        with pytest.raises(AttributeError, match="Series"):
+            plotly.tools.return_figure_from_figure_or_data(prefetch.EMPTY_CHART, validate_figure=True)
+    finally:
+        sys.modules["pandas"] = saved
