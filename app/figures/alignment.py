@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from .style import PALETTE, epoch_axis
+from .style import PALETTE, epoch_axis, subplot_grid
 
 
 def training_value(training: dict | None, level: str) -> float | None:
@@ -24,17 +23,19 @@ def level_figure(levels: pd.DataFrame, level: str, train_value: float | None, ti
     rows = levels[levels.level == level]
     total = float(rows[rows.kind == "total"].value.iloc[0])
     parts = rows[rows.kind != "total"]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], horizontal_spacing=0.12,
-                        subplot_titles=("total", "per modality" if level == "decoupling" else "per pair"))
+    fig, cells = subplot_grid(rows=1, cols=2, column_widths=(0.35, 0.65), horizontal_spacing=0.12,
+                              subplot_titles=("total", "per modality" if level == "decoupling" else "per pair"))
     names = ["current data", "training set"]
     values = [total, train_value if train_value is not None else 0.0]
     fig.add_trace(go.Bar(x=names, y=values, marker_color=["#1f77b4", "#aaaaaa"], showlegend=False,
                          text=[f"{total:.4g}", "not recorded" if train_value is None else f"{train_value:.4g}"],
-                         textposition="outside", hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=1, col=1)
+                         textposition="outside", hovertemplate="%{x}: %{y:.4g}<extra></extra>",
+                         xaxis=cells[(1, 1)].x, yaxis=cells[(1, 1)].y))
     fig.add_trace(go.Bar(x=parts.scope.tolist(), y=parts.value.tolist(), marker_color="#1f77b4",
-                         showlegend=False, hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=1, col=2)
-    fig.update_yaxes(rangemode="tozero")
-    fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+                         showlegend=False, hovertemplate="%{x}: %{y:.4g}<extra></extra>",
+                         xaxis=cells[(1, 2)].x, yaxis=cells[(1, 2)].y))
+    fig.update_layout({cell.yaxis: {"rangemode": "tozero"} for cell in cells.values()},
+                      title=title, height=320, margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
 
 

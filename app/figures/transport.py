@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from decalign.explain.correspondence import PairCorrespondence
 from decalign.explain.transport_view import PlanView
 
-from .style import CONTINUOUS, category_colours, point_trace
+from .style import CONTINUOUS, category_colours, point_trace, subplot_grid
 
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
@@ -59,23 +59,22 @@ def matrix_figure(matrix: np.ndarray, row_marginal: np.ndarray, col_marginal: np
     cols = np.arange(kb) if col_order is None else np.asarray(col_order)
     z = np.asarray(matrix)[np.ix_(rows, cols)]
     xs, ys = [f"{b} {k}" for k in cols], [f"{a} {k}" for k in rows]
-    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=[0.8, 0.2],
-                        row_heights=[0.22, 0.78], horizontal_spacing=0.02, vertical_spacing=0.03)
+    fig, cells = subplot_grid(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=(0.8, 0.2),
+                              row_heights=(0.22, 0.78), horizontal_spacing=0.02, vertical_spacing=0.03)
+    heat, top, side = cells[(2, 1)], cells[(1, 1)], cells[(2, 2)]
     fig.add_trace(go.Heatmap(z=z, x=xs, y=ys, colorscale=colorscale, colorbar={"len": 0.7, "y": 0.38}, name=title,
-                             hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>"), row=2, col=1)
+                             hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>", xaxis=heat.x, yaxis=heat.y))
     fig.add_trace(go.Bar(x=xs, y=np.asarray(col_marginal)[cols], name=f"{b} marginal", marker_color="#888",
-                         showlegend=False), row=1, col=1)
+                         showlegend=False, xaxis=top.x, yaxis=top.y))
     fig.add_trace(go.Bar(y=ys, x=np.asarray(row_marginal)[rows], orientation="h", name=f"{a} marginal",
-                         marker_color="#888", showlegend=False), row=2, col=2)
+                         marker_color="#888", showlegend=False, xaxis=side.x, yaxis=side.y))
     if outline is not None:  # one layout update: add_shape per cell re-validates every shape so far
-        axes = fig.get_subplot(2, 1)
-        refs = {"xref": axes.xaxis.plotly_name.replace("axis", ""), "yref": axes.yaxis.plotly_name.replace("axis", "")}
-        fig.update_layout(shapes=[{"type": "rect", "x0": j - 0.5, "x1": j + 0.5, "y0": i - 0.5, "y1": i + 0.5, **refs,
-                                   "line": {"color": "#d62728", "width": 2}}
+        fig.update_layout(shapes=[{"type": "rect", "x0": j - 0.5, "x1": j + 0.5, "y0": i - 0.5, "y1": i + 0.5,
+                                   "xref": heat.x, "yref": heat.y, "line": {"color": "#d62728", "width": 2}}
                                   for i, j in zip(*np.nonzero(np.asarray(outline)[np.ix_(rows, cols)]))])
-    fig.update_yaxes(title=f"{a} prototype", type="category", autorange="reversed", row=2, col=1)
-    fig.update_xaxes(title=f"{b} prototype", type="category", row=2, col=1)
-    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout({heat.yaxis: {"title": f"{a} prototype", "type": "category", "autorange": "reversed"},
+                       heat.xaxis: {"title": f"{b} prototype", "type": "category"}},
+                      title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 

@@ -146,3 +146,86 @@ def test_level_figure_and_history():
     curve = afig.history_figure(history, "mmd")
     assert [t.name for t in curve.data] == ["train", "valid"] and list(curve.data[0].x) == [1, 2]
     assert afig.history_figure(history, "decoupling") is None
+
+
+# The builders before app.figures.style.subplot_grid, on plotly's make_subplots and add_trace(row=, col=):
+# the reference the faster builders must draw exactly.
+def _matrix_with_make_subplots(matrix, row_marginal, col_marginal, a, b, title, outline):
+    from plotly.subplots import make_subplots
+
+    ka, kb = matrix.shape
+    xs, ys = [f"{b} {k}" for k in range(kb)], [f"{a} {k}" for k in range(ka)]
+    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, column_widths=[0.8, 0.2],
+                        row_heights=[0.22, 0.78], horizontal_spacing=0.02, vertical_spacing=0.03)
+    fig.add_trace(go.Heatmap(z=matrix, x=xs, y=ys, colorscale="Blues", colorbar={"len": 0.7, "y": 0.38}, name=title,
+                             hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>"), row=2, col=1)
+    fig.add_trace(go.Bar(x=xs, y=col_marginal, name=f"{b} marginal", marker_color="#888", showlegend=False),
+                  row=1, col=1)
+    fig.add_trace(go.Bar(y=ys, x=row_marginal, orientation="h", name=f"{a} marginal", marker_color="#888",
+                         showlegend=False), row=2, col=2)
+    for i, j in zip(*np.nonzero(outline)):
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line={"color": "#d62728", "width": 2},
+                      row=2, col=1)
+    fig.update_yaxes(title=f"{a} prototype", type="category", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title=f"{b} prototype", type="category", row=2, col=1)
+    fig.update_layout(title=title, height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def _level_with_make_subplots(levels, level, train_value, title):
+    from plotly.subplots import make_subplots
+
+    rows = levels[levels.level == level]
+    total = float(rows[rows.kind == "total"].value.iloc[0])
+    parts = rows[rows.kind != "total"]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], horizontal_spacing=0.12,
+                        subplot_titles=("total", "per modality" if level == "decoupling" else "per pair"))
+    fig.add_trace(go.Bar(x=["current data", "training set"], y=[total, train_value], marker_color=["#1f77b4", "#aaaaaa"],
+                         showlegend=False, text=[f"{total:.4g}", f"{train_value:.4g}"], textposition="outside",
+                         hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=parts.scope.tolist(), y=parts.value.tolist(), marker_color="#1f77b4", showlegend=False,
+                         hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig
+
+
+def _drawn(fig: go.Figure) -> dict:
+    """What plotly.js receives, without trace ordering of dictionary keys mattering."""
+    import json
+
+    return json.loads(fig.to_json())
+
+
+def test_matrix_and_level_figures_draw_what_make_subplots_draws():
+    rng = np.random.default_rng(3)
+    matrix = rng.random((3, 4))
+    rows_m, cols_m = matrix.sum(1), matrix.sum(0)
+    outline = np.zeros((3, 4), dtype=bool)
+    outline[[0, 1, 2], [2, 0, 3]] = True
+    ours = tfig.matrix_figure(matrix, rows_m, cols_m, "text", "audio", "Plan text – audio", outline=outline)
+    reference = _matrix_with_make_subplots(matrix, rows_m, cols_m, "text", "audio", "Plan text – audio", outline)
+    assert _drawn(ours) == _drawn(reference)
+    levels = pd.DataFrame({"level": ["decoupling"] * 3, "scope": ["total", "a", "b"],
+                           "kind": ["total", "modality", "modality"], "value": [0.5, 0.2, 0.3], "samples": 10})
+    assert _drawn(afig.level_figure(levels, "decoupling", 0.4, "t")) == _drawn(
+        _level_with_make_subplots(levels, "decoupling", 0.4, "t"))
+
+
+def test_subplot_grid_is_make_subplots_layout_and_cells():
+    from plotly.subplots import make_subplots
+
+    from app.figures.style import subplot_grid
+
+    options = {"rows": 2, "cols": 3, "shared_yaxes": True, "column_widths": (0.5, 0.3, 0.2),
+               "subplot_titles": ("a", "b", "c", "d", "e", "f")}
+    fig, cells = subplot_grid(**options)
+    plotly_fig = make_subplots(**{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
+    assert _drawn(fig)["layout"] == _drawn(plotly_fig)["layout"]
+    for (r, c), cell in cells.items():
+        axes = plotly_fig.get_subplot(r, c)
+        assert (cell.xaxis, cell.yaxis) == (axes.xaxis.plotly_name, axes.yaxis.plotly_name)
+    assert len(cells) == 6 and cells[(2, 3)].x == "x6"
+    again, _ = subplot_grid(**options)
+    again.update_layout(title="changed")
+    assert subplot_grid(**options)[0].layout.title.text is None  # each call's figure is a new one
