@@ -24,7 +24,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -177,14 +177,40 @@ def umap_reducer(rows: np.ndarray, seed: int, n_neighbors: int, *, n_epochs: int
     200 optimisation epochs by default, as umap-learn itself uses above 10,000 rows; its 500 for smaller
     data cost 25% more time here for maps that look the same at dashboard size. ``init``: umap-learn's
     initial layout (an array: the coordinates of a stored map, with ``n_epochs=0`` to keep them)."""
-    import umap  # imported here: numba start-up costs seconds, and PCA users should not pay it
-
+    umap = umap_module()
     reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(rows) - 1)), random_state=seed,
                         transform_seed=seed, n_epochs=n_epochs, init=init, metric="precomputed")
     with warnings.catch_warnings():  # "n_jobs overridden by random_state": determinism is what we want
         warnings.simplefilter("ignore", UserWarning)
         reducer.fit(_euclidean(rows, rows))
     return reducer
+
+
+@cache
+def umap_module():
+    """umap-learn, imported on first use (numba's start costs seconds; PCA users should not pay it), with
+    numba's on-disk cache turned on for its compiled functions and pynndescent's.
+
+    umap-learn declares about 250 numba functions without ``cache=True``, so every new process compiled them
+    again: 15 s of CPU in each server's worker child at start, holding one of two cores through the first
+    pages. Cached, a new process loads them in 0.1 s. numba keys the cache on each function's source file
+    and signature, so an upgrade of umap-learn compiles again; a function numba cannot cache compiles as
+    before.
+    """
+    import umap
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if module is None or name.partition(".")[0] not in ("umap", "pynndescent"):
+            continue
+        for function in list(vars(module).values()):
+            if isinstance(function, CPUDispatcher) and isinstance(function._cache, NullCache):
+                try:
+                    function.enable_caching()
+                except Exception:  # noqa: BLE001, S112 - not cacheable (e.g. no source file): compiled as before
+                    continue
+    return umap
 
 
 def umap_transform(reducer, x: np.ndarray, fitted: np.ndarray) -> np.ndarray:
