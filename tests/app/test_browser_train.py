@@ -7,7 +7,6 @@ Screenshots go to ``test-artifacts/train_*.png``. Runs go to a temporary DECALIG
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import time
@@ -24,7 +23,7 @@ from browser_utils import (
 )
 
 from decalign.train.background import kill_training, list_runs
-from decalign.train.progress import PROGRESS_FILE
+from decalign.train.progress import read_progress
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
@@ -90,11 +89,8 @@ def _freeze_after_first_epoch(runs, name: str):
     while time.monotonic() < deadline:
         for info in list_runs(runs):
             if info.name.endswith(f"-{name}"):
-                try:
-                    progress = json.loads((info.path / PROGRESS_FILE).read_text(encoding="utf-8"))
-                except (OSError, ValueError):  # not written yet, or being replaced
-                    continue
-                if progress.get("state") == "running" and progress.get("epoch", 0) >= 2:
+                progress = read_progress(info.path)  # None: not written yet, or being replaced
+                if progress and progress.get("state") == "running" and progress.get("epoch", 0) >= 2:
                     assert kill_training(info.path, signal.SIGSTOP), "the run's process is gone"
                     return info.path
         time.sleep(0.02)
