@@ -149,8 +149,8 @@ def render() -> None:
             with col:
                 selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
                                    f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
-    if fig.shown_note(len(ctx.result)):
-        st.caption(fig.shown_note(len(ctx.result)))
+    if shown_note := fig.shown_note(len(ctx.result)):
+        st.caption(shown_note)
     if waiting:
         with progress:
             st.fragment(_await_umap, run_every=2.0)(waiting)
