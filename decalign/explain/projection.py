@@ -41,10 +41,10 @@ UMAP_EPOCHS = 200
 UMAP_MAX_FIT = 4000
 TRANSFORM_CHUNK = 2000  # rows transformed at once: a (2,000, 4,000) float32 distance matrix is 32 MB
 PROJECTION_VERSION = 2  # bump when a projection's computation changes: older cached results are then ignored
-BACKGROUND_NICE = 10  # the worker's niceness: a training process on the same cores goes first
+BACKGROUND_NICE = 10  # the worker's niceness where SCHED_IDLE is missing (``_lower_priority``)
 MAX_WORKERS = 3  # child processes computing projections side by side (each holds numba's compiled UMAP)
 # Half the cores at most: on 2 cores two children computing UMAP made two sessions opening a page at once
-# wait 11-12 s instead of 5-7 s (bench_dashboard, quiet machine), though each child runs at niceness 10.
+# wait 11-12 s instead of 5-7 s (bench_dashboard, quiet machine), though each child ran at niceness 10.
 CORES_PER_WORKER = 2
 WARM_UP = "warm-up-"  # queue key of a child's warm-up, followed by its index
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -322,9 +322,9 @@ class ProjectionWorker:
     request (once). Up to ``workers`` threads each hand requests to their own child process, started once
     and kept (numba compiles UMAP there once): the server's own threads never wait for the GIL behind UMAP.
     UMAP with a seed runs on one thread, so the Embeddings page's seven views are computed side by side,
-    one child per two cores (at most ``MAX_WORKERS``; one on a 2-core machine). The children run at a lower priority
-    (``BACKGROUND_NICE``) with one numba and one BLAS thread each, so a training process on the same
-    machine keeps its cores. A failure is kept as the request's error (``error(request)``) rather than
+    one child per two cores (at most ``MAX_WORKERS``; one on a 2-core machine). The children run only on idle cores
+    (SCHED_IDLE, see ``_lower_priority``) with one numba and one BLAS thread each, so pages, the browser
+    and a training process on the same machine keep their cores. A failure is kept as the request's error (``error(request)``) rather than
     retried forever.
     """
 
@@ -546,7 +546,16 @@ def _answer(folder: Path, request: dict) -> Projection:
 
 
 def _lower_priority(nice: int) -> None:
-    """In the worker child: a lower scheduling priority (its thread counts come from the environment)."""
+    """In the worker child: a lower scheduling priority (its thread counts come from the environment).
+
+    Linux's SCHED_IDLE first: the child then runs only on a core nothing else wants, and a waking page or
+    browser thread is placed on its core as on an idle one. At niceness 10 it still took about a tenth of a
+    shared core, enough to push warm pages past 2 s while it computed UMAP views. Elsewhere, ``nice``."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
     try:
         os.nice(max(0, nice - os.nice(0)))
     except (AttributeError, OSError):

@@ -133,6 +133,22 @@ def test_workers_side_by_side_compute_every_request_once(blobs, tmp_path):
         worker.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_worker_child_runs_only_on_idle_cores(blobs, tmp_path):
+    """The child computing projections is SCHED_IDLE: pages, the browser and training runs go first."""
+    from decalign.explain.projection import ProjectionWorker, Request
+
+    worker = ProjectionWorker(tmp_path)
+    try:
+        worker.get(Request(blobs, "pca"))
+        assert worker.wait(timeout=600) and worker.children_started == 1
+        child = worker._children[0].proc.pid
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
+        assert os.sched_getscheduler(os.getpid()) != os.SCHED_IDLE  # the parent keeps its own policy
+    finally:
+        worker.close()
+
+
 def test_worker_recomputes_a_broken_cache_file_and_reports_failures(blobs, tmp_path):
     from decalign.explain.projection import ProjectionWorker, Request
 
