@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import import_all, session
+from decalign import sandbox
 from decalign.atomic import clean_stale_temps
 from decalign.audit.run import PreparedReference, prepare_reference
 from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
@@ -32,6 +33,10 @@ from decalign.train.reference import TrainingReference, load_reference, training
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
+
+# Every model and data file is parsed in a sandbox child; the server keeps one started ahead, so a user
+# waiting for a file does not wait for its Python and numpy start-up too (two files on a cold Overview).
+sandbox.keep_spare()
 
 
 # -------------------------------------------------------------------------------------------- models

@@ -1,9 +1,13 @@
 """The child side of :mod:`decalign.sandbox`: ``python -m decalign._sandbox_worker FOLDER``.
 
-It limits itself before it imports numpy or opens the file, runs one task from :data:`TASKS` on
-``FOLDER/request.json``'s arguments, and writes ``FOLDER/result.json`` (``{"value": ...}`` or
-``{"error": {...}}``) with arrays as ``FOLDER/out/a<i>.npy``. Only the standard library is imported
-at the top: the limits must be in place before anything large is loaded. Never imports torch.
+It limits itself before it opens the file, runs one task from :data:`TASKS` on ``FOLDER/request.json``'s
+arguments, and writes ``FOLDER/result.json`` (``{"value": ...}`` or ``{"error": {...}}``) with the arrays'
+bytes one after another in ``FOLDER/out/arrays.bin``. Only the standard library is imported at the top.
+Never imports torch.
+
+``python -m decalign._sandbox_worker --standby`` is a spare started ahead of need (``sandbox.keep_spare``):
+it imports numpy and the parsers, then waits for one folder on stdin and handles it as above, the limits
+set before the file is opened as in a fresh child. Each child handles one file at most.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ TASKS = {
 REFUSALS = ("DataError", "CheckpointError", "ConfigError")  # a parser's own clear refusal of the file
 MEMORY_EXIT = 86  # as decalign.sandbox.MEMORY_EXIT (not imported: it imports numpy)
 ARRAY_KEY = "$array"
+ARRAYS_FILE = "arrays.bin"
+ARRAY_ALIGN = 64  # every array starts at a multiple of this in ARRAYS_FILE
+STANDBY = "--standby"
 
 
 def main(folder: str) -> int:
@@ -45,6 +52,18 @@ def main(folder: str) -> int:
     except MemoryError:
         return MEMORY_EXIT
     return 0
+
+
+def standby() -> int:
+    """A spare: the imports first (0.2-0.3 s of a child's start), then one folder from stdin, or none when
+    the parent closes the pipe (it exited, or no longer keeps a spare)."""
+    for task in TASKS.values():
+        importlib.import_module(task.partition(":")[0])
+    folder = sys.stdin.readline().strip()
+    if not folder:
+        return 0
+    os.chdir(folder)
+    return main(folder)
 
 
 def _peak_rss() -> int | None:
@@ -80,19 +99,25 @@ def _describe(exc: Exception) -> dict[str, str]:
 
 
 def _encode(value, out: Path):
-    """JSON-ready copy of ``value`` with every numpy array saved to ``out`` and replaced by a reference."""
+    """JSON-ready copy of ``value`` with every numpy array's bytes appended to ``out/arrays.bin`` and the
+    array replaced by ``{"$array": [offset, dtype, shape]}`` (C order; one file, not a file per array: the
+    parent reads a model's hundreds of weights in one pass)."""
     import numpy as np
 
-    count = 0
+    arrays = None
 
     def encode(item):
-        nonlocal count
+        nonlocal arrays
         if isinstance(item, np.ndarray):
-            out.mkdir(exist_ok=True)
-            name = f"a{count}.npy"
-            count += 1
-            np.save(out / name, np.ascontiguousarray(item), allow_pickle=False)
-            return {ARRAY_KEY: name}
+            if item.dtype.hasobject:
+                raise ValueError("Object arrays cannot be handed back (allow_pickle=False)")
+            if arrays is None:
+                out.mkdir(exist_ok=True)
+                arrays = open(out / ARRAYS_FILE, "wb")  # noqa: SIM115 - closed below, after every array
+            offset = -arrays.tell() % ARRAY_ALIGN + arrays.tell()
+            arrays.seek(offset)
+            arrays.write(np.ascontiguousarray(item).data)
+            return {ARRAY_KEY: [offset, item.dtype.str, list(item.shape)]}
         if isinstance(item, dict):
             if ARRAY_KEY in item:
                 raise ValueError(f"the key {ARRAY_KEY!r} is reserved")
@@ -105,7 +130,11 @@ def _encode(value, out: Path):
             return item
         raise TypeError(f"cannot hand back a {type(item).__name__}")
 
-    return encode(value)
+    try:
+        return encode(value)
+    finally:
+        if arrays is not None:
+            arrays.close()
 
 
 def selftest(args: dict):
@@ -115,6 +144,14 @@ def selftest(args: dict):
     mode = args["mode"]
     if mode == "arrays":
         return {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array(["a", "bc"]), "n": 2}
+    if mode == "kinds":  # every plain kind, ranks 0 to 3, empty and Fortran-ordered arrays, in lists
+        grid = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+        return {"f32": np.linspace(-1, 1, 7, dtype=np.float32), "i64": np.array(-3), "fortran": np.asfortranarray(grid),
+                "flags": np.array([True, False, True]), "empty": np.zeros((0, 5), dtype=np.int16),
+                "words": [np.array(["α", "longer text"]), np.array([b"ab", b"c"])], "c": np.array([1 + 2j]),
+                "u8": np.arange(3, dtype=np.uint8)}
+    if mode == "pid":
+        return {"pid": os.getpid()}
     if mode == "allocate":
         return {"big": np.ones(args["bytes"], dtype=np.uint8).sum()}
     if mode == "segfault":
@@ -139,4 +176,4 @@ def selftest(args: dict):
 
 if __name__ == "__main__":
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    sys.exit(main(sys.argv[1]))
+    sys.exit(standby() if sys.argv[1] == STANDBY else main(sys.argv[1]))

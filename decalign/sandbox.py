@@ -4,23 +4,30 @@ An allow-list parser can still be tricked into crashing or exhausting the proces
 bug, a size field nobody checked). So every file a user hands us is parsed by
 ``python -m decalign._sandbox_worker`` in a fresh process that first limits its own address space
 (``RLIMIT_AS``), CPU time, file size and core dumps; the parent adds a wall-clock deadline and kills
-it when that passes. The worker returns JSON plus ``.npy`` files written with ``allow_pickle=False``
-into a private folder; the parent reads them back with ``allow_pickle=False`` after checking every
-header (numeric, bool and fixed-width string dtypes only), then deletes the folder. Nothing the
-child writes is ever unpickled, and whatever happens in the child, the parent gets one line.
+it when that passes. The worker returns JSON plus the arrays' raw bytes in one file of a private
+folder; the parent reads each array back after checking its dtype (numeric, bool and fixed-width string
+only), shape and place in that file, then deletes the folder. Nothing the child writes is ever
+unpickled, and whatever happens in the child, the parent gets one line.
+
+A long-lived process (the dashboard) may keep one child started ahead (:func:`keep_spare`): its Python
+and numpy start-up, 0.2-0.3 s a file, is then paid while nothing waits. It still handles one file only.
 
 Only the standard library and numpy are imported here: the data layer and checkpoint loading use it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,9 @@ CPU_S_PER_GIB = 60.0
 WALL_FACTOR = 2.0  # the machine may be busy: wall time allowed = this x CPU time + a start-up margin
 WALL_MARGIN_S = 60.0
 MEMORY_EXIT = 86  # the worker's exit code after a MemoryError it could not even report
-ARRAY_KEY = "$array"  # how the worker's JSON marks an array written beside it
+ARRAY_KEY = "$array"  # how the worker's JSON marks an array: [offset, dtype, shape] in ARRAYS_FILE
+ARRAYS_FILE = "arrays.bin"
+MAX_DIMS = 32  # numpy's own limit on an array's rank
 PLAIN_KINDS = "biufcUS"  # bool, integers, floats, complex, fixed-width unicode and byte strings
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
@@ -132,13 +141,12 @@ def _limit_values(limits: Limits) -> dict[str, int]:
 
 
 def _spawn(folder: Path, limits: Limits) -> SandboxReport:
-    env = {**os.environ, **{name: "1" for name in _THREAD_VARS}, "PYTHONDONTWRITEBYTECODE": "1"}
-    package_root = str(Path(__file__).resolve().parents[1])  # the child runs this very copy of decalign
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     start = time.monotonic()
-    with open(folder / "worker.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "decalign._sandbox_worker", str(folder)], cwd=folder,
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc = _hand_to_spare(folder)
+    if proc is None:
+        with open(folder / "worker.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", WORKER, str(folder)], cwd=folder, env=_child_env(),
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     timed_out = _wait(proc, start + limits.wall_seconds)
     report = SandboxReport(None, time.monotonic() - start, proc.returncode)
     if timed_out:
@@ -147,17 +155,105 @@ def _spawn(folder: Path, limits: Limits) -> SandboxReport:
     return report
 
 
+def _child_env() -> dict[str, str]:
+    env = {**os.environ, **{name: "1" for name in _THREAD_VARS}, "PYTHONDONTWRITEBYTECODE": "1"}
+    package_root = str(Path(__file__).resolve().parents[1])  # the child runs this very copy of decalign
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    return env
+
+
 def _wait(proc: subprocess.Popen, deadline: float) -> bool:
-    """Wait for the child, killing it at ``deadline``; True if it had to be killed."""
-    delay = 0.002
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            return True
-        time.sleep(delay)
-        delay = min(2 * delay, 0.05)
-    return False
+    """Wait for the child, killing it at ``deadline``; True if it had to be killed. A pidfd wakes this
+    the moment the child exits (polling with sleeps added up to 50 ms a file)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        delay = 0.002
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                return True
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(min(delay, left))
+                delay = min(2 * delay, 0.05)
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+# ------------------------------------------------------------------------------ a child started ahead
+
+WORKER = "decalign._sandbox_worker"
+_spare_lock = threading.Lock()
+_spare: subprocess.Popen | None = None
+_keeping_spare = False
+
+
+def keep_spare(keep: bool = True) -> None:
+    """Keep one child started ahead for the next :func:`run` of this process (or stop keeping one).
+
+    For a long-lived process that parses files while a user waits (the dashboard). A one-shot command
+    gains nothing from it: its spare would only be started to be thrown away.
+    """
+    global _keeping_spare
+    with _spare_lock:
+        _keeping_spare = keep
+        if keep and _spare is None:
+            _start_spare()
+        elif not keep:
+            _drop_spare()
+
+
+def _start_spare() -> None:
+    """(Holding ``_spare_lock``.) A child that imports what parsing needs, then waits for its folder."""
+    global _spare
+    try:
+        _spare = subprocess.Popen([sys.executable, "-m", WORKER, "--standby"], env=_child_env(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        _spare = None  # no process to start now: the next run starts its own child, as without a spare
+
+
+def _drop_spare() -> None:
+    """(Holding ``_spare_lock``.) Let the spare go: an empty stdin makes it exit."""
+    global _spare
+    if _spare is not None:
+        try:
+            _spare.stdin.close()
+            _spare.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            _spare.kill()
+        _spare = None
+
+
+def _hand_to_spare(folder: Path) -> subprocess.Popen | None:
+    """The spare, given ``folder`` (a new spare is started at once, for the next file); None when there is
+    none alive, and the caller starts a child of its own."""
+    global _spare
+    with _spare_lock:
+        proc, _spare = _spare, None
+        if _keeping_spare:
+            _start_spare()
+    if proc is None or proc.poll() is not None:
+        return None
+    try:
+        proc.stdin.write(f"{folder}\n".encode())
+        proc.stdin.close()
+    except OSError:  # it died in between
+        proc.kill()
+        proc.wait()
+        return None
+    return proc
+
+
+atexit.register(keep_spare, False)
 
 
 def _collect(folder: Path, limits: Limits, report: SandboxReport) -> tuple[Any, SandboxReport]:
@@ -219,26 +315,71 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _decode(value: Any, out: Path) -> Any:
-    """Replace every ``{"$array": name}`` by the array read from ``out/name`` (checked first)."""
+    """Replace every ``{"$array": [offset, dtype, shape]}`` by that array, read from ``out/arrays.bin``
+    after its dtype, shape and place are checked (:func:`_array_place`)."""
+    refs: list[tuple[Any, Any, Any]] = []  # (reference, its parent container, its key there)
     stack = [(value, None, None)]
     while stack:
         item, parent, key = stack.pop()
         if isinstance(item, dict) and set(item) == {ARRAY_KEY}:
-            parent[key] = read_plain_npy(out / _array_name(item[ARRAY_KEY]))
+            refs.append((item[ARRAY_KEY], parent, key))
         elif isinstance(item, dict):
             stack.extend((v, item, k) for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((v, item, i) for i, v in enumerate(item))
-    if isinstance(value, dict) and set(value) == {ARRAY_KEY}:
-        return read_plain_npy(out / _array_name(value[ARRAY_KEY]))
-    return value
+    if not refs:
+        return value
+    path = out / ARRAYS_FILE
+    size = path.stat().st_size
+    places = [_array_place(ref, size) for ref, _, _ in refs]
+    _check_apart(places)
+    top = value
+    with open(path, "rb") as handle:
+        for (offset, dtype, shape), (_, parent, key) in zip(places, refs):
+            array = np.empty(shape, dtype=dtype)
+            if array.nbytes:
+                handle.seek(offset)
+                if handle.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+                    raise ValueError(f"{ARRAYS_FILE}: an array ends past the file's end")
+            if parent is None:
+                top = array
+            else:
+                parent[key] = array
+    return top
 
 
-def _array_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.startswith("a") or not name.endswith(".npy") \
-            or not name[1:-4].isdigit():
-        raise ValueError(f"bad array reference {name!r}")
-    return name
+def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...]]:
+    """(offset, dtype, shape) of an array reference, checked against the arrays file's ``size``."""
+    if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[1], str) and isinstance(ref[2], list)):
+        raise ValueError(f"bad array reference {str(ref)[:80]!r}")
+    offset, name, shape = ref
+    if not _whole(offset) or len(name) > 16 or len(shape) > MAX_DIMS or not all(map(_whole, shape)):
+        raise ValueError(f"bad array reference {str(ref)[:80]!r}")
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise ValueError(f"bad array dtype {name!r}") from None
+    if not is_plain_dtype(dtype):
+        raise ValueError(f"dtype {dtype} is not a plain numeric, bool or fixed-width string type")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+    if nbytes and offset + nbytes > size:
+        raise ValueError(f"{ARRAYS_FILE}: an array of {nbytes:,} bytes at {offset:,} ends past the file's "
+                         f"{size:,} bytes")
+    return offset, dtype, tuple(shape)
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...]]]) -> None:
+    """No two arrays share bytes (each is read into its own memory anyway; overlap means a broken child)."""
+    end = 0
+    for offset, dtype, shape in sorted(places, key=lambda p: p[0]):
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes and offset < end:
+            raise ValueError(f"{ARRAYS_FILE}: two arrays overlap at byte {offset:,}")
+        end = max(end, offset + nbytes)
 
 
 def is_plain_dtype(dtype: np.dtype) -> bool:
@@ -264,13 +405,3 @@ def read_npy_header(handle, *, plain: bool = True) -> tuple[tuple[int, ...], boo
     if plain and not is_plain_dtype(dtype):
         raise ValueError(f"dtype {dtype} is not a plain numeric, bool or fixed-width string type")
     return tuple(shape), bool(fortran), dtype
-
-
-def read_plain_npy(path: Path) -> np.ndarray:
-    """An ``.npy`` file the worker wrote, read without pickle after checking its header and size."""
-    with open(path, "rb") as handle:
-        shape, _, dtype = read_npy_header(handle)
-        expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if path.stat().st_size != expected:
-        raise ValueError(f"{path.name}: size does not match its header")
-    return np.load(path, allow_pickle=False)

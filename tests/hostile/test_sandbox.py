@@ -64,23 +64,40 @@ def test_limits_grow_with_the_input():
     assert large.memory_bytes > 18 << 30 and large.wall_seconds > small.wall_seconds
 
 
-@pytest.mark.parametrize("array", [np.array([object()], dtype=object),
-                                   np.zeros(3, dtype=[("a", "<f4")]),
-                                   np.array(["2020-01-01"], dtype="datetime64[D]")])
-def test_the_parent_reads_only_plain_npy(tmp_path, array):
-    path = tmp_path / "a0.npy"
-    np.save(path, array, allow_pickle=True)
-    with pytest.raises(ValueError, match="not a plain"):
-        sandbox.read_plain_npy(path)
+def test_every_plain_kind_comes_back_equal_from_one_arrays_file():
+    got = sandbox.run("selftest", {"mode": "kinds"}, SMALL).value
+    grid = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    expected = {"f32": np.linspace(-1, 1, 7, dtype=np.float32), "i64": np.array(-3), "fortran": grid,
+                "flags": np.array([True, False, True]), "empty": np.zeros((0, 5), dtype=np.int16),
+                "c": np.array([1 + 2j]), "u8": np.arange(3, dtype=np.uint8)}
+    for name, array in expected.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        np.testing.assert_array_equal(got[name], array)
+        assert got[name].flags.writeable and got[name].flags.c_contiguous
+    assert got["words"][0].tolist() == ["α", "longer text"] and got["words"][1].tolist() == [b"ab", b"c"]
 
 
-def test_an_npy_whose_size_does_not_match_its_header_is_refused(tmp_path):
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros(1000))
-    path = tmp_path / "a0.npy"
-    path.write_bytes(buffer.getvalue()[:200])
-    with pytest.raises(ValueError, match="size does not match"):
-        sandbox.read_plain_npy(path)
+def _decode(tmp_path, value, blob: bytes = bytes(64)):
+    (tmp_path / sandbox.ARRAYS_FILE).write_bytes(blob)
+    return sandbox._decode(value, tmp_path)
+
+
+def test_the_parent_reads_an_array_only_where_its_reference_is_sound(tmp_path):
+    ref = lambda *r: {"x": {sandbox.ARRAY_KEY: list(r)}}  # noqa: E731
+    np.testing.assert_array_equal(_decode(tmp_path, ref(8, "<i4", [2]), bytes(8) + b"\x01\0\0\0\x02\0\0\0")["x"],
+                                  [1, 2])
+    bad = {"not a plain": [ref(0, "|O", [1]), ref(0, "f4,i4", [1]), ref(0, "<M8[D]", [1]), ref(0, "|V8", [1])],
+           "bad array dtype": [ref(0, "no such type", [1])],
+           "bad array reference": [ref(-8, "<f4", [1]), ref(True, "<f4", [1]), ref(0, "<f4", [-1]),
+                                   ref(0, "<f4", [1] * 33), ref(0.0, "<f4", [1]), ref(0, "<f4"), ref(0, "<" + "f" * 20, [1])],
+           "past the file": [ref(0, "<f8", [9]), ref(60, "<f4", [2]), ref(0, "<f4", [2**62, 2**62])]}
+    for message, refs in bad.items():
+        for value in refs:
+            with pytest.raises(ValueError, match=message):
+                _decode(tmp_path, value)
+    overlapping = {"a": {sandbox.ARRAY_KEY: [0, "<f8", [4]]}, "b": {sandbox.ARRAY_KEY: [16, "<f8", [2]]}}
+    with pytest.raises(ValueError, match="overlap"):
+        _decode(tmp_path, overlapping)
 
 
 def test_a_temporary_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
@@ -89,3 +106,42 @@ def test_a_temporary_folder_that_cannot_be_written_is_one_line(tmp_path, monkeyp
     monkeypatch.setattr(tempfile, "tempdir", str(blocked))
     error = _fails("arrays")
     assert error.kind == "failed" and str(error).startswith("the parser could not be started (")
+
+
+@pytest.fixture
+def spare():
+    sandbox.keep_spare(True)
+    try:
+        yield
+    finally:
+        sandbox.keep_spare(False)
+
+
+def test_a_spare_child_takes_the_next_file_and_another_is_started(spare, private_tmp):
+    first = sandbox._spare.pid
+    assert sandbox.run("selftest", {"mode": "pid"}, SMALL).value == {"pid": first}
+    second = sandbox._spare
+    assert second.pid != first and second.poll() is None
+    assert sandbox.run("selftest", {"mode": "pid"}, SMALL).value == {"pid": second.pid}
+    assert sandbox.run("selftest", {"mode": "modules"}, SMALL).value == {"heavy": []}
+    assert listing(private_tmp) == set()
+    waiting = sandbox._spare
+    sandbox.keep_spare(False)
+    assert waiting.wait(timeout=60) == 0 and sandbox._spare is None  # its stdin closed: it exits
+    assert sandbox.run("selftest", {"mode": "pid"}, SMALL).value["pid"] != waiting.pid and sandbox._spare is None
+
+
+def test_a_spare_child_is_limited_like_a_fresh_one(spare, private_tmp):
+    assert _fails("allocate", bytes=1 << 30).kind == "memory"
+    assert "signal 11, SIGSEGV" in str(_fails("segfault"))
+    assert "allow_pickle=False" in str(_fails("object"))
+    error = _fails("sleep", sandbox.Limits(256 << 20, 20, 2), seconds=60)
+    assert error.kind == "time" and error.report.wall_seconds < 30
+    assert listing(private_tmp) == set()
+
+
+def test_a_dead_spare_is_replaced_by_a_fresh_child(spare):
+    sandbox._spare.kill()
+    sandbox._spare.wait()
+    result = sandbox.run("selftest", {"mode": "arrays"}, SMALL)
+    np.testing.assert_array_equal(result.value["x"], np.arange(6, dtype=np.float32).reshape(2, 3))
