@@ -287,11 +287,11 @@ def _features(value: Any, where: str, count_key: str, report: LoadReport) -> np.
         x = np.ascontiguousarray(arr, dtype=np.float32)
     if not x.flags.writeable:  # arrays rebuilt from read-only buffers (pickle protocol 5)
         x = x.copy()
-    bad = ~np.isfinite(x)
-    count = int(bad.sum())
-    if count:
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = ~finite
         x[bad] = 0.0
-        report.nonfinite_replaced[count_key] = count
+        report.nonfinite_replaced[count_key] = int(bad.sum())
     return x
 
 
