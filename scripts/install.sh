@@ -4,6 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
 python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (as on our CI machine) Python never writes
+# them, and every process (the server, each sandbox child, each training run) compiled these sources again,
+# 0.18 s of every server start. A source edited later is compiled in memory, as without this step.
+python3 -m compileall -q -j 0 app decalign bench >/dev/null
 if ! command -v chromium >/dev/null 2>&1; then
   # The browser tests drive Debian's Chromium; Playwright's own browser download is not available here.
   apt-get update -qq
