@@ -95,3 +95,29 @@ def test_save_npz_replaces_atomically_and_refuses_reserved_names(tmp_path):
     with pytest.raises(ValueError, match="labels"):
         save_npz(bad, tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_members_are_read_a_chunk_at_a_time_into_writeable_arrays(tmp_path, rng, monkeypatch, compressed):
+    """``read_npz`` fills one array per member chunk by chunk (a 3-byte chunk crosses every boundary here);
+    the result equals numpy's own reading, in C and Fortran order, and is writeable (no copy made later)."""
+    import io
+
+    from decalign.data import npz
+
+    arrays = {"train/eeg": np.asfortranarray(rng.standard_normal((3, 4, 5))), "train/ids": np.array(["a", "bcd", "é"]),
+              "train/labels": np.arange(3, dtype=np.int64), "train/empty": np.zeros((3, 0, 2), dtype=np.float32)}
+    path = tmp_path / "x.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    monkeypatch.setattr(npz, "READ_CHUNK", 3)
+    with open(path, "rb") as handle:
+        raw = npz.read_npz(handle, "x.npz", 1 << 20).splits["train"]
+    reference = np.load(path)
+    got = {"train/eeg": raw.features["eeg"], "train/ids": raw.ids, "train/labels": raw.labels,
+           "train/empty": raw.features["empty"]}
+    for key, array in got.items():
+        assert array.dtype == reference[key].dtype and array.flags.writeable, key
+        np.testing.assert_array_equal(array, reference[key])
+    buffer = io.BytesIO(path.read_bytes()[:-40])  # the central directory cut short: refused, not half read
+    with pytest.raises(Exception, match="x.npz"):
+        npz.read_npz(buffer, "x.npz", 1 << 20)
