@@ -139,10 +139,18 @@ def test_broken_file_shows_error_and_app_keeps_working(page_test, demo_npz, tmp_
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"this is not a zip archive")
     at = _upload_data(page_test("predict").run(), demo_npz)
-    at.file_uploader(key="data_upload").set_value((bad.name, bad.read_bytes(), "application/octet-stream"))
+    # The file taken in leaves the uploader (Streamlit would deep-copy it on every rerun): a new, empty
+    # uploader, and the file in use named under it.
+    (uploader,) = [u for u in at.get("file_uploader") if u.key.startswith("data_upload")]
+    assert uploader.key == "data_upload_1" and uploader.value is None
+    assert f"**{demo_npz.name}** is in use" in shown(" ".join(c.value for c in at.caption))
+    uploader.set_value((bad.name, bad.read_bytes(), "application/octet-stream"))
     _ok(at.run())
     assert "broken.npz" in shown(at.error[0].value)
     assert len(at.dataframe[0].value) == 50  # the previous upload stays selected
+    (uploader,) = [u for u in at.get("file_uploader") if u.key.startswith("data_upload")]
+    assert uploader.key == "data_upload_2" and uploader.value is None  # the refused file is not listed
+    assert f"**{demo_npz.name}** is in use" in shown(" ".join(c.value for c in at.caption))
 
 
 def test_bad_model_zip_keeps_the_demo(page_test, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
 
 import numpy as np
@@ -83,7 +82,7 @@ def _decode(tmp_path, value, blob: bytes = bytes(64)):
 
 
 def test_the_parent_reads_an_array_only_where_its_reference_is_sound(tmp_path):
-    ref = lambda *r: {"x": {sandbox.ARRAY_KEY: list(r)}}  # noqa: E731
+    ref = lambda *r: {"x": {sandbox.ARRAY_KEY: list(r)}}
     np.testing.assert_array_equal(_decode(tmp_path, ref(8, "<i4", [2]), bytes(8) + b"\x01\0\0\0\x02\0\0\0")["x"],
                                   [1, 2])
     bad = {"not a plain": [ref(0, "|O", [1]), ref(0, "f4,i4", [1]), ref(0, "<M8[D]", [1]), ref(0, "|V8", [1])],
