@@ -47,6 +47,7 @@ MEMORY_EXIT = 86  # the worker's exit code after a MemoryError it could not even
 ARRAY_KEY = "$array"  # how the worker's JSON marks an array: [offset, dtype, shape] in ARRAYS_FILE
 ARRAYS_FILE = "arrays.bin"
 MAX_DIMS = 32  # numpy's own limit on an array's rank
+MAX_EXTENT = 1 << 62  # an axis longer than this overflows numpy's index type, even in an empty array
 PLAIN_KINDS = "biufcUS"  # bool, integers, floats, complex, fixed-width unicode and byte strings
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
@@ -353,7 +354,8 @@ def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...]]:
     if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[1], str) and isinstance(ref[2], list)):
         raise ValueError(f"bad array reference {str(ref)[:80]!r}")
     offset, name, shape = ref
-    if not _whole(offset) or len(name) > 16 or len(shape) > MAX_DIMS or not all(map(_whole, shape)):
+    if not _whole(offset) or len(name) > 16 or len(shape) > MAX_DIMS or not all(map(_whole, shape)) \
+            or max(shape, default=0) >= MAX_EXTENT:
         raise ValueError(f"bad array reference {str(ref)[:80]!r}")
     try:
         dtype = np.dtype(name)

@@ -88,8 +88,9 @@ def test_the_parent_reads_an_array_only_where_its_reference_is_sound(tmp_path):
     bad = {"not a plain": [ref(0, "|O", [1]), ref(0, "f4,i4", [1]), ref(0, "<M8[D]", [1]), ref(0, "|V8", [1])],
            "bad array dtype": [ref(0, "no such type", [1])],
            "bad array reference": [ref(-8, "<f4", [1]), ref(True, "<f4", [1]), ref(0, "<f4", [-1]),
-                                   ref(0, "<f4", [1] * 33), ref(0.0, "<f4", [1]), ref(0, "<f4"), ref(0, "<" + "f" * 20, [1])],
-           "past the file": [ref(0, "<f8", [9]), ref(60, "<f4", [2]), ref(0, "<f4", [2**62, 2**62])]}
+                                   ref(0, "<f4", [1] * 33), ref(0.0, "<f4", [1]), ref(0, "<f4"), ref(0, "<" + "f" * 20, [1]),
+                                   ref(0, "<f4", [0, 2**70])],
+           "past the file": [ref(0, "<f8", [9]), ref(60, "<f4", [2]), ref(0, "<f4", [2**31, 2**31])]}
     for message, refs in bad.items():
         for value in refs:
             with pytest.raises(ValueError, match=message):
