@@ -69,3 +69,19 @@ def test_prefetch_waits_for_pandas_and_the_launcher_imports_it_first():
             plotly.tools.return_figure_from_figure_or_data(prefetch.EMPTY_CHART, validate_figure=True)
     finally:
         sys.modules["pandas"] = saved
+
+
+def test_the_prefetch_is_due_in_a_sessions_first_run_only():
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from app import session
+
+        st.markdown(f"due: {session.code_prefetch_due()}")
+
+    at = AppTest.from_function(script).run()
+    assert [m.value for m in at.markdown] == ["due: True"]
+    assert [m.value for m in at.run().markdown] == ["due: False"]
+    assert [m.value for m in at.run().markdown] == ["due: False"]
