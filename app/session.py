@@ -57,6 +57,9 @@ class Key(StrEnum):
     TRAIN_NEW_OPEN = "train_new_open"
     TRAIN_RUN = "train_run"  # the run followed (a selectbox)
     TRAIN_ERROR = "train_error"
+    TRAIN_UPLOAD = "train_upload_taken"  # (file name, sha256, bytes) of the training data uploaded
+    TRAIN_UPLOAD_ERROR = "train_upload_error"
+    TRAIN_UPLOAD_GEN = "train_upload_gen"  # bumped to empty the Train page's uploader once its file is handled
     REPLAY_EPOCH = "replay_epoch"  # a select slider
 
 
@@ -146,7 +149,8 @@ def set_zip_bytes(blobs: dict[str, bytes]) -> None:
 
 
 def error(key: Key) -> str | None:
-    """The message of a failed model or data load (``Key.MODEL_ERROR`` / ``Key.DATA_ERROR``)."""
+    """The message of a failed model or data load (``Key.MODEL_ERROR`` / ``Key.DATA_ERROR`` /
+    ``Key.TRAIN_UPLOAD_ERROR``)."""
     return _get(key)
 
 
@@ -367,6 +371,15 @@ def set_train_error(message: str | None) -> None:
         _pop(Key.TRAIN_ERROR)
     else:
         _set(Key.TRAIN_ERROR, message)
+
+
+def train_upload() -> tuple[str, str, bytes] | None:
+    """(file name, sha256, bytes) of the training data taken from the Train page's uploader, if any."""
+    return _get(Key.TRAIN_UPLOAD)
+
+
+def set_train_upload(name: str, digest: str, data: bytes) -> None:
+    _set(Key.TRAIN_UPLOAD, (name, digest, data))
 
 
 def restart_replay() -> None:

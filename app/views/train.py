@@ -19,6 +19,7 @@ from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 from decalign.train.baseline import card_comparison
 from decalign.train.metrics import display_name
+from decalign.train.trainer import check_trainable
 
 URL_PATH = "train"
 REFRESH_S = 2.0  # seconds between redraws of a live run
@@ -108,18 +109,39 @@ def _pick_data() -> tuple | None:
         dataset = loaders.dataset_from_path(DEMO_DATA)[0]
         _glance(dataset, DEMO_DATA.name)
         return None, DEMO_DATA.name, dataset.task, dataset
+    key = session.uploader_key("train_upload", session.Key.TRAIN_UPLOAD_GEN)
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
-                              type=["pkl", "pickle", "npz"], key="train_upload")
-    if upload is None:
+                              type=["pkl", "pickle", "npz"], key=key)
+    if upload is not None:
+        _take_upload(upload.getvalue(), upload.name)
+    if session.error(session.Key.TRAIN_UPLOAD_ERROR):
+        st.error(markdown_text(session.error(session.Key.TRAIN_UPLOAD_ERROR)))
+    taken = session.train_upload()
+    if taken is None:
         return None
-    data = upload.getvalue()
+    name, digest, data = taken
+    dataset = loaders.dataset_from_bytes(digest, data, name)  # read when it was taken: cached
+    st.caption(f"**{markdown_text(name)}** is the training data. Drop another file above to replace it.")
+    _glance(dataset, name)
+    return data, name, dataset.task, dataset
+
+
+def _take_upload(data: bytes, name: str) -> None:
+    """Read a dropped file; keep it as the training data when it reads, else say why (the previous one
+    stays). Either way the uploader is emptied and the page reruns: Streamlit deep-copies a file left in an
+    uploader on every rerun (0.4-0.6 s for 151 MB), and this page hashed it again each time."""
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        dataset = loaders.dataset_from_bytes(hashlib.sha256(data).hexdigest(), data, upload.name)
-    except DataError as exc:
-        st.error(markdown_text(exc))
-        return None
-    _glance(dataset, upload.name)
-    return data, upload.name, dataset.task, dataset
+        check_trainable(loaders.dataset_from_bytes(digest, data, name))
+    except (DataError, ValueError) as exc:
+        kept = session.train_upload()
+        session.set_error(session.Key.TRAIN_UPLOAD_ERROR,
+                          f"{exc} (not used{f': still training on {kept[0]}' if kept else ''})")
+    else:
+        session.set_train_upload(name, digest, data)
+        session.clear_error(session.Key.TRAIN_UPLOAD_ERROR)
+    session.clear_uploader(session.Key.TRAIN_UPLOAD_GEN)
+    st.rerun()
 
 
 def _glance(dataset, name: str) -> None:

@@ -120,7 +120,7 @@ class Trainer:
         distributed.init_process_group(self.dist, self.device)
         self.callbacks = CallbackList(callbacks if self.dist.is_main else [])
         self.resume = resume
-        _check_dataset(dataset)
+        check_trainable(dataset)
         self.task = dataset.task
         self.convention = dataset_convention(dataset)
         self.selection, self.mode = selection_rule(config, self.task, self.convention)
@@ -381,7 +381,9 @@ def with_pretrained_bert(config: DecAlignConfig) -> tuple[DecAlignConfig, dict[s
     return replace(config, model=model).validate(), state
 
 
-def _check_dataset(dataset: MultimodalDataset) -> None:
+def check_trainable(dataset: MultimodalDataset) -> None:
+    """ValueError naming the file and the split when ``dataset`` cannot be trained on (the Train page checks
+    an upload with it before offering to start a run)."""
     for name, least in (("train", 2), ("valid", 1)):  # prototypes and the explanation reference need two
         split = dataset.splits.get(name)
         if split is None or len(split) < least:

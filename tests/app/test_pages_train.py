@@ -11,7 +11,7 @@ import pytest
 from browser_utils import shown
 
 from decalign.config import DecAlignConfig, ModelConfig, TrainConfig
-from decalign.data import load_dataset, make_synthetic, save_npz
+from decalign.data import MultimodalDataset, load_dataset, make_synthetic, save_npz
 from decalign.train import train
 from decalign.train.background import kill_training, list_runs, run_state
 
@@ -77,13 +77,30 @@ def test_train_page_shows_config_errors(page_test, runs_dir):
     assert any("bad.json" in shown(e.value) and "no_such_field" in shown(e.value) for e in at.error)
 
 
-def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_dir):
+def test_train_page_starts_a_run_on_an_upload_and_it_finishes(page_test, runs_dir, tmp_path):
     root, data_path = runs_dir
     at = page_test("train").run()
     at.radio(key="train_data_kind").set_value("Upload a file").run()
     at.file_uploader(key="train_upload").set_value(("tiny.npz", data_path.read_bytes(), "application/octet-stream"))
     at.run()
     assert any("Chosen from 96 training samples" in c.value for c in at.caption)  # the default: from the data
+    # The file taken in leaves the uploader (Streamlit would deep-copy it, and the page hash it, every rerun);
+    # a file that cannot be read is refused with its name and the one taken stays.
+    (uploader,) = [u for u in at.get("file_uploader") if u.key.startswith("train_upload")]
+    assert uploader.key == "train_upload_1" and uploader.value is None
+    assert any("tiny.npz** is the training data" in shown(c.value) for c in at.caption)
+    uploader.set_value(("broken.npz", b"not an archive", "application/octet-stream")).run()
+    assert any("broken.npz" in shown(e.value) and "still training on tiny.npz" in shown(e.value) for e in at.error)
+    assert [u.key for u in at.get("file_uploader") if u.key.startswith("train_upload")] == ["train_upload_2"]
+    assert any("tiny.npz** is the training data" in shown(c.value) for c in at.caption)
+    # an evaluation-only file (no train split) is refused before any setting is chosen from it
+    evaluation = make_synthetic(0, 0, 12, seed=4)
+    save_npz(MultimodalDataset({"test": evaluation.splits["test"]}, evaluation.task), tmp_path / "eval.npz")
+    (uploader,) = [u for u in at.get("file_uploader") if u.key.startswith("train_upload")]
+    uploader.set_value(("eval.npz", (tmp_path / "eval.npz").read_bytes(), "application/octet-stream")).run()
+    assert not at.exception
+    assert any("eval.npz" in shown(e.value) and "'train' split has 0 sample(s)" in shown(e.value) for e in at.error)
+    assert any("tiny.npz** is the training data" in shown(c.value) for c in at.caption)
     width = lambda: next(w.value for w in at.number_input if w.label == "Width d")
     assert width() == 32  # the rule: fewer than 2,000 training samples
     at.radio(key="train_config_kind").set_value("Library defaults (official MOSI settings)").run()
