@@ -188,7 +188,9 @@ def official_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], reg: fl
     scaled = -cost / max(reg, 1e-6)
     log_nu = [torch.log(a.clamp_min(1e-30)) for a in marginals]  # a marginal of exactly 0 stays finite
     underflows = (-scaled.detach()).max() > _LOG_KERNEL_FLOOR
-    guard = torch.where(underflows, scaled.new_tensor(-torch.inf), scaled.new_tensor(_LOG_GUARD))
+    # filled on the device, not copied from the host: a copy waited for the GPU, and a CUDA graph refuses it
+    guard = torch.where(underflows, torch.full((), -torch.inf, dtype=scaled.dtype, device=scaled.device),
+                        torch.full((), _LOG_GUARD, dtype=scaled.dtype, device=scaled.device))
     logs = [torch.zeros_like(a) for a in marginals]
     for _ in range(sweeps):
         for m in range(num):
