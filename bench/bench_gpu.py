@@ -154,9 +154,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device on this machine; nothing measured")
         return 0
-    official = official_config_dict(embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0)
+    official = official_config_dict(use_bert=False, embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0,
+                                    res_dropout=0.0)
     no_dropout = DecAlignConfig.from_dict(official)
-    config = DecAlignConfig.from_dict(official_config_dict())  # the MOSI config, dropout on
+    config = DecAlignConfig.from_dict(official_config_dict(use_bert=False))  # the MOSI config, dropout on
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # parity is judged in true float32
     figures: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
