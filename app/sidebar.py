@@ -108,7 +108,7 @@ def _model_picker() -> None:
         if upload is not None and session.first_sight(Key.MODEL_ZIP_SEEN, upload.file_id):
             data = upload.getvalue()
             _try_model(ModelSource("zip", upload.name, None, hashlib.sha256(data).hexdigest()), data)
-            _empty_uploader(Key.MODEL_ZIP_GEN)
+            session.empty_uploader_and_rerun(Key.MODEL_ZIP_GEN)
         model = session.model_source()
         if model is not None and model.kind == "zip":
             st.caption(f"**{markdown_text(model.label)}** is in use. Drop another zip above to replace it.")
@@ -202,20 +202,11 @@ def _data_picker() -> None:
         upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key=key)
         if upload is not None and session.first_sight(Key.DATA_UPLOAD_SEEN, upload.file_id):
             _try_data(upload.getvalue(), upload.name)
-            _empty_uploader(Key.DATA_UPLOAD_GEN)
+            session.empty_uploader_and_rerun(Key.DATA_UPLOAD_GEN)
         data = session.data_source()
         if data.kind == "upload":
             st.caption(f"**{markdown_text(data.label)}** is in use. Drop another file above to replace it.")
     _show_error(Key.DATA_ERROR)
-
-
-def _empty_uploader(generation: Key) -> None:
-    """Once its file is handled (taken in or refused) an uploader is emptied, by a new key, and the script
-    reruns at once so the page shows the new, empty uploader (a file dropped on the old one before the
-    next rerun would be lost). Streamlit deep-copies a file left in an uploader on every rerun: 0.1-0.6 s
-    on every page for a 151 MB upload. The bytes in use are kept in the session (``session.upload_bytes``)."""
-    session.clear_uploader(generation)
-    st.rerun()
 
 
 def load_upload(data: bytes, name: str, card: ModelCard) -> tuple[MultimodalDataset, str]:

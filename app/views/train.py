@@ -128,8 +128,8 @@ def _pick_data() -> tuple | None:
 
 def _take_upload(data: bytes, name: str) -> None:
     """Read a dropped file; keep it as the training data when it reads, else say why (the previous one
-    stays). Either way the uploader is emptied and the page reruns: Streamlit deep-copies a file left in an
-    uploader on every rerun (0.4-0.6 s for 151 MB), and this page hashed it again each time."""
+    stays). Either way the uploader is emptied (``session.empty_uploader_and_rerun``): this page also hashed
+    a file left in it again on every rerun."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         check_trainable(loaders.dataset_from_bytes(digest, data, name))
@@ -140,8 +140,7 @@ def _take_upload(data: bytes, name: str) -> None:
     else:
         session.set_train_upload(name, digest, data)
         session.clear_error(session.Key.TRAIN_UPLOAD_ERROR)
-    session.clear_uploader(session.Key.TRAIN_UPLOAD_GEN)
-    st.rerun()
+    session.empty_uploader_and_rerun(session.Key.TRAIN_UPLOAD_GEN)
 
 
 def _glance(dataset, name: str) -> None:
