@@ -336,11 +336,11 @@ def _decode(value: Any, out: Path) -> Any:
     _check_apart(places)
     top = value
     with open(path, "rb") as handle:
-        for (offset, dtype, shape), (_, parent, key) in zip(places, refs):
+        for (offset, dtype, shape, nbytes), (_, parent, key) in zip(places, refs):
             array = np.empty(shape, dtype=dtype)
-            if array.nbytes:
+            if nbytes:
                 handle.seek(offset)
-                if handle.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+                if handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
                     raise ValueError(f"{ARRAYS_FILE}: an array ends past the file's end")
             if parent is None:
                 top = array
@@ -349,8 +349,8 @@ def _decode(value: Any, out: Path) -> Any:
     return top
 
 
-def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...]]:
-    """(offset, dtype, shape) of an array reference, checked against the arrays file's ``size``."""
+def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...], int]:
+    """(offset, dtype, shape, bytes) of an array reference, checked against the arrays file's ``size``."""
     if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[1], str) and isinstance(ref[2], list)):
         raise ValueError(f"bad array reference {str(ref)[:80]!r}")
     offset, name, shape = ref
@@ -367,18 +367,17 @@ def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...]]:
     if nbytes and offset + nbytes > size:
         raise ValueError(f"{ARRAYS_FILE}: an array of {nbytes:,} bytes at {offset:,} ends past the file's "
                          f"{size:,} bytes")
-    return offset, dtype, tuple(shape)
+    return offset, dtype, tuple(shape), nbytes
 
 
 def _whole(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...]]]) -> None:
+def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...], int]]) -> None:
     """No two arrays share bytes (each is read into its own memory anyway; overlap means a broken child)."""
     end = 0
-    for offset, dtype, shape in sorted(places, key=lambda p: p[0]):
-        nbytes = math.prod(shape) * dtype.itemsize
+    for offset, _, _, nbytes in sorted(places, key=lambda p: p[0]):
         if nbytes and offset < end:
             raise ValueError(f"{ARRAYS_FILE}: two arrays overlap at byte {offset:,}")
         end = max(end, offset + nbytes)
