@@ -1,11 +1,12 @@
 """``python3 -m app [streamlit options]``: the dashboard, as ``streamlit run app/streamlit_app.py`` starts it,
 with the pages' imports begun as soon as the server is up.
 
-A fresh server runs nothing of the app until a browser connects, and the first script run then spends about
-3 s importing torch, pandas and the pages before it draws anything. Here a background thread imports them
-once the server answers, while the browser loads Streamlit's page, so the first run finds them in
-``sys.modules``. The thread only imports modules (no Streamlit call, no file read); an import that fails is
-left for the page's own import to report.
+A fresh server runs nothing of the app until a browser connects. Here a background thread imports what the
+first page draws with (pandas, plotly, the loaders, the sidebar and the Overview: 0.5 s, no torch) once the
+server answers, while the browser loads Streamlit's page, so the first run finds them in ``sys.modules``.
+Torch and the other pages are imported once that page is drawn (``app.loaders.warm_up_projections``): before,
+their 2 s of imports held the first page back. The thread only imports modules (no Streamlit call, no file
+read); an import that fails is left for the page's own import to report.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "app" / "streamlit_app.py"
 # pandas first: the first run's app.prefetch waits for it (plotly must not see it half imported)
-PRELOAD = ("pandas", "torch", "plotly.graph_objects", "app.loaders", "app.sidebar", "app.context",
-           *(f"app.views.{page}" for page in ("overview", "predict", "sample", "embeddings", "prototypes",
-                                              "alignment", "audit", "train", "replay", "compare")))
+PRELOAD = ("pandas", "plotly.graph_objects", "app.loaders", "app.sidebar", "app.context", "app.views.overview")
 
 
 def preload(names: tuple[str, ...] = PRELOAD, wait_s: float = 30.0) -> list[str]:
     """Once the server is up (or after ``wait_s``), import ``names`` (``app.import_all``); returns those that
-    failed. Waiting first keeps the imports from delaying the server's start: they hold the GIL for most of
-    their 3 s."""
+    failed. Waiting first keeps the imports from delaying the server's start: they hold the GIL."""
     _wait_for_server(wait_s)
     from app import import_all
 

@@ -2,29 +2,34 @@
 
 ``get_context()`` resolves the session's choices through the cached loaders (``app.loaders``); a choice
 that cannot be loaded stops the page with a message, and the sidebar keeps the previous one.
+``get_card_context()`` resolves the same choices without building the model (no torch import): what a page
+shows from the card and the data alone, before its model is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from app import loaders, session
-from decalign.audit.run import PreparedReference
 from decalign.checkpoint import CheckpointError, ModelCard
 from decalign.data import MultimodalDataset, Split
-from decalign.explain.slices import result_metrics
-from decalign.inference import InferenceResult
-from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
-from decalign.train.reference import TrainingReference
+
+if TYPE_CHECKING:  # the model's side needs torch, imported by the loaders that build it
+    from decalign.audit.run import PreparedReference
+    from decalign.inference import InferenceResult
+    from decalign.model import DecAlign, TransportResult
+    from decalign.train.reference import TrainingReference
 
 
 @dataclass
-class Context:
-    model: DecAlign
+class CardContext:
+    """The model's card and the data, split and ids the sidebar chose, without the model itself."""
+
     card: ModelCard
     model_id: str  # sha256 of weights + card (zip bytes for an uploaded zip)
     model_label: str
@@ -34,8 +39,6 @@ class Context:
     data_label: str
     split: str
     split_data: Split
-    result: InferenceResult  # inference on the current split (cached)
-    reference: TrainingReference | None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -51,6 +54,15 @@ class Context:
     def class_name(self, k: int) -> str:
         names = self.class_names
         return names[k] if names and 0 <= k < len(names) else str(k)
+
+
+@dataclass
+class Context(CardContext):
+    """A :class:`CardContext` with the model, its inference on the split and its training reference."""
+
+    model: DecAlign
+    result: InferenceResult  # inference on the current split (cached)
+    reference: TrainingReference | None
 
 
 def distinct_names(names: list[str]) -> list[str]:
@@ -73,16 +85,53 @@ class Side:
 
 def get_context() -> Context:
     """The model, data, split and inference the sidebar chose; stops the page with a message if none."""
+    source = _model_source()
+    model, card, model_id = _loaded(loaders.load, source)
+    return _with_model(_card_context(source, card, model_id), source, model, card, model_id)
+
+
+def with_model(base: CardContext) -> Context:
+    """``base`` (from :func:`get_card_context`) completed with its model, inference and reference; stops the
+    page with a message when the model cannot be loaded."""
+    source = _model_source()
+    model, card, model_id = _loaded(loaders.load, source)
+    return _with_model(base, source, model, card, model_id)
+
+
+def _with_model(base: CardContext, source: session.ModelSource, model: DecAlign, card: ModelCard,
+                model_id: str) -> Context:
+    result = loaders.inference(model_id, base.data_id, base.split, model, card, base.split_data)
+    fields = {**vars(base), "card": card, "model_id": model_id}  # the loaded model's own card and id
+    return Context(**fields, model=model, result=result, reference=_reference(source, model_id, model))
+
+
+def get_card_context() -> CardContext:
+    """The card, data and split the sidebar chose, without building the model; stops the page with a
+    message if there is none. A model that then fails to load is reported by :func:`get_context`."""
+    source = _model_source()
+    card, model_id = _loaded(loaders.card, source)
+    return _card_context(source, card, model_id)
+
+
+def _model_source() -> session.ModelSource:
     source = loaders.current_model()
     if source is None:
         st.warning(f"No model loaded: the bundled demo model ({markdown_text(loaders.demo_model_dir())}) is not "
                    "there. Choose a checkpoint directory or upload a zipped run directory in the sidebar.")
         st.stop()
+    return source
+
+
+def _loaded(loader, source: session.ModelSource) -> tuple:
+    """``loader(source)`` (``loaders.load`` or ``loaders.card``), or the page stopped with the reason."""
     try:
-        model, card, model_id = loaders.load(source)
-    except CheckpointError as exc:
+        return loader(source)
+    except (CheckpointError, OSError) as exc:
         st.error(f"The model {markdown_text(source.label)} cannot be loaded: {markdown_text(exc)}")
         st.stop()
+
+
+def _card_context(source: session.ModelSource, card: ModelCard, model_id: str) -> CardContext:
     found = loaders.dataset(session.data_source(), card, source.path, warn=True)
     if found is None:
         st.warning(f"The model {markdown_text(source.label)} has no bundled data. Upload a dataset with modalities "
@@ -90,11 +139,8 @@ def get_context() -> Context:
         st.stop()
     dataset, data_id, data_label = found
     split = current_split(dataset)
-    part = dataset.splits[split]
-    result = loaders.inference(model_id, data_id, split, model, card, part)
-    reference = _reference(source, model_id, model)
-    return Context(model, card, model_id, source.label, source.path, dataset, data_id, data_label, split, part,
-                   result, reference)
+    return CardContext(card, model_id, source.label, source.path, dataset, data_id, data_label, split,
+                       dataset.splits[split])
 
 
 def _reference(source, model_id: str, model: DecAlign) -> TrainingReference | None:
@@ -134,6 +180,8 @@ def baseline_view(ctx: Context) -> tuple[dict | None, dict | None, str | None]:
     part = ctx.dataset.splits[split]
     metrics = None
     if part.labels is not None and len(part):
+        from decalign.explain.slices import result_metrics
+
         result = loaders.inference(ctx.model_id, ctx.data_id, split, ctx.model, ctx.card, part)
         metrics = result_metrics(result, ctx.card)
     return loaders.baseline(ctx.model_id, ctx.data_id, ctx.card, ctx.dataset, ctx.data_label, split, metrics)

@@ -13,23 +13,34 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from app import import_all, session
+from app import import_all, session, views
 from decalign import sandbox
 from decalign.atomic import clean_stale_temps
-from decalign.audit.run import PreparedReference, prepare_reference
-from decalign.checkpoint import ModelCard, card_data_path, load_model, load_model_zip, model_fingerprint
+from decalign.checkpoint import (
+    ModelCard,
+    card_data_path,
+    load_card,
+    load_model,
+    load_model_zip,
+    model_fingerprint,
+)
 from decalign.data import MultimodalDataset, Split, load_dataset, load_dataset_bytes
 from decalign.data.transform import TRANSFORM_KEY
-from decalign.device import resolve_device
 from decalign.explain.projection import ProjectionWorker
-from decalign.inference import InferenceResult, run_inference
-from decalign.model import DecAlign, TransportResult
 from decalign.safe_output import markdown_text
 from decalign.train.baseline import baseline_beside
-from decalign.train.reference import TrainingReference, load_reference, training_plan, with_maps
+
+# Whatever needs torch is imported inside the loader that uses it: the sidebar and the Overview's first
+# elements need only cards and data, so a fresh server draws them without importing torch (1.3 s of 2.6 s).
+if TYPE_CHECKING:
+    from decalign.audit.run import PreparedReference
+    from decalign.inference import InferenceResult
+    from decalign.model import DecAlign, TransportResult
+    from decalign.train.reference import TrainingReference
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "assets" / "uci_digits.npz"
@@ -58,6 +69,24 @@ def model_from_dir(path: str | Path) -> tuple[DecAlign, ModelCard, str]:
     fingerprint = model_fingerprint(path)
     model, card = _model_from_dir(str(path), fingerprint)
     return model, card, fingerprint
+
+
+@st.cache_resource(max_entries=8)
+def _card_from_dir(path: str, fingerprint: str) -> ModelCard:
+    return load_card(path)
+
+
+def card(source: session.ModelSource) -> tuple[ModelCard, str]:
+    """(card, model_id) of a model source without building its model; raises CheckpointError or OSError.
+
+    A run directory's card is read on its own (no torch); the card of a zip, or of a weights file named
+    directly, comes with its model (:func:`load`), which the sidebar loaded when it was chosen.
+    """
+    if source.kind == "dir" and Path(source.path).is_dir():
+        fingerprint = model_fingerprint(source.path)
+        return _card_from_dir(str(source.path), fingerprint), fingerprint
+    _, found, model_id = load(source)
+    return found, model_id
 
 
 def load(source: session.ModelSource) -> tuple[DecAlign, ModelCard, str]:
@@ -173,6 +202,8 @@ def prepared(dataset: MultimodalDataset, data_id: str, card: ModelCard) -> Multi
 def reference(path: str, fingerprint: str, _model: DecAlign) -> TrainingReference | None:
     """The training reference saved in a run directory, with its projection maps (fitted from ``_model``
     for references written before they were stored); None when the run directory has none."""
+    from decalign.train.reference import load_reference, with_maps
+
     found = load_reference(path)
     return None if found is None else with_maps(found, _model)
 
@@ -181,6 +212,8 @@ def reference(path: str, fingerprint: str, _model: DecAlign) -> TrainingReferenc
 def prepared_reference(model_id: str, data_id: str, _model: DecAlign, _card: ModelCard, _dataset: MultimodalDataset,
                        data_label: str, _stored: TrainingReference | None) -> PreparedReference:
     """The audit's reference for a model on a dataset (``decalign.audit.run.prepare_reference``)."""
+    from decalign.audit.run import prepare_reference
+
     return prepare_reference(_model, _card, _dataset, data_label, _stored)
 
 
@@ -205,6 +238,9 @@ def _inference_model(model_id: str, _model: DecAlign, device: str) -> DecAlign:
 def inference(model_id: str, data_id: str, split: str, _model: DecAlign, _card: ModelCard,
               _split: Split) -> InferenceResult:
     """The model on a whole split, with posteriors over the card's training prototypes."""
+    from decalign.device import resolve_device
+    from decalign.inference import run_inference
+
     device = str(resolve_device(os.environ.get("DECALIGN_DEVICE", "auto")))
     model = _inference_model(model_id, _model, device)
     return run_inference(model, _split, task=_card.task, prototypes=_card.prototype_tensors())
@@ -213,6 +249,8 @@ def inference(model_id: str, data_id: str, split: str, _model: DecAlign, _card: 
 @st.cache_resource(max_entries=4)
 def training_transport(model_id: str, _reference: TrainingReference, _card: ModelCard) -> TransportResult:
     """The model's transport plan between its training prototypes (``decalign.train.reference``)."""
+    from decalign.train.reference import training_plan
+
     return training_plan(_reference, _card.config.model)
 
 
@@ -226,10 +264,11 @@ def projection_worker() -> ProjectionWorker:
     return worker
 
 
-# Imported by pages only where used (scikit-learn's import costs a cold page 1-1.6 s): loaded in the background
-# once a server has drawn its first page, so the Embeddings, Prototypes and Audit pages find them loaded.
-LATER_IMPORTS = ("sklearn.decomposition", "sklearn.neighbors", "sklearn.model_selection", "sklearn.metrics",
-                 "sklearn.linear_model", "sklearn.preprocessing")
+# Imported once a server has drawn its first page, in the background, so the next page opened finds them
+# loaded: torch (which the first page does not wait for, see app.__main__), every page, and scikit-learn,
+# which pages import only where used (1-1.6 s on a cold page).
+LATER_IMPORTS = ("torch", *views.MODULES, "sklearn.decomposition", "sklearn.neighbors", "sklearn.model_selection",
+                 "sklearn.metrics", "sklearn.linear_model", "sklearn.preprocessing")
 
 
 def warm_up_projections() -> ProjectionWorker:

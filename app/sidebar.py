@@ -66,7 +66,7 @@ def _data_label(model: ModelSource | None, data: session.DataSource) -> str:
     if model is None:
         return "none"
     try:
-        _, card, _ = loaders.load(model)
+        card, _ = loaders.card(model)
         path = loaders.bundled_data_path(card, model.path)
     except (CheckpointError, OSError):
         return "none"
@@ -177,7 +177,7 @@ def _set_model(source: ModelSource | None) -> None:
     data = session.data_source()
     if source is None or data.kind != "upload":
         return
-    _, card, _ = loaders.load(source)
+    card, _ = loaders.card(source)
     dataset = loaders.dataset_from_bytes(data.digest, session.upload_bytes(data.digest), data.label)
     try:
         check_compatible(dataset, card.widths, data.label, bert_text=card.has_bert)
@@ -225,7 +225,7 @@ def _try_data(data: bytes, name: str) -> None:
     if source is None:
         session.set_error(Key.DATA_ERROR, "Load a model first: uploaded data is checked against the model's card.")
         return
-    _, card, _ = loaders.load(source)
+    card, _ = loaders.card(source)
     try:
         _, digest = load_upload(data, name, card)
     except DataError as exc:
@@ -242,7 +242,7 @@ def _split_picker() -> tuple[str, int] | None:
     if source is None:
         return None
     try:
-        _, card, _ = loaders.load(source)
+        card, _ = loaders.card(source)
         found = loaders.dataset(session.data_source(), card, source.path)
     except (CheckpointError, DataError, OSError):
         return None

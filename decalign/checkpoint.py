@@ -17,12 +17,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from . import __version__, sandbox
 from .atomic import atomic_write, atomic_write_json
@@ -32,7 +30,13 @@ from .config import ConfigError, DecAlignConfig
 from .data import DataError, MultimodalDataset
 from .data.tokens import bert_inputs
 from .data.transform import TRANSFORM_KEY, FeatureTransform, apply_feature_transform
-from .model import DecAlign, Prototypes
+
+# torch and the model are imported where weights are built or written: reading a card (the dashboard's first
+# page, a run's history) must not pay for importing torch (1.3 s).
+if TYPE_CHECKING:
+    import torch
+
+    from .model import DecAlign, Prototypes
 
 CARD_FORMAT = 1
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"  # the bundled demo data and model
@@ -91,6 +95,10 @@ class ModelCard:
     def prototype_tensors(self) -> dict[str, Prototypes] | None:
         if not self.prototypes:
             return None
+        import torch
+
+        from .model import Prototypes
+
         return {m: Prototypes(torch.tensor(p["means"]), torch.tensor(p["variances"]), torch.tensor(p["weights"]))
                 for m, p in self.prototypes.items()}
 
@@ -100,6 +108,8 @@ class ModelCard:
                                "weights": p.weights.detach().cpu().tolist()} for m, p in prototypes.items()}
 
     def build_model(self) -> DecAlign:
+        from .model import DecAlign
+
         return DecAlign(self.config.model, self.widths, self.output_dim)
 
     def feature_transform(self) -> FeatureTransform | None:
@@ -138,6 +148,8 @@ def save_model(run_dir: str | Path, model: DecAlign, card: ModelCard, *, tag: st
 
 
 def _save_weights(state: dict[str, torch.Tensor], tmp: str, tag: str, target: Path) -> None:
+    from safetensors.torch import save_file
+
     try:
         save_file(state, tmp, {"tag": tag})
     except SafetensorError as exc:  # the Rust writer's I/O errors (a full disk) as the OSError they are
@@ -210,6 +222,8 @@ def _load_weights(model: DecAlign, weights: dict[str, np.ndarray], shown: str) -
         if tuple(array.shape) != tuple(expected[key].shape):
             raise CheckpointError(f"{shown}: {key} has shape {tuple(array.shape)}, the card's model "
                                   f"expects {tuple(expected[key].shape)}")
+    import torch
+
     model.load_state_dict({key: torch.from_numpy(array) for key, array in weights.items()})
 
 

@@ -14,11 +14,15 @@ Train page's own live view behind the run it shows.
 
 from __future__ import annotations
 
+import sys
+
 _default_threads: int | None = None
 
 
 def share_with_training(training: bool) -> None:
     """Set the calling thread's torch threads for ``training`` (a run alive: one) or not (the default)."""
+    if not training and "torch" not in sys.modules:
+        return  # no thread can have changed torch's count, and a fresh server's first page needs no torch
     import torch  # here, not at the top: importing this module stays light
 
     global _default_threads

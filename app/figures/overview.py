@@ -8,15 +8,14 @@ import plotly.graph_objects as go
 
 from decalign.checkpoint import ModelCard
 from decalign.data import MultimodalDataset
-from decalign.model import AlignmentLevels
+from decalign.loss_names import ALIGNMENT_LEVELS, LOSS_KEYS
 from decalign.safe_output import plotly_text
 from decalign.train.metrics import display_name
-from decalign.train.trainer import LOSS_KEYS
 
 from .style import by_family, category_colours, class_axis, epoch_axis
 
 LOSS_TERMS = (*LOSS_KEYS, "decoupling")  # decoupling is a loss term too (weight dec_loss_weight)
-LEVELS = AlignmentLevels.LEVELS
+LEVELS = ALIGNMENT_LEVELS
 
 
 def card_summary(card: ModelCard) -> pd.DataFrame:

@@ -10,16 +10,15 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from decalign.model import AlignmentLevels
+from decalign.loss_names import ALIGNMENT_LEVELS, LOSS_KEYS
 from decalign.train.background import RunInfo
 from decalign.train.metrics import display_name
 from decalign.train.replay import Replay, ReplayEpoch
-from decalign.train.trainer import LOSS_KEYS
 
 from .style import PALETTE, by_family, epoch_axis, short_hash
 
 TERMS = LOSS_KEYS
-LEVELS = AlignmentLevels.LEVELS
+LEVELS = ALIGNMENT_LEVELS
 
 
 def format_seconds(seconds: float | None) -> str:

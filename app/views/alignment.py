@@ -22,7 +22,6 @@ from decalign.explain.levels import (
 from decalign.safe_output import markdown_text
 from decalign.train.runs import RunError, read_history
 
-URL_PATH = "alignment"
 PROTOTYPE_CHOICES = ("Training prototypes (model card)", "Fitted on each chunk, as in training")
 MAX_SAMPLES = 4096
 

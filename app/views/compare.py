@@ -7,9 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import loaders, session, sidebar
+from app import loaders, session, sidebar, views
 from app.figures import compare as fig
-from app.views import sample
 from decalign.checkpoint import CheckpointError, ModelCard, load_card, model_fingerprint
 from decalign.data import DataError, MultimodalDataset, check_compatible
 from decalign.explain.compare import (
@@ -25,7 +24,6 @@ from decalign.model import DecAlign
 from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 
-URL_PATH = "compare"
 OTHER = "Another run directory…"
 
 
@@ -165,7 +163,7 @@ def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
         path = None if side.path == loaders.demo_model_dir() else side.path
         if col.button(f"Explain with model {letter} ({markdown_text(side.label)})", key=f"compare_explain_{letter}",
                       on_click=_make_current, args=(path, side.label, chosen, split)):
-            st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
+            st.switch_page(views.page("sample"))
 
 
 def _make_current(path: Path | None, label: str, sample_id: str, split: str) -> None:

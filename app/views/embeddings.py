@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import loaders
+from app import loaders, views
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import select_sample
-from app.views import sample
 from decalign.explain.maps import place_on
 from decalign.explain.overlap import (
     Separability,
@@ -39,7 +38,6 @@ from decalign.maps import JOINT, PcaMap, rows_of
 from decalign.safe_output import markdown_text
 from decalign.train.reference import TrainingReference
 
-URL_PATH = "embeddings"
 METHODS = {"UMAP": "umap", "PCA": "pca"}
 # UMAP fits on a sample of at most UMAP_MAX_FIT rows (its exact-distance path; quiet 2-core machine:
 # 3,000 rows of width 40 in 2.4 s, 4,000 in 3.7 s) and transforms the rest. PCA: 200,000 points in ~1.3 s.
@@ -281,4 +279,4 @@ def _selection(ctx: Context, rows: np.ndarray) -> None:
     choice = left.selectbox("Sample to open", table["id"].tolist(), key="emb_open_id")
     if right.button("Open on the Sample page", key="emb_open"):
         select_sample(choice)
-        st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
+        st.switch_page(views.page("sample"))

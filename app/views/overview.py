@@ -1,4 +1,9 @@
-"""Overview: the model card, training curves and the dataset at a glance."""
+"""Overview: the model card, training curves and the dataset at a glance.
+
+Everything but the linear baseline comes from the card, the run's history and the data, so it is drawn
+before the model is built; the baseline's comparison needs the model's scores and is filled in last. On a
+fresh server this is the first page, and it then shows its charts without waiting for torch's import.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 
 import streamlit as st
 
-from app.context import baseline_view, get_context
+from app.context import baseline_view, get_card_context, with_model
 from app.figures import overview as fig
 from app.figures.style import short_hash
 from decalign.safe_output import markdown_text
@@ -14,7 +19,7 @@ from decalign.train.runs import RunError, read_history
 
 
 def render() -> None:
-    ctx = get_context()
+    ctx = get_card_context()
     card = ctx.card
     st.title("Overview")
     st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · "
@@ -41,7 +46,7 @@ def render() -> None:
             st.info("The card records no metrics.")
         else:
             st.dataframe(metrics, key="overview_metrics")
-        _baseline(ctx)
+        baseline_slot = st.container()
         with st.expander("Configuration"):
             st.code(json.dumps(card.config.to_dict(), indent=2), language="json")
     _training_curves(ctx.run_dir)
@@ -53,6 +58,8 @@ def render() -> None:
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
     right.plotly_chart(fig.label_distribution_figure(ctx.dataset, ctx.class_names), key="overview_labels")
+    with baseline_slot:
+        _baseline(with_model(ctx))
 
 
 def _baseline(ctx) -> None:

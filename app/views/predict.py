@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import views
 from app.context import Context, get_context
 from app.figures import predict as fig
 from app.session import select_sample, selected_sample
-from app.views import sample
 from decalign.explain.slices import result_metrics
 from decalign.safe_output import frame_csv, markdown_text
 from decalign.train.metrics import display_name
@@ -31,7 +31,7 @@ def render() -> None:
     left, right = st.columns(2)
     if left.button(f"Open sample {markdown_text(chosen)} on the Sample page" if chosen else "Select a row first",
                    key="predict_open", disabled=chosen is None):
-        st.switch_page(st.Page(sample.render, title="Sample", url_path=sample.URL_PATH))
+        st.switch_page(views.page("sample"))
     right.download_button("Download CSV", frame_csv(shown).encode("utf-8"),  # formula-safe
                           file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
     st.plotly_chart(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,

@@ -26,7 +26,6 @@ from decalign.explain.transport_view import (
 from decalign.model import Prototypes
 from decalign.safe_output import markdown_text
 
-URL_PATH = "prototypes"
 SOURCES = ("Training prototypes (model card)", "Fitted on the current data")
 MARGINALS = ("Prototype weights", "Mean posteriors on the current data")
 LAMBDAS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]

@@ -15,8 +15,6 @@ from decalign.train import background as bg
 from decalign.train.replay import REPLAY_DIR, Replay, ReplayError, has_replay, load_replay
 from decalign.train.runs import read_history
 
-URL_PATH = "replay"
-
 
 @st.cache_resource(max_entries=4, show_spinner="Reading the replay…")
 def _replay(path: str, stamp: float) -> Replay:

@@ -21,9 +21,6 @@ from decalign.explain.story import PrototypeStory, plan_cells, prototype_story
 from decalign.explain.summary import plain_summary
 from decalign.safe_output import markdown_text
 
-URL_PATH = "sample"
-
-
 # ------------------------------------------------------------------ cached explanations (per sample)
 
 

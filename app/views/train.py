@@ -18,10 +18,10 @@ from decalign.defaults import data_defaults, describe
 from decalign.safe_output import markdown_text
 from decalign.train import background as bg
 from decalign.train.baseline import card_comparison
+from decalign.train.losses import match_task_loss
 from decalign.train.metrics import display_name
 from decalign.train.trainer import check_trainable
 
-URL_PATH = "train"
 REFRESH_S = 2.0  # seconds between redraws of a live run
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
@@ -186,7 +186,7 @@ def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> No
     except ConfigError as exc:
         session.set_train_error(f"Settings refused: {exc}")
         return
-    config, note = bg.match_task_loss(config, task)
+    config, note = match_task_loss(config, task)
     run_dir = bg.new_run_dir(run_name)
     path = DEMO_DATA if content is None else bg.save_upload(run_dir, content, filename)
     bg.start_training(run_dir, path, config)

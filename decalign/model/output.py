@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..loss_names import ALIGNMENT_LEVELS
+
 
 @dataclass
 class Prototypes:
@@ -77,7 +79,7 @@ class AlignmentLevels:
     mmd_per_pair: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     objective: str = "studio"
 
-    LEVELS = ("decoupling", "prototype_transport", "sample_to_prototype", "moment_matching", "mmd")
+    LEVELS = ALIGNMENT_LEVELS
     GROUPS = ("heterogeneous", "homogeneous")
 
     @property

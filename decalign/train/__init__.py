@@ -1,26 +1,35 @@
 """Training: losses, the loop with checkpoints and resume, callbacks, and evaluation metrics.
 
 Start with :func:`train`; progress and cancellation go through :class:`Callback`.
+
+The names below are imported on first use: the dashboard's first page reads run histories, metrics and
+background runs (``decalign.train.runs``, ``.metrics``, ``.background``) and must not pay for importing
+torch, which the trainer and losses need.
 """
 
-from .callbacks import Callback, CallbackList, TqdmCallback
-from .finalize import evaluate_split, fit_training_prototypes, predict_outputs, training_alignment
-from .losses import (
-    balanced_class_weight,
-    contrastive_groups,
-    main_loss,
-    official_contrastive_loss,
-    supervised_contrastive_loss,
-    task_loss,
-    total_loss,
-)
-from .runs import RunError, read_history, read_status
-from .selection import scheduler_rule, selection_rule
-from .trainer import BATCH_KEYS, Trainer, TrainResult, epoch_seed, seed_everything, train
+from __future__ import annotations
 
-__all__ = [
-    "BATCH_KEYS", "Callback", "CallbackList", "RunError", "TqdmCallback", "TrainResult", "Trainer",
-    "balanced_class_weight", "contrastive_groups", "epoch_seed", "evaluate_split", "fit_training_prototypes",
-    "main_loss", "official_contrastive_loss", "predict_outputs", "read_history", "read_status", "scheduler_rule", "seed_everything", "selection_rule",
-    "supervised_contrastive_loss", "task_loss", "total_loss", "train", "training_alignment",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "callbacks": ("Callback", "CallbackList", "TqdmCallback"),
+    "finalize": ("evaluate_split", "fit_training_prototypes", "predict_outputs", "training_alignment"),
+    "losses": ("balanced_class_weight", "contrastive_groups", "main_loss", "official_contrastive_loss",
+               "supervised_contrastive_loss", "task_loss", "total_loss"),
+    "runs": ("RunError", "read_history", "read_status"),
+    "selection": ("scheduler_rule", "selection_rule"),
+    "trainer": ("BATCH_KEYS", "Trainer", "TrainResult", "epoch_seed", "seed_everything", "train"),
+}
+_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
+
+__all__ = [name for names in _HOME.values() for name in names]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

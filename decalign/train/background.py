@@ -31,7 +31,6 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..config import DecAlignConfig
-from .losses import match_task_loss  # noqa: F401 - the Train page calls it as bg.match_task_loss
 from .progress import CANCEL_FILE, PROGRESS_FILE, read_progress
 from .runs import read_history, read_status
 

@@ -21,15 +21,16 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write, atomic_write_json
 from ..checkpoint import load_card
 from ..config import DecAlignConfig
+
+if TYPE_CHECKING:  # torch is imported where resume states are written and read: history readers skip it
+    import torch
 
 STATUSES = ("running", "finished", "cancelled", "failed")
 HISTORY_FILE = "history.json"
@@ -105,6 +106,8 @@ def read_history(run_dir: str | Path | None) -> list[dict[str, Any]]:
 def save_resume(run_dir: str | Path, state: ResumeState, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Write everything needed to continue after ``state.epoch`` exactly (see the module docstring)."""
+    from safetensors.torch import save_file
+
     folder = Path(run_dir) / "resume"
     tag = f"e{state.epoch:04d}"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -131,6 +134,8 @@ def has_resume(run_dir: str | Path) -> bool:
 def load_resume(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any) -> ResumeState:
     """Restore weights, optimiser, scheduler and every RNG from ``resume/``; return the counters."""
+    from safetensors.torch import load_file
+
     folder = Path(run_dir) / "resume"
     data = _decode(json.loads((folder / "state.json").read_text(encoding="utf-8")))
     device = next(model.parameters()).device
@@ -166,6 +171,8 @@ def check_resumable(run_dir: str | Path, config: DecAlignConfig, fingerprint: st
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors of ``optimizer.state_dict()`` to a flat dict, everything else to JSON-able values."""
+    import torch
+
     tensors, scalars = {}, {}
     for index, entries in state["state"].items():
         for name, value in entries.items():
@@ -187,6 +194,8 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 
 
 def _torch_rng() -> dict[str, torch.Tensor]:
+    import torch
+
     states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -204,6 +213,8 @@ def _python_rng() -> list[Any]:
 
 
 def _restore_rng(tensors: dict[str, torch.Tensor], numpy_state: dict[str, Any], python_state: list) -> None:
+    import torch
+
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

@@ -37,6 +37,7 @@ from ..data.tokens import TEXT, bert_inputs
 from ..data.torch_batches import iterate_batches
 from ..data.transform import TRANSFORM_KEY, apply_feature_transform, fit_feature_transform
 from ..device import resolve_device
+from ..loss_names import LOSS_KEYS
 from ..model import AlignmentLevels
 from . import distributed, finalize
 from .callbacks import Callback, CallbackList
@@ -57,7 +58,6 @@ from .runs import (
 from .selection import scheduler_rule, selection_rule, with_composites
 from .sizing import cap_prototypes
 
-LOSS_KEYS = ("total", "task", "contrastive")  # the loss values recorded per batch and epoch
 BATCH_KEYS = (*LOSS_KEYS, *AlignmentLevels.LEVELS)
 
 

@@ -1,6 +1,7 @@
 """``python3 -m app``: the README's dashboard command."""
 
 import gc
+import json
 import subprocess
 import sys
 
@@ -23,10 +24,30 @@ def test_preload_imports_the_pages_and_reports_what_failed(monkeypatch):
     monkeypatch.setattr(launcher, "_wait_for_server", lambda wait_s: None)
     try:
         assert launcher.preload(("json", "no_such_module_here")) == ["no_such_module_here"]
-        assert set(launcher.PRELOAD) >= {"torch", "app.loaders", "app.views.overview", "app.views.embeddings"}
+        assert set(launcher.PRELOAD) >= {"app.loaders", "app.sidebar", "app.views.overview"}
         assert launcher.preload() == []  # every name is a module that imports
     finally:
         gc.unfreeze()  # this test process's later tests may count on collecting what exists now
+
+
+def test_the_first_page_imports_no_torch_and_the_rest_comes_after_it():
+    """A fresh server's first run imports the launcher's PRELOAD, the navigation and the Overview: none of it
+    may pull in torch (1.3 s) or another page, which ``app.loaders`` imports after the first page instead."""
+    first_run = ("app.__main__", "app.prefetch", "app.views", "decalign.cpu_share", "decalign.train.background")
+    code = ("import sys, app.__main__ as launcher\n"
+            f"for name in (*launcher.PRELOAD, *{first_run!r}):\n"
+            "    __import__(name)\n"
+            "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('sklearn', 'decalign.model'))\n"
+            "               or (m.startswith('app.views.') and m != 'app.views.overview'))\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.strip() == "[]", out.stdout
+
+    from app import loaders, views
+
+    assert loaders.LATER_IMPORTS[0] == "torch"
+    assert set(views.MODULES) - {"app.views.overview"} <= set(loaders.LATER_IMPORTS)
 
 
 def test_imports_are_frozen_out_of_later_full_collections():
@@ -85,3 +106,30 @@ def test_the_prefetch_is_due_in_a_sessions_first_run_only():
     assert [m.value for m in at.markdown] == ["due: True"]
     assert [m.value for m in at.run().markdown] == ["due: False"]
     assert [m.value for m in at.run().markdown] == ["due: False"]
+
+
+FIRST_RUN_SCRIPT = """
+import json, sys, traceback
+from streamlit.testing.v1 import AppTest
+
+class TorchWatch:  # records the stack of torch's first import, then lets the import go on
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "stack" not in vars(TorchWatch):
+            TorchWatch.stack = [f.name for f in traceback.extract_stack()]
+        return None
+
+sys.meta_path.insert(0, TorchWatch())
+at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
+assert not at.exception, at.exception
+print(json.dumps([[t.value for t in at.title], [f for f in TorchWatch.stack if f in ("render", "with_model")]]))
+"""
+
+
+def test_a_fresh_overview_imports_torch_only_for_its_last_section(demo_dir):
+    """The first page's charts are sent before torch is imported: torch's first import comes from the
+    Overview's baseline (``context.with_model``), its last section, not from the navigation or the sidebar."""
+    out = subprocess.run([sys.executable, "-c", FIRST_RUN_SCRIPT, str(ROOT / "app" / "streamlit_app.py")],
+                         cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    titles, frames = json.loads(out.stdout.strip().splitlines()[-1])
+    assert titles == ["Overview"]
+    assert frames[-2:] == ["render", "with_model"], frames
