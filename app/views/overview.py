@@ -22,6 +22,7 @@ def render() -> None:
     ctx = get_card_context()
     card = ctx.card
     st.title("Overview")
+    problems = st.container()  # where a model whose weights cannot be loaded is reported, at the top
     st.caption(f"Model **{markdown_text(ctx.model_label)}** · data **{markdown_text(ctx.data_label)}** · "
                f"split **{ctx.split}**")
     left, right = st.columns(2)
@@ -58,8 +59,10 @@ def render() -> None:
     left, right = st.columns(2)
     left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
     right.plotly_chart(fig.label_distribution_figure(ctx.dataset, ctx.class_names), key="overview_labels")
+    with problems:
+        full = with_model(ctx)
     with baseline_slot:
-        _baseline(with_model(ctx))
+        _baseline(full)
 
 
 def _baseline(ctx) -> None:

@@ -153,6 +153,32 @@ def test_broken_file_shows_error_and_app_keeps_working(page_test, demo_npz, tmp_
     assert f"**{demo_npz.name}** is in use" in shown(" ".join(c.value for c in at.caption))
 
 
+def test_overview_of_a_model_whose_weights_are_broken(page_test, demo_dir, tmp_path, monkeypatch):
+    """The Overview draws the card, curves and data before it builds the model; weights that cannot be read
+    are then reported at the top of the page, and the baseline, which needs the model's scores, is left out."""
+    run = shutil.copytree(demo_dir, tmp_path / "run")
+    (run / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes()[:1000])
+    monkeypatch.setenv("DECALIGN_DEMO_MODEL", str(run))
+    at = _ok(page_test("overview").run())
+    (error,) = at.error
+    assert "cannot be loaded" in shown(error.value) and "best.safetensors" in shown(error.value)
+    headings = [h.value for h in at.subheader]
+    assert "Model card" in headings and "Training curves" in headings and "Linear baseline" not in headings
+    assert _charts(at) >= 2
+    shown_in_order = [node.type for node in _depth_first(at.main) if node.type in ("title", "error", "subheader")]
+    assert shown_in_order[:3] == ["title", "error", "subheader"]  # the error right under the page's title
+
+
+def _depth_first(node):
+    """The elements of an AppTest block in the order the page shows them."""
+    children = getattr(node, "children", None)
+    if not children:
+        yield node
+        return
+    for key in sorted(children):
+        yield from _depth_first(children[key])
+
+
 def test_bad_model_zip_keeps_the_demo(page_test, tmp_path):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
