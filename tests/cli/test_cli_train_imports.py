@@ -1,0 +1,64 @@
+"""``decalign train`` imports torch, its compiler stack and scikit-learn while the data file is parsed."""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import pytest
+
+from decalign.cli import train as train_cli
+
+
+def _fake_importer(monkeypatch, on_import):
+    monkeypatch.setattr(train_cli, "importlib", types.SimpleNamespace(import_module=on_import))
+
+
+def test_the_imports_run_while_the_data_is_read(monkeypatch):
+    """The read waits until an import has happened: done one after the other, this would time out."""
+    imported, started = [], threading.Event()
+
+    def on_import(name):
+        imported.append((name, threading.current_thread().name))
+        started.set()
+
+    def load_data(path):
+        assert started.wait(timeout=120), "no import began while the data was read"
+        return f"dataset of {path}"
+
+    _fake_importer(monkeypatch, on_import)
+    monkeypatch.setattr(train_cli, "load_data", load_data)
+    assert train_cli._load_while_importing("x.pkl") == "dataset of x.pkl"
+    assert [name for name, _ in imported] == list(train_cli.TRAINING_IMPORTS)  # all done when it returns
+    assert {thread for _, thread in imported} == {"training-imports"}
+    assert train_cli.TRAINING_IMPORTS[:2] == ("torch", "torch._dynamo")
+
+
+def test_a_file_that_cannot_be_read_stops_the_imports_and_raises(monkeypatch):
+    imported, first_done, failed_read = [], threading.Event(), threading.Event()
+
+    def on_import(name):
+        imported.append(name)
+        first_done.set()
+        failed_read.wait(timeout=120)  # the read fails while this first import runs
+
+    def load_data(path):
+        assert first_done.wait(timeout=120)
+        failed_read.set()
+        raise ValueError(f"{path}: not a dataset")
+
+    _fake_importer(monkeypatch, on_import)
+    monkeypatch.setattr(train_cli, "load_data", load_data)
+    with pytest.raises(ValueError, match="x.pkl: not a dataset"):
+        train_cli._load_while_importing("x.pkl")
+    assert imported == ["torch"]  # the rest were not started
+
+
+def test_a_failing_import_is_left_to_the_code_that_needs_it(monkeypatch):
+    def on_import(name):
+        if name == "torch._dynamo":
+            raise ImportError("broken")
+
+    _fake_importer(monkeypatch, on_import)
+    monkeypatch.setattr(train_cli, "load_data", lambda path: "data")
+    assert train_cli._load_while_importing("x.pkl") == "data"
