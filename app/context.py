@@ -107,7 +107,7 @@ def _with_model(base: CardContext, source: session.ModelSource, model: DecAlign,
 
 def get_card_context() -> CardContext:
     """The card, data and split the sidebar chose, without building the model; stops the page with a
-    message if there is none. A model that then fails to load is reported by :func:`get_context`."""
+    message if there is none. A model that then fails to load is reported by :func:`with_model`."""
     source = _model_source()
     card, model_id = _loaded(loaders.card, source)
     return _card_context(source, card, model_id)
