@@ -14,6 +14,8 @@ import hashlib
 import math
 import os
 import re
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,16 +273,56 @@ def file_sha256(path: str | Path) -> str:
 def model_fingerprint(run_dir: str | Path, tag: str = "best") -> str:
     """sha256 of the weights file and the card: identifies a checkpoint in the audit trail.
 
-    Read in 1 MiB blocks: the files may be large (or hostile) and are not loaded whole.
+    Read in 1 MiB blocks: the files may be large (or hostile) and are not loaded whole. The dashboard asks
+    for it several times a rerun, so the weights' part of the hash is remembered per file signature (a
+    440 MB BERT checkpoint is hashed once, not on every call); the small card is hashed every time.
     """
-    digest = hashlib.sha256()
-    for name in (f"{tag}.safetensors", CARD_NAME):
-        path = Path(run_dir) / name
-        if path.is_file():
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    weights = Path(run_dir) / f"{tag}.safetensors"
+    digest = _weights_digest(weights) if weights.is_file() else hashlib.sha256()
+    card = Path(run_dir) / CARD_NAME
+    if card.is_file():
+        _hash_file(card, digest)
     return digest.hexdigest()
+
+
+# (path, device, inode, size, mtime_ns, ctime_ns) -> the sha256 state after the weights file's bytes.
+# Every rewrite of a checkpoint is a rename onto it (a new inode) or a write (a new mtime and ctime).
+_WEIGHT_DIGESTS: dict[tuple, Any] = {}
+_WEIGHT_DIGESTS_LOCK = threading.Lock()
+_WEIGHT_DIGESTS_KEPT = 32
+_SETTLED_NS = 2_000_000_000
+
+
+def _weights_digest(path: Path) -> Any:
+    """A fresh sha256 object that has read ``path``'s bytes, from the signature cache when it is unchanged."""
+    info = path.stat()
+    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    with _WEIGHT_DIGESTS_LOCK:
+        cached = _WEIGHT_DIGESTS.get(key)
+    if cached is not None:
+        return cached.copy()
+    digest = _hash_file(path, hashlib.sha256())
+    # Kept only when not rewritten while read, and when its last change is older than a coarse file system's
+    # clock tick: a rewrite in the same tick, of the same size, on a reused inode would look unchanged.
+    settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS
+    if settled and _signature(path) == key[1:]:
+        with _WEIGHT_DIGESTS_LOCK:
+            if len(_WEIGHT_DIGESTS) >= _WEIGHT_DIGESTS_KEPT:
+                _WEIGHT_DIGESTS.pop(next(iter(_WEIGHT_DIGESTS)))
+            _WEIGHT_DIGESTS[key] = digest.copy()
+    return digest
+
+
+def _signature(path: Path) -> tuple:
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def _hash_file(path: Path, digest: Any) -> Any:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 def _finite(value: Any) -> Any:
