@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 
 
 def import_all(names: tuple[str, ...]) -> list[str]:
@@ -16,11 +15,8 @@ def import_all(names: tuple[str, ...]) -> list[str]:
     (0 s once frozen). Module objects live as long as the server anyway; a reference cycle that a page
     made before this moment and dropped later is not collected (a one-time cost at most, twice a server).
     """
-    failed = []
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the page imports it again and shows the error there
-            failed.append(name)
+    from decalign.imports import import_ahead
+
+    failed = import_ahead(names)
     gc.freeze()
     return failed

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import threading
 
+from ..imports import import_ahead
 from .common import add_data, add_device, check_output_dir, load_config, load_data, metrics_table
 
 HELP = "train a model on a dataset file and write a run directory"
@@ -94,17 +94,8 @@ def _load_while_importing(path: str):
     from .. import data  # noqa: F401
 
     failed = threading.Event()
-
-    def import_all() -> None:
-        for name in TRAINING_IMPORTS:
-            if failed.is_set():
-                return
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001, S112 - imported again where used, which raises it
-                continue
-
-    importing = threading.Thread(target=import_all, name="training-imports", daemon=True)
+    importing = threading.Thread(target=import_ahead, args=(TRAINING_IMPORTS, failed), name="training-imports",
+                                 daemon=True)
     importing.start()
     try:
         return load_data(path)

@@ -7,11 +7,12 @@ import types
 
 import pytest
 
+from decalign import imports
 from decalign.cli import train as train_cli
 
 
 def _fake_importer(monkeypatch, on_import):
-    monkeypatch.setattr(train_cli, "importlib", types.SimpleNamespace(import_module=on_import))
+    monkeypatch.setattr(imports, "importlib", types.SimpleNamespace(import_module=on_import))
 
 
 def test_the_imports_run_while_the_data_is_read(monkeypatch):
