@@ -56,6 +56,7 @@ class Key(StrEnum):
     # Train and Replay pages
     TRAIN_NEW_OPEN = "train_new_open"
     TRAIN_RUN = "train_run"  # the run followed (a selectbox)
+    TRAIN_CHARTS = "train_charts"  # app.views.train.ChartData last drawn for a live run
     TRAIN_ERROR = "train_error"
     TRAIN_UPLOAD = "train_upload_taken"  # (file name, sha256, bytes) of the training data uploaded
     TRAIN_UPLOAD_ERROR = "train_upload_error"
@@ -369,6 +370,15 @@ def followed_run(names: list[str]) -> str:
 
 def follow_run(name: str) -> None:
     _set(Key.TRAIN_RUN, name)
+
+
+def live_charts():
+    """What the Train page's live charts last drew (``app.views.train.ChartData``), or None."""
+    return _get(Key.TRAIN_CHARTS)
+
+
+def set_live_charts(drawn) -> None:
+    _set(Key.TRAIN_CHARTS, drawn)
 
 
 def train_error() -> str | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -22,7 +25,11 @@ from decalign.train.losses import match_task_loss
 from decalign.train.metrics import display_name
 from decalign.train.trainer import check_trainable
 
-REFRESH_S = 2.0  # seconds between redraws of a live run
+REFRESH_S = 2.0  # seconds between redraws of a live run's progress
+# A live run's charts take new data at most this often. Each redraw of a changed chart costs the browser,
+# on the cores the training shares, about 0.1-0.2 CPU-s; an unchanged one almost nothing. Redrawn at every
+# refresh, the demo's charts held a third of a core and its epochs ran 1.4x slower than the command's.
+CHART_REFRESH_S = 6.0
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
 TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
@@ -197,14 +204,37 @@ def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> No
 # ------------------------------------------------------------------------------------------- live view
 
 
+@dataclass(frozen=True)
+class ChartData:
+    """The progress and history a run's charts were drawn from, and when (``time.monotonic``)."""
+
+    run: str
+    at: float
+    progress: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+def chart_data(last: ChartData | None, run: str, active: bool, progress, history, now: float) -> ChartData:
+    """What the charts draw now: the latest data, except while ``run`` is active and its charts took data
+    less than CHART_REFRESH_S ago; then the same data as last time."""
+    if active and last is not None and last.run == run and now - last.at < CHART_REFRESH_S:
+        return last
+    return ChartData(run, now, progress, history)
+
+
 def _live(run: bg.RunInfo, view: bg.LiveView) -> None:
-    state, progress, history = view.state, view.progress, view.history
-    fraction, text = fig.progress_text(progress, state.state)
+    state, active = view.state, view.state.state in bg.ACTIVE
+    fraction, text = fig.progress_text(view.progress, state.state)
     st.progress(fraction, text=text)
     _controls(run.path, state)
     if state.state == "finished":
         _test_metrics(run)
-    if state.state in bg.ACTIVE and progress and progress.get("batches"):
+    drawn = chart_data(session.live_charts(), run.name, active, view.progress, view.history, time.monotonic())
+    session.set_live_charts(drawn)
+    progress, history = drawn.progress, drawn.history
+    if active and progress and progress.get("batches"):
+        st.caption(f"While the run trains, the progress bar is updated every {REFRESH_S:g} s and the charts "
+                   f"every {CHART_REFRESH_S:g} s.")
         st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)

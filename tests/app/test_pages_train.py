@@ -169,3 +169,19 @@ def test_compare_page_model_with_itself(page_test, runs_dir):
     assert not frame(at, "prediction_A", "shift")["changed"].any()
     table = frame(at, "prototype_A", "mass")
     assert (table["prototype_A"] == table["prototype_B"]).all()
+
+
+def test_a_live_runs_charts_take_new_data_at_most_every_chart_refresh():
+    """While a run trains, its charts keep the data they last drew for CHART_REFRESH_S (an unchanged chart
+    costs the browser, which shares the training's cores, almost nothing); otherwise they draw the latest."""
+    from app.views.train import CHART_REFRESH_S, chart_data
+
+    first = chart_data(None, "r1", True, {"epoch": 1}, [{"epoch": 1}], now=100.0)
+    assert (first.progress, first.history, first.at) == ({"epoch": 1}, [{"epoch": 1}], 100.0)
+    held = chart_data(first, "r1", True, {"epoch": 2}, [], now=100.0 + CHART_REFRESH_S - 0.01)
+    assert held is first
+    later = chart_data(first, "r1", True, {"epoch": 2}, [], now=100.0 + CHART_REFRESH_S)
+    assert (later.progress, later.at) == ({"epoch": 2}, 100.0 + CHART_REFRESH_S)
+    assert chart_data(first, "r2", True, {"epoch": 5}, [], now=100.5).progress == {"epoch": 5}  # another run
+    ended = chart_data(first, "r1", False, {"epoch": 3}, [{"epoch": 3}], now=100.5)  # finished or cancelled
+    assert (ended.progress, ended.history) == ({"epoch": 3}, [{"epoch": 3}])
