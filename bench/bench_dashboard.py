@@ -155,7 +155,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def bench_train_page(browser, port: int, runs: Path, tmp: Path, server_pid: int, epochs: int = 2) -> dict:
+def bench_train_page(browser, port: int, runs: Path, tmp: Path, server_pid: int, epochs: int = 8) -> dict:
     """Demo runs started on the Train page, (a) followed live and (b) followed while a second tab opens
     Embeddings and Sample, against the same command run alone; per-epoch seconds from history.json.
     The browser runs on the same cores, so its CPU seconds are reported beside the epochs."""
@@ -181,7 +181,11 @@ def _page_run(browser, port: int, runs: Path, server_pid: int, epochs: int, seco
     expect(page.get_by_role("heading", name="Train", exact=True).first).to_be_visible(timeout=TIMEOUT)
     _idle(page)
     demo = page.locator('[data-testid="stMain"]').get_by_text("Demo settings", exact=True).first
-    if not demo.is_visible():  # the New run expander starts closed once there are runs
+    # The "New run" expander is open while there are no runs, closed afterwards: read its state, not whether
+    # its content is drawn yet (clicking an open one because its content was late closed it).
+    expect(page.get_by_text(re.compile(r"^(No runs yet\.|Runs)$")).first).to_be_visible(timeout=TIMEOUT)
+    details = page.locator('[data-testid="stMain"] [data-testid="stExpander"] details').first
+    if details.get_attribute("open") is None:
         page.locator('[data-testid="stMain"]').get_by_text("New run", exact=True).first.click()
     demo.click()
     _idle(page)
