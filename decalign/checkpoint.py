@@ -263,11 +263,7 @@ def card_data_path(card: ModelCard, run_dir: str | Path | None) -> tuple[Path | 
 
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return _hash_file(path, hashlib.sha256()).hexdigest()
 
 
 def model_fingerprint(run_dir: str | Path, tag: str = "best") -> str:
@@ -295,8 +291,8 @@ _SETTLED_NS = 2_000_000_000
 
 def _weights_digest(path: Path) -> Any:
     """A fresh sha256 object that has read ``path``'s bytes, from the signature cache when it is unchanged."""
-    info = path.stat()
-    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    signature = _signature(path)
+    key = (str(path.resolve()), *signature)
     with _WEIGHT_DIGESTS_LOCK:
         cached = _WEIGHT_DIGESTS.get(key)
     if cached is not None:
@@ -304,8 +300,8 @@ def _weights_digest(path: Path) -> Any:
     digest = _hash_file(path, hashlib.sha256())
     # Kept only when not rewritten while read, and when its last change is older than a coarse file system's
     # clock tick: a rewrite in the same tick, of the same size, on a reused inode would look unchanged.
-    settled = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS
-    if settled and _signature(path) == key[1:]:
+    settled = time.time_ns() - max(signature[-2:]) > _SETTLED_NS
+    if settled and _signature(path) == signature:
         with _WEIGHT_DIGESTS_LOCK:
             if len(_WEIGHT_DIGESTS) >= _WEIGHT_DIGESTS_KEPT:
                 _WEIGHT_DIGESTS.pop(next(iter(_WEIGHT_DIGESTS)))
@@ -313,12 +309,14 @@ def _weights_digest(path: Path) -> Any:
     return digest
 
 
-def _signature(path: Path) -> tuple:
+def _signature(path: Path) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime_ns, ctime_ns) of ``path``."""
     info = path.stat()
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def _hash_file(path: Path, digest: Any) -> Any:
+def _hash_file(path: str | Path, digest: Any) -> Any:
+    """``digest`` updated with the file's bytes, read in 1 MiB blocks (never loaded whole)."""
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
