@@ -285,11 +285,11 @@ def _features(value: Any, where: str, count_key: str, report: LoadReport) -> np.
     # float64 values beyond float32's range become inf here; they are counted and zeroed below.
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.ascontiguousarray(arr, dtype=np.float32)
-    if not x.flags.writeable:  # arrays rebuilt from read-only buffers (pickle protocol 5)
-        x = x.copy()
     finite = np.isfinite(x)
     if not finite.all():
         bad = ~finite
+        if not x.flags.writeable:  # a view of the file's read-only bytes: copied only when it must change
+            x = x.copy()
         x[bad] = 0.0
         report.nonfinite_replaced[count_key] = int(bad.sum())
     return x

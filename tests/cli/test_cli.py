@@ -166,6 +166,18 @@ def test_help_is_light():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_every_error_of_the_project_is_one_the_command_line_reports_in_one_line():
+    # main() catches ValueError rather than importing each class (decalign.official imports torch)
+    from decalign.audit.store import AuditError
+    from decalign.checkpoint import CheckpointError
+    from decalign.config import ConfigError
+    from decalign.data import DataError
+    from decalign.official import OfficialImportError
+
+    for error in (AuditError, CheckpointError, ConfigError, DataError, OfficialImportError):
+        assert issubclass(error, ValueError), error
+
+
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "decalign", "--help"], check=False, capture_output=True,
                           text=True, timeout=60)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,9 +107,71 @@ def test_the_parent_reads_an_array_only_where_its_reference_is_sound(tmp_path):
 def test_a_temporary_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the temporary folder should be")
+    monkeypatch.setenv("TMPDIR", str(blocked))  # a chosen temporary folder: the memory root is not used
     monkeypatch.setattr(tempfile, "tempdir", str(blocked))
     error = _fails("arrays")
     assert error.kind == "failed" and str(error).startswith("the parser could not be started (")
+
+
+@pytest.fixture
+def memory_root(tmp_path, monkeypatch) -> Path:
+    """A folder standing for /dev/shm, no temporary folder chosen, and a fresh record of sweeps."""
+    root = tmp_path / "shm"
+    root.mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sandbox, "MEMORY_ROOT", root)
+    monkeypatch.setattr(sandbox, "_swept", set())
+    return root
+
+
+def _folders_used(monkeypatch) -> list:
+    used = []
+    spawn = sandbox._spawn
+    monkeypatch.setattr(sandbox, "_spawn", lambda folder, limits: used.append(folder) or spawn(folder, limits))
+    return used
+
+
+def test_with_room_the_child_folder_is_in_the_memory_root_and_removed_even_after_a_crash(memory_root, monkeypatch):
+    used = _folders_used(monkeypatch)
+    assert sandbox.run("selftest", {"mode": "arrays"}, SMALL).value["n"] == 2
+    assert _fails("segfault").kind == "crash"
+    assert [folder.parent for folder in used] == [memory_root, memory_root]
+    assert all(folder.name.startswith(f"decalign-sandbox-{os.getpid()}-") for folder in used)
+    assert listing(memory_root) == set()
+
+
+def test_without_room_or_with_a_chosen_temporary_folder_the_temporary_folder_is_used(memory_root, monkeypatch,
+                                                                                    tmp_path):
+    default = tmp_path / "default-tmp"
+    default.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(default))
+    used = _folders_used(monkeypatch)
+    free = sandbox._free_bytes(memory_root)
+    monkeypatch.setattr(sandbox, "_free_bytes", lambda root: SMALL.memory_bytes + 99)  # 100 bytes short
+    sandbox.run("selftest", {"mode": "arrays"}, SMALL, files={"input.bin": bytes(100)})
+    monkeypatch.setattr(sandbox, "_free_bytes", lambda root: free)
+    monkeypatch.setenv("TMPDIR", str(default))
+    sandbox.run("selftest", {"mode": "arrays"}, SMALL)
+    assert [folder.parent for folder in used] == [default, default]
+    assert listing(memory_root) == set() and listing(default) == set()
+
+
+def test_folders_left_by_a_process_that_is_gone_are_swept_once(memory_root):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
+    stale = memory_root / f"decalign-sandbox-{int(gone.stdout)}-abc"
+    (stale / "out").mkdir(parents=True)
+    (stale / "out" / sandbox.ARRAYS_FILE).write_bytes(bytes(1000))
+    live = memory_root / f"decalign-sandbox-{os.getpid()}-def"
+    other = memory_root / "someone-else"
+    live.mkdir()
+    other.mkdir()
+    sandbox.run("selftest", {"mode": "arrays"}, SMALL)
+    assert listing(memory_root) == {live.name, other.name}
+    stale.mkdir()
+    sandbox.run("selftest", {"mode": "arrays"}, SMALL)  # swept once a process: later runs do not list it
+    assert listing(memory_root) == {live.name, other.name, stale.name}
 
 
 @pytest.fixture
