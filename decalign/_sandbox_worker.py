@@ -150,6 +150,10 @@ def selftest(args: dict):
                 "flags": np.array([True, False, True]), "empty": np.zeros((0, 5), dtype=np.int16),
                 "words": [np.array(["α", "longer text"]), np.array([b"ab", b"c"])], "c": np.array([1 + 2j]),
                 "u8": np.arange(3, dtype=np.uint8)}
+    if mode == "large":  # arrays past a page, at offsets that are not page multiples, and a small one
+        return {"small": np.arange(5, dtype=np.int16), "a": np.arange(300_000, dtype=np.float64),
+                "b": -np.arange(3 * 100_001, dtype=np.float32).reshape(3, 100_001),
+                "c": np.arange((1 << 20) + 3, dtype=np.int64).astype(np.uint8)}
     if mode == "pid":
         return {"pid": os.getpid()}
     if mode == "allocate":

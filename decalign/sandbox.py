@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import mmap
 import os
 import select
 import shutil
@@ -52,6 +53,7 @@ PLAIN_KINDS = "biufcUS"  # bool, integers, floats, complex, fixed-width unicode 
 # Where a child's folder goes when there is room: a memory file system. The hand-back of a MOSI-sized
 # pickle (349 MB of arrays) took 3.2 s to write on this machine's /tmp (a virtual disk), 0.2 s here.
 MEMORY_ROOT: Path | None = Path("/dev/shm")
+MAP_MIN_BYTES = 1 << 20  # arrays from a folder in memory this large are mapped, not copied (see _decode)
 FOLDER_PREFIX = "decalign-sandbox-"  # then the parent's pid: a folder whose process is gone is stale
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
@@ -345,7 +347,7 @@ def _collect(folder: Path, limits: Limits, report: SandboxReport) -> tuple[Any, 
     if total > limits.memory_bytes:
         raise SandboxError(f"the parser handed back {total:,} bytes, more than its limit", "output", report)
     try:
-        return _decode(manifest["value"], out), report
+        return _decode(manifest["value"], out, mapped=folder.parent == MEMORY_ROOT), report
     except (OSError, ValueError) as exc:
         raise SandboxError(f"the parser handed back an unreadable result ({exc})", "failed", report) from None
 
@@ -379,9 +381,13 @@ def _read_manifest(path: Path) -> dict | None:
 # --------------------------------------------------------------------------- arrays back in the parent
 
 
-def _decode(value: Any, out: Path) -> Any:
+def _decode(value: Any, out: Path, mapped: bool = False) -> Any:
     """Replace every ``{"$array": [offset, dtype, shape]}`` by that array, read from ``out/arrays.bin``
-    after its dtype, shape and place are checked (:func:`_array_place`)."""
+    after its dtype, shape and place are checked (:func:`_array_place`).
+
+    ``mapped`` (the file is in memory, :data:`MEMORY_ROOT`): an array of at least :data:`MAP_MIN_BYTES` is
+    a private copy-on-write mapping of its own bytes in the file instead of a copy: the same pages, never
+    touched twice. Each has its own mapping, so an array kept alone does not keep the others' memory."""
     refs: list[tuple[Any, Any, Any]] = []  # (reference, its parent container, its key there)
     stack = [(value, None, None)]
     while stack:
@@ -401,16 +407,25 @@ def _decode(value: Any, out: Path) -> Any:
     top = value
     with open(path, "rb") as handle:
         for (offset, dtype, shape, nbytes), (_, parent, key) in zip(places, refs):
-            array = np.empty(shape, dtype=dtype)
-            if nbytes:
-                handle.seek(offset)
-                if handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
-                    raise ValueError(f"{ARRAYS_FILE}: an array ends past the file's end")
+            if mapped and nbytes >= MAP_MIN_BYTES and offset % dtype.alignment == 0:
+                array = _mapped_array(handle, offset, dtype, shape, nbytes)
+            else:
+                array = np.empty(shape, dtype=dtype)
+                if nbytes:
+                    handle.seek(offset)
+                    if handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
+                        raise ValueError(f"{ARRAYS_FILE}: an array ends past the file's end")
             if parent is None:
                 top = array
             else:
                 parent[key] = array
     return top
+
+
+def _mapped_array(handle, offset: int, dtype: np.dtype, shape: tuple[int, ...], nbytes: int) -> np.ndarray:
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page
+    view = mmap.mmap(handle.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+    return np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset - start).reshape(shape)
 
 
 def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -139,6 +140,41 @@ def test_with_room_the_child_folder_is_in_the_memory_root_and_removed_even_after
     assert [folder.parent for folder in used] == [memory_root, memory_root]
     assert all(folder.name.startswith(f"decalign-sandbox-{os.getpid()}-") for folder in used)
     assert listing(memory_root) == set()
+
+
+def _large_arrays() -> dict[str, np.ndarray]:
+    return {"small": np.arange(5, dtype=np.int16), "a": np.arange(300_000, dtype=np.float64),
+            "b": -np.arange(3 * 100_001, dtype=np.float32).reshape(3, 100_001),
+            "c": np.arange((1 << 20) + 3, dtype=np.int64).astype(np.uint8)}
+
+
+def _mapping(array: np.ndarray):
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base.obj if isinstance(array.base, memoryview) else array.base
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def test_large_arrays_from_the_memory_root_are_mapped_each_on_its_own_and_writeable(memory_root):
+    got = sandbox.run("selftest", {"mode": "large"}, SMALL).value
+    assert listing(memory_root) == set()  # the folder is gone; the mappings keep their pages
+    for name, array in _large_arrays().items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        np.testing.assert_array_equal(got[name], array)
+        assert got[name].flags.writeable and got[name].flags.c_contiguous
+    assert _mapping(got["small"]) is None  # under MAP_MIN_BYTES: copied
+    maps = [_mapping(got[name]) for name in ("a", "b", "c")]
+    assert all(m is not None for m in maps) and len({id(m) for m in maps}) == 3
+    got["a"][:] = 7  # copy-on-write: nothing else changes
+    np.testing.assert_array_equal(got["b"], _large_arrays()["b"])
+    np.testing.assert_array_equal(got["c"], _large_arrays()["c"])
+
+
+def test_large_arrays_from_a_temporary_folder_are_copied(private_tmp):
+    got = sandbox.run("selftest", {"mode": "large"}, SMALL).value
+    for name, array in _large_arrays().items():
+        np.testing.assert_array_equal(got[name], array)
+        assert _mapping(got[name]) is None
 
 
 def test_without_room_or_with_a_chosen_temporary_folder_the_temporary_folder_is_used(memory_root, monkeypatch,
