@@ -29,7 +29,7 @@ NAMES = {"classification": "a logistic regression", "mosi": "a ridge regression"
 MAX_ITER = 2000
 
 
-def pooled_inputs(split: Split, modalities: list[str], chunk: int = 256) -> np.ndarray:
+def pooled_inputs(split: Split, modalities: list[str], chunk: int = 32) -> np.ndarray:
     """(N, sum of widths) each modality's input averaged over its valid steps, modalities concatenated."""
     parts = []
     for m in modalities:
@@ -38,7 +38,10 @@ def pooled_inputs(split: Split, modalities: list[str], chunk: int = 256) -> np.n
         lengths = np.clip(split.lengths.get(m, np.full(n, steps)), 1, steps)
         valid = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)  # (N, T)
         summed = np.empty((n, x.shape[2]))
-        for start in range(0, n, chunk):  # float64 a chunk at a time, never a float64 copy of the whole split
+        # float64 a chunk at a time, never a float64 copy of the split. At MOSI shapes a chunk of 256 (79 MB)
+        # made the baseline the peak of `decalign train` (1,192 MiB; 1,096 with 32, training's 1,181 the peak
+        # then), and 32 were faster: 0.05 s a split against 0.3-0.6 s.
+        for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
             summed[rows] = np.einsum("nt,ntd->nd", valid[rows], np.asarray(x[rows], dtype=np.float64))
         parts.append(summed / valid.sum(1, keepdims=True))
