@@ -45,6 +45,7 @@ from bench.official_baseline import median_ms, time_official
 from decalign.config import DecAlignConfig
 from decalign.model import DecAlign
 from decalign.train.losses import total_loss
+from decalign.train.trainer import make_optimizer
 from tests.reference.official_model import official_config_dict
 
 WIDTHS = {"text": 768, "audio": 5, "vision": 20}
@@ -63,8 +64,7 @@ def make_step(seed: int = 0):
     torch.manual_seed(seed)
     config = official_config()
     model = DecAlign(config.model, WIDTHS, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate,
-                                 weight_decay=config.train.weight_decay)
+    optimizer = make_optimizer(model, config.train)
     g = torch.Generator().manual_seed(seed)
     inputs = {m: torch.randn(BATCH, T, w, generator=g) for m, w in WIDTHS.items()}
     labels = torch.empty(BATCH).uniform_(-3, 3, generator=g)

@@ -1,5 +1,6 @@
 """The training loop on tiny synthetic data: learning, history, checkpoints, stopping, resume, memory."""
 
+import copy
 import gc
 import json
 
@@ -227,3 +228,41 @@ def test_return_free_memory_is_a_no_op_without_glibc(monkeypatch):
     for fake in (NoTrim, lambda name: (_ for _ in ()).throw(OSError(f"{name}: not found"))):
         monkeypatch.setattr(ctypes, "CDLL", fake)
         assert trainer.return_free_memory() is None
+
+
+def test_the_optimizer_is_multi_tensor_adam_with_default_adams_numbers_to_the_bit():
+    from types import SimpleNamespace
+
+    from decalign.train.trainer import make_optimizer
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder = torch.nn.Linear(6, 5)  # stands for a BERT: its own group at bert_learning_rate
+            self.head = torch.nn.Sequential(torch.nn.LayerNorm(5), torch.nn.Linear(5, 1))
+
+        def forward(self, x):
+            return self.head(self.text_encoder(x))
+
+    torch.manual_seed(0)
+    model = Net()
+    for cfg in (SimpleNamespace(learning_rate=2e-3, weight_decay=0.005, bert_learning_rate=0.0),
+                SimpleNamespace(learning_rate=2e-3, weight_decay=0.005, bert_learning_rate=5e-4)):
+        ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+        optimizer = make_optimizer(ours, cfg)
+        assert all(group["foreach"] for group in optimizer.param_groups)
+        bert_ids = {id(p) for p in theirs.text_encoder.parameters()}
+        groups = [{"params": [p for p in theirs.parameters() if id(p) in bert_ids], "lr": cfg.bert_learning_rate},
+                  {"params": [p for p in theirs.parameters() if id(p) not in bert_ids]}]
+        reference = torch.optim.Adam(groups if cfg.bert_learning_rate else theirs.parameters(),
+                                     lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=False)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x = torch.randn(8, 6, generator=g)
+            for net, opt in ((ours, optimizer), (theirs, reference)):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                opt.step()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+        assert not torch.equal(next(ours.parameters()), next(model.parameters()))  # the steps did move them
