@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,6 +177,21 @@ def test_every_error_of_the_project_is_one_the_command_line_reports_in_one_line(
 
     for error in (AuditError, CheckpointError, ConfigError, DataError, OfficialImportError):
         assert issubclass(error, ValueError), error
+
+
+def test_the_process_entry_runs_main_then_freezes_what_is_left(monkeypatch):
+    import gc
+    import tomllib
+
+    from decalign import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    assert cli.entry() == 3 and calls == ["main", "freeze"]
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["decalign"] == "decalign.cli:entry"
+    assert "sys.exit(entry())" in (Path(cli.__file__).parent.parent / "__main__.py").read_text()
 
 
 def test_python_dash_m_runs_the_cli():
