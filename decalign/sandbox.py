@@ -51,9 +51,12 @@ MAX_DIMS = 32  # numpy's own limit on an array's rank
 MAX_EXTENT = 1 << 62  # an axis longer than this overflows numpy's index type, even in an empty array
 PLAIN_KINDS = "biufcUS"  # bool, integers, floats, complex, fixed-width unicode and byte strings
 # Where a child's folder goes when there is room: a memory file system. The hand-back of a MOSI-sized
-# pickle (349 MB of arrays) took 3.2 s to write on this machine's /tmp (a virtual disk), 0.2 s here.
+# pickle (349 MB of arrays) took 3.2-4.1 s to write on this machine's /tmp (a virtual disk), 0.2 s here.
 MEMORY_ROOT: Path | None = Path("/dev/shm")
-MAP_MIN_BYTES = 1 << 20  # arrays from a folder in memory this large are mapped, not copied (see _decode)
+# Arrays from a folder in memory this large are mapped, not copied (see _decode). Each mapping holds a file
+# descriptor (Python's mmap keeps a duplicate), so smaller ones, cheap to copy, are not: at most one
+# descriptor per 16 MiB of arrays kept.
+MAP_MIN_BYTES = 16 << 20
 FOLDER_PREFIX = "decalign-sandbox-"  # then the parent's pid: a folder whose process is gone is stale
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")

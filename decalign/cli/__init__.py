@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> int:
     """The process's entry point (the ``decalign`` script, ``python -m decalign``): :func:`main`, then every
     object left is frozen out of the garbage collector. Python's shutdown collects them all again, and after a
-    command that imported torch that took 0.4-0.9 s of the command's time; the process's memory goes back to
+    command that imported torch that took 0.4-1.0 s of the command's time; the process's memory goes back to
     the system when it exits either way. Only here: a process that calls :func:`main` and goes on (the tests)
     must keep collecting."""
     code = main()

@@ -156,7 +156,8 @@ def _mapping(array: np.ndarray):
     return base if isinstance(base, mmap.mmap) else None
 
 
-def test_large_arrays_from_the_memory_root_are_mapped_each_on_its_own_and_writeable(memory_root):
+def test_large_arrays_from_the_memory_root_are_mapped_each_on_its_own_and_writeable(memory_root, monkeypatch):
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 << 20)  # the self-test's arrays: 1-2.4 MB
     got = sandbox.run("selftest", {"mode": "large"}, SMALL).value
     assert listing(memory_root) == set()  # the folder is gone; the mappings keep their pages
     for name, array in _large_arrays().items():
