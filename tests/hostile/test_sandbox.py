@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from decalign import sandbox
+from decalign._sandbox_worker import selftest
 from tests.hostile.helpers import listing
 
 SMALL = sandbox.Limits(256 << 20, 20, 120)
@@ -144,9 +145,8 @@ def test_with_room_the_child_folder_is_in_the_memory_root_and_removed_even_after
 
 
 def _large_arrays() -> dict[str, np.ndarray]:
-    return {"small": np.arange(5, dtype=np.int16), "a": np.arange(300_000, dtype=np.float64),
-            "b": -np.arange(3 * 100_001, dtype=np.float32).reshape(3, 100_001),
-            "c": np.arange((1 << 20) + 3, dtype=np.int64).astype(np.uint8)}
+    """What the child hands back in the "large" mode, made here in this process."""
+    return selftest({"mode": "large"})
 
 
 def _mapping(array: np.ndarray):
