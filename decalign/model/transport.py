@@ -21,6 +21,7 @@ import torch
 
 from ..config import ModelConfig
 from .output import Prototypes, TransportResult
+from .sweeps import official_sweeps
 
 
 def gaussian_cost(means_a: torch.Tensor, vars_a: torch.Tensor, means_b: torch.Tensor,
@@ -177,40 +178,24 @@ def official_sinkhorn(cost: torch.Tensor, marginals: list[torch.Tensor], reg: fl
     everywhere) this is the official iteration, its 1e-8 guard included, and gives the official plan to
     round-off. Where it does, the official plan is degenerate (floored kernel, the guard swamping the
     sums); there the guard is dropped and the sweeps give the right Sinkhorn plan, finite at any
-    ``C / reg``. The switch is a tensor, so a GPU never waits for it. Autograd runs through every
-    sweep, as in the official code.
+    ``C / reg``. The switch is a tensor, so a GPU never waits for it. The gradient runs through every
+    sweep, as in the official code (:mod:`decalign.model.sweeps` walks them back by hand).
 
     Returns
     -------
     The plan (K_1, ..., K_M) and the official loss ``<P, C> + reg * sum P (log max(P, 1e-8) - 1)``.
     """
-    num = cost.dim()
     scaled = -cost / max(reg, 1e-6)
     log_nu = [torch.log(a.clamp_min(1e-30)) for a in marginals]  # a marginal of exactly 0 stays finite
     underflows = (-scaled.detach()).max() > _LOG_KERNEL_FLOOR
     # filled on the device, not copied from the host: a copy waited for the GPU, and a CUDA graph refuses it
     guard = torch.where(underflows, torch.full((), -torch.inf, dtype=scaled.dtype, device=scaled.device),
                         torch.full((), _LOG_GUARD, dtype=scaled.dtype, device=scaled.device))
-    logs = [torch.zeros_like(a) for a in marginals]
-    for _ in range(sweeps):
-        for m in range(num):
-            logs[m] = log_nu[m] - torch.logaddexp(_log_sum_without(scaled, logs, m), guard)
+    logs = official_sweeps(scaled, guard, sweeps, log_nu)  # the sweeps above, with a hand-written backward
     log_plan = _log_plan(scaled, logs, 1.0)
     plan = torch.exp(log_plan)
     entropy = (plan * (log_plan.clamp_min(_LOG_PLAN_FLOOR) - 1.0)).sum()
     return plan, (plan * cost).sum() + reg * entropy
-
-
-def _log_sum_without(scaled: torch.Tensor, logs: list[torch.Tensor], m: int) -> torch.Tensor:
-    """(K_m,) ``log sum_{others} exp(sum_{n != m} g_n - C / reg)``: the official denominator of axis m, in logs."""
-    num = scaled.dim()
-    total = scaled
-    for n, g in enumerate(logs):
-        if n != m:
-            shape = [1] * num
-            shape[n] = -1
-            total = total + g.reshape(shape)
-    return torch.logsumexp(total, dim=[i for i in range(num) if i != m])
 
 
 _LOG_PLAN_FLOOR = float(np.log(1e-8))  # the official log(max(P, 1e-8))
