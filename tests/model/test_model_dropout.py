@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decalign.model.dropout import _byte_positions, dropout, keep_mask
+from decalign.model.dropout import dropout, keep_mask
 
 CPU = torch.device("cpu")
 
@@ -51,14 +51,23 @@ def test_masks_follow_the_torch_seed_and_keep_the_shape():
     assert scaled.dtype == torch.float64 and set(scaled.unique().tolist()) == {0.0, 4 / 3}
 
 
-def test_byte_positions_finds_every_matching_byte():
-    g = torch.Generator().manual_seed(5)
-    words = torch.randint(-(2**63), 2**63 - 1, (5000,), generator=g, dtype=torch.int64)
-    as_bytes = words.view(torch.int8)
-    for value in (-128, -1, 0, 37, 127):
-        expected = (as_bytes == value).nonzero().squeeze(1)
-        assert expected.numel() > 100
-        assert torch.equal(_byte_positions(words, value), expected)
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_the_mask_follows_the_byte_rule_element_by_element(p):
+    # The module's rule, one element at a time, with torch's draws taken in the same order: byte b drops
+    # below the cut, keeps above it, and on the cut keeps when its double-precision uniform is >= the
+    # fraction of p * 256 above the cut (0.5 * 256 is whole: no draws). 100,001 elements: padding bytes.
+    n = 100_001
+    torch.manual_seed(7)
+    got = keep_mask((n,), p, CPU).tolist()
+    torch.manual_seed(7)
+    as_bytes = torch.empty(-(-n // 8), dtype=torch.int64).random_(-(2**63), None).view(torch.int8).tolist()
+    level = p * 256
+    cut, fraction = int(level) - 128, level - int(level)
+    tied = [i for i, b in enumerate(as_bytes) if b == cut]
+    draws = dict(zip(tied, torch.rand(len(tied), dtype=torch.float64).tolist())) if fraction else {}
+    want = [float(b > cut or (b == cut and draws.get(i, 1.0) >= fraction)) for i, b in enumerate(as_bytes)]
+    assert got == want[:n]
+    assert (len(tied) > 300) and (0 < sum(draws[i] >= fraction for i in tied) < len(tied) if fraction else True)
 
 
 def test_dropout_scales_what_it_keeps_and_its_gradient_is_the_mask():
