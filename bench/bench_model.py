@@ -18,7 +18,7 @@ Shapes: text 768, audio 5, vision 20, T = 50, batch 32; the official MOSI config
 * peak RSS of a fresh subprocess per phase (3 training epochs of 40 batches; 120 eval forwards), with the
   peak after each epoch, to show that memory does not grow with the number of batches.
 
-Run ``python bench/bench_model.py [--before REV] [--compile]``; writes bench/results/model.json.
+Run ``python bench/bench_model.py [--before REV] [--rounds N] [--compile]``; writes bench/results/model.json.
 """
 
 from __future__ import annotations
@@ -121,15 +121,17 @@ def time_tree(tree: Path) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def timings(before: Path | None) -> dict[str, dict]:
-    """Medians over ROUNDS rounds that alternate ours, the official reference and (optionally) an older
-    commit, so that all see the same machine load; each round times STEPS steps after WARMUP."""
+def timings(before: Path | None, count: int = ROUNDS) -> dict[str, dict]:
+    """Medians over ``count`` rounds that alternate ours, the official reference and (optionally) an older
+    commit, so that all see the same machine load; each round times STEPS steps after WARMUP. Against an
+    older commit ours runs in a fresh process too: a process's own state (its allocations so far, where
+    its memory landed) moved a step by 10-15% between processes on this machine, so both sides get it."""
     names = ["decalign_studio", "official_reference"] + (["before"] if before else [])
     rounds = {name: {"train_step_ms": [], "eval_forward_ms": []} for name in names}
-    for _ in range(ROUNDS):
+    for _ in range(count):
         for name in names:
             if name == "decalign_studio":
-                figures = time_this_tree()
+                figures = time_tree(TREE) if before else time_this_tree()
             elif name == "before":
                 figures = time_tree(before)
             else:
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", choices=("train", "eval", "time"), help=argparse.SUPPRESS)
     parser.add_argument("--before", metavar="REV", help="also time this repository at an earlier commit")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating timing rounds (default 3)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the step with torch.compile of the transformers (about a minute more)")
     args = parser.parse_args(argv)
@@ -266,9 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
     memory = {"train": run_phase("train"), "eval": run_phase("eval"), "epochs": EPOCHS,
               "batches_per_epoch": BATCHES_PER_EPOCH}  # first, while this process is small
     with tempfile.TemporaryDirectory() as tmp:
-        rows = timings(checkout(args.before, Path(tmp)) if args.before else None)
+        rows = timings(checkout(args.before, Path(tmp)) if args.before else None, args.rounds)
     result = {
-        "benchmark": f"DecAlign at MOSI shapes, official MOSI config; median over {ROUNDS} alternating rounds "
+        "benchmark": f"DecAlign at MOSI shapes, official MOSI config; median over {args.rounds} alternating rounds "
                      f"of the median of {STEPS} steps after {WARMUP} warm-up",
         "shapes": {"batch": BATCH, "T": T, "widths": WIDTHS},
         **rows,
