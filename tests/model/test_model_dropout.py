@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,18 +54,20 @@ def test_masks_follow_the_torch_seed_and_keep_the_shape():
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_the_mask_follows_the_byte_rule_element_by_element(p):
-    # The module's rule, one element at a time, with torch's draws taken in the same order: byte b drops
+    # The module's rule, one element at a time, with the draws taken in the same order (the seed from
+    # torch's generator, then PCG64's words, then its doubles for the ties): byte b drops
     # below the cut, keeps above it, and on the cut keeps when its double-precision uniform is >= the
     # fraction of p * 256 above the cut (0.5 * 256 is whole: no draws). 100,001 elements: padding bytes.
     n = 100_001
     torch.manual_seed(7)
     got = keep_mask((n,), p, CPU).tolist()
     torch.manual_seed(7)
-    as_bytes = torch.empty(-(-n // 8), dtype=torch.int64).random_(-(2**63), None).view(torch.int8).tolist()
+    stream = np.random.Generator(np.random.PCG64(int(torch.empty((), dtype=torch.int64).random_())))
+    as_bytes = stream.bit_generator.random_raw(-(-n // 8)).view(np.int8).tolist()
     level = p * 256
     cut, fraction = int(level) - 128, level - int(level)
     tied = [i for i, b in enumerate(as_bytes) if b == cut]
-    draws = dict(zip(tied, torch.rand(len(tied), dtype=torch.float64).tolist())) if fraction else {}
+    draws = dict(zip(tied, stream.random(len(tied)).tolist())) if fraction else {}
     want = [float(b > cut or (b == cut and draws.get(i, 1.0) >= fraction)) for i, b in enumerate(as_bytes)]
     assert got == want[:n]
     assert (len(tied) > 300) and (0 < sum(draws[i] >= fraction for i in tied) < len(tied) if fraction else True)
