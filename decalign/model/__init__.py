@@ -2,6 +2,7 @@
 
 from .alignment import (
     decoupling_loss,
+    decoupling_per_sample,
     gaussian_mmd,
     moment_matching_loss,
     moments,
@@ -26,7 +27,7 @@ from .transport import (
 
 __all__ = [
     "AlignmentLevels", "DecAlign", "DecAlignOutput", "DistributionEncoder", "Prototypes", "TransportResult",
-    "decoupling_loss", "fit_gmm", "fit_gmm_official", "fit_prototypes", "gaussian_cost",
+    "decoupling_loss", "decoupling_per_sample", "fit_gmm", "fit_gmm_official", "fit_prototypes", "gaussian_cost",
     "gaussian_log_likelihood", "gaussian_mmd", "joint_cost", "moment_matching_loss", "moments",
     "multimarginal_sinkhorn", "official_gaussian_cost", "official_local_loss", "official_mmd",
     "official_moment_distance", "official_moments", "official_sinkhorn", "plan_entropy", "posteriors",

@@ -20,9 +20,13 @@ def decoupling_loss(unique: torch.Tensor, common: torch.Tensor) -> torch.Tensor:
     ``L_dec = 1/N sum_i cos(vec(u_i), vec(c_i))^2`` over the flattened (T * d) sequences: zero when the
     two parts are orthogonal, one when they are parallel (either sign).
     """
+    return decoupling_per_sample(unique, common).mean()
+
+
+def decoupling_per_sample(unique: torch.Tensor, common: torch.Tensor) -> torch.Tensor:
+    """(N,) each sample's ``cos(vec(u_i), vec(c_i))^2``: :func:`decoupling_loss` of that sample alone."""
     n = unique.shape[0]
-    cos = F.cosine_similarity(unique.reshape(n, -1), common.reshape(n, -1), dim=1, eps=1e-8)
-    return cos.pow(2).mean()
+    return F.cosine_similarity(unique.reshape(n, -1), common.reshape(n, -1), dim=1, eps=1e-8).pow(2)
 
 
 def sample_to_prototype_loss(features: torch.Tensor, own: Prototypes, other: Prototypes,

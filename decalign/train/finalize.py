@@ -19,7 +19,7 @@ from ..config import DecAlignConfig
 from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
 from ..inference import InferenceResult, run_inference
-from ..model import AlignmentLevels, DecAlign, Prototypes, decoupling_loss, fit_prototypes
+from ..model import AlignmentLevels, DecAlign, Prototypes, decoupling_per_sample, fit_prototypes
 from .baseline import fit_baseline
 from .losses import main_loss
 from .metrics import compute_metrics
@@ -82,7 +82,7 @@ class FinalPass:
     """One inference pass per split after training, shared by everything computed once training ends.
 
     ``results``: split name -> :class:`~decalign.inference.InferenceResult`. ``decoupling``: modality ->
-    (N_train,) each training sample's decoupling value (``decoupling_loss`` of that sample alone): the one
+    (N_train,) each training sample's decoupling value (``decoupling_per_sample``): the one
     alignment level that needs the step-wise features, kept while its chunk is in memory. ``batch_size``:
     the chunks the training alignment is averaged over (as :func:`training_alignment`).
     """
@@ -101,8 +101,7 @@ def final_pass(model: DecAlign, dataset: MultimodalDataset, task: str, batch_siz
 
     def keep_decoupling(_batch, out) -> None:
         for m in model.modalities:
-            u, c = out.unique[m].float(), out.common[m].float()
-            parts[m].append(np.array([float(decoupling_loss(u[i:i + 1], c[i:i + 1])) for i in range(len(u))]))
+            parts[m].append(decoupling_per_sample(out.unique[m].float(), out.common[m].float()).double().numpy())
 
     for name, split in dataset.splits.items():
         if len(split):

@@ -13,6 +13,7 @@ from decalign.model import (
     DecAlign,
     Prototypes,
     decoupling_loss,
+    decoupling_per_sample,
     gaussian_mmd,
     moment_matching_loss,
     moments,
@@ -29,6 +30,7 @@ def test_decoupling_loss_is_mean_squared_cosine_of_flattened_sequences():
     uf, cf = u.reshape(4, -1).numpy(), c.reshape(4, -1).numpy()
     cos = (uf * cf).sum(1) / np.linalg.norm(uf, axis=1) / np.linalg.norm(cf, axis=1)
     assert float(decoupling_loss(u, c)) == pytest.approx(float((cos**2).mean()), rel=1e-12)
+    np.testing.assert_allclose(decoupling_per_sample(u, c).numpy(), cos**2, rtol=1e-12)
     assert float(decoupling_loss(u, -2.5 * u)) == pytest.approx(1.0, rel=1e-12)  # parallel, either sign
     orth = torch.zeros(2, 2, 2, dtype=torch.float64)
     orth[:, 0, 0] = 1.0
