@@ -4,8 +4,9 @@ On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each eleme
 (eight per 64-bit word of numpy's PCG64, which one draw of torch's generator seeds for each mask, so
 ``torch.manual_seed`` and a saved RNG state govern it), and the elements whose byte sits exactly on the
 threshold (one in 256) draw a double-precision uniform from the same stream to settle it, so an element
-is dropped with probability ``p`` exactly (to double precision), independently of the others, as in the official code. On a GPU (and under ``torch.compile``) the mask comes from
-``torch.rand``, as ``F.dropout`` draws it there, without a host synchronisation.
+is dropped with probability ``p`` exactly (to double precision), independently of the others, as in the
+official code. On a GPU (and under ``torch.compile``) the mask comes from ``torch.rand``, as ``F.dropout``
+draws it there, without a host synchronisation.
 """
 
 from __future__ import annotations
