@@ -249,8 +249,8 @@ def _two_modality_upload(page, server: str, data: Path, expect) -> None:
     _open(page, "Embeddings")
     expect(page.get_by_text(re.compile(r"Modalities told apart \(chance 0\.50\)")).first).to_be_visible(
         timeout=4 * TIMEOUT)
-    legend = page.locator(MAIN_CHARTS).first.locator(".legendtext").all_text_contents()  # SVG text
-    assert legend == ACTIVITIES, legend  # coloured by label, every class named, in class order
+    # coloured by label, every class named, in class order; waits for plotly to draw the legend's SVG text
+    expect(page.locator(MAIN_CHARTS).first.locator(".legendtext")).to_have_text(ACTIVITIES, timeout=4 * TIMEOUT)
     _shot(page, "two_embeddings")
     _open(page, "Prototypes and transport")
     expect(page.get_by_text(re.compile(r"accel prototype \d ↔ gyro prototype \d: ")).first).to_be_visible(
