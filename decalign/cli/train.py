@@ -98,7 +98,9 @@ def _load_while_importing(path: str):
                                  daemon=True)
     importing.start()
     try:
-        return load_data(path)
+        dataset = load_data(path)
+        dataset.file_fingerprint()  # the run needs it first; hashed here, while the imports still run (0.2 s)
+        return dataset
     except BaseException:
         failed.set()
         raise

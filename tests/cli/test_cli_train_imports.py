@@ -15,23 +15,39 @@ def _fake_importer(monkeypatch, on_import):
     monkeypatch.setattr(imports, "importlib", types.SimpleNamespace(import_module=on_import))
 
 
-def test_the_imports_run_while_the_data_is_read(monkeypatch):
-    """The read waits until an import has happened: done one after the other, this would time out."""
-    imported, started = [], threading.Event()
+class _Data:
+    """Stands for the dataset read: records where its fingerprint was computed."""
+
+    def __init__(self, path: str):
+        self.path, self.hashed, self.hashed_in = path, threading.Event(), None
+
+    def file_fingerprint(self) -> str:
+        self.hashed_in = threading.current_thread().name
+        self.hashed.set()
+        return "fingerprint"
+
+
+def test_the_imports_run_while_the_data_is_read_and_hashed(monkeypatch):
+    """The read waits until an import has happened, and the last import until the data are hashed: done one
+    after the other, this would time out."""
+    imported, started, data = [], threading.Event(), _Data("x.pkl")
 
     def on_import(name):
+        if name == train_cli.TRAINING_IMPORTS[-1]:
+            assert data.hashed.wait(timeout=120), "the data were not hashed while the imports ran"
         imported.append((name, threading.current_thread().name))
         started.set()
 
     def load_data(path):
         assert started.wait(timeout=120), "no import began while the data was read"
-        return f"dataset of {path}"
+        return data
 
     _fake_importer(monkeypatch, on_import)
     monkeypatch.setattr(train_cli, "load_data", load_data)
-    assert train_cli._load_while_importing("x.pkl") == "dataset of x.pkl"
+    assert train_cli._load_while_importing("x.pkl") is data
     assert [name for name, _ in imported] == list(train_cli.TRAINING_IMPORTS)  # all done when it returns
     assert {thread for _, thread in imported} == {"training-imports"}
+    assert data.hashed_in == threading.current_thread().name  # the caller's thread, not the importer's
     assert train_cli.TRAINING_IMPORTS[:2] == ("torch", "torch._dynamo")
 
 
@@ -61,5 +77,6 @@ def test_a_failing_import_is_left_to_the_code_that_needs_it(monkeypatch):
             raise ImportError("broken")
 
     _fake_importer(monkeypatch, on_import)
-    monkeypatch.setattr(train_cli, "load_data", lambda path: "data")
-    assert train_cli._load_while_importing("x.pkl") == "data"
+    data = _Data("x.pkl")
+    monkeypatch.setattr(train_cli, "load_data", lambda path: data)
+    assert train_cli._load_while_importing("x.pkl") is data
