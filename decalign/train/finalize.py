@@ -181,8 +181,18 @@ def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, co
     card.extra["training_alignment"] = pass_alignment(model, final, prototypes)
     card.metrics = {name: output_metrics(final.results[name].outputs, split.labels, args)
                     for name, split in dataset.splits.items() if split.labels is not None and len(split)}
-    card.baseline = fit_baseline(dataset, args.convention)
+    card.baseline = card_baseline(dataset, args.convention)
     return final
+
+
+def card_baseline(dataset: MultimodalDataset, convention: str) -> dict | None:
+    """The linear baseline for the card, or None when these data cannot give one (a validation split of one
+    sample, a training split of one class): a finished run does not fail for it, and the pages and
+    commands that show the baseline say why (``baseline_beside`` fits it again and reports the reason)."""
+    try:
+        return fit_baseline(dataset, convention)
+    except ValueError:
+        return None
 
 
 def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None,
@@ -217,7 +227,7 @@ def finish_import(run_dir: Path, convention: str, dataset: MultimodalDataset | N
         card.set_prototypes(prototypes_from_pooled(final.results["train"].unique_pooled, card.config))
         card.metrics = {name: output_metrics(final.results[name].outputs, split.labels, args)
                         for name, split in dataset.splits.items() if split.labels is not None and len(split)}
-        card.baseline = fit_baseline(dataset, convention)
+        card.baseline = card_baseline(dataset, convention)
         write_reference(run_dir, model, card, train, dataset.splits.get("valid"), final)
     save_card(run_dir, card)
     return card

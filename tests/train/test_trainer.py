@@ -266,3 +266,13 @@ def test_the_optimizer_is_multi_tensor_adam_with_default_adams_numbers_to_the_bi
         for a, b in zip(ours.parameters(), theirs.parameters()):
             assert torch.equal(a, b)
         assert not torch.equal(next(ours.parameters()), next(model.parameters()))  # the steps did move them
+
+
+def test_a_run_whose_data_cannot_give_a_baseline_still_finishes(tmp_path):
+    # One validation sample: training accepts it, the linear baseline needs two to choose its
+    # regularisation. The run used to train every epoch and then fail on the baseline.
+    data = make_synthetic(40, 1, 8, widths={"a": 4, "b": 6}, seq_len=3, seed=1)
+    result = train(data, config(num_epochs=1), tmp_path / "run")
+    assert result.status == "finished" and read_status(tmp_path / "run")["status"] == "finished"
+    assert result.card.baseline is None and set(result.card.metrics) == {"train", "valid", "test"}
+    assert load_model(tmp_path / "run")[1].baseline is None
