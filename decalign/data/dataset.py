@@ -78,10 +78,13 @@ class MultimodalDataset:
     def file_fingerprint(self) -> str:
         """The fingerprint of the data as read from the file: the same for the views derived from it (a run's
         input transform, a BERT model's tokens), so a card recognises its own data however it was prepared.
-        Computed once and kept: datasets are not changed in place (views are new objects)."""
-        if self.source_fingerprint is None:
-            self.source_fingerprint = self.fingerprint()
-        return self.source_fingerprint
+        Hashed once per object and kept outside the dataclass fields, so ``dataclasses.replace`` (a copy
+        with other splits) does not carry it over; arrays are not changed in place once read."""
+        if self.source_fingerprint is not None:
+            return self.source_fingerprint
+        if "_hashed" not in self.__dict__:
+            self._hashed = self.fingerprint()
+        return self._hashed
 
     def derived(self, **changes) -> MultimodalDataset:
         """A view of these data with ``changes`` (``dataclasses.replace``) that keeps ``file_fingerprint``."""

@@ -4,6 +4,7 @@ read from the arrays' own buffers; ``file_fingerprint`` is computed once and kep
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 
@@ -47,7 +48,13 @@ def test_the_fingerprint_hashes_each_arrays_bytes_in_c_order_without_copying_the
 def test_the_file_fingerprint_is_computed_once_and_kept_by_derived_views():
     data = make_synthetic(12, 3, 4, widths={"text": 6, "audio": 2}, seq_len=3, seed=1)
     first = data.file_fingerprint()
-    assert first == data.fingerprint() == data.source_fingerprint
-    scaled = data.derived(splits={n: Split(features={m: x * 2 for m, x in s.features.items()}, labels=s.labels, ids=s.ids)
-                                  for n, s in data.splits.items()})
+    assert first == data.fingerprint()
+    calls = []
+    data.fingerprint = lambda split=None: calls.append(split)  # a second call would hash again: it does not
+    assert data.file_fingerprint() == first and calls == []
+    doubled = {n: Split(features={m: x * 2 for m, x in s.features.items()}, labels=s.labels, ids=s.ids)
+               for n, s in data.splits.items()}
+    scaled = data.derived(splits=doubled)  # a view of the same file: its fingerprint
     assert scaled.fingerprint() != first and scaled.file_fingerprint() == first
+    other = replace(data, splits=doubled)  # a copy with other data: not the kept fingerprint
+    assert other.file_fingerprint() == other.fingerprint() != first
