@@ -1,7 +1,8 @@
 """``decalign predict``: predictions with exact per-branch contributions, streamed to a CSV file.
 
 The split is processed in chunks of ``--batch-size`` samples, each chunk's rows appended to a temporary
-file that replaces ``--out`` at the end, so memory stays bounded for any number of samples.
+file that replaces ``--out`` at the end, so memory stays bounded for any number of samples. Within a
+chunk the model runs in forwards of ``inference_chunk`` samples (fastest for the data's shapes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
                         help="split to predict, or all of them (default: test)")
     parser.add_argument("--out", required=True, metavar="CSV", help="CSV file to write")
     parser.add_argument("--batch-size", type=int, default=1024, metavar="N",
-                        help="samples per chunk (default: 1024)")
+                        help="samples per chunk of rows written (default: 1024); the model itself runs "
+                             "in smaller forwards sized to the data's shapes")
     parser.add_argument("--no-audit", action="store_true", help="do not record the predictions")
     add_device(parser)
     parser.set_defaults(func=run)
@@ -113,7 +115,7 @@ def _chunks(model, split, task: str, size: int):
 
     for start in range(0, len(split), size):
         part = split.subset(np.arange(start, min(start + size, len(split))))
-        yield run_inference(model, part, task=task, batch_size=size)
+        yield run_inference(model, part, task=task)  # forwards in the model's own chunks (inference_chunk)
 
 
 class _Audit:
