@@ -23,6 +23,7 @@ def test_the_chunk_keeps_one_activation_within_a_mebibyte(d_model, steps, expect
     split = make_synthetic(0, 0, 3, widths=WIDTHS, seq_len=1, seed=0).splits["test"]
     split.features = {m: np.zeros((3, steps[m], WIDTHS[m]), np.float32) for m in WIDTHS}
     assert inference_chunk(model, split) == expected
+    assert inference_chunk(model, split, torch.device("meta")) == 256  # not the CPU: the largest chunk
 
 
 def test_the_default_chunk_is_used_and_outputs_match_one_sample_at_a_time(monkeypatch):
