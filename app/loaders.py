@@ -135,7 +135,7 @@ def current_model() -> session.ModelSource | None:
 @st.cache_resource(show_spinner="Reading the data…", max_entries=4)
 def _dataset_from_path(path: str, mtime: float) -> tuple[MultimodalDataset, str]:
     dataset = load_dataset(path)
-    return dataset, dataset.fingerprint()
+    return dataset, dataset.file_fingerprint()  # kept: audits and the baseline compare it again
 
 
 @st.cache_resource(show_spinner="Reading the data…", max_entries=4)

@@ -217,7 +217,7 @@ def finish_import(run_dir: Path, convention: str, dataset: MultimodalDataset | N
     model, card = load_model(run_dir)
     card.metric_convention, card.error = convention, ERRORS[convention]
     if dataset is not None:
-        card.data_fingerprint, card.data_source = dataset.fingerprint(), data_source or dataset.report.source
+        card.data_fingerprint, card.data_source = dataset.file_fingerprint(), data_source or dataset.report.source
         dataset = card.prepare(dataset)  # a BERT model reads the text_bert tokens
         train = dataset.splits["train"]
         if card.task == "regression" and train.labels is not None and len(train.labels):
