@@ -61,6 +61,16 @@ def fit_baseline(dataset: MultimodalDataset, convention: str) -> dict:
         return _fit_baseline(dataset, convention)
 
 
+def card_baseline(dataset: MultimodalDataset, convention: str) -> dict | None:
+    """The linear baseline for the card, or None when these data cannot give one (a validation split of one
+    sample, a training split of one class): a finished run does not fail for it, and the pages and
+    commands that show the baseline say why (``baseline_beside`` fits it again and reports the reason)."""
+    try:
+        return fit_baseline(dataset, convention)
+    except ValueError:
+        return None
+
+
 def _fit_baseline(dataset: MultimodalDataset, convention: str) -> dict:
     from sklearn.preprocessing import StandardScaler
 

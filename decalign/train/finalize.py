@@ -20,7 +20,7 @@ from ..data.dataset import MultimodalDataset, Split
 from ..data.torch_batches import iterate_batches
 from ..inference import InferenceResult, run_inference
 from ..model import AlignmentLevels, DecAlign, Prototypes, decoupling_per_sample, fit_prototypes
-from .baseline import fit_baseline
+from .baseline import card_baseline
 from .losses import main_loss
 from .metrics import compute_metrics
 from .reference import build_reference, save_reference
@@ -183,16 +183,6 @@ def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, co
                     for name, split in dataset.splits.items() if split.labels is not None and len(split)}
     card.baseline = card_baseline(dataset, args.convention)
     return final
-
-
-def card_baseline(dataset: MultimodalDataset, convention: str) -> dict | None:
-    """The linear baseline for the card, or None when these data cannot give one (a validation split of one
-    sample, a training split of one class): a finished run does not fail for it, and the pages and
-    commands that show the baseline say why (``baseline_beside`` fits it again and reports the reason)."""
-    try:
-        return fit_baseline(dataset, convention)
-    except ValueError:
-        return None
 
 
 def write_reference(run_dir: Path, model: DecAlign, card: ModelCard, train: Split, valid: Split | None,
