@@ -67,6 +67,13 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
     return output_metrics(outputs, split.labels, args)
 
 
+def evaluate_inference(model: DecAlign, split: Split, args: EvalArgs) -> tuple[dict[str, float], InferenceResult]:
+    """:func:`evaluate_split`'s metrics together with the split's whole inference result, in the same
+    chunks: the trainer keeps the best epoch's, which the final pass then reuses (:func:`final_pass`)."""
+    result = run_inference(model, split, task=args.task, batch_size=min(args.batch_size, INFERENCE_CHUNK))
+    return output_metrics(result.outputs, split.labels, args), result
+
+
 def output_metrics(outputs: np.ndarray, labels: np.ndarray, args: EvalArgs) -> dict[str, float]:
     """The metrics of :func:`evaluate_split` from the (N, out) head outputs already computed."""
     weight = None if args.class_weight is None else args.class_weight.cpu()
@@ -93,10 +100,14 @@ class FinalPass:
 
 
 def final_pass(model: DecAlign, dataset: MultimodalDataset, task: str, batch_size: int,
-               chunk: int = INFERENCE_CHUNK) -> FinalPass:
+               chunk: int = INFERENCE_CHUNK, known: dict[str, InferenceResult] | None = None) -> FinalPass:
     """Run every non-empty split through ``model`` once (eval mode, no autograd), ``chunk`` samples at a
-    time: at MOSI shapes the attention weights of 256 samples alone take 150 MB."""
-    final = FinalPass({}, batch_size)
+    time: at MOSI shapes the attention weights of 256 samples alone take 150 MB.
+
+    ``known``: results of these weights already computed (the best epoch's validation pass, see
+    :func:`evaluate_inference`), taken as they are; not the training split, whose pass also keeps the
+    decoupling values."""
+    final = FinalPass({name: result for name, result in (known or {}).items() if name != "train"}, batch_size)
     parts: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
 
     def keep_decoupling(_batch, out) -> None:
@@ -104,7 +115,7 @@ def final_pass(model: DecAlign, dataset: MultimodalDataset, task: str, batch_siz
             parts[m].append(decoupling_per_sample(out.unique[m].float(), out.common[m].float()).double().numpy())
 
     for name, split in dataset.splits.items():
-        if len(split):
+        if len(split) and name not in final.results:
             hook = keep_decoupling if name == "train" else None
             final.results[name] = run_inference(model, split, task=task, batch_size=chunk, on_chunk=hook)
     final.decoupling = {m: np.concatenate(v) if v else np.zeros(0) for m, v in parts.items()}
@@ -171,11 +182,11 @@ def _rows_on(arrays: dict[str, np.ndarray], rows: slice, device: torch.device) -
 
 
 def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, config: DecAlignConfig,
-                args: EvalArgs) -> FinalPass:
+                args: EvalArgs, known: dict[str, InferenceResult] | None = None) -> FinalPass:
     """Fill the card with the training prototypes, the training alignment, metrics per split and the linear
-    baseline's (``decalign.train.baseline``), all from one :func:`final_pass`, which is returned for
-    :func:`write_reference`."""
-    final = final_pass(model, dataset, args.task, args.batch_size)
+    baseline's (``decalign.train.baseline``), all from one :func:`final_pass` (``known``: as there), which is
+    returned for :func:`write_reference`."""
+    final = final_pass(model, dataset, args.task, args.batch_size, known=known)
     prototypes = prototypes_from_pooled(final.results["train"].unique_pooled, config)
     card.set_prototypes(prototypes)
     card.extra["training_alignment"] = pass_alignment(model, final, prototypes)

@@ -37,6 +37,7 @@ from ..data.tokens import TEXT, bert_inputs
 from ..data.torch_batches import iterate_batches
 from ..data.transform import TRANSFORM_KEY, apply_feature_transform, fit_feature_transform
 from ..device import resolve_device
+from ..inference import InferenceResult
 from ..loss_names import LOSS_KEYS
 from ..model import AlignmentLevels
 from . import distributed, finalize
@@ -132,6 +133,7 @@ class Trainer:
             self.config, self.pretrained_bert = with_pretrained_bert(self.config)
             self.dataset = bert_inputs(self.dataset, self.config.model)
         self.recorder = ReplayRecorder(self.run_dir, self.dataset, self.config) if replay else None
+        self.best_valid: InferenceResult | None = None  # the best epoch's validation pass, when it ran here
 
     # ------------------------------------------------------------------------ setup
 
@@ -268,9 +270,7 @@ class Trainer:
         return dict(zip(BATCH_KEYS, (summed / len(train_split)).tolist()))
 
     def _end_epoch(self, epoch: int, means: dict[str, float], seconds: float) -> dict[str, Any]:
-        valid_split = self.dataset.splits["valid"]
-        valid = finalize.evaluate_split(self.model, valid_split, self._eval_args(),
-                                        shard=distributed.eval_shard(len(valid_split), self.dist))
+        valid, result = self._evaluate_valid()
         valid = with_composites(valid, (self.selection, self.scheduler_key))
         value = valid[self.selection]
         improved = self._improved(value)
@@ -278,6 +278,7 @@ class Trainer:
         if improved:
             self.state.best_value, self.state.best_epoch, self.state.bad_epochs = value, epoch, 0
             self.card.best_epoch, self.card.metrics = epoch, {"valid": valid}
+            self.best_valid = result
             if self.dist.is_main:
                 save_model(self.run_dir, self.model, self.card, tag="best")
         else:
@@ -299,6 +300,15 @@ class Trainer:
         write_history(self.run_dir, self.history)
         save_resume(self.run_dir, self.state, self.model, self.optimizer, self.scheduler)
         write_status(self.run_dir, "running", epoch)
+
+    def _evaluate_valid(self):
+        """The validation metrics and, on one process, the whole inference result, which the final pass
+        reuses if this epoch turns out best (the same weights, chunks and outputs; 0.3 s at MOSI)."""
+        split = self.dataset.splits["valid"]
+        if self.dist.active:
+            shard = distributed.eval_shard(len(split), self.dist)
+            return finalize.evaluate_split(self.model, split, self._eval_args(), shard=shard), None
+        return finalize.evaluate_inference(self.model, split, self._eval_args())
 
     def _improved(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -330,7 +340,8 @@ class Trainer:
             return_free_memory()  # before the final pass, so that it does not raise the run's peak
             self.model.load_state_dict(load_file(str(best)))
             self.model.to(self.device)
-            final = finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args())
+            known = {"valid": self.best_valid} if self.best_valid is not None else None
+            final = finalize.finish_card(self.model, self.card, self.dataset, self.config, self._eval_args(), known)
             self.card.extra.update(status=status, epochs_run=self.state.epoch,
                                    stopped_early=status == "finished" and self._early_stop_due())
             save_card(self.run_dir, self.card)

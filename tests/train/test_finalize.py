@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from decalign.checkpoint import load_card
+from decalign.checkpoint import load_card, load_model
 from decalign.config import DecAlignConfig
 from decalign.data import make_synthetic
 from decalign.inference import run_inference
 from decalign.model import AlignmentLevels, DecAlign, fit_prototypes
 from decalign.train import finalize, train
 from decalign.train import reference as reference_module
+from decalign.train.trainer import Trainer
 from decalign.train.reference import build_reference, load_reference, save_reference
 
 MODEL = {"d_model": 8, "num_heads": 2, "num_layers": 1, "num_prototypes": 3, "pde_dim": 8}
@@ -55,7 +56,8 @@ def test_final_pass_matches_separate_passes(data, objective):
 
 
 def test_training_runs_each_split_once_after_the_last_epoch(data, tmp_path, monkeypatch):
-    """One epoch forwards the training and validation splits once; after it, every split once more."""
+    """One epoch forwards the training and validation splits once; after it, the training and test splits
+    once more (the validation pass of the best epoch is the final one)."""
     seen = []
     original = DecAlign.forward
 
@@ -66,7 +68,7 @@ def test_training_runs_each_split_once_after_the_last_epoch(data, tmp_path, monk
     monkeypatch.setattr(DecAlign, "forward", counting)
     train(data, config(), tmp_path / "run")
     n = {name: len(split) for name, split in data.splits.items()}
-    assert sum(seen) == 2 * n["train"] + 2 * n["valid"] + n["test"]
+    assert sum(seen) == 2 * n["train"] + n["valid"] + n["test"]
     card = load_card(tmp_path / "run")
     assert set(card.metrics) == {"train", "valid", "test"}
     assert set(card.extra["training_alignment"]) == set(AlignmentLevels.LEVELS)
@@ -77,6 +79,27 @@ def test_training_runs_each_split_once_after_the_last_epoch(data, tmp_path, monk
     assert set(stored.maps) == spaces
     assert {s: p.fitted_on for s, p in stored.maps.items()} == {
         s: n["train"] * (len(data.widths) if s == "common:*" else 1) for s in spaces}
+
+
+def test_final_validation_results_are_the_best_epochs_not_the_last(data, tmp_path, monkeypatch):
+    """With epoch 1 best of 3, the card's validation metrics and the reference's held-out features are
+    those of the saved best weights, computed afresh, and differ from the last epoch's."""
+    monkeypatch.setattr(Trainer, "_improved", lambda self, value: self.state.best_value is None)
+    run_dir = tmp_path / "run"
+    settings = {"model": MODEL, "train": {**TRAIN, "num_epochs": 3}}
+    result = train(data, DecAlignConfig.from_dict(settings), run_dir)
+    assert result.best_epoch == 1 and len(result.history) == 3
+    model, card = load_model(run_dir)
+    valid = card.prepare(data).splits["valid"]
+    fresh = run_inference(model, valid, task="regression", batch_size=finalize.INFERENCE_CHUNK)
+    expected = finalize.output_metrics(fresh.outputs, valid.labels, eval_args(data, 256))
+    assert card.metrics["valid"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert card.metrics["valid"]["loss"] != pytest.approx(result.history[-1]["valid"]["loss"], rel=1e-4)
+    held_out = load_reference(run_dir).held_out
+    rows = [list(valid.ids).index(i) for i in held_out.ids]
+    assert len(rows) == len(valid)
+    for m in model.modalities:
+        np.testing.assert_allclose(held_out.unique[m], fresh.unique_pooled[m][rows], rtol=1e-5, atol=1e-6)
 
 
 def test_reference_keeps_a_bounded_seeded_sample(data, tmp_path, monkeypatch):
