@@ -2,8 +2,9 @@
 
 Everything here runs the model in eval mode without autograd, over a split in chunks, so memory is
 bounded by one chunk's activations plus what is kept per sample. After training, each split is run through
-the model once (:func:`final_pass`): the final metrics, the training prototypes, the training alignment and
-the explanation reference all read that one pass.
+the model once (:func:`final_pass`; the validation split's pass is the best epoch's own, see
+:func:`evaluate_inference`): the final metrics, the training prototypes, the training alignment and the
+explanation reference all read that one pass.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from decalign.inference import run_inference
 from decalign.model import AlignmentLevels, DecAlign, fit_prototypes
 from decalign.train import finalize, train
 from decalign.train import reference as reference_module
-from decalign.train.trainer import Trainer
 from decalign.train.reference import build_reference, load_reference, save_reference
+from decalign.train.trainer import Trainer
 
 MODEL = {"d_model": 8, "num_heads": 2, "num_layers": 1, "num_prototypes": 3, "pde_dim": 8}
 TRAIN = {"batch_size": 32, "num_epochs": 1, "learning_rate": 3e-3, "seed": 5, "early_stop_patience": 0}
