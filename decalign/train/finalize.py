@@ -59,7 +59,7 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
     ``shard``: in distributed training, a ``(rows, gather)`` pair: this rank predicts only ``rows`` and
     ``gather`` joins every rank's outputs in order, so all ranks compute the same metrics.
     """
-    chunk = min(args.batch_size, INFERENCE_CHUNK)  # outputs do not depend on the chunking; memory does
+    chunk = eval_chunk(args)
     if shard is None:
         outputs = predict_outputs(model, split, chunk)
     else:
@@ -71,8 +71,13 @@ def evaluate_split(model: DecAlign, split: Split, args: EvalArgs, shard=None) ->
 def evaluate_inference(model: DecAlign, split: Split, args: EvalArgs) -> tuple[dict[str, float], InferenceResult]:
     """:func:`evaluate_split`'s metrics together with the split's whole inference result, in the same
     chunks: the trainer keeps the best epoch's, which the final pass then reuses (:func:`final_pass`)."""
-    result = run_inference(model, split, task=args.task, batch_size=min(args.batch_size, INFERENCE_CHUNK))
+    result = run_inference(model, split, task=args.task, batch_size=eval_chunk(args))
     return output_metrics(result.outputs, split.labels, args), result
+
+
+def eval_chunk(args: EvalArgs) -> int:
+    """Samples per forward when evaluating: outputs do not depend on the chunking; memory does."""
+    return min(args.batch_size, INFERENCE_CHUNK)
 
 
 def output_metrics(outputs: np.ndarray, labels: np.ndarray, args: EvalArgs) -> dict[str, float]:
