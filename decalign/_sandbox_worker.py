@@ -173,6 +173,10 @@ def selftest(args: dict):
         for task in TASKS.values():  # what the tasks import
             importlib.import_module(task.partition(":")[0])
         return {"heavy": sorted(m for m in ("torch", "pandas", "streamlit", "scipy") if m in sys.modules)}
+    if mode == "hugepage":  # numpy's transparent-huge-page advice for large arrays (off in a child)
+        from numpy._core import multiarray
+
+        return {"madvise": bool(multiarray._get_madvise_hugepage())}
     if mode == "object":
         return {"x": np.array([object()], dtype=object)}
     raise ValueError(f"unknown mode {mode!r}")

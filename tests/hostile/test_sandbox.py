@@ -37,6 +37,20 @@ def test_the_child_imports_neither_torch_nor_pandas():
     assert sandbox.run("selftest", {"mode": "modules"}, SMALL).value == {"heavy": []}
 
 
+def test_numpy_in_the_child_asks_for_no_huge_pages(monkeypatch):
+    """A fresh child and a spare both run numpy without its transparent-huge-page advice, even when the
+    parent's environment asks for it (``sandbox._child_env``)."""
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+    assert sandbox.run("selftest", {"mode": "hugepage"}, SMALL).value == {"madvise": False}
+    sandbox.keep_spare(True)
+    try:
+        spare = sandbox._spare.pid
+        assert sandbox.run("selftest", {"mode": "pid"}, SMALL).value == {"pid": spare}
+        assert sandbox.run("selftest", {"mode": "hugepage"}, SMALL).value == {"madvise": False}
+    finally:
+        sandbox.keep_spare(False)
+
+
 def test_memory_limit_is_one_line_with_the_limit(private_tmp):
     error = _fails("allocate", bytes=1 << 30)
     assert error.kind == "memory"
