@@ -245,7 +245,7 @@ def _child_env() -> dict[str, str]:
            "NUMPY_MADVISE_HUGEPAGE": "0"}
     # numpy asks for transparent huge pages for arrays of 4 MiB and more. A child touches each page once, and
     # the kernel's work for huge pages made its time erratic: a 151 MB npz took 0.86-0.88 s median to read
-    # in the sandbox (up to 1.6 s, the extra all system time in the child) with them, 0.69-0.74 s (up to
+    # in the sandbox (up to 1.6 s, the extra all system time in the child) with them, 0.64-0.74 s (up to
     # 0.9 s) without, in interleaved runs; a 349 MB MMSA pickle's child took the same time either way.
     package_root = str(Path(__file__).resolve().parents[1])  # the child runs this very copy of decalign
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
