@@ -110,6 +110,14 @@ def _collective_device(ctx: DistContext) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def destroy_process_group(ctx: DistContext) -> None:
+    """Tear the group down once a run is over, while the interpreter is whole. Left to the process's exit
+    (which ``decalign.cli.entry`` makes skip the collection of leftover objects), gloo's threads could
+    outlive the group, and a rank once aborted there ("terminate called without an active exception")."""
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.active:
         dist.barrier()

@@ -148,6 +148,8 @@ class Trainer:
             self._write_status("failed", error=f"{type(exc).__name__}: {exc}")
             self.callbacks.on_train_end("failed")
             raise
+        finally:
+            distributed.destroy_process_group(self.dist)
         self.callbacks.on_train_end(status)
         return TrainResult(self.run_dir, status, self.state.best_epoch, self.state.best_value, self.selection,
                            self.history, self.card)

@@ -94,3 +94,45 @@ def test_per_rank_alignment_differs_from_one_process(tmp_path: Path) -> None:
     one, two = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("single", "ddp"))
     worst = max(float(np.abs(_meaningful(k, one[k]) - _meaningful(k, two[k])).max()) for k in one)
     assert worst > 100 * TOLERANCE
+
+
+def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> None:
+    """A real (one-process) gloo group is gone afterwards; a world of one leaves the group alone."""
+    import torch.distributed as dist
+
+    from decalign.train import distributed
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.FileStore(str(tmp_path / "store"), 1))
+    try:
+        distributed.destroy_process_group(distributed.SINGLE)
+        assert dist.is_initialized()
+        distributed.destroy_process_group(distributed.DistContext(rank=0, world_size=2))
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_destroys_its_process_group_when_it_ends(tmp_path: Path, monkeypatch, fails: bool) -> None:
+    """``Trainer.fit`` tears the group down after a finished run and after a failed one."""
+    from decalign.config import DecAlignConfig
+    from decalign.train import Callback, distributed, train
+
+    calls = []
+    monkeypatch.setattr(distributed, "destroy_process_group", lambda ctx: calls.append(ctx))
+
+    class Boom(Callback):
+        def on_epoch_end(self, epoch, row):
+            raise RuntimeError("stop here")
+
+    data = make_synthetic(n_train=20, n_valid=6, n_test=0, widths={"a": 3, "b": 2}, seq_len=3, seed=1)
+    config = DecAlignConfig.from_dict({"model": {"d_model": 8, "num_heads": 2, "num_layers": 1,
+                                                 "num_prototypes": 2, "pde_dim": 4},
+                                       "train": {"batch_size": 10, "num_epochs": 1}})
+    if fails:
+        with pytest.raises(RuntimeError, match="stop here"):
+            train(data, config, tmp_path / "run", callbacks=[Boom()])
+    else:
+        train(data, config, tmp_path / "run")
+    assert calls == [distributed.SINGLE]
