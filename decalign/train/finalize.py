@@ -110,8 +110,8 @@ def final_pass(model: DecAlign, dataset: MultimodalDataset, task: str, batch_siz
     """Run every non-empty split through ``model`` once (eval mode, no autograd), ``chunk`` samples at a
     time: at MOSI shapes the attention weights of 256 samples alone take 150 MB.
 
-    ``known``: results of these weights already computed (the best epoch's validation pass, see
-    :func:`evaluate_inference`), taken as they are; not the training split, whose pass also keeps the
+    ``known``: results of these weights already computed in the same chunks (the best epoch's validation
+    pass, see :func:`evaluate_inference`), taken as they are; not the training split, whose pass also keeps the
     decoupling values."""
     final = FinalPass({name: result for name, result in (known or {}).items() if name != "train"}, batch_size)
     parts: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
@@ -192,7 +192,7 @@ def finish_card(model: DecAlign, card: ModelCard, dataset: MultimodalDataset, co
     """Fill the card with the training prototypes, the training alignment, metrics per split and the linear
     baseline's (``decalign.train.baseline``), all from one :func:`final_pass` (``known``: as there), which is
     returned for :func:`write_reference`."""
-    final = final_pass(model, dataset, args.task, args.batch_size, known=known)
+    final = final_pass(model, dataset, args.task, args.batch_size, chunk=eval_chunk(args), known=known)
     prototypes = prototypes_from_pooled(final.results["train"].unique_pooled, config)
     card.set_prototypes(prototypes)
     card.extra["training_alignment"] = pass_alignment(model, final, prototypes)
