@@ -2,6 +2,7 @@
 
 import gc
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,36 @@ def test_help_is_printed_without_importing_torch():
     assert "streamlit run" in out.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "app.loaders" not in imported
+
+
+BLAS_THREADS_SCRIPT = """
+import json, sys
+import streamlit.web.cli as cli
+import app.__main__ as launcher
+seen = {}
+def fake_streamlit_main():  # what the server process would start with
+    import numpy, scipy.linalg, threadpoolctl
+    seen.update(numpy_before_main=seen_before, counts=sorted({i["num_threads"] for i in
+                threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"}))
+seen_before = "numpy" in sys.modules
+cli.main = fake_streamlit_main
+launcher.threading.Thread = lambda **kwargs: type("NoThread", (), {"start": lambda self: None})()
+launcher.main(["--server.headless", "true"])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize(("user_value", "expected"), [(None, [1]), ("2", [2])])
+def test_the_server_runs_numpy_and_scipy_on_one_blas_thread_unless_told(user_value, expected):
+    """The launcher sets OpenBLAS's thread count before Streamlit loads numpy (OpenBLAS reads it once): every
+    OpenBLAS that numpy and scipy load runs one thread, and a count the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    out = subprocess.run([sys.executable, "-c", BLAS_THREADS_SCRIPT], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True, timeout=300)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"numpy_before_main": False, "counts": expected}
 
 
 def test_preload_imports_the_pages_and_reports_what_failed(monkeypatch):
