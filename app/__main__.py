@@ -50,7 +50,9 @@ def limit_blas_threads(environ) -> None:
     The server's BLAS work is small (a page's PCA, neighbour counts) and shares the cores with the browser,
     so a second OpenBLAS thread waits for a busy core: a PCA of 1,000 x 40 features took 38-74 ms in a
     server whose browser was drawing, 9 ms on one thread (alone beside two busy processes: 14-17 ms, up
-    to 270 ms, against 6 ms). Torch's products run on its own MKL threads.
+    to 270 ms, against 6 ms). Torch's products run on its own MKL threads. The processes the server starts
+    inherit it: the sandbox's and the projection worker's children set their own counts anyway, and a
+    training run's numpy work is as small (the Sinkhorn sweeps' plans, the baseline already on one thread).
     """
     environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
