@@ -100,8 +100,21 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+def write_inputs(tmp: Path) -> tuple[Path, Path]:
+    """The MOSI-shaped pickle and the official MOSI settings (without BERT) in ``tmp``: (data, config)."""
+    data, config = tmp / "mosi_like.pkl", tmp / "official_mosi.json"
+    write_data(data)
+    config.write_text(json.dumps(official_config_dict(use_bert=False)))
+    return data, config
+
+
+def ours_run_dir(tmp: Path, tag: str) -> Path:
+    """Where :func:`run_ours` writes the run tagged ``tag``."""
+    return tmp / f"run-{tag}"
+
+
 def run_ours(tmp: Path, data: Path, config: Path, env: dict, epochs: int, tag: str) -> dict:
-    run_dir = tmp / f"run-{tag}"
+    run_dir = ours_run_dir(tmp, tag)
     command = [sys.executable, "-m", "decalign", "train", "--data", str(data), "--config", str(config),
                "--out", str(run_dir), "--set", f"num_epochs={epochs}", "--quiet", "--device", "cpu"]
     measured = run_measured(command, env)
@@ -133,9 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data, config = tmp / "mosi_like.pkl", tmp / "official_mosi.json"
-        write_data(data)
-        config.write_text(json.dumps(official_config_dict(use_bert=False)))
+        data, config = write_inputs(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "DECALIGN_AUDIT_DB": str(tmp / "a.db")}
         for i in range(args.repeat):
             load = round(os.getloadavg()[0], 2)
