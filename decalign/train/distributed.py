@@ -11,7 +11,9 @@ reason, so a W-rank step equals a one-process step on the same global batch up t
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -51,6 +53,9 @@ def context_from_env() -> DistContext:
 def init_process_group(ctx: DistContext, device: torch.device) -> None:
     """gloo on the CPU, NCCL on CUDA; idempotent."""
     if ctx.active and not dist.is_initialized():
+        # Loaded before the group exists: its functions take the group in effect when it loads as a
+        # default argument, and would keep ours alive past destroy_process_group (DDP loads it).
+        import torch.distributed.nn.functional
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ctx.rank,
@@ -110,12 +115,24 @@ def _collective_device(ctx: DistContext) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def destroy_process_group(ctx: DistContext) -> None:
-    """Tear the group down once a run is over, while the interpreter is whole. Left to the process's exit
-    (which ``decalign.cli.entry`` makes skip the collection of leftover objects), gloo's threads could
-    outlive the group, and a rank once aborted there ("terminate called without an active exception")."""
-    if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+def destroy_process_group(ctx: DistContext, drop_wrappers: Callable[[], None] = lambda: None) -> None:
+    """Tear the group down once a run is over, while the interpreter is whole, and join gloo's threads
+    with the GIL released.
+
+    gloo's worker threads may still be freeing the last collectives' work after the callers' waits have
+    returned, and freeing a tensor Python created takes the GIL. The group's own destructor releases the
+    GIL while it joins those threads; DDP's reducer also holds the group, and its destructor keeps the
+    GIL. When the reducer let go last, the join and the worker each waited on the other: a rank hung for
+    good after a finished run (2 of 20 two-rank runs on a loaded machine). So ``drop_wrappers`` lets go
+    of every DDP wrapper while this function still holds the group, and the group goes last.
+    """
+    if not (ctx.active and dist.is_initialized()):
+        return
+    group = dist.group.WORLD
+    dist.destroy_process_group()
+    drop_wrappers()
+    gc.collect()  # a wrapper caught in a reference cycle is freed now, before the group
+    del group  # the last reference: the group's destructor joins gloo's threads without the GIL
 
 
 def barrier(ctx: DistContext) -> None:

@@ -149,10 +149,14 @@ class Trainer:
             self.callbacks.on_train_end("failed")
             raise
         finally:
-            distributed.destroy_process_group(self.dist)
+            distributed.destroy_process_group(self.dist, self._unwrap_model)
         self.callbacks.on_train_end(status)
         return TrainResult(self.run_dir, status, self.state.best_epoch, self.state.best_value, self.selection,
                            self.history, self.card)
+
+    def _unwrap_model(self) -> None:
+        """Let go of the DDP wrapper (and its reducer) before the process group goes."""
+        self.step_model = getattr(self, "model", None)
 
     def _prepare(self) -> None:
         cfg = self.config.train

@@ -96,6 +96,10 @@ def test_per_rank_alignment_differs_from_one_process(tmp_path: Path) -> None:
     assert worst > 100 * TOLERANCE
 
 
+def _thread_ids() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
 def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> None:
     """A real (one-process) gloo group is gone afterwards; a world of one leaves the group alone."""
     import torch.distributed as dist
@@ -113,6 +117,34 @@ def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> Non
             dist.destroy_process_group()
 
 
+def test_destroy_process_group_joins_gloos_threads_after_dropping_ddp(tmp_path: Path, monkeypatch) -> None:
+    """The group outlives the DDP wrapper, so gloo's threads are joined inside the call by the group's own
+    destructor (which releases the GIL), not later by the reducer's (which holds it and could deadlock)."""
+    import torch
+    import torch.distributed as dist
+
+    from decalign.train import distributed
+
+    real_init = dist.init_process_group
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    monkeypatch.setattr(dist, "init_process_group",  # a world of one process, through the project's init
+                        lambda backend, rank, world_size: real_init(backend, rank=0, world_size=1, store=store))
+    before = _thread_ids()
+    distributed.init_process_group(distributed.DistContext(0, 2), torch.device("cpu"))
+    gloo_threads = _thread_ids() - before
+    assert gloo_threads
+    wrapped = {"model": distributed.wrap_model(torch.nn.Linear(3, 2), distributed.DistContext(0, 2),
+                                               torch.device("cpu"))}
+    wrapped["model"](torch.ones(4, 3)).sum().backward()
+    parts = [torch.empty(3)]
+    dist.all_gather(parts, torch.ones(3))
+    del parts
+    distributed.destroy_process_group(distributed.DistContext(0, 2), wrapped.clear)
+    assert not wrapped
+    assert not dist.is_initialized()
+    assert not gloo_threads & _thread_ids()
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_a_run_destroys_its_process_group_when_it_ends(tmp_path: Path, monkeypatch, fails: bool) -> None:
     """``Trainer.fit`` tears the group down after a finished run and after a failed one."""
@@ -120,7 +152,7 @@ def test_a_run_destroys_its_process_group_when_it_ends(tmp_path: Path, monkeypat
     from decalign.train import Callback, distributed, train
 
     calls = []
-    monkeypatch.setattr(distributed, "destroy_process_group", lambda ctx: calls.append(ctx))
+    monkeypatch.setattr(distributed, "destroy_process_group", lambda ctx, drop: calls.append(ctx))
 
     class Boom(Callback):
         def on_epoch_end(self, epoch, row):
