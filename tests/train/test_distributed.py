@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -117,7 +118,7 @@ def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> Non
             dist.destroy_process_group()
 
 
-def test_destroy_process_group_joins_gloos_threads_after_dropping_ddp(tmp_path: Path, monkeypatch) -> None:
+def test_destroy_process_group_joins_the_gloo_threads_after_dropping_ddp(tmp_path: Path, monkeypatch) -> None:
     """The group outlives the DDP wrapper, so gloo's threads are joined inside the call by the group's own
     destructor (which releases the GIL), not later by the reducer's (which holds it and could deadlock)."""
     import torch
@@ -139,8 +140,15 @@ def test_destroy_process_group_joins_gloos_threads_after_dropping_ddp(tmp_path: 
     parts = [torch.empty(3)]
     dist.all_gather(parts, torch.ones(3))
     del parts
-    distributed.destroy_process_group(distributed.DistContext(0, 2), wrapped.clear)
-    assert not wrapped
+    joined_with_the_wrapper = []
+
+    def drop_wrappers() -> None:
+        wrapped.clear()
+        gc.collect()
+        joined_with_the_wrapper.append(not gloo_threads <= _thread_ids())
+
+    distributed.destroy_process_group(distributed.DistContext(0, 2), drop_wrappers)
+    assert joined_with_the_wrapper == [False]  # the group was still held when the reducer went
     assert not dist.is_initialized()
     assert not gloo_threads & _thread_ids()
 
@@ -152,7 +160,7 @@ def test_a_run_destroys_its_process_group_when_it_ends(tmp_path: Path, monkeypat
     from decalign.train import Callback, distributed, train
 
     calls = []
-    monkeypatch.setattr(distributed, "destroy_process_group", lambda ctx, drop: calls.append(ctx))
+    monkeypatch.setattr(distributed, "destroy_process_group", lambda ctx, drop: calls.append((ctx, drop)))
 
     class Boom(Callback):
         def on_epoch_end(self, epoch, row):
@@ -167,4 +175,9 @@ def test_a_run_destroys_its_process_group_when_it_ends(tmp_path: Path, monkeypat
             train(data, config, tmp_path / "run", callbacks=[Boom()])
     else:
         train(data, config, tmp_path / "run")
-    assert calls == [distributed.SINGLE]
+    [(ctx, drop)] = calls
+    assert ctx == distributed.SINGLE
+    trainer = drop.__self__
+    trainer.step_model = object()  # as if wrapped
+    drop()
+    assert trainer.step_model is trainer.model
