@@ -115,7 +115,7 @@ def _collective_device(ctx: DistContext) -> torch.device:
     return torch.device("cuda", ctx.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def destroy_process_group(ctx: DistContext, drop_wrappers: Callable[[], None] = lambda: None) -> None:
+def destroy_process_group(ctx: DistContext, drop_wrappers: Callable[[], None]) -> None:
     """Tear the group down once a run is over, while the interpreter is whole, and join gloo's threads
     with the GIL released.
 

@@ -109,9 +109,9 @@ def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> Non
 
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.FileStore(str(tmp_path / "store"), 1))
     try:
-        distributed.destroy_process_group(distributed.SINGLE)
+        distributed.destroy_process_group(distributed.SINGLE, lambda: None)
         assert dist.is_initialized()
-        distributed.destroy_process_group(distributed.DistContext(rank=0, world_size=2))
+        distributed.destroy_process_group(distributed.DistContext(rank=0, world_size=2), lambda: None)
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
