@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from ..cache import cache_root
 from ..maps import fit_pca
 
 METHODS = ("umap", "pca")
@@ -251,11 +252,6 @@ def _pad(coords: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ persisted, in the background
-
-
-def cache_root() -> Path:
-    """Where computed results are kept: ``$DECALIGN_CACHE_DIR``, else ``~/.cache/decalign-studio``."""
-    return Path(os.environ.get("DECALIGN_CACHE_DIR") or "~/.cache/decalign-studio").expanduser()
 
 
 def projection_key(features: np.ndarray, method: str, *, seed: int = 0, fit_limit: int = 5000,

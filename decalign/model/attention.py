@@ -7,13 +7,19 @@ so that every product that yields a head-width result yields it as rows. The wor
 at most ``BLOCK_BYTES`` of scores, so scores, weights and their gradients stay in cache from one
 product to the next. Attention dropout masks the weights after the softmax, as the official code
 does; the 1 / (1 - p) factor is applied to the small output instead of the weights.
+
+Where it applies (float32 on an x86-64 CPU with AVX2), the fused kernel of ``decalign.model.native``
+does the same work one head at a time with every intermediate in cache: 2.6-3.4 ms against 6.7-7.3 ms
+for an eval layer at MOSI shapes on 2 threads. Both paths draw the dropout decisions block by block from
+the same generator stream, so they drop the same elements and agree to rounding.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .dropout import keep_mask
+from . import native
+from .dropout import keep_flags, keep_mask
 
 BLOCK_BYTES = 1 << 20  # measured best on the CPU among 128 KiB .. 8 MiB (less traffic beyond the L2 cache)
 
@@ -38,8 +44,49 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     (N, hd, Tq) the attended values, head-major, and the weights or None.
     """
     rates = tuple(float(p) if training else 0.0 for p in drop)
-    out, weights = _SmallHeadAttention.apply(qt, kt, vt, mask, rates, need_weights)
+    if native.applies(qt, kt, vt):
+        differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
+        out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable)
+    else:
+        out, weights = _SmallHeadAttention.apply(qt, kt, vt, mask, rates, need_weights)
     return out, weights if need_weights else None
+
+
+class _FusedAttention(torch.autograd.Function):
+    """The native kernel; the weights (before dropout) are kept when asked for or for the backward."""
+
+    @staticmethod
+    def forward(ctx, qt, kt, vt, mask, rates, keep_weights):
+        keep, head_scale = _dropout_flags(qt, kt, mask, rates)
+        out, weights = native.forward(qt, kt, vt, mask, keep, head_scale, keep_weights)
+        ctx.save_for_backward(qt, kt, vt, weights, keep, head_scale)
+        ctx.set_materialize_grads(False)
+        weights = weights if weights is not None else out.new_empty(0)
+        ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, d_out, _):
+        if d_out is None:
+            return None, None, None, None, None, None
+        return (*native.backward(*ctx.saved_tensors, d_out), None, None, None)
+
+
+def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(N, Tq, Tk) keep decisions and (N,) 1 / (1 - p) per head (0 without dropout), drawn block by block
+    as ``_SmallHeadAttention`` draws its masks; (None, None) without dropout."""
+    if not any(rate > 0 for rate in rates):
+        return None, None
+    heads, queries, keys = qt.shape[0], qt.shape[2], kt.shape[2]
+    keep = torch.empty((heads, queries, keys), dtype=torch.bool)
+    head_scale = torch.zeros(heads)
+    flat = keep.numpy().reshape(heads, -1)
+    for block in _blocks(qt, kt, mask, rates):
+        if block.rate > 0:
+            rows = flat[block.heads]
+            rows[:] = keep_flags(rows.size, block.rate).reshape(rows.shape)
+            head_scale[block.heads] = 1.0 / (1.0 - block.rate)
+    return keep, head_scale
 
 
 class _SmallHeadAttention(torch.autograd.Function):

@@ -39,21 +39,43 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     if device.type != "cpu" or torch.compiler.is_compiling():  # inductor draws these inside its kernels
         return (torch.rand(shape, device=device) >= p).to(dtype) * scale
     count = math.prod(shape)
+    stream, as_bytes, cut, fraction = _draw_bytes(count, p)
+    # clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly: one vectorised pass in torch
+    keep = torch.from_numpy(as_bytes).to(torch.float32).sub_(cut - 1).clamp_(0, 1)
+    if fraction > 0:
+        tied = _tied(as_bytes, cut)
+        keep.numpy()[tied] = stream.random(tied.size) >= fraction  # V: doubles, as torch.rand's
+    keep = keep[:count].view(shape).to(dtype)
+    return keep.mul_(scale) if scale != 1.0 else keep
+
+
+def keep_flags(count: int, p: float) -> np.ndarray:
+    """The decisions ``keep_mask((count,), p)`` makes from the same generator state, as a bool array
+    (True: kept), for the fused attention kernel (``decalign.model.native``). CPU only, ``0 < p < 1``."""
+    stream, as_bytes, cut, fraction = _draw_bytes(count, p)
+    flags = as_bytes >= cut
+    if fraction > 0:
+        tied = _tied(as_bytes, cut)
+        flags[tied] = stream.random(tied.size) >= fraction
+    return flags[:count]
+
+
+def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, int, float]:
+    """One random byte per element (at least ``count``, whole 64-bit words), the cut and the fraction.
+
+    Byte b, uniform on [-128, 128): drop when U < p with U = (b + 128 + V) / 256 and V uniform on [0, 1):
+    bytes below the cut drop, bytes above it keep, a byte equal to the cut drops when V < the fraction of
+    p * 256 above the cut (V is drawn from the returned stream, in the order of the tied bytes).
+    """
     # One 64-bit draw of torch's generator seeds numpy's PCG64, which makes the bytes: torch's CPU generator
     # took 9.6 ns a 64-bit word (19 ms of a training step's masks at MOSI shapes), PCG64 4-5 ns.
     stream = np.random.Generator(np.random.PCG64(int(torch.empty((), dtype=torch.int64).random_())))
     as_bytes = stream.bit_generator.random_raw(-(-count // 8)).view(np.int8)
-    # Byte b, uniform on [-128, 128): drop when U < p with U = (b + 128 + V) / 256 and V uniform on
-    # [0, 1): bytes below the cut drop, bytes above it keep, a byte equal to the cut drops when V < the
-    # fraction of p * 256 above the cut. clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly.
     threshold = p * _LEVELS  # exact in double
-    cut = int(threshold) - _LEVELS // 2
-    keep = torch.from_numpy(as_bytes).to(torch.float32).sub_(cut - 1).clamp_(0, 1)
-    fraction = threshold - int(threshold)
-    if fraction > 0:
-        # numpy finds the few tied bytes: torch's nonzero took 3-6x longer (0.36 ms against 0.11 ms for the
-        # 260,000 bytes of an attention mask at MOSI shapes)
-        tied = np.flatnonzero(as_bytes == cut)
-        keep.numpy()[tied] = stream.random(tied.size) >= fraction  # V: doubles, as torch.rand's
-    keep = keep[:count].view(shape).to(dtype)
-    return keep.mul_(scale) if scale != 1.0 else keep
+    return stream, as_bytes, int(threshold) - _LEVELS // 2, threshold - int(threshold)
+
+
+def _tied(as_bytes: np.ndarray, cut: int) -> np.ndarray:
+    # numpy finds the few tied bytes: torch's nonzero took 3-6x longer (0.36 ms against 0.11 ms for the
+    # 260,000 bytes of an attention mask at MOSI shapes)
+    return np.flatnonzero(as_bytes == cut)

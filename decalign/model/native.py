@@ -1,0 +1,175 @@
+"""The fused small-head attention kernel (``small_head_attention.c``): built once per machine, called with ctypes.
+
+Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
+DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The kernel keeps
+one head's scores in cache from the product to the weighted values, forward and backward (see the C file),
+and reads dropout decisions as one byte each, drawn by ``decalign.model.dropout.keep_flags`` from the same
+generator stream as torch's path, so both paths drop the same elements.
+
+The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
+time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
+or under the cache root where the package folder is read-only. Its name carries a hash of the source and
+the flags; it is written under a temporary name and renamed, so concurrent processes never load half a
+file. It is used where it applies: Linux on x86-64 with AVX2 and FMA, float32 CPU tensors, heads at most
+16 wide, outside ``torch.compile``. Anywhere else, or with ``DECALIGN_NATIVE_ATTENTION=0``, or when the
+build fails (a warning says why), attention runs on torch's operators, with the same results to rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_write
+from ..cache import cache_root
+
+SOURCE = Path(__file__).with_name("small_head_attention.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
+SWITCH = "DECALIGN_NATIVE_ATTENTION"  # "0": always use torch's operators
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
+    """Whether the kernel takes these queries, keys and values (and is available here)."""
+    return (qt.device.type == "cpu" and qt.dtype == kt.dtype == vt.dtype == torch.float32
+            and 1 <= qt.shape[1] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
+            and library() is not None)
+
+
+def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None,
+            keep: torch.Tensor | None, head_scale: torch.Tensor | None,
+            keep_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, hd, Tq) attended values and, with ``keep_weights``, the (N, Tq, Tk) weights before dropout.
+
+    mask: (S or 1, Tq, Tk) bool for S groups of N / S consecutive heads; keep: (N, Tq, Tk) bool dropout
+    decisions, read for the heads whose ``head_scale`` (N,) float32, 1 / (1 - p), is not 0.
+    """
+    heads, width, queries = qt.shape
+    keys = kt.shape[2]
+    qt, kt, vt = qt.contiguous(), kt.contiguous(), vt.contiguous()
+    out = qt.new_empty((heads, width, queries))
+    weights = qt.new_empty((heads, queries, keys)) if keep_weights else None
+    mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)
+    per_mask = 0 if mask is None else heads // mask.shape[0]
+    _check(library().sha_forward(heads, width, queries, keys, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_bytes),
+                                 per_mask, _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights),
+                                 torch.get_num_threads()))
+    return out, weights
+
+
+def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torch.Tensor,
+             keep: torch.Tensor | None, head_scale: torch.Tensor | None,
+             d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of queries, keys and values from the weights ``forward`` kept."""
+    heads, width, queries = qt.shape
+    keys = kt.shape[2]
+    d_out = d_out.contiguous()
+    d_qt, d_kt, d_vt = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
+    _check(library().sha_backward(heads, width, queries, keys, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(weights),
+                                  _ptr(keep), _ptr(head_scale), _ptr(d_out), _ptr(d_qt), _ptr(d_kt),
+                                  _ptr(d_vt), torch.get_num_threads()))
+    return d_qt, d_kt, d_vt
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, built first if need be; None where it does not apply or could not be built."""
+    switch = os.environ.get(SWITCH, "1")
+    if switch in _loaded:
+        return _loaded[switch]
+    with _lock:
+        if switch not in _loaded:
+            _loaded[switch] = _load() if switch != "0" and cpu_supported() else None
+    return _loaded[switch]
+
+
+def cpu_supported() -> bool:
+    """Linux on x86-64 with AVX2 and FMA (the instructions the kernel is built for)."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx2", "fma"} <= set(flags)
+
+
+def build(folder: Path | None = None) -> Path:
+    """Compile the kernel into ``folder`` (default: ``build/`` beside this file, or the cache root where
+    that cannot be written) unless it is there; returns its path. Raises OSError or
+    ``subprocess.CalledProcessError`` (with the compiler's message) when it cannot be built."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    name = f"small_head_attention-{digest}.so"
+    folders = [folder] if folder is not None else default_folders()
+    for candidate in folders:
+        if (candidate / name).is_file():
+            return candidate / name
+    compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler found (set CC, or install gcc)")
+    errors = []
+    for candidate in folders:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            return atomic_write(candidate / name, lambda tmp: subprocess.run(
+                [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True))
+        except OSError as exc:  # a read-only folder: try the next
+            errors.append(f"{candidate}: {exc.strerror or exc}")
+    raise OSError("; ".join(errors))
+
+
+def default_folders() -> list[Path]:
+    """Where ``build`` looks and writes: ``build/`` beside this file, then the cache root."""
+    return [Path(__file__).with_name("build"), cache_root() / "native"]
+
+
+def main() -> None:
+    """Build the kernel ahead (``scripts/install.sh``), so that no process pays for it; say so where not."""
+    if not cpu_supported():
+        print("the fused attention kernel needs x86-64 with AVX2 and FMA: torch's operators run attention here")
+        return
+    try:
+        print(f"fused attention kernel: {build()}")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"the fused attention kernel could not be built ({_reason(exc)}): torch's operators run attention")
+
+
+def _reason(exc: Exception) -> str:
+    return exc.stderr.strip()[-500:] if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+
+
+def _load() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        warnings.warn(f"decalign: the fused attention kernel could not be built ({_reason(exc)}); attention "
+                      "runs on torch's operators (same results, slower)", RuntimeWarning, stacklevel=3)
+        return None
+    size, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.sha_forward.argtypes = [size] * 4 + [ptr] * 4 + [size] + [ptr] * 4 + [ctypes.c_int]
+    lib.sha_backward.argtypes = [size] * 4 + [ptr] * 10 + [ctypes.c_int]
+    lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
+    return lib
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _check(status: int) -> None:
+    if status == 1:
+        raise MemoryError("the fused attention kernel could not allocate its scratch rows")
+    if status:
+        raise ValueError(f"the fused attention kernel refused its arguments (status {status})")

@@ -1,0 +1,243 @@
+/* Fused softmax attention for many small heads (DecAlign's heads are 4 wide), forward and backward.
+ *
+ * Layout as in attention.py: queries (N, hd, Tq), keys and values (N, hd, Tk), output (N, hd, Tq), all
+ * float32 and contiguous. One head's scores, weights and gradients (Tq x Tk) never leave the cache: each
+ * query row is scored and its exponentials applied to the values in two passes over its keys, where
+ * torch's path writes and reads every (N, Tq, Tk) intermediate once per operator. Each head is computed
+ * by one thread, so the result does not depend on the thread count. Built (with -mavx2 -mfma -fopenmp)
+ * and loaded by native.py, which uses it only where it applies.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t heads, hd, tq, tk;
+    int64_t heads_per_mask;        /* heads sharing one (Tq, Tk) mask; 0: no mask */
+    const float *qt, *kt, *vt;
+    const uint8_t *mask;           /* (S, Tq, Tk), nonzero where a query may attend */
+    const uint8_t *keep;           /* (N, Tq, Tk) dropout keep flags, read where head_scale[n] != 0 */
+    const float *head_scale;       /* (N,) 1 / (1 - p) per head, 0 for heads without dropout; or NULL */
+    float *out, *weights;          /* (N, hd, Tq); (N, Tq, Tk) or NULL (forward) */
+    const float *d_out;            /* backward: (N, hd, Tq) */
+    float *d_qt, *d_kt, *d_vt;     /* backward outputs */
+} Work;
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "built with -mavx2 -mfma only (native.py checks the CPU)"
+#endif
+#include <immintrin.h>
+#define MAX_HD 16  /* widest head kept in registers; native.py sends wider ones to torch */
+
+/* Cephes' single-precision exp (about 1 ulp) on 8 lanes: a degree-6 polynomial on [-ln2/2, ln2/2] times
+ * 2^n, with x clamped so that 2^n stays a normal number. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447506f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
+                                                     _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+static inline float hsum8(__m256 x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+static inline float hmax8(__m256 x) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* The first `count` (<= 8) lanes set. */
+static inline __m256i lanes8(int64_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Lanes whose byte is nonzero, of the first `count` bytes (the rest clear; nothing read past them). */
+static inline __m256 flags8(const uint8_t *bytes, int64_t count) {
+    __m256i wide;
+    if (count == 8) {
+        wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)bytes));
+    } else {
+        int32_t t[8] = {0};
+        for (int64_t l = 0; l < count; l++) t[l] = bytes[l];
+        wide = _mm256_loadu_si256((const __m256i *)t);
+    }
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(wide, _mm256_setzero_si256()));
+}
+
+static inline __m256 load8(const float *x, int64_t count, __m256i lanes) {
+    return count == 8 ? _mm256_loadu_ps(x) : _mm256_maskload_ps(x, lanes);
+}
+
+static inline void store8(float *x, __m256 value, int64_t count, __m256i lanes) {
+    if (count == 8) _mm256_storeu_ps(x, value);
+    else _mm256_maskstore_ps(x, lanes, value);
+}
+
+/* One head, one pass of scores (kept in `row`, -inf where not allowed) and one of exponentials applied to
+ * the values; the weights are normalised only where they are kept. */
+static inline __attribute__((always_inline)) void forward_wide(const Work *w, int64_t n, float *row,
+                                                                const int64_t hd) {
+    const int64_t tq = w->tq, tk = w->tk;
+    const float *q = w->qt + n * hd * tq, *k = w->kt + n * hd * tk, *v = w->vt + n * hd * tk;
+    const float scale = w->head_scale ? w->head_scale[n] : 0.0f;
+    const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
+    __m256 qc[MAX_HD], acc[MAX_HD];
+    for (int64_t i = 0; i < tq; i++) {
+        const uint8_t *allowed = w->heads_per_mask ? w->mask + ((n / w->heads_per_mask) * tq + i) * tk : NULL;
+        const uint8_t *keep = scale != 0.0f ? w->keep + (n * tq + i) * tk : NULL;
+        for (int64_t c = 0; c < hd; c++) qc[c] = _mm256_set1_ps(q[c * tq + i]);
+        __m256 top8 = minus_inf, nan8 = _mm256_setzero_ps();
+        for (int64_t j = 0; j < tk; j += 8) {
+            const int64_t count = tk - j < 8 ? tk - j : 8;
+            const __m256i lanes = lanes8(count);
+            __m256 s = _mm256_setzero_ps();
+            for (int64_t c = 0; c < hd; c++) s = _mm256_fmadd_ps(qc[c], load8(k + c * tk + j, count, lanes), s);
+            __m256 valid = _mm256_castsi256_ps(lanes);
+            if (allowed) valid = _mm256_and_ps(valid, flags8(allowed + j, count));
+            s = _mm256_blendv_ps(minus_inf, s, valid);
+            _mm256_storeu_ps(row + j, s);
+            top8 = _mm256_max_ps(top8, s);
+            nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
+        }
+        const float top = hmax8(top8);
+        if (top == -INFINITY || _mm256_movemask_ps(nan8)) {  /* NaN, as torch's softmax gives */
+            for (int64_t c = 0; c < hd; c++) w->out[(n * hd + c) * tq + i] = NAN;
+            if (w->weights) for (int64_t j = 0; j < tk; j++) w->weights[(n * tq + i) * tk + j] = NAN;
+            continue;
+        }
+        const __m256 shift = _mm256_set1_ps(top);
+        __m256 sum8 = _mm256_setzero_ps();
+        for (int64_t c = 0; c < hd; c++) acc[c] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < tk; j += 8) {
+            const int64_t count = tk - j < 8 ? tk - j : 8;
+            const __m256i lanes = lanes8(count);
+            const __m256 s = _mm256_loadu_ps(row + j);
+            __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(s, shift)), _mm256_cmp_ps(s, minus_inf, _CMP_NEQ_OQ));
+            sum8 = _mm256_add_ps(sum8, e);
+            if (w->weights) _mm256_storeu_ps(row + j, e);
+            if (keep) e = _mm256_and_ps(e, flags8(keep + j, count));
+            for (int64_t c = 0; c < hd; c++) acc[c] = _mm256_fmadd_ps(load8(v + c * tk + j, count, lanes), e, acc[c]);
+        }
+        const float inverse = 1.0f / hsum8(sum8), factor = keep ? inverse * scale : inverse;
+        for (int64_t c = 0; c < hd; c++) w->out[(n * hd + c) * tq + i] = hsum8(acc[c]) * factor;
+        if (w->weights) {
+            float *out_row = w->weights + (n * tq + i) * tk;
+            for (int64_t j = 0; j < tk; j++) out_row[j] = row[j] * inverse;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void backward_wide(const Work *w, int64_t n, float *d_row,
+                                                                 const int64_t hd) {
+    const int64_t tq = w->tq, tk = w->tk;
+    const float *q = w->qt + n * hd * tq, *k = w->kt + n * hd * tk, *v = w->vt + n * hd * tk;
+    float *dq = w->d_qt + n * hd * tq, *dk = w->d_kt + n * hd * tk, *dv = w->d_vt + n * hd * tk;
+    const float scale = w->head_scale ? w->head_scale[n] : 0.0f;
+    __m256 g[MAX_HD], qc[MAX_HD], acc[MAX_HD];
+    for (int64_t i = 0; i < tq; i++) {
+        const float *p = w->weights + (n * tq + i) * tk;
+        const uint8_t *keep = scale != 0.0f ? w->keep + (n * tq + i) * tk : NULL;
+        for (int64_t c = 0; c < hd; c++) {
+            g[c] = _mm256_set1_ps(w->d_out[(n * hd + c) * tq + i] * (keep ? scale : 1.0f));
+            qc[c] = _mm256_set1_ps(q[c * tq + i]);
+            acc[c] = _mm256_setzero_ps();
+        }
+        __m256 dot8 = _mm256_setzero_ps();
+        for (int64_t j = 0; j < tk; j += 8) {
+            const int64_t count = tk - j < 8 ? tk - j : 8;
+            const __m256i lanes = lanes8(count);
+            const __m256 pv = load8(p + j, count, lanes);
+            __m256 dw = _mm256_setzero_ps();
+            for (int64_t c = 0; c < hd; c++) dw = _mm256_fmadd_ps(g[c], load8(v + c * tk + j, count, lanes), dw);
+            __m256 applied = pv;
+            if (keep) {
+                const __m256 kept = flags8(keep + j, count);
+                dw = _mm256_and_ps(dw, kept);
+                applied = _mm256_and_ps(pv, kept);
+            }
+            dot8 = _mm256_fmadd_ps(dw, pv, dot8);
+            _mm256_storeu_ps(d_row + j, dw);
+            for (int64_t c = 0; c < hd; c++) {
+                float *dvc = dv + c * tk + j;
+                store8(dvc, _mm256_fmadd_ps(g[c], applied, load8(dvc, count, lanes)), count, lanes);
+            }
+        }
+        const __m256 dot = _mm256_set1_ps(hsum8(dot8));
+        for (int64_t j = 0; j < tk; j += 8) {
+            const int64_t count = tk - j < 8 ? tk - j : 8;
+            const __m256i lanes = lanes8(count);
+            const __m256 ds = _mm256_mul_ps(load8(p + j, count, lanes), _mm256_sub_ps(_mm256_loadu_ps(d_row + j), dot));
+            for (int64_t c = 0; c < hd; c++) {
+                acc[c] = _mm256_fmadd_ps(load8(k + c * tk + j, count, lanes), ds, acc[c]);
+                float *dkc = dk + c * tk + j;
+                store8(dkc, _mm256_fmadd_ps(qc[c], ds, load8(dkc, count, lanes)), count, lanes);
+            }
+        }
+        for (int64_t c = 0; c < hd; c++) dq[c * tq + i] = hsum8(acc[c]);
+    }
+}
+/* One head on the path unrolled for DecAlign's width 4, or on the general one up to MAX_HD. */
+static void forward_head(const Work *w, int64_t n, float *row) {
+    if (w->hd == 4) forward_wide(w, n, row, 4);
+    else forward_wide(w, n, row, w->hd);
+}
+
+static void backward_head(const Work *w, int64_t n, float *row) {
+    memset(w->d_kt + n * w->hd * w->tk, 0, sizeof(float) * w->hd * w->tk);
+    memset(w->d_vt + n * w->hd * w->tk, 0, sizeof(float) * w->hd * w->tk);
+    if (w->hd == 4) backward_wide(w, n, row, 4);
+    else backward_wide(w, n, row, w->hd);
+}
+
+/* Splits the heads among `threads` OpenMP threads in contiguous ranges. Loaded after torch, this library
+ * shares torch's OpenMP runtime (the same libgomp.so.1), so it runs on torch's worker threads, which are
+ * still spinning from the operator before, instead of competing with them for the cores. Returns 0, 1
+ * when a scratch row could not be allocated, 2 for a head width the kernel does not take. */
+static int run_heads(const Work *w, int threads, void (*head)(const Work *, int64_t, float *)) {
+    if (w->hd < 1 || w->hd > MAX_HD) return 2;
+    int failed = 0;
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
+    {
+        const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
+        float *row = malloc(sizeof(float) * ((w->tk + 7) / 8 * 8));  /* whole 8-lane vectors */
+        if (!row) {
+            failed |= 1;
+        } else {
+            for (int64_t n = w->heads * part / parts; n < w->heads * (part + 1) / parts; n++) head(w, n, row);
+            free(row);
+        }
+    }
+    return failed;
+}
+
+int sha_forward(int64_t heads, int64_t hd, int64_t tq, int64_t tk, const float *qt, const float *kt,
+                const float *vt, const uint8_t *mask, int64_t heads_per_mask, const uint8_t *keep,
+                const float *head_scale, float *out, float *weights, int threads) {
+    const Work work = {heads, hd, tq, tk, heads_per_mask, qt, kt, vt, mask, keep, head_scale, out, weights,
+                       NULL, NULL, NULL, NULL};
+    return run_heads(&work, threads, forward_head);
+}
+
+int sha_backward(int64_t heads, int64_t hd, int64_t tq, int64_t tk, const float *qt, const float *kt,
+                 const float *vt, const float *weights, const uint8_t *keep, const float *head_scale,
+                 const float *d_out, float *d_qt, float *d_kt, float *d_vt, int threads) {
+    const Work work = {heads, hd, tq, tk, 0, qt, kt, vt, NULL, keep, head_scale, NULL, (float *)weights,
+                       d_out, d_qt, d_kt, d_vt};
+    return run_heads(&work, threads, backward_head);
+}

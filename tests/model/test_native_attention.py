@@ -1,0 +1,198 @@
+"""The fused attention kernel (decalign.model.native) against a float64 textbook attention, against torch's
+path with the same dropout draws, and its build and fallbacks."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from decalign.model import DecAlign, native
+from decalign.model.attention import attention
+from decalign.model.dropout import keep_flags, keep_mask
+from tests.model.helpers import WIDTHS, random_inputs, small_config
+
+needs_kernel = pytest.mark.skipif(not native.cpu_supported(), reason="the kernel needs x86-64 with AVX2 and FMA")
+
+
+def test_the_kernel_is_built_where_the_cpu_takes_it():
+    """Where the CPU has AVX2 and FMA a failed build would silently cost the speed: it must load here."""
+    if not native.cpu_supported():
+        pytest.skip("no AVX2 and FMA here")
+    assert native.library() is not None
+    assert native.applies(*[torch.zeros(2, 4, 3)] * 3)
+
+
+def textbook(qt, kt, vt, mask, keep, scale):
+    """softmax(Q K^T + mask) V in float64, dropout decisions ``keep`` applied to heads with scale != 0."""
+    qt, kt, vt = (t.double() for t in (qt, kt, vt))
+    scores = qt.transpose(1, 2) @ kt
+    if mask is not None:
+        scores = scores.view(mask.shape[0], -1, *scores.shape[1:]).masked_fill(~mask.unsqueeze(1), -math.inf)
+        scores = scores.flatten(0, 1)
+    weights = torch.softmax(scores, -1)
+    applied = weights
+    if keep is not None:
+        dropped = (scale != 0).view(-1, 1, 1)
+        applied = torch.where(dropped, weights * keep * scale.double().view(-1, 1, 1), weights)
+    return vt @ applied.transpose(1, 2), weights
+
+
+def case(n, hd, tq, tk, masked, dropped, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, hd, t, generator=g) for t in (tq, tk, tk))
+    mask = None
+    if masked == "per-group":  # n / 2 groups of two heads
+        mask = torch.rand(n // 2, tq, tk, generator=g) > 0.3
+        mask[..., 0] = True
+    elif masked == "broadcast":
+        mask = torch.ones(1, tq, tk, dtype=torch.bool).tril(tk - tq)
+    keep = scale = None
+    if dropped:
+        keep = torch.rand(n, tq, tk, generator=g) > 0.25
+        scale = torch.where(torch.arange(n) < n // 2, 1 / 0.75, 0.0).float()  # the second half undropped
+    return q, k, v, mask, keep, scale
+
+
+SHAPES = [(8, 4, 50, 100), (6, 4, 7, 13), (4, 5, 3, 8), (4, 16, 9, 21), (2, 1, 1, 1), (2, 3, 4, 17)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("masked", [None, "per-group", "broadcast"])
+@pytest.mark.parametrize("dropped", [False, True])
+def test_kernel_matches_float64_textbook_attention(shape, masked, dropped):
+    q, k, v, mask, keep, scale = case(*shape, masked, dropped)
+    out, weights = native.forward(q, k, v, mask, keep, scale, keep_weights=True)
+    expected, expected_weights = textbook(q, k, v, mask, keep, scale)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(weights.double(), expected_weights, atol=1e-6, rtol=1e-5)
+    assert torch.equal(native.forward(q, k, v, mask, keep, scale, keep_weights=False)[0], out)
+
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    reference = torch.autograd.grad(textbook(*leaves, mask, keep, scale)[0], leaves, upstream.double())
+    for ours, theirs in zip(native.backward(q, k, v, weights, keep, scale, upstream), reference):
+        torch.testing.assert_close(ours.double(), theirs, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch():
+    q, k, v, _, _, _ = case(4, 4, 3, 10, None, False)
+    mask = torch.ones(2, 3, 10, dtype=torch.bool)
+    mask[1, 2] = False  # heads 2 and 3, query 2: every key masked
+    q[0, 1, 1] = math.nan  # head 0, query 1: NaN scores
+    out, weights = native.forward(q, k, v, mask, None, None, keep_weights=True)
+    expected, expected_weights = textbook(q, k, v, mask, None, None)
+    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(weights.isnan(), expected_weights.isnan())
+    assert out.isnan().any(dim=1).sum() == 3  # (head 0, query 1), (head 2, query 2), (head 3, query 2)
+    torch.testing.assert_close(out.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_result_does_not_depend_on_the_thread_count():
+    q, k, v, mask, keep, scale = case(10, 4, 9, 30, "per-group", True)
+    upstream = torch.randn(q.shape)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out, weights = native.forward(q, k, v, mask, keep, scale, keep_weights=True)
+            results.append((out, weights, *native.backward(q, k, v, weights, keep, scale, upstream)))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.75, 1 / 300, 0.999])
+@pytest.mark.parametrize("count", [1, 13, 8 * 1000, 260_001])
+def test_keep_flags_are_the_decisions_of_keep_mask(p, count):
+    torch.manual_seed(11)
+    mask = keep_mask((count,), p, torch.device("cpu"))
+    after_mask = torch.randint(1 << 30, ())  # both leave the generator in the same state
+    torch.manual_seed(11)
+    flags = keep_flags(count, p)
+    assert torch.equal(torch.from_numpy(flags).float(), mask)
+    assert torch.equal(torch.randint(1 << 30, ()), after_mask)
+
+
+@needs_kernel
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_path_equals_torch_path_with_the_same_dropout(monkeypatch, masked):
+    """attention() draws the same dropout decisions on either path, so a training step agrees to rounding."""
+    def run(switch):
+        monkeypatch.setenv(native.SWITCH, switch)
+        g = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(240, 4, t, generator=g).requires_grad_() for t in (20, 30, 30))
+        mask = torch.rand(60, 20, 30, generator=g) > 0.2 if masked else None
+        if mask is not None:
+            mask[..., 0] = True
+        torch.manual_seed(0)
+        out, weights = attention(q, k, v, mask, (0.1, 0.0, 0.3), training=True, need_weights=True)
+        out.backward(torch.randn(out.shape, generator=g))
+        return out, weights, q.grad, k.grad, v.grad
+
+    fused, plain = run("1"), run("0")
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv(native.SWITCH, "1")
+    torch.manual_seed(0)
+    undropped = attention(*[t.detach() for t in fused[2:]], None, (0.0,), training=False)[0]
+    assert not torch.allclose(undropped, fused[0])  # the dropout did act
+
+
+@needs_kernel
+def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch):
+    x = random_inputs(WIDTHS, batch=6)
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv(native.SWITCH, switch)
+        torch.manual_seed(0)
+        model = DecAlign(small_config(num_layers=2, num_heads=2, d_model=8), WIDTHS, 1).train()
+        torch.manual_seed(1)
+        prediction = model(x, align=False).prediction
+        grads = torch.autograd.grad(prediction.sum(), list(model.parameters()), allow_unused=True)
+        model.eval()
+        with torch.inference_mode():
+            evaluated = model(x).prediction
+        results[switch] = (prediction, evaluated, grads)
+    (p1, e1, g1), (p0, e0, g0) = results["1"], results["0"]
+    torch.testing.assert_close(p1, p0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(e1, e0, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g0):
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
+    q = torch.zeros(2, 4, 3)
+    assert not native.applies(q.double(), q.double(), q.double())
+    assert not native.applies(torch.zeros(2, 17, 3), torch.zeros(2, 17, 3), torch.zeros(2, 17, 3))
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert native.library() is None and not native.applies(q, q, q)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "cpu_supported", lambda: True)
+    monkeypatch.setattr(native, "default_folders", lambda: [tmp_path / "out"])
+    with pytest.warns(RuntimeWarning, match="could not be built.*broken.c"):
+        assert native.library() is None
+    assert not native.applies(*[torch.zeros(2, 4, 3)] * 3)  # no second warning: the result is remembered
+    assert not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+@needs_kernel
+def test_build_writes_once_and_reuses(tmp_path):
+    first = native.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left beside it
+    assert first.name.startswith("small_head_attention-") and os.access(first, os.R_OK)
