@@ -72,7 +72,8 @@ def test_prediction_table_and_dominant_branch(setup):
     assert list(table.columns[:8]) == ["id", "split", "raw_text", "prediction", "label", "error", "p_label",
                                        "confidence"]
     assert table.error.mean() == pytest.approx(1 - np.mean(result.predictions == result.labels))
-    probs = np.exp(result.outputs - result.outputs.max(1, keepdims=True))
+    logits = result.outputs.astype(np.float64)  # float32 here would round tiny probabilities by ~1e-6
+    probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     np.testing.assert_allclose(table.p_label, probs[np.arange(len(result)), result.labels], rtol=1e-6)
     terms = result.contributions()[0, result.outputs[0].argmax(), :-1]
