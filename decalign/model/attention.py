@@ -83,8 +83,8 @@ def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tens
     flat = keep.numpy().reshape(heads, -1)
     for block in _blocks(qt, kt, mask, rates):
         if block.rate > 0:
-            rows = flat[block.heads]
-            rows[:] = keep_flags(rows.size, block.rate).reshape(rows.shape)
+            rows = flat[block.heads].reshape(-1)  # a view: whole heads are contiguous
+            keep_flags(rows.size, block.rate, out=rows)
             head_scale[block.heads] = 1.0 / (1.0 - block.rate)
     return keep, head_scale
 

@@ -49,15 +49,17 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return keep.mul_(scale) if scale != 1.0 else keep
 
 
-def keep_flags(count: int, p: float) -> np.ndarray:
+def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarray:
     """The decisions ``keep_mask((count,), p)`` makes from the same generator state, as a bool array
-    (True: kept), for the fused attention kernel (``decalign.model.native``). CPU only, ``0 < p < 1``."""
+    (True: kept; written into ``out`` when given), for the fused attention kernel (``decalign.model.native``).
+    CPU only, ``0 < p < 1``."""
     stream, as_bytes, cut, fraction = _draw_bytes(count, p)
-    flags = as_bytes >= cut
+    flags = np.greater_equal(as_bytes[:count], cut, out=out)
     if fraction > 0:
-        tied = _tied(as_bytes, cut)
+        # the tied bytes past ``count`` come last, so the first draws settle the same ties as keep_mask's
+        tied = _tied(as_bytes[:count], cut)
         flags[tied] = stream.random(tied.size) >= fraction
-    return flags[:count]
+    return flags
 
 
 def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, int, float]:
