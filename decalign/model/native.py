@@ -116,7 +116,7 @@ def build(folder: Path | None = None) -> Path:
     for candidate in folders:
         if (candidate / name).is_file():
             return candidate / name
-    compiler = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
+    compiler = c_compiler()
     if compiler is None:
         raise OSError("no C compiler found (set CC, or install gcc)")
     errors = []
@@ -128,6 +128,11 @@ def build(folder: Path | None = None) -> Path:
         except OSError as exc:  # a read-only folder: try the next
             errors.append(f"{candidate}: {exc.strerror or exc}")
     raise OSError("; ".join(errors))
+
+
+def c_compiler() -> str | None:
+    """``$CC``, else ``cc``, else ``gcc``, as a path; None when there is none."""
+    return shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc")
 
 
 def default_folders() -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -14,13 +15,15 @@ from decalign.model.attention import attention
 from decalign.model.dropout import keep_flags, keep_mask
 from tests.model.helpers import WIDTHS, random_inputs, small_config
 
-needs_kernel = pytest.mark.skipif(not native.cpu_supported(), reason="the kernel needs x86-64 with AVX2 and FMA")
+needs_kernel = pytest.mark.skipif(not native.cpu_supported() or native.c_compiler() is None,
+                                  reason="the kernel needs x86-64 with AVX2 and FMA, and a C compiler")
 
 
 def test_the_kernel_is_built_where_the_cpu_takes_it():
-    """Where the CPU has AVX2 and FMA a failed build would silently cost the speed: it must load here."""
-    if not native.cpu_supported():
-        pytest.skip("no AVX2 and FMA here")
+    """Where the CPU has AVX2 and FMA and there is a C compiler, a failed build would silently cost the
+    speed: it must load."""
+    if not native.cpu_supported() or native.c_compiler() is None:
+        pytest.skip("no AVX2 and FMA here, or no C compiler")
     assert native.library() is not None
     assert native.applies(*[torch.zeros(2, 4, 3)] * 3)
 
@@ -176,17 +179,26 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
     assert native.library() is None and not native.applies(q, q, q)
 
 
-def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
-    broken = tmp_path / "broken.c"
-    broken.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", broken)
+@pytest.mark.parametrize("failure", ["compiler error", "no compiler"])
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, failure):
+    source = tmp_path / "small_head_attention.c"
+    source.write_text("this is not C\n" if failure == "compiler error" else native.SOURCE.read_text() + "\n")
+    monkeypatch.setattr(native, "SOURCE", source)
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "cpu_supported", lambda: True)
     monkeypatch.setattr(native, "default_folders", lambda: [tmp_path / "out"])
-    with pytest.warns(RuntimeWarning, match="could not be built.*broken.c"):
+    if failure == "no compiler":
+        monkeypatch.setattr(native, "c_compiler", lambda: None)
+    reason = "error" if failure == "compiler error" else "no C compiler found"
+    with pytest.warns(RuntimeWarning, match=f"could not be built.*{reason}"):
         assert native.library() is None
-    assert not native.applies(*[torch.zeros(2, 4, 3)] * 3)  # no second warning: the result is remembered
-    assert not any((tmp_path / "out").iterdir())  # nothing half-written
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        assert not native.applies(*[torch.zeros(2, 4, 3)] * 3)
+    assert not later  # no second warning, no second build: the result is remembered
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+    q, k, v = case(4, 4, 3, 6, None, False)[:3]
+    torch.testing.assert_close(attention(q, k, v)[0].double(), textbook(q, k, v, None, None, None)[0])
 
 
 @needs_kernel
