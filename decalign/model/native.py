@@ -75,7 +75,7 @@ def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torc
     """Gradients of queries, keys and values from the weights ``forward`` kept."""
     heads, width, queries = qt.shape
     keys = kt.shape[2]
-    d_out = d_out.contiguous()
+    qt, kt, vt, d_out = qt.contiguous(), kt.contiguous(), vt.contiguous(), d_out.contiguous()
     d_qt, d_kt, d_vt = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
     _check(library().sha_backward(heads, width, queries, keys, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(weights),
                                   _ptr(keep), _ptr(head_scale), _ptr(d_out), _ptr(d_qt), _ptr(d_kt),

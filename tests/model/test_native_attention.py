@@ -149,6 +149,23 @@ def test_fused_path_equals_torch_path_with_the_same_dropout(monkeypatch, masked)
 
 
 @needs_kernel
+def test_strided_inputs_give_the_same_values_and_gradients(monkeypatch):
+    """Views that are not contiguous (a transposed query, a sliced key) are read as their values."""
+    def run(switch):
+        monkeypatch.setenv(native.SWITCH, switch)
+        q_base = torch.randn(6, 9, 4, generator=torch.Generator().manual_seed(5)).requires_grad_()
+        k_base = torch.randn(6, 4, 22, generator=torch.Generator().manual_seed(6)).requires_grad_()
+        v = torch.randn(6, 4, 11, generator=torch.Generator().manual_seed(7)).requires_grad_()
+        q, k = q_base.transpose(1, 2), k_base[..., ::2]
+        assert not q.is_contiguous() and not k.is_contiguous()
+        out, _ = attention(q, k, v)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(8)))
+        return out, q_base.grad, k_base.grad, v.grad
+    for a, b in zip(run("1"), run("0")):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch):
     x = random_inputs(WIDTHS, batch=6)
     results = {}
