@@ -6,7 +6,9 @@ On the CPU ``torch.bernoulli_`` took a fifth of a training step. Here each eleme
 threshold (one in 256) draw a double-precision uniform from the same stream to settle it, so an element
 is dropped with probability ``p`` exactly (to double precision), independently of the others, as in the
 official code. On a GPU (and under ``torch.compile``) the mask comes from ``torch.rand``, as ``F.dropout``
-draws it there, without a host synchronisation.
+draws it there, without a host synchronisation. Where the native kernels load (``decalign.model.native``),
+a float32 mask and the attention's decisions are made by ``dropout_mask.c`` from the same PCG64 stream in
+one pass, the same bits as the numpy path below (which runs everywhere else).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 
 import numpy as np
 import torch
+
+from . import native
 
 _LEVELS = 256
 
@@ -39,6 +43,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     if device.type != "cpu" or torch.compiler.is_compiling():  # inductor draws these inside its kernels
         return (torch.rand(shape, device=device) >= p).to(dtype) * scale
     count = math.prod(shape)
+    if dtype == torch.float32 and native.library() is not None:
+        mask = torch.empty(shape)
+        native.dropout_decisions(_seeded_stream(), count, *_cut(p), scale, mask=mask)
+        return mask
     stream, as_bytes, cut, fraction = _draw_bytes(count, p)
     # clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly: one vectorised pass in torch
     keep = torch.from_numpy(as_bytes).to(torch.float32).sub_(cut - 1).clamp_(0, 1)
@@ -53,6 +61,10 @@ def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarra
     """The decisions ``keep_mask((count,), p)`` makes from the same generator state, as a bool array
     (True: kept; written into ``out`` when given), for the fused attention kernel (``decalign.model.native``).
     CPU only, ``0 < p < 1``."""
+    if native.library() is not None:
+        flags = np.empty(count, dtype=bool) if out is None else out
+        native.dropout_decisions(_seeded_stream(), count, *_cut(p), 1.0, flags=flags)
+        return flags
     stream, as_bytes, cut, fraction = _draw_bytes(count, p)
     flags = np.greater_equal(as_bytes[:count], cut, out=out)
     if fraction > 0:
@@ -62,6 +74,18 @@ def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarra
     return flags
 
 
+def _seeded_stream() -> np.random.PCG64:
+    # One 64-bit draw of torch's generator seeds numpy's PCG64, which makes the bytes: torch's CPU generator
+    # took 9.6 ns a 64-bit word (19 ms of a training step's masks at MOSI shapes), PCG64 4-5 ns.
+    return np.random.PCG64(int(torch.empty((), dtype=torch.int64).random_()))
+
+
+def _cut(p: float) -> tuple[int, float]:
+    """The byte at which elements start to be kept and the fraction of p * 256 above it (see _draw_bytes)."""
+    threshold = p * _LEVELS  # exact in double
+    return int(threshold) - _LEVELS // 2, threshold - int(threshold)
+
+
 def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, int, float]:
     """One random byte per element (at least ``count``, whole 64-bit words), the cut and the fraction.
 
@@ -69,12 +93,9 @@ def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, 
     bytes below the cut drop, bytes above it keep, a byte equal to the cut drops when V < the fraction of
     p * 256 above the cut (V is drawn from the returned stream, in the order of the tied bytes).
     """
-    # One 64-bit draw of torch's generator seeds numpy's PCG64, which makes the bytes: torch's CPU generator
-    # took 9.6 ns a 64-bit word (19 ms of a training step's masks at MOSI shapes), PCG64 4-5 ns.
-    stream = np.random.Generator(np.random.PCG64(int(torch.empty((), dtype=torch.int64).random_())))
+    stream = np.random.Generator(_seeded_stream())
     as_bytes = stream.bit_generator.random_raw(-(-count // 8)).view(np.int8)
-    threshold = p * _LEVELS  # exact in double
-    return stream, as_bytes, int(threshold) - _LEVELS // 2, threshold - int(threshold)
+    return stream, as_bytes, *_cut(p)
 
 
 def _tied(as_bytes: np.ndarray, cut: int) -> np.ndarray:

@@ -1,18 +1,19 @@
-"""The fused small-head attention kernel (``small_head_attention.c``): built once per machine, called with ctypes.
+"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``): built once per machine, called with ctypes.
 
 Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
-DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The kernel keeps
-one head's scores in cache from the product to the weighted values, forward and backward (see the C file),
-and reads dropout decisions as one byte each, drawn by ``decalign.model.dropout.keep_flags`` from the same
-generator stream as torch's path, so both paths drop the same elements.
+DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The attention
+kernel keeps one head's scores in cache from the product to the weighted values, forward and backward (see
+its C file). The dropout kernel makes the masks ``decalign.model.dropout`` draws from numpy's PCG64 stream,
+the same bits, in one pass instead of five (a seventh of a training step went to those masks).
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
-or under the cache root where the package folder is read-only. Its name carries a hash of the source and
+or under the cache root where the package folder is read-only. Its name carries a hash of the sources and
 the flags; it is written under a temporary name and renamed, so concurrent processes never load half a
-file. It is used where it applies: Linux on x86-64 with AVX2 and FMA, float32 CPU tensors, heads at most
-16 wide, outside ``torch.compile``. Anywhere else, or with ``DECALIGN_NATIVE_ATTENTION=0``, or when the
-build fails (a warning says why), attention runs on torch's operators, with the same results to rounding.
+file. It loads on Linux on x86-64 with AVX2 and FMA; attention uses it for float32 CPU tensors with heads
+at most 16 wide, outside ``torch.compile``. Anywhere else, or with ``DECALIGN_NATIVE_KERNELS=0``, or when
+the build fails (a warning says why), torch's operators and numpy do the same work, with the same results
+to rounding (the dropout masks to the bit).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_write
 from ..cache import cache_root
 
-SOURCE = Path(__file__).with_name("small_head_attention.c")
+SOURCES = (Path(__file__).with_name("small_head_attention.c"), Path(__file__).with_name("dropout_mask.c"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
-SWITCH = "DECALIGN_NATIVE_ATTENTION"  # "0": always use torch's operators
+SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and numpy
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -83,6 +85,18 @@ def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torc
     return d_qt, d_kt, d_vt
 
 
+def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: float, kept_value: float,
+                      mask: torch.Tensor | None = None, flags: np.ndarray | None = None) -> None:
+    """Dropout decisions for ``count`` elements from numpy's PCG64 ``stream`` (its state; the stream itself
+    is not advanced), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
+    ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False."""
+    state = stream.state["state"]
+    low = (1 << 64) - 1
+    library().sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
+                               count, cut, fraction, kept_value, _ptr(mask),
+                               None if flags is None else flags.ctypes.data)
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, built first if need be; None where it does not apply or could not be built."""
     switch = os.environ.get(SWITCH, "1")
@@ -110,8 +124,8 @@ def build(folder: Path | None = None) -> Path:
     """Compile the kernel into ``folder`` (default: ``build/`` beside this file, or the cache root where
     that cannot be written) unless it is there; returns its path. Raises OSError or
     ``subprocess.CalledProcessError`` (with the compiler's message) when it cannot be built."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    name = f"small_head_attention-{digest}.so"
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES) + " ".join(FLAGS).encode())
+    name = f"decalign_kernels-{digest.hexdigest()[:16]}.so"
     folders = [folder] if folder is not None else default_folders()
     for candidate in folders:
         if (candidate / name).is_file():
@@ -124,7 +138,7 @@ def build(folder: Path | None = None) -> Path:
         try:
             candidate.mkdir(parents=True, exist_ok=True)
             return atomic_write(candidate / name, lambda tmp: subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True))
+                [compiler, *FLAGS, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True))
         except OSError as exc:  # a read-only folder: try the next
             errors.append(f"{candidate}: {exc.strerror or exc}")
     raise OSError("; ".join(errors))
@@ -143,12 +157,12 @@ def default_folders() -> list[Path]:
 def main() -> None:
     """Build the kernel ahead (``scripts/install.sh``), so that no process pays for it; say so where not."""
     if not cpu_supported():
-        print("the fused attention kernel needs x86-64 with AVX2 and FMA: torch's operators run attention here")
+        print("the native kernels need x86-64 with AVX2 and FMA: torch's operators and numpy run here instead")
         return
     try:
-        print(f"fused attention kernel: {build()}")
+        print(f"native kernels (attention, dropout masks): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"the fused attention kernel could not be built ({_reason(exc)}): torch's operators run attention")
+        print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
 
 def _reason(exc: Exception) -> str:
@@ -159,13 +173,16 @@ def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, subprocess.CalledProcessError) as exc:
-        warnings.warn(f"decalign: the fused attention kernel could not be built ({_reason(exc)}); attention "
-                      "runs on torch's operators (same results, slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"decalign: the native kernels could not be built ({_reason(exc)}); attention and dropout "
+                      "run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
         return None
     size, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sha_forward.argtypes = [size] * 4 + [ptr] * 4 + [size] + [ptr] * 4 + [ctypes.c_int]
     lib.sha_backward.argtypes = [size] * 4 + [ptr] * 10 + [ctypes.c_int]
     lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
+    word = ctypes.c_uint64
+    lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr]
+    lib.sha_dropout_mask.restype = None
     return lib
 
 

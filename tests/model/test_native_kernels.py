@@ -1,5 +1,6 @@
-"""The fused attention kernel (decalign.model.native) against a float64 textbook attention, against torch's
-path with the same dropout draws, and its build and fallbacks."""
+"""The native kernels (decalign.model.native): attention against a float64 textbook attention and against
+torch's path with the same dropout draws; dropout masks against numpy's path, bit for bit; the build and
+the fallbacks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,7 +115,9 @@ def test_result_does_not_depend_on_the_thread_count():
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.75, 1 / 300, 0.999])
 @pytest.mark.parametrize("count", [1, 13, 8 * 1000, 260_001])
-def test_keep_flags_are_the_decisions_of_keep_mask(p, count):
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_keep_flags_are_the_decisions_of_keep_mask(monkeypatch, p, count, switch):
+    monkeypatch.setenv(native.SWITCH, switch)
     torch.manual_seed(11)
     mask = keep_mask((count,), p, torch.device("cpu"))
     after_mask = torch.randint(1 << 30, ())  # both leave the generator in the same state
@@ -121,6 +125,26 @@ def test_keep_flags_are_the_decisions_of_keep_mask(p, count):
     flags = keep_flags(count, p)
     assert torch.equal(torch.from_numpy(flags).float(), mask)
     assert torch.equal(torch.randint(1 << 30, ()), after_mask)
+
+
+@needs_kernel
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.75, 1 / 300, 0.999])
+@pytest.mark.parametrize("shape", [(1,), (7,), (32, 50, 40), (3, 32, 50, 160), (513,)])
+def test_native_masks_are_numpys_masks_bit_for_bit(monkeypatch, p, shape):
+    """Same seed, same mask on both paths: the kernel follows numpy's PCG64 stream, bytes and ties."""
+    def draw(switch, maker):
+        monkeypatch.setenv(native.SWITCH, switch)
+        torch.manual_seed(3)
+        return maker()
+    scale = 1.0 / (1.0 - p)
+    masks = [draw(s, lambda: keep_mask(shape, p, torch.device("cpu"), scale=scale)) for s in ("1", "0")]
+    assert masks[0].dtype == torch.float32 and torch.equal(masks[0], masks[1])
+    assert set(masks[0].unique().tolist()) <= {0.0, float(torch.tensor(scale, dtype=torch.float32))}
+    count = math.prod(shape)
+    flags = [draw(s, lambda: keep_flags(count, p)) for s in ("1", "0")]
+    assert np.array_equal(flags[0], flags[1])
+    if count > 10_000:  # the drop rate is p (4 standard deviations)
+        assert abs((~flags[0]).mean() - p) < 4 * math.sqrt(p * (1 - p) / count)
 
 
 @needs_kernel
@@ -199,8 +223,8 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
 @pytest.mark.parametrize("failure", ["compiler error", "no compiler"])
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path, failure):
     source = tmp_path / "small_head_attention.c"
-    source.write_text("this is not C\n" if failure == "compiler error" else native.SOURCE.read_text() + "\n")
-    monkeypatch.setattr(native, "SOURCE", source)
+    source.write_text("this is not C\n" if failure == "compiler error" else native.SOURCES[0].read_text() + "\n")
+    monkeypatch.setattr(native, "SOURCES", (source, native.SOURCES[1]))
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "cpu_supported", lambda: True)
     monkeypatch.setattr(native, "default_folders", lambda: [tmp_path / "out"])
@@ -224,4 +248,4 @@ def test_build_writes_once_and_reuses(tmp_path):
     stamp = first.stat().st_mtime_ns
     assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left beside it
-    assert first.name.startswith("small_head_attention-") and os.access(first, os.R_OK)
+    assert first.name.startswith("decalign_kernels-") and os.access(first, os.R_OK)

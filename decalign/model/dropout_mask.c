@@ -1,0 +1,72 @@
+/* Dropout decisions from numpy's PCG64 stream, bit for bit as decalign/model/dropout.py draws them.
+ *
+ * dropout.py seeds numpy's PCG64 with one draw of torch's generator, takes one byte per element from
+ * random_raw (the 64-bit words in order, each word's bytes lowest first, as a signed byte b), keeps an
+ * element when b > cut, drops it when b < cut, and for a byte equal to the cut draws a double from the same
+ * stream (in element order, after all the words) and keeps it when that double >= fraction. numpy and
+ * torch make a mask in five passes over it; this makes it in one. The stream is numpy's PCG64 (XSL-RR
+ * output of a 128-bit LCG, stepped before each output), started from the state numpy's own seeding
+ * produced; the doubles for ties come from a second cursor jumped past the words (the LCG's jump-ahead).
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+typedef unsigned __int128 u128;
+
+#define MULTIPLIER (((u128)0x2360ED051FC65DA4ULL << 64) | 0x4385DF649FCCF645ULL)
+#define BLOCK_WORDS 64
+
+static inline uint64_t pcg64_next(u128 *state, u128 increment) {
+    *state = *state * MULTIPLIER + increment;
+    const uint64_t folded = (uint64_t)(*state >> 64) ^ (uint64_t)*state;
+    const unsigned rotation = (unsigned)(*state >> 122);
+    return (folded >> rotation) | (folded << ((64 - rotation) & 63));
+}
+
+/* The state `steps` LCG steps after `state` (Brown's jump-ahead, O(log steps)). */
+static u128 pcg64_jump(u128 state, uint64_t steps, u128 increment) {
+    u128 multiplier = MULTIPLIER, accumulated_multiplier = 1, accumulated_increment = 0;
+    while (steps) {
+        if (steps & 1) {
+            accumulated_multiplier *= multiplier;
+            accumulated_increment = accumulated_increment * multiplier + increment;
+        }
+        increment = (multiplier + 1) * increment;
+        multiplier *= multiplier;
+        steps >>= 1;
+    }
+    return accumulated_multiplier * state + accumulated_increment;
+}
+
+/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32), or into `flags` as
+ * 1 or 0 (bytes); either may be NULL. The state and increment come in 64-bit halves. */
+void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high,
+                      uint64_t increment_low, int64_t count, int cut, double fraction, float kept_value,
+                      float *mask, uint8_t *flags) {
+    u128 state = ((u128)state_high << 64) | state_low;
+    const u128 increment = ((u128)increment_high << 64) | increment_low;
+    const uint64_t words = (uint64_t)(count + 7) / 8;
+    u128 tie_state = pcg64_jump(state, words, increment);  /* numpy draws the ties' doubles after the words */
+    const int8_t cut8 = (int8_t)cut;  /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */
+    union { uint64_t words[BLOCK_WORDS]; int8_t bytes[BLOCK_WORDS * 8]; } block;
+    for (int64_t start = 0; start < count; start += BLOCK_WORDS * 8) {
+        const int64_t n = count - start < BLOCK_WORDS * 8 ? count - start : BLOCK_WORDS * 8;
+        for (int64_t w = 0; w < (n + 7) / 8; w++) block.words[w] = pcg64_next(&state, increment);
+        const int8_t *b = block.bytes;  /* little-endian: a word's lowest byte first, as numpy's view */
+        if (mask) for (int64_t e = 0; e < n; e++) mask[start + e] = b[e] >= cut8 ? kept_value : 0.0f;
+        if (flags) for (int64_t e = 0; e < n; e++) flags[start + e] = b[e] >= cut8;
+        if (fraction <= 0) continue;
+        const __m256i cuts = _mm256_set1_epi8(cut8);
+        for (int64_t chunk = 0; chunk < n; chunk += 32) {  /* ties, 32 bytes at a time, in element order */
+            uint32_t tied = (uint32_t)_mm256_movemask_epi8(
+                _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(b + chunk)), cuts));
+            for (; tied; tied &= tied - 1) {
+                const int64_t e = chunk + __builtin_ctz(tied);
+                if (e >= n) break;
+                const double u = (double)(pcg64_next(&tie_state, increment) >> 11) * (1.0 / 9007199254740992.0);
+                if (mask) mask[start + e] = u >= fraction ? kept_value : 0.0f;
+                if (flags) flags[start + e] = u >= fraction;
+            }
+        }
+    }
+}
