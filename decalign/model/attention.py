@@ -60,16 +60,25 @@ class _FusedAttention(torch.autograd.Function):
         keep, head_scale = _dropout_flags(qt, kt, mask, rates)
         out, weights = native.forward(qt, kt, vt, mask, keep, head_scale, keep_weights)
         ctx.save_for_backward(qt, kt, vt, weights, keep, head_scale)
-        ctx.set_materialize_grads(False)
-        weights = weights if weights is not None else out.new_empty(0)
-        ctx.mark_non_differentiable(weights)
-        return out, weights
+        return _outputs(ctx, out, weights)
 
     @staticmethod
     def backward(ctx, d_out, _):
         if d_out is None:
-            return None, None, None, None, None, None
+            return _NO_GRADIENTS
         return (*native.backward(*ctx.saved_tensors, d_out), None, None, None)
+
+
+_NO_GRADIENTS = (None,) * 6  # both Functions take six inputs
+
+
+def _outputs(ctx, out: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both Functions' outputs: the weights (or an empty tensor) are not differentiable, and a missing
+    output gradient stays None."""
+    ctx.set_materialize_grads(False)
+    weights = weights if weights is not None else out.new_empty(0)
+    ctx.mark_non_differentiable(weights)
+    return out, weights
 
 
 def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -110,15 +119,12 @@ class _SmallHeadAttention(torch.autograd.Function):
             saved.append((weights,) if keep is None else (weights, keep, dropped))
         ctx.save_for_backward(qt, kt, vt, *[t for block in saved for t in block])
         ctx.mask, ctx.rates, ctx.has_keep = mask, rates, [len(block) > 1 for block in saved]
-        ctx.set_materialize_grads(False)
-        weights = torch.cat([block[0] for block in saved]) if need_weights else out.new_empty(0)
-        ctx.mark_non_differentiable(weights)
-        return out, weights
+        return _outputs(ctx, out, torch.cat([block[0] for block in saved]) if need_weights else None)
 
     @staticmethod
     def backward(ctx, d_out, _):
         if d_out is None:
-            return None, None, None, None, None, None
+            return _NO_GRADIENTS
         qt, kt, vt, *saved = ctx.saved_tensors
         saved = iter(saved)
         d_out = d_out.contiguous()
