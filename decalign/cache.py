@@ -1,5 +1,5 @@
 """Where the product keeps what it computes once and reuses: ``$DECALIGN_CACHE_DIR``, else
-``~/.cache/decalign-studio`` (projections, the built attention kernel)."""
+``~/.cache/decalign-studio`` (projections; the native kernels where the package folder is read-only)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
         return (torch.rand(shape, device=device) >= p).to(dtype) * scale
     count = math.prod(shape)
     if dtype == torch.float32 and native.library() is not None:
-        mask = torch.empty(shape)
+        mask = torch.empty(shape, dtype=torch.float32)
         native.dropout_decisions(_seeded_stream(), count, *_cut(p), scale, mask=mask)
         return mask
     stream, as_bytes, cut, fraction = _draw_bytes(count, p)

@@ -90,6 +90,14 @@ def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: f
     """Dropout decisions for ``count`` elements from numpy's PCG64 ``stream`` (its state; the stream itself
     is not advanced), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
     ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False."""
+    if mask is not None and not (mask.dtype == torch.float32 and mask.is_contiguous()):
+        raise ValueError(f"dropout_decisions writes a contiguous float32 mask, got {mask.dtype}, "
+                         f"strides {mask.stride()}")
+    if flags is not None and not (flags.dtype == np.bool_ and flags.flags.c_contiguous):
+        raise ValueError(f"dropout_decisions writes contiguous bool flags, got {flags.dtype}")
+    for target in (mask, flags):
+        if target is not None and (target.size if isinstance(target, np.ndarray) else target.numel()) < count:
+            raise ValueError(f"dropout_decisions needs room for {count} decisions")
     state = stream.state["state"]
     low = (1 << 64) - 1
     library().sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,

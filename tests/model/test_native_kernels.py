@@ -249,3 +249,17 @@ def test_build_writes_once_and_reuses(tmp_path):
     assert native.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left beside it
     assert first.name.startswith("decalign_kernels-") and os.access(first, os.R_OK)
+
+
+@needs_kernel
+def test_dropout_decisions_refuse_a_target_they_would_write_past_or_around():
+    stream = np.random.PCG64(1)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.dropout_decisions(stream, 6, -100, 0.5, 1.0, mask=torch.zeros(6, 2)[:, 0])
+    with pytest.raises(ValueError, match="room for 7"):
+        native.dropout_decisions(stream, 7, -100, 0.5, 1.0, flags=np.zeros(6, dtype=bool))
+    with pytest.raises(ValueError, match="contiguous bool"):
+        native.dropout_decisions(stream, 3, -100, 0.5, 1.0, flags=np.zeros(6, dtype=np.uint8))
+    flags = np.zeros(8, dtype=bool)
+    native.dropout_decisions(stream, 8, -100, 0.5, 1.0, flags=flags)
+    assert flags.sum() > 0 and stream.state == np.random.PCG64(1).state  # the stream itself is not advanced
