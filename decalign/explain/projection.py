@@ -544,13 +544,12 @@ def _answer(folder: Path, request: dict) -> Projection:
 def _lower_priority(nice: int) -> None:
     """In the worker child: a lower scheduling priority (its thread counts come from the environment).
 
-    Linux's SCHED_IDLE: the child then runs only on a core nothing else wants, and a waking page or browser
-    thread is placed on its core as on an idle one. At niceness 10 alone it still took about a tenth of a
-    shared core, enough to push warm pages past 2 s while it computed UMAP views. The niceness is set too,
-    everywhere: the kernel then counts the child's CPU time as "nice" in ``/proc/stat``, which a training
-    run started with ``--share-cpu`` does not leave cores for (``decalign.train.cpu_threads``)."""
+    Linux's SCHED_IDLE first: the child then runs only on a core nothing else wants, and a waking page or
+    browser thread is placed on its core as on an idle one. At niceness 10 it still took about a tenth of a
+    shared core, enough to push warm pages past 2 s while it computed UMAP views. Elsewhere, ``nice``."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
     except (AttributeError, OSError):
         pass
     try:

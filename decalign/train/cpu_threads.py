@@ -7,10 +7,7 @@ process it took 7.2 s training on two threads and 3.2 s on one. ``ShareCpuCallba
 how many cores the other processes on the machine used (all CPU time from ``/proc/stat`` minus this
 process's own) and runs on the cores left over, at least one and at most the starting thread count. It
 starts on one thread: two threads beside a busy process cost far more than one thread on an idle machine
-(1.35x at MOSI shapes) for the half second before the first measurement. Processes that run at a lower
-priority (positive niceness, such as the dashboard's projection worker, whose time ``/proc/stat`` counts
-as "nice") are not left a core: the scheduler already lets the trainer's threads go first. A trainer that
-is itself niced counts them, as its own time is then among theirs.
+(1.35x at MOSI shapes) for the half second before the first measurement.
 
 Changing the thread count can change the order of floating-point sums, so a run trained this way may
 differ in the last bits from one with a fixed thread count; the command line keeps a fixed count
@@ -86,9 +83,7 @@ class ShareCpuCallback(Callback):
             fields = STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
         except OSError:
             return None
-        # user, [nice,] system, irq, softirq, steal: not idle, not iowait
-        columns = (1, 3, 6, 7, 8) if os.nice(0) <= 0 else (1, 2, 3, 6, 7, 8)
-        busy = sum(int(fields[i]) for i in columns if i < len(fields))
+        busy = sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields))  # not idle, not iowait
         own = sum(os.times()[:2])
         return time.monotonic(), busy / self.tick, own
 
