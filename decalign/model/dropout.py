@@ -51,7 +51,9 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     # clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly: one vectorised pass in torch
     keep = torch.from_numpy(as_bytes).to(torch.float32).sub_(cut - 1).clamp_(0, 1)
     if fraction > 0:
-        tied = _tied(as_bytes, cut)
+        # numpy finds the few tied bytes: torch's nonzero took 3-6x longer (0.36 ms against 0.11 ms for the
+        # 260,000 bytes of an attention mask at MOSI shapes)
+        tied = np.flatnonzero(as_bytes == cut)
         keep.numpy()[tied] = stream.random(tied.size) >= fraction  # V: doubles, as torch.rand's
     keep = keep[:count].view(shape).to(dtype)
     return keep.mul_(scale) if scale != 1.0 else keep
@@ -59,18 +61,10 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
 
 def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarray:
     """The decisions ``keep_mask((count,), p)`` makes from the same generator state, as a bool array
-    (True: kept; written into ``out`` when given), for the fused attention kernel (``decalign.model.native``).
-    CPU only, ``0 < p < 1``."""
-    if native.library() is not None:
-        flags = np.empty(count, dtype=bool) if out is None else out
-        native.dropout_decisions(_seeded_stream(), count, *_cut(p), 1.0, flags=flags)
-        return flags
-    stream, as_bytes, cut, fraction = _draw_bytes(count, p)
-    flags = np.greater_equal(as_bytes[:count], cut, out=out)
-    if fraction > 0:
-        # the tied bytes past ``count`` come last, so the first draws settle the same ties as keep_mask's
-        tied = _tied(as_bytes[:count], cut)
-        flags[tied] = stream.random(tied.size) >= fraction
+    (True: kept; written into ``out`` when given), for the fused attention kernel. That kernel runs only where
+    the native kernels load (``decalign.model.native``), so this needs them too. ``0 < p < 1``."""
+    flags = np.empty(count, dtype=bool) if out is None else out
+    native.dropout_decisions(_seeded_stream(), count, *_cut(p), 1.0, flags=flags)
     return flags
 
 
@@ -96,9 +90,3 @@ def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, 
     stream = np.random.Generator(_seeded_stream())
     as_bytes = stream.bit_generator.random_raw(-(-count // 8)).view(np.int8)
     return stream, as_bytes, *_cut(p)
-
-
-def _tied(as_bytes: np.ndarray, cut: int) -> np.ndarray:
-    # numpy finds the few tied bytes: torch's nonzero took 3-6x longer (0.36 ms against 0.11 ms for the
-    # 260,000 bytes of an attention mask at MOSI shapes)
-    return np.flatnonzero(as_bytes == cut)

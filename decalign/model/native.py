@@ -98,9 +98,12 @@ def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: f
     for target in (mask, flags):
         if target is not None and (target.size if isinstance(target, np.ndarray) else target.numel()) < count:
             raise ValueError(f"dropout_decisions needs room for {count} decisions")
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
     state = stream.state["state"]
     low = (1 << 64) - 1
-    library().sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
+    lib.sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
                                count, cut, fraction, kept_value, _ptr(mask),
                                None if flags is None else flags.ctypes.data)
 
