@@ -97,8 +97,22 @@ def test_per_rank_alignment_differs_from_one_process(tmp_path: Path) -> None:
     assert worst > 100 * TOLERANCE
 
 
+PF_EXITING = 0x4  # Linux task flag, set as a thread starts to exit
+
+
 def _thread_ids() -> set[str]:
-    return set(os.listdir("/proc/self/task"))
+    """This process's threads that are not exiting. A joined thread can still be listed in /proc for a
+    moment after its join returned (the kernel wakes the joiner before it removes the task), but it is
+    already marked exiting."""
+    live = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone between the listing and the read
+        if not int(fields[6]) & PF_EXITING:
+            live.add(tid)
+    return live
 
 
 def test_destroy_process_group_tears_down_an_active_group(tmp_path: Path) -> None:
