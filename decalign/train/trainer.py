@@ -389,7 +389,32 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Adam:
         ids = {id(p) for p in bert}
         params = [{"params": bert, "lr": cfg.bert_learning_rate},
                   {"params": [p for p in model.parameters() if id(p) not in ids]}]
-    return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
+    return EagerAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def _unwrapped(method):
+    """``method`` without torch's torch.compile wrapper (``functools.wraps`` keeps it as ``__wrapped__``)."""
+    return getattr(method, "__wrapped__", method)
+
+
+class EagerAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` without the torch.compile hooks around its methods, for an eager training loop.
+
+    torch wraps the optimizer's ``step`` (graph breaks), ``add_param_group`` (called by the constructor),
+    ``zero_grad``, ``state_dict`` and ``load_state_dict`` so that torch.compile can trace them; the wrappers
+    import ``torch._dynamo`` on first use: 1.5 s of CPU on this 2-core machine, the longest import of
+    ``decalign train``, for a compiler it never runs. The methods here are torch's own, called without the
+    wrappers, so the numbers are Adam's to the bit (tested)."""
+
+    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
+    zero_grad = _unwrapped(torch.optim.Optimizer.zero_grad)
+    state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
+    load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
+
+    def step(self, closure=None):
+        # what the wrapper does besides its graph breaks: gradients off unless the optimizer is differentiable
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _unwrapped(torch.optim.Adam.step)(self, closure)
 
 
 def with_pretrained_bert(config: DecAlignConfig) -> tuple[DecAlignConfig, dict[str, torch.Tensor]]:

@@ -266,6 +266,14 @@ def test_the_optimizer_is_multi_tensor_adam_with_default_adams_numbers_to_the_bi
         for a, b in zip(ours.parameters(), theirs.parameters()):
             assert torch.equal(a, b)
         assert not torch.equal(next(ours.parameters()), next(model.parameters()))  # the steps did move them
+        # the state a resumed run reloads: torch's, and it loads back into a fresh optimizer of ours
+        state, expected = optimizer.state_dict()["state"], reference.state_dict()["state"]
+        assert state.keys() == expected.keys() and len(state) == len(list(model.parameters()))
+        for key in state:
+            assert all(torch.equal(state[key][name], expected[key][name]) for name in ("step", "exp_avg", "exp_avg_sq"))
+        restored = make_optimizer(copy.deepcopy(ours), cfg)
+        restored.load_state_dict(optimizer.state_dict())
+        assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], state[0]["exp_avg"])
 
 
 def test_a_run_whose_data_cannot_give_a_baseline_still_finishes(tmp_path):
