@@ -16,6 +16,8 @@ the same generator stream, so they drop the same elements and agree to rounding.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import native
@@ -31,8 +33,10 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
 
     Parameters
     ----------
-    qt : (N, hd, Tq) queries, head-major and already scaled by 1 / sqrt(hd).
-    kt, vt : (N, hd, Tk) keys and values.
+    qt : (*H, hd, Tq) queries, head-major and already scaled by 1 / sqrt(hd), for the N heads indexed by the
+        leading dimensions H (one to three; N is their product, in row-major order). Any strides: the fused
+        kernel reads the projections' own layout, torch's path copies.
+    kt, vt : (*H, hd, Tk) keys and values.
     mask : (S or 1, Tq, Tk) bool, True where a query may attend, for S samples of N / S consecutive
         heads each.
     drop : attention dropout probability of each of the G groups of N / G heads (one per modality).
@@ -41,14 +45,18 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
 
     Returns
     -------
-    (N, hd, Tq) the attended values, head-major, and the weights or None.
+    (*H, hd, Tq) the attended values, head-major (token-major in memory from the fused kernel), and the
+    weights or None.
     """
     rates = tuple(float(p) if training else 0.0 for p in drop)
-    if native.applies(qt, kt, vt):
+    heads = qt.shape[:-2]
+    if native.applies(qt, kt, vt) and 1 <= len(heads) <= 3:
         differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
         out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable)
     else:
-        out, weights = _SmallHeadAttention.apply(qt, kt, vt, mask, rates, need_weights)
+        flat = (t.reshape(-1, *t.shape[-2:]) for t in (qt, kt, vt))
+        out, weights = _SmallHeadAttention.apply(*flat, mask, rates, need_weights)
+        out = out.view(*heads, *out.shape[-2:])
     return out, weights if need_weights else None
 
 
@@ -86,7 +94,7 @@ def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tens
     as ``_SmallHeadAttention`` draws its masks; (None, None) without dropout."""
     if not any(rate > 0 for rate in rates):
         return None, None
-    heads, queries, keys = qt.shape[0], qt.shape[2], kt.shape[2]
+    heads, queries, keys = math.prod(qt.shape[:-2]), qt.shape[-1], kt.shape[-1]
     keep = torch.empty((heads, queries, keys), dtype=torch.bool)
     head_scale = torch.zeros(heads)
     flat = keep.numpy().reshape(heads, -1)
@@ -151,8 +159,8 @@ class _Block:
 
 
 def _blocks(qt: torch.Tensor, kt: torch.Tensor, mask: torch.Tensor | None, rates: tuple[float, ...]):
-    total, _, queries = qt.shape
-    per_head = queries * kt.shape[2] * qt.element_size()
+    total, queries = math.prod(qt.shape[:-2]), qt.shape[-1]
+    per_head = queries * kt.shape[-1] * qt.element_size()
     samples = mask.shape[0] if mask is not None and mask.shape[0] > 1 else None
     step = max(1, BLOCK_BYTES // per_head) if qt.device.type == "cpu" else total  # heads per block; a GPU
     # is better served by few large kernels than by cache-sized blocks

@@ -98,7 +98,7 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     if memories is not None:
         key_in = _embed(first, memories)
         value_in = _embed(first, memories) if first.training and first.embed_dropout > 0 else key_in
-        keys, values = _memory_projections(params, key_in, value_in, first.heads)  # (L, M*B*h, hd, Tk)
+        keys, values = _memory_projections(params, key_in, value_in, first.heads)  # (L, M, B, h, hd, Tk)
     rates = tuple(e.layers[0].self_attn.dropout for e in encoders)
     # unbind, not indexing: the backward of L slices would build L full-size gradients and add them up
     per_layer = {name: p.unbind(1) for name, p in params.items()}  # name -> L tensors (M, ...)
@@ -130,21 +130,21 @@ def _embed(encoder: CrossModalEncoder, x: torch.Tensor) -> torch.Tensor:
 
 
 def _memory_projections(params, key_in: torch.Tensor, value_in: torch.Tensor, heads: int):
-    """Every layer's keys and values of the (unchanging) memory in one product: (L, M*B*h, hd, Tk) each."""
+    """Every layer's keys and values of the (unchanging) memory in one product: (L, M, B, h, hd, Tk) each."""
     weight, bias = params["self_attn.in_proj_weight"], params["self_attn.in_proj_bias"]  # (M, L, 3d, d)
     layers, d = weight.shape[1], weight.shape[3]
     weight = weight[:, :, d:].unflatten(2, (2, d))  # (M, L, k|v, d, d)
     bias = bias[:, :, d:].unflatten(2, (2, d))
     if key_in is value_in:  # no separate dropout: one product for keys and values
         kv = _head_projection(key_in, weight.flatten(1, 3), bias.flatten(1), heads, (layers, 2))
-        return kv[:, 0], kv[:, 1]  # (L, 2, M*B*h, hd, Tk) -> keys, values
+        return kv[:, 0], kv[:, 1]  # (L, 2, M, B, h, hd, Tk) -> keys, values
     keys = _head_projection(key_in, weight[:, :, 0].flatten(1, 2), bias[:, :, 0].flatten(1), heads, (layers,))
     values = _head_projection(value_in, weight[:, :, 1].flatten(1, 2), bias[:, :, 1].flatten(1), heads, (layers,))
     return keys, values
 
 
 def _self_projections(layer, x: torch.Tensor, heads: int):
-    """Keys and values of the current layer input (self-attention): (M*B*h, hd, T) each."""
+    """Keys and values of the current layer input (self-attention): (M, B, h, hd, T) each."""
     d = x.shape[-1]
     kv = _head_projection(x, layer["self_attn.in_proj_weight"][:, d:], layer["self_attn.in_proj_bias"][:, d:],
                           heads, (2,))
@@ -154,7 +154,7 @@ def _self_projections(layer, x: torch.Tensor, heads: int):
 def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch.Tensor, kt: torch.Tensor,
            vt: torch.Tensor, mask, rates: tuple[float, ...], need_weights: bool):
     """One post-norm layer of every encoder: ``first`` gives the settings, ``p`` the stacked parameters
-    (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M*B*h, hd, Tk)."""
+    (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M, B, h, hd, Tk)."""
     train, d = first.training, x.shape[-1]
     scale = 1.0 / math.sqrt(d // heads)  # folded into the query projection
     qt = _head_projection(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale,
@@ -188,11 +188,12 @@ def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: E
 
 def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
                      lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d), laid out for attention:
-    (*lead, M*B*h, hd, T), contiguous.
+    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d), for attention:
+    (*lead, M, B, h, hd, T), a view of the product.
 
-    The product is taken feature-major (W @ x^T, rows = output features, columns = B*T tokens), so the
-    reordering to head-major copies whole rows of T steps instead of gathering one float at a time.
+    The product is taken feature-major (W @ x^T, rows = output features, columns = B*T tokens): the fused
+    attention kernel reads it as it is, and torch's path copies whole rows of T steps into head-major
+    order instead of gathering one float at a time.
     """
     count, batch, steps, d = x.shape
     tokens = x.reshape(count, batch * steps, d).transpose(1, 2)  # (M, d, B*T), a view
@@ -201,13 +202,12 @@ def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     n = len(lead)
     out = out.view(count, *lead, heads, width, batch, steps)
     order = (*range(1, 1 + n), 0, 3 + n, 1 + n, 2 + n, 4 + n)  # lead..., M, B, h, hd, T
-    return out.permute(order).reshape(*lead, count * batch * heads, width, steps)
+    return out.permute(order)
 
 
 def _token_major(out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """(M*B*h, hd, T) attention output -> (M, B, T, d)."""
-    count, batch, steps, d = shape
-    return out.view(count, batch, d, steps).transpose(2, 3)
+    """(M, B, h, hd, T) attention output -> (M, B, T, d); a view of the fused kernel's output."""
+    return out.permute(0, 1, 4, 2, 3).reshape(shape)
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:

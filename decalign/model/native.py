@@ -46,43 +46,66 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
     """Whether the kernel takes these queries, keys and values (and is available here)."""
     return (qt.device.type == "cpu" and qt.dtype == kt.dtype == vt.dtype == torch.float32
-            and 1 <= qt.shape[1] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
+            and 1 <= qt.shape[-2] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
             and library() is not None)
 
 
 def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None,
             keep: torch.Tensor | None, head_scale: torch.Tensor | None,
             keep_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N, hd, Tq) attended values and, with ``keep_weights``, the (N, Tq, Tk) weights before dropout.
+    """(*H, hd, Tq) attended values and, with ``keep_weights``, the (N, Tq, Tk) weights before dropout.
 
-    mask: (S or 1, Tq, Tk) bool for S groups of N / S consecutive heads; keep: (N, Tq, Tk) bool dropout
-    decisions, read for the heads whose ``head_scale`` (N,) float32, 1 / (1 - p), is not 0.
+    qt (*H, hd, Tq), kt and vt (*H, hd, Tk), any strides: N heads indexed by one to three leading
+    dimensions H, in row-major order. The output is token-major underneath ((*H[:-1], Tq, H[-1], hd), the
+    layout an output projection reads), returned as a view. mask: (S or 1, Tq, Tk) bool for S groups of
+    N / S consecutive heads; keep: (N, Tq, Tk) bool dropout decisions, read for the heads whose
+    ``head_scale`` (N,) float32, 1 / (1 - p), is not 0.
     """
-    heads, width, queries = qt.shape
-    keys = kt.shape[2]
-    qt, kt, vt = qt.contiguous(), kt.contiguous(), vt.contiguous()
-    out = qt.new_empty((heads, width, queries))
-    weights = qt.new_empty((heads, queries, keys)) if keep_weights else None
+    q5 = _five(qt)
+    n0, n1, n2, width, queries = q5.shape
+    keys = kt.shape[-1]
+    kt, vt = _steps_contiguous(kt), _steps_contiguous(vt)
+    out = qt.new_empty((n0, n1, queries, n2, width)).permute(0, 1, 3, 4, 2)
+    weights = qt.new_empty((n0 * n1 * n2, queries, keys)) if keep_weights else None
     mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)
-    per_mask = 0 if mask is None else heads // mask.shape[0]
-    _check(library().sha_forward(heads, width, queries, keys, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_bytes),
-                                 per_mask, _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights),
-                                 torch.get_num_threads()))
-    return out, weights
+    per_mask = 0 if mask is None else n0 * n1 * n2 // mask.shape[0]
+    shape, strides = _layout(q5, keys, (q5, _five(kt), _five(vt), out))
+    _check(library().sha_forward(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_bytes), per_mask,
+                                 _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights), torch.get_num_threads()))
+    return out.reshape(qt.shape), weights
 
 
 def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torch.Tensor,
              keep: torch.Tensor | None, head_scale: torch.Tensor | None,
              d_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of queries, keys and values from the weights ``forward`` kept."""
-    heads, width, queries = qt.shape
-    keys = kt.shape[2]
-    qt, kt, vt, d_out = qt.contiguous(), kt.contiguous(), vt.contiguous(), d_out.contiguous()
+    """Gradients of queries, keys and values (each in its input's layout where that is dense) from the
+    weights ``forward`` kept."""
+    kt, vt = _steps_contiguous(kt), _steps_contiguous(vt)
     d_qt, d_kt, d_vt = torch.empty_like(qt), torch.empty_like(kt), torch.empty_like(vt)
-    _check(library().sha_backward(heads, width, queries, keys, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(weights),
-                                  _ptr(keep), _ptr(head_scale), _ptr(d_out), _ptr(d_qt), _ptr(d_kt),
-                                  _ptr(d_vt), torch.get_num_threads()))
+    tensors = (qt, kt, vt, None, d_out, d_qt, d_kt, d_vt)
+    shape, strides = _layout(_five(qt), kt.shape[-1], [None if t is None else _five(t) for t in tensors])
+    _check(library().sha_backward(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(weights), _ptr(keep),
+                                  _ptr(head_scale), _ptr(d_out), _ptr(d_qt), _ptr(d_kt), _ptr(d_vt),
+                                  torch.get_num_threads()))
     return d_qt, d_kt, d_vt
+
+
+def _five(x: torch.Tensor) -> torch.Tensor:
+    """(*H, hd, T) with one to three head dimensions as (N0, N1, N2, hd, T), a view."""
+    if not 3 <= x.dim() <= 5:
+        raise ValueError(f"the attention kernel takes one to three head dimensions, got shape {tuple(x.shape)}")
+    return x.reshape(*(1,) * (5 - x.dim()), *x.shape)
+
+
+def _steps_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its steps are adjacent (the kernel reads keys and values 8 steps at a time)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _layout(qt: torch.Tensor, keys: int, tensors) -> tuple:
+    """The kernel's shape (N0, N1, N2, hd, Tq, Tk) and each tensor's 5 strides, as int64 arrays."""
+    strides = [s for t in tensors for s in (t.stride() if t is not None else (0,) * 5)]
+    return (ctypes.c_int64 * 6)(*qt.shape, keys), (ctypes.c_int64 * len(strides))(*strides)
 
 
 def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: float, kept_value: float,
@@ -188,8 +211,8 @@ def _load() -> ctypes.CDLL | None:
                       "run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
         return None
     size, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.sha_forward.argtypes = [size] * 4 + [ptr] * 4 + [size] + [ptr] * 4 + [ctypes.c_int]
-    lib.sha_backward.argtypes = [size] * 4 + [ptr] * 10 + [ctypes.c_int]
+    lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int]
+    lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int]
     lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr]

@@ -1,7 +1,10 @@
 /* Fused softmax attention for many small heads (DecAlign's heads are 4 wide), forward and backward.
  *
- * Layout as in attention.py: queries (N, hd, Tq), keys and values (N, hd, Tk), output (N, hd, Tq), all
- * float32 and contiguous. One head's scores, weights and gradients (Tq x Tk) never leave the cache: each
+ * Shapes as in attention.py: queries (N, hd, Tq), keys and values (N, hd, Tk), output (N, hd, Tq), float32,
+ * with the N heads indexed as (N0, N1, N2) and every tensor read or written through its own strides
+ * (`Strides`), so the model hands over its projections and takes the output in the layouts its matrix
+ * products use, with no copy in between; keys, values and their gradients need step stride 1 (they are
+ * read 8 steps at a time). One head's scores, weights and gradients (Tq x Tk) never leave the cache: each
  * query row is scored and its exponentials applied to the values in two passes over its keys, where
  * torch's path writes and reads every (N, Tq, Tk) intermediate once per operator. Each head is computed
  * by one thread, so the result does not depend on the thread count. Built (with -mavx2 -mfma -fopenmp)
@@ -13,17 +16,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Where head n = (n0 * N1 + n1) * N2 + n2, channel c and step t of a tensor lie: n0 * head[0] + n1 * head[1]
+ * + n2 * head[2] + c * channel + t * step floats from its start. */
 typedef struct {
-    int64_t heads, hd, tq, tk;
+    int64_t head[3], channel, step;
+} Strides;
+
+enum { Q, K, V, OUT, D_OUT, D_Q, D_K, D_V, TENSORS };
+
+typedef struct {
+    int64_t heads, n1, n2, hd, tq, tk;  /* N = N0 * N1 * N2 heads */
     int64_t heads_per_mask;        /* heads sharing one (Tq, Tk) mask; 0: no mask */
+    Strides at[TENSORS];           /* the layout of each tensor below */
     const float *qt, *kt, *vt;
-    const uint8_t *mask;           /* (S, Tq, Tk), nonzero where a query may attend */
-    const uint8_t *keep;           /* (N, Tq, Tk) dropout keep flags, read where head_scale[n] != 0 */
+    const uint8_t *mask;           /* (S, Tq, Tk) contiguous, nonzero where a query may attend */
+    const uint8_t *keep;           /* (N, Tq, Tk) contiguous dropout keep flags, read where head_scale[n] != 0 */
     const float *head_scale;       /* (N,) 1 / (1 - p) per head, 0 for heads without dropout; or NULL */
-    float *out, *weights;          /* (N, hd, Tq); (N, Tq, Tk) or NULL (forward) */
+    float *out, *weights;          /* (N, hd, Tq); (N, Tq, Tk) contiguous or NULL (forward) */
     const float *d_out;            /* backward: (N, hd, Tq) */
     float *d_qt, *d_kt, *d_vt;     /* backward outputs */
 } Work;
+
+static inline int64_t head_at(const Work *w, int tensor, int64_t n) {
+    const int64_t *s = w->at[tensor].head;
+    return (n / (w->n1 * w->n2)) * s[0] + (n / w->n2 % w->n1) * s[1] + (n % w->n2) * s[2];
+}
 
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "built with -mavx2 -mfma only (native.py checks the CPU)"
@@ -94,20 +111,23 @@ static inline void store8(float *x, __m256 value, int64_t count, __m256i lanes) 
 static inline __attribute__((always_inline)) void forward_wide(const Work *w, int64_t n, float *row,
                                                                 const int64_t hd) {
     const int64_t tq = w->tq, tk = w->tk;
-    const float *q = w->qt + n * hd * tq, *k = w->kt + n * hd * tk, *v = w->vt + n * hd * tk;
+    const float *q = w->qt + head_at(w, Q, n), *k = w->kt + head_at(w, K, n), *v = w->vt + head_at(w, V, n);
+    float *out = w->out + head_at(w, OUT, n);
+    const int64_t qc_stride = w->at[Q].channel, qt_stride = w->at[Q].step, kc = w->at[K].channel,
+                  vc = w->at[V].channel, oc = w->at[OUT].channel, ot = w->at[OUT].step;
     const float scale = w->head_scale ? w->head_scale[n] : 0.0f;
     const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
     __m256 qc[MAX_HD], acc[MAX_HD];
     for (int64_t i = 0; i < tq; i++) {
         const uint8_t *allowed = w->heads_per_mask ? w->mask + ((n / w->heads_per_mask) * tq + i) * tk : NULL;
         const uint8_t *keep = scale != 0.0f ? w->keep + (n * tq + i) * tk : NULL;
-        for (int64_t c = 0; c < hd; c++) qc[c] = _mm256_set1_ps(q[c * tq + i]);
+        for (int64_t c = 0; c < hd; c++) qc[c] = _mm256_set1_ps(q[c * qc_stride + i * qt_stride]);
         __m256 top8 = minus_inf, nan8 = _mm256_setzero_ps();
         for (int64_t j = 0; j < tk; j += 8) {
             const int64_t count = tk - j < 8 ? tk - j : 8;
             const __m256i lanes = lanes8(count);
             __m256 s = _mm256_setzero_ps();
-            for (int64_t c = 0; c < hd; c++) s = _mm256_fmadd_ps(qc[c], load8(k + c * tk + j, count, lanes), s);
+            for (int64_t c = 0; c < hd; c++) s = _mm256_fmadd_ps(qc[c], load8(k + c * kc + j, count, lanes), s);
             __m256 valid = _mm256_castsi256_ps(lanes);
             if (allowed) valid = _mm256_and_ps(valid, flags8(allowed + j, count));
             s = _mm256_blendv_ps(minus_inf, s, valid);
@@ -117,7 +137,7 @@ static inline __attribute__((always_inline)) void forward_wide(const Work *w, in
         }
         const float top = hmax8(top8);
         if (top == -INFINITY || _mm256_movemask_ps(nan8)) {  /* NaN, as torch's softmax gives */
-            for (int64_t c = 0; c < hd; c++) w->out[(n * hd + c) * tq + i] = NAN;
+            for (int64_t c = 0; c < hd; c++) out[c * oc + i * ot] = NAN;
             if (w->weights) for (int64_t j = 0; j < tk; j++) w->weights[(n * tq + i) * tk + j] = NAN;
             continue;
         }
@@ -132,10 +152,10 @@ static inline __attribute__((always_inline)) void forward_wide(const Work *w, in
             sum8 = _mm256_add_ps(sum8, e);
             if (w->weights) _mm256_storeu_ps(row + j, e);
             if (keep) e = _mm256_and_ps(e, flags8(keep + j, count));
-            for (int64_t c = 0; c < hd; c++) acc[c] = _mm256_fmadd_ps(load8(v + c * tk + j, count, lanes), e, acc[c]);
+            for (int64_t c = 0; c < hd; c++) acc[c] = _mm256_fmadd_ps(load8(v + c * vc + j, count, lanes), e, acc[c]);
         }
         const float inverse = 1.0f / hsum8(sum8), factor = keep ? inverse * scale : inverse;
-        for (int64_t c = 0; c < hd; c++) w->out[(n * hd + c) * tq + i] = hsum8(acc[c]) * factor;
+        for (int64_t c = 0; c < hd; c++) out[c * oc + i * ot] = hsum8(acc[c]) * factor;
         if (w->weights) {
             float *out_row = w->weights + (n * tq + i) * tk;
             for (int64_t j = 0; j < tk; j++) out_row[j] = row[j] * inverse;
@@ -146,16 +166,21 @@ static inline __attribute__((always_inline)) void forward_wide(const Work *w, in
 static inline __attribute__((always_inline)) void backward_wide(const Work *w, int64_t n, float *d_row,
                                                                  const int64_t hd) {
     const int64_t tq = w->tq, tk = w->tk;
-    const float *q = w->qt + n * hd * tq, *k = w->kt + n * hd * tk, *v = w->vt + n * hd * tk;
-    float *dq = w->d_qt + n * hd * tq, *dk = w->d_kt + n * hd * tk, *dv = w->d_vt + n * hd * tk;
+    const float *q = w->qt + head_at(w, Q, n), *k = w->kt + head_at(w, K, n), *v = w->vt + head_at(w, V, n);
+    const float *d_out = w->d_out + head_at(w, D_OUT, n);
+    float *dq = w->d_qt + head_at(w, D_Q, n), *dk = w->d_kt + head_at(w, D_K, n), *dv = w->d_vt + head_at(w, D_V, n);
+    const int64_t qc_stride = w->at[Q].channel, qt_stride = w->at[Q].step, kc = w->at[K].channel,
+                  vc = w->at[V].channel, gc = w->at[D_OUT].channel, gt = w->at[D_OUT].step,
+                  dqc = w->at[D_Q].channel, dqt = w->at[D_Q].step, dkc_stride = w->at[D_K].channel,
+                  dvc_stride = w->at[D_V].channel;
     const float scale = w->head_scale ? w->head_scale[n] : 0.0f;
     __m256 g[MAX_HD], qc[MAX_HD], acc[MAX_HD];
     for (int64_t i = 0; i < tq; i++) {
         const float *p = w->weights + (n * tq + i) * tk;
         const uint8_t *keep = scale != 0.0f ? w->keep + (n * tq + i) * tk : NULL;
         for (int64_t c = 0; c < hd; c++) {
-            g[c] = _mm256_set1_ps(w->d_out[(n * hd + c) * tq + i] * (keep ? scale : 1.0f));
-            qc[c] = _mm256_set1_ps(q[c * tq + i]);
+            g[c] = _mm256_set1_ps(d_out[c * gc + i * gt] * (keep ? scale : 1.0f));
+            qc[c] = _mm256_set1_ps(q[c * qc_stride + i * qt_stride]);
             acc[c] = _mm256_setzero_ps();
         }
         __m256 dot8 = _mm256_setzero_ps();
@@ -164,7 +189,7 @@ static inline __attribute__((always_inline)) void backward_wide(const Work *w, i
             const __m256i lanes = lanes8(count);
             const __m256 pv = load8(p + j, count, lanes);
             __m256 dw = _mm256_setzero_ps();
-            for (int64_t c = 0; c < hd; c++) dw = _mm256_fmadd_ps(g[c], load8(v + c * tk + j, count, lanes), dw);
+            for (int64_t c = 0; c < hd; c++) dw = _mm256_fmadd_ps(g[c], load8(v + c * vc + j, count, lanes), dw);
             __m256 applied = pv;
             if (keep) {
                 const __m256 kept = flags8(keep + j, count);
@@ -174,7 +199,7 @@ static inline __attribute__((always_inline)) void backward_wide(const Work *w, i
             dot8 = _mm256_fmadd_ps(dw, pv, dot8);
             _mm256_storeu_ps(d_row + j, dw);
             for (int64_t c = 0; c < hd; c++) {
-                float *dvc = dv + c * tk + j;
+                float *dvc = dv + c * dvc_stride + j;
                 store8(dvc, _mm256_fmadd_ps(g[c], applied, load8(dvc, count, lanes)), count, lanes);
             }
         }
@@ -184,12 +209,12 @@ static inline __attribute__((always_inline)) void backward_wide(const Work *w, i
             const __m256i lanes = lanes8(count);
             const __m256 ds = _mm256_mul_ps(load8(p + j, count, lanes), _mm256_sub_ps(_mm256_loadu_ps(d_row + j), dot));
             for (int64_t c = 0; c < hd; c++) {
-                acc[c] = _mm256_fmadd_ps(load8(k + c * tk + j, count, lanes), ds, acc[c]);
-                float *dkc = dk + c * tk + j;
+                acc[c] = _mm256_fmadd_ps(load8(k + c * kc + j, count, lanes), ds, acc[c]);
+                float *dkc = dk + c * dkc_stride + j;
                 store8(dkc, _mm256_fmadd_ps(qc[c], ds, load8(dkc, count, lanes)), count, lanes);
             }
         }
-        for (int64_t c = 0; c < hd; c++) dq[c * tq + i] = hsum8(acc[c]);
+        for (int64_t c = 0; c < hd; c++) dq[c * dqc + i * dqt] = hsum8(acc[c]);
     }
 }
 /* One head on the path unrolled for DecAlign's width 4, or on the general one up to MAX_HD. */
@@ -199,8 +224,11 @@ static void forward_head(const Work *w, int64_t n, float *row) {
 }
 
 static void backward_head(const Work *w, int64_t n, float *row) {
-    memset(w->d_kt + n * w->hd * w->tk, 0, sizeof(float) * w->hd * w->tk);
-    memset(w->d_vt + n * w->hd * w->tk, 0, sizeof(float) * w->hd * w->tk);
+    float *dk = w->d_kt + head_at(w, D_K, n), *dv = w->d_vt + head_at(w, D_V, n);
+    for (int64_t c = 0; c < w->hd; c++) {
+        memset(dk + c * w->at[D_K].channel, 0, sizeof(float) * w->tk);
+        memset(dv + c * w->at[D_V].channel, 0, sizeof(float) * w->tk);
+    }
     if (w->hd == 4) backward_wide(w, n, row, 4);
     else backward_wide(w, n, row, w->hd);
 }
@@ -226,18 +254,34 @@ static int run_heads(const Work *w, int threads, void (*head)(const Work *, int6
     return failed;
 }
 
-int sha_forward(int64_t heads, int64_t hd, int64_t tq, int64_t tk, const float *qt, const float *kt,
-                const float *vt, const uint8_t *mask, int64_t heads_per_mask, const uint8_t *keep,
-                const float *head_scale, float *out, float *weights, int threads) {
-    const Work work = {heads, hd, tq, tk, heads_per_mask, qt, kt, vt, mask, keep, head_scale, out, weights,
-                       NULL, NULL, NULL, NULL};
-    return run_heads(&work, threads, forward_head);
+/* shape: N0, N1, N2, hd, Tq, Tk; strides: 5 per tensor (head[0..2], channel, step), for q, k, v and out
+ * (forward), then d_out, d_q, d_k and d_v (backward). */
+static Work layout(const int64_t *shape, const int64_t *strides, int tensors) {
+    Work w = {0};
+    w.heads = shape[0] * shape[1] * shape[2];
+    w.n1 = shape[1], w.n2 = shape[2], w.hd = shape[3], w.tq = shape[4], w.tk = shape[5];
+    for (int t = 0; t < tensors; t++) {
+        const int64_t *s = strides + 5 * t;
+        w.at[t] = (Strides){{s[0], s[1], s[2]}, s[3], s[4]};
+    }
+    return w;
 }
 
-int sha_backward(int64_t heads, int64_t hd, int64_t tq, int64_t tk, const float *qt, const float *kt,
-                 const float *vt, const float *weights, const uint8_t *keep, const float *head_scale,
-                 const float *d_out, float *d_qt, float *d_kt, float *d_vt, int threads) {
-    const Work work = {heads, hd, tq, tk, 0, qt, kt, vt, NULL, keep, head_scale, NULL, (float *)weights,
-                       d_out, d_qt, d_kt, d_vt};
-    return run_heads(&work, threads, backward_head);
+int sha_forward(const int64_t *shape, const int64_t *strides, const float *qt, const float *kt, const float *vt,
+                const uint8_t *mask, int64_t heads_per_mask, const uint8_t *keep, const float *head_scale,
+                float *out, float *weights, int threads) {
+    Work w = layout(shape, strides, OUT + 1);
+    w.heads_per_mask = heads_per_mask;
+    w.qt = qt, w.kt = kt, w.vt = vt, w.mask = mask, w.keep = keep, w.head_scale = head_scale;
+    w.out = out, w.weights = weights;
+    return run_heads(&w, threads, forward_head);
+}
+
+int sha_backward(const int64_t *shape, const int64_t *strides, const float *qt, const float *kt, const float *vt,
+                 const float *weights, const uint8_t *keep, const float *head_scale, const float *d_out,
+                 float *d_qt, float *d_kt, float *d_vt, int threads) {
+    Work w = layout(shape, strides, TENSORS);
+    w.qt = qt, w.kt = kt, w.vt = vt, w.keep = keep, w.head_scale = head_scale, w.weights = (float *)weights;
+    w.d_out = d_out, w.d_qt = d_qt, w.d_kt = d_kt, w.d_vt = d_vt;
+    return run_heads(&w, threads, backward_head);
 }

@@ -193,6 +193,39 @@ def test_strided_inputs_give_the_same_values_and_gradients(monkeypatch):
 
 
 @needs_kernel
+def test_heads_read_in_the_projections_layout_and_written_token_major(monkeypatch):
+    """Heads indexed by (M, B, h) and laid out as the model's projections lay them out, (M, h, hd, B, T)
+    underneath: the same values and gradients as torch's path (which copies them); the kernel's output is
+    token-major underneath, (M, B, Tq, h, hd), and its gradients come back in the inputs' layouts."""
+    count, batch, heads, width, queries, keys = 2, 3, 5, 4, 7, 9
+
+    def run(switch):
+        monkeypatch.setenv(native.SWITCH, switch)
+        g = torch.Generator().manual_seed(3)
+        bases = [torch.randn(count, heads, width, batch, t, generator=g).requires_grad_()
+                 for t in (queries, keys, keys)]
+        q, k, v = (b.permute(0, 3, 1, 2, 4) for b in bases)  # (M, B, h, hd, T), not contiguous
+        mask = torch.rand(count * batch, queries, keys, generator=g) > 0.3
+        mask[..., 0] = True
+        torch.manual_seed(0)
+        out, weights = attention(q, k, v, mask, (0.2, 0.0), training=True, need_weights=True)
+        out.backward(torch.randn(out.shape, generator=g))
+        return (out, weights, *(b.grad for b in bases)), (q, k, v)
+
+    fused, inputs = run("1")
+    plain, _ = run("0")
+    assert fused[0].shape == (count, batch, heads, width, queries)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fused[0].permute(0, 1, 4, 2, 3).is_contiguous()  # (M, B, Tq, h, hd): the output projection's input
+    monkeypatch.setenv(native.SWITCH, "1")
+    q, k, v = (t.detach() for t in inputs)
+    out, weights = native.forward(q, k, v, None, None, None, keep_weights=True)
+    grads = native.backward(q, k, v, weights, None, None, torch.ones_like(out))
+    assert [d.stride() for d in grads] == [t.stride() for t in (q, k, v)]
+
+
+@needs_kernel
 def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch):
     x = random_inputs(WIDTHS, batch=6)
     results = {}
