@@ -4,22 +4,17 @@
  * random_raw (the 64-bit words in order, each word's bytes lowest first, as a signed byte b), keeps an
  * element when b > cut, drops it when b < cut, and for a byte equal to the cut draws a double from the same
  * stream (in element order, after all the words) and keeps it when that double >= fraction. numpy and
- * torch make a mask in five passes over it; this makes it in one, split among threads (the LCG's jump-ahead
- * starts each part's cursor at its first word). The stream is numpy's PCG64 (XSL-RR
+ * torch make a mask in five passes over it; this makes it in one. The stream is numpy's PCG64 (XSL-RR
  * output of a 128-bit LCG, stepped before each output), started from the state numpy's own seeding
  * produced; the doubles for ties come from a second cursor jumped past the words (the LCG's jump-ahead).
  */
 #include <immintrin.h>
-#include <omp.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 typedef unsigned __int128 u128;
 
 #define MULTIPLIER (((u128)0x2360ED051FC65DA4ULL << 64) | 0x4385DF649FCCF645ULL)
 #define BLOCK_WORDS 64
-#define PARALLEL_WORDS 8192  /* 64 Ki elements: below this one thread is quicker than waking the others */
-#define MAX_PARTS 64
 
 static inline uint64_t pcg64_next(u128 *state, u128 increment) {
     *state = *state * MULTIPLIER + increment;
@@ -43,84 +38,35 @@ static u128 pcg64_jump(u128 state, uint64_t steps, u128 increment) {
     return accumulated_multiplier * state + accumulated_increment;
 }
 
-/* Ties found in one part of the elements: their positions, in element order (grown as needed). */
-typedef struct {
-    int64_t *at, size, capacity;
-} Ties;
-
-static int keep_tie(Ties *ties, int64_t element) {
-    if (ties->size == ties->capacity) {
-        const int64_t capacity = ties->capacity ? 2 * ties->capacity : 256;
-        int64_t *grown = realloc(ties->at, sizeof(int64_t) * capacity);
-        if (!grown) return 1;
-        ties->at = grown, ties->capacity = capacity;
-    }
-    ties->at[ties->size++] = element;
-    return 0;
-}
-
-/* Words [first, last) of the stream from `state` (already stepped to word `first`): their decisions, and
- * the positions of the tied bytes when `ties` is not NULL. Returns 1 when a position could not be kept. */
-static int decide_words(u128 state, u128 increment, int64_t first, int64_t last, int64_t count, int8_t cut8,
-                        float kept_value, float *mask, uint8_t *flags, Ties *ties) {
+/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32), or into `flags` as
+ * 1 or 0 (bytes); either may be NULL. The state and increment come in 64-bit halves. */
+void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high,
+                      uint64_t increment_low, int64_t count, int cut, double fraction, float kept_value,
+                      float *mask, uint8_t *flags) {
+    u128 state = ((u128)state_high << 64) | state_low;
+    const u128 increment = ((u128)increment_high << 64) | increment_low;
+    const uint64_t words = (uint64_t)(count + 7) / 8;
+    u128 tie_state = pcg64_jump(state, words, increment);  /* numpy draws the ties' doubles after the words */
+    const int8_t cut8 = (int8_t)cut;  /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */
     union { uint64_t words[BLOCK_WORDS]; int8_t bytes[BLOCK_WORDS * 8]; } block;
-    const __m256i cuts = _mm256_set1_epi8(cut8);
-    for (int64_t word = first; word < last; word += BLOCK_WORDS) {
-        const int64_t start = word * 8, in_block = last - word < BLOCK_WORDS ? last - word : BLOCK_WORDS;
-        const int64_t n = count - start < in_block * 8 ? count - start : in_block * 8;
-        for (int64_t w = 0; w < in_block; w++) block.words[w] = pcg64_next(&state, increment);
+    for (int64_t start = 0; start < count; start += BLOCK_WORDS * 8) {
+        const int64_t n = count - start < BLOCK_WORDS * 8 ? count - start : BLOCK_WORDS * 8;
+        for (int64_t w = 0; w < (n + 7) / 8; w++) block.words[w] = pcg64_next(&state, increment);
         const int8_t *b = block.bytes;  /* little-endian: a word's lowest byte first, as numpy's view */
         if (mask) for (int64_t e = 0; e < n; e++) mask[start + e] = b[e] >= cut8 ? kept_value : 0.0f;
         if (flags) for (int64_t e = 0; e < n; e++) flags[start + e] = b[e] >= cut8;
-        if (!ties) continue;
+        if (fraction <= 0) continue;
+        const __m256i cuts = _mm256_set1_epi8(cut8);
         for (int64_t chunk = 0; chunk < n; chunk += 32) {  /* ties, 32 bytes at a time, in element order */
             uint32_t tied = (uint32_t)_mm256_movemask_epi8(
                 _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(b + chunk)), cuts));
             for (; tied; tied &= tied - 1) {
                 const int64_t e = chunk + __builtin_ctz(tied);
                 if (e >= n) break;
-                if (keep_tie(ties, start + e)) return 1;
+                const double u = (double)(pcg64_next(&tie_state, increment) >> 11) * (1.0 / 9007199254740992.0);
+                if (mask) mask[start + e] = u >= fraction ? kept_value : 0.0f;
+                if (flags) flags[start + e] = u >= fraction;
             }
         }
     }
-    return 0;
-}
-
-/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32), or into `flags` as
- * 1 or 0 (bytes); either may be NULL. The state and increment come in 64-bit halves. Above PARALLEL_WORDS
- * words the elements are split among `threads` OpenMP threads, each starting from the stream jumped to its
- * first word; the doubles of the ties, drawn in element order after all the words, are drawn once every
- * part knows how many ties come before it, so the decisions do not depend on the thread count. Returns 0,
- * or 1 when memory for the ties' positions ran out. */
-int sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high,
-                     uint64_t increment_low, int64_t count, int cut, double fraction, float kept_value,
-                     float *mask, uint8_t *flags, int threads) {
-    const u128 state = ((u128)state_high << 64) | state_low;
-    const u128 increment = ((u128)increment_high << 64) | increment_low;
-    const int64_t words = (count + 7) / 8;
-    const int8_t cut8 = (int8_t)cut;  /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */
-    const int parts = words < PARALLEL_WORDS || threads < 2 ? 1 : threads > MAX_PARTS ? MAX_PARTS : threads;
-    int64_t ties_in[MAX_PARTS] = {0};
-    int failed = 0;
-#pragma omp parallel num_threads(parts) reduction(| : failed)
-    {
-        const int part = omp_get_thread_num(), used = omp_get_num_threads();
-        const int64_t first = words * part / used, last = words * (part + 1) / used;
-        Ties ties = {NULL, 0, 0};
-        failed |= decide_words(pcg64_jump(state, (uint64_t)first, increment), increment, first, last, count,
-                               cut8, kept_value, mask, flags, fraction > 0 ? &ties : NULL);
-        ties_in[part] = ties.size;
-#pragma omp barrier
-        int64_t before = words;  /* numpy draws the ties' doubles after the words, in element order */
-        for (int p = 0; p < part; p++) before += ties_in[p];
-        u128 tie_state = pcg64_jump(state, (uint64_t)before, increment);
-        for (int64_t t = 0; t < ties.size && !failed; t++) {
-            const int64_t e = ties.at[t];
-            const double u = (double)(pcg64_next(&tie_state, increment) >> 11) * (1.0 / 9007199254740992.0);
-            if (mask) mask[e] = u >= fraction ? kept_value : 0.0f;
-            if (flags) flags[e] = u >= fraction;
-        }
-        free(ties.at);
-    }
-    return failed;
 }

@@ -126,11 +126,9 @@ def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: f
         raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
     state = stream.state["state"]
     low = (1 << 64) - 1
-    failed = lib.sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64,
-                                  state["inc"] & low, count, cut, fraction, kept_value, _ptr(mask),
-                                  None if flags is None else flags.ctypes.data, torch.get_num_threads())
-    if failed:
-        raise MemoryError("the dropout kernel could not allocate room for the tied elements' positions")
+    lib.sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
+                               count, cut, fraction, kept_value, _ptr(mask),
+                               None if flags is None else flags.ctypes.data)
 
 
 def library() -> ctypes.CDLL | None:
@@ -217,9 +215,8 @@ def _load() -> ctypes.CDLL | None:
     lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int]
     lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
     word = ctypes.c_uint64
-    lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr,
-                                     ctypes.c_int]
-    lib.sha_dropout_mask.restype = ctypes.c_int
+    lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr]
+    lib.sha_dropout_mask.restype = None
     return lib
 
 

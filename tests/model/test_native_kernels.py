@@ -288,29 +288,6 @@ def test_build_writes_once_and_reuses(tmp_path):
 
 
 @needs_kernel
-@pytest.mark.parametrize("p", [0.1, 1 / 300, 0.999])
-def test_masks_split_among_threads_are_numpys_masks(monkeypatch, p):
-    """Large masks are made in parts, one per thread, each from the stream jumped to its first word, and
-    the ties' doubles drawn after every part has counted its ties: the bits do not depend on the split."""
-    shape = (3, 32, 50, 160)  # 96,000 words: above the kernel's parallel threshold
-    monkeypatch.setenv(native.SWITCH, "0")
-    torch.manual_seed(4)
-    expected = keep_mask(shape, p, torch.device("cpu"))
-    monkeypatch.setenv(native.SWITCH, "1")
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3, 5):
-            torch.set_num_threads(threads)
-            torch.manual_seed(4)
-            assert torch.equal(keep_mask(shape, p, torch.device("cpu")), expected), threads
-            torch.manual_seed(4)
-            flags = keep_flags(math.prod(shape), p)
-            assert np.array_equal(flags, expected.numpy().reshape(-1) != 0), threads
-    finally:
-        torch.set_num_threads(before)
-
-
-@needs_kernel
 def test_dropout_decisions_refuse_a_target_they_would_write_past_or_around():
     stream = np.random.PCG64(1)
     with pytest.raises(ValueError, match="contiguous float32"):
