@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .memory import available_memory
+
 MIB = 1 << 20
 GIB = 1 << 30
 BASE_MEMORY = 512 * MIB  # address space Python + numpy need with one BLAS thread (about 100 MiB), and room
@@ -162,22 +164,10 @@ def _temp_folder_chosen() -> bool:
 def _memory_root(needed: int) -> Path | None:
     """:data:`MEMORY_ROOT` if both it and the machine's available memory have ``needed`` bytes to spare: its
     files take memory that cannot be paged out, where a disk's page cache could."""
-    if MEMORY_ROOT is None or min(_free_bytes(MEMORY_ROOT), _available_memory()) < needed \
+    if MEMORY_ROOT is None or min(_free_bytes(MEMORY_ROOT), available_memory()) < needed \
             or not os.access(MEMORY_ROOT, os.W_OK | os.X_OK):
         return None
     return MEMORY_ROOT
-
-
-def _available_memory() -> int:
-    """The kernel's estimate of memory available without swapping (``MemAvailable``); 0 when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _free_bytes(root: Path) -> int:

@@ -164,3 +164,43 @@ def test_a_fresh_overview_imports_torch_only_for_its_last_section(demo_dir):
     titles, frames = json.loads(out.stdout.strip().splitlines()[-1])
     assert titles == ["Overview"]
     assert frames[-2:] == ["render", "with_model"], frames
+
+
+def _spooled_upload(size: int):
+    """Starlette's multipart parser on one file of ``size`` bytes, as the server's upload route runs it."""
+    import asyncio
+
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartParser
+
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.npz"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + os.urandom(size) + b"\r\n--b--\r\n")
+
+    async def stream():
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+
+    headers = Headers({"content-type": "multipart/form-data; boundary=b"})
+    form = asyncio.run(MultiPartParser(headers, stream()).parse())
+    return form["file"].file
+
+
+def test_uploads_up_to_an_eighth_of_the_available_memory_stay_in_memory(monkeypatch):
+    """Starlette writes an upload past ``spool_max_size`` (1 MiB by default) to a temporary file, which
+    Streamlit reads back into memory anyway; the launcher raises that limit to an eighth of the available
+    memory, never below Starlette's own."""
+    from starlette.formparsers import MultiPartParser
+
+    import app.__main__ as launcher
+
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", MultiPartParser.spool_max_size)
+    default = MultiPartParser.spool_max_size
+    assert _spooled_upload(3 << 20)._rolled  # the default: on disk
+    assert launcher.keep_uploads_in_memory(available=64 << 20) == 8 << 20
+    spool = _spooled_upload(3 << 20)
+    assert not spool._rolled and len(spool.read()) == 3 << 20
+    assert _spooled_upload(9 << 20)._rolled  # over the limit: still on disk
+    assert launcher.keep_uploads_in_memory(available=0) == 8 << 20  # never lowered
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", default)
+    assert launcher.keep_uploads_in_memory(available=4 << 20) == default
+    assert launcher.keep_uploads_in_memory() >= default  # the kernel's estimate

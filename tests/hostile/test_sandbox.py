@@ -149,7 +149,7 @@ def _folders_used(monkeypatch) -> list:
 
 
 def test_with_room_the_child_folder_is_in_the_memory_root_and_removed_even_after_a_crash(memory_root, monkeypatch):
-    assert sandbox._available_memory() > 0  # read from /proc/meminfo
+    assert sandbox.available_memory() > 0  # read from /proc/meminfo
     used = _folders_used(monkeypatch)
     assert sandbox.run("selftest", {"mode": "arrays"}, SMALL).value["n"] == 2
     assert _fails("segfault").kind == "crash"
@@ -204,7 +204,7 @@ def test_without_room_or_with_a_chosen_temporary_folder_the_temporary_folder_is_
     sandbox.run("selftest", {"mode": "arrays"}, SMALL, files={"input.bin": bytes(100)})
     monkeypatch.setattr(sandbox, "_free_bytes", lambda root: free)
     with monkeypatch.context() as short:  # room in the folder, not in the machine's available memory
-        short.setattr(sandbox, "_available_memory", lambda: SMALL.memory_bytes - 1)
+        short.setattr(sandbox, "available_memory", lambda: SMALL.memory_bytes - 1)
         sandbox.run("selftest", {"mode": "arrays"}, SMALL)
     monkeypatch.setenv("TMPDIR", str(default))
     sandbox.run("selftest", {"mode": "arrays"}, SMALL)
