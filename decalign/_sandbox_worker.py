@@ -2,8 +2,8 @@
 
 It limits itself before it opens the file, runs one task from :data:`TASKS` on ``FOLDER/request.json``'s
 arguments, and writes ``FOLDER/result.json`` (``{"value": ...}`` or ``{"error": {...}}``) with the arrays'
-bytes one after another in ``FOLDER/out/arrays.bin``. Only the standard library is imported at the top.
-Never imports torch.
+bytes one after another in ``FOLDER/out/arrays.bin`` (or in the spill folder, :func:`_output_folder`). Only
+the standard library is imported at the top. Never imports torch.
 
 ``python -m decalign._sandbox_worker --standby`` is a spare started ahead of need (``sandbox.keep_spare``):
 it imports numpy and the parsers, then waits for one folder on stdin and handles it as above, the limits
@@ -39,7 +39,7 @@ def main(folder: str) -> int:
     _limit_self(request["limits"])
     try:
         value = _task(request["task"])(request["args"])
-        result = {"value": _encode(value, root / "out")}
+        result = {"value": _encode(value, _output_folder(root, request.get("spill"), value))}
     except MemoryError:
         result = {"error": {"kind": "memory"}}
     except RecursionError:
@@ -96,6 +96,27 @@ def _describe(exc: Exception) -> dict[str, str]:
     if name in REFUSALS:
         return {"kind": "refused", "type": name, "message": message}
     return {"kind": "failed", "type": name, "message": f"the parser failed ({name}: {message})"}
+
+
+def _output_folder(root: Path, spill: dict | None, value) -> Path:
+    """``root/out``, or the spill folder's ``out`` when ``root`` is in memory and the arrays would take more
+    than the room the parent left there (``spill["room"]`` bytes)."""
+    if spill is not None and _array_bytes(value) > spill["room"]:
+        return Path(spill["folder"]) / "out"
+    return root / "out"
+
+
+def _array_bytes(item) -> int:
+    """What :func:`_encode` writes for ``item``'s arrays, at most (each array's bytes and its alignment)."""
+    import numpy as np
+
+    if isinstance(item, np.ndarray):
+        return item.nbytes + ARRAY_ALIGN
+    if isinstance(item, dict):
+        return sum(map(_array_bytes, item.values()))
+    if isinstance(item, (list, tuple)):
+        return sum(map(_array_bytes, item))
+    return 0
 
 
 def _encode(value, out: Path):

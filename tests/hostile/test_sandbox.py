@@ -195,20 +195,62 @@ def test_large_arrays_from_a_temporary_folder_are_copied(private_tmp):
 
 def test_without_room_or_with_a_chosen_temporary_folder_the_temporary_folder_is_used(memory_root, monkeypatch,
                                                                                     tmp_path):
+    """The memory root is used when half of what it and the machine's available memory have left holds the
+    given files."""
     default = tmp_path / "default-tmp"
     default.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(default))
     used = _folders_used(monkeypatch)
     free = sandbox._free_bytes(memory_root)
-    monkeypatch.setattr(sandbox, "_free_bytes", lambda root: SMALL.memory_bytes + 99)  # 100 bytes short
+    monkeypatch.setattr(sandbox, "_free_bytes", lambda root: 2 * 100 + 1)  # half: 100 bytes, the file's size
     sandbox.run("selftest", {"mode": "arrays"}, SMALL, files={"input.bin": bytes(100)})
     monkeypatch.setattr(sandbox, "_free_bytes", lambda root: free)
     with monkeypatch.context() as short:  # room in the folder, not in the machine's available memory
-        short.setattr(sandbox, "available_memory", lambda: SMALL.memory_bytes - 1)
-        sandbox.run("selftest", {"mode": "arrays"}, SMALL)
+        short.setattr(sandbox, "available_memory", lambda: 2 * 100 + 1)
+        sandbox.run("selftest", {"mode": "arrays"}, SMALL, files={"input.bin": bytes(100)})
     monkeypatch.setenv("TMPDIR", str(default))
     sandbox.run("selftest", {"mode": "arrays"}, SMALL)
     assert [folder.parent for folder in used] == [default, default, default]
+    assert listing(memory_root) == set() and listing(default) == set()
+
+
+def test_limits_far_over_the_memory_left_still_use_the_memory_root(memory_root, monkeypatch):
+    """A child's limits are bounds, not sizes: an npz's allow for unpacking to 4 GiB, which sent every npz
+    over 40 MB to the temporary folder. Only the given files and the arrays handed back count."""
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 << 20)
+    used = _folders_used(monkeypatch)
+    huge = sandbox.Limits(memory_bytes=4 * sandbox.available_memory(), cpu_seconds=60.0, wall_seconds=120.0)
+    got = sandbox.run("selftest", {"mode": "large"}, huge, files={"input.bin": bytes(1000)}).value
+    assert [folder.parent for folder in used] == [memory_root]
+    assert _mapping(got["a"]) is not None  # read from memory, mapped
+    assert listing(memory_root) == set()
+
+
+def test_arrays_over_the_memory_roots_room_spill_to_the_temporary_folder(memory_root, monkeypatch, tmp_path):
+    """The child writes its arrays to the spill folder (in the temporary folder) when they would take more
+    than the memory root's room left after the given files; they come back whole, copied, and both
+    folders are removed."""
+    default = tmp_path / "default-tmp"
+    default.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(default))
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 << 20)
+    used = _folders_used(monkeypatch)
+    outputs = []
+    collect = sandbox._collect
+    monkeypatch.setattr(sandbox, "_collect", lambda folder, limits, report, spill: outputs.append(
+        {f.parent for f in (folder, Path(spill["folder"])) if (f / "out" / "arrays.bin").exists()})
+        or collect(folder, limits, report, spill))
+    given = 1000
+    expected = _large_arrays()
+    arrays = sum(a.nbytes + 64 for a in expected.values())
+    for room, where in ((arrays + 64, memory_root), (arrays - 64, default)):
+        monkeypatch.setattr(sandbox, "_free_bytes", lambda root, room=room: 2 * (given + room))
+        got = sandbox.run("selftest", {"mode": "large"}, SMALL, files={"input.bin": bytes(given)}).value
+        for name, array in expected.items():
+            np.testing.assert_array_equal(got[name], array)
+        assert (_mapping(got["a"]) is not None) == (where == memory_root)
+        assert outputs[-1] == {where}
+    assert [folder.parent for folder in used] == [memory_root, memory_root]
     assert listing(memory_root) == set() and listing(default) == set()
 
 
