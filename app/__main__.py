@@ -64,9 +64,10 @@ def keep_uploads_in_memory(available: int | None = None) -> int:
     Streamlit's server (Starlette) spools each uploaded file into memory up to
     ``MultiPartParser.spool_max_size`` (1 MiB) and into a temporary file on disk past it, then Streamlit
     reads the whole file back into memory for the app. So every file over 1 MiB was written to disk only to be
-    read back: for a 151 MB npz, 1.0 s of writing and 0.8 s of reading on this machine's /tmp (a virtual
-    disk), a third of the time from dropping the file to its first chart. While Streamlit copies it the
-    upload is held twice, hence an eighth; larger files still spool to disk.
+    read back: for a 151 MB npz, 1.0 s of writing and 0.8 s of reading in the server's threads on this
+    machine's /tmp (a virtual disk); its predictions table came 2.08-2.71 s after the upload instead of
+    2.78-2.84 s (alternating runs). While Streamlit copies it the upload is held twice, hence an eighth;
+    larger files still spool to disk.
     """
     from starlette.formparsers import MultiPartParser
 

@@ -21,10 +21,10 @@ from .style import CONTINUOUS, category_colours, compact_legend, point_trace
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
 DENSE_POINTS = 5000
-# Samples drawn per chart (so SVG markers, style.SVG_POINTS; the joint chart's too, up to three modalities). Without a GPU the browser
-# renders WebGL in software: a colour change on the Embeddings page of 20,000 samples took 7.8-8.9 s drawing
-# every sample (180,000 points in 7 charts), 3.4 s drawing 5,000 per chart and 1.9 s drawing 2,000
-# (bench_dashboard, quiet machine).
+# Samples drawn per chart (so SVG markers, style.SVG_POINTS; the joint chart's too, up to three modalities).
+# Without a GPU the browser renders WebGL in software: a colour change on the Embeddings page of 20,000 samples
+# took 7.8-8.9 s drawing every sample (180,000 points in 7 charts), 3.4 s drawing 5,000 per chart and 1.9 s
+# drawing 2,000 (bench_dashboard, quiet machine).
 MAX_SHOWN_SAMPLES = 2000
 
 
