@@ -50,7 +50,7 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     """
     rates = tuple(float(p) if training else 0.0 for p in drop)
     heads = qt.shape[:-2]
-    if native.applies(qt, kt, vt) and 1 <= len(heads) <= 3:
+    if native.applies(qt, kt, vt):
         differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
         out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable)
     else:

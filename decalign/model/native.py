@@ -44,9 +44,10 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 
 def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
-    """Whether the kernel takes these queries, keys and values (and is available here)."""
+    """Whether the kernel takes these queries, keys and values (and is available here): float32 on the CPU,
+    one to three head dimensions (``_five``), heads up to ``MAX_HEAD_WIDTH`` wide."""
     return (qt.device.type == "cpu" and qt.dtype == kt.dtype == vt.dtype == torch.float32
-            and 1 <= qt.shape[-2] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
+            and 3 <= qt.dim() <= 5 and 1 <= qt.shape[-2] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
             and library() is not None)
 
 

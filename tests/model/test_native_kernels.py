@@ -252,6 +252,7 @@ def test_torch_path_where_the_kernel_does_not_apply(monkeypatch):
     q = torch.zeros(2, 4, 3)
     assert not native.applies(q.double(), q.double(), q.double())
     assert not native.applies(torch.zeros(2, 17, 3), torch.zeros(2, 17, 3), torch.zeros(2, 17, 3))
+    assert not native.applies(*[torch.zeros(1, 1, 1, 2, 4, 3)] * 3)  # four head dimensions: torch's path
     monkeypatch.setenv(native.SWITCH, "0")
     assert native.library() is None and not native.applies(q, q, q)
 
