@@ -56,7 +56,7 @@ class Key(StrEnum):
     # Train and Replay pages
     TRAIN_NEW_OPEN = "train_new_open"
     TRAIN_RUN = "train_run"  # the run followed (a selectbox)
-    TRAIN_CHARTS = "train_charts"  # app.views.train.ChartData last drawn for a live run
+    TRAIN_RUN_CHANGED = "train_run_changed"  # set when the user picks another run to follow
     TRAIN_ERROR = "train_error"
     TRAIN_UPLOAD = "train_upload_taken"  # (file name, sha256, bytes) of the training data uploaded
     TRAIN_UPLOAD_ERROR = "train_upload_error"
@@ -90,8 +90,8 @@ def _set(key: Key, value: Any) -> None:
     st.session_state[key] = value
 
 
-def _pop(key: Key) -> None:
-    st.session_state.pop(key, None)
+def _pop(key: Key) -> Any:
+    return st.session_state.pop(key, None)
 
 
 # ------------------------------------------------------------------------------------ model and data
@@ -372,13 +372,14 @@ def follow_run(name: str) -> None:
     _set(Key.TRAIN_RUN, name)
 
 
-def live_charts():
-    """What the Train page's live charts last drew (``app.views.train.ChartData``), or None."""
-    return _get(Key.TRAIN_CHARTS)
+def mark_followed_changed() -> None:
+    """The Train page's run selector's callback: the page redraws whole, charts included."""
+    _set(Key.TRAIN_RUN_CHANGED, True)
 
 
-def set_live_charts(drawn) -> None:
-    _set(Key.TRAIN_CHARTS, drawn)
+def take_followed_changed() -> bool:
+    """Whether another run was picked since the last call (read once)."""
+    return bool(_pop(Key.TRAIN_RUN_CHANGED))
 
 
 def train_error() -> str | None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
@@ -25,11 +22,14 @@ from decalign.train.losses import match_task_loss
 from decalign.train.metrics import display_name
 from decalign.train.trainer import check_trainable
 
-REFRESH_S = 2.0  # seconds between redraws of a live run's progress
-# A live run's charts take new data at most this often. Each redraw of a changed chart costs the browser,
-# on the cores the training shares, about 0.1-0.2 CPU-s; an unchanged one almost nothing. Redrawn at every
-# refresh, the demo's charts held a third of a core and its epochs ran 1.4x slower than the command's.
-CHART_REFRESH_S = 6.0
+# A live run's page redraws its progress every REFRESH_S and its charts every CHART_REFRESH_S. Both cost the
+# server and the browser CPU on the cores the training shares, and every CPU-second they take comes out of
+# the training. Measured on 2 cores while a demo run trained (browser + server): the progress part 0.06 of a
+# core at a 2 s refresh; the three charts 0.15-0.2 of a core at 6 s (each redraw of a changed chart costs
+# the browser about 0.3 CPU-s: Streamlit mounts it afresh and plotly draws it twice); the page left open
+# and not refreshed 0.02. At these values the live page takes about 0.1 of a core.
+REFRESH_S = 3.0
+CHART_REFRESH_S = 15.0
 DEMO_DATA = loaders.DEMO_DATA
 DEMO_CONFIG = loaders.ROOT / "assets" / "demo_config.json"
 TRAINING_DATA_KINDS = ("Bundled demo data (UCI digits)", "Upload a file")
@@ -58,9 +58,11 @@ def render() -> None:
         return
     active = any(r.state in bg.ACTIVE for r in runs)
     # The table, the chosen run and its progress are drawn from one reading of the runs' files, every
-    # REFRESH_S while any run is active: the table and the progress bar never disagree. Each refresh redraws
-    # the live charts in the server and the browser, CPU the training process on the same cores needs.
+    # REFRESH_S while any run is active: the table and the progress bar never disagree. The charts refresh
+    # in a fragment of their own, less often: each redraw of a changed chart costs the server and the
+    # browser CPU that the training process on the same cores needs.
     st.fragment(_runs_panel, run_every=REFRESH_S if active else None)(active)
+    st.fragment(_charts_panel, run_every=CHART_REFRESH_S if active else None)()
 
 
 def _runs_panel(was_active: bool) -> None:
@@ -73,9 +75,20 @@ def _runs_panel(was_active: bool) -> None:
                  key="train_runs_table")
     names = [r.name for r in runs]
     session.followed_run(names)
-    name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN)
+    name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN, on_change=session.mark_followed_changed)
+    if session.take_followed_changed():
+        st.rerun()  # the whole page: the charts' fragment follows the newly chosen run now, not at its next refresh
     run = next(r for r in runs if r.name == name)
-    _live(run, views.get(name) or bg.live_view(run.path))
+    _progress(run, views.get(name) or bg.live_view(run.path))
+
+
+def _charts_panel() -> None:
+    """The followed run's charts and details, refreshed every CHART_REFRESH_S while a run is active."""
+    runs = bg.list_runs()
+    name = session.followed_run([r.name for r in runs])
+    run = next(r for r in runs if r.name == name)
+    _charts(bg.live_view(run.path))
+    _details(run.path)
 
 
 # --------------------------------------------------------------------------------------------- new run
@@ -204,35 +217,18 @@ def _start(data: tuple, base: DecAlignConfig, values: dict, run_name: str) -> No
 # ------------------------------------------------------------------------------------------- live view
 
 
-@dataclass(frozen=True)
-class ChartData:
-    """The progress and history a run's charts were drawn from, and when (``time.monotonic``)."""
-
-    run: str
-    at: float
-    progress: dict[str, Any] | None
-    history: list[dict[str, Any]]
-
-
-def chart_data(last: ChartData | None, run: str, active: bool, progress, history, now: float) -> ChartData:
-    """What the charts draw now: the latest data, except while ``run`` is active and its charts took data
-    less than CHART_REFRESH_S ago; then the same data as last time."""
-    if active and last is not None and last.run == run and now - last.at < CHART_REFRESH_S:
-        return last
-    return ChartData(run, now, progress, history)
-
-
-def _live(run: bg.RunInfo, view: bg.LiveView) -> None:
-    state, active = view.state, view.state.state in bg.ACTIVE
+def _progress(run: bg.RunInfo, view: bg.LiveView) -> None:
+    state = view.state
     fraction, text = fig.progress_text(view.progress, state.state)
     st.progress(fraction, text=text)
     _controls(run.path, state)
     if state.state == "finished":
         _test_metrics(run)
-    drawn = chart_data(session.live_charts(), run.name, active, view.progress, view.history, time.monotonic())
-    session.set_live_charts(drawn)
-    progress, history = drawn.progress, drawn.history
-    if active and progress and progress.get("batches"):
+
+
+def _charts(view: bg.LiveView) -> None:
+    progress, history = view.progress, view.history
+    if view.state.state in bg.ACTIVE and progress and progress.get("batches"):
         st.caption(f"While the run trains, the progress bar is updated every {REFRESH_S:g} s and the charts "
                    f"every {CHART_REFRESH_S:g} s.")
         st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
@@ -240,7 +236,6 @@ def _live(run: bg.RunInfo, view: bg.LiveView) -> None:
         left, right = st.columns(2)
         left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")
         right.plotly_chart(fig.valid_metrics_figure(history), key="train_valid_metrics")
-    _details(run.path)
 
 
 def _test_metrics(run: bg.RunInfo) -> None:

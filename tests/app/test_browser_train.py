@@ -155,6 +155,14 @@ def test_train_cancel_resume_compare(server, tmp_path):
             states = {info.name.rsplit("-", 1)[-1]: info.state for info in list_runs(runs)}
             assert states == {"first": "finished", "second": "finished"}
 
+            # 2b. following the first run again: the charts and details (a fragment of their own, which no
+            # longer refreshes once no run is active) show that run's folder, not the second's
+            first = next(info.path for info in list_runs(runs) if info.name.endswith("-first"))
+            page.get_by_label("Run to follow").click()
+            page.get_by_role("option", name=re.compile(r"-first$")).click()
+            page.get_by_text("Run details: configuration, data, log").click()
+            expect(page.get_by_text(f"Folder: {first}")).to_be_visible(timeout=TIMEOUT)
+
             # 3. the finished runs on the Compare page (the two most recent different models: newest as A)
             _open(page, "Compare models")
             expect(page.get_by_role("heading", name=re.compile("Predictions that changed"))).to_be_visible(

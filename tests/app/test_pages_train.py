@@ -12,6 +12,7 @@ from browser_utils import shown
 
 from decalign.config import DecAlignConfig, ModelConfig, TrainConfig
 from decalign.data import MultimodalDataset, load_dataset, make_synthetic, save_npz
+from decalign.safe_output import markdown_text
 from decalign.train import train
 from decalign.train.background import kill_training, list_runs, run_state
 
@@ -64,6 +65,11 @@ def test_train_page_lists_runs_and_shows_a_finished_run(page_test, runs_dir):
     sentences = [m.value for m in [*at.info, *at.warning] if "linear baseline" in m.value]
     assert len(sentences) == 1 and "a logistic regression" in sentences[0] and "test split" in sentences[0]
     assert at.selectbox(key="train_run").value == table["run"][0]
+    # the charts' fragment follows the chosen run: its details name that run's folder
+    for chosen in (table["run"][0], table["run"].iloc[-1]):
+        at.selectbox(key="train_run").set_value(chosen).run()
+        details = [m.value for m in at.markdown if m.value.startswith("Data: ")]
+        assert len(details) == 1 and details[0].endswith(f"Folder: {markdown_text(runs_dir[0] / chosen)}")
     labels = [n.label for n in at.number_input]
     assert {"Prototypes K", "Width d", "Alpha (heterogeneity)", "Learning rate", "Epochs", "Seed"} <= set(labels)
 
@@ -169,19 +175,3 @@ def test_compare_page_model_with_itself(page_test, runs_dir):
     assert not frame(at, "prediction_A", "shift")["changed"].any()
     table = frame(at, "prototype_A", "mass")
     assert (table["prototype_A"] == table["prototype_B"]).all()
-
-
-def test_a_live_runs_charts_take_new_data_at_most_every_chart_refresh():
-    """While a run trains, its charts keep the data they last drew for CHART_REFRESH_S (an unchanged chart
-    costs the browser, which shares the training's cores, almost nothing); otherwise they draw the latest."""
-    from app.views.train import CHART_REFRESH_S, chart_data
-
-    first = chart_data(None, "r1", True, {"epoch": 1}, [{"epoch": 1}], now=100.0)
-    assert (first.progress, first.history, first.at) == ({"epoch": 1}, [{"epoch": 1}], 100.0)
-    held = chart_data(first, "r1", True, {"epoch": 2}, [], now=100.0 + CHART_REFRESH_S - 0.01)
-    assert held is first
-    later = chart_data(first, "r1", True, {"epoch": 2}, [], now=100.0 + CHART_REFRESH_S)
-    assert (later.progress, later.at) == ({"epoch": 2}, 100.0 + CHART_REFRESH_S)
-    assert chart_data(first, "r2", True, {"epoch": 5}, [], now=100.5).progress == {"epoch": 5}  # another run
-    ended = chart_data(first, "r1", False, {"epoch": 3}, [{"epoch": 3}], now=100.5)  # finished or cancelled
-    assert (ended.progress, ended.history) == ({"epoch": 3}, [{"epoch": 3}])
