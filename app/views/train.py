@@ -24,10 +24,10 @@ from decalign.train.trainer import check_trainable
 
 # A live run's page redraws its progress every REFRESH_S and its charts every CHART_REFRESH_S. Both cost the
 # server and the browser CPU on the cores the training shares, and every CPU-second they take comes out of
-# the training. Measured on 2 cores while a demo run trained (browser + server): the progress part 0.06 of a
-# core at a 2 s refresh; the three charts 0.15-0.2 of a core at 6 s (each redraw of a changed chart costs
-# the browser about 0.3 CPU-s: Streamlit mounts it afresh and plotly draws it twice); the page left open
-# and not refreshed 0.02. At these values the live page takes about 0.1 of a core.
+# the training. Measured on 2 cores while a demo run trained, the browser's share: the progress part 0.06-0.08
+# of a core at a 2 s refresh; the three charts 0.17-0.21 at 6 s (each redraw of a changed chart costs about
+# 0.3 CPU-s: to Streamlit a changed figure is a new element, and plotly draws it twice); the page open and not refreshing 0.02.
+# At these values the browser takes 0.11-0.13 of a core.
 REFRESH_S = 3.0
 CHART_REFRESH_S = 15.0
 DEMO_DATA = loaders.DEMO_DATA
