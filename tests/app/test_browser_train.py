@@ -113,9 +113,9 @@ def test_train_cancel_resume_compare(server, tmp_path):
             _settle(page, "Overview")
             _open(page, "Train")
 
-            # 1. a six-epoch run on the bundled demo, small batches (a two-epoch run of 11 batches could end
-            # between two refreshes of the page): the progress bar advances, then it finishes
-            _start_run(page, "first", 6, batch_size=32)
+            # 1. a ten-epoch run on the bundled demo, small batches (a two-epoch run of 11 batches could end
+            # between two refreshes of the page, every 3 s): the progress bar advances, then it finishes
+            _start_run(page, "first", 10, batch_size=32)
             seen = set()
             deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
             finished = page.get_by_text(re.compile(r"^Finished after epoch \d+"))
