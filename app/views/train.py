@@ -24,10 +24,10 @@ from decalign.train.trainer import check_trainable
 
 # A live run's page redraws its progress every REFRESH_S and its charts every CHART_REFRESH_S. Both cost the
 # server and the browser CPU on the cores the training shares, and every CPU-second they take comes out of
-# the training. Measured on 2 cores while a demo run trained, the browser's share: the progress part 0.06-0.08
-# of a core at a 2 s refresh; the three charts 0.17-0.21 at 6 s (each redraw of a changed chart costs about
-# 0.3 CPU-s: to Streamlit a changed figure is a new element, and plotly draws it twice); the page open and not refreshing 0.02.
-# At these values the browser takes 0.11-0.13 of a core.
+# the training. Measured on 2 cores while a demo run trained, the browser's share: the progress part
+# 0.06-0.08 of a core at a 2 s refresh; the three charts 0.17-0.21 at 6 s (each redraw of a changed chart
+# costs about 0.3 CPU-s: to Streamlit a changed figure is a new element, and plotly draws it twice); the
+# page open and not refreshing 0.02. At these values the browser takes 0.11-0.13 of a core.
 REFRESH_S = 3.0
 CHART_REFRESH_S = 15.0
 DEMO_DATA = loaders.DEMO_DATA
@@ -75,9 +75,10 @@ def _runs_panel(was_active: bool) -> None:
                  key="train_runs_table")
     names = [r.name for r in runs]
     session.followed_run(names)
-    name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN, on_change=session.mark_followed_changed)
+    name = st.selectbox("Run to follow", names, key=session.Key.TRAIN_RUN,
+                        on_change=session.mark_followed_changed)
     if session.take_followed_changed():
-        st.rerun()  # the whole page: the charts' fragment follows the newly chosen run now, not at its next refresh
+        st.rerun()  # the whole page: the charts' fragment follows the chosen run now, not at its next refresh
     run = next(r for r in runs if r.name == name)
     _progress(run, views.get(name) or bg.live_view(run.path))
 

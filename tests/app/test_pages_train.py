@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -175,3 +176,24 @@ def test_compare_page_model_with_itself(page_test, runs_dir):
     assert not frame(at, "prediction_A", "shift")["changed"].any()
     table = frame(at, "prototype_A", "mass")
     assert (table["prototype_A"] == table["prototype_B"]).all()
+
+
+def test_a_live_runs_progress_and_charts_refresh_in_fragments_of_their_own(monkeypatch):
+    """While a run is active the progress refreshes every REFRESH_S and the charts, whose redraws cost the
+    training's cores most, in a fragment of their own every CHART_REFRESH_S; once none is, neither refreshes."""
+    from app.views import train as view
+
+    registered = []
+
+    def fragment(body, run_every=None):
+        registered.append((body.__name__, run_every))
+        return lambda *args: None
+
+    monkeypatch.setattr(view.st, "fragment", fragment)
+    monkeypatch.setattr(view, "_new_run", lambda: None)
+    for state, cadence in (("running", (view.REFRESH_S, view.CHART_REFRESH_S)), ("finished", (None, None))):
+        registered.clear()
+        monkeypatch.setattr(view.bg, "list_runs", lambda state=state: [SimpleNamespace(state=state)])
+        view.render()
+        assert registered == [("_runs_panel", cadence[0]), ("_charts_panel", cadence[1])]
+    assert view.CHART_REFRESH_S > view.REFRESH_S
