@@ -86,6 +86,8 @@ def _runs_panel(was_active: bool) -> None:
 def _charts_panel() -> None:
     """The followed run's charts and details, refreshed every CHART_REFRESH_S while a run is active."""
     runs = bg.list_runs()
+    if not runs:
+        return  # the run folders were removed since the page was drawn: its progress part redraws it
     name = session.followed_run([r.name for r in runs])
     run = next(r for r in runs if r.name == name)
     _charts(bg.live_view(run.path))
