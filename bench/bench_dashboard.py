@@ -46,6 +46,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from bench.bench_train_epoch import ours_run_dir, run_ours, write_inputs
 from decalign.data import MultimodalDataset, Split, load_dataset, make_synthetic, save_npz
+from decalign.train.cpu_threads import machine_cpu_seconds
 
 TIMEOUT = 180_000
 CHART_PAGES = {"Overview", "Predict", "Sample", "Embeddings", "Prototypes and transport", "Alignment levels",
@@ -228,17 +229,11 @@ def _wait_quiet(busy_cores: float = 0.3, deadline_s: float = 300.0) -> float:
     background projections ran beside the first timed runs, 20 CPU-s of them); the seconds waited."""
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
-        before = _busy_cpu_s()
+        before = machine_cpu_seconds()
         time.sleep(1.0)
-        if _busy_cpu_s() - before < busy_cores:
+        if machine_cpu_seconds() - before < busy_cores:
             break
     return round(time.monotonic() - start, 1)
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds every process on the machine has used (``/proc/stat``, idle and iowait left out)."""
-    fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / os.sysconf("SC_CLK_TCK")
 
 
 def _cli_run(page_run: dict, cli_dir: Path) -> list[float]:
@@ -246,9 +241,9 @@ def _cli_run(page_run: dict, cli_dir: Path) -> list[float]:
     command = [sys.executable, "-m", "decalign", "train", "--data", page_run.pop("data"), "--config",
                page_run.pop("config"), "--out", str(cli_dir), "--quiet", "--replay",
                "--progress-file", str(cli_dir / "progress.json"), "--cancel-file", str(cli_dir / "cancel")]
-    busy, own = _busy_cpu_s(), _children_cpu_s()
+    busy, own = machine_cpu_seconds(), _children_cpu_s()
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    others = (_busy_cpu_s() - busy) - (_children_cpu_s() - own)
+    others = (machine_cpu_seconds() - busy) - (_children_cpu_s() - own)
     print(f"command alone: other processes used {others:.1f} CPU-s meanwhile", flush=True)
     return [row["seconds"] for row in json.loads((cli_dir / "history.json").read_text())]
 

@@ -36,7 +36,6 @@ class ShareCpuCallback(Callback):
         self.max_threads = 0
         self.used: set[int] = set()
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last: tuple[float, float, float] | None = None
         self.changes: list[tuple[float, int]] = []  # (seconds since the start, threads)
 
@@ -79,13 +78,21 @@ class ShareCpuCallback(Callback):
 
     def _sample(self) -> tuple[float, float, float] | None:
         """(monotonic seconds, CPU seconds of every process, CPU seconds of this one)."""
-        try:
-            fields = STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
-        except OSError:
+        busy = machine_cpu_seconds()
+        if busy is None:
             return None
-        busy = sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields))  # not idle, not iowait
-        own = sum(os.times()[:2])
-        return time.monotonic(), busy / self.tick, own
+        return time.monotonic(), busy, sum(os.times()[:2])
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot (``/proc/stat``, neither idle nor
+    iowait); None without ``/proc/stat``."""
+    try:
+        fields = STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields)) / tick
 
 
 def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
