@@ -248,7 +248,7 @@ class RunInfo:
 
 
 def run_info(run_dir: str | Path) -> RunInfo:
-    from ..checkpoint import CheckpointError, load_card
+    from ..checkpoint import CheckpointError, load_card_shared
 
     run_dir = Path(run_dir)
     state = run_state(run_dir)
@@ -257,17 +257,17 @@ def run_info(run_dir: str | Path) -> RunInfo:
     card = None
     if (run_dir / "card.json").exists():
         try:
-            card = load_card(run_dir)
-        except CheckpointError:
+            card = load_card_shared(run_dir)  # shared: only read below, its metrics copied
+        except (CheckpointError, FileNotFoundError):  # FileNotFoundError: removed since the check
             card = None
-    metrics = card.metrics.get("valid", {}) if card else {}
+    metrics = dict(card.metrics.get("valid", {})) if card else {}
     return RunInfo(
         name=run_dir.name, path=run_dir, state=state.state, epoch=state.epoch,
         num_epochs=config.get("train", {}).get("num_epochs"), data=request.get("data"),
         data_fingerprint=card.data_fingerprint if card else None, best_epoch=card.best_epoch if card else None,
         best_metrics=metrics, selection_metric=card.extra.get("selection_metric") if card else None,
         config=config, has_model=(run_dir / "best.safetensors").exists() and card is not None,
-        test_metrics=card.metrics.get("test", {}) if card else {})
+        test_metrics=dict(card.metrics.get("test", {})) if card else {})
 
 
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -172,3 +173,33 @@ def test_refuses_a_second_process_and_reports_launch_failures(tmp_path):
     state = run_state(run)
     assert state.state == "failed" and "missing.npz" in (state.error or "")
     assert run_state(tmp_path).state == "empty"
+
+
+def test_the_runs_list_reads_an_unchanged_card_once(tmp_path, monkeypatch):
+    """``list_runs`` reads every run's card at each refresh of a live run's page (4 ms a card): a card whose
+    file is unchanged (same signature, settled) is parsed once; a rewritten one is read again."""
+    from decalign import checkpoint
+
+    for name in ("20260101-000000-a", "20260101-000000-b"):
+        shutil.copytree(ROOT / "assets" / "demo_model", tmp_path / name)
+    parsed = []
+    read = checkpoint.read_card_file
+    monkeypatch.setattr(checkpoint, "read_card_file", lambda path, **kw: parsed.append(path.parent.name) or read(path, **kw))
+    assert [r.best_metrics["Acc"] for r in list_runs(tmp_path)] == [0.9833333333333333] * 2
+    assert [r.best_metrics["Acc"] for r in list_runs(tmp_path)] == [0.9833333333333333] * 2
+    assert len(parsed) == 4  # just written: not settled yet (a coarse clock could hide a same-size rewrite)
+
+    monkeypatch.setattr(checkpoint, "_SETTLED_NS", -1)
+    parsed.clear()
+    first = list_runs(tmp_path)
+    first[0].best_metrics["Acc"] = -1.0  # the list's own copy: the shared card is not changed
+    assert [r.best_metrics["Acc"] for r in list_runs(tmp_path)] == [0.9833333333333333] * 2
+    assert sorted(parsed) == ["20260101-000000-a", "20260101-000000-b"]  # once each
+
+    card = tmp_path / "20260101-000000-a" / "card.json"
+    data = json.loads(card.read_text())
+    data["metrics"]["valid"]["Acc"] = 0.5
+    card.write_text(json.dumps(data))
+    parsed.clear()
+    assert [r.best_metrics["Acc"] for r in list_runs(tmp_path)] == [0.9833333333333333, 0.5]
+    assert parsed == ["20260101-000000-a"]
