@@ -14,9 +14,6 @@ import hashlib
 import math
 import os
 import re
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +24,7 @@ from safetensors import SafetensorError
 
 from . import __version__, sandbox
 from .atomic import atomic_write, atomic_write_json
+from .cache import SignatureCache
 from .card_schema import CheckpointError, check_card, read_card_file
 from .checkpoint_files import CARD_NAME, MAX_ZIP_BYTES, zip_input_size
 from .config import ConfigError, DecAlignConfig
@@ -282,58 +280,12 @@ def model_fingerprint(run_dir: str | Path, tag: str = "best") -> str:
     return digest.hexdigest()
 
 
-_SETTLED_NS = 2_000_000_000
-
-
-class _SignatureCache:
-    """Values computed from a file, kept while the file's signature (path, device, inode, size, mtime_ns,
-    ctime_ns) holds: every rewrite of a file this program writes is a rename onto it (a new inode) or a write
-    (a new mtime and ctime). At most ``kept`` values, the oldest dropped first. Callers must not change a
-    value they are given: it is shared."""
-
-    def __init__(self, kept: int):
-        self.kept = kept
-        self._values: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, path: Path, compute: Callable[[Path], Any]) -> Any:
-        signature = _signature(path)
-        key = (str(path.resolve()), *signature)
-        with self._lock:
-            if key in self._values:
-                return self._values[key]
-        value = compute(path)
-        # Kept only when not rewritten while read, and when its last change is older than a coarse file system's
-        # clock tick: a rewrite in the same tick, of the same size, on a reused inode would look unchanged.
-        settled = time.time_ns() - max(signature[-2:]) > _SETTLED_NS
-        if settled and _signature(path) == signature:
-            with self._lock:
-                if len(self._values) >= self.kept:
-                    self._values.pop(next(iter(self._values)))
-                self._values[key] = value
-        return value
-
-
-_WEIGHT_DIGESTS = _SignatureCache(kept=32)  # the sha256 state after a weights file's bytes
-_CARDS = _SignatureCache(kept=1024)  # a run folder's card as read (a runs list reads every run's card)
+_WEIGHT_DIGESTS = SignatureCache(kept=32)  # the sha256 state after a weights file's bytes
 
 
 def _weights_digest(path: Path) -> Any:
     """A fresh sha256 object that has read ``path``'s bytes, from the signature cache when it is unchanged."""
     return _WEIGHT_DIGESTS.get(path, lambda p: _hash_file(p, hashlib.sha256())).copy()
-
-
-def load_card_shared(run_dir: str | Path) -> ModelCard:
-    """:func:`load_card`, from the signature cache while the card file is unchanged: for the runs list, which
-    reads every run's card at each refresh of a live run's page (4 ms a card, 85 ms for 51 runs). The card
-    is shared: read it, never change it."""
-    return _CARDS.get(Path(run_dir) / CARD_NAME, lambda path: load_card(path.parent))
-
-
-def _signature(path: Path) -> tuple[int, int, int, int, int]:
-    """(device, inode, size, mtime_ns, ctime_ns) of ``path``."""
-    info = path.stat()
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def _hash_file(path: str | Path, digest: Any) -> Any:

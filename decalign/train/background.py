@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..cache import SignatureCache
 from ..config import DecAlignConfig
 from .progress import CANCEL_FILE, PROGRESS_FILE, read_progress
 from .runs import read_history, read_status
@@ -247,8 +248,30 @@ class RunInfo:
     test_metrics: dict[str, float] = field(default_factory=dict)  # on the card once the run has finished
 
 
+_CARD_SUMMARIES = SignatureCache(kept=4096)
+
+
+@dataclass(frozen=True)
+class _CardSummary:
+    """What the runs list shows of a run's card."""
+
+    data_fingerprint: str
+    best_epoch: int | None
+    valid: dict[str, float]
+    test: dict[str, float]
+    selection_metric: str | None
+
+
+def _card_summary(card_path: Path) -> _CardSummary:
+    from ..checkpoint import load_card
+
+    card = load_card(card_path.parent)
+    return _CardSummary(card.data_fingerprint, card.best_epoch, card.metrics.get("valid", {}),
+                        card.metrics.get("test", {}), card.extra.get("selection_metric"))
+
+
 def run_info(run_dir: str | Path) -> RunInfo:
-    from ..checkpoint import CheckpointError, load_card_shared
+    from ..checkpoint import CheckpointError
 
     run_dir = Path(run_dir)
     state = run_state(run_dir)
@@ -256,18 +279,17 @@ def run_info(run_dir: str | Path) -> RunInfo:
     request = _read_json(run_dir / "request.json") or {}
     card = None
     if (run_dir / "card.json").exists():
-        try:
-            card = load_card_shared(run_dir)  # shared: only read below, its metrics copied
+        try:  # a card is parsed once while unchanged: the runs list reads every run's at each live refresh
+            card = _CARD_SUMMARIES.get(run_dir / "card.json", _card_summary)
         except (CheckpointError, FileNotFoundError):  # FileNotFoundError: removed since the check
             card = None
-    metrics = dict(card.metrics.get("valid", {})) if card else {}
     return RunInfo(
         name=run_dir.name, path=run_dir, state=state.state, epoch=state.epoch,
         num_epochs=config.get("train", {}).get("num_epochs"), data=request.get("data"),
         data_fingerprint=card.data_fingerprint if card else None, best_epoch=card.best_epoch if card else None,
-        best_metrics=metrics, selection_metric=card.extra.get("selection_metric") if card else None,
+        best_metrics=dict(card.valid) if card else {}, selection_metric=card.selection_metric if card else None,
         config=config, has_model=(run_dir / "best.safetensors").exists() and card is not None,
-        test_metrics=dict(card.metrics.get("test", {})) if card else {})
+        test_metrics=dict(card.test) if card else {})
 
 
 def list_runs(root: str | Path | None = None) -> list[RunInfo]:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from decalign import checkpoint
+from decalign import cache, checkpoint
 from decalign.checkpoint import model_fingerprint
 
 
@@ -21,7 +21,7 @@ def _run(tmp_path, weights: bytes = b"w" * 3000, card: bytes = b'{"a": 1}'):
 @pytest.fixture(autouse=True)
 def _files_settle_at_once(monkeypatch):
     """Files here are seconds old at most: let the cache keep them (one test checks the wait)."""
-    monkeypatch.setattr(checkpoint, "_SETTLED_NS", -1)
+    monkeypatch.setattr(cache, "SETTLED_NS", -1)
 
 
 def _expected(run) -> str:
@@ -72,7 +72,7 @@ def test_a_run_without_weights_hashes_its_card_alone(tmp_path):
 
 
 def test_weights_changed_within_the_settling_time_are_not_remembered(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_SETTLED_NS", 60_000_000_000)
+    monkeypatch.setattr(cache, "SETTLED_NS", 60_000_000_000)
     run = _run(tmp_path)
     read: list[str] = []
     hash_file = checkpoint._hash_file

@@ -178,7 +178,7 @@ def test_refuses_a_second_process_and_reports_launch_failures(tmp_path):
 def test_the_runs_list_reads_an_unchanged_card_once(tmp_path, monkeypatch):
     """``list_runs`` reads every run's card at each refresh of a live run's page (4 ms a card): a card whose
     file is unchanged (same signature, settled) is parsed once; a rewritten one is read again."""
-    from decalign import checkpoint
+    from decalign import cache, checkpoint
 
     for name in ("20260101-000000-a", "20260101-000000-b"):
         shutil.copytree(ROOT / "assets" / "demo_model", tmp_path / name)
@@ -189,7 +189,7 @@ def test_the_runs_list_reads_an_unchanged_card_once(tmp_path, monkeypatch):
     assert [r.best_metrics["Acc"] for r in list_runs(tmp_path)] == [0.9833333333333333] * 2
     assert len(parsed) == 4  # just written: not settled yet (a coarse clock could hide a same-size rewrite)
 
-    monkeypatch.setattr(checkpoint, "_SETTLED_NS", -1)
+    monkeypatch.setattr(cache, "SETTLED_NS", -1)
     parsed.clear()
     first = list_runs(tmp_path)
     first[0].best_metrics["Acc"] = -1.0  # the list's own copy: the shared card is not changed
