@@ -91,7 +91,7 @@ def _charts_panel() -> None:
     name = session.followed_run([r.name for r in runs])
     run = next(r for r in runs if r.name == name)
     _charts(bg.live_view(run.path))
-    _details(run.path)
+    _details(run)  # the run as the list just read it, not read again
 
 
 # --------------------------------------------------------------------------------------------- new run
@@ -287,13 +287,12 @@ def _baseline(run_dir: Path) -> None:
         (st.info if comparison["verdict"] == "beats" else st.warning)(comparison["sentence"])
 
 
-def _details(run_dir: Path) -> None:
-    info = bg.run_info(run_dir)
+def _details(run: bg.RunInfo) -> None:
     with st.expander("Run details: configuration, data, log"):
-        st.markdown(f"Data: {markdown_text(info.data)}  \nFingerprint: {markdown_text(info.data_fingerprint)}  \n"
-                    f"Folder: {markdown_text(run_dir)}")
-        st.code(json.dumps(info.config, indent=2), language="json")
-        log = run_dir / "train.log"
+        st.markdown(f"Data: {markdown_text(run.data)}  \nFingerprint: {markdown_text(run.data_fingerprint)}  \n"
+                    f"Folder: {markdown_text(run.path)}")
+        st.code(json.dumps(run.config, indent=2), language="json")
+        log = run.path / "train.log"
         if log.exists():
             st.code(log.read_text(encoding="utf-8", errors="replace")[-3000:] or "(empty)", language="text")
 

@@ -255,7 +255,7 @@ _CARD_SUMMARIES = SignatureCache(kept=4096)
 class _CardSummary:
     """What the runs list shows of a run's card."""
 
-    data_fingerprint: str
+    data_fingerprint: str | None
     best_epoch: int | None
     valid: dict[str, float]
     test: dict[str, float]
