@@ -189,15 +189,13 @@ def bench_two_sessions(browser, port: int) -> dict:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants that are still alive (from /proc)."""
     total, stack = 0.0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
     while stack:
         current = stack.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            total += _own_cpu(current)
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
         stack.extend(int(c) for c in children)
     return total
 
