@@ -1,10 +1,13 @@
-"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``): built once per machine, called with ctypes.
+"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``): built once per
+machine, called with ctypes.
 
 Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
 DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The attention
 kernel keeps one head's scores in cache from the product to the weighted values, forward and backward (see
 its C file). The dropout kernel makes the masks ``decalign.model.dropout`` draws from numpy's PCG64 stream,
-the same bits, in one pass instead of five (a seventh of a training step went to those masks).
+the same bits, in one pass instead of five (a seventh of a training step went to those masks). The sweeps
+kernel runs the official Sinkhorn sweeps of ``decalign.model.sweeps`` on small plans, one pass over the cells
+an update where numpy made a dozen calls.
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -34,9 +38,11 @@ import torch
 from ..atomic import atomic_write
 from ..cache import cache_root
 
-SOURCES = (Path(__file__).with_name("small_head_attention.c"), Path(__file__).with_name("dropout_mask.c"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
+MAX_SWEEP_AXES = 16  # the sweeps kernel's MAX_AXES
 SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and numpy
 
 _lock = threading.Lock()
@@ -132,6 +138,60 @@ def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: f
                                None if flags is None else flags.ctypes.data)
 
 
+class SweepTape:
+    """What ``sweeps_forward`` keeps for ``sweeps_reverse``: each update's softmax over the plan's cells and
+    its weights (the kernel's tape, in float64)."""
+
+    def __init__(self, sizes: tuple[int, ...], updates: int):
+        self.sizes, self.updates = sizes, updates
+        self.softmax = np.empty(updates * math.prod(sizes))
+        self.weight = np.empty((updates // len(sizes)) * sum(sizes))
+
+
+def sweeps_forward(scaled: np.ndarray, guard: float, sweeps: int, log_nu: list[np.ndarray],
+                   keep: bool) -> tuple[list[np.ndarray], SweepTape | None]:
+    """``decalign.model.sweeps.forward_updates`` in one call, in float64: (potentials, tape or None)."""
+    sizes = tuple(int(k) for k in scaled.shape)
+    tape = SweepTape(sizes, sweeps * len(sizes)) if keep else None
+    logs = np.empty(sum(sizes))
+    cells, marginals = _doubles(scaled), _doubles(np.concatenate(log_nu))  # held for the call
+    _check_sweeps(library().mms_forward(len(sizes), _sizes(sizes), cells.ctypes.data, guard, sweeps,
+                                        marginals.ctypes.data, logs.ctypes.data,
+                                        None if tape is None else tape.softmax.ctypes.data,
+                                        None if tape is None else tape.weight.ctypes.data))
+    return np.split(logs, np.cumsum(sizes)[:-1]), tape
+
+
+def sweeps_reverse(tape: SweepTape, grads: list[np.ndarray | None]) -> tuple[np.ndarray | None, list]:
+    """``decalign.model.sweeps.reverse_updates`` from a ``sweeps_forward`` tape, in float64: (d scaled,
+    [d log nu_m]); None where no gradient reached, as there."""
+    sizes = tape.sizes
+    adjoint = _doubles(np.concatenate([np.zeros(k) if g is None else g.reshape(-1) for k, g in zip(sizes, grads)]))
+    present = np.array([g is not None for g in grads], dtype=np.uint8)
+    d_scaled, d_nu = np.empty(sizes), np.empty(sum(sizes))
+    reached = np.empty(len(sizes) + 1, dtype=np.uint8)
+    _check_sweeps(library().mms_reverse(len(sizes), _sizes(sizes), tape.updates, tape.softmax.ctypes.data,
+                                        tape.weight.ctypes.data, adjoint.ctypes.data, present.ctypes.data,
+                                        d_scaled.ctypes.data, d_nu.ctypes.data, reached.ctypes.data))
+    parts = np.split(d_nu, np.cumsum(sizes)[:-1])
+    return (d_scaled if reached[-1] else None), [part if hit else None for part, hit in zip(parts, reached)]
+
+
+def _sizes(sizes: tuple[int, ...]):
+    return (ctypes.c_int64 * len(sizes))(*sizes)
+
+
+def _doubles(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _check_sweeps(status: int) -> None:
+    if status == 1:
+        raise MemoryError("the Sinkhorn sweeps kernel could not allocate its scratch")
+    if status:
+        raise ValueError(f"the Sinkhorn sweeps kernel takes 1 to {MAX_SWEEP_AXES} axes (status {status})")
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, built first if need be; None where it does not apply or could not be built."""
     switch = os.environ.get(SWITCH, "1")
@@ -195,7 +255,7 @@ def main() -> None:
         print("the native kernels need x86-64 with AVX2 and FMA: torch's operators and numpy run here instead")
         return
     try:
-        print(f"native kernels (attention, dropout masks): {build()}")
+        print(f"native kernels (attention, dropout masks, Sinkhorn sweeps): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
@@ -208,8 +268,8 @@ def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, subprocess.CalledProcessError) as exc:
-        warnings.warn(f"decalign: the native kernels could not be built ({_reason(exc)}); attention and dropout "
-                      "run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"decalign: the native kernels could not be built ({_reason(exc)}); attention, dropout and the "
+                      "Sinkhorn sweeps run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
         return None
     size, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int]
@@ -218,6 +278,9 @@ def _load() -> ctypes.CDLL | None:
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr]
     lib.sha_dropout_mask.restype = None
+    lib.mms_forward.argtypes = [ctypes.c_int, ptr, ptr, ctypes.c_double, size] + [ptr] * 4
+    lib.mms_reverse.argtypes = [ctypes.c_int, ptr, size] + [ptr] * 7
+    lib.mms_forward.restype = lib.mms_reverse.restype = ctypes.c_int
     return lib
 
 

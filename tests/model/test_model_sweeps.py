@@ -1,5 +1,6 @@
 """The official Sinkhorn sweeps' hand-written backward (decalign.model.sweeps) against autograd through
-the plain loop, written here on its own: values and gradients, on numpy (small CPU plans) and on torch."""
+the plain loop, written here on its own: values and gradients, in the native kernel (small CPU plans), on
+numpy (the same without the native kernels) and on torch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import decalign.model.sweeps as sweeps_module
-from decalign.model import official_sinkhorn
+from decalign.model import native, official_sinkhorn
 from decalign.model.sweeps import official_sweeps
 
 GUARD = float(np.log(1e-8))
@@ -44,10 +45,15 @@ def values_and_gradients(fn, scaled, log_nu, weights, guard, sweeps):
     return [g.detach() for g in logs], grads
 
 
-@pytest.fixture(params=["numpy", "torch"])
+@pytest.fixture(params=["native", "numpy", "torch"])
 def backend(request, monkeypatch):
+    if request.param == "native" and native.library() is None:
+        pytest.skip("the native kernels do not load here")
+    if request.param == "numpy":
+        monkeypatch.setenv(native.SWITCH, "0")
     if request.param == "torch":
         monkeypatch.setattr(sweeps_module, "HOST_MAX_CELLS", 0)
+    assert sweeps_module._backend(torch.zeros(8, 8, 8)) == request.param
     return request.param
 
 
@@ -103,12 +109,16 @@ def test_one_input_needing_no_gradient_and_grad_mode_off(backend):
         torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12)
 
 
-def test_the_backend_follows_the_plan_size_and_device():
+def test_the_backend_follows_the_plan_size_and_device(monkeypatch):
     small = torch.zeros(8, 8, 8)
-    assert sweeps_module._on_host(small)
-    assert not sweeps_module._on_host(torch.zeros(64, 64, 16))  # past HOST_MAX_CELLS: torch's threads
-    assert not sweeps_module._on_host(small.to(torch.bfloat16))  # numpy has no bfloat16
-    assert not sweeps_module._on_host(torch.zeros(8, 8, 8, device="meta"))
+    assert sweeps_module._backend(small) == ("native" if native.library() is not None else "numpy")
+    assert sweeps_module._backend(torch.zeros(16, 16, 32)) == "numpy"  # past NATIVE_MAX_CELLS
+    assert sweeps_module._backend(torch.zeros(64, 64, 16)) == "torch"  # past HOST_MAX_CELLS: torch's threads
+    assert sweeps_module._backend(small.to(torch.bfloat16)) == "torch"  # numpy and the kernel: no bfloat16
+    assert sweeps_module._backend(torch.zeros(8, 8, 8, device="meta")) == "torch"
+    assert sweeps_module._backend(torch.zeros((1,) * (native.MAX_SWEEP_AXES + 1))) == "numpy"  # the kernel's limit
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert sweeps_module._backend(small) == "numpy"
 
 
 def test_official_sinkhorn_gradient_equals_autograd_through_the_plain_plan(backend):
@@ -125,3 +135,23 @@ def test_official_sinkhorn_gradient_equals_autograd_through_the_plain_plan(backe
     assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
     for got, expected in zip(torch.autograd.grad(loss, [cost, *nu]), torch.autograd.grad(want, [cost, *nu])):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_native_reverse_skips_absent_adjoints_as_the_numpy_reverse_does():
+    if native.library() is None:
+        pytest.skip("the native kernels do not load here")
+    scaled, log_nu, _ = problem((4, 3, 5), seed=8)
+    arrays = scaled.detach().numpy(), [a.detach().numpy() for a in log_nu]
+    logs, tape = native.sweeps_forward(arrays[0], GUARD, 1, arrays[1], keep=True)
+    want_logs, want_tape = sweeps_module.forward_updates(np, arrays[0], np.float64(GUARD), 1, arrays[1], True)
+    for got, want in zip(logs, want_logs):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # one sweep, only the first potential's adjoint: the two later updates are skipped (absent adjoints),
+    # the first one's gives d scaled and d log nu_0 only (no earlier update takes the adjoints it passes on)
+    grads = [np.arange(1.0, 5.0), None, None]
+    got_scaled, got_nu = native.sweeps_reverse(tape, grads)
+    want_scaled, want_nu = sweeps_module.reverse_updates(np, grads, want_tape, 3)
+    np.testing.assert_allclose(got_scaled, want_scaled, rtol=1e-12, atol=1e-15)
+    assert [g is None for g in got_nu] == [g is None for g in want_nu] == [False, True, True]
+    np.testing.assert_allclose(got_nu[0], want_nu[0], rtol=1e-12)
+    assert native.sweeps_reverse(tape, [None, None, None]) == (None, [None, None, None])
