@@ -379,17 +379,21 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Adam:
     """Adam as the official trainer builds it: with ``bert_learning_rate`` set, the BERT's parameters form
     a group of their own at that rate (same weight decay); otherwise one group at ``learning_rate``.
 
-    Always the multi-tensor (``foreach``) implementation, torch's default on a GPU only: on the CPU the
-    official MOSI model's 201 tensors took 10-11 ms a step one by one, 5.6-6.1 ms together, with the same
-    numbers to the bit (tested)."""
+    Where every parameter is on the CPU, torch's fused Adam: one kernel a tensor, where the multi-tensor
+    (``foreach``) implementation runs each of Adam's operations tensor by tensor on the CPU. The official MOSI
+    model's 201 tensors took 10-11 ms a step one by one (torch's CPU default), 5.6-7 ms with ``foreach``,
+    2-3.7 ms fused. Fused Adam rounds differently: after 30 steps the parameters differ from torch's default
+    Adam by at most 1.5e-8 (tested to 1e-6 relative over a short run). Elsewhere (a GPU) the multi-tensor
+    implementation, torch's default there, the same numbers as the official trainer's to the bit."""
     text_encoder = getattr(model, "text_encoder", None)
-    params: Any = model.parameters()
+    params: Any = list(model.parameters())
+    kind = {"fused": True} if all(p.device.type == "cpu" for p in params) else {"foreach": True}
     if text_encoder is not None and cfg.bert_learning_rate:
         bert = list(text_encoder.parameters())
         ids = {id(p) for p in bert}
         params = [{"params": bert, "lr": cfg.bert_learning_rate},
-                  {"params": [p for p in model.parameters() if id(p) not in ids]}]
-    return EagerAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
+                  {"params": [p for p in params if id(p) not in ids]}]
+    return EagerAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **kind)
 
 
 def _unwrapped(method):
