@@ -32,6 +32,34 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep_mask(x.shape, p, x.device, x.dtype, scale=1.0 / (1.0 - p))
 
 
+def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``dropout(torch.relu(x), p, training)``. Where the native kernels load (float32 on the CPU), the mask
+    is drawn and applied to the ReLU in one pass and the backward reads only the output (an element passes
+    exactly where its input was positive and it was kept): the same decisions and numbers as the two steps,
+    with two passes fewer forward, one backward, and one saved tensor instead of two."""
+    if not (training and 0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.compiler.is_compiling() and native.library() is not None):
+        return dropout(torch.relu(x), p, training)
+    return _ReluDropout.apply(x, p)
+
+
+class _ReluDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.scale = 1.0 / (1.0 - p)
+        out = torch.empty(x.shape, dtype=torch.float32)
+        native.dropout_decisions(_seeded_stream(), x.numel(), *_cut(p), ctx.scale, mask=out,
+                                 applied_to=x.contiguous(), relu=True)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return native.relu_dropout_backward(out, grad, ctx.scale), None
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device,
               dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
     """A float tensor of ``shape`` holding 0 (dropped, probability p) or ``scale`` (kept), independently

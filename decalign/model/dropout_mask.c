@@ -38,11 +38,20 @@ static u128 pcg64_jump(u128 state, uint64_t steps, u128 increment) {
     return accumulated_multiplier * state + accumulated_increment;
 }
 
-/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32), or into `flags` as
- * 1 or 0 (bytes); either may be NULL. The state and increment come in 64-bit halves. */
+/* What `mask` receives for element i: the mask value (kept_value or 0), or, with an input, the input
+ * (through ReLU when asked) times it, as torch multiplies them: dropout applied in the same pass. */
+static inline float masked(const float *input, int relu, int64_t i, float value) {
+    if (!input) return value;
+    const float x = input[i];
+    return (relu && x < 0.0f ? 0.0f : x) * value;
+}
+
+/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32; with `input`, that
+ * times the input, after ReLU when `relu`), or into `flags` as 1 or 0 (bytes); either may be NULL. The
+ * state and increment come in 64-bit halves. */
 void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high,
                       uint64_t increment_low, int64_t count, int cut, double fraction, float kept_value,
-                      float *mask, uint8_t *flags) {
+                      float *mask, uint8_t *flags, const float *input, int relu) {
     u128 state = ((u128)state_high << 64) | state_low;
     const u128 increment = ((u128)increment_high << 64) | increment_low;
     const uint64_t words = (uint64_t)(count + 7) / 8;
@@ -53,7 +62,9 @@ void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t incremen
         const int64_t n = count - start < BLOCK_WORDS * 8 ? count - start : BLOCK_WORDS * 8;
         for (int64_t w = 0; w < (n + 7) / 8; w++) block.words[w] = pcg64_next(&state, increment);
         const int8_t *b = block.bytes;  /* little-endian: a word's lowest byte first, as numpy's view */
-        if (mask) for (int64_t e = 0; e < n; e++) mask[start + e] = b[e] >= cut8 ? kept_value : 0.0f;
+        if (mask)
+            for (int64_t e = 0; e < n; e++)
+                mask[start + e] = masked(input, relu, start + e, b[e] >= cut8 ? kept_value : 0.0f);
         if (flags) for (int64_t e = 0; e < n; e++) flags[start + e] = b[e] >= cut8;
         if (fraction <= 0) continue;
         const __m256i cuts = _mm256_set1_epi8(cut8);
@@ -64,9 +75,23 @@ void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t incremen
                 const int64_t e = chunk + __builtin_ctz(tied);
                 if (e >= n) break;
                 const double u = (double)(pcg64_next(&tie_state, increment) >> 11) * (1.0 / 9007199254740992.0);
-                if (mask) mask[start + e] = u >= fraction ? kept_value : 0.0f;
+                if (mask) mask[start + e] = masked(input, relu, start + e, u >= fraction ? kept_value : 0.0f);
                 if (flags) flags[start + e] = u >= fraction;
             }
         }
     }
+}
+
+/* The gradient of ReLU then dropout from its output: an element passed (output > 0) exactly where its
+ * input was positive and it was kept, so grad_in = grad * kept_value there and 0 elsewhere. */
+void sha_relu_dropout_backward(const float *restrict output, const float *restrict grad, float kept_value,
+                               int64_t count, float *restrict grad_in) {
+    /* by hand: gcc keeps the comparison a branch (mispredicted half the time: 4.7 ns an element) */
+    const __m256 scale = _mm256_set1_ps(kept_value), zero = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 passed = _mm256_cmp_ps(_mm256_loadu_ps(output + i), zero, _CMP_GT_OQ);
+        _mm256_storeu_ps(grad_in + i, _mm256_and_ps(passed, _mm256_mul_ps(_mm256_loadu_ps(grad + i), scale)));
+    }
+    for (; i < count; i++) grad_in[i] = output[i] > 0.0f ? grad[i] * kept_value : 0.0f;
 }

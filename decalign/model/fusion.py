@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .dropout import dropout
+from .dropout import dropout, relu_dropout
 
 
 class MultiheadAttention(nn.Module):
@@ -162,7 +162,7 @@ def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch
     out, weights = attention(qt, kt, vt, mask, rates, train, need_weights)
     attended = _linear(_token_major(out, x.shape), p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
     x = _layer_norm(x + dropout(attended, first.res_dropout, train), p, "attn_layer_norm", first)
-    hidden = dropout(F.relu(_linear(x, p["fc1.weight"], p["fc1.bias"])), first.relu_dropout, train)
+    hidden = relu_dropout(_linear(x, p["fc1.weight"], p["fc1.bias"]), first.relu_dropout, train)
     residual = dropout(_linear(hidden, p["fc2.weight"], p["fc2.bias"]), first.res_dropout, train)
     x = _layer_norm(x + residual, p, "final_layer_norm", first)
     averaged = weights.view(*x.shape[:2], heads, *weights.shape[1:]).mean(2) if need_weights else None

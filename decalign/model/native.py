@@ -116,26 +116,41 @@ def _layout(qt: torch.Tensor, keys: int, tensors) -> tuple:
 
 
 def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: float, kept_value: float,
-                      mask: torch.Tensor | None = None, flags: np.ndarray | None = None) -> None:
+                      mask: torch.Tensor | None = None, flags: np.ndarray | None = None,
+                      applied_to: torch.Tensor | None = None, relu: bool = False) -> None:
     """Dropout decisions for ``count`` elements from numpy's PCG64 ``stream`` (its state; the stream itself
     is not advanced), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
-    ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False."""
-    if mask is not None and not (mask.dtype == torch.float32 and mask.is_contiguous()):
-        raise ValueError(f"dropout_decisions writes a contiguous float32 mask, got {mask.dtype}, "
-                         f"strides {mask.stride()}")
+    ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False. With ``applied_to`` (contiguous
+    float32, another tensor than ``mask``), ``mask`` receives that tensor times the mask, after ReLU when
+    ``relu``: dropout applied in the same pass."""
+    for name, target in (("mask", mask), ("input", applied_to)):
+        if target is not None and not (target.dtype == torch.float32 and target.is_contiguous()):
+            raise ValueError(f"dropout_decisions takes a contiguous float32 {name}, got {target.dtype}, "
+                             f"strides {target.stride()}")
     if flags is not None and not (flags.dtype == np.bool_ and flags.flags.c_contiguous):
         raise ValueError(f"dropout_decisions writes contiguous bool flags, got {flags.dtype}")
-    for target in (mask, flags):
+    for target in (mask, flags, applied_to):
         if target is not None and (target.size if isinstance(target, np.ndarray) else target.numel()) < count:
             raise ValueError(f"dropout_decisions needs room for {count} decisions")
+    if applied_to is not None and (mask is None or applied_to.data_ptr() == mask.data_ptr()):
+        raise ValueError("dropout_decisions applies the mask into a mask tensor of its own")
     lib = library()
     if lib is None:
         raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
     state = stream.state["state"]
     low = (1 << 64) - 1
     lib.sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
-                               count, cut, fraction, kept_value, _ptr(mask),
-                               None if flags is None else flags.ctypes.data)
+                         count, cut, fraction, kept_value, _ptr(mask), None if flags is None else flags.ctypes.data,
+                         _ptr(applied_to), int(relu))
+
+
+def relu_dropout_backward(output: torch.Tensor, grad: torch.Tensor, kept_value: float) -> torch.Tensor:
+    """The input's gradient of ReLU then dropout (kept elements scaled by ``kept_value``) from the output
+    ``dropout_decisions`` wrote (contiguous float32) and the output's gradient."""
+    grad = grad.contiguous()
+    grad_in = torch.empty_like(output)
+    library().sha_relu_dropout_backward(_ptr(output), _ptr(grad), kept_value, output.numel(), _ptr(grad_in))
+    return grad_in
 
 
 class SweepTape:
@@ -276,8 +291,10 @@ def _load() -> ctypes.CDLL | None:
     lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int]
     lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
     word = ctypes.c_uint64
-    lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float, ptr, ptr]
-    lib.sha_dropout_mask.restype = None
+    lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
+                                                  ptr, ptr, ptr, ctypes.c_int]
+    lib.sha_relu_dropout_backward.argtypes = [ptr, ptr, ctypes.c_float, size, ptr]
+    lib.sha_dropout_mask.restype = lib.sha_relu_dropout_backward.restype = None
     lib.mms_forward.argtypes = [ctypes.c_int, ptr, ptr, ctypes.c_double, size] + [ptr] * 4
     lib.mms_reverse.argtypes = [ctypes.c_int, ptr, size] + [ptr] * 7
     lib.mms_forward.restype = lib.mms_reverse.restype = ctypes.c_int

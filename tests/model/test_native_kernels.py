@@ -14,7 +14,7 @@ import torch
 
 from decalign.model import DecAlign, native
 from decalign.model.attention import attention
-from decalign.model.dropout import keep_flags, keep_mask
+from decalign.model.dropout import dropout, keep_flags, keep_mask, relu_dropout
 from tests.model.helpers import WIDTHS, random_inputs, small_config
 
 needs_kernel = pytest.mark.skipif(not native.cpu_supported() or native.c_compiler() is None,
@@ -223,6 +223,45 @@ def test_heads_read_in_the_projections_layout_and_written_token_major(monkeypatc
     out, weights = native.forward(q, k, v, None, None, None, keep_weights=True)
     grads = native.backward(q, k, v, weights, None, None, torch.ones_like(out))
     assert [d.stride() for d in grads] == [t.stride() for t in (q, k, v)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("p", [0.1, 0.5, 1 / 300])
+@pytest.mark.parametrize("shape", [(7,), (3, 32, 50, 160), (2, 5, 513)])
+def test_relu_dropout_in_one_pass_is_relu_then_dropout_to_the_bit(monkeypatch, p, shape):
+    """The fused ReLU and dropout against the two steps on numpy's masks: the same decisions, outputs and
+    input gradients, for a strided input too; eval mode and p = 0 leave the plain ReLU."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(*shape, 2, generator=g)
+    grad = torch.randn(*shape, generator=g)
+
+    def run(switch, fn):
+        monkeypatch.setenv(native.SWITCH, switch)
+        x = base[..., 0].clone().requires_grad_(True)  # a strided view of the values, then a leaf
+        strided = x.unsqueeze(-1).expand(*shape, 2)[..., 0]
+        torch.manual_seed(5)
+        out = fn(strided)
+        (d_x,) = torch.autograd.grad(out, x, grad)
+        return out.detach(), d_x, torch.empty((), dtype=torch.int64).random_()  # the generator moved alike
+    fused = run("1", lambda x: relu_dropout(x, p, True))
+    steps = run("0", lambda x: dropout(torch.relu(x), p, True))
+    for a, b in zip(fused, steps):
+        assert torch.equal(a, b)
+    if math.prod(shape) > 1000:  # some positive inputs dropped, some kept
+        positive = base[..., 0] > 0
+        assert (fused[0][positive] == 0).any() and (fused[0][positive] != 0).any()
+    scale = torch.tensor(1 / (1 - p), dtype=torch.float32)
+    assert torch.equal(fused[1], torch.where(fused[0] > 0, grad * scale, torch.zeros(())))
+    x = base[..., 0]
+    assert torch.equal(relu_dropout(x, p, False), torch.relu(x)) and torch.equal(relu_dropout(x, 0.0, True), torch.relu(x))
+
+
+def test_dropout_decisions_apply_only_into_a_mask_of_their_own():
+    stream, x = np.random.PCG64(1), torch.randn(8)
+    with pytest.raises(ValueError, match="of its own"):
+        native.dropout_decisions(stream, 8, -100, 0.5, 2.0, mask=x, applied_to=x)
+    with pytest.raises(ValueError, match="contiguous float32 input"):
+        native.dropout_decisions(stream, 4, -100, 0.5, 2.0, mask=torch.empty(4), applied_to=x[::2])
 
 
 @needs_kernel
