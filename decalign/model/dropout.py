@@ -48,7 +48,7 @@ class _ReluDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         ctx.scale = 1.0 / (1.0 - p)
         out = torch.empty(x.shape, dtype=torch.float32)
-        native.dropout_decisions(_seeded_stream(), x.numel(), *_cut(p), ctx.scale, mask=out,
+        native.dropout_decisions(_seed(), x.numel(), *_cut(p), ctx.scale, mask=out,
                                  applied_to=x.contiguous(), relu=True)
         ctx.save_for_backward(out)
         return out
@@ -73,7 +73,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     count = math.prod(shape)
     if dtype == torch.float32 and native.library() is not None:
         mask = torch.empty(shape, dtype=torch.float32)
-        native.dropout_decisions(_seeded_stream(), count, *_cut(p), scale, mask=mask)
+        native.dropout_decisions(_seed(), count, *_cut(p), scale, mask=mask)
         return mask
     stream, as_bytes, cut, fraction = _draw_bytes(count, p)
     # clamp(b - cut + 1, 0, 1) is 1 from the cut up, exactly: one vectorised pass in torch
@@ -92,14 +92,15 @@ def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarra
     (True: kept; written into ``out`` when given), for the fused attention kernel. That kernel runs only where
     the native kernels load (``decalign.model.native``), so this needs them too. ``0 < p < 1``."""
     flags = np.empty(count, dtype=bool) if out is None else out
-    native.dropout_decisions(_seeded_stream(), count, *_cut(p), 1.0, flags=flags)
+    native.dropout_decisions(_seed(), count, *_cut(p), 1.0, flags=flags)
     return flags
 
 
-def _seeded_stream() -> np.random.PCG64:
+def _seed() -> int:
     # One 64-bit draw of torch's generator seeds numpy's PCG64, which makes the bytes: torch's CPU generator
-    # took 9.6 ns a 64-bit word (19 ms of a training step's masks at MOSI shapes), PCG64 4-5 ns.
-    return np.random.PCG64(int(torch.empty((), dtype=torch.int64).random_()))
+    # took 9.6 ns a 64-bit word (19 ms of a training step's masks at MOSI shapes), PCG64 4-5 ns. The native
+    # kernels seed PCG64 from it themselves, as numpy does.
+    return int(torch.empty((), dtype=torch.int64).random_())
 
 
 def _cut(p: float) -> tuple[int, float]:
@@ -115,6 +116,6 @@ def _draw_bytes(count: int, p: float) -> tuple[np.random.Generator, np.ndarray, 
     bytes below the cut drop, bytes above it keep, a byte equal to the cut drops when V < the fraction of
     p * 256 above the cut (V is drawn from the returned stream, in the order of the tied bytes).
     """
-    stream = np.random.Generator(_seeded_stream())
+    stream = np.random.Generator(np.random.PCG64(_seed()))
     as_bytes = stream.bit_generator.random_raw(-(-count // 8)).view(np.int8)
     return stream, as_bytes, *_cut(p)

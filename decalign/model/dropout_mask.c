@@ -38,6 +38,59 @@ static u128 pcg64_jump(u128 state, uint64_t steps, u128 increment) {
     return accumulated_multiplier * state + accumulated_increment;
 }
 
+/* numpy's seeding of PCG64 from a non-negative integer below 2^64, without numpy: SeedSequence(seed) mixes the
+ * seed's 32-bit words (lowest first, no leading zero words; 0 is one word) into a pool of four and hashes the
+ * pool into four 64-bit words (generate_state(4, uint64)), which PCG64 takes as its initial state (words 0 and 1,
+ * high first) and stream (words 2 and 3), stepping the LCG twice as pcg_setseq_128_srandom_r does. In numpy the
+ * Python side of this took 37-50 us a mask inside a training step (53 masks a step). */
+#define INIT_A 0x43b0d7e5u
+#define MULT_A 0x931e8875u
+#define INIT_B 0x8b51f9ddu
+#define MULT_B 0x58f38dedu
+#define MIX_MULT_L 0xca01f9ddu
+#define MIX_MULT_R 0x4973f715u
+
+static uint32_t hashmix(uint32_t value, uint32_t *hash_const) {
+    value ^= *hash_const;
+    *hash_const *= MULT_A;
+    value *= *hash_const;
+    return value ^ (value >> 16);
+}
+
+static uint32_t mix(uint32_t x, uint32_t y) {
+    const uint32_t result = MIX_MULT_L * x - MIX_MULT_R * y;
+    return result ^ (result >> 16);
+}
+
+void sha_pcg64_seed(uint64_t seed, uint64_t out[4]) {
+    const uint32_t entropy[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    const int words = seed >> 32 ? 2 : 1;
+    uint32_t pool[4], hash_const = INIT_A;
+    for (int i = 0; i < 4; i++) pool[i] = hashmix(i < words ? entropy[i] : 0u, &hash_const);
+    for (int src = 0; src < 4; src++)
+        for (int dst = 0; dst < 4; dst++)
+            if (src != dst) pool[dst] = mix(pool[dst], hashmix(pool[src], &hash_const));
+    uint32_t state[8], hash_b = INIT_B;
+    for (int i = 0; i < 8; i++) {
+        uint32_t value = pool[i % 4] ^ hash_b;
+        hash_b *= MULT_B;
+        value *= hash_b;
+        state[i] = value ^ (value >> 16);
+    }
+    uint64_t w[4];
+    for (int i = 0; i < 4; i++) w[i] = (uint64_t)state[2 * i] | ((uint64_t)state[2 * i + 1] << 32);
+    const u128 initial = ((u128)w[0] << 64) | w[1], sequence = ((u128)w[2] << 64) | w[3];
+    const u128 increment = (sequence << 1) | 1u;
+    u128 lcg = 0;
+    lcg = lcg * MULTIPLIER + increment;
+    lcg += initial;
+    lcg = lcg * MULTIPLIER + increment;
+    out[0] = (uint64_t)(lcg >> 64);
+    out[1] = (uint64_t)lcg;
+    out[2] = (uint64_t)(increment >> 64);
+    out[3] = (uint64_t)increment;
+}
+
 /* What `mask` receives for element i: the mask value (kept_value or 0), or, with an input, the input
  * (through ReLU when asked) times it, as torch multiplies them: dropout applied in the same pass. */
 static inline float masked(const float *input, int relu, int64_t i, float value) {

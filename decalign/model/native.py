@@ -115,11 +115,11 @@ def _layout(qt: torch.Tensor, keys: int, tensors) -> tuple:
     return (ctypes.c_int64 * 6)(*qt.shape, keys), (ctypes.c_int64 * len(strides))(*strides)
 
 
-def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: float, kept_value: float,
+def dropout_decisions(seed: int, count: int, cut: int, fraction: float, kept_value: float,
                       mask: torch.Tensor | None = None, flags: np.ndarray | None = None,
                       applied_to: torch.Tensor | None = None, relu: bool = False) -> None:
-    """Dropout decisions for ``count`` elements from numpy's PCG64 ``stream`` (its state; the stream itself
-    is not advanced), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
+    """Dropout decisions for ``count`` elements from the stream of ``np.random.PCG64(seed)`` (seeded here as
+    numpy seeds it: :func:`pcg64_state`), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
     ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False. With ``applied_to`` (contiguous
     float32, another tensor than ``mask``), ``mask`` receives that tensor times the mask, after ReLU when
     ``relu``: dropout applied in the same pass."""
@@ -137,11 +137,18 @@ def dropout_decisions(stream: np.random.PCG64, count: int, cut: int, fraction: f
     lib = library()
     if lib is None:
         raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
-    state = stream.state["state"]
-    low = (1 << 64) - 1
-    lib.sha_dropout_mask(state["state"] >> 64, state["state"] & low, state["inc"] >> 64, state["inc"] & low,
-                         count, cut, fraction, kept_value, _ptr(mask), None if flags is None else flags.ctypes.data,
-                         _ptr(applied_to), int(relu))
+    words = (ctypes.c_uint64 * 4)()
+    lib.sha_pcg64_seed(seed, words)
+    lib.sha_dropout_mask(*words, count, cut, fraction, kept_value, _ptr(mask),
+                         None if flags is None else flags.ctypes.data, _ptr(applied_to), int(relu))
+
+
+def pcg64_state(seed: int) -> dict[str, int]:
+    """``np.random.PCG64(seed).state["state"]`` (0 <= seed < 2**64) as the kernel computes it: numpy's
+    SeedSequence and PCG64 seeding, whose Python side took 37-50 us a mask inside a training step."""
+    words = (ctypes.c_uint64 * 4)()
+    library().sha_pcg64_seed(seed, words)
+    return {"state": words[0] << 64 | words[1], "inc": words[2] << 64 | words[3]}
 
 
 def relu_dropout_backward(output: torch.Tensor, grad: torch.Tensor, kept_value: float) -> torch.Tensor:
@@ -294,6 +301,8 @@ def _load() -> ctypes.CDLL | None:
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
                                                   ptr, ptr, ptr, ctypes.c_int]
     lib.sha_relu_dropout_backward.argtypes = [ptr, ptr, ctypes.c_float, size, ptr]
+    lib.sha_pcg64_seed.argtypes = [word, ptr]
+    lib.sha_pcg64_seed.restype = None
     lib.sha_dropout_mask.restype = lib.sha_relu_dropout_backward.restype = None
     lib.mms_forward.argtypes = [ctypes.c_int, ptr, ptr, ctypes.c_double, size] + [ptr] * 4
     lib.mms_reverse.argtypes = [ctypes.c_int, ptr, size] + [ptr] * 7

@@ -257,11 +257,11 @@ def test_relu_dropout_in_one_pass_is_relu_then_dropout_to_the_bit(monkeypatch, p
 
 
 def test_dropout_decisions_apply_only_into_a_mask_of_their_own():
-    stream, x = np.random.PCG64(1), torch.randn(8)
+    x = torch.randn(8)
     with pytest.raises(ValueError, match="of its own"):
-        native.dropout_decisions(stream, 8, -100, 0.5, 2.0, mask=x, applied_to=x)
+        native.dropout_decisions(1, 8, -100, 0.5, 2.0, mask=x, applied_to=x)
     with pytest.raises(ValueError, match="contiguous float32 input"):
-        native.dropout_decisions(stream, 4, -100, 0.5, 2.0, mask=torch.empty(4), applied_to=x[::2])
+        native.dropout_decisions(1, 4, -100, 0.5, 2.0, mask=torch.empty(4), applied_to=x[::2])
 
 
 @needs_kernel
@@ -329,13 +329,22 @@ def test_build_writes_once_and_reuses(tmp_path):
 
 @needs_kernel
 def test_dropout_decisions_refuse_a_target_they_would_write_past_or_around():
-    stream = np.random.PCG64(1)
     with pytest.raises(ValueError, match="contiguous float32"):
-        native.dropout_decisions(stream, 6, -100, 0.5, 1.0, mask=torch.zeros(6, 2)[:, 0])
+        native.dropout_decisions(1, 6, -100, 0.5, 1.0, mask=torch.zeros(6, 2)[:, 0])
     with pytest.raises(ValueError, match="room for 7"):
-        native.dropout_decisions(stream, 7, -100, 0.5, 1.0, flags=np.zeros(6, dtype=bool))
+        native.dropout_decisions(1, 7, -100, 0.5, 1.0, flags=np.zeros(6, dtype=bool))
     with pytest.raises(ValueError, match="contiguous bool"):
-        native.dropout_decisions(stream, 3, -100, 0.5, 1.0, flags=np.zeros(6, dtype=np.uint8))
-    flags = np.zeros(8, dtype=bool)
-    native.dropout_decisions(stream, 8, -100, 0.5, 1.0, flags=flags)
-    assert flags.sum() > 0 and stream.state == np.random.PCG64(1).state  # the stream itself is not advanced
+        native.dropout_decisions(1, 3, -100, 0.5, 1.0, flags=np.zeros(6, dtype=np.uint8))
+    flags, again = np.zeros(8, dtype=bool), np.zeros(8, dtype=bool)
+    native.dropout_decisions(1, 8, -100, 0.5, 1.0, flags=flags)
+    native.dropout_decisions(1, 8, -100, 0.5, 1.0, flags=again)
+    assert flags.sum() > 0 and np.array_equal(flags, again)  # a seed, not a stream: the same decisions
+
+
+@needs_kernel
+def test_the_kernel_seeds_pcg64_as_numpy_does():
+    rng = np.random.default_rng(0)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1] + [int(s) for s in rng.integers(0, 2**63 - 1, 300)]
+    seeds += [int(s) for s in rng.integers(0, 2**32, 100)]
+    for seed in seeds:
+        assert native.pcg64_state(seed) == np.random.PCG64(seed).state["state"], seed
