@@ -119,8 +119,8 @@ def dropout_decisions(seed: int, count: int, cut: int, fraction: float, kept_val
                       mask: torch.Tensor | None = None, flags: np.ndarray | None = None,
                       applied_to: torch.Tensor | None = None, relu: bool = False) -> None:
     """Dropout decisions for ``count`` elements from the stream of ``np.random.PCG64(seed)`` (seeded here as
-    numpy seeds it: :func:`pcg64_state`), made as ``decalign.model.dropout`` makes them: into ``mask`` (contiguous float32) as
-    ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False. With ``applied_to`` (contiguous
+    numpy seeds it: :func:`pcg64_state`), made as ``decalign.model.dropout`` makes them: into ``mask``
+    (contiguous float32) as ``kept_value`` or 0, or into ``flags`` (contiguous bool) as True or False. With ``applied_to`` (contiguous
     float32, another tensor than ``mask``), ``mask`` receives that tensor times the mask, after ReLU when
     ``relu``: dropout applied in the same pass."""
     for name, target in (("mask", mask), ("input", applied_to)):
@@ -137,18 +137,22 @@ def dropout_decisions(seed: int, count: int, cut: int, fraction: float, kept_val
     lib = library()
     if lib is None:
         raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
-    words = (ctypes.c_uint64 * 4)()
-    lib.sha_pcg64_seed(seed, words)
-    lib.sha_dropout_mask(*words, count, cut, fraction, kept_value, _ptr(mask),
+    lib.sha_dropout_mask(*_pcg64_words(seed), count, cut, fraction, kept_value, _ptr(mask),
                          None if flags is None else flags.ctypes.data, _ptr(applied_to), int(relu))
 
 
 def pcg64_state(seed: int) -> dict[str, int]:
     """``np.random.PCG64(seed).state["state"]`` (0 <= seed < 2**64) as the kernel computes it: numpy's
     SeedSequence and PCG64 seeding, whose Python side took 37-50 us a mask inside a training step."""
+    words = _pcg64_words(seed)
+    return {"state": words[0] << 64 | words[1], "inc": words[2] << 64 | words[3]}
+
+
+def _pcg64_words(seed: int):
+    """PCG64's state and increment for ``seed``, in 64-bit halves (high first), from the kernel."""
     words = (ctypes.c_uint64 * 4)()
     library().sha_pcg64_seed(seed, words)
-    return {"state": words[0] << 64 | words[1], "inc": words[2] << 64 | words[3]}
+    return words
 
 
 def relu_dropout_backward(output: torch.Tensor, grad: torch.Tensor, kept_value: float) -> torch.Tensor:
