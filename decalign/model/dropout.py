@@ -35,8 +35,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``dropout(torch.relu(x), p, training)``. Where the native kernels load (float32 on the CPU), the mask
     is drawn and applied to the ReLU in one pass and the backward reads only the output (an element passes
-    exactly where its input was positive and it was kept): the same decisions and numbers as the two steps,
-    with two passes fewer forward, one backward, and one saved tensor instead of two."""
+    exactly where its input was positive and it was kept): the same decisions and numbers as the two steps
+    (for a non-finite gradient at a dropped element, 0 where the two steps give 0 x inf = NaN), with two
+    passes fewer forward, one backward, and one saved tensor instead of two."""
     if not (training and 0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.compiler.is_compiling() and native.library() is not None):
         return dropout(torch.relu(x), p, training)
