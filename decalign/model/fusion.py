@@ -198,24 +198,21 @@ def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: E
     return torch.addcmul(bias[:, None, None], normed, weight[:, None, None])
 
 
-def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
-                     lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d), for attention:
-    (*lead, M, B, h, hd, T), a view of the product.
+def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-encoder projection of x (M, B, T, d) by weight (M, h * hd, d), for attention: (M, B, h, hd, T), a
+    view of the product (:func:`_product_layout`)."""
+    return _heads_first(_product_layout(x, weight, bias, heads))
+
+
+def _product_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
+                    lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """Per-encoder projection of x (M, B, T, d) by weight (M, *lead * h * hd, d) in the product's own layout,
+    (M, *lead, h, hd, B, T), a view.
 
     The product is taken feature-major (W @ x^T, rows = output features, columns = B*T tokens): the fused
     attention kernel reads it as it is, and torch's path copies whole rows of T steps into head-major
     order instead of gathering one float at a time.
     """
-    out = _product_layout(x, weight, bias, heads, lead)  # (M, *lead, h, hd, B, T)
-    n = len(lead)
-    order = (*range(1, 1 + n), 0, 3 + n, 1 + n, 2 + n, 4 + n)  # lead..., M, B, h, hd, T
-    return out.permute(order)
-
-
-def _product_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
-                    lead: tuple[int, ...] = ()) -> torch.Tensor:
-    """The product of :func:`_head_projection` in its own layout, (M, *lead, h, hd, B, T), a view."""
     count, batch, steps, d = x.shape
     tokens = x.reshape(count, batch * steps, d).transpose(1, 2)  # (M, d, B*T), a view
     out = torch.baddbmm(bias.unsqueeze(2), weight, tokens)  # (M, rows, B*T)
