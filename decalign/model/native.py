@@ -185,7 +185,7 @@ def sweeps_forward(scaled: np.ndarray, guard: float, sweeps: int, log_nu: list[n
                                         marginals.ctypes.data, logs.ctypes.data,
                                         None if tape is None else tape.softmax.ctypes.data,
                                         None if tape is None else tape.weight.ctypes.data))
-    return np.split(logs, np.cumsum(sizes)[:-1]), tape
+    return _per_axis(logs, sizes), tape
 
 
 def sweeps_reverse(tape: SweepTape, grads: list[np.ndarray | None]) -> tuple[np.ndarray | None, list]:
@@ -199,8 +199,13 @@ def sweeps_reverse(tape: SweepTape, grads: list[np.ndarray | None]) -> tuple[np.
     _check_sweeps(library().mms_reverse(len(sizes), _sizes(sizes), tape.updates, tape.softmax.ctypes.data,
                                         tape.weight.ctypes.data, adjoint.ctypes.data, present.ctypes.data,
                                         d_scaled.ctypes.data, d_nu.ctypes.data, reached.ctypes.data))
-    parts = np.split(d_nu, np.cumsum(sizes)[:-1])
+    parts = _per_axis(d_nu, sizes)
     return (d_scaled if reached[-1] else None), [part if hit else None for part, hit in zip(parts, reached)]
+
+
+def _per_axis(concatenated: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """The axes' vectors the kernel writes one after another, as views."""
+    return np.split(concatenated, np.cumsum(sizes)[:-1])
 
 
 def _sizes(sizes: tuple[int, ...]):
