@@ -48,14 +48,18 @@ static inline int64_t head_at(const Work *w, int tensor, int64_t n) {
 #include <immintrin.h>
 #define MAX_HD 16  /* widest head kept in registers; native.py sends wider ones to torch */
 
-/* Cephes' single-precision exp (about 1 ulp) on 8 lanes: a degree-6 polynomial on [-ln2/2, ln2/2] times
- * 2^n, with x clamped so that 2^n stays a normal number. */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365447506f)), _mm256_set1_ps(88.3762626647949f));
-    const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
-                                                     _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+/* exp(x) for x <= 0 or NaN on 8 lanes (a softmax's shifted scores): Cephes' single-precision polynomial (about
+ * 1 ulp) on [-ln2/2, ln2/2] times 2^n. No upper clamp is needed; the lower one at -88 makes n = -127 at
+ * most, whose 2^n has exponent bits 0: exp(-inf) is exactly 0, so masked scores need no select. `max`
+ * takes its second operand when one is NaN, so NaN passes through. n is rounded by adding 1.5 * 2^23
+ * (its bits then hold n + 127 in the low mantissa) and ln 2 is subtracted in one FMA: for |n| <= 127 the
+ * error of ln 2 in float moves r by at most 2.4e-7, at exponentials under 1e-38. */
+static inline __m256 exp8_nonpositive(__m256 x) {
+    const __m256 round_bias = _mm256_set1_ps(12583039.0f);  /* 1.5 * 2^23 + 127 */
+    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);
+    const __m256 biased = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), round_bias);
+    const __m256 n = _mm256_sub_ps(biased, round_bias);
+    const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147180559945f), x);
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
@@ -63,8 +67,7 @@ static inline __m256 exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(biased), 23)));
 }
 
 static inline float hsum8(__m256 x) {
@@ -106,8 +109,15 @@ static inline void store8(float *x, __m256 value, int64_t count, __m256i lanes) 
     else _mm256_maskstore_ps(x, lanes, value);
 }
 
+/* Query row i of head n as torch's softmax leaves a row it cannot normalise: output and weights NaN. */
+static void nan_row(const Work *w, int64_t n, int64_t i, float *out, int64_t hd) {
+    for (int64_t c = 0; c < hd; c++) out[c * w->at[OUT].channel + i * w->at[OUT].step] = NAN;
+    if (w->weights) for (int64_t j = 0; j < w->tk; j++) w->weights[(n * w->tq + i) * w->tk + j] = NAN;
+}
+
 /* One head, one pass of scores (kept in `row`, -inf where not allowed) and one of exponentials applied to
- * the values; the weights are normalised only where they are kept. */
+ * the values; the weights are normalised only where they are kept. A NaN score, or an infinite one, makes
+ * the row's sum NaN, and the row is NaN then, as torch's softmax makes it. */
 static inline __attribute__((always_inline)) void forward_wide(const Work *w, int64_t n, float *row,
                                                                 const int64_t hd) {
     const int64_t tq = w->tq, tk = w->tk;
@@ -122,23 +132,23 @@ static inline __attribute__((always_inline)) void forward_wide(const Work *w, in
         const uint8_t *allowed = w->heads_per_mask ? w->mask + ((n / w->heads_per_mask) * tq + i) * tk : NULL;
         const uint8_t *keep = scale != 0.0f ? w->keep + (n * tq + i) * tk : NULL;
         for (int64_t c = 0; c < hd; c++) qc[c] = _mm256_set1_ps(q[c * qc_stride + i * qt_stride]);
-        __m256 top8 = minus_inf, nan8 = _mm256_setzero_ps();
+        __m256 top8 = minus_inf;
         for (int64_t j = 0; j < tk; j += 8) {
             const int64_t count = tk - j < 8 ? tk - j : 8;
             const __m256i lanes = lanes8(count);
-            __m256 s = _mm256_setzero_ps();
-            for (int64_t c = 0; c < hd; c++) s = _mm256_fmadd_ps(qc[c], load8(k + c * kc + j, count, lanes), s);
-            __m256 valid = _mm256_castsi256_ps(lanes);
-            if (allowed) valid = _mm256_and_ps(valid, flags8(allowed + j, count));
-            s = _mm256_blendv_ps(minus_inf, s, valid);
+            __m256 s = _mm256_mul_ps(qc[0], load8(k + j, count, lanes));
+            for (int64_t c = 1; c < hd; c++) s = _mm256_fmadd_ps(qc[c], load8(k + c * kc + j, count, lanes), s);
+            if (allowed || count < 8) {
+                __m256 valid = _mm256_castsi256_ps(lanes);
+                if (allowed) valid = _mm256_and_ps(valid, flags8(allowed + j, count));
+                s = _mm256_blendv_ps(minus_inf, s, valid);
+            }
             _mm256_storeu_ps(row + j, s);
             top8 = _mm256_max_ps(top8, s);
-            nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
         }
         const float top = hmax8(top8);
-        if (top == -INFINITY || _mm256_movemask_ps(nan8)) {  /* NaN, as torch's softmax gives */
-            for (int64_t c = 0; c < hd; c++) out[c * oc + i * ot] = NAN;
-            if (w->weights) for (int64_t j = 0; j < tk; j++) w->weights[(n * tq + i) * tk + j] = NAN;
+        if (top == -INFINITY) {  /* nowhere to attend: NaN, as torch's softmax gives */
+            nan_row(w, n, i, out, hd);
             continue;
         }
         const __m256 shift = _mm256_set1_ps(top);
@@ -147,14 +157,18 @@ static inline __attribute__((always_inline)) void forward_wide(const Work *w, in
         for (int64_t j = 0; j < tk; j += 8) {
             const int64_t count = tk - j < 8 ? tk - j : 8;
             const __m256i lanes = lanes8(count);
-            const __m256 s = _mm256_loadu_ps(row + j);
-            __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(s, shift)), _mm256_cmp_ps(s, minus_inf, _CMP_NEQ_OQ));
+            __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row + j), shift));
             sum8 = _mm256_add_ps(sum8, e);
             if (w->weights) _mm256_storeu_ps(row + j, e);
             if (keep) e = _mm256_and_ps(e, flags8(keep + j, count));
             for (int64_t c = 0; c < hd; c++) acc[c] = _mm256_fmadd_ps(load8(v + c * vc + j, count, lanes), e, acc[c]);
         }
-        const float inverse = 1.0f / hsum8(sum8), factor = keep ? inverse * scale : inverse;
+        const float sum = hsum8(sum8);
+        if (isnan(sum)) {
+            nan_row(w, n, i, out, hd);
+            continue;
+        }
+        const float inverse = 1.0f / sum, factor = keep ? inverse * scale : inverse;
         for (int64_t c = 0; c < hd; c++) out[c * oc + i * ot] = hsum8(acc[c]) * factor;
         if (w->weights) {
             float *out_row = w->weights + (n * tq + i) * tk;

@@ -97,6 +97,23 @@ def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch():
 
 
 @needs_kernel
+def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_nan_row_as_in_torch():
+    """The kernel's exponential takes shifted scores only (at most 0), clamped at -88 where 2^n is 0."""
+    q, k, v, _, _, _ = case(2, 4, 5, 19, None, False)
+    q[0] = 0.0
+    q[0, 0] = torch.linspace(1, 10, 5)
+    k[0, 0] = torch.linspace(-30, 30, 19)  # head 0: scores 30 to 300 apart from their row's top
+    q[1, 2, 3] = math.inf  # head 1, query 3: scores of both infinities, as torch gives NaN
+    out, weights = native.forward(q, k, v, None, None, None, keep_weights=True)
+    expected, expected_weights = textbook(q, k, v, None, None, None)
+    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(weights.isnan(), expected_weights.isnan())
+    assert out[1, :, 3].isnan().all() and out.isnan().sum() == 4
+    assert (weights[0] == 0).sum() > 0 and (weights[0] >= 0).all()  # far below the top: exactly 0
+    torch.testing.assert_close(out.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(weights.nan_to_num(), expected_weights.float().nan_to_num(), atol=1e-6, rtol=1e-5)
+
+
+@needs_kernel
 def test_result_does_not_depend_on_the_thread_count():
     q, k, v, mask, keep, scale = case(10, 4, 9, 30, "per-group", True)
     upstream = torch.randn(q.shape)
@@ -132,9 +149,11 @@ def test_keep_flags_are_the_decisions_of_keep_mask(monkeypatch, p, count, switch
 
 @needs_kernel
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.75, 1 / 300, 0.999])
-@pytest.mark.parametrize("shape", [(1,), (7,), (32, 50, 40), (3, 32, 50, 160), (513,)])
+@pytest.mark.parametrize("shape", [(1,), (7,), (32, 50, 40), (3, 32, 50, 160), (513,), (521,), (531,)])
 def test_native_masks_are_numpys_masks_bit_for_bit(monkeypatch, p, shape):
-    """Same seed, same mask on both paths: the kernel follows numpy's PCG64 stream, bytes and ties."""
+    """Same seed, same mask on both paths: the kernel follows numpy's PCG64 stream, bytes and ties. After the
+    first block of 64 words (512 elements) the shapes end 1, 2 and 3 words past a multiple of the kernel's 4
+    interleaved cursors."""
     def draw(switch, maker):
         monkeypatch.setenv(native.SWITCH, switch)
         torch.manual_seed(3)
