@@ -16,11 +16,15 @@ typedef unsigned __int128 u128;
 #define MULTIPLIER (((u128)0x2360ED051FC65DA4ULL << 64) | 0x4385DF649FCCF645ULL)
 #define BLOCK_WORDS 64
 
+static inline uint64_t pcg64_output(u128 state) {
+    const uint64_t folded = (uint64_t)(state >> 64) ^ (uint64_t)state;
+    const unsigned rotation = (unsigned)(state >> 122);
+    return (folded >> rotation) | (folded << ((64 - rotation) & 63));
+}
+
 static inline uint64_t pcg64_next(u128 *state, u128 increment) {
     *state = *state * MULTIPLIER + increment;
-    const uint64_t folded = (uint64_t)(*state >> 64) ^ (uint64_t)*state;
-    const unsigned rotation = (unsigned)(*state >> 122);
-    return (folded >> rotation) | (folded << ((64 - rotation) & 63));
+    return pcg64_output(*state);
 }
 
 /* The state `steps` LCG steps after `state` (Brown's jump-ahead, O(log steps)). */
@@ -36,6 +40,35 @@ static u128 pcg64_jump(u128 state, uint64_t steps, u128 increment) {
         steps >>= 1;
     }
     return accumulated_multiplier * state + accumulated_increment;
+}
+
+/* CHAINS cursors on one stream, interleaved: cursor c yields words c, c + CHAINS, c + 2 CHAINS, ..., each
+ * stepping the LCG CHAINS steps at once (itself an LCG, from the jump-ahead). One cursor is a chain of
+ * dependent 128-bit products (6-7 cycles a word); CHAINS independent ones overlap in the multiplier. */
+#define CHAINS 4
+
+typedef struct {
+    u128 state[CHAINS], multiplier, increment;
+} Cursors;
+
+static Cursors cursors_at(u128 state, u128 increment) {
+    Cursors cursors;
+    for (int c = 0; c < CHAINS; c++) cursors.state[c] = pcg64_jump(state, (uint64_t)c + 1, increment);
+    cursors.multiplier = pcg64_jump(1, CHAINS, 0);
+    cursors.increment = pcg64_jump(0, CHAINS, increment);
+    return cursors;
+}
+
+/* The next `count` words of the stream. Only the stream's last call may take a count that is not a multiple
+ * of CHAINS (the cursors are out of step after it). */
+static void cursors_fill(Cursors *cursors, uint64_t *words, int64_t count) {
+    int64_t w = 0;
+    for (; w + CHAINS <= count; w += CHAINS)
+        for (int c = 0; c < CHAINS; c++) {
+            words[w + c] = pcg64_output(cursors->state[c]);
+            cursors->state[c] = cursors->state[c] * cursors->multiplier + cursors->increment;
+        }
+    for (int c = 0; w < count; c++, w++) words[w] = pcg64_output(cursors->state[c]);
 }
 
 /* numpy's seeding of PCG64 from a non-negative integer below 2^64, without numpy: SeedSequence(seed) mixes the
@@ -109,11 +142,12 @@ void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t incremen
     const u128 increment = ((u128)increment_high << 64) | increment_low;
     const uint64_t words = (uint64_t)(count + 7) / 8;
     u128 tie_state = pcg64_jump(state, words, increment);  /* numpy draws the ties' doubles after the words */
+    Cursors words_from = cursors_at(state, increment);
     const int8_t cut8 = (int8_t)cut;  /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */
     union { uint64_t words[BLOCK_WORDS]; int8_t bytes[BLOCK_WORDS * 8]; } block;
     for (int64_t start = 0; start < count; start += BLOCK_WORDS * 8) {
         const int64_t n = count - start < BLOCK_WORDS * 8 ? count - start : BLOCK_WORDS * 8;
-        for (int64_t w = 0; w < (n + 7) / 8; w++) block.words[w] = pcg64_next(&state, increment);
+        cursors_fill(&words_from, block.words, (n + 7) / 8);  /* BLOCK_WORDS: a multiple of CHAINS */
         const int8_t *b = block.bytes;  /* little-endian: a word's lowest byte first, as numpy's view */
         if (mask)
             for (int64_t e = 0; e < n; e++)
