@@ -14,14 +14,16 @@ time a process needs it, into ``build/`` beside this file (``scripts/install.sh`
 or under the cache root where the package folder is read-only. Its name carries a hash of the sources and
 the flags; it is written under a temporary name and renamed, so concurrent processes never load half a
 file. It loads on Linux on x86-64 with AVX2 and FMA; attention uses it for float32 CPU tensors with heads
-at most 16 wide, outside ``torch.compile``. Anywhere else, or with ``DECALIGN_NATIVE_KERNELS=0``, or when
-the build fails (a warning says why), torch's operators and numpy do the same work, with the same results
-to rounding (the dropout masks to the bit).
+at most 16 wide, outside ``torch.compile``, 16 lanes at a time where the CPU has AVX-512 (F, BW, VL, DQ),
+else 8 (``attention_lanes``; ``DECALIGN_NATIVE_KERNELS=avx2`` keeps 8). Anywhere else, or with
+``DECALIGN_NATIVE_KERNELS=0``, or when the build fails (a warning says why), torch's operators and numpy do
+the same work, with the same results to rounding (the dropout masks to the bit).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -40,10 +42,12 @@ from ..cache import cache_root
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c"))
+HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),)  # included by the attention kernel
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
 MAX_SWEEP_AXES = 16  # the sweeps kernel's MAX_AXES
-SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and numpy
+SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and numpy; "avx2": attention at 8 lanes
+WIDE_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}  # what the kernel's 16-lane attention needs
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
@@ -78,7 +82,8 @@ def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
     per_mask = 0 if mask is None else n0 * n1 * n2 // mask.shape[0]
     shape, strides = _layout(q5, keys, (q5, _five(kt), _five(vt), out))
     _check(library().sha_forward(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_bytes), per_mask,
-                                 _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights), torch.get_num_threads()))
+                                 _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights), torch.get_num_threads(),
+                                 attention_lanes()))
     return out.reshape(qt.shape), weights
 
 
@@ -93,7 +98,7 @@ def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torc
     shape, strides = _layout(_five(qt), kt.shape[-1], [None if t is None else _five(t) for t in tensors])
     _check(library().sha_backward(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(weights), _ptr(keep),
                                   _ptr(head_scale), _ptr(d_out), _ptr(d_qt), _ptr(d_kt), _ptr(d_vt),
-                                  torch.get_num_threads()))
+                                  torch.get_num_threads(), attention_lanes()))
     return d_qt, d_kt, d_vt
 
 
@@ -236,21 +241,30 @@ def library() -> ctypes.CDLL | None:
 
 def cpu_supported() -> bool:
     """Linux on x86-64 with AVX2 and FMA (the instructions the kernel is built for)."""
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
-        return False
+    return platform.system() == "Linux" and platform.machine() == "x86_64" and {"avx2", "fma"} <= cpu_flags()
+
+
+def attention_lanes() -> int:
+    """16 where the CPU has AVX-512 (``WIDE_FLAGS``) and ``DECALIGN_NATIVE_KERNELS`` is not "avx2", else 8: the
+    vector width of the attention kernel's per-head work."""
+    return 16 if WIDE_FLAGS <= cpu_flags() and os.environ.get(SWITCH, "1") != "avx2" else 8
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+            return frozenset(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
     except OSError:
-        return False
-    return {"avx2", "fma"} <= set(flags)
+        return frozenset()
 
 
 def build(folder: Path | None = None) -> Path:
     """Compile the kernel into ``folder`` (default: ``build/`` beside this file, or the cache root where
     that cannot be written) unless it is there; returns its path. Raises OSError or
     ``subprocess.CalledProcessError`` (with the compiler's message) when it cannot be built."""
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES) + " ".join(FLAGS).encode())
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS) + " ".join(FLAGS).encode())
     name = f"decalign_kernels-{digest.hexdigest()[:16]}.so"
     folders = [folder] if folder is not None else default_folders()
     for candidate in folders:
@@ -286,7 +300,7 @@ def main() -> None:
         print("the native kernels need x86-64 with AVX2 and FMA: torch's operators and numpy run here instead")
         return
     try:
-        print(f"native kernels (attention, dropout masks, Sinkhorn sweeps): {build()}")
+        print(f"native kernels (attention at {attention_lanes()} lanes, dropout masks, Sinkhorn sweeps): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
@@ -303,8 +317,8 @@ def _load() -> ctypes.CDLL | None:
                       "Sinkhorn sweeps run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
         return None
     size, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int]
-    lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int]
+    lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int] * 2
+    lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int] * 2
     lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
@@ -326,5 +340,7 @@ def _ptr(tensor: torch.Tensor | None) -> int | None:
 def _check(status: int) -> None:
     if status == 1:
         raise MemoryError("the fused attention kernel could not allocate its scratch rows")
+    if status == 3:
+        raise RuntimeError(f"this CPU cannot run the attention kernel at {attention_lanes()} lanes")
     if status:
         raise ValueError(f"the fused attention kernel refused its arguments (status {status})")

@@ -19,6 +19,18 @@ from tests.model.helpers import WIDTHS, random_inputs, small_config
 
 needs_kernel = pytest.mark.skipif(not native.cpu_supported() or native.c_compiler() is None,
                                   reason="the kernel needs x86-64 with AVX2 and FMA, and a C compiler")
+HAS_WIDE = native.WIDE_FLAGS <= native.cpu_flags()
+ON = ["1", "avx2"]  # the kernels on: attention at the CPU's widest vectors, and at AVX2's 8 lanes
+
+
+@pytest.fixture(params=[8, 16], ids=["avx2", "avx512"])
+def lanes(request, monkeypatch):
+    """The attention kernel at each vector width this CPU has (16 lanes only with AVX-512)."""
+    if request.param == 16 and not HAS_WIDE:
+        pytest.skip("no AVX-512 here")
+    monkeypatch.setenv(native.SWITCH, "avx2" if request.param == 8 else "1")
+    assert native.attention_lanes() == request.param
+    return request.param
 
 
 def test_the_kernel_is_built_where_the_cpu_takes_it():
@@ -68,7 +80,7 @@ SHAPES = [(8, 4, 50, 100), (6, 4, 7, 13), (4, 5, 3, 8), (4, 16, 9, 21), (2, 1, 1
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("masked", [None, "per-group", "broadcast"])
 @pytest.mark.parametrize("dropped", [False, True])
-def test_kernel_matches_float64_textbook_attention(shape, masked, dropped):
+def test_kernel_matches_float64_textbook_attention(shape, masked, dropped, lanes):
     q, k, v, mask, keep, scale = case(*shape, masked, dropped)
     out, weights = native.forward(q, k, v, mask, keep, scale, keep_weights=True)
     expected, expected_weights = textbook(q, k, v, mask, keep, scale)
@@ -84,7 +96,7 @@ def test_kernel_matches_float64_textbook_attention(shape, masked, dropped):
 
 
 @needs_kernel
-def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch():
+def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch(lanes):
     q, k, v, _, _, _ = case(4, 4, 3, 10, None, False)
     mask = torch.ones(2, 3, 10, dtype=torch.bool)
     mask[1, 2] = False  # heads 2 and 3, query 2: every key masked
@@ -97,7 +109,7 @@ def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch():
 
 
 @needs_kernel
-def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_nan_row_as_in_torch():
+def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_nan_row_as_in_torch(lanes):
     """The kernel's exponential takes shifted scores only (at most 0), clamped at -88 where 2^n is 0."""
     q, k, v, _, _, _ = case(2, 4, 5, 19, None, False)
     q[0] = 0.0
@@ -114,7 +126,47 @@ def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_na
 
 
 @needs_kernel
-def test_result_does_not_depend_on_the_thread_count():
+@pytest.mark.skipif(not HAS_WIDE, reason="no AVX-512 here")
+@pytest.mark.parametrize("keys", [1, 7, 8, 9, 15, 16, 17, 33, 100])
+def test_both_vector_widths_give_the_same_attention_to_rounding(monkeypatch, keys):
+    """8 and 16 lanes take the same steps (the tails of a row differ: 1 to 15 keys past whole vectors)."""
+    results = {}
+    for switch in ("avx2", "1"):
+        monkeypatch.setenv(native.SWITCH, switch)
+        q, k, v, mask, keep, scale = case(6, 4, 5, keys, "per-group", True, seed=keys)
+        out, weights = native.forward(q, k, v, mask, keep, scale, keep_weights=True)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        results[switch] = (out, weights, *native.backward(q, k, v, weights, keep, scale, upstream))
+    assert results["avx2"][0].abs().sum() > 0  # (with one key, the queries' and keys' gradients are 0)
+    for narrow, wide in zip(results["avx2"], results["1"]):
+        torch.testing.assert_close(wide, narrow, atol=1e-6, rtol=1e-5)
+
+
+def test_the_attention_width_follows_the_cpu_and_the_switch(monkeypatch):
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset({"avx2", "fma"} | native.WIDE_FLAGS))
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    assert native.attention_lanes() == 16
+    monkeypatch.setenv(native.SWITCH, "avx2")
+    assert native.attention_lanes() == 8
+    monkeypatch.delenv(native.SWITCH)
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))  # no BW, VL, DQ
+    assert native.attention_lanes() == 8
+
+
+@needs_kernel
+def test_a_vector_width_the_kernel_does_not_have_is_refused():
+    q, k, v = case(2, 4, 3, 5, None, False)[:3]
+    out = torch.empty(2, 4, 3)
+    shape, strides = native._layout(native._five(q), 5, [native._five(t) for t in (q, k, v, out)])
+    status = native.library().sha_forward(shape, strides, q.data_ptr(), k.data_ptr(), v.data_ptr(), None, 0, None,
+                                          None, out.data_ptr(), None, 1, 12)
+    assert status == 3
+    with pytest.raises(RuntimeError, match="cannot run the attention kernel"):
+        native._check(status)
+
+
+@needs_kernel
+def test_result_does_not_depend_on_the_thread_count(lanes):
     q, k, v, mask, keep, scale = case(10, 4, 9, 30, "per-group", True)
     upstream = torch.randn(q.shape)
     before = torch.get_num_threads()
@@ -171,7 +223,8 @@ def test_native_masks_are_numpys_masks_bit_for_bit(monkeypatch, p, shape):
 
 @needs_kernel
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_path_equals_torch_path_with_the_same_dropout(monkeypatch, masked):
+@pytest.mark.parametrize("on", ON)
+def test_fused_path_equals_torch_path_with_the_same_dropout(monkeypatch, masked, on):
     """attention() draws the same dropout decisions on either path, so a training step agrees to rounding."""
     def run(switch):
         monkeypatch.setenv(native.SWITCH, switch)
@@ -185,17 +238,18 @@ def test_fused_path_equals_torch_path_with_the_same_dropout(monkeypatch, masked)
         out.backward(torch.randn(out.shape, generator=g))
         return out, weights, q.grad, k.grad, v.grad
 
-    fused, plain = run("1"), run("0")
+    fused, plain = run(on), run("0")
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    monkeypatch.setenv(native.SWITCH, "1")
+    monkeypatch.setenv(native.SWITCH, on)
     torch.manual_seed(0)
     undropped = attention(*[t.detach() for t in fused[2:]], None, (0.0,), training=False)[0]
     assert not torch.allclose(undropped, fused[0])  # the dropout did act
 
 
 @needs_kernel
-def test_strided_inputs_give_the_same_values_and_gradients(monkeypatch):
+@pytest.mark.parametrize("on", ON)
+def test_strided_inputs_give_the_same_values_and_gradients(monkeypatch, on):
     """Views that are not contiguous (a transposed query, a sliced key) are read as their values."""
     def run(switch):
         monkeypatch.setenv(native.SWITCH, switch)
@@ -207,12 +261,13 @@ def test_strided_inputs_give_the_same_values_and_gradients(monkeypatch):
         out, _ = attention(q, k, v)
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(8)))
         return out, q_base.grad, k_base.grad, v.grad
-    for a, b in zip(run("1"), run("0")):
+    for a, b in zip(run(on), run("0")):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
-def test_heads_read_in_the_projections_layout_and_written_token_major(monkeypatch):
+@pytest.mark.parametrize("on", ON)
+def test_heads_read_in_the_projections_layout_and_written_token_major(monkeypatch, on):
     """Heads indexed by (M, B, h) and laid out as the model's projections lay them out, (M, h, hd, B, T)
     underneath: the same values and gradients as torch's path (which copies them); the kernel's output is
     token-major underneath, (M, B, Tq, h, hd), and its gradients come back in the inputs' layouts."""
@@ -231,13 +286,13 @@ def test_heads_read_in_the_projections_layout_and_written_token_major(monkeypatc
         out.backward(torch.randn(out.shape, generator=g))
         return (out, weights, *(b.grad for b in bases)), (q, k, v)
 
-    fused, inputs = run("1")
+    fused, inputs = run(on)
     plain, _ = run("0")
     assert fused[0].shape == (count, batch, heads, width, queries)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert fused[0].permute(0, 1, 4, 2, 3).is_contiguous()  # (M, B, Tq, h, hd): the output projection's input
-    monkeypatch.setenv(native.SWITCH, "1")
+    monkeypatch.setenv(native.SWITCH, on)
     q, k, v = (t.detach() for t in inputs)
     out, weights = native.forward(q, k, v, None, None, None, keep_weights=True)
     grads = native.backward(q, k, v, weights, None, None, torch.ones_like(out))
@@ -286,10 +341,11 @@ def test_dropout_decisions_apply_only_into_a_mask_of_their_own():
 
 
 @needs_kernel
-def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch):
+@pytest.mark.parametrize("on", ON)
+def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch, on):
     x = random_inputs(WIDTHS, batch=6)
     results = {}
-    for switch in ("1", "0"):
+    for switch in (on, "0"):
         monkeypatch.setenv(native.SWITCH, switch)
         torch.manual_seed(0)
         model = DecAlign(small_config(num_layers=2, num_heads=2, d_model=8), WIDTHS, 1).train()
@@ -300,7 +356,7 @@ def test_model_forward_and_gradients_agree_on_both_paths(monkeypatch):
         with torch.inference_mode():
             evaluated = model(x).prediction
         results[switch] = (prediction, evaluated, grads)
-    (p1, e1, g1), (p0, e0, g0) = results["1"], results["0"]
+    (p1, e1, g1), (p0, e0, g0) = results[on], results["0"]
     torch.testing.assert_close(p1, p0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(e1, e0, atol=1e-5, rtol=1e-5)
     for a, b in zip(g1, g0):
