@@ -14,7 +14,7 @@ time a process needs it, into ``build/`` beside this file (``scripts/install.sh`
 or under the cache root where the package folder is read-only. Its name carries a hash of the sources and
 the flags; it is written under a temporary name and renamed, so concurrent processes never load half a
 file. It loads on Linux on x86-64 with AVX2 and FMA; attention uses it for float32 CPU tensors with heads
-at most 16 wide, outside ``torch.compile``, 16 lanes at a time where the CPU has AVX-512 (F, BW, VL, DQ),
+at most 16 wide, outside ``torch.compile``, 16 lanes at a time where the CPU runs AVX-512 (F, BW, VL, DQ),
 else 8 (``attention_lanes``; ``DECALIGN_NATIVE_KERNELS=avx2`` keeps 8). Anywhere else, or with
 ``DECALIGN_NATIVE_KERNELS=0``, or when the build fails (a warning says why), torch's operators and numpy do
 the same work, with the same results to rounding (the dropout masks to the bit).
@@ -47,10 +47,10 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-sha
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
 MAX_SWEEP_AXES = 16  # the sweeps kernel's MAX_AXES
 SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and numpy; "avx2": attention at 8 lanes
-WIDE_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}  # what the kernel's 16-lane attention needs
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
+_widest: dict[str, int] = {}  # library path -> widest_lanes
 
 
 def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
@@ -245,9 +245,20 @@ def cpu_supported() -> bool:
 
 
 def attention_lanes() -> int:
-    """16 where the CPU has AVX-512 (``WIDE_FLAGS``) and ``DECALIGN_NATIVE_KERNELS`` is not "avx2", else 8: the
-    vector width of the attention kernel's per-head work."""
-    return 16 if WIDE_FLAGS <= cpu_flags() and os.environ.get(SWITCH, "1") != "avx2" else 8
+    """The vector width of the attention kernel's per-head work: the widest the loaded kernel runs at on this CPU
+    (:func:`widest_lanes`), or 8 with ``DECALIGN_NATIVE_KERNELS=avx2``."""
+    return 8 if os.environ.get(SWITCH, "1") == "avx2" else widest_lanes()
+
+
+def widest_lanes() -> int:
+    """16 where the loaded kernel finds AVX-512 (F, BW, VL, DQ) usable on this CPU, by the CPU's own report
+    rather than /proc/cpuinfo's, else 8 (also where the kernel is not loaded); asked once per library."""
+    lib = library()
+    if lib is None:
+        return 8
+    if lib._name not in _widest:
+        _widest[lib._name] = lib.sha_widest_lanes()
+    return _widest[lib._name]
 
 
 @functools.cache
@@ -319,7 +330,8 @@ def _load() -> ctypes.CDLL | None:
     size, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int] * 2
     lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int] * 2
-    lib.sha_forward.restype = lib.sha_backward.restype = ctypes.c_int
+    lib.sha_forward.restype = lib.sha_backward.restype = lib.sha_widest_lanes.restype = ctypes.c_int
+    lib.sha_widest_lanes.argtypes = []
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
                                                   ptr, ptr, ptr, ctypes.c_int]

@@ -117,6 +117,12 @@ static int run_heads(const Work *w, int threads, HeadWork head) {
     return failed;
 }
 
+/* The widest vectors this CPU runs the kernel at: 16 lanes with AVX-512 (F, BW, VL, DQ, their registers saved by
+ * the operating system), else 8. */
+int sha_widest_lanes(void) {
+    return at_width(16, forward_head_avx2, forward_head_avx512) ? 16 : 8;
+}
+
 /* shape: N0, N1, N2, hd, Tq, Tk; strides: 5 per tensor (head[0..2], channel, step), for q, k, v and out
  * (forward), then d_out, d_q, d_k and d_v (backward). The entry points take the vector width last. */
 static Work layout(const int64_t *shape, const int64_t *strides, int tensors) {

@@ -19,7 +19,7 @@ from tests.model.helpers import WIDTHS, random_inputs, small_config
 
 needs_kernel = pytest.mark.skipif(not native.cpu_supported() or native.c_compiler() is None,
                                   reason="the kernel needs x86-64 with AVX2 and FMA, and a C compiler")
-HAS_WIDE = native.WIDE_FLAGS <= native.cpu_flags()
+HAS_WIDE = native.widest_lanes() == 16
 ON = ["1", "avx2"]  # the kernels on: attention at the CPU's widest vectors, and at AVX2's 8 lanes
 
 
@@ -143,14 +143,20 @@ def test_both_vector_widths_give_the_same_attention_to_rounding(monkeypatch, key
 
 
 def test_the_attention_width_follows_the_cpu_and_the_switch(monkeypatch):
-    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset({"avx2", "fma"} | native.WIDE_FLAGS))
     monkeypatch.delenv(native.SWITCH, raising=False)
-    assert native.attention_lanes() == 16
+    for widest in (16, 8):
+        monkeypatch.setattr(native, "widest_lanes", lambda widest=widest: widest)
+        assert native.attention_lanes() == widest
+    monkeypatch.setattr(native, "widest_lanes", lambda: 16)
     monkeypatch.setenv(native.SWITCH, "avx2")
     assert native.attention_lanes() == 8
-    monkeypatch.delenv(native.SWITCH)
-    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))  # no BW, VL, DQ
-    assert native.attention_lanes() == 8
+
+
+@needs_kernel
+def test_the_kernel_reports_the_width_the_cpu_flags_promise():
+    """The kernel asks the CPU itself (and the operating system's support); on Linux /proc/cpuinfo agrees."""
+    wide = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= native.cpu_flags()
+    assert native.widest_lanes() == (16 if wide else 8)
 
 
 @needs_kernel
