@@ -50,7 +50,6 @@ SWITCH = "DECALIGN_NATIVE_KERNELS"  # "0": always use torch's operators and nump
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
-_widest: dict[str, int] = {}  # library path -> widest_lanes
 
 
 def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
@@ -252,13 +251,9 @@ def attention_lanes() -> int:
 
 def widest_lanes() -> int:
     """16 where the loaded kernel finds AVX-512 (F, BW, VL, DQ) usable on this CPU, by the CPU's own report
-    rather than /proc/cpuinfo's, else 8 (also where the kernel is not loaded); asked once per library."""
+    rather than /proc/cpuinfo's, else 8 (also where the kernel is not loaded)."""
     lib = library()
-    if lib is None:
-        return 8
-    if lib._name not in _widest:
-        _widest[lib._name] = lib.sha_widest_lanes()
-    return _widest[lib._name]
+    return 8 if lib is None else lib.sha_widest_lanes()
 
 
 @functools.cache
