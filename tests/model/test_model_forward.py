@@ -77,6 +77,27 @@ def test_eval_is_deterministic_and_training_applies_dropout(widths):
     assert not torch.allclose(model.train()(x, align=False).prediction, model.eval()(x).prediction)
 
 
+
+@pytest.mark.parametrize("lengths", [5, {"text": 5, "audio": 5, "vision": 3}])  # one batched group; groups of 2 and 1
+def test_forward_without_autograd_gives_the_autograd_forward_to_the_bit(widths, lengths):
+    # Without autograd, eval layers write sums, ReLU and LayerNorm scales into their fresh results
+    model = DecAlign(small_config(num_layers=2), widths, 3).eval()
+    x = random_inputs(widths, lengths)
+    kept_for_backward = model(x)
+    with torch.no_grad():
+        no_grad = model(x)
+    with torch.inference_mode():
+        inference = model(x)
+    for out in (no_grad, inference):
+        assert torch.equal(out.prediction, kept_for_backward.prediction)
+        assert torch.equal(out.branch_inputs, kept_for_backward.branch_inputs)
+    torch.manual_seed(3)
+    dropped = model.train()(x, align=False).prediction
+    torch.manual_seed(3)
+    with torch.no_grad():  # training mode without autograd still applies dropout, with the same decisions
+        assert torch.equal(model(x, align=False).prediction, dropped)
+    assert not torch.allclose(dropped, kept_for_backward.prediction)
+
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_cross_modal_attention_weights(widths, num_layers):
     model = DecAlign(small_config(num_layers=num_layers), widths, 1).eval()
