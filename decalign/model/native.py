@@ -164,7 +164,8 @@ def relu_dropout_backward(output: torch.Tensor, grad: torch.Tensor, kept_value: 
     ``dropout_decisions`` wrote (contiguous float32) and the output's gradient."""
     grad = grad.contiguous()
     grad_in = torch.empty_like(output)
-    library().sha_relu_dropout_backward(_ptr(output), _ptr(grad), kept_value, output.numel(), _ptr(grad_in))
+    library().sha_relu_dropout_backward(_ptr(output), _ptr(grad), kept_value, output.numel(), _ptr(grad_in),
+                                          torch.get_num_threads())
     return grad_in
 
 
@@ -330,7 +331,7 @@ def _load() -> ctypes.CDLL | None:
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
                                                   ptr, ptr, ptr, ctypes.c_int]
-    lib.sha_relu_dropout_backward.argtypes = [ptr, ptr, ctypes.c_float, size, ptr]
+    lib.sha_relu_dropout_backward.argtypes = [ptr, ptr, ctypes.c_float, size, ptr, ctypes.c_int]
     lib.sha_pcg64_seed.argtypes = [word, ptr]
     lib.sha_pcg64_seed.restype = None
     lib.sha_dropout_mask.restype = lib.sha_relu_dropout_backward.restype = None

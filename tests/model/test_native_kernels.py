@@ -338,6 +338,23 @@ def test_relu_dropout_in_one_pass_is_relu_then_dropout_to_the_bit(monkeypatch, p
     assert torch.equal(relu_dropout(x, p, False), torch.relu(x)) and torch.equal(relu_dropout(x, 0.0, True), torch.relu(x))
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_relu_dropout_backward_splits_among_threads_to_the_bit(threads):
+    """The backward's vectors split among torch's threads, the tail of fewer than 8 after them: every element
+    as the formula gives it, at any thread count."""
+    g = torch.Generator().manual_seed(6)
+    output = torch.relu(torch.randn(8 * 1001 + 5, generator=g))
+    grad = torch.randn(output.shape, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = native.relu_dropout_backward(output, grad, 1.25)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, torch.where(output > 0, grad * 1.25, torch.zeros(())))
+
+
 def test_dropout_decisions_apply_only_into_a_mask_of_their_own():
     x = torch.randn(8)
     with pytest.raises(ValueError, match="of its own"):
