@@ -173,13 +173,19 @@ def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch
                           heads)
     out, weights = attention(qt, kt, vt, mask, rates, train, need_weights)
     attended = _linear(_token_major(out, x.shape), p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
-    if train or torch.is_grad_enabled():
-        x = _residual_blocks(first, p, x, attended, train)
-    else:
-        x = _residual_blocks_in_place(first, p, x, attended)
+    x = _after_attention(first, p, x, attended, train)
     averaged = weights.view(*x.shape[:2], heads, *weights.shape[1:]).mean(2) if need_weights else None
     return x, averaged
 
+
+
+def _after_attention(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,
+                     train: bool) -> torch.Tensor:
+    """:func:`_residual_blocks`, in place where nothing needs the intermediates and the sum keeps x's dtype (under
+    autocast ``x + attended`` can promote a bfloat16 product to float32, which an in-place sum would not)."""
+    if train or torch.is_grad_enabled() or attended.dtype != x.dtype:
+        return _residual_blocks(first, p, x, attended, train)
+    return _residual_blocks_in_place(first, p, x, attended)
 
 def _residual_blocks(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,
                      train: bool) -> torch.Tensor:

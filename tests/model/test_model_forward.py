@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from decalign.config import ModelConfig
-from decalign.model import DecAlign, DecAlignOutput, Prototypes, fit_gmm, posteriors
+from decalign.model import DecAlign, DecAlignOutput, Prototypes, fit_gmm, fusion, posteriors
 from tests.model.helpers import random_inputs, small_config
 
 SHAPE_CASES = [
@@ -97,6 +97,22 @@ def test_forward_without_autograd_gives_the_autograd_forward_to_the_bit(widths, 
     with torch.no_grad():  # training mode without autograd still applies dropout, with the same decisions
         assert torch.equal(model(x, align=False).prediction, dropped)
     assert not torch.allclose(dropped, kept_for_backward.prediction)
+
+
+def test_layer_without_autograd_keeps_the_promoting_sum_of_mixed_dtypes(widths):
+    # Under CUDA autocast a layer's input is float32 (after a LayerNorm) and its attention output a bfloat16
+    # product: x + attended is float32 there, which a sum into the bfloat16 tensor would not be
+    encoder = DecAlign(small_config(), widths, 1).eval().transformers["text"]
+    params = {name: p[:, 0] for name, p in fusion._stacked_parameters([encoder]).items()}
+    g = torch.Generator().manual_seed(2)
+    x, attended = torch.randn(1, 3, 4, 8, generator=g), torch.randn(1, 3, 4, 8, generator=g).bfloat16()
+    layer = encoder.layers[0]
+    with torch.inference_mode():
+        promoted = fusion._after_attention(layer, params, x, attended.clone(), False)
+        assert promoted.dtype == torch.float32
+        assert torch.equal(promoted, fusion._residual_blocks(layer, params, x, attended, False))
+        same = fusion._after_attention(layer, params, x, attended.float(), False)  # in place: the same numbers
+        assert torch.equal(same, fusion._residual_blocks(layer, params, x, attended.float(), False))
 
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_cross_modal_attention_weights(widths, num_layers):
