@@ -170,9 +170,9 @@ void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t incremen
 }
 
 /* The gradient of ReLU then dropout from its output: an element passed (output > 0) exactly where its
- * input was positive and it was kept, so grad_in = grad * kept_value there and 0 elsewhere. */
-/* Split among `threads` OpenMP threads (torch's, see small_head_attention.c) in ranges of whole vectors: a pass
- * over three tensors, which one core's loads and stores did not keep busy. */
+ * input was positive and it was kept, so grad_in = grad * kept_value there and 0 elsewhere. Split among `threads`
+ * OpenMP threads (torch's, see small_head_attention.c) in ranges of whole vectors: a pass over three tensors,
+ * which one core's loads and stores did not keep busy. */
 void sha_relu_dropout_backward(const float *restrict output, const float *restrict grad, float kept_value,
                                int64_t count, float *restrict grad_in, int threads) {
     /* by hand: gcc keeps the comparison a branch (mispredicted half the time: 4.7 ns an element) */

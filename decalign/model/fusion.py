@@ -178,7 +178,6 @@ def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch
     return x, averaged
 
 
-
 def _after_attention(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,
                      train: bool) -> torch.Tensor:
     """:func:`_residual_blocks`, in place where nothing needs the intermediates and the sum keeps x's dtype (under
@@ -186,6 +185,7 @@ def _after_attention(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.T
     if train or torch.is_grad_enabled() or attended.dtype != x.dtype:
         return _residual_blocks(first, p, x, attended, train)
     return _residual_blocks_in_place(first, p, x, attended)
+
 
 def _residual_blocks(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,
                      train: bool) -> torch.Tensor:

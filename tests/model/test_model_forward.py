@@ -77,7 +77,6 @@ def test_eval_is_deterministic_and_training_applies_dropout(widths):
     assert not torch.allclose(model.train()(x, align=False).prediction, model.eval()(x).prediction)
 
 
-
 @pytest.mark.parametrize("lengths", [5, {"text": 5, "audio": 5, "vision": 3}])  # one batched group; groups of 2 and 1
 def test_forward_without_autograd_gives_the_autograd_forward_to_the_bit(widths, lengths):
     # Without autograd, eval layers write sums, ReLU and LayerNorm scales into their fresh results
@@ -113,6 +112,7 @@ def test_layer_without_autograd_keeps_the_promoting_sum_of_mixed_dtypes(widths):
         assert torch.equal(promoted, fusion._residual_blocks(layer, params, x, attended, False))
         same = fusion._after_attention(layer, params, x, attended.float(), False)  # in place: the same numbers
         assert torch.equal(same, fusion._residual_blocks(layer, params, x, attended.float(), False))
+
 
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_cross_modal_attention_weights(widths, num_layers):
