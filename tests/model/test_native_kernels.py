@@ -4,6 +4,7 @@ the fallbacks."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -171,19 +172,26 @@ def test_a_vector_width_the_kernel_does_not_have_is_refused():
         native._check(status)
 
 
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch (and the kernels, which take its count) on ``count`` threads, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 @needs_kernel
 def test_result_does_not_depend_on_the_thread_count(lanes):
     q, k, v, mask, keep, scale = case(10, 4, 9, 30, "per-group", True)
     upstream = torch.randn(q.shape)
-    before = torch.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
             out, weights = native.forward(q, k, v, mask, keep, scale, keep_weights=True)
             results.append((out, weights, *native.backward(q, k, v, weights, keep, scale, upstream)))
-    finally:
-        torch.set_num_threads(before)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
@@ -346,12 +354,8 @@ def test_relu_dropout_backward_splits_among_threads_to_the_bit(threads):
     g = torch.Generator().manual_seed(6)
     output = torch.relu(torch.randn(8 * 1001 + 5, generator=g))
     grad = torch.randn(output.shape, generator=g)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with torch_threads(threads):
         got = native.relu_dropout_backward(output, grad, 1.25)
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(got, torch.where(output > 0, grad * 1.25, torch.zeros(())))
 
 
