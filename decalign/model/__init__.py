@@ -7,8 +7,11 @@ from .alignment import (
     moment_matching_loss,
     moments,
     official_local_loss,
+    official_local_loss_matrix,
     official_mmd,
+    official_mmd_matrix,
     official_moment_distance,
+    official_moment_distance_matrix,
     official_moments,
     sample_to_prototype_loss,
 )
@@ -29,7 +32,8 @@ __all__ = [
     "AlignmentLevels", "DecAlign", "DecAlignOutput", "DistributionEncoder", "Prototypes", "TransportResult",
     "decoupling_loss", "decoupling_per_sample", "fit_gmm", "fit_gmm_official", "fit_prototypes", "gaussian_cost",
     "gaussian_log_likelihood", "gaussian_mmd", "joint_cost", "moment_matching_loss", "moments",
-    "multimarginal_sinkhorn", "official_gaussian_cost", "official_local_loss", "official_mmd",
-    "official_moment_distance", "official_moments", "official_sinkhorn", "plan_entropy", "posteriors",
+    "multimarginal_sinkhorn", "official_gaussian_cost", "official_local_loss",
+    "official_local_loss_matrix", "official_mmd", "official_mmd_matrix", "official_moment_distance",
+    "official_moment_distance_matrix", "official_moments", "official_sinkhorn", "plan_entropy", "posteriors",
     "sample_to_prototype_loss", "transport_plan",
 ]

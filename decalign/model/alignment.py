@@ -8,6 +8,8 @@ the official objective, sums under the studio one. :func:`decoupling_loss` serve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -94,34 +96,62 @@ def official_local_loss(features: torch.Tensor, own_posteriors: torch.Tensor, ot
 
     Parameters
     ----------
-    features : (N, d) pooled unique features of m; own_posteriors : (N, K) their posteriors under m's
-    mixture; other : n's prototypes, (K, d).
+    features : (..., N, d) pooled unique features of m; own_posteriors : (..., N, K) their posteriors under
+    m's mixture; other : n's prototypes, (..., K, d). Leading dimensions broadcast
+    (:func:`official_local_loss_matrix` passes every pair at once).
     """
-    if own_posteriors.shape[-1] != other.means.shape[0]:
+    if own_posteriors.shape[-1] != other.means.shape[-2]:
         raise ValueError(f"the official local loss pairs prototypes by index: both modalities need the same "
-                         f"number of prototypes, found {own_posteriors.shape[-1]} and {other.means.shape[0]}")
-    cost = (features.unsqueeze(1) - other.means.unsqueeze(0)).pow(2)  # (N, K, d)
+                         f"number of prototypes, found {own_posteriors.shape[-1]} and {other.means.shape[-2]}")
+    cost = (features.unsqueeze(-2) - other.means.unsqueeze(-3)).pow(2)  # (..., N, K, d)
     if mahalanobis:
-        cost = cost / other.variances.clamp_min(var_floor).unsqueeze(0)
+        cost = cost / other.variances.clamp_min(var_floor).unsqueeze(-3)
     cost = cost.sum(-1) if reduction == "sum" else cost.mean(-1)
-    return (own_posteriors * cost).sum(1).mean()
+    return (own_posteriors * cost).sum(-1).mean(-1)
+
+
+def official_local_loss_matrix(features: Sequence[torch.Tensor], prototypes: Sequence[Prototypes],
+                               **options) -> torch.Tensor:
+    """(M, M): entry (m, n) is ``official_local_loss(features[m], prototypes[m].posteriors, prototypes[n],
+    **options)``, every pair in one set of operations (the diagonal is computed too, and unused by the
+    objective). ``features``: M tensors (N, d); ``prototypes``: M mixtures with posteriors, all with one K."""
+    counts = {p.means.shape[0] for p in prototypes}
+    if len(counts) > 1:
+        raise ValueError(f"the official local loss pairs prototypes by index: every modality needs the same "
+                         f"number of prototypes, found {sorted(counts)}")
+    others = Prototypes(*(torch.stack([getattr(p, part) for p in prototypes]).unsqueeze(0)
+                          for part in ("means", "variances", "weights")))
+    own_posteriors = torch.stack([p.posteriors for p in prototypes]).unsqueeze(1)
+    return official_local_loss(torch.stack(list(features)).unsqueeze(1), own_posteriors, others, **options)
 
 
 def official_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Objective ``official``: mean (p,), covariance (p, p) with ``1 / max(N - 1, 1)``, and skewness (p,)
-    ``E[(z - mu)^3] / v^1.5`` with the biased per-dimension variance ``v = max(E[(z - mu)^2], 1e-6)``."""
-    mean = z.mean(0)
-    centred = z - mean
-    cov = centred.T @ centred / max(z.shape[0] - 1, 1)
-    var = centred.pow(2).mean(0).clamp_min(1e-6)
-    return mean, cov, centred.pow(3).mean(0) / var.pow(1.5)
+    """Objective ``official``: mean (..., p), covariance (..., p, p) with ``1 / max(N - 1, 1)``, and skewness
+    (..., p) ``E[(z - mu)^3] / v^1.5`` with the biased per-dimension variance ``v = max(E[(z - mu)^2], 1e-6)``,
+    of ``z`` (..., N, p)."""
+    mean = z.mean(-2)
+    centred = z - mean.unsqueeze(-2)
+    cov = centred.mT @ centred / max(z.shape[-2] - 1, 1)
+    var = centred.pow(2).mean(-2).clamp_min(1e-6)
+    return mean, cov, centred.pow(3).mean(-2) / var.pow(1.5)
 
 
 def official_moment_distance(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     """Objective ``official``: ``mse(mu_a, mu_b) + mse(Sigma_a, Sigma_b) + mse(skew_a, skew_b)``, each a mean
     over its elements (:func:`official_moments`)."""
-    (m_a, c_a, s_a), (m_b, c_b, s_b) = official_moments(z_a), official_moments(z_b)
-    return F.mse_loss(m_a, m_b) + F.mse_loss(c_a, c_b) + F.mse_loss(s_a, s_b)
+    return _official_moment_mse(official_moments(z_a), official_moments(z_b))
+
+
+def official_moment_distance_matrix(z: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(M, M): entry (a, b) is ``official_moment_distance(z[a], z[b])`` for M tensors (N, p), each set's
+    moments computed once and every pair in one set of operations."""
+    stats = official_moments(torch.stack(list(z)))
+    return _official_moment_mse([s.unsqueeze(1) for s in stats], [s.unsqueeze(0) for s in stats])
+
+
+def _official_moment_mse(stats_a, stats_b) -> torch.Tensor:
+    (m_a, c_a, s_a), (m_b, c_b, s_b) = stats_a, stats_b
+    return (m_a - m_b).pow(2).mean(-1) + (c_a - c_b).pow(2).mean((-2, -1)) + (s_a - s_b).pow(2).mean(-1)
 
 
 def official_mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
@@ -131,10 +161,21 @@ def official_mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> to
     2 mean K_xy``, not clamped; squared distances from the norm expansion clamped at 0, as in the official
     code (memory O(N^2), not O(N^2 p)).
     """
+    return (_official_kernel_mean(x, x, bandwidth) + _official_kernel_mean(y, y, bandwidth)
+            - 2.0 * _official_kernel_mean(x, y, bandwidth))
+
+
+def official_mmd_matrix(z: Sequence[torch.Tensor], bandwidth: float = 1.0) -> torch.Tensor:
+    """(M, M): entry (a, b) is ``official_mmd(z[a], z[b], bandwidth)`` for M tensors (N, p), from the (M, M)
+    kernel means of all sets at once (each computed once; the memory of the pairwise calls, M^2 N^2)."""
+    stacked = torch.stack(list(z))
+    kernel_means = _official_kernel_mean(stacked.unsqueeze(1), stacked.unsqueeze(0), bandwidth)
+    own = kernel_means.diagonal()
+    return own.unsqueeze(1) + own.unsqueeze(0) - 2.0 * kernel_means
+
+
+def _official_kernel_mean(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Mean of the official Gaussian kernel between the rows of a (..., N_a, p) and b (..., N_b, p)."""
+    dist_sq = a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(-2) - 2.0 * a @ b.mT
     gamma = 1.0 / (2.0 * bandwidth)
-
-    def kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        dist_sq = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1, keepdim=True).T - 2.0 * a @ b.T
-        return torch.exp(-gamma * dist_sq.clamp_min(0.0)).mean()
-
-    return kernel_mean(x, x) + kernel_mean(y, y) - 2.0 * kernel_mean(x, y)
+    return torch.exp(-gamma * dist_sq.clamp_min(0.0)).mean((-2, -1))

@@ -15,9 +15,9 @@ from .alignment import (
     decoupling_loss,
     gaussian_mmd,
     moment_matching_loss,
-    official_local_loss,
-    official_mmd,
-    official_moment_distance,
+    official_local_loss_matrix,
+    official_mmd_matrix,
+    official_moment_distance_matrix,
     sample_to_prototype_loss,
 )
 from .dropout import dropout
@@ -260,16 +260,21 @@ class DecAlign(nn.Module):
 
 
 def _official_terms(c: ModelConfig, unique, out: DecAlignOutput):
-    """Objective ``official``: index-paired local losses (ordered pairs), moment distances and MMD (pairs)."""
-    order, protos, z = list(unique), out.prototypes, out.distribution
-    local = {(a, b): official_local_loss(unique[a], protos[a].posteriors, protos[b],
-                                         reduction=c.hetero_cost_reduction, mahalanobis=c.local_proto_mahalanobis,
-                                         var_floor=c.gmm_var_floor)
-             for a, b in itertools.permutations(order, 2)}
-    pairs = list(itertools.combinations(order, 2))
-    moment = {(a, b): official_moment_distance(z[a], z[b]) for a, b in pairs}
-    mmd = {(a, b): official_mmd(z[a], z[b], c.mmd_bandwidth) for a, b in pairs}
-    return local, moment, mmd
+    """Objective ``official``: index-paired local losses (ordered pairs), moment distances and MMD (pairs),
+    each level's pairs from one (M, M) matrix (one set of operations instead of one per pair)."""
+    order = list(unique)
+    local = official_local_loss_matrix([unique[m] for m in order], [out.prototypes[m] for m in order],
+                                       reduction=c.hetero_cost_reduction, mahalanobis=c.local_proto_mahalanobis,
+                                       var_floor=c.gmm_var_floor)
+    z = [out.distribution[m] for m in order]
+    pairs = list(itertools.combinations(range(len(order)), 2))
+    return (_by_pair(local, order, itertools.permutations(range(len(order)), 2)),
+            _by_pair(official_moment_distance_matrix(z), order, pairs),
+            _by_pair(official_mmd_matrix(z, c.mmd_bandwidth), order, pairs))
+
+
+def _by_pair(matrix: torch.Tensor, order: list[str], pairs) -> dict[tuple[str, str], torch.Tensor]:
+    return {(order[a], order[b]): matrix[a, b] for a, b in pairs}
 
 
 def _studio_terms(c: ModelConfig, unique, out: DecAlignOutput):

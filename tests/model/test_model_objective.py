@@ -21,6 +21,9 @@ from decalign.model import (
     fit_gmm_official,
     official_gaussian_cost,
     official_local_loss,
+    official_local_loss_matrix,
+    official_mmd_matrix,
+    official_moment_distance_matrix,
     official_sinkhorn,
     transport_plan,
 )
@@ -231,6 +234,36 @@ def test_official_local_loss_by_index_by_hand():
     assert float(official_local_loss(x, post, other, mahalanobis=True)) == pytest.approx(maha)
     with pytest.raises(ValueError, match="same number of prototypes"):
         official_local_loss(x, post[:, :1], other)
+
+
+@pytest.mark.parametrize("modalities", [2, 4])
+@pytest.mark.parametrize("reduction, mahalanobis", [("mean", False), ("sum", True)])
+def test_pair_matrices_hold_every_pairs_official_term(modalities, reduction, mahalanobis):
+    g = torch.Generator().manual_seed(modalities)
+    feats = [torch.randn(9, 5, generator=g, dtype=torch.float64) for _ in range(modalities)]
+    z = [torch.randn(9, 6, generator=g, dtype=torch.float64) * (1 + m) + m for m in range(modalities)]
+    protos = [Prototypes(torch.randn(3, 5, generator=g, dtype=torch.float64),
+                         torch.rand(3, 5, generator=g, dtype=torch.float64) + 1e-5, torch.full((3,), 1 / 3),
+                         torch.softmax(torch.randn(9, 3, generator=g, dtype=torch.float64), 1))
+              for _ in range(modalities)]
+    local = official_local_loss_matrix(feats, protos, reduction=reduction, mahalanobis=mahalanobis, var_floor=0.01)
+    moment, mmd = official_moment_distance_matrix(z), official_mmd_matrix(z, 0.7)
+    for a in range(modalities):
+        for b in range(modalities):
+            other_var = protos[b].variances if mahalanobis else None
+            want = oracle.local_loss(feats[a], protos[a].posteriors, protos[b].means, other_var, reduction, 0.01)
+            assert float(local[a, b]) == pytest.approx(float(want), rel=1e-12)
+            want = oracle.stats_distance(oracle.distribution_stats(z[a]), oracle.distribution_stats(z[b]))
+            assert float(moment[a, b]) == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+            assert float(mmd[a, b]) == pytest.approx(float(oracle.gaussian_mmd(z[a], z[b], 0.7)), rel=1e-10, abs=1e-15)
+    assert float(moment[0, 1]) > 0.1 and float(mmd[0, 1]) > 0.01  # the sets differ: no zero can pass by chance
+
+
+def test_local_loss_matrix_refuses_mixtures_of_different_sizes():
+    x = torch.zeros(4, 2)
+    protos = [Prototypes(torch.zeros(k, 2), torch.ones(k, 2), torch.ones(k) / k, torch.ones(4, k) / k) for k in (2, 3)]
+    with pytest.raises(ValueError, match=r"same number of prototypes, found \[2, 3\]"):
+        official_local_loss_matrix([x, x], protos)
 
 
 def _three_marginals(g, k=4):
