@@ -39,6 +39,25 @@ def test_decoupling_loss_is_mean_squared_cosine_of_flattened_sequences():
     assert float(decoupling_loss(orth, other)) == 0.0
 
 
+def test_decoupling_gradient_equals_autograd_through_torchs_cosine_similarity():
+    g = torch.Generator().manual_seed(1)
+    u, c = (torch.randn(5, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    u[4] = 0.0  # a zero row: its norm is clamped, as torch clamps it
+    weights = torch.rand(5, generator=g, dtype=torch.float64)
+
+    def torch_reference(u, c):
+        return torch.nn.functional.cosine_similarity(u.reshape(5, -1), c.reshape(5, -1), dim=1, eps=1e-8).pow(2)
+
+    grads = []
+    for fn in (decoupling_per_sample, torch_reference):
+        leaves = u.clone().requires_grad_(), c.clone().requires_grad_()
+        grads.append(torch.autograd.grad((fn(*leaves) * weights).sum(), leaves))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+    assert float(grads[0][0][0].abs().max()) > 0.01  # a real gradient, not zeros on both sides
+    assert torch.autograd.gradcheck(decoupling_per_sample, (u[:4].clone().requires_grad_(), c[:4].clone().requires_grad_()))
+
+
 def test_gaussian_mmd_equals_the_biased_v_statistic():
     rng = np.random.default_rng(1)
     x, y, s = rng.normal(size=(6, 3)), rng.normal(0.5, 1.2, size=(8, 3)), 1.7
