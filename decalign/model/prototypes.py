@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..config import ModelConfig
+from .official_em import official_em
 from .output import Prototypes
 
 
@@ -64,7 +65,8 @@ def fit_gmm_official(x: torch.Tensor, num_components: int, *, iterations: int = 
     stable form ``sum_i r_ik (x_i - mu_k)^2 / n_k + mu_k^2 (1 - s_k)``, ``s_k = sum_i r_ik / n_k``, which
     equals the official ``E[x^2] - mu^2`` exactly (``s_k = 1`` unless the clamp on ``n_k`` is active) without
     its cancellation; the features are centred first (``x = c + x_c``, means shifted back exactly, also
-    when ``s_k < 1``). Gradients flow through every step, the start included, as in the official code.
+    when ``s_k < 1``). Gradients flow through every step, the start included, as in the official code, by
+    the hand-written backward of ``decalign.model.official_em``.
 
     Parameters
     ----------
@@ -77,37 +79,15 @@ def fit_gmm_official(x: torch.Tensor, num_components: int, *, iterations: int = 
     -------
     Prototypes with means and variances (..., K, d), weights (..., K) and posteriors (..., N, K).
     """
-    n, k = x.shape[-2], num_components
-    if n == 0:
+    if x.shape[-2] == 0:
         raise ValueError("cannot fit prototypes to an empty batch")
-    centre = x.mean(-2, keepdim=True)  # (..., 1, d)
-    xc = x - centre
-    if n >= k:
-        start = torch.linspace(0, n - 1, steps=k, device=x.device).round().long()
-    else:
-        start = torch.arange(k, device=x.device) % n
-    means = xc[..., start, :]  # (..., K, d), centred frame
-    variances = xc.pow(2).mean(-2, keepdim=True).clamp_min(var_floor).expand(*means.shape)
-    weights = x.new_full(means.shape[:-1], 1.0 / k)
-    for _ in range(iterations):
-        resp = _official_posteriors(xc, means, variances, weights)  # (..., N, K)
-        mass = resp.sum(-2)  # (..., K)
-        counts = mass.clamp_min(1e-6)
-        weights = counts / n
-        share = (mass / counts).unsqueeze(-1)  # s_k: 1 unless the clamp is active
-        raw_means = resp.transpose(-1, -2) @ xc / counts.unsqueeze(-1) + centre * share  # official mu_k
-        means = raw_means - centre
-        centred_sq = (xc.unsqueeze(-3) - means.unsqueeze(-2)).pow(2)  # (..., K, N, d)
-        spread = (resp.transpose(-1, -2).unsqueeze(-1) * centred_sq).sum(-2) / counts.unsqueeze(-1)
-        variances = (spread + raw_means.pow(2) * (1 - share)).clamp_min(var_floor)
-    fitted = Prototypes(means + centre, variances, weights)
-    fitted.posteriors = _official_posteriors(xc, means, variances, weights)
+    batch = x.reshape(-1, *x.shape[-2:])  # leading dimensions as one
+    means, variances, weights, resp = official_em(batch, num_components, iterations, var_floor)
+    lead = x.shape[:-2]
+    fitted = Prototypes(means.reshape(*lead, *means.shape[1:]), variances.reshape(*lead, *variances.shape[1:]),
+                        weights.reshape(*lead, num_components))
+    fitted.posteriors = resp.reshape(*lead, *resp.shape[1:])
     return fitted
-
-
-def _official_posteriors(x, means, variances, weights) -> torch.Tensor:
-    log_joint = gaussian_log_likelihood(x, means, variances)
-    return torch.softmax(log_joint + torch.log(weights.clamp_min(1e-8)).unsqueeze(-2), dim=-1)
 
 
 def fit_gmm(x: torch.Tensor, num_components: int, *, iterations: int = ModelConfig.gmm_em_iters,

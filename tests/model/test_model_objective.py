@@ -19,6 +19,7 @@ from decalign.model import (
     DecAlign,
     Prototypes,
     fit_gmm_official,
+    official_em,
     official_gaussian_cost,
     official_local_loss,
     official_local_loss_matrix,
@@ -173,18 +174,70 @@ def _load_renamed(ours: DecAlign, reference) -> None:
 # ----------------------------------------------------------------------------- building blocks
 
 
-@pytest.mark.parametrize("n", [40, 5])  # N >= K: evenly spaced start; N < K: the samples repeated
-def test_official_em_equals_the_reference_with_gradients(n):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("n, floor", [(40, 1e-4), (5, 1e-4), (40, 3.0)])  # N < K: the samples repeated
+def test_official_em_equals_the_reference_with_gradients(n, floor, backend, monkeypatch):
+    # a hand-written backward (decalign.model.official_em) against autograd through the official loop, for
+    # two mixtures fitted at once; floor 3.0 clamps some variances, so the clamps' gradients are tested too
+    monkeypatch.setattr(official_em, "HOST_MAX_CELLS", 1 << 30 if backend == "numpy" else 0)
     g = torch.Generator().manual_seed(3)
-    x = (torch.randn(n, 6, generator=g, dtype=torch.float64) * 2 + 5).requires_grad_(True)
-    mu, var, pi, post = oracle.gmm_em(x, 7, 5, 1e-4)
-    fitted = fit_gmm_official(x, 7, iterations=5, var_floor=1e-4)
-    for theirs, ours in ((mu, fitted.means), (var, fitted.variances), (pi, fitted.weights), (post, fitted.posteriors)):
-        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
-    weights = torch.randn(*post.shape, generator=g, dtype=torch.float64)
-    want = torch.autograd.grad((post * weights).sum() + mu.sum() + var.sum(), x)[0]
-    got = torch.autograd.grad((fitted.posteriors * weights).sum() + fitted.means.sum() + fitted.variances.sum(), x)[0]
-    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    x = (torch.randn(2, n, 6, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.5]).view(2, 1, 1) + 5)
+    x.requires_grad_(True)
+    fitted = fit_gmm_official(x, 7, iterations=5, var_floor=floor)
+    upstream = [torch.randn(*t.shape, generator=g, dtype=torch.float64)
+                for t in (fitted.means, fitted.variances, fitted.weights, fitted.posteriors)]
+    got = torch.autograd.grad(_weighted_sum((fitted.means, fitted.variances, fitted.weights, fitted.posteriors),
+                                            upstream), x)[0]
+    for i in range(2):
+        theirs = oracle.gmm_em(x[i], 7, 5, floor)
+        ours = (fitted.means[i], fitted.variances[i], fitted.weights[i], fitted.posteriors[i])
+        for mine, reference in zip(ours, theirs):
+            torch.testing.assert_close(mine, reference, rtol=1e-9, atol=1e-12)
+        want = torch.autograd.grad(_weighted_sum(theirs, [u[i] for u in upstream]), x)[0]
+        torch.testing.assert_close(got[i], want[i], rtol=1e-8, atol=1e-10)
+    if floor == 3.0:
+        assert bool((fitted.variances == 3.0).any()) and bool((fitted.variances > 3.0).any())
+
+
+def test_official_em_step_reverse_where_a_prototype_has_no_mass():
+    # a prototype with almost no responsibility: its count is clamped at 1e-6 and s_k < 1, a branch the
+    # fits above do not reach; the M-step's reverse against autograd through the same step in torch
+    g = torch.Generator().manual_seed(6)
+    xc, centre = (torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+                  for shape in ((1, 6, 3), (1, 1, 3)))
+    resp = torch.softmax(torch.randn(1, 6, 4, generator=g, dtype=torch.float64), -1)
+    resp[..., 3] = 1e-8
+    resp.requires_grad_(True)
+    tape = official_em._Tape(xc, centre, [0], None, 0.05)
+    outputs = official_em._m_step(torch, xc, centre, resp, 0.05, tape)
+    assert float(tape.m_steps[0]["mass"][0, 3].detach()) < 1e-6
+    upstream = [torch.randn(*t.shape, generator=g, dtype=torch.float64) for t in outputs]
+    want = torch.autograd.grad(_weighted_sum(outputs, upstream), (resp, xc, centre))
+    with torch.no_grad():
+        got = official_em._m_reverse(torch, xc, centre, tape.m_steps[0], *upstream, 0.05)
+    for mine, theirs in zip(got, want):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def _weighted_sum(tensors, weights) -> torch.Tensor:
+    return sum((t * w).sum() for t, w in zip(tensors, weights))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_official_em_keeps_float32_and_a_retained_graph(backend, monkeypatch):
+    monkeypatch.setattr(official_em, "HOST_MAX_CELLS", 1 << 30 if backend == "numpy" else 0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 20, 4, generator=g).requires_grad_(True)
+    fitted = fit_gmm_official(x, 4, iterations=3)
+    assert all(t.dtype == torch.float32 for t in (fitted.means, fitted.variances, fitted.weights, fitted.posteriors))
+    loss = fitted.means.pow(2).sum() + fitted.posteriors[..., 0].sum()
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, x)[0]  # the tape is still there for a second backward
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    x64 = x.detach().double().requires_grad_(True)
+    reference = fit_gmm_official(x64, 4, iterations=3)
+    want = torch.autograd.grad(reference.means.pow(2).sum() + reference.posteriors[..., 0].sum(), x64)[0]
+    torch.testing.assert_close(first.double(), want, rtol=1e-3, atol=1e-4)  # float32 against float64
 
 
 def test_official_em_in_its_stable_form_keeps_the_variances_the_literal_form_loses():
