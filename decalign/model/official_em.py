@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 # At most this many (sample, prototype, dimension) cells a step run on numpy: its loops are single-threaded,
-# torch's not.
-HOST_MAX_CELLS = 1 << 17
+# torch's not. Measured (3 mixtures, K = 7, d = 40, 5 steps, forward and backward, float32, 2 threads):
+# N = 32 (26,880 cells) 5.8 ms against torch's 10.4; N = 256 18.9 against 29.3; N = 1,024 105 against 147.
+HOST_MAX_CELLS = 1 << 20
 
 
 def official_em(x: torch.Tensor, k: int, iterations: int, var_floor: float) -> tuple[torch.Tensor, ...]:
