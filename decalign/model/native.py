@@ -1,5 +1,5 @@
-"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``): built once per
-machine, called with ctypes.
+"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``, ``official_em.c``):
+built once per machine, called with ctypes.
 
 Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
 DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The attention
@@ -7,7 +7,8 @@ kernel keeps one head's scores in cache from the product to the weighted values,
 its C file). The dropout kernel makes the masks ``decalign.model.dropout`` draws from numpy's PCG64 stream,
 the same bits, in one pass instead of five (a seventh of a training step went to those masks). The sweeps
 kernel runs the official Sinkhorn sweeps of ``decalign.model.sweeps`` on small plans, one pass over the cells
-an update where numpy made a dozen calls.
+an update where numpy made a dozen calls; the EM kernel runs ``decalign.model.official_em``'s steps and their
+reverses the same way.
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
@@ -41,7 +42,7 @@ from ..atomic import atomic_write
 from ..cache import cache_root
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c"))
+                for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c", "official_em.c"))
 HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),)  # included by the attention kernel
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
@@ -208,6 +209,45 @@ def sweeps_reverse(tape: SweepTape, grads: list[np.ndarray | None]) -> tuple[np.
     return (d_scaled if reached[-1] else None), [part if hit else None for part, hit in zip(parts, reached)]
 
 
+class EMTape:
+    """What ``em_forward`` keeps for ``em_reverse``: the features, the start, and per E-step its inputs and
+    posteriors (the kernel's tape, in float64)."""
+
+    def __init__(self, x: np.ndarray, start: np.ndarray, k: int, iterations: int, var_floor: float):
+        self.x, self.start, self.k, self.iterations, self.var_floor = x, start, k, iterations, var_floor
+        batch, n, d = x.shape
+        self.slots = np.empty(batch * (iterations + 1) * (2 * k * d + k + n * k))
+
+
+def em_forward(x: np.ndarray, k: int, iterations: int, var_floor: float, start: list[int],
+               keep: bool) -> tuple[tuple[np.ndarray, ...], EMTape | None]:
+    """``decalign.model.official_em.forward_steps`` in one call, in float64: ((means, variances, weights,
+    posteriors), tape or None) for x (B, N, d)."""
+    batch, n, d = x.shape
+    tape = EMTape(_doubles(x), np.asarray(start, dtype=np.int64), k, iterations, var_floor)
+    outputs = np.empty((batch, k, d)), np.empty((batch, k, d)), np.empty((batch, k)), np.empty((batch, n, k))
+    _check_em(library().em_forward(batch, n, d, k, iterations, var_floor, tape.x.ctypes.data, tape.start.ctypes.data,
+                                   *(a.ctypes.data for a in outputs), tape.slots.ctypes.data if keep else None,
+                                   torch.get_num_threads()))
+    return outputs, (tape if keep else None)
+
+
+def em_reverse(tape: EMTape, grads: list[np.ndarray]) -> np.ndarray:
+    """d x from an ``em_forward`` tape and the gradients of its four outputs, in float64."""
+    batch, n, d = tape.x.shape
+    grads = [_doubles(g) for g in grads]  # held for the call
+    d_x = np.empty((batch, n, d))
+    _check_em(library().em_reverse(batch, n, d, tape.k, tape.iterations, tape.var_floor, tape.x.ctypes.data,
+                                   tape.start.ctypes.data, tape.slots.ctypes.data, *(g.ctypes.data for g in grads),
+                                   d_x.ctypes.data, torch.get_num_threads()))
+    return d_x
+
+
+def _check_em(status: int) -> None:
+    if status:
+        raise MemoryError("the official EM kernel could not allocate its scratch")
+
+
 def _per_axis(concatenated: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
     """The axes' vectors the kernel writes one after another, as views."""
     return np.split(concatenated, np.cumsum(sizes)[:-1])
@@ -307,7 +347,8 @@ def main() -> None:
         print("the native kernels need x86-64 with AVX2 and FMA: torch's operators and numpy run here instead")
         return
     try:
-        print(f"native kernels (attention at {attention_lanes()} lanes, dropout masks, Sinkhorn sweeps): {build()}")
+        print(f"native kernels (attention at {attention_lanes()} lanes, dropout masks, Sinkhorn sweeps, "
+              f"official EM): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
@@ -320,8 +361,9 @@ def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, subprocess.CalledProcessError) as exc:
-        warnings.warn(f"decalign: the native kernels could not be built ({_reason(exc)}); attention, dropout and the "
-                      "Sinkhorn sweeps run on torch's operators and numpy (same results, slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"decalign: the native kernels could not be built ({_reason(exc)}); attention, dropout, the "
+                      "Sinkhorn sweeps and the official EM run on torch's operators and numpy (same results, slower)",
+                      RuntimeWarning, stacklevel=3)
         return None
     size, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int] * 2
@@ -338,6 +380,9 @@ def _load() -> ctypes.CDLL | None:
     lib.mms_forward.argtypes = [ctypes.c_int, ptr, ptr, ctypes.c_double, size] + [ptr] * 4
     lib.mms_reverse.argtypes = [ctypes.c_int, ptr, size] + [ptr] * 7
     lib.mms_forward.restype = lib.mms_reverse.restype = ctypes.c_int
+    lib.em_forward.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 7 + [ctypes.c_int]
+    lib.em_reverse.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 8 + [ctypes.c_int]
+    lib.em_forward.restype = lib.em_reverse.restype = ctypes.c_int
     return lib
 
 

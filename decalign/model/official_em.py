@@ -4,8 +4,10 @@ The official code differentiates through every step of its EM. Under autograd, t
 of 32 samples (K = 7, d = 40) took about 10 ms of a training step, forward and backward, nearly all of it
 torch's fixed cost per operation on arrays of a few thousand numbers. Here the forward keeps what each step
 computed and the backward walks the steps in reverse by hand, in one code for any array module (as
-``sweeps.py`` does): numpy in float64 for small CPU fits, whose fixed cost per operation is a fraction of
-torch's; torch tensors elsewhere (a GPU, large fits), with no host read.
+``sweeps.py`` does): numpy for CPU fits, whose fixed cost per operation is a fraction of torch's; torch
+tensors elsewhere (a GPU, large fits), with no host read. Where the native kernels load
+(``decalign.model.native``), CPU fits run in ``official_em.c``: the same steps and reverses in float64, a
+few passes over the cells a step, one thread per mixture.
 
 One step from (mu, v, w), on centred features ``x`` (N, d), with ``c`` the centre:
 
@@ -25,9 +27,13 @@ import math
 import numpy as np
 import torch
 
-# At most this many (sample, prototype, dimension) cells a step run on numpy: its loops are single-threaded,
-# torch's not. Measured (3 mixtures, K = 7, d = 40, 5 steps, forward and backward, float32, 2 threads):
-# N = 32 (26,880 cells) 5.8 ms against torch's 10.4; N = 256 18.9 against 29.3; N = 1,024 105 against 147.
+from . import native
+
+# At most this many (sample, prototype, dimension) cells a step run on the host, in the native kernel where it
+# loads, else on numpy; beyond, on torch. Measured (3 mixtures, K = 7, d = 40, 5 steps, forward and backward,
+# float32 features, 2 threads; autograd through the same steps in torch for comparison): N = 32 (26,880
+# cells) native 2.2 ms, numpy 6.3, autograd 12.7; N = 512 13.8, 42.5, 58.5; N = 1,024 25.9, 96.4, 130.0 (the
+# torch code here without autograd 147).
 HOST_MAX_CELLS = 1 << 20
 
 
@@ -47,21 +53,35 @@ def start_indices(n: int, k: int) -> list[int]:
 class _OfficialEM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k: int, iterations: int, var_floor: float, needs_grad: bool):
-        on_host = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                   and not torch.compiler.is_compiling() and x.shape[0] * x.shape[1] * k * x.shape[2] <= HOST_MAX_CELLS)
-        ctx.on_host, ctx.dtype = on_host, x.dtype
-        xp, values = (np, x.detach().numpy()) if on_host else (torch, x.detach())
-        outputs, ctx.tape = forward_steps(xp, values, k, iterations, var_floor, needs_grad)
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in outputs) if on_host else outputs
+        ctx.backend = backend = _backend(x, k)
+        if backend == "torch":
+            outputs, ctx.tape = forward_steps(torch, x.detach(), k, iterations, var_floor, needs_grad)
+            return outputs
+        if backend == "native":
+            outputs, ctx.tape = native.em_forward(x.detach().numpy(), k, iterations, var_floor,
+                                                  start_indices(x.shape[1], k), needs_grad)
+        else:
+            outputs, ctx.tape = forward_steps(np, x.detach().numpy(), k, iterations, var_floor, needs_grad)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(x.dtype) for a in outputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         tape = ctx.tape  # kept on ctx: a graph retained for a second backward reads it again
-        if ctx.on_host:
-            d_x = reverse_steps(np, [g.numpy() for g in grads], tape)
-            return torch.from_numpy(np.ascontiguousarray(d_x)), None, None, None, None
-        return reverse_steps(torch, list(grads), tape), None, None, None, None
+        if ctx.backend == "torch":
+            return reverse_steps(torch, list(grads), tape), None, None, None, None
+        arrays = [g.numpy() for g in grads]
+        d_x = native.em_reverse(tape, arrays) if ctx.backend == "native" else reverse_steps(np, arrays, tape)
+        return torch.from_numpy(np.ascontiguousarray(d_x)).to(grads[0].dtype), None, None, None, None
+
+
+def _backend(x: torch.Tensor, k: int) -> str:
+    """"native" (``official_em.c``, in float64), "numpy" (CPU fits) or "torch" (a GPU, large fits)."""
+    cells = x.shape[0] * x.shape[1] * k * x.shape[2]
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling() and cells <= HOST_MAX_CELLS):
+        return "torch"
+    return "native" if native.library() is not None else "numpy"
 
 
 class _Tape:

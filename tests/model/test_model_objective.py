@@ -19,6 +19,7 @@ from decalign.model import (
     DecAlign,
     Prototypes,
     fit_gmm_official,
+    native,
     official_em,
     official_gaussian_cost,
     official_local_loss,
@@ -174,12 +175,12 @@ def _load_renamed(ours: DecAlign, reference) -> None:
 # ----------------------------------------------------------------------------- building blocks
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["native", "numpy", "torch"])
 @pytest.mark.parametrize("n, floor", [(40, 1e-4), (5, 1e-4), (40, 3.0)])  # N < K: the samples repeated
 def test_official_em_equals_the_reference_with_gradients(n, floor, backend, monkeypatch):
     # a hand-written backward (decalign.model.official_em) against autograd through the official loop, for
     # two mixtures fitted at once; floor 3.0 clamps some variances, so the clamps' gradients are tested too
-    monkeypatch.setattr(official_em, "HOST_MAX_CELLS", 1 << 30 if backend == "numpy" else 0)
+    _use_em_backend(monkeypatch, backend)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(2, n, 6, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.5]).view(2, 1, 1) + 5)
     x.requires_grad_(True)
@@ -219,13 +220,19 @@ def test_official_em_step_reverse_where_a_prototype_has_no_mass():
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
+def _use_em_backend(monkeypatch, backend: str) -> None:
+    if backend == "native" and native.library() is None:
+        pytest.skip("the native kernels do not load here")
+    monkeypatch.setattr(official_em, "_backend", lambda x, k: backend)
+
+
 def _weighted_sum(tensors, weights) -> torch.Tensor:
     return sum((t * w).sum() for t, w in zip(tensors, weights))
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["native", "numpy", "torch"])
 def test_official_em_keeps_float32_and_a_retained_graph(backend, monkeypatch):
-    monkeypatch.setattr(official_em, "HOST_MAX_CELLS", 1 << 30 if backend == "numpy" else 0)
+    _use_em_backend(monkeypatch, backend)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 20, 4, generator=g).requires_grad_(True)
     fitted = fit_gmm_official(x, 4, iterations=3)
