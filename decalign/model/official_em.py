@@ -51,6 +51,26 @@ def start_indices(n: int, k: int) -> list[int]:
     return [i % n for i in range(k)]
 
 
+def gaussian_log_likelihood(x, means, variances):
+    """Per-component log density of diagonal Gaussians, for torch tensors or numpy arrays (both EM variants and
+    ``prototypes.posteriors`` use it).
+
+    ``log N(x | mu_k, diag(var_k)) = -1/2 * sum_d [log(2 pi var_kd) + (x_d - mu_kd)^2 / var_kd]``
+
+    Parameters
+    ----------
+    x : (..., N, d) samples; means, variances : (..., K, d), with the same leading dimensions.
+
+    Returns
+    -------
+    (..., N, K) log densities.
+    """
+    xp = np if isinstance(x, np.ndarray) else torch
+    diff = x[..., :, None, :] - means[..., None, :, :]  # (..., N, K, d)
+    return -0.5 * ((diff * diff / variances[..., None, :, :]).sum(axis=-1)
+                   + xp.log(2 * math.pi * variances).sum(axis=-1)[..., None, :])
+
+
 class _OfficialEM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k: int, iterations: int, var_floor: float, needs_grad: bool):
@@ -113,10 +133,7 @@ def forward_steps(xp, x, k: int, iterations: int, var_floor: float, keep: bool):
 
 
 def _e_step(xp, xc, means, variances, weights, tape):
-    diff = xc[:, :, None, :] - means[:, None, :, :]  # (B, N, K, d)
-    log_joint = -0.5 * ((diff * diff / variances[:, None]).sum(axis=-1)
-                        + xp.log(2 * math.pi * variances).sum(axis=-1)[:, None, :])
-    log_joint = log_joint + xp.log(weights.clip(min=1e-8))[:, None, :]
+    log_joint = gaussian_log_likelihood(xc, means, variances) + xp.log(weights.clip(min=1e-8))[:, None, :]
     shifted = xp.exp(log_joint - xp.amax(log_joint, axis=-1, keepdims=True))
     resp = shifted / shifted.sum(axis=-1, keepdims=True)
     if tape is not None:

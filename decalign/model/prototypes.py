@@ -7,31 +7,11 @@ from farthest points and adds its variance floor.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..config import ModelConfig
-from .official_em import official_em
+from .official_em import gaussian_log_likelihood, official_em
 from .output import Prototypes
-
-
-def gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> torch.Tensor:
-    """Per-component log density of diagonal Gaussians.
-
-    ``log N(x | mu_k, diag(var_k)) = -1/2 * sum_d [log(2 pi var_kd) + (x_d - mu_kd)^2 / var_kd]``
-
-    Parameters
-    ----------
-    x : (..., N, d) samples; means, variances : (..., K, d), with the same leading dimensions.
-
-    Returns
-    -------
-    (..., N, K) log densities.
-    """
-    diff_sq = (x.unsqueeze(-2) - means.unsqueeze(-3)).pow(2)  # (..., N, K, d)
-    return -0.5 * ((diff_sq / variances.unsqueeze(-3)).sum(-1)
-                   + torch.log(2 * math.pi * variances).sum(-1).unsqueeze(-2))
 
 
 def posteriors(x: torch.Tensor, prototypes: Prototypes) -> torch.Tensor:
