@@ -224,7 +224,8 @@ def em_forward(x: np.ndarray, k: int, iterations: int, var_floor: float, start: 
     """``decalign.model.official_em.forward_steps`` in one call, in float64: ((means, variances, weights,
     posteriors), tape or None) for x (B, N, d)."""
     batch, n, d = x.shape
-    tape = EMTape(_doubles(x), np.asarray(start, dtype=np.int64), k, iterations, var_floor)
+    # a copy: the reverse must read the features as they were, even if the caller's array changes later
+    tape = EMTape(np.array(x, dtype=np.float64), np.asarray(start, dtype=np.int64), k, iterations, var_floor)
     outputs = np.empty((batch, k, d)), np.empty((batch, k, d)), np.empty((batch, k)), np.empty((batch, n, k))
     _check_em(library().em_forward(batch, n, d, k, iterations, var_floor, tape.x.ctypes.data, tape.start.ctypes.data,
                                    *(a.ctypes.data for a in outputs), tape.slots.ctypes.data if keep else None,

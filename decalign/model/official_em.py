@@ -76,7 +76,8 @@ class _OfficialEM(torch.autograd.Function):
     def forward(ctx, x, k: int, iterations: int, var_floor: float, needs_grad: bool):
         ctx.backend = backend = _backend(x, k)
         if backend == "torch":
-            outputs, ctx.tape = forward_steps(torch, x.detach(), k, iterations, var_floor, needs_grad)
+            with torch.autocast(x.device.type, enabled=False):  # the steps in the features' dtype, as on the host
+                outputs, ctx.tape = forward_steps(torch, x.detach(), k, iterations, var_floor, needs_grad)
             return outputs
         if backend == "native":
             outputs, ctx.tape = native.em_forward(x.detach().numpy(), k, iterations, var_floor,

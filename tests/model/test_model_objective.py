@@ -220,6 +220,17 @@ def test_official_em_step_reverse_where_a_prototype_has_no_mass():
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
+def test_official_em_on_torch_keeps_float32_under_autocast(monkeypatch):
+    _use_em_backend(monkeypatch, "torch")  # the GPU's path, here on the CPU
+    x = torch.randn(2, 16, 3, generator=torch.Generator().manual_seed(7))
+    plain = fit_gmm_official(x, 3, iterations=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = fit_gmm_official(x, 3, iterations=3)
+    for a, b in ((plain.means, cast.means), (plain.variances, cast.variances), (plain.posteriors, cast.posteriors)):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
 def _use_em_backend(monkeypatch, backend: str) -> None:
     if backend == "native" and native.library() is None:
         pytest.skip("the native kernels do not load here")
