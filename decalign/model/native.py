@@ -213,10 +213,10 @@ class EMTape:
     """What ``em_forward`` keeps for ``em_reverse``: the features, the start, and per E-step its inputs and
     posteriors (the kernel's tape, in float64)."""
 
-    def __init__(self, x: np.ndarray, start: np.ndarray, k: int, iterations: int, var_floor: float):
+    def __init__(self, x: np.ndarray, start: np.ndarray, k: int, iterations: int, var_floor: float, keep: bool):
         self.x, self.start, self.k, self.iterations, self.var_floor = x, start, k, iterations, var_floor
         batch, n, d = x.shape
-        self.slots = np.empty(batch * (iterations + 1) * (2 * k * d + k + n * k))
+        self.slots = np.empty(batch * (iterations + 1) * (2 * k * d + k + n * k)) if keep else None
 
 
 def em_forward(x: np.ndarray, k: int, iterations: int, var_floor: float, start: list[int],
@@ -225,10 +225,10 @@ def em_forward(x: np.ndarray, k: int, iterations: int, var_floor: float, start: 
     posteriors), tape or None) for x (B, N, d)."""
     batch, n, d = x.shape
     # a copy: the reverse must read the features as they were, even if the caller's array changes later
-    tape = EMTape(np.array(x, dtype=np.float64), np.asarray(start, dtype=np.int64), k, iterations, var_floor)
+    tape = EMTape(np.array(x, dtype=np.float64), np.asarray(start, dtype=np.int64), k, iterations, var_floor, keep)
     outputs = np.empty((batch, k, d)), np.empty((batch, k, d)), np.empty((batch, k)), np.empty((batch, n, k))
     _check_em(library().em_forward(batch, n, d, k, iterations, var_floor, tape.x.ctypes.data, tape.start.ctypes.data,
-                                   *(a.ctypes.data for a in outputs), tape.slots.ctypes.data if keep else None,
+                                   *(a.ctypes.data for a in outputs), None if tape.slots is None else tape.slots.ctypes.data,
                                    torch.get_num_threads()))
     return outputs, (tape if keep else None)
 
