@@ -172,7 +172,6 @@ def test_a_vector_width_the_kernel_does_not_have_is_refused():
         native._check(status)
 
 
-
 @contextlib.contextmanager
 def torch_threads(count: int):
     """torch (and the kernels, which take its count) on ``count`` threads, restored afterwards."""
@@ -182,6 +181,7 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(before)
+
 
 @needs_kernel
 def test_result_does_not_depend_on_the_thread_count(lanes):
