@@ -15,6 +15,10 @@ Shapes: text 768, audio 5, vision 20, T = 50, batch 32; the official MOSI config
 * the training step with ``torch.compile`` (inductor, CPU) of the batched transformers
   (``decalign.model.fusion.encode``, most of the step), its compile time, and the eager step in the same
   rounds;
+* the floor the machine sets: the floating-point operations of an eval forward and of a training step
+  (``torch.utils.flop_counter`` for the products, the fused attention's from its shapes) over the best rate
+  of a large single-precision matrix product on the same threads, i.e. the time if every operation ran at
+  that rate (softmax, LayerNorm, dropout and memory traffic not counted: a lower bound);
 * peak RSS of a fresh subprocess per phase (3 training epochs of 40 batches; 120 eval forwards), with the
   peak after each epoch, to show that memory does not grow with the number of batches.
 
@@ -188,6 +192,54 @@ def top_ops(fn, calls: int = 5, rows: int = 12) -> list[dict]:
             for e in events[:rows]]
 
 
+def flop_floor(peak_rounds: int = 10, size: int = 2048) -> dict:
+    """GFLOP of an eval forward and of a training step, and the ms they would take at the best rate of a
+    ``size``-cubed float32 matrix product on THREADS threads (best of ``peak_rounds``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from decalign.model import fusion
+
+    torch.set_num_threads(THREADS)
+    train_step, eval_forward, _ = make_step()
+    train_step()
+    eval_forward()
+    attention_flop = [0]
+    fused = fusion.attention
+
+    def counted(qt, kt, vt, *args, **kwargs):  # qt (M, B, h, hd, Tq), kt (M, B, h, hd, Tk): QK^T and PV
+        attention_flop[0] += 4 * qt.numel() * kt.shape[-1]
+        return fused(qt, kt, vt, *args, **kwargs)
+
+    flop = {}
+    fusion.attention = counted
+    try:
+        for name, step, backward_factor in (("eval_forward", eval_forward, 1), ("train_step", train_step, 3)):
+            attention_flop[0] = 0
+            with FlopCounterMode(display=False) as counter:
+                step()
+            # the fused attention's backward takes four products (dV, dP, dQ, dK) to the forward's two
+            flop[name] = counter.get_total_flops() + backward_factor * attention_flop[0]
+    finally:
+        fusion.attention = fused
+    peak = _best_gflops(size, peak_rounds)
+    return {"sgemm_gflops_best": round(peak, 1), "sgemm_size": size,
+            **{name: {"gflop": round(value / 1e9, 3), "ms_at_best_sgemm_rate": round(value / 1e6 / peak, 1)}
+               for name, value in flop.items()}}
+
+
+def _best_gflops(size: int, rounds: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(rounds))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def compiled_transformers(rounds: int = ROUNDS) -> dict:
     """Training step with the transformers compiled by ``torch.compile`` (inductor) against eager, in
     alternating rounds, and the first (compiling) step's time. The product runs them eagerly: this is
@@ -277,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         **rows,
         "ratio_official_over_ours": ratios(rows["decalign_studio"], rows["official_reference"]),
         "breakdown": breakdown(),
+        "flop_floor": flop_floor(),
         "torch_compile": compiled_transformers() if args.compile else "not run (--compile)",
         "memory": memory,
         "machine": {**machine(), "torch_threads": THREADS},
@@ -302,6 +355,10 @@ def print_summary(r: dict) -> None:
         for kind, suffix in (("", ", median"), ("_best_round", ", best round")):
             print(f"{label + suffix:32}" + "".join(f"{r[n][key + kind]:14.1f}" for n in names))
     print("train step parts (ms): " + ", ".join(f"{k} {v}" for k, v in r["breakdown"]["train_step_parts_ms"].items()))
+    f = r["flop_floor"]
+    print(f"floor at the best sgemm rate ({f['sgemm_gflops_best']} GFLOP/s): " + "; ".join(
+        f"{name.replace('_', ' ')} {f[name]['gflop']} GFLOP = {f[name]['ms_at_best_sgemm_rate']} ms"
+        for name in ("train_step", "eval_forward")))
     if isinstance(r["torch_compile"], dict):
         c = r["torch_compile"]
         print(f"torch.compile of the transformers: step {c['train_step_ms_compiled']} ms against eager "
