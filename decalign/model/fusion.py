@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
 from .dropout import dropout, relu_dropout
+from .layer_norm import residual_layer_norm
 
 
 class MultiheadAttention(nn.Module):
@@ -190,10 +190,10 @@ def _after_attention(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.T
 def _residual_blocks(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,
                      train: bool) -> torch.Tensor:
     """The layer after attention: residual, LayerNorm, ReLU MLP, residual, LayerNorm. x, attended (M, B, Tq, d)."""
-    x = _layer_norm(x + dropout(attended, first.res_dropout, train), p, "attn_layer_norm", first)
+    x = _layer_norm(x, dropout(attended, first.res_dropout, train), p, "attn_layer_norm", first)
     hidden = relu_dropout(_linear(x, p["fc1.weight"], p["fc1.bias"]), first.relu_dropout, train)
     residual = dropout(_linear(hidden, p["fc2.weight"], p["fc2.bias"]), first.res_dropout, train)
-    return _layer_norm(x + residual, p, "final_layer_norm", first)
+    return _layer_norm(x, residual, p, "final_layer_norm", first)
 
 
 def _residual_blocks_in_place(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor,
@@ -201,9 +201,9 @@ def _residual_blocks_in_place(first: EncoderLayer, p: dict[str, torch.Tensor], x
     """:func:`_residual_blocks` in eval mode without autograd (no dropout, nothing kept for a backward): each
     sum, ReLU and LayerNorm scale is written into the fresh result it reads: the same numbers with up to
     five tensors fewer a layer (an eval forward at MOSI shapes a paired median of 2.4 ms less, 22 of 30 rounds)."""
-    x = _layer_norm(attended.add_(x), p, "attn_layer_norm", first, in_place=True)
+    x = _layer_norm(x, attended, p, "attn_layer_norm", first, in_place=True)
     hidden = torch.relu_(_linear(x, p["fc1.weight"], p["fc1.bias"]))
-    return _layer_norm(_linear(hidden, p["fc2.weight"], p["fc2.bias"]).add_(x), p, "final_layer_norm", first,
+    return _layer_norm(x, _linear(hidden, p["fc2.weight"], p["fc2.bias"]), p, "final_layer_norm", first,
                        in_place=True)
 
 
@@ -215,15 +215,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return out.view(count, batch, steps, -1)
 
 
-def _layer_norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: EncoderLayer,
+def _layer_norm(x: torch.Tensor, residual: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: EncoderLayer,
                 in_place: bool = False) -> torch.Tensor:
-    """LayerNorm over d with each encoder's own scale and shift. x (M, B, T, d). ``in_place``: the scale and shift
-    are applied in the normalised tensor's own memory (nothing may need it for a backward)."""
-    weight, bias, eps = p[f"{name}.weight"], p[f"{name}.bias"], first.get_submodule(name).eps
-    if x.shape[0] == 1:
-        return F.layer_norm(x, x.shape[-1:], weight[0], bias[0], eps)
-    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
-    return torch.addcmul(bias[:, None, None], normed, weight[:, None, None], out=normed if in_place else None)
+    """LayerNorm of x + residual over d with each encoder's own scale and shift. x, residual (M, B, T, d).
+    ``in_place``: the result may be written over ``residual`` (nothing may need it for a backward)."""
+    return residual_layer_norm(x, residual, p[f"{name}.weight"], p[f"{name}.bias"], first.get_submodule(name).eps,
+                               in_place)
 
 
 def _head_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int) -> torch.Tensor:

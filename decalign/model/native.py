@@ -1,5 +1,5 @@
-"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``, ``official_em.c``):
-built once per machine, called with ctypes.
+"""The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``, ``official_em.c``,
+``residual_layer_norm.c``): built once per machine, called with ctypes.
 
 Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
 DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The attention
@@ -8,7 +8,9 @@ its C file). The dropout kernel makes the masks ``decalign.model.dropout`` draws
 the same bits, in one pass instead of five (a seventh of a training step went to those masks). The sweeps
 kernel runs the official Sinkhorn sweeps of ``decalign.model.sweeps`` on small plans, one pass over the cells
 an update where numpy made a dozen calls; the EM kernel runs ``decalign.model.official_em``'s steps and their
-reverses the same way.
+reverses the same way. The LayerNorm kernel runs a post-norm layer's residual sum, normalisation, and
+per-encoder scale and shift (and their backward) in one pass a row, where torch ran four operators forward and
+six backward over the whole tensor.
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
@@ -42,7 +44,8 @@ from ..atomic import atomic_write
 from ..cache import cache_root
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c", "official_em.c"))
+                for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c", "official_em.c",
+                             "residual_layer_norm.c"))
 HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),)  # included by the attention kernel
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
@@ -244,6 +247,51 @@ def em_reverse(tape: EMTape, grads: list[np.ndarray]) -> np.ndarray:
     return d_x
 
 
+def layer_norm_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the residual LayerNorm kernel takes these tensors (and is available here): float32 on the CPU,
+    outside ``torch.compile``."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.compiler.is_compiling() and library() is not None)
+
+
+def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float, keep: bool, out: torch.Tensor | None = None):
+    """LayerNorm over the last dimension of ``x + residual`` (x alone without one), then group m's scale and
+    shift: x (M, ..., d) contiguous, weight and bias (M, d). Returns the result (into ``out`` when given, which
+    may be x or residual) and, with ``keep``, the normalised rows and their 1 / sqrt(var + eps) for
+    :func:`residual_layer_norm_backward` (else None, None)."""
+    groups, width = weight.shape
+    if x.shape[0] != groups or x.shape[-1] != width or bias.shape != weight.shape or (
+            residual is not None and residual.shape != x.shape):
+        raise ValueError(f"residual_layer_norm takes x (M, ..., d) with weight and bias (M, d): got x "
+                         f"{tuple(x.shape)}, residual {None if residual is None else tuple(residual.shape)}, "
+                         f"weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+    rows = x.numel() // width
+    out = torch.empty_like(x) if out is None else out
+    normed, inverse_std = (torch.empty_like(x), x.new_empty(rows)) if keep else (None, None)
+    _check_layer_norm(library().rln_forward(groups, rows // groups, width, _ptr(x), _ptr(residual), _ptr(weight),
+                                            _ptr(bias), eps, _ptr(out), _ptr(normed), _ptr(inverse_std),
+                                            torch.get_num_threads()))
+    return out, normed, inverse_std
+
+
+def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inverse_std: torch.Tensor,
+                                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of the sum ``x + residual`` (so of each), of the scales and of the shifts."""
+    grad = grad.contiguous()
+    d_sum, d_weight, d_bias = torch.empty_like(normed), torch.empty_like(weight), torch.empty_like(weight)
+    groups, width = weight.shape
+    _check_layer_norm(library().rln_backward(groups, normed.numel() // width // groups, width, _ptr(grad),
+                                             _ptr(normed), _ptr(inverse_std), _ptr(weight), _ptr(d_sum),
+                                             _ptr(d_weight), _ptr(d_bias), torch.get_num_threads()))
+    return d_sum, d_weight, d_bias
+
+
+def _check_layer_norm(status: int) -> None:
+    if status:
+        raise MemoryError("the residual LayerNorm kernel could not allocate its scratch")
+
+
 def _check_em(status: int) -> None:
     if status:
         raise MemoryError("the official EM kernel could not allocate its scratch")
@@ -349,7 +397,7 @@ def main() -> None:
         return
     try:
         print(f"native kernels (attention at {attention_lanes()} lanes, dropout masks, Sinkhorn sweeps, "
-              f"official EM): {build()}")
+              f"official EM, residual LayerNorm): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
@@ -384,6 +432,9 @@ def _load() -> ctypes.CDLL | None:
     lib.em_forward.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 7 + [ctypes.c_int]
     lib.em_reverse.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 8 + [ctypes.c_int]
     lib.em_forward.restype = lib.em_reverse.restype = ctypes.c_int
+    lib.rln_forward.argtypes = [size] * 3 + [ptr] * 4 + [ctypes.c_float] + [ptr] * 3 + [ctypes.c_int]
+    lib.rln_backward.argtypes = [size] * 3 + [ptr] * 7 + [ctypes.c_int]
+    lib.rln_forward.restype = lib.rln_backward.restype = ctypes.c_int
     return lib
 
 

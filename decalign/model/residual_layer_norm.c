@@ -1,0 +1,116 @@
+/* A post-norm transformer layer's "LayerNorm(x + r)" with each encoder's own scale and shift, forward and
+ * backward, for float32 rows of width d (DecAlign's d is 40).
+ *
+ * Torch runs it as four operators forward (the sum, the normalisation, the scale and shift) and six backward,
+ * each reading and writing the whole (rows, d) tensor; here each row is summed, normalised, scaled and shifted
+ * in one pass while it is in registers, and its gradient likewise. Rows are laid out (groups, rows_per_group,
+ * d), contiguous; group g (an encoder) has scale w[g] and shift b[g], each (d,). The mean and variance are
+ * computed in two passes over the row (the variance of the centred values), as torch's LayerNorm gets them to
+ * rounding. Every row is computed by one thread, and the scale's and shift's gradients are summed over fixed
+ * chunks of rows and then over the chunks in order, so no result depends on the thread count. Built (with
+ * -mavx2 -mfma -fopenmp, `omp simd` vectorising the row sums) and loaded by native.py.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK_ROWS 64 /* rows per partial sum of the scale's and shift's gradients */
+
+static inline float row_mean(const float *s, int64_t d) {
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < d; j++) total += s[j];
+    return total / (float)d;
+}
+
+/* y = (s - mean) / sqrt(var + eps) * w + b for s = x + r (r may be NULL); with `xhat`, the normalised row and
+ * `rstd` its 1 / sqrt(var + eps) are kept for the backward. y may be x or r (the eval forward's in place). */
+int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *x, const float *r,
+                const float *w, const float *b, float eps, float *y, float *xhat, float *rstd, int threads) {
+    const int64_t rows = groups * rows_per_group;
+    int failed = 0;
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
+    {
+        float *s = malloc(sizeof(float) * d);
+        if (!s) {
+            failed |= 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < rows; i++) {
+                const float *xi = x + i * d, *ri = r ? r + i * d : NULL;
+                const float *wg = w + (i / rows_per_group) * d, *bg = b + (i / rows_per_group) * d;
+#pragma omp simd
+                for (int64_t j = 0; j < d; j++) s[j] = ri ? xi[j] + ri[j] : xi[j];
+                const float mean = row_mean(s, d);
+                float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+                for (int64_t j = 0; j < d; j++) squares += (s[j] - mean) * (s[j] - mean);
+                const float inverse = 1.0f / sqrtf(squares / (float)d + eps);
+                float *yi = y + i * d, *hi = xhat ? xhat + i * d : NULL;
+#pragma omp simd
+                for (int64_t j = 0; j < d; j++) {
+                    const float normed = (s[j] - mean) * inverse;
+                    if (hi) hi[j] = normed;
+                    yi[j] = normed * wg[j] + bg[j];
+                }
+                if (rstd) rstd[i] = inverse;
+            }
+            free(s);
+        }
+    }
+    return failed;
+}
+
+/* From the output's gradient g: ds (the gradient of x and of r alike), and the gradients of each group's scale
+ * and shift (dw, db: (groups, d)). */
+int rln_backward(int64_t groups, int64_t rows_per_group, int64_t d, const float *g, const float *xhat,
+                 const float *rstd, const float *w, float *ds, float *dw, float *db, int threads) {
+    const int64_t chunks_per_group = (rows_per_group + CHUNK_ROWS - 1) / CHUNK_ROWS, chunks = groups * chunks_per_group;
+    float *partial = calloc((size_t)(2 * chunks * d), sizeof(float)); /* per chunk: d of dw, then d of db */
+    if (!partial) return 1;
+    int failed = 0;
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
+    {
+        float *dxhat = malloc(sizeof(float) * d);
+        if (!dxhat) {
+            failed |= 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < chunks; c++) {
+                const int64_t group = c / chunks_per_group, first = group * rows_per_group + (c % chunks_per_group) * CHUNK_ROWS;
+                const int64_t end = first + CHUNK_ROWS < (group + 1) * rows_per_group ? first + CHUNK_ROWS
+                                                                                      : (group + 1) * rows_per_group;
+                const float *wg = w + group * d;
+                float *dw_part = partial + 2 * c * d, *db_part = dw_part + d;
+                for (int64_t i = first; i < end; i++) {
+                    const float *gi = g + i * d, *hi = xhat + i * d;
+                    float mean_d = 0.0f, mean_dh = 0.0f;
+#pragma omp simd reduction(+ : mean_d, mean_dh)
+                    for (int64_t j = 0; j < d; j++) {
+                        dxhat[j] = gi[j] * wg[j];
+                        mean_d += dxhat[j];
+                        mean_dh += dxhat[j] * hi[j];
+                        dw_part[j] += gi[j] * hi[j];
+                        db_part[j] += gi[j];
+                    }
+                    mean_d /= (float)d, mean_dh /= (float)d;
+                    float *dsi = ds + i * d;
+#pragma omp simd
+                    for (int64_t j = 0; j < d; j++) dsi[j] = rstd[i] * (dxhat[j] - mean_d - hi[j] * mean_dh);
+                }
+            }
+            free(dxhat);
+        }
+    }
+    if (!failed) {
+        for (int64_t group = 0; group < groups; group++) { /* over the chunks in order: the same sums on any threads */
+            float *dwg = dw + group * d, *dbg = db + group * d;
+            memset(dwg, 0, sizeof(float) * d), memset(dbg, 0, sizeof(float) * d);
+            for (int64_t c = group * chunks_per_group; c < (group + 1) * chunks_per_group; c++)
+                for (int64_t j = 0; j < d; j++) dwg[j] += partial[2 * c * d + j], dbg[j] += partial[(2 * c + 1) * d + j];
+        }
+    }
+    free(partial);
+    return failed;
+}
