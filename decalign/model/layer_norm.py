@@ -28,8 +28,7 @@ def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: 
         target = x if residual is None else residual
         out = target if in_place and target.is_contiguous() else None
         x, residual = x.contiguous(), None if residual is None else residual.contiguous()
-        return native.residual_layer_norm(x, residual, weight.contiguous(), bias.contiguous(), eps, keep=False,
-                                          out=out)[0]
+        return native.residual_layer_norm(x, residual, weight, bias, eps, keep=False, out=out)[0]
     summed = x if residual is None else (residual.add_(x) if in_place else x + residual)
     return _torch_layer_norm(summed, weight, bias, eps, in_place)
 
@@ -47,7 +46,6 @@ class _ResidualLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps):
         x, residual = x.contiguous(), None if residual is None else residual.contiguous()
-        weight, bias = weight.contiguous(), bias.contiguous()
         out, normed, inverse_std = native.residual_layer_norm(x, residual, weight, bias, eps, keep=True)
         ctx.save_for_backward(normed, inverse_std, weight)
         ctx.has_residual = residual is not None

@@ -257,7 +257,7 @@ def layer_norm_applies(*tensors: torch.Tensor) -> bool:
 def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor,
                         eps: float, keep: bool, out: torch.Tensor | None = None):
     """LayerNorm over the last dimension of ``x + residual`` (x alone without one), then group m's scale and
-    shift: x (M, ..., d) contiguous, weight and bias (M, d). Returns the result (into ``out`` when given, which
+    shift: x (M, ..., d) contiguous, weight and bias (M, d) (each row contiguous: :func:`_rows`). Returns the result (into ``out`` when given, which
     may be x or residual) and, with ``keep``, the normalised rows and their 1 / sqrt(var + eps) for
     :func:`residual_layer_norm_backward` (else None, None)."""
     groups, width = weight.shape
@@ -269,9 +269,10 @@ def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: 
     rows = x.numel() // width
     out = torch.empty_like(x) if out is None else out
     normed, inverse_std = (torch.empty_like(x), x.new_empty(rows)) if keep else (None, None)
+    weight, bias = _rows(weight), _rows(bias)
     _check_layer_norm(library().rln_forward(groups, rows // groups, width, _ptr(x), _ptr(residual), _ptr(weight),
-                                            _ptr(bias), eps, _ptr(out), _ptr(normed), _ptr(inverse_std),
-                                            torch.get_num_threads()))
+                                            weight.stride(0), _ptr(bias), bias.stride(0), eps, _ptr(out), _ptr(normed),
+                                            _ptr(inverse_std), torch.get_num_threads()))
     return out, normed, inverse_std
 
 
@@ -279,12 +280,19 @@ def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inver
                                  weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of the sum ``x + residual`` (so of each), of the scales and of the shifts."""
     grad = grad.contiguous()
-    d_sum, d_weight, d_bias = torch.empty_like(normed), torch.empty_like(weight), torch.empty_like(weight)
+    weight = _rows(weight)
     groups, width = weight.shape
+    d_sum, d_weight, d_bias = torch.empty_like(normed), weight.new_empty(groups, width), weight.new_empty(groups, width)
     _check_layer_norm(library().rln_backward(groups, normed.numel() // width // groups, width, _ptr(grad),
-                                             _ptr(normed), _ptr(inverse_std), _ptr(weight), _ptr(d_sum),
-                                             _ptr(d_weight), _ptr(d_bias), torch.get_num_threads()))
+                                             _ptr(normed), _ptr(inverse_std), _ptr(weight), weight.stride(0),
+                                             _ptr(d_sum), _ptr(d_weight), _ptr(d_bias), torch.get_num_threads()))
     return d_sum, d_weight, d_bias
+
+
+def _rows(parameter: torch.Tensor) -> torch.Tensor:
+    """(M, d) with each row contiguous, as the kernel reads it: a layer's slice of the stacked parameters as it
+    lies (a copy would be one more operator a call), anything else copied."""
+    return parameter if parameter.stride(1) == 1 or parameter.shape[1] == 1 else parameter.contiguous()
 
 
 def _check_layer_norm(status: int) -> None:
@@ -432,8 +440,8 @@ def _load() -> ctypes.CDLL | None:
     lib.em_forward.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 7 + [ctypes.c_int]
     lib.em_reverse.argtypes = [size] * 5 + [ctypes.c_double] + [ptr] * 8 + [ctypes.c_int]
     lib.em_forward.restype = lib.em_reverse.restype = ctypes.c_int
-    lib.rln_forward.argtypes = [size] * 3 + [ptr] * 4 + [ctypes.c_float] + [ptr] * 3 + [ctypes.c_int]
-    lib.rln_backward.argtypes = [size] * 3 + [ptr] * 7 + [ctypes.c_int]
+    lib.rln_forward.argtypes = [size] * 3 + [ptr] * 3 + [size, ptr, size, ctypes.c_float] + [ptr] * 3 + [ctypes.c_int]
+    lib.rln_backward.argtypes = [size] * 3 + [ptr] * 4 + [size] + [ptr] * 3 + [ctypes.c_int]
     lib.rln_forward.restype = lib.rln_backward.restype = ctypes.c_int
     return lib
 

@@ -4,7 +4,8 @@
  * Torch runs it as four operators forward (the sum, the normalisation, the scale and shift) and six backward,
  * each reading and writing the whole (rows, d) tensor; here each row is summed, normalised, scaled and shifted
  * in one pass while it is in registers, and its gradient likewise. Rows are laid out (groups, rows_per_group,
- * d), contiguous; group g (an encoder) has scale w[g] and shift b[g], each (d,). The mean and variance are
+ * d), contiguous; group g (an encoder) has scale w + g * w_stride and shift b + g * b_stride, each d contiguous
+ * floats (a layer's slice of the stacked parameters, read where it lies). The mean and variance are
  * computed in two passes over the row (the variance of the centred values), as torch's LayerNorm gets them to
  * rounding. Every row is computed by one thread, and the scale's and shift's gradients are summed over fixed
  * chunks of rows and then over the chunks in order, so no result depends on the thread count. Built (with
@@ -27,7 +28,8 @@ static inline float row_mean(const float *s, int64_t d) {
 /* y = (s - mean) / sqrt(var + eps) * w + b for s = x + r (r may be NULL); with `xhat`, the normalised row and
  * `rstd` its 1 / sqrt(var + eps) are kept for the backward. y may be x or r (the eval forward's in place). */
 int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *x, const float *r,
-                const float *w, const float *b, float eps, float *y, float *xhat, float *rstd, int threads) {
+                const float *w, int64_t w_stride, const float *b, int64_t b_stride, float eps, float *y, float *xhat,
+                float *rstd, int threads) {
     const int64_t rows = groups * rows_per_group;
     int failed = 0;
 #pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
@@ -39,7 +41,7 @@ int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < rows; i++) {
                 const float *xi = x + i * d, *ri = r ? r + i * d : NULL;
-                const float *wg = w + (i / rows_per_group) * d, *bg = b + (i / rows_per_group) * d;
+                const float *wg = w + (i / rows_per_group) * w_stride, *bg = b + (i / rows_per_group) * b_stride;
 #pragma omp simd
                 for (int64_t j = 0; j < d; j++) s[j] = ri ? xi[j] + ri[j] : xi[j];
                 const float mean = row_mean(s, d);
@@ -63,9 +65,9 @@ int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *
 }
 
 /* From the output's gradient g: ds (the gradient of x and of r alike), and the gradients of each group's scale
- * and shift (dw, db: (groups, d)). */
+ * and shift (dw, db: (groups, d) contiguous). */
 int rln_backward(int64_t groups, int64_t rows_per_group, int64_t d, const float *g, const float *xhat,
-                 const float *rstd, const float *w, float *ds, float *dw, float *db, int threads) {
+                 const float *rstd, const float *w, int64_t w_stride, float *ds, float *dw, float *db, int threads) {
     const int64_t chunks_per_group = (rows_per_group + CHUNK_ROWS - 1) / CHUNK_ROWS, chunks = groups * chunks_per_group;
     float *partial = calloc((size_t)(2 * chunks * d), sizeof(float)); /* per chunk: d of dw, then d of db */
     if (!partial) return 1;
@@ -81,7 +83,7 @@ int rln_backward(int64_t groups, int64_t rows_per_group, int64_t d, const float 
                 const int64_t group = c / chunks_per_group, first = group * rows_per_group + (c % chunks_per_group) * CHUNK_ROWS;
                 const int64_t end = first + CHUNK_ROWS < (group + 1) * rows_per_group ? first + CHUNK_ROWS
                                                                                       : (group + 1) * rows_per_group;
-                const float *wg = w + group * d;
+                const float *wg = w + group * w_stride;
                 float *dw_part = partial + 2 * c * d, *db_part = dw_part + d;
                 for (int64_t i = first; i < end; i++) {
                     const float *gi = g + i * d, *hi = xhat + i * d;

@@ -129,3 +129,24 @@ def test_mismatched_shapes_are_refused_with_the_shapes_named():
         native.residual_layer_norm(x, r, weight[:2], bias[:2], EPS, keep=False)
     with pytest.raises(ValueError, match=r"residual \(3, 2, 5, 39\)"):
         native.residual_layer_norm(x, r[..., :39], weight, bias, EPS, keep=False)
+
+
+@needs_kernel
+def test_a_layers_slice_of_stacked_parameters_is_read_where_it_lies():
+    """The model hands over (M, d) slices of stacked parameters, rows apart by more than d: the same values and gradients
+    as from contiguous copies."""
+    x, r, _, _ = inputs((3, 4, 10, 40), seed=5)
+    stacked = torch.randn(3, 4, 2, 40)  # (M, L, scale and shift, d)
+    grad = torch.randn(x.shape)
+    results = []
+    for contiguous in (False, True):
+        params = stacked.clone().requires_grad_()
+        weight, bias = params[:, 2, 0], params[:, 2, 1]
+        if contiguous:
+            weight, bias = weight.contiguous(), bias.contiguous()
+        else:
+            assert weight.stride(0) == 4 * 2 * 40
+        out = residual_layer_norm(x, r, weight, bias, EPS)
+        results.append((out.detach(), *torch.autograd.grad(out, params, grad)))
+    for strided, copied in zip(*results):
+        assert torch.equal(strided, copied)
