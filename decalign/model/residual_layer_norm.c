@@ -7,11 +7,13 @@
  * d), contiguous; group g (an encoder) has scale w + g * w_stride and shift b + g * b_stride, each d contiguous
  * floats (a layer's slice of the stacked parameters, read where it lies). The mean and variance are
  * computed in two passes over the row (the variance of the centred values), as torch's LayerNorm gets them to
- * rounding. Every row is computed by one thread, and the scale's and shift's gradients are summed over fixed
+ * rounding. Every row is computed by one thread (each thread takes a contiguous range, with no worksharing
+construct a thread that failed to allocate would skip), and the scale's and shift's gradients are summed over fixed
  * chunks of rows and then over the chunks in order, so no result depends on the thread count. Built (with
  * -mavx2 -mfma -fopenmp, `omp simd` vectorising the row sums) and loaded by native.py.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +36,12 @@ int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *
     int failed = 0;
 #pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
     {
+        const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
         float *s = malloc(sizeof(float) * d);
         if (!s) {
             failed |= 1;
         } else {
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < rows; i++) {
+            for (int64_t i = rows * part / parts; i < rows * (part + 1) / parts; i++) {
                 const float *xi = x + i * d, *ri = r ? r + i * d : NULL;
                 const float *wg = w + (i / rows_per_group) * w_stride, *bg = b + (i / rows_per_group) * b_stride;
 #pragma omp simd
@@ -74,12 +76,12 @@ int rln_backward(int64_t groups, int64_t rows_per_group, int64_t d, const float 
     int failed = 0;
 #pragma omp parallel num_threads(threads < 1 ? 1 : threads) reduction(| : failed)
     {
+        const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
         float *dxhat = malloc(sizeof(float) * d);
         if (!dxhat) {
             failed |= 1;
         } else {
-#pragma omp for schedule(static)
-            for (int64_t c = 0; c < chunks; c++) {
+            for (int64_t c = chunks * part / parts; c < chunks * (part + 1) / parts; c++) {
                 const int64_t group = c / chunks_per_group, first = group * rows_per_group + (c % chunks_per_group) * CHUNK_ROWS;
                 const int64_t end = first + CHUNK_ROWS < (group + 1) * rows_per_group ? first + CHUNK_ROWS
                                                                                       : (group + 1) * rows_per_group;
