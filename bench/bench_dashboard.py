@@ -363,12 +363,14 @@ class _UploadRequest:
         self.times: dict[str, float] = {}
 
     def started(self, request) -> None:
-        if request.method == "PUT" and "upload_file" in request.url:
-            self.times.setdefault("started", time.perf_counter())
+        self._note("started", request)
 
     def finished(self, request) -> None:
+        self._note("finished", request)
+
+    def _note(self, event: str, request) -> None:
         if request.method == "PUT" and "upload_file" in request.url:
-            self.times.setdefault("finished", time.perf_counter())
+            self.times.setdefault(event, time.perf_counter())
 
     def since(self, start: float, event: str) -> float | None:
         return round(self.times[event] - start, 3) if event in self.times else None
