@@ -22,7 +22,7 @@ import math
 import torch
 
 from . import native
-from .dropout import keep_flags, keep_mask
+from .dropout import keep_flags_in_spans, keep_mask
 
 BLOCK_BYTES = 1 << 20  # measured best on the CPU among 128 KiB .. 8 MiB (less traffic beyond the L2 cache)
 
@@ -98,12 +98,12 @@ def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tens
     heads, queries, keys = math.prod(qt.shape[:-2]), qt.shape[-1], kt.shape[-1]
     keep = torch.empty((heads, queries, keys), dtype=torch.bool)
     head_scale = torch.zeros(heads)
-    flat = keep.numpy().reshape(heads, -1)
+    per_head, spans = queries * keys, []
     for block in _blocks(qt, kt, mask, rates):
         if block.rate > 0:
-            rows = flat[block.heads].reshape(-1)  # a view: whole heads are contiguous
-            keep_flags(rows.size, block.rate, out=rows)
+            spans.append((block.heads.start * per_head, block.heads.stop * per_head, block.rate))
             head_scale[block.heads] = 1.0 / (1.0 - block.rate)
+    keep_flags_in_spans(spans, keep.numpy().reshape(-1))
     return keep, head_scale
 
 

@@ -93,8 +93,15 @@ def keep_flags(count: int, p: float, out: np.ndarray | None = None) -> np.ndarra
     (True: kept; written into ``out`` when given), for the fused attention kernel. That kernel runs only where
     the native kernels load (``decalign.model.native``), so this needs them too. ``0 < p < 1``."""
     flags = np.empty(count, dtype=bool) if out is None else out
-    native.dropout_decisions(_seed(), count, *_cut(p), 1.0, flags=flags)
+    keep_flags_in_spans([(0, count, p)], flags)
     return flags
+
+
+def keep_flags_in_spans(spans: list[tuple[int, int, float]], out: np.ndarray) -> None:
+    """``keep_flags(stop - start, p, out[start:stop])`` for each ``(start, stop, p)`` of ``spans`` in turn (the
+    same generator draws), in one native call that splits the spans among torch's threads."""
+    seeds = torch.empty(len(spans), dtype=torch.int64).random_().tolist()  # as len(spans) calls of _seed()
+    native.dropout_flag_blocks(seeds, [(start, stop - start, *_cut(p)) for start, stop, p in spans], out)
 
 
 def _seed() -> int:

@@ -7,9 +7,15 @@
  * torch make a mask in five passes over it; this makes it in one. The stream is numpy's PCG64 (XSL-RR
  * output of a 128-bit LCG, stepped before each output), started from the state numpy's own seeding
  * produced; the doubles for ties come from a second cursor jumped past the words (the LCG's jump-ahead).
+ * The jump-ahead also lets threads split one mask: each draws its own range of words, then settles its ties
+ * from their place in the stream's order of ties (the ReLU dropout of 768,000 elements at MOSI shapes: 0.25 ms
+ * on 2 threads against 0.37 ms on one). A training step at MOSI shapes draws 7.3 ms less this way, with the attention's masks
+ * in one call (stop 38, 40 alternating rounds, faster in 30).
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef unsigned __int128 u128;
 
@@ -132,41 +138,145 @@ static inline float masked(const float *input, int relu, int64_t i, float value)
     return (relu && x < 0.0f ? 0.0f : x) * value;
 }
 
-/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32; with `input`, that
- * times the input, after ReLU when `relu`), or into `flags` as 1 or 0 (bytes); either may be NULL. The
- * state and increment come in 64-bit halves. */
-void sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high,
-                      uint64_t increment_low, int64_t count, int cut, double fraction, float kept_value,
-                      float *mask, uint8_t *flags, const float *input, int relu) {
-    u128 state = ((u128)state_high << 64) | state_low;
-    const u128 increment = ((u128)increment_high << 64) | increment_low;
-    const uint64_t words = (uint64_t)(count + 7) / 8;
-    u128 tie_state = pcg64_jump(state, words, increment);  /* numpy draws the ties' doubles after the words */
-    Cursors words_from = cursors_at(state, increment);
-    const int8_t cut8 = (int8_t)cut;  /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */
+/* One mask's decisions: where they go and the stream they come from. */
+typedef struct {
+    u128 state, increment;
+    int64_t count;
+    int8_t cut;
+    double fraction;
+    float kept_value;
+    float *mask;
+    uint8_t *flags;
+    const float *input;
+    int relu;
+} Decisions;
+
+/* The positions, in element order, of the elements whose byte equals the cut (one in 256): they wait for their
+ * doubles, which come after all the words of the stream. */
+typedef struct {
+    int64_t *at, size, capacity;
+} Ties;
+
+static int ties_push(Ties *ties, int64_t element) {
+    if (ties->size == ties->capacity) {
+        const int64_t capacity = ties->capacity ? 2 * ties->capacity : 256;
+        int64_t *grown = realloc(ties->at, sizeof(int64_t) * capacity);
+        if (!grown) return 1;
+        ties->at = grown, ties->capacity = capacity;
+    }
+    ties->at[ties->size++] = element;
+    return 0;
+}
+
+static inline void decide(const Decisions *d, int64_t e, int kept) {
+    if (d->mask) d->mask[e] = masked(d->input, d->relu, e, kept ? d->kept_value : 0.0f);
+    if (d->flags) d->flags[e] = (uint8_t)kept;
+}
+
+/* Decides elements [from, to) (`from` on a word, a multiple of 8) from their bytes and lists the tied ones.
+ * Returns 1 when the list could not grow. */
+static int decide_range(const Decisions *d, int64_t from, int64_t to, Ties *ties) {
+    Cursors words_from = cursors_at(pcg64_jump(d->state, (uint64_t)from / 8, d->increment), d->increment);
+    /* locals, not d's fields: a byte store may alias the struct, which kept gcc from vectorising (4.5x slower) */
+    float *restrict mask = d->mask;
+    uint8_t *restrict flags = d->flags;
+    const float *restrict input = d->input;
+    const float kept_value = d->kept_value;
+    const int relu = d->relu;
+    const int8_t cut8 = d->cut;
+    const __m256i cuts = _mm256_set1_epi8(cut8);
     union { uint64_t words[BLOCK_WORDS]; int8_t bytes[BLOCK_WORDS * 8]; } block;
-    for (int64_t start = 0; start < count; start += BLOCK_WORDS * 8) {
-        const int64_t n = count - start < BLOCK_WORDS * 8 ? count - start : BLOCK_WORDS * 8;
+    int failed = 0;
+    for (int64_t start = from; start < to; start += BLOCK_WORDS * 8) {
+        const int64_t n = to - start < BLOCK_WORDS * 8 ? to - start : BLOCK_WORDS * 8;
         cursors_fill(&words_from, block.words, (n + 7) / 8);  /* BLOCK_WORDS: a multiple of CHAINS */
         const int8_t *b = block.bytes;  /* little-endian: a word's lowest byte first, as numpy's view */
         if (mask)
             for (int64_t e = 0; e < n; e++)
                 mask[start + e] = masked(input, relu, start + e, b[e] >= cut8 ? kept_value : 0.0f);
         if (flags) for (int64_t e = 0; e < n; e++) flags[start + e] = b[e] >= cut8;
-        if (fraction <= 0) continue;
-        const __m256i cuts = _mm256_set1_epi8(cut8);
+        if (d->fraction <= 0) continue;
         for (int64_t chunk = 0; chunk < n; chunk += 32) {  /* ties, 32 bytes at a time, in element order */
             uint32_t tied = (uint32_t)_mm256_movemask_epi8(
                 _mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i *)(b + chunk)), cuts));
             for (; tied; tied &= tied - 1) {
                 const int64_t e = chunk + __builtin_ctz(tied);
                 if (e >= n) break;
-                const double u = (double)(pcg64_next(&tie_state, increment) >> 11) * (1.0 / 9007199254740992.0);
-                if (mask) mask[start + e] = masked(input, relu, start + e, u >= fraction ? kept_value : 0.0f);
-                if (flags) flags[start + e] = u >= fraction;
+                failed |= ties_push(ties, start + e);
             }
         }
     }
+    return failed;
+}
+
+/* Settles the tied elements, the stream's doubles from its `before`-th on (the ties of earlier elements take
+ * the ones before): kept when the double >= fraction. */
+static void settle_ties(const Decisions *d, const Ties *ties, int64_t before) {
+    const uint64_t words = (uint64_t)(d->count + 7) / 8;
+    u128 tie_state = pcg64_jump(d->state, words + (uint64_t)before, d->increment);
+    for (int64_t t = 0; t < ties->size; t++) {
+        const double u = (double)(pcg64_next(&tie_state, d->increment) >> 11) * (1.0 / 9007199254740992.0);
+        decide(d, ties->at[t], u >= d->fraction);
+    }
+}
+
+#define MAX_PARTS 64
+#define PARALLEL_FROM (1 << 15)  /* fewer elements stay on one thread */
+
+/* Decides a mask on `threads` OpenMP threads (torch's, see small_head_attention.c), each taking a range of
+ * whole words: each lists its ties, and once all have, settles them from its place in the tie order, so the
+ * decisions are the stream's whatever the thread count. Returns 1 when a tie list could not grow. */
+static int decide_all(const Decisions *d, int threads) {
+    int64_t tie_counts[MAX_PARTS] = {0};
+    int failed = 0;
+    const int64_t words = (d->count + 7) / 8;
+    if (threads > MAX_PARTS) threads = MAX_PARTS;
+    if (threads < 1 || d->count < PARALLEL_FROM) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1) reduction(| : failed)
+    {
+        const int64_t part = omp_get_thread_num(), parts = omp_get_num_threads();
+        const int64_t from = 8 * (words * part / parts), to = 8 * (words * (part + 1) / parts);
+        Ties ties = {0};
+        failed |= decide_range(d, from, to < d->count ? to : d->count, &ties);
+        tie_counts[part] = ties.size;
+#pragma omp barrier
+        int64_t before = 0;
+        for (int64_t p = 0; p < part; p++) before += tie_counts[p];
+        settle_ties(d, &ties, before);
+        free(ties.at);
+    }
+    return failed;
+}
+
+/* Writes the decisions of `count` elements: into `mask` as kept_value or 0 (float32; with `input`, that
+ * times the input, after ReLU when `relu`), or into `flags` as 1 or 0 (bytes); either may be NULL. The
+ * state and increment come in 64-bit halves. Returns 0, or 1 when memory ran out (the decisions are then
+ * not the stream's). */
+int sha_dropout_mask(uint64_t state_high, uint64_t state_low, uint64_t increment_high, uint64_t increment_low,
+                     int64_t count, int cut, double fraction, float kept_value, float *mask, uint8_t *flags,
+                     const float *input, int relu, int threads) {
+    const Decisions d = {((u128)state_high << 64) | state_low, ((u128)increment_high << 64) | increment_low,
+                         count, (int8_t)cut /* int(p * 256) - 128, within [-128, 127] for 0 < p < 1 */,
+                         fraction, kept_value, mask, flags, input, relu};
+    return decide_all(&d, threads);
+}
+
+/* The flags (1 kept, 0 dropped) of `blocks` masks, each drawn as sha_dropout_mask draws one from its own
+ * seed (numpy's seeding, sha_pcg64_seed) into flags[starts[b] .. starts[b] + counts[b]). The masks are
+ * independent streams, so `threads` OpenMP threads (torch's, see small_head_attention.c) take whole blocks
+ * and the flags do not depend on the thread count: the attention's decisions, a block of heads each, in
+ * one call instead of one per block. Returns 0, or 1 when memory ran out. */
+int sha_dropout_flag_blocks(int64_t blocks, const uint64_t *seeds, const int64_t *starts, const int64_t *counts,
+                            const int32_t *cuts, const double *fractions, uint8_t *flags, int threads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t b = 0; b < blocks; b++) {
+        uint64_t state[4];
+        sha_pcg64_seed(seeds[b], state);
+        failed |= sha_dropout_mask(state[0], state[1], state[2], state[3], counts[b], cuts[b], fractions[b], 1.0f,
+                                   NULL, flags + starts[b], NULL, 0, 1);
+    }
+    return failed;
 }
 
 /* The gradient of ReLU then dropout from its output: an element passed (output > 0) exactly where its

@@ -145,8 +145,35 @@ def dropout_decisions(seed: int, count: int, cut: int, fraction: float, kept_val
     lib = library()
     if lib is None:
         raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
-    lib.sha_dropout_mask(*_pcg64_words(seed), count, cut, fraction, kept_value, _ptr(mask),
-                         None if flags is None else flags.ctypes.data, _ptr(applied_to), int(relu))
+    _out_of_memory(lib.sha_dropout_mask(*_pcg64_words(seed), count, cut, fraction, kept_value, _ptr(mask),
+                                        None if flags is None else flags.ctypes.data, _ptr(applied_to), int(relu),
+                                        torch.get_num_threads()))
+
+
+def dropout_flag_blocks(seeds: list[int], spans: list[tuple[int, int, int, float]], flags: np.ndarray) -> None:
+    """The decisions of several masks into the contiguous bool ``flags``: mask b, ``dropout_decisions(seeds[b],
+    count, cut, fraction, ...)`` for ``spans[b] = (start, count, cut, fraction)``, into ``flags[start:start +
+    count]``, the masks split among torch's threads (each one whole)."""
+    if not (flags.dtype == np.bool_ and flags.flags.c_contiguous):
+        raise ValueError(f"dropout_flag_blocks writes contiguous bool flags, got {flags.dtype}")
+    if len(seeds) != len(spans) or any(start < 0 or count < 0 or start + count > flags.size
+                                       for start, count, _, _ in spans):
+        raise ValueError(f"dropout_flag_blocks needs a seed per span and spans within the {flags.size} flags")
+    if not spans:
+        return
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
+    starts, counts, cuts, fractions = (np.ascontiguousarray(column, dtype=dtype) for column, dtype in
+                                       zip(zip(*spans), (np.int64, np.int64, np.int32, np.float64)))
+    words = np.array(seeds, dtype=np.uint64)
+    _out_of_memory(lib.sha_dropout_flag_blocks(len(spans), *(a.ctypes.data for a in (
+        words, starts, counts, cuts, fractions, flags)), torch.get_num_threads()))
+
+
+def _out_of_memory(status: int) -> None:
+    if status:
+        raise MemoryError("the dropout kernel could not list the decisions it settles last")
 
 
 def pcg64_state(seed: int) -> dict[str, int]:
@@ -429,11 +456,13 @@ def _load() -> ctypes.CDLL | None:
     lib.sha_widest_lanes.argtypes = []
     word = ctypes.c_uint64
     lib.sha_dropout_mask.argtypes = [word] * 4 + [size, ctypes.c_int, ctypes.c_double, ctypes.c_float,
-                                                  ptr, ptr, ptr, ctypes.c_int]
+                                                  ptr, ptr, ptr, ctypes.c_int, ctypes.c_int]
     lib.sha_relu_dropout_backward.argtypes = [ptr, ptr, ctypes.c_float, size, ptr, ctypes.c_int]
     lib.sha_pcg64_seed.argtypes = [word, ptr]
+    lib.sha_dropout_flag_blocks.argtypes = [size] + [ptr] * 6 + [ctypes.c_int]
+    lib.sha_dropout_mask.restype = lib.sha_dropout_flag_blocks.restype = ctypes.c_int
     lib.sha_pcg64_seed.restype = None
-    lib.sha_dropout_mask.restype = lib.sha_relu_dropout_backward.restype = None
+    lib.sha_relu_dropout_backward.restype = None
     lib.mms_forward.argtypes = [ctypes.c_int, ptr, ptr, ctypes.c_double, size] + [ptr] * 4
     lib.mms_reverse.argtypes = [ctypes.c_int, ptr, size] + [ptr] * 7
     lib.mms_forward.restype = lib.mms_reverse.restype = ctypes.c_int

@@ -15,7 +15,8 @@ import torch
 
 from decalign.model import DecAlign, native
 from decalign.model.attention import attention
-from decalign.model.dropout import dropout, keep_flags, keep_mask, relu_dropout
+from decalign.model.dropout import _cut as dropout_cut
+from decalign.model.dropout import dropout, keep_flags, keep_flags_in_spans, keep_mask, relu_dropout
 from tests.model.helpers import WIDTHS, random_inputs, small_config
 
 needs_kernel = pytest.mark.skipif(not native.cpu_supported() or native.c_compiler() is None,
@@ -452,3 +453,53 @@ def test_the_kernel_seeds_pcg64_as_numpy_does():
     seeds += [int(s) for s in rng.integers(0, 2**32, 100)]
     for seed in seeds:
         assert native.pcg64_state(seed) == np.random.PCG64(seed).state["state"], seed
+
+@needs_kernel
+@pytest.mark.parametrize("p", [0.3, 1 / 300])
+def test_dropout_decisions_do_not_depend_on_the_thread_count(p):
+    """Past 32,768 elements the threads split a mask and settle its ties in the stream's order: the same
+    masks, flags and applied ReLU on 1, 2 and 3 threads (p = 0.3 ties at a fraction of 0.8, 1/300 at 0.85)."""
+    count = 100_003
+    x = torch.randn(count)
+    results = []
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
+            mask, applied, flags = torch.empty(count), torch.empty(count), np.empty(count, dtype=bool)
+            for target in ({"mask": mask}, {"mask": applied, "applied_to": x, "relu": True}, {"flags": flags}):
+                native.dropout_decisions(5, count, *dropout_cut(p), 2.0, **target)
+            results.append((mask, applied, torch.from_numpy(flags)))
+    assert all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+    mask, applied, flags = results[0]
+    assert torch.equal(mask != 0, flags) and torch.equal(applied, torch.relu(x) * mask)
+    cut = int(p * 256) - 128  # numpy's bytes: below the cut dropped, above kept, on it settled by a double
+    as_bytes = np.random.PCG64(5).random_raw(-(-count // 8)).view(np.int8)[:count]
+    assert not flags.numpy()[as_bytes < cut].any() and flags.numpy()[as_bytes > cut].all()
+    assert 0 < (as_bytes == cut).sum() < flags.numpy()[as_bytes == cut].sum() * 10  # ties, mostly kept
+
+
+@needs_kernel
+def test_keep_flags_in_spans_are_successive_keep_flags(monkeypatch):
+    """One call for many spans (split among threads) gives what one keep_flags call per span gives, in turn,
+    and leaves torch's generator where those calls leave it."""
+    spans = [(0, 260_000, 0.1), (260_000, 300_007, 0.1), (300_007, 600_007, 0.3), (600_007, 600_008, 0.5)]
+    expected = np.empty(600_008, dtype=bool)
+    torch.manual_seed(2)
+    for start, stop, p in spans:
+        keep_flags(stop - start, p, out=expected[start:stop])
+    after = torch.randint(1 << 30, ())
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
+            flags = np.zeros(600_008, dtype=bool)
+            torch.manual_seed(2)
+            keep_flags_in_spans(spans, flags)
+            assert np.array_equal(flags, expected) and torch.equal(torch.randint(1 << 30, ()), after)
+
+
+@needs_kernel
+def test_flag_blocks_refuse_spans_past_their_flags():
+    with pytest.raises(ValueError, match="within the 10 flags"):
+        native.dropout_flag_blocks([1], [(5, 6, -100, 0.5)], np.zeros(10, dtype=bool))
+    with pytest.raises(ValueError, match="a seed per span"):
+        native.dropout_flag_blocks([1, 2], [(0, 6, -100, 0.5)], np.zeros(10, dtype=bool))
+    with pytest.raises(ValueError, match="contiguous bool"):
+        native.dropout_flag_blocks([1], [(0, 6, -100, 0.5)], np.zeros(10, dtype=np.uint8))
