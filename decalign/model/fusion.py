@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from . import products
 from .attention import attention
 from .dropout import dropout, relu_dropout
 from .layer_norm import residual_layer_norm
@@ -210,9 +211,7 @@ def _residual_blocks_in_place(first: EncoderLayer, p: dict[str, torch.Tensor], x
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Per-encoder ``F.linear``: x (M, B, T, in), weight (M, out, in), bias (M, out) -> (M, B, T, out)."""
     count, batch, steps, width = x.shape
-    flat = x.reshape(count, batch * steps, width)
-    out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
-    return out.view(count, batch, steps, -1)
+    return products.linear(x.reshape(count, batch * steps, width), weight, bias).view(count, batch, steps, -1)
 
 
 def _layer_norm(x: torch.Tensor, residual: torch.Tensor, p: dict[str, torch.Tensor], name: str, first: EncoderLayer,
@@ -239,8 +238,7 @@ def _product_layout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h
     order instead of gathering one float at a time.
     """
     count, batch, steps, d = x.shape
-    tokens = x.reshape(count, batch * steps, d).transpose(1, 2)  # (M, d, B*T), a view
-    out = torch.baddbmm(bias.unsqueeze(2), weight, tokens)  # (M, rows, B*T)
+    out = products.feature_major(x.reshape(count, batch * steps, d), weight, bias)  # (M, rows, B*T)
     width = weight.shape[1] // math.prod(lead) // heads
     return out.view(count, *lead, heads, width, batch, steps)
 

@@ -1,5 +1,5 @@
 """The native kernels (``small_head_attention.c``, ``dropout_mask.c``, ``sinkhorn_sweeps.c``, ``official_em.c``,
-``residual_layer_norm.c``): built once per machine, called with ctypes.
+``residual_layer_norm.c``, ``small_products.c``): built once per machine, called with ctypes.
 
 Torch runs attention as separate operators, each writing and reading every (heads, Tq, Tk) intermediate; with
 DecAlign's 4-wide heads that traffic and the softmax's exponentials were most of a forward. The attention
@@ -10,7 +10,8 @@ kernel runs the official Sinkhorn sweeps of ``decalign.model.sweeps`` on small p
 an update where numpy made a dozen calls; the EM kernel runs ``decalign.model.official_em``'s steps and their
 reverses the same way. The LayerNorm kernel runs a post-norm layer's residual sum, normalisation, and
 per-encoder scale and shift (and their backward) in one pass a row, where torch ran four operators forward and
-six backward over the whole tensor.
+six backward over the whole tensor. The products kernel runs the layers' batched matrix products, whose
+inner dimension (40 to 160 at MOSI shapes) is too short for MKL's blocking.
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),
@@ -45,7 +46,7 @@ from ..cache import cache_root
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c", "official_em.c",
-                             "residual_layer_norm.c"))
+                             "residual_layer_norm.c", "small_products.c"))
 HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),)  # included by the attention kernel
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
@@ -303,6 +304,33 @@ def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: 
     return out, normed, inverse_std
 
 
+def products_apply(*tensors: torch.Tensor) -> bool:
+    """Whether the products kernel takes these tensors (and is available here): float32 on the CPU, outside
+    ``torch.compile`` and CPU autocast (whose products run in bfloat16)."""
+    return not torch.is_autocast_enabled("cpu") and layer_norm_applies(*tensors)
+
+
+def product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+            bias_along: str = "columns") -> torch.Tensor:
+    """``bias + a @ b`` for each group: a (G, M, K), b (G, K, N) with any strides, bias (G, M) added along each
+    row of the result (``bias_along="rows"``) or (G, N) along each column. Returns (G, M, N), contiguous."""
+    groups, m, k = a.shape
+    expected_bias = (groups, m if bias_along == "rows" else b.shape[-1])
+    if b.dim() != 3 or b.shape[:2] != (groups, k) or bias is not None and bias.shape != expected_bias:
+        raise ValueError(f"product takes a (G, M, K), b (G, K, N) and a bias (G, M) or (G, N): got a {tuple(a.shape)}, "
+                         f"b {tuple(b.shape)}, bias {None if bias is None else tuple(bias.shape)} along {bias_along}")
+    a = a if a.stride(2) == 1 else a.contiguous()
+    bias = None if bias is None else _rows(bias)
+    out = a.new_empty(groups, m, b.shape[2])
+    shape = (ctypes.c_int64 * 4)(groups, m, b.shape[2], k)
+    strides = (ctypes.c_int64 * 8)(a.stride(0), a.stride(1), *b.stride(), 0 if bias is None else bias.stride(0),
+                                   out.stride(0), out.stride(1))
+    if library().sp_product(shape, strides, _ptr(a), _ptr(b), _ptr(bias), 1 if bias_along == "rows" else 2,
+                            _ptr(out), torch.get_num_threads()):
+        raise MemoryError("the products kernel could not allocate its panels")
+    return out
+
+
 def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inverse_std: torch.Tensor,
                                  weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of the sum ``x + residual`` (so of each), of the scales and of the shifts."""
@@ -432,7 +460,7 @@ def main() -> None:
         return
     try:
         print(f"native kernels (attention at {attention_lanes()} lanes, dropout masks, Sinkhorn sweeps, "
-              f"official EM, residual LayerNorm): {build()}")
+              f"official EM, residual LayerNorm, small products): {build()}")
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"the native kernels could not be built ({_reason(exc)}): torch's operators and numpy run instead")
 
@@ -472,6 +500,8 @@ def _load() -> ctypes.CDLL | None:
     lib.rln_forward.argtypes = [size] * 3 + [ptr] * 3 + [size, ptr, size, ctypes.c_float] + [ptr] * 3 + [ctypes.c_int]
     lib.rln_backward.argtypes = [size] * 3 + [ptr] * 4 + [size] + [ptr] * 3 + [ctypes.c_int]
     lib.rln_forward.restype = lib.rln_backward.restype = ctypes.c_int
+    lib.sp_product.argtypes = [ptr] * 5 + [ctypes.c_int, ptr, ctypes.c_int]
+    lib.sp_product.restype = ctypes.c_int
     return lib
 
 

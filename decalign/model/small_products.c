@@ -1,0 +1,155 @@
+/* Batched float32 matrix products with a short inner dimension or few rows, as DecAlign's layers take them.
+ *
+ * C[g] = bias + A[g] B[g] for each group g (one per stacked encoder): A (M x K) with unit stride along K, B (K x N)
+ * with any strides, C (M x N) with unit stride along N. At MOSI shapes (d 40, 1,600 tokens a batch) MKL's
+ * sgemm ran these at 45-61 GFLOP/s inside a training step (71-83 alone): its blocking is made for long inner
+ * dimensions, and K is 40 to 160 here. This computes C in tiles of 6 rows by 16 columns held in twelve AVX2
+ * registers for the whole K loop, one broadcast of A and two loads of B per six pairs of fused multiply-adds.
+ * B is read in place where its rows are contiguous, else copied once into 16-column panels. Each element of C
+ * is summed by one thread over k in order, so results do not depend on the thread count. Built and loaded by
+ * native.py with the other kernels (-mavx2 -mfma -fopenmp).
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <immintrin.h>
+
+#define TILE_ROWS 6
+#define PANEL 16 /* columns: two vectors of 8 */
+
+typedef struct {
+    int64_t groups, m, n, k;
+    const float *a;
+    int64_t a_group, a_row;
+    const float *b;
+    int64_t b_group, b_k, b_n;
+    const float *bias;
+    int64_t bias_group;
+    int bias_along; /* 0: none, 1: one per row of C, 2: one per column */
+    float *c;
+    int64_t c_group, c_row;
+} Product;
+
+/* rows x (8 x vectors) of C from a panel of B (K x 16 at row stride ldb), all in registers; `width` columns
+ * are stored (fewer than 8 x vectors only in the last panel). Inlined with constant rows and vectors, so the
+ * loops unroll and the accumulators stay in registers (without the pragmas gcc kept them on the stack). */
+static inline __attribute__((always_inline)) void tile(const int rows, const int vectors, int64_t k, const float *a,
+                                                       int64_t a_row, const float *panel, int64_t ldb, float *c,
+                                                       int64_t c_row, const float *row_bias, const float *column_bias,
+                                                       int64_t width) {
+    __m256 sum[TILE_ROWS][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < vectors; v++)
+            sum[r][v] = row_bias      ? _mm256_set1_ps(row_bias[r])
+                        : column_bias ? _mm256_loadu_ps(column_bias + 8 * v)
+                                      : _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i++) {
+        __m256 b[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < vectors; v++) b[v] = _mm256_loadu_ps(panel + ldb * i + 8 * v);
+#pragma GCC unroll 6
+        for (int r = 0; r < rows; r++) {
+            const __m256 x = _mm256_broadcast_ss(a + r * a_row + i);
+#pragma GCC unroll 2
+            for (int v = 0; v < vectors; v++) sum[r][v] = _mm256_fmadd_ps(x, b[v], sum[r][v]);
+        }
+    }
+    float part[PANEL];
+#pragma GCC unroll 6
+    for (int r = 0; r < rows; r++) {
+        if (width == 8 * vectors) {
+#pragma GCC unroll 2
+            for (int v = 0; v < vectors; v++) _mm256_storeu_ps(c + r * c_row + 8 * v, sum[r][v]);
+        } else {
+#pragma GCC unroll 2
+            for (int v = 0; v < vectors; v++) _mm256_storeu_ps(part + 8 * v, sum[r][v]);
+            memcpy(c + r * c_row, part, sizeof(float) * width);
+        }
+    }
+}
+
+#define TILE(R, V) \
+    case 4 * (R) + (V): tile(R, V, k, a, a_row, panel, ldb, c, c_row, row_bias, column_bias, width); break;
+
+static void any_tile(int rows, int vectors, int64_t k, const float *a, int64_t a_row, const float *panel,
+                     int64_t ldb, float *c, int64_t c_row, const float *row_bias, const float *column_bias,
+                     int64_t width) {
+    switch (4 * rows + vectors) {
+        TILE(1, 1) TILE(2, 1) TILE(3, 1) TILE(4, 1) TILE(5, 1) TILE(6, 1)
+        TILE(1, 2) TILE(2, 2) TILE(3, 2) TILE(4, 2) TILE(5, 2) TILE(6, 2)
+    }
+}
+
+/* Copies panel p of group g's B (zeros past column N) into `into` (K x 16). */
+static void pack(const Product *p, int64_t g, int64_t panel, float *into) {
+    const float *from = p->b + g * p->b_group + PANEL * panel * p->b_n;
+    const int64_t width = p->n - PANEL * panel < PANEL ? p->n - PANEL * panel : PANEL;
+    for (int64_t i = 0; i < p->k; i++)
+        for (int64_t j = 0; j < PANEL; j++) into[i * PANEL + j] = j < width ? from[i * p->b_k + j * p->b_n] : 0.0f;
+}
+
+/* The tiles of rows [row, row + rows) of group g over panels [first, last). */
+static void tiles(const Product *p, const float *packed, int64_t packed_from, int64_t g, int64_t row, int64_t first,
+                  int64_t last) {
+    const int64_t rows = p->m - row < TILE_ROWS ? p->m - row : TILE_ROWS, panels = (p->n + PANEL - 1) / PANEL;
+    const float *bias = p->bias ? p->bias + g * p->bias_group : NULL;
+    for (int64_t q = first; q < last; q++) {
+        const int64_t width = p->n - PANEL * q < PANEL ? p->n - PANEL * q : PANEL;
+        const int in_place = q < packed_from;
+        const float *panel = in_place ? p->b + g * p->b_group + PANEL * q
+                                      : packed + ((g * (panels - packed_from)) + q - packed_from) * p->k * PANEL;
+        any_tile((int)rows, width > 8 ? 2 : 1, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, panel,
+                 in_place ? p->b_k : PANEL, p->c + g * p->c_group + row * p->c_row + PANEL * q, p->c_row,
+                 bias && p->bias_along == 1 ? bias + row : NULL, bias && p->bias_along == 2 ? bias + PANEL * q : NULL,
+                 width);
+    }
+}
+
+/* Runs on `threads` OpenMP threads (torch's, see small_head_attention.c): first the panels that need
+ * copying, then tiles of 6 rows by a run of panels, the runs short enough for 8 pieces of work a thread.
+ * Returns 0, or 1 when the panels' memory could not be had. */
+static int run(const Product *p, int threads) {
+    const int64_t panels = (p->n + PANEL - 1) / PANEL, blocks = (p->m + TILE_ROWS - 1) / TILE_ROWS;
+    /* in place: whole panels of a B whose rows are contiguous; the last, partial one is copied (zero-padded) */
+    const int64_t packed_from = p->b_n == 1 ? p->n / PANEL : 0, copied = panels - packed_from;
+    float *packed = NULL;
+    if (copied && p->k) {
+        packed = aligned_alloc(64, sizeof(float) * (size_t)(p->groups * copied * p->k * PANEL));
+        if (!packed) return 1;
+    }
+    int64_t run_length = panels;
+    while (run_length > 1 && p->groups * blocks * ((panels + run_length - 1) / run_length) < 8 * (int64_t)threads)
+        run_length = (run_length + 1) / 2;
+    const int64_t runs = run_length ? (panels + run_length - 1) / run_length : 0;
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads)
+    {
+        if (packed) {
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t g = 0; g < p->groups; g++)
+                for (int64_t q = packed_from; q < panels; q++)
+                    pack(p, g, q, packed + (g * copied + q - packed_from) * p->k * PANEL);
+        }
+#pragma omp for schedule(static) collapse(3)
+        for (int64_t g = 0; g < p->groups; g++)
+            for (int64_t block = 0; block < blocks; block++)
+                for (int64_t r = 0; r < runs; r++) {
+                    const int64_t first = r * run_length, last = first + run_length < panels ? first + run_length : panels;
+                    tiles(p, packed, packed_from, g, TILE_ROWS * block, first, last);
+                }
+    }
+    free(packed);
+    return 0;
+}
+
+/* shape: groups, M, N, K; strides (in floats): A's group and row, B's group, k and n, the bias's group, C's
+ * group and row. bias_along: 0 none, 1 per row of C, 2 per column. */
+int sp_product(const int64_t *shape, const int64_t *strides, const float *a, const float *b, const float *bias,
+               int bias_along, float *c, int threads) {
+    const Product p = {shape[0], shape[1], shape[2], shape[3], a, strides[0], strides[1], b, strides[2], strides[3],
+                       strides[4], bias, strides[5], bias ? bias_along : 0, c, strides[6], strides[7]};
+    return run(&p, threads);
+}
