@@ -312,18 +312,18 @@ def products_apply(*tensors: torch.Tensor) -> bool:
 
 def product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
             bias_along: str = "columns") -> torch.Tensor:
-    """``bias + a @ b`` for each group: a (G, M, K), b (G, K, N) with any strides, bias (G, M) added along each
+    """``bias + a @ b`` for each group: a (G, M, K) and b (G, K, N) with any strides (a read best with unit stride
+    along K or M, b along N), bias (G, M) added along each
     row of the result (``bias_along="rows"``) or (G, N) along each column. Returns (G, M, N), contiguous."""
     groups, m, k = a.shape
     expected_bias = (groups, m if bias_along == "rows" else b.shape[-1])
     if b.dim() != 3 or b.shape[:2] != (groups, k) or bias is not None and bias.shape != expected_bias:
         raise ValueError(f"product takes a (G, M, K), b (G, K, N) and a bias (G, M) or (G, N): got a {tuple(a.shape)}, "
                          f"b {tuple(b.shape)}, bias {None if bias is None else tuple(bias.shape)} along {bias_along}")
-    a = a if a.stride(2) == 1 else a.contiguous()
     bias = None if bias is None else _rows(bias)
     out = a.new_empty(groups, m, b.shape[2])
     shape = (ctypes.c_int64 * 4)(groups, m, b.shape[2], k)
-    strides = (ctypes.c_int64 * 8)(a.stride(0), a.stride(1), *b.stride(), 0 if bias is None else bias.stride(0),
+    strides = (ctypes.c_int64 * 9)(*a.stride(), *b.stride(), 0 if bias is None else bias.stride(0),
                                    out.stride(0), out.stride(1))
     if library().sp_product(shape, strides, _ptr(a), _ptr(b), _ptr(bias), 1 if bias_along == "rows" else 2,
                             _ptr(out), torch.get_num_threads()):

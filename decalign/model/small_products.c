@@ -1,13 +1,13 @@
-/* Batched float32 matrix products with a short inner dimension or few rows, as DecAlign's layers take them.
+/* Batched float32 matrix products with a short inner dimension, as DecAlign's stacked layers take them.
  *
- * C[g] = bias + A[g] B[g] for each group g (one per stacked encoder): A (M x K) with unit stride along K, B (K x N)
- * with any strides, C (M x N) with unit stride along N. At MOSI shapes (d 40, 1,600 tokens a batch) MKL's
- * sgemm ran these at 45-61 GFLOP/s inside a training step (71-83 alone): its blocking is made for long inner
- * dimensions, and K is 40 to 160 here. This computes C in tiles of 6 rows by 16 columns held in twelve AVX2
- * registers for the whole K loop, one broadcast of A and two loads of B per six pairs of fused multiply-adds.
- * B is read in place where its rows are contiguous, else copied once into 16-column panels. Each element of C
- * is summed by one thread over k in order, so results do not depend on the thread count. Built and loaded by
- * native.py with the other kernels (-mavx2 -mfma -fopenmp).
+ * C[g] = bias + A[g] B[g] for each group g (one per stacked encoder): A (M x K) and B (K x N) with any strides,
+ * C (M x N) with unit stride along N. At MOSI shapes (d 40, 1,600 tokens a batch) MKL's sgemm ran these at
+ * 55-70 GFLOP/s inside a training step: its blocking is made for long inner dimensions, and K is 40 to 160
+ * here. This computes C in tiles of 6 rows by 16 columns held in twelve AVX2 registers for the whole K loop,
+ * one broadcast of A and two loads of B per six pairs of fused multiply-adds. B is read in place where its rows
+ * are contiguous, else copied once into 16-column panels. Each element of C is summed by one thread over k in
+ * order, so results do not depend on the thread count. Built and loaded by native.py with the other kernels
+ * (-mavx2 -mfma -fopenmp).
  */
 #include <omp.h>
 #include <stdint.h>
@@ -22,7 +22,7 @@
 typedef struct {
     int64_t groups, m, n, k;
     const float *a;
-    int64_t a_group, a_row;
+    int64_t a_group, a_row, a_k;
     const float *b;
     int64_t b_group, b_k, b_n;
     const float *bias;
@@ -36,7 +36,7 @@ typedef struct {
  * are stored (fewer than 8 x vectors only in the last panel). Inlined with constant rows and vectors, so the
  * loops unroll and the accumulators stay in registers (without the pragmas gcc kept them on the stack). */
 static inline __attribute__((always_inline)) void tile(const int rows, const int vectors, int64_t k, const float *a,
-                                                       int64_t a_row, const float *panel, int64_t ldb, float *c,
+                                                       int64_t a_row, int64_t a_k, const float *panel, int64_t ldb, float *c,
                                                        int64_t c_row, const float *row_bias, const float *column_bias,
                                                        int64_t width) {
     __m256 sum[TILE_ROWS][2];
@@ -53,7 +53,7 @@ static inline __attribute__((always_inline)) void tile(const int rows, const int
         for (int v = 0; v < vectors; v++) b[v] = _mm256_loadu_ps(panel + ldb * i + 8 * v);
 #pragma GCC unroll 6
         for (int r = 0; r < rows; r++) {
-            const __m256 x = _mm256_broadcast_ss(a + r * a_row + i);
+            const __m256 x = _mm256_broadcast_ss(a + r * a_row + i * a_k);
 #pragma GCC unroll 2
             for (int v = 0; v < vectors; v++) sum[r][v] = _mm256_fmadd_ps(x, b[v], sum[r][v]);
         }
@@ -73,9 +73,9 @@ static inline __attribute__((always_inline)) void tile(const int rows, const int
 }
 
 #define TILE(R, V) \
-    case 4 * (R) + (V): tile(R, V, k, a, a_row, panel, ldb, c, c_row, row_bias, column_bias, width); break;
+    case 4 * (R) + (V): tile(R, V, k, a, a_row, a_k, panel, ldb, c, c_row, row_bias, column_bias, width); break;
 
-static void any_tile(int rows, int vectors, int64_t k, const float *a, int64_t a_row, const float *panel,
+static void any_tile(int rows, int vectors, int64_t k, const float *a, int64_t a_row, int64_t a_k, const float *panel,
                      int64_t ldb, float *c, int64_t c_row, const float *row_bias, const float *column_bias,
                      int64_t width) {
     switch (4 * rows + vectors) {
@@ -102,7 +102,7 @@ static void tiles(const Product *p, const float *packed, int64_t packed_from, in
         const int in_place = q < packed_from;
         const float *panel = in_place ? p->b + g * p->b_group + PANEL * q
                                       : packed + ((g * (panels - packed_from)) + q - packed_from) * p->k * PANEL;
-        any_tile((int)rows, width > 8 ? 2 : 1, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, panel,
+        any_tile((int)rows, width > 8 ? 2 : 1, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, p->a_k, panel,
                  in_place ? p->b_k : PANEL, p->c + g * p->c_group + row * p->c_row + PANEL * q, p->c_row,
                  bias && p->bias_along == 1 ? bias + row : NULL, bias && p->bias_along == 2 ? bias + PANEL * q : NULL,
                  width);
@@ -145,11 +145,11 @@ static int run(const Product *p, int threads) {
     return 0;
 }
 
-/* shape: groups, M, N, K; strides (in floats): A's group and row, B's group, k and n, the bias's group, C's
+/* shape: groups, M, N, K; strides (in floats): A's group, row and k, B's group, k and n, the bias's group, C's
  * group and row. bias_along: 0 none, 1 per row of C, 2 per column. */
 int sp_product(const int64_t *shape, const int64_t *strides, const float *a, const float *b, const float *bias,
                int bias_along, float *c, int threads) {
-    const Product p = {shape[0], shape[1], shape[2], shape[3], a, strides[0], strides[1], b, strides[2], strides[3],
-                       strides[4], bias, strides[5], bias ? bias_along : 0, c, strides[6], strides[7]};
+    const Product p = {shape[0], shape[1], shape[2], shape[3], a, strides[0], strides[1], strides[2], b, strides[3],
+                       strides[4], strides[5], bias, strides[6], bias ? bias_along : 0, c, strides[7], strides[8]};
     return run(&p, threads);
 }

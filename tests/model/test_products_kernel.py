@@ -50,7 +50,7 @@ def test_product_matches_float64(shape, bias_along):
 
 
 @needs_kernel
-def test_product_reads_a_with_a_row_gap_and_copies_a_strided_one():
+def test_product_reads_a_with_a_row_gap_or_transposed_in_place():
     a, b, _, bias = operands(2, 14, 9, 20)
     padded = torch.zeros(2, 14, 12)
     padded[..., :9] = a
