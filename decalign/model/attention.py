@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from . import native
@@ -97,14 +98,14 @@ def _dropout_flags(qt, kt, mask, rates) -> tuple[torch.Tensor | None, torch.Tens
         return None, None
     heads, queries, keys = math.prod(qt.shape[:-2]), qt.shape[-1], kt.shape[-1]
     keep = torch.empty((heads, queries, keys), dtype=torch.bool)
-    head_scale = torch.zeros(heads)
+    head_scale = np.zeros(heads, dtype=np.float32)  # numpy: in torch each block's slice assignment is 3 operators
     per_head, spans = queries * keys, []
     for block in _blocks(qt, kt, mask, rates):
         if block.rate > 0:
             spans.append((block.heads.start * per_head, block.heads.stop * per_head, block.rate))
             head_scale[block.heads] = 1.0 / (1.0 - block.rate)
     keep_flags_in_spans(spans, keep.numpy().reshape(-1))
-    return keep, head_scale
+    return keep, torch.from_numpy(head_scale)
 
 
 class _SmallHeadAttention(torch.autograd.Function):
