@@ -9,8 +9,8 @@
  * produced; the doubles for ties come from a second cursor jumped past the words (the LCG's jump-ahead).
  * The jump-ahead also lets threads split one mask: each draws its own range of words, then settles its ties
  * from their place in the stream's order of ties (the ReLU dropout of 768,000 elements at MOSI shapes: 0.25 ms
- * on 2 threads against 0.37 ms on one). A training step at MOSI shapes draws 7.3 ms less this way, with the attention's masks
- * in one call (stop 38, 40 alternating rounds, faster in 30).
+ * on 2 threads against 0.37 ms on one). With the attention's masks in one call besides (sha_dropout_flag_blocks),
+ * a training step at MOSI shapes took 7.3 ms less (stop 38: paired median of 40 alternating rounds, faster in 30).
  */
 #include <immintrin.h>
 #include <omp.h>

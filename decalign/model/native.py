@@ -312,12 +312,13 @@ def products_apply(*tensors: torch.Tensor) -> bool:
 
 def product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
             bias_along: str = "columns") -> torch.Tensor:
-    """``bias + a @ b`` for each group: a (G, M, K) and b (G, K, N) with any strides (a read best with unit stride
-    along K or M, b along N), bias (G, M) added along each
-    row of the result (``bias_along="rows"``) or (G, N) along each column. Returns (G, M, N), contiguous."""
-    groups, m, k = a.shape
+    """``bias + a @ b`` for each group: a (G, M, K) and b (G, K, N) with any strides (read best with unit stride
+    along K or M for a, along N for b), bias (G, M) added along each row of the result (``bias_along="rows"``) or
+    (G, N) along each column (``"columns"``). Returns (G, M, N), contiguous."""
+    groups, m, k = a.shape if a.dim() == 3 else (-1, -1, -1)
     expected_bias = (groups, m if bias_along == "rows" else b.shape[-1])
-    if b.dim() != 3 or b.shape[:2] != (groups, k) or bias is not None and bias.shape != expected_bias:
+    if (groups < 0 or b.dim() != 3 or b.shape[:2] != (groups, k) or bias_along not in ("rows", "columns")
+            or bias is not None and bias.shape != expected_bias):
         raise ValueError(f"product takes a (G, M, K), b (G, K, N) and a bias (G, M) or (G, N): got a {tuple(a.shape)}, "
                          f"b {tuple(b.shape)}, bias {None if bias is None else tuple(bias.shape)} along {bias_along}")
     bias = None if bias is None else _rows(bias)

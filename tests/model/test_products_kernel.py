@@ -80,6 +80,10 @@ def test_product_refuses_mismatched_shapes_and_names_them():
         native.product(a, b, row_bias, "columns")
     with pytest.raises(ValueError, match="bias"):
         native.product(a, b, column_bias, "rows")
+    with pytest.raises(ValueError, match=r"got a \(5, 4\)"):
+        native.product(a[0], b)
+    with pytest.raises(ValueError, match="along sideways"):
+        native.product(a, b, column_bias, "sideways")
 
 
 def run_both(function, x, weight, bias, grad, monkeypatch):
