@@ -143,9 +143,7 @@ def dropout_decisions(seed: int, count: int, cut: int, fraction: float, kept_val
             raise ValueError(f"dropout_decisions needs room for {count} decisions")
     if applied_to is not None and (mask is None or applied_to.data_ptr() == mask.data_ptr()):
         raise ValueError("dropout_decisions applies the mask into a mask tensor of its own")
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
+    lib = _loaded_library()
     _out_of_memory(lib.sha_dropout_mask(*_pcg64_words(seed), count, cut, fraction, kept_value, _ptr(mask),
                                         None if flags is None else flags.ctypes.data, _ptr(applied_to), int(relu),
                                         torch.get_num_threads()))
@@ -162,14 +160,20 @@ def dropout_flag_blocks(seeds: list[int], spans: list[tuple[int, int, int, float
         raise ValueError(f"dropout_flag_blocks needs a seed per span and spans within the {flags.size} flags")
     if not spans:
         return
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
+    lib = _loaded_library()
     starts, counts, cuts, fractions = (np.ascontiguousarray(column, dtype=dtype) for column, dtype in
                                        zip(zip(*spans), (np.int64, np.int64, np.int32, np.float64)))
     words = np.array(seeds, dtype=np.uint64)
     _out_of_memory(lib.sha_dropout_flag_blocks(len(spans), *(a.ctypes.data for a in (
         words, starts, counts, cuts, fractions, flags)), torch.get_num_threads()))
+
+
+def _loaded_library() -> ctypes.CDLL:
+    """The kernels, for the dropout paths that have no torch fallback of their own here; raises where not loaded."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels are not loaded here ({SWITCH}, the CPU or the build)")
+    return lib
 
 
 def _out_of_memory(status: int) -> None:
