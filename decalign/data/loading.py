@@ -33,6 +33,7 @@ def load_dataset(
     max_bytes: int = DEFAULT_MAX_BYTES,
     sandbox: bool = True,
     suffix: str | None = None,
+    mapped: bool = False,
 ) -> MultimodalDataset:
     """Read an MMSA pickle (``.pkl``/``.pickle``) or an npz archive (``.npz``) and validate it.
 
@@ -50,6 +51,9 @@ def load_dataset(
         wrote itself, and inside that child.
     suffix
         The format's extension, overriding the one taken from ``path`` and ``name``.
+    mapped
+        Unsandboxed only: an npz's stored arrays are read-only views of the file mapped into memory
+        (``npz.read_npz``), which must then not change while they are used; for the sandbox's child.
 
     Raises
     ------
@@ -69,7 +73,7 @@ def load_dataset(
 
         return load_sandboxed(path, shown, suffix, max_bytes)
     with path.open("rb") as file:
-        return _load_stream(file, shown, suffix, max_bytes)
+        return _load_stream(file, shown, suffix, max_bytes, mapped=mapped)
 
 
 def load_dataset_bytes(
@@ -98,7 +102,8 @@ def _check_size(size: int, shown: str, max_bytes: int) -> None:
         raise DataError(f"{shown}: the file has {size:,} bytes, more than the limit of {max_bytes:,} bytes")
 
 
-def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> MultimodalDataset:
+def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int, *, mapped: bool = False
+                 ) -> MultimodalDataset:
     _check_suffix(suffix, shown)
     head = file.read(8)
     file.seek(0)
@@ -112,7 +117,7 @@ def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int) -> Mul
             f"expected {expected}"
         )
     if suffix == ".npz":
-        raw = npz.read_npz(file, shown, max_bytes)
+        raw = npz.read_npz(file, shown, max_bytes, mapped=mapped)
     else:
         raw = mmsa.read_mmsa(file, shown, hint="; the content looks like text" if content == "text" else "")
     return build_dataset(raw, shown)

@@ -17,8 +17,11 @@ header is checked against the member's size before anything is allocated.
 from __future__ import annotations
 
 import math
+import mmap
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,17 +42,25 @@ EXPECTED_KEYS += "'<split>/label_names', '<split>/lengths/<modality>' (with <spl
 EXPECTED_KEYS += f"{', '.join(SPLITS)}) or a top-level 'label_names'"
 
 
-def read_npz(file: BinaryIO, shown: str, max_bytes: int) -> RawData:
+def read_npz(file: BinaryIO, shown: str, max_bytes: int, *, mapped: bool = False) -> RawData:
     """Open an npz archive (no pickle), check its keys and take it apart into raw splits.
 
     Every member is checked before it is read: encryption and compression method, a plain dtype in
     its ``.npy`` header, and a shape whose size is what the member holds. The archive as a whole may
     unpack to at most ``max_bytes`` and to at most :data:`MAX_RATIO` times its own size (plus
     :data:`RATIO_SLACK`): a small zip that unpacks to gigabytes is refused before it is read.
+
+    ``mapped`` (a file on disk, in the sandbox's child only): each stored (uncompressed) member's array
+    is a read-only view of the file mapped into memory, its CRC checked over the mapping, instead of a
+    copy. A 1,000-sample MOSI upload (151 MB) was otherwise copied into new memory once more before the
+    child wrote it back: its child spent 0.6-0.7 s, most of it the kernel's page faults, in a server
+    whose browser was drawing. A file truncated while mapped would stop the process (SIGBUS): only the
+    child, whose files are its own copies, maps them.
     """
     size = file.seek(0, 2)
     file.seek(0)
     archive = open_archive(file, shown, DataError, "an npz archive")
+    view = _mapping(file) if mapped else None
     with archive:
         members = archive.infolist()
         total = sum(info.file_size for info in members)
@@ -69,11 +80,11 @@ def read_npz(file: BinaryIO, shown: str, max_bytes: int) -> RawData:
         for info in members:
             key = info.filename.removesuffix(".npy")
             if key == LABEL_NAMES:
-                names = _read_member(archive, info, key, shown)
+                names = _read_member(archive, info, key, shown, view)
                 continue
             split, fieldname = _parse_key(key, shown)
             part = splits.setdefault(split, RawSplit(features={}))
-            _put(part, fieldname, _read_member(archive, info, key, shown))
+            _put(part, fieldname, _read_member(archive, info, key, shown, view))
             part.keys[fieldname] = key
     return RawData(splits={s: splits[s] for s in SPLITS if s in splits}, label_names=names)
 
@@ -90,7 +101,16 @@ def _parse_key(key: str, shown: str) -> tuple[str, str]:
     return split, fieldname
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shown: str) -> np.ndarray:
+def _mapping(file: BinaryIO) -> memoryview | None:
+    """The whole file mapped read-only, None when it has no descriptor (bytes in memory) or is empty."""
+    try:
+        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shown: str,
+                 view: memoryview | None = None) -> np.ndarray:
     check_member(info, shown, DataError)
     try:
         with archive.open(info) as stream:
@@ -101,8 +121,12 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, show
                     f"{shown}: key {key!r} declares shape {shape} of {dtype} ({nbytes:,} bytes) but holds "
                     f"{info.file_size - stream.tell():,} bytes; expected a complete .npy array"
                 )
-            data = _read_into_array(stream, nbytes)
-            stream.read()  # to the end, so the CRC is checked
+            start = _stored_data_start(view, info) if view is not None else None
+            if start is None:
+                data = _read_into_array(stream, nbytes)
+                stream.read()  # to the end, so the CRC is checked
+            else:
+                data = _mapped_array(view, info, start, stream.tell(), key, shown)
     except DataError:
         raise
     except ZIP_ERRORS as err:
@@ -110,6 +134,31 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, show
     if len(data) < nbytes:
         raise DataError(f"{shown}: key {key!r} could not be read (truncated: {len(data):,} of {nbytes:,} bytes)")
     return data.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
+LOCAL_HEADER = struct.Struct("<4s2xHH4x4x4x4xHH")  # signature, flags, method, name and extra lengths
+
+
+def _stored_data_start(view: memoryview, info: zipfile.ZipInfo) -> int | None:
+    """Where a stored member's bytes begin in the mapped archive (after its local header); None for a
+    compressed member, or one whose local header does not say stored (then it is read as a stream)."""
+    if info.compress_type != zipfile.ZIP_STORED or info.header_offset + LOCAL_HEADER.size > len(view):
+        return None
+    signature, _, method, name_length, extra_length = LOCAL_HEADER.unpack_from(view, info.header_offset)
+    if signature != b"PK\x03\x04" or method != zipfile.ZIP_STORED:
+        return None
+    return info.header_offset + LOCAL_HEADER.size + name_length + extra_length
+
+
+def _mapped_array(view: memoryview, info: zipfile.ZipInfo, start: int, header: int, key: str, shown: str
+                  ) -> np.ndarray:
+    """The array bytes of a stored member (``header`` bytes of .npy header first): a read-only view of the
+    mapping, after the member's CRC is checked over it as the zip reader would."""
+    end = start + info.file_size
+    if end > len(view) or zlib.crc32(view[start:end]) != info.CRC:
+        raise DataError(f"{shown}: key {key!r} could not be read (truncated or corrupt: its bytes do not match "
+                        "its CRC); expected a complete .npy array")
+    return np.frombuffer(view[start + header:end], dtype=np.uint8)
 
 
 def _read_into_array(stream: BinaryIO, nbytes: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def parse_dataset(args: dict[str, Any]) -> dict[str, Any]:
 
     path = Path(args["folder"]) / args["file"] if "file" in args else Path(args["path"])
     dataset = load_dataset(path, name=args["shown"], max_bytes=args["max_bytes"], sandbox=False,
-                           suffix=args["suffix"])
+                           suffix=args["suffix"], mapped=True)  # the child's own copy, or a file it only reads
     return dataset_payload(dataset)
 
 

@@ -121,3 +121,68 @@ def test_members_are_read_a_chunk_at_a_time_into_writeable_arrays(tmp_path, rng,
     buffer = io.BytesIO(path.read_bytes()[:-40])  # the central directory cut short: refused, not half read
     with pytest.raises(Exception, match="x.npz"):
         npz.read_npz(buffer, "x.npz", 1 << 20)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_stored_members_are_read_only_views_of_the_mapped_file(tmp_path, rng, compressed):
+    """``mapped`` (the sandbox's child): a stored member's array is a read-only view of the file mapped into
+    memory, equal to numpy's own reading in C and Fortran order and when empty; a compressed member is read
+    as a stream into a writeable array, as before."""
+    from decalign.data import npz
+
+    arrays = {"train/eeg": np.asfortranarray(rng.standard_normal((3, 4, 5))), "train/ids": np.array(["a", "bcd", "é"]),
+              "train/labels": np.arange(3, dtype=np.int64), "train/empty": np.zeros((3, 0, 2), dtype=np.float32),
+              "train/gaze": rng.standard_normal((3, 2)).astype(np.float32)}
+    path = tmp_path / "x.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    with open(path, "rb") as handle:
+        raw = npz.read_npz(handle, "x.npz", 1 << 20, mapped=True).splits["train"]
+    reference = np.load(path)
+    got = {"train/eeg": raw.features["eeg"], "train/ids": raw.ids, "train/labels": raw.labels,
+           "train/empty": raw.features["empty"], "train/gaze": raw.features["gaze"]}
+    for key, array in got.items():
+        assert array.dtype == reference[key].dtype and array.flags.writeable == compressed, key
+        assert array.flags.owndata is False or compressed, key
+        np.testing.assert_array_equal(array, reference[key])
+
+
+def _flip_byte_in_member(path, key: str) -> None:
+    """Change one byte of ``key``'s array data inside the (stored) archive, leaving its CRC as it was."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(key + ".npy")
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    last = info.header_offset + 30 + name_length + extra_length + info.file_size - 1  # the array's last byte
+    data[last] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_stored_member_whose_bytes_do_not_match_its_crc_is_refused(tmp_path, rng, mapped):
+    path = tmp_path / "x.npz"
+    np.savez(path, **{"train/eeg": rng.standard_normal((4, 3, 2)), "train/labels": np.zeros(4, np.float32)})
+    _flip_byte_in_member(path, "train/eeg")
+    with pytest.raises(Exception, match=r"x.npz: key 'train/eeg' could not be read \(truncated or corrupt"):
+        load_dataset(path, name="x.npz", sandbox=False, mapped=mapped)
+    with pytest.raises(Exception, match=r"x.npz: key 'train/eeg' could not be read \(truncated or corrupt"):
+        load_dataset(path, name="x.npz")  # the sandbox's child maps it
+
+
+def test_nonfinite_features_of_a_mapped_file_are_zeroed_in_a_copy_and_the_file_is_unchanged(tmp_path, rng):
+    eeg = rng.standard_normal((20, 3, 2)).astype(np.float32)
+    eeg[1, 2, 0], eeg[14, 0, 1] = np.nan, np.inf
+    path = tmp_path / "x.npz"
+    np.savez(path, **{"train/eeg": eeg, "train/gaze": rng.standard_normal((20, 4)).astype(np.float32),
+                      "train/labels": np.arange(20, dtype=np.float32)})
+    before = path.read_bytes()
+    expected = np.nan_to_num(eeg, nan=0.0, posinf=0.0)
+    for data in (load_dataset(path, sandbox=False, mapped=True), load_dataset(path)):
+        got = np.concatenate([data.splits[s].features["eeg"] for s in ("train", "valid", "test")])
+        ids = np.concatenate([data.splits[s].ids for s in ("train", "valid", "test")])
+        order = np.argsort([int(i.rsplit("-", 1)[1]) for i in ids])
+        np.testing.assert_array_equal(got[order], expected)
+        assert data.report.nonfinite_replaced == {"train/eeg": 2}
+    assert path.read_bytes() == before
