@@ -91,15 +91,15 @@ def _upload(page, case: Case, path: Path) -> str:
     """Upload ``path`` through the sidebar; returns the error line shown, or "loaded"."""
     if case.kind == "data":
         _choose(page, "data_kind", "Upload a file")
-        uploader = ".st-key-data_upload"
+        uploader = '[class*="st-key-data_upload"]'  # the key ends in a generation, bumped to empty it
     else:
         _choose(page, "model_kind", "Upload a zip")
-        uploader = ".st-key-model_zip"
+        uploader = '[class*="st-key-model_zip"]'
     page.locator(f"{uploader} input[type=file]").set_input_files(str(path))
     sidebar = page.locator('[data-testid="stSidebar"]')
-    # Done when this file's error or "Using: <file>" shows (an earlier upload's error may still be there).
+    # Done when this file's error or "<file> is in use." shows (an earlier upload's error may still be there).
     error = sidebar.locator('[data-testid="stAlertContentError"]', has_text=re.compile("^" + re.escape(path.name)))
-    expect(error.or_(sidebar.get_by_text(f"Using: {path.name}")).first).to_be_visible(timeout=TIMEOUT)
+    expect(error.or_(sidebar.get_by_text(f"{path.name} is in use.")).first).to_be_visible(timeout=TIMEOUT)
     _idle(page, 300)
     return error.first.inner_text().strip() if error.count() else "loaded"
 
