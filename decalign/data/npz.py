@@ -54,8 +54,8 @@ def read_npz(file: BinaryIO, shown: str, max_bytes: int, *, mapped: bool = False
     is a read-only view of the file mapped into memory, its CRC checked over the mapping, instead of a
     copy. A 1,000-sample MOSI upload (151 MB) was otherwise copied into new memory once more before the
     child wrote it back: its child spent 0.6-0.7 s, most of it the kernel's page faults, in a server
-    whose browser was drawing. A file truncated while mapped would stop the process (SIGBUS): only the
-    child, whose files are its own copies, maps them.
+    whose browser was drawing. A file truncated while mapped stops the process that maps it (SIGBUS):
+    only the sandbox's child maps files, so that ends as a crash the parent reports, not as the program's.
     """
     size = file.seek(0, 2)
     file.seek(0)
