@@ -15,13 +15,14 @@ from app import prefetch
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 prefetched = prefetch.start()  # before the imports below, which wait for the launcher's preload
 
-from app import loaders, sidebar, views
+from app import loaders, session, sidebar, views
 from decalign.cpu_share import share_with_training
 from decalign.train.background import training_alive
 
 PAGES = [views.page(name, default=name == "overview") for name in views.TITLES]
 navigation = st.navigation(PAGES)
 share_with_training(training_alive())  # a run started here keeps its speed while pages compute
+session.share_uploaded_bytes_when_copied()
 sidebar.render()
 navigation.run()
 prefetch.finish(prefetched)
