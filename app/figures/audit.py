@@ -11,11 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from decalign.audit.report import confusion_figure as report_confusion_figure
-from decalign.audit.report import drift_figure, reliability_figure, residual_figure
+from decalign.audit.report import drift_figure, reliability_figure
+from decalign.audit.report import residual_figure as report_residual_figure
 from decalign.inference import InferenceResult
 
 from .overview import class_labels
-from .style import class_axis, short_hash
+from .style import class_axis, fixed_margins, short_hash
 
 __all__ = ["confusion_figure", "drift_figure", "filter_predictions", "reliability_figure", "residual_figure",
            "shorten_hashes"]
@@ -29,6 +30,11 @@ def confusion_figure(result: InferenceResult, class_names: list[str] | None = No
     names = class_labels(result.outputs.shape[1], class_names)
     class_axis(fig, names, "x")
     return class_axis(fig, names, "y", autorange="reversed")
+
+
+def residual_figure(result: InferenceResult) -> go.Figure:
+    """The report's residual scatter, one point a sample, with fixed margins (``style.fixed_margins``)."""
+    return fixed_margins(report_residual_figure(result))
 
 
 def shorten_hashes(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from decalign.explain.correspondence import PairCorrespondence
 from decalign.explain.transport_view import PlanView
 
-from .style import CONTINUOUS, category_colours, point_trace, subplot_grid
+from .style import CONTINUOUS, category_colours, fixed_margins, point_trace, subplot_grid
 
 
 def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assigned: np.ndarray,
@@ -41,10 +41,10 @@ def prototype_scatter(sample_coords: np.ndarray, proto_coords: np.ndarray, assig
                              textfont={"color": "white", "size": 10},
                              customdata=np.asarray(weights, dtype=float),
                              hovertemplate="prototype %{text}<br>weight %{customdata:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(title=title, height=380)
     fig.update_xaxes(title="PC 1")
     fig.update_yaxes(title="PC 2")
-    return fig
+    return fixed_margins(fig)
 
 
 def matrix_figure(matrix: np.ndarray, row_marginal: np.ndarray, col_marginal: np.ndarray, a: str, b: str,

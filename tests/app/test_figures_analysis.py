@@ -133,6 +133,25 @@ def test_prototype_scatter_and_entropy_figure():
     assert len(efig_.data) == 2 and efig_.layout.xaxis.type == "log"
 
 
+def test_many_point_scatters_keep_fixed_margins_without_automargin():
+    """Streamlit's theme turns automargin on, which redraws a chart after measuring its ticks: the prototype
+    and residual scatters switch it off on every axis and keep the margin numeric ticks need."""
+    from app.figures import audit as audit_fig
+    from app.figures.style import NUMERIC_AXES_MARGIN
+
+    proto = tfig.prototype_scatter(np.zeros((10, 2)), np.ones((3, 2)), np.arange(10) % 3, np.full(3, 1 / 3), "u")
+    result = _result("regression", n=12)
+    residuals = audit_fig.residual_figure(result)
+    for fig in (proto, residuals):
+        layout = fig.to_plotly_json()["layout"]
+        axes = [k for k in layout if k.startswith(("xaxis", "yaxis"))]
+        assert sorted(axes) == ["xaxis", "yaxis"] and all(layout[k]["automargin"] is False for k in axes)
+        assert layout["margin"] == NUMERIC_AXES_MARGIN
+    # the same points as the audit report's own figure
+    assert np.allclose(residuals.data[0].y, result.predictions.astype(float) - result.labels.astype(float))
+    assert proto.layout.xaxis.title.text == "PC 1" and residuals.layout.yaxis.title.text == "prediction - label"
+
+
 def test_level_figure_and_history():
     levels = pd.DataFrame({"level": ["mmd"] * 3, "scope": ["total", "a – b", "a – c"],
                            "kind": ["total", "pair", "pair"], "value": [0.5, 0.2, 0.3], "samples": 10})
