@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app import charts
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import alignment as fig
 from decalign.explain.compare import levels_side_by_side
@@ -82,7 +83,7 @@ def _alignment_changed(ctx: Context, fixed: bool) -> None:
               for s in sides]
     table = levels_side_by_side(*frames)
     names = (sides[0].title, sides[1].title)
-    st.plotly_chart(fig.comparison_figure(table, names), key="align_twin_chart")
+    charts.show(fig.comparison_figure(table, names), key="align_twin_chart")
     shown = table[table["kind"] == "total"].rename(columns={"A": names[0], "B": names[1]})
     st.dataframe(shown.drop(columns=["kind", "scope"]), hide_index=True, key="align_twin_table")
     st.caption("Both models were trained on the same data with the same seed and settings; the second with every "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import session
+from app import charts, session
 from app.context import Context, audit_reference, get_context
 from app.figures import audit as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
@@ -127,7 +127,7 @@ def _slices(ctx: Context, result, audit: AuditResult) -> None:
 
 def _quality(ctx: Context, result) -> None:
     if result.task == "regression":
-        st.plotly_chart(fig.residual_figure(result), key="audit_residuals")
+        charts.show(fig.residual_figure(result), key="audit_residuals")
         return
     left, right = st.columns(2)
     left.plotly_chart(fig.confusion_figure(result, ctx.class_names), key="audit_confusion")
@@ -146,7 +146,7 @@ def _drift(audit: AuditResult) -> None:
                    f"'yes' when a p-value corrected for {len(drift.tests)} tests (Holm) is below {drift.alpha:g}.")
     for sentence in drift.sentences():  # they name the reference's data file
         st.markdown(f"- {markdown_text(sentence)}")
-    st.plotly_chart(fig.drift_figure(drift.tests), key="audit_drift_chart")
+    charts.show(fig.drift_figure(drift.tests), key="audit_drift_chart")
     st.dataframe(drift.tests, hide_index=True, key="audit_drift_table")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import loaders, views
+from app import charts, loaders, views
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import embeddings as fig
 from app.session import select_sample
@@ -236,7 +236,7 @@ def _chart(ctx: Context, result: InferenceResult, coords: np.ndarray, modality: 
     hover = fig.hover_texts(result, ctx.split_data.raw_text)
     order = fig.category_order(result, colour, ctx.class_names, ctx.model.modalities)
     figure = fig.scatter_figure(coords[rows], values[rows], continuous, hover[rows], rows, title, colour, order)
-    event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
+    event = charts.show(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
 
@@ -261,9 +261,9 @@ def _joint_chart(ctx: Context, result: InferenceResult, joint: Projection, owner
     figure = fig.scatter_figure(joint.coords[shown], values[shown], continuous, hover[shown], rows[shown], title,
                                 colour, order)
     if not select:
-        st.plotly_chart(figure, key=key)
+        charts.show(figure, key=key)
         return set()
-    event = st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
+    event = charts.show(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
 

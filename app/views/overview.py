@@ -11,6 +11,7 @@ import json
 
 import streamlit as st
 
+from app import charts
 from app.context import baseline_view, get_card_context, with_model
 from app.figures import overview as fig
 from app.figures.style import short_hash
@@ -89,4 +90,4 @@ def _training_curves(run_dir) -> None:
     if not figures:
         st.info("This run has no history.json (imported or uploaded model): no training curves to show.")
     for i, figure in enumerate(figures.values()):
-        st.plotly_chart(figure, key=f"overview_curve_{i}")
+        charts.show(figure, key=f"overview_curve_{i}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import views
+from app import charts, views
 from app.context import Context, get_context
 from app.figures import predict as fig
 from app.session import select_sample, selected_sample
@@ -34,7 +34,7 @@ def render() -> None:
         st.switch_page(views.page("sample"))
     right.download_button("Download CSV", frame_csv(shown).encode("utf-8"),  # formula-safe
                           file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
-    st.plotly_chart(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
+    charts.show(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
                                        ctx.class_names), key="predict_summary")
 
 

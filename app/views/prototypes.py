@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app import charts
 from app.context import Context, Side, alignment_sides, get_context
 from app.figures import transport as fig
 from decalign.config import ModelConfig
@@ -92,7 +93,7 @@ def render() -> None:
     _heatmaps(view, pairs)
     _flows(view, pairs)
     st.subheader("How the plan changes with the entropy setting")
-    st.plotly_chart(fig.entropy_figure(_sweep(*keys, protos, marginals, config), lam, unit), key="proto_entropy")
+    charts.show(fig.entropy_figure(_sweep(*keys, protos, marginals, config), lam, unit), key="proto_entropy")
     _alignment_changed(ctx, lam)
     with st.expander("What the words on this page mean"):
         st.markdown("\n".join(f"- **{term}**: {text}" for term, text in JARGON.items()))
@@ -141,7 +142,7 @@ def _prototype_section(ctx: Context, protos: dict[str, Prototypes], post: dict[s
     for col, (m, proto) in zip(cols, protos.items()):
         coords, means = project_with_points(ctx.result.unique_pooled[m], proto.means.double().numpy())
         with col:
-            st.plotly_chart(fig.prototype_scatter(coords, means, post[m].argmax(1), proto.weights.numpy(),
+            charts.show(fig.prototype_scatter(coords, means, post[m].argmax(1), proto.weights.numpy(),
                                                   f"unique:{m}"), key=f"proto_scatter_{m}")
     shown = members.rename(columns={"majority_label": "majority label", "mean_posterior": "mean posterior"})
     st.dataframe(shown, hide_index=True, key="proto_table",
@@ -202,7 +203,7 @@ def _flows(view: PlanView, pairs: dict[tuple[str, str], PairCorrespondence]) -> 
     st.subheader("Main flows across all modalities")
     which = st.radio("Flows of", FLOWS, key="proto_flows", horizontal=True)
     links, share = main_flows(pairs, view.order, exact=which == FLOWS[0])
-    st.plotly_chart(fig.sankey_figure(links, view.order), key="proto_sankey")
+    charts.show(fig.sankey_figure(links, view.order), key="proto_sankey")
     st.caption(f"Only each prototype's two largest flows (and none under 0.005) are drawn: {share:.0%} of the "
                "mass between neighbouring modalities is shown.")
 

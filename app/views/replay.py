@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import session
+from app import charts, session
 from app.figures import train as fig
 from app.loaders import demo_model_dir
 from decalign.safe_output import markdown_text
@@ -36,7 +36,7 @@ def render() -> None:
                 "Meanwhile, the bundled demo's history shows each loss term and alignment level per epoch.")
         history = read_history(demo_model_dir())
         if history:
-            st.plotly_chart(fig.history_loss_figure(history), key="replay_history")
+            charts.show(fig.history_loss_figure(history), key="replay_history")
         return
     name = st.selectbox("Run", list(choices), key="replay_run",
                         on_change=session.restart_replay)
@@ -54,7 +54,7 @@ def render() -> None:
     epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key=session.Key.REPLAY_EPOCH)
     frame = replay.at(epoch)
     summary = replay.summary()
-    st.plotly_chart(fig.replay_curves(summary, epoch), key="replay_curves")
+    charts.show(fig.replay_curves(summary, epoch), key="replay_curves")
     st.caption("Entropy falling = the plan sharpens onto fewer prototype tuples; separation rising = unique and "
                "common features of a modality move apart; decoupling falling = their cosine similarity shrinks.")
     left, right = st.columns([3, 2])
@@ -62,9 +62,9 @@ def render() -> None:
     with right:
         pairs = list(itertools.combinations(replay.modalities, 2))
         a, b = st.selectbox("Modality pair", pairs, format_func=" – ".join, key="replay_pair")
-        st.plotly_chart(fig.plan_heatmap(frame.pair_plans[(a, b)], a, b, f"Epoch {epoch}: plan {a} – {b}"),
+        charts.show(fig.plan_heatmap(frame.pair_plans[(a, b)], a, b, f"Epoch {epoch}: plan {a} – {b}"),
                         key="replay_plan")
         st.dataframe(summary.set_index("epoch").loc[[epoch]].T.rename(columns={epoch: "value"}),
                      key="replay_values")
     modality = st.selectbox("Animate the prototypes of", replay.modalities, key="replay_modality")
-    st.plotly_chart(fig.prototype_animation(replay, modality), key="replay_animation")
+    charts.show(fig.prototype_animation(replay, modality), key="replay_animation")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import session
+from app import charts, session
 from app.context import Context, audit_reference, get_context, training_transport
 from app.figures import sample as fig
 from decalign.audit import AuditError, AuditTrail, default_audit_path
@@ -104,7 +104,7 @@ def _counterfactual_for(ctx: Context, row: int) -> pd.DataFrame | None:
 def _contributions(ctx: Context, row: int, contributions: pd.DataFrame) -> None:
     st.subheader("Exact branch contributions")
     output = _output_name(ctx, row)
-    st.plotly_chart(fig.waterfall_figure(contributions, output), key="sample_waterfall")
+    charts.show(fig.waterfall_figure(contributions, output), key="sample_waterfall")
     st.caption("The head is linear, so the bars (unique and common part of each modality, plus the bias) add "
                f"up exactly to {output}.")
 
@@ -113,7 +113,7 @@ def _probabilities(ctx: Context, row: int) -> None:
     if ctx.card.task != "classification":
         return
     names = [ctx.class_name(k) for k in range(ctx.result.outputs.shape[1])]
-    st.plotly_chart(fig.probability_figure(ctx.result.probabilities[row], names,
+    charts.show(fig.probability_figure(ctx.result.probabilities[row], names,
                                            None if ctx.result.labels is None else int(ctx.result.labels[row])),
                     key="sample_probabilities")
 
@@ -171,7 +171,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
     if images:
         with cols[0]:
             for m in images:
-                st.plotly_chart(fig.image_figure(part.features[m][row], f"{m} (as an image)"),
+                charts.show(fig.image_figure(part.features[m][row], f"{m} (as an image)"),
                                 key=f"sample_image_{m}")
     with cols[1]:
         for m in others:
@@ -180,7 +180,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
                 st.dataframe(token_positions(part.features[m][row]), hide_index=True, key=f"sample_tokens_{m}")
                 continue
             length = int(part.lengths[m][row]) if m in part.lengths else None
-            st.plotly_chart(fig.sequence_figure(part.features[m][row], m, length), key=f"sample_seq_{m}")
+            charts.show(fig.sequence_figure(part.features[m][row], m, length), key=f"sample_seq_{m}")
 
 
 def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
@@ -200,7 +200,7 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
         return None
     cells = dict(zip(table["modality"], table["prototype"]))
     pairs = {k: v.detach().cpu().numpy() for k, v in plan.pair_plans().items()}
-    st.plotly_chart(fig.transport_cells_figure(pairs, cells), key="sample_transport")
+    charts.show(fig.transport_cells_figure(pairs, cells), key="sample_transport")
     st.dataframe(plan_cells(pairs, cells), hide_index=True, key="sample_cells")
     story = _story(*_key(ctx), row, ctx, plan)
     st.markdown("**Nearest training samples** (pooled unique features): those of the same prototype and the same "
@@ -220,7 +220,7 @@ def _counterfactuals(ctx: Context, row: int) -> pd.DataFrame | None:
     session.set_widget(session.Key.SAMPLE_SWAP, ids[swap])
     other = st.selectbox("Swap in the modality from sample", ids, key=session.Key.SAMPLE_SWAP)
     frame = _counterfactual_frame(*_key(ctx), row, ids.index(other), ctx)
-    st.plotly_chart(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
+    charts.show(fig.counterfactual_figure(frame, ctx.card.task), key="sample_counterfactuals")
     st.dataframe(frame, hide_index=True, key="sample_counterfactual_table")
     return frame
 
@@ -233,7 +233,7 @@ def _attributions(ctx: Context, row: int) -> None:
     st.caption(f"Output {ig.output:.4f} vs baseline {ig.baseline_output:.4f}; the attributions add up to the "
                f"difference within {abs(ig.completeness_gap):.2e}.")
     for m, a in ig.attributions.items():
-        st.plotly_chart(fig.attribution_figure(a, m), key=f"sample_ig_{m}")
+        charts.show(fig.attribution_figure(a, m), key=f"sample_ig_{m}")
 
 
 def _attention(ctx: Context, row: int) -> None:

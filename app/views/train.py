@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import loaders, session
+from app import charts, loaders, session
 from app.figures import train as fig
 from app.figures.overview import label_distribution_figure
 from decalign.checkpoint import CheckpointError, load_card
@@ -172,7 +172,7 @@ def _glance(dataset, name: str) -> None:
                + ", ".join(f"{s} {len(p)}" for s, p in dataset.splits.items()))
     for warning in dataset.report.warnings:
         st.warning(markdown_text(f"Small data: {warning}."))
-    st.plotly_chart(label_distribution_figure(dataset, dataset.class_names), key="train_data_labels")
+    charts.show(label_distribution_figure(dataset, dataset.class_names), key="train_data_labels")
 
 
 def _pick_config(dataset) -> DecAlignConfig | None:
@@ -234,7 +234,7 @@ def _charts(view: bg.LiveView) -> None:
     if view.state.state in bg.ACTIVE and progress and progress.get("batches"):
         st.caption(f"While the run trains, the progress bar is updated every {REFRESH_S:g} s and the charts "
                    f"every {CHART_REFRESH_S:g} s.")
-        st.plotly_chart(fig.batch_loss_figure(progress), key="train_batch_losses")
+        charts.show(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)
         left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")

@@ -123,13 +123,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, env: dict[str, str] | None = None, timeout: float = 90.0) -> subprocess.Popen:
+def start_server(port: int, env: dict[str, str] | None = None, timeout: float = 90.0,
+                 script: Path | None = None) -> subprocess.Popen:
     """Start the dashboard as the README does (``python3 -m app``: ``streamlit run app/streamlit_app.py`` with
-    the pages' imports begun at start) headless on 127.0.0.1:``port``; wait for /_stcore/health.
+    the pages' imports begun at start), or ``streamlit run script``, headless on 127.0.0.1:``port``; wait for
+    /_stcore/health.
 
     The file watcher is off: an edit to a source file while a test runs must not pop up "source changed".
     """
-    cmd = [sys.executable, "-m", "app", "--server.headless", "true",
+    program = ["app"] if script is None else ["streamlit", "run", str(script)]
+    cmd = [sys.executable, "-m", *program, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
