@@ -118,3 +118,11 @@ def test_session_keys_are_written_in_one_place():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "app").rglob("*.py")
                  if p.name != "session.py" and "session_state" in p.read_text(encoding="utf-8")]
     assert not offenders, f"{offenders} use st.session_state directly; add a named function to app/session.py"
+
+
+def test_charts_are_shown_in_one_place():
+    # Every chart goes through app.charts.show (drawn once, in Streamlit's look); the hidden empty chart that
+    # makes a new browser load the chart code early (app/prefetch.py) is never seen.
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "app").rglob("*.py")
+                 if p.name not in ("charts.py", "prefetch.py") and "plotly_chart(" in p.read_text(encoding="utf-8")]
+    assert not offenders, f"{offenders} call st.plotly_chart directly; show charts with app.charts.show"
