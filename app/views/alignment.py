@@ -57,13 +57,13 @@ def render() -> None:
     for level in LEVELS:
         st.subheader(LEVEL_TITLES[level])
         left, right = st.columns([3, 2])
-        left.plotly_chart(fig.level_figure(levels, level, fig.training_value(training, level), "this data"),
+        charts.show_in(left, fig.level_figure(levels, level, fig.training_value(training, level), "this data"),
                           key=f"align_level_{level}")
         curve = fig.history_figure(history, level)
         if curve is None:
             right.info("No per-epoch values of this level in the run's history.json.")
         else:
-            right.plotly_chart(curve, key=f"align_history_{level}")
+            charts.show_in(right, curve, key=f"align_history_{level}")
         st.caption(LEVEL_MEANING[level])
     _alignment_changed(ctx, choice == PROTOTYPE_CHOICES[0])
 

@@ -130,8 +130,8 @@ def _quality(ctx: Context, result) -> None:
         charts.show(fig.residual_figure(result), key="audit_residuals")
         return
     left, right = st.columns(2)
-    left.plotly_chart(fig.confusion_figure(result, ctx.class_names), key="audit_confusion")
-    right.plotly_chart(fig.reliability_figure(result), key="audit_reliability")
+    charts.show_in(left, fig.confusion_figure(result, ctx.class_names), key="audit_confusion")
+    charts.show_in(right, fig.reliability_figure(result), key="audit_reliability")
 
 
 def _drift(audit: AuditResult) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import loaders, session, sidebar, views
+from app import charts, loaders, session, sidebar, views
 from app.figures import compare as fig
 from decalign.checkpoint import CheckpointError, ModelCard, load_card, model_fingerprint
 from decalign.data import DataError, MultimodalDataset, check_compatible
@@ -147,7 +147,7 @@ def _metrics(ra, rb, card_a, card_b) -> None:
     table = compare_metrics(ra, rb, card_a, card_b)
     left, right = st.columns([2, 3])
     left.dataframe(table.drop(columns="metric"), hide_index=True, key="compare_metrics")
-    right.plotly_chart(fig.metrics_figure(table), key="compare_metrics_fig")
+    charts.show_in(right, fig.metrics_figure(table), key="compare_metrics_fig")
 
 
 def _changes(ra, rb, a: Side, b: Side, split: str) -> None:
@@ -181,7 +181,7 @@ def _slices(ra, rb, card_a, card_b) -> None:
     table = slice_differences(ra, rb, card_a, card_b, by=by)
     left, right = st.columns([2, 3])
     left.dataframe(table, hide_index=True, key="compare_slices")
-    right.plotly_chart(fig.slices_figure(table), key="compare_slices_fig")
+    charts.show_in(right, fig.slices_figure(table), key="compare_slices_fig")
 
 
 def _levels_section(a: Side, b: Side, data_id: str, split: str, dataset) -> None:
@@ -190,7 +190,7 @@ def _levels_section(a: Side, b: Side, data_id: str, split: str, dataset) -> None
                                 _levels(b.model_id, data_id, split, b.model, b.card, dataset))
     left, right = st.columns([2, 3])
     left.dataframe(table, hide_index=True, key="compare_levels")
-    right.plotly_chart(fig.levels_figure(table), key="compare_levels_fig")
+    charts.show_in(right, fig.levels_figure(table), key="compare_levels_fig")
 
 
 def _prototypes(ra, rb, card_a, card_b, same: bool) -> None:
@@ -211,5 +211,5 @@ def _prototypes(ra, rb, card_a, card_b, same: bool) -> None:
                "weights as marginals.")
     for m, match in matches.items():
         left, right = st.columns([3, 2])
-        left.plotly_chart(fig.match_figure(match), key=f"compare_match_{m}")
+        charts.show_in(left, fig.match_figure(match), key=f"compare_match_{m}")
         right.dataframe(match.matches().head(10), hide_index=True, key=f"compare_match_table_{m}")

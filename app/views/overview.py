@@ -58,8 +58,8 @@ def render() -> None:
     if ctx.dataset.report.notes:
         st.caption(" · ".join(markdown_text(note) for note in ctx.dataset.report.notes))
     left, right = st.columns(2)
-    left.plotly_chart(fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
-    right.plotly_chart(fig.label_distribution_figure(ctx.dataset, ctx.class_names), key="overview_labels")
+    charts.show_in(left, fig.split_sizes_figure(ctx.dataset), key="overview_sizes")
+    charts.show_in(right, fig.label_distribution_figure(ctx.dataset, ctx.class_names), key="overview_labels")
     with problems:
         full = with_model(ctx)
     with baseline_slot:

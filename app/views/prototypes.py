@@ -192,8 +192,8 @@ def _heatmaps(view: PlanView, pairs: dict[tuple[str, str], PairCorrespondence]) 
     for (a, b), pair in pairs.items():
         left, right = st.columns(2)
         cost_fig, plan_fig = fig.plan_figures(view, a, b, pair)
-        left.plotly_chart(cost_fig, key=f"proto_cost_{a}_{b}")
-        right.plotly_chart(plan_fig, key=f"proto_plan_{a}_{b}")
+        charts.show_in(left, cost_fig, key=f"proto_cost_{a}_{b}")
+        charts.show_in(right, plan_fig, key=f"proto_plan_{a}_{b}")
     st.caption("Rows and columns keep their prototype numbers but are reordered (rows by majority label) so the "
                "exact matching runs down the diagonal; its cells are framed in red. A cell of the plan is the mass "
                "sent from a prototype of one modality to a prototype of the other; the bars are its marginals.")

@@ -58,7 +58,7 @@ def render() -> None:
     st.caption("Entropy falling = the plan sharpens onto fewer prototype tuples; separation rising = unique and "
                "common features of a modality move apart; decoupling falling = their cosine similarity shrinks.")
     left, right = st.columns([3, 2])
-    left.plotly_chart(fig.replay_scatter(frame, replay.labels), key="replay_scatter")
+    charts.show_in(left, fig.replay_scatter(frame, replay.labels), key="replay_scatter")
     with right:
         pairs = list(itertools.combinations(replay.modalities, 2))
         a, b = st.selectbox("Modality pair", pairs, format_func=" – ".join, key="replay_pair")

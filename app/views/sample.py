@@ -190,7 +190,7 @@ def _prototypes(ctx: Context, row: int) -> PrototypeStory | None:
         return None
     post = {m: p[row] for m, p in ctx.result.posteriors.items()}
     left, right = st.columns([2, 1])
-    left.plotly_chart(fig.posterior_figure(post), key="sample_posteriors")
+    charts.show_in(left, fig.posterior_figure(post), key="sample_posteriors")
     table = fig.assignment_table(post)
     right.dataframe(table, hide_index=True, key="sample_assignment")
     plan = training_transport(ctx)
@@ -246,7 +246,7 @@ def _attention(ctx: Context, row: int) -> None:
     layer = st.slider("Layer", 1, layers, layers, key="sample_attention_layer") if layers > 1 else 1
     cols = st.columns(len(attention))
     for col, (m, frames) in zip(cols, attention.items()):
-        col.plotly_chart(fig.attention_figure(frames[layer - 1], f"{m} attends to"), key=f"sample_attention_{m}")
+        charts.show_in(col, fig.attention_figure(frames[layer - 1], f"{m} attends to"), key=f"sample_attention_{m}")
 
 
 def _review(ctx: Context, sample_id: str) -> None:

@@ -237,8 +237,8 @@ def _charts(view: bg.LiveView) -> None:
         charts.show(fig.batch_loss_figure(progress), key="train_batch_losses")
     if history:
         left, right = st.columns(2)
-        left.plotly_chart(fig.history_loss_figure(history), key="train_epoch_losses")
-        right.plotly_chart(fig.valid_metrics_figure(history), key="train_valid_metrics")
+        charts.show_in(left, fig.history_loss_figure(history), key="train_epoch_losses")
+        charts.show_in(right, fig.valid_metrics_figure(history), key="train_valid_metrics")
 
 
 def _test_metrics(run: bg.RunInfo) -> None:
