@@ -54,18 +54,18 @@ def theme_type() -> str:
     return "dark" if st.context.theme.type == "dark" else "light"  # None outside a browser (AppTest)
 
 
-def show_in(where: Any, fig: go.Figure, *, key: str, **options: Any):
-    """:func:`show` in a container (a column, a tab): ``where.plotly_chart(fig, ...)``, drawn once."""
-    return show(fig, key=key, where=where, **options)
-
-
-def show(fig: go.Figure, *, key: str, selection_mode: Iterable[str] = (), where: Any = None, **options: Any):
+def show(fig: go.Figure, *, key: str, **options: Any):
     """``st.plotly_chart(fig, key=key, ...)``, drawn once (see the module's note); returns what it returns."""
+    return show_in(st, fig, key=key, **options)
+
+
+def show_in(where: Any, fig: go.Figure, *, key: str, selection_mode: Iterable[str] = (), **options: Any):
+    """``where.plotly_chart(fig, key=key, ...)`` in a container (``st``, a column, a tab), drawn once."""
     modes = tuple(selection_mode) if options.get("on_select", "ignore") != "ignore" else ()
     spec = chart_spec(fig, theme_type(), modes)
     if modes:
         options["selection_mode"] = modes
-    return (where or st).plotly_chart(_Finished(spec), key=key, theme=None, **options)
+    return where.plotly_chart(_Finished(spec), key=key, theme=None, **options)
 
 
 def chart_spec(fig: go.Figure, theme: str = "light", selection_modes: tuple[str, ...] = ()) -> dict:
