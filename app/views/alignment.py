@@ -58,7 +58,7 @@ def render() -> None:
         st.subheader(LEVEL_TITLES[level])
         left, right = st.columns([3, 2])
         charts.show_in(left, fig.level_figure(levels, level, fig.training_value(training, level), "this data"),
-                          key=f"align_level_{level}")
+                       key=f"align_level_{level}")
         curve = fig.history_figure(history, level)
         if curve is None:
             right.info("No per-epoch values of this level in the run's history.json.")

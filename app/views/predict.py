@@ -35,7 +35,7 @@ def render() -> None:
     right.download_button("Download CSV", frame_csv(shown).encode("utf-8"),  # formula-safe
                           file_name=f"predictions_{ctx.split}.csv", mime="text/csv", key="predict_csv")
     charts.show(fig.summary_figure(shown, ctx.card.task, ctx.card.num_classes or ctx.dataset.num_classes,
-                                       ctx.class_names), key="predict_summary")
+                                   ctx.class_names), key="predict_summary")
 
 
 def _metrics(ctx: Context) -> None:

@@ -141,8 +141,7 @@ def _prototype_section(ctx: Context, protos: dict[str, Prototypes], post: dict[s
     cols = st.columns(len(protos))
     for col, (m, proto) in zip(cols, protos.items()):
         coords, means = project_with_points(ctx.result.unique_pooled[m], proto.means.double().numpy())
-        with col:
-            charts.show(fig.prototype_scatter(coords, means, post[m].argmax(1), proto.weights.numpy(),
+        charts.show_in(col, fig.prototype_scatter(coords, means, post[m].argmax(1), proto.weights.numpy(),
                                                   f"unique:{m}"), key=f"proto_scatter_{m}")
     shown = members.rename(columns={"majority_label": "majority label", "mean_posterior": "mean posterior"})
     st.dataframe(shown, hide_index=True, key="proto_table",

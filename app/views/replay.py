@@ -63,7 +63,7 @@ def render() -> None:
         pairs = list(itertools.combinations(replay.modalities, 2))
         a, b = st.selectbox("Modality pair", pairs, format_func=" – ".join, key="replay_pair")
         charts.show(fig.plan_heatmap(frame.pair_plans[(a, b)], a, b, f"Epoch {epoch}: plan {a} – {b}"),
-                        key="replay_plan")
+                    key="replay_plan")
         st.dataframe(summary.set_index("epoch").loc[[epoch]].T.rename(columns={epoch: "value"}),
                      key="replay_values")
     modality = st.selectbox("Animate the prototypes of", replay.modalities, key="replay_modality")

@@ -114,8 +114,8 @@ def _probabilities(ctx: Context, row: int) -> None:
         return
     names = [ctx.class_name(k) for k in range(ctx.result.outputs.shape[1])]
     charts.show(fig.probability_figure(ctx.result.probabilities[row], names,
-                                           None if ctx.result.labels is None else int(ctx.result.labels[row])),
-                    key="sample_probabilities")
+                                       None if ctx.result.labels is None else int(ctx.result.labels[row])),
+                key="sample_probabilities")
 
 
 def _flags_row(ctx: Context, row: int) -> pd.Series | None:
@@ -172,7 +172,7 @@ def _raw_inputs(ctx: Context, row: int) -> None:
         with cols[0]:
             for m in images:
                 charts.show(fig.image_figure(part.features[m][row], f"{m} (as an image)"),
-                                key=f"sample_image_{m}")
+                            key=f"sample_image_{m}")
     with cols[1]:
         for m in others:
             if is_token_input(part.features[m]):  # a BERT model's text: its tokens' positions, ids as ids
