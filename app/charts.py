@@ -78,8 +78,7 @@ def chart_spec(fig: go.Figure, theme: str = "light", selection_modes: tuple[str,
     layout.pop("template", None)
     layout = with_defaults(layout, _layout_look(look["layout"], layout, data))
     layout.setdefault("datarevision", fingerprint.hexdigest())
-    for name, value in _selection_settings(selection_modes).items():
-        layout.setdefault(name, value)
+    layout.update(_selection_settings(selection_modes, layout))
     spec = {"data": data, "layout": layout}
     if fig.frames:
         spec["frames"] = [plain(frame.to_plotly_json()) for frame in fig.frames]
@@ -179,13 +178,17 @@ def _category_letter(trace: dict) -> str:
     return "y" if orientation == "h" else "x"
 
 
-def _selection_settings(modes: tuple[str, ...]) -> dict:
-    """What Streamlit's chart sets when it mounts with selections on (setting it again would redraw the chart)."""
+def _selection_settings(modes: tuple[str, ...], layout: dict) -> dict:
+    """What Streamlit's chart sets when it mounts with selections on (setting it again would redraw the chart):
+    the figure's own drag and hover modes, else its defaults, and always the click mode that goes with the drag
+    mode (it overrides the figure's own: "event" when dragging selects, so a lasso figure's clicks do not)."""
     if not modes:
         return {}
     points = "points" in modes
-    drag = "pan" if points else "select" if "box" in modes else "lasso" if "lasso" in modes else "pan"
-    return {"clickmode": "event+select" if points else "none", "hovermode": "closest", "dragmode": drag}
+    drag = layout.get("dragmode") or ("pan" if points else "select" if "box" in modes
+                                      else "lasso" if "lasso" in modes else "pan")
+    click = "event" if drag in ("select", "lasso") else "event+select" if points else "none"
+    return {"clickmode": click, "hovermode": layout.get("hovermode") or "closest", "dragmode": drag}
 
 
 class _Finished(go.Figure):

@@ -37,10 +37,19 @@ def figures() -> list[go.Figure]:
     return [scatter, heat, bars, across, grid, steps, flows, counts, styled]
 
 
+# Selections on, as the dashboard's pages use them: points and box with the default drag mode; every mode with
+# the figure's own lasso drag (the Embeddings page's charts); box and lasso alone (dragging selects by default).
+SELECTIONS = {"show-select": (None, ("points", "box")), "show-lasso": ("lasso", ("points", "box", "lasso")),
+              "show-box": (None, ("box", "lasso"))}
+
 via = st.query_params.get("via", "show")
 for i, figure in enumerate(figures()):
     if via == "streamlit":
         st.plotly_chart(figure, key=f"chart_{i}")
+    elif via in SELECTIONS:
+        drag, modes = SELECTIONS[via]
+        if drag:
+            figure.update_layout(dragmode=drag)
+        charts.show(figure, key=f"chart_{i}", on_select="rerun", selection_mode=modes)
     else:
-        charts.show(figure, key=f"chart_{i}", **({"on_select": "rerun", "selection_mode": ("points", "box")}
-                                                  if via == "show-select" else {}))
+        charts.show(figure, key=f"chart_{i}")

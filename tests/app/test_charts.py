@@ -109,9 +109,13 @@ def test_selection_settings_as_streamlit_sets_them():
     points = chart_spec(fig, selection_modes=("points", "box", "lasso"))["layout"]
     assert (points["clickmode"], points["dragmode"], points["hovermode"]) == ("event+select", "pan", "closest")
     box = chart_spec(fig, selection_modes=("box", "lasso"))["layout"]
-    assert (box["clickmode"], box["dragmode"]) == ("none", "select")
-    fig.update_layout(dragmode="zoom")
-    assert chart_spec(fig, selection_modes=("points",))["layout"]["dragmode"] == "zoom"
+    assert (box["clickmode"], box["dragmode"]) == ("event", "select")  # dragging selects: clicks only report
+    fig.update_layout(dragmode="zoom", hovermode="x")
+    zoom = chart_spec(fig, selection_modes=("points",))["layout"]
+    assert (zoom["clickmode"], zoom["dragmode"], zoom["hovermode"]) == ("event+select", "zoom", "x")
+    fig.update_layout(dragmode="lasso", clickmode="event+select")  # the figure's click mode gives way, as there
+    lasso = chart_spec(fig, selection_modes=("points", "box", "lasso"))["layout"]
+    assert (lasso["clickmode"], lasso["dragmode"]) == ("event", "lasso")
 
 
 def test_with_defaults_merges_nested_values_and_changes_neither_argument():
