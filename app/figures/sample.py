@@ -29,9 +29,10 @@ def waterfall_figure(contributions: pd.DataFrame, output_name: str) -> go.Figure
 
 
 def image_figure(x: np.ndarray, title: str) -> go.Figure:
-    """A (H, W) array drawn as a grayscale image (rows top to bottom)."""
+    """A (H, W) array drawn as a grayscale image (rows top to bottom), as wide as its column: Streamlit sets every
+    chart's width to its container's, so a width of its own only made the browser draw the image twice."""
     fig = go.Figure(go.Heatmap(z=np.asarray(x), colorscale="Greys", showscale=False))
-    fig.update_layout(title=title, height=320, width=320, margin={"t": 50, "b": 20, "l": 20, "r": 20},
+    fig.update_layout(title=title, height=320, margin={"t": 50, "b": 20, "l": 20, "r": 20},
                       yaxis={"autorange": "reversed", "scaleanchor": "x", "showticklabels": False},
                       xaxis={"showticklabels": False})
     return fig
