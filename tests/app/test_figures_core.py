@@ -143,3 +143,12 @@ def test_assignment_table_and_sequence_padding():
     assert [t.type for t in lines.data] == ["scatter"] * 3 and list(lines.data[1].y) == [1.0, 4.0, 7.0]
     bars = sample.sequence_figure(np.array([[0.5, -1.0, 2.0]]), "vector")
     assert bars.data[0].type == "bar" and list(bars.data[0].y) == [0.5, -1.0, 2.0]
+
+
+def test_image_figure_draws_rows_top_down_at_its_columns_width():
+    image = np.arange(12, dtype=float).reshape(3, 4)
+    figure = sample.image_figure(image, "pixel (as an image)")
+    np.testing.assert_array_equal(figure.data[0].z, image)
+    assert figure.layout.yaxis.autorange == "reversed" and figure.layout.yaxis.scaleanchor == "x"
+    # Streamlit gives every chart its container's width: a width of the figure's own is drawn, then redrawn.
+    assert figure.layout.width is None
