@@ -181,7 +181,8 @@ def _category_letter(trace: dict) -> str:
 def _selection_settings(modes: tuple[str, ...], layout: dict) -> dict:
     """What Streamlit's chart sets when it mounts with selections on (setting it again would redraw the chart):
     the figure's own drag and hover modes, else its defaults, and always the click mode that goes with the drag
-    mode (it overrides the figure's own: "event" when dragging selects, so a lasso figure's clicks do not)."""
+    mode, which Streamlit sets over the figure's own: "event" when dragging selects (box, lasso), so that a click
+    reports a point without selecting it, else "event+select" with point selections, else "none"."""
     if not modes:
         return {}
     points = "points" in modes
