@@ -43,6 +43,20 @@ TWO_D_MAP = frozenset({"heatmap", "contour", "histogram2d", "histogram2dcontour"
 ORIENTED = frozenset({"bar", "histogram", "box", "violin", "waterfall", "funnel"})
 
 
+# Streamlit sets a chart's width to what it measures of its container (e.g. 262.65625 px in a third of a row) after
+# plotly's first, hidden drawing took the width from the computed style ("262.656px"): plotly then drew the whole
+# chart again. A container of a whole number of pixels reads the same both ways (the rule is ignored where a browser
+# lacks CSS round(): the chart is then drawn twice, as before).
+WHOLE_PIXEL_CHART_CSS = ('[data-testid="stElementContainer"]:has(> [data-testid="stFullScreenFrame"] > .stPlotlyChart)'
+                         ' { width: round(down, 100%, 1px) !important; }')
+
+
+def whole_pixel_chart_widths() -> None:
+    """Make every chart's container a whole number of pixels wide (:data:`WHOLE_PIXEL_CHART_CSS`); once a run. A
+    style alone goes to Streamlit's event container and takes no room on the page."""
+    st.html(f"<style>{WHOLE_PIXEL_CHART_CSS}</style>")
+
+
 @functools.cache
 def looks() -> dict[str, dict]:
     """Streamlit's chart theme by theme type ("light", "dark"): ``layout`` and per-trace-type ``data`` defaults."""

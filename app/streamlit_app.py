@@ -10,10 +10,11 @@ import streamlit as st
 # `streamlit run app/streamlit_app.py` puts app/ on the path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import prefetch
+from app import charts, prefetch
 
 st.set_page_config(page_title="DecAlign Studio", layout="wide")
 prefetched = prefetch.start()  # before the imports below, which wait for the launcher's preload
+charts.whole_pixel_chart_widths()
 
 from app import loaders, session, sidebar, views
 from decalign.cpu_share import share_with_training

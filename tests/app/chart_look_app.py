@@ -43,9 +43,15 @@ SELECTIONS = {"show-select": (None, ("points", "box")), "show-lasso": ("lasso", 
               "show-box": (None, ("box", "lasso"))}
 
 via = st.query_params.get("via", "show")
+if via != "streamlit":
+    charts.whole_pixel_chart_widths()  # as the dashboard does on every run
+# Three to a row ("show-columns"): columns a fraction of a pixel wide, where plotly and Streamlit read the width apart.
+columns = st.columns(3, gap="medium") if via == "show-columns" else None
 for i, figure in enumerate(figures()):
     if via == "streamlit":
         st.plotly_chart(figure, key=f"chart_{i}")
+    elif columns is not None:
+        charts.show_in(columns[i % 3], figure, key=f"chart_{i}")
     elif via in SELECTIONS:
         drag, modes = SELECTIONS[via]
         if drag:

@@ -112,7 +112,7 @@ def test_shown_charts_are_drawn_once(server):
         browser = launch_chromium(p)
         try:
             redraws = {}
-            for via in ("streamlit", "show", "show-select", "show-lasso", "show-box"):
+            for via in ("streamlit", "show", "show-select", "show-lasso", "show-box", "show-columns"):
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 page.add_init_script(COUNT_DRAWS_JS)
                 _drawn(page, f"{server}/?via={via}")
@@ -124,6 +124,7 @@ def test_shown_charts_are_drawn_once(server):
             browser.close()
     assert redraws["streamlit"] >= CHARTS  # Streamlit's own element: each chart drawn again in full
     assert redraws["show"] == 0
+    assert redraws["show-columns"] == 0  # three to a row: each column a whole number of pixels wide
     # With selections on: no click or drag mode for Streamlit's chart to change after the first drawing.
     assert {via: redraws[via] for via in ("show-select", "show-lasso", "show-box")} == dict.fromkeys(
         ("show-select", "show-lasso", "show-box"), 0)

@@ -173,6 +173,10 @@ def _demo_pages(page, expect) -> None:
     expect(page.get_by_text(re.compile(r"fourier prototype \d+ ↔ karhunen prototype \d+: .* mass 0\.\d{3}")).first
            ).to_be_visible(timeout=4 * TIMEOUT)
     _chart(page, "Plan fourier – karhunen")
+    # three scatters to a row: whole pixels wide, or plotly and Streamlit read their width apart and plotly redraws
+    widths = page.evaluate("[...document.querySelectorAll('[data-testid=stMain] .stPlotlyChart')]"
+                           ".map(chart => chart.getBoundingClientRect().width)")
+    assert len(widths) >= 3 and all(width == int(width) for width in widths), widths
     _shot(page, "demo_prototypes")
     _open(page, "Alignment levels")
     # the switch comes after the page's first projection: a cold UMAP on a busy machine takes minutes
