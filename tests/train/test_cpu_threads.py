@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from decalign.cpu_share import share_with_training
+from decalign import cpu_share
+from decalign.cpu_share import CpuWatch, share_with_training
 from decalign.train import cpu_threads
 from decalign.train.cpu_threads import ShareCpuCallback, others_cores, threads_left
 
@@ -91,8 +92,18 @@ def test_governor_without_proc_stat_keeps_the_threads(monkeypatch, tmp_path):
     assert torch.get_num_threads() == before and callback.changes == []
 
 
-def test_server_thread_uses_one_torch_thread_while_training():
-    """One torch thread while a run is alive, the default after; the priority is left alone."""
+class _Others:
+    def __init__(self, cores: float):
+        self.cores = cores
+
+    def others_lately(self) -> float:
+        return self.cores
+
+
+def test_server_thread_uses_one_torch_thread_while_training(monkeypatch):
+    """One torch thread while a run is alive, the default after (on a machine nothing else uses); the
+    priority is left alone."""
+    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(0.0))
     seen = {}
 
     def page(training: bool):
@@ -106,3 +117,59 @@ def test_server_thread_uses_one_torch_thread_while_training():
         worker.join()
     assert seen[True] == (1, 0)
     assert seen[False] == (default, 0)
+
+
+def _page_threads() -> int:
+    seen = []
+    worker = threading.Thread(target=lambda: (share_with_training(False), seen.append(torch.get_num_threads())))
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("others", "expected"), [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.0, 1)])
+def test_server_thread_computes_on_the_cores_the_others_leave(monkeypatch, others, expected):
+    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(others))
+    monkeypatch.setattr(cpu_share, "_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "_default_threads", 2)
+    assert _page_threads() == expected
+
+
+def test_cpu_watch_measures_the_last_window_without_this_process():
+    """From the newest sample at least a window old to now: other processes' CPU time over wall time."""
+    counters = {"machine": 100.0}
+    watch = CpuWatch(every_s=60.0, window_s=1.0)  # its thread sleeps through the test
+    watch._machine = lambda: counters["machine"]
+    now, own = time.monotonic(), sum(os.times()[:2])
+    watch._samples.clear()
+    watch._samples.extend([(now - 3.0, 90.0, own), (now - 2.0, 96.0, own), (now - 1.0, 99.0, own),
+                           (now - 0.1, 99.9, own)])  # 0.1 s old: too fresh to measure from
+    counters["machine"] = 100.5 + (sum(os.times()[:2]) - own)  # 1.5 s of others' time since the 1 s sample
+    assert watch.others_lately() == pytest.approx(1.5, rel=0.05)
+    watch._samples.clear()
+    assert watch.others_lately() == 0.0  # nothing to measure from yet
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="measures other processes through /proc/stat")
+def test_server_thread_leaves_a_busy_core_alone(monkeypatch):
+    """A real process spinning on one of two cores: pages compute on one thread, on two once it stops."""
+    monkeypatch.setattr(cpu_share, "_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "_default_threads", 2)
+    watch = CpuWatch(every_s=0.1, window_s=0.5)
+    monkeypatch.setattr(cpu_share, "_watch", lambda: watch)
+    stop = threading.Event()
+    spinner = threading.Thread(target=_spinner, args=(stop,))
+    spinner.start()
+    try:
+        _until(lambda: _page_threads() == 1, 30)
+    finally:
+        stop.set()
+        spinner.join()
+    _until(lambda: _page_threads() == 2, 60)
+
+
+def _until(condition, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"still {_page_threads()} threads after {deadline_s} s"
+        time.sleep(0.1)
