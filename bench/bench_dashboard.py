@@ -52,8 +52,8 @@ from browser_utils import MAIN_CHARTS, free_port, launch_chromium, make_tiny_run
 from playwright.sync_api import expect, sync_playwright
 
 from bench.bench_train_epoch import ours_run_dir, run_ours, write_inputs
+from decalign.cpu_share import machine_cpu_seconds
 from decalign.data import MultimodalDataset, Split, load_dataset, make_synthetic, save_npz
-from decalign.train.cpu_threads import machine_cpu_seconds
 
 TIMEOUT = 180_000
 CHART_PAGES = {"Overview", "Predict", "Sample", "Embeddings", "Prototypes and transport", "Alignment levels",

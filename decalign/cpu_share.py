@@ -11,7 +11,7 @@ The same holds for anything else that keeps a core busy, most often a browser on
 the page the script is computing: inference on 1,000 MOSI-shaped samples (a small model) took 0.09 s on two
 threads and 0.14 s on one on a quiet 2-core machine, but 0.25-0.46 s on two and 0.14-0.16 s on one while
 another process kept a core busy. So without a run, a page computes on the cores the other processes left
-free over the last second (``decalign.train.cpu_threads.threads_left``, as ``--share-cpu`` decides), measured
+free over the last second (:func:`threads_left`, as ``--share-cpu`` decides), measured
 by a sampler thread four times a second from ``/proc/stat``. This process's own time (its other sessions
 included) does not count as the others'.
 
@@ -22,14 +22,17 @@ Train page's own live view behind the run it shows.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 SAMPLE_EVERY_S = 0.25
 WINDOW_S = 1.0  # how far back "lately" reaches
+STAT = Path("/proc/stat")
 
 _default_threads: int | None = None
 
@@ -41,26 +44,51 @@ def share_with_training(training: bool) -> None:
         return  # no thread can have changed torch's count, and a fresh server's first page needs no torch
     import torch  # here, not at the top: importing this module stays light
 
-    from decalign.train.cpu_threads import threads_left
-
     global _default_threads
     if _default_threads is None:
         _default_threads = torch.get_num_threads()
-    wanted = 1 if training else threads_left(_cores(), _watch().others_lately(), _default_threads)
+    wanted = 1 if training else threads_left(usable_cores(), _watch().others_lately(), _default_threads)
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def own_cpu_seconds() -> float:
+    return sum(os.times()[:2])
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot (``/proc/stat``, neither idle nor
+    iowait); None without ``/proc/stat``."""
+    try:
+        fields = STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields)) / tick
+
+
+def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """Cores the other processes kept busy on average between two samples."""
+    wall = after[0] - before[0]
+    if wall <= 0:
+        return 0.0
+    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall
+
+
+def threads_left(cores: int, others: float, max_threads: int) -> int:
+    """Threads for the cores the others leave: a core counts as taken from half its time on."""
+    return max(1, min(max_threads, cores - math.floor(others + 0.5)))
 
 
 class CpuWatch:
     """Samples (monotonic s, the machine's CPU s, this process's CPU s) every ``every_s`` in a daemon thread."""
 
     def __init__(self, every_s: float = SAMPLE_EVERY_S, window_s: float = WINDOW_S):
-        from decalign.train.cpu_threads import machine_cpu_seconds
-
         self._machine = machine_cpu_seconds
         self.every_s, self.window_s = every_s, window_s
         self._samples: deque[tuple[float, float, float]] = deque(maxlen=int(window_s / every_s) + 2)
@@ -73,7 +101,7 @@ class CpuWatch:
 
     def sample(self) -> tuple[float, float, float] | None:
         busy = self._machine()
-        return None if busy is None else (time.monotonic(), busy, sum(os.times()[:2]))
+        return None if busy is None else (time.monotonic(), busy, own_cpu_seconds())
 
     def _run(self) -> None:
         while True:
@@ -85,8 +113,6 @@ class CpuWatch:
 
     def others_lately(self) -> float:
         """Cores the other processes kept busy from about ``window_s`` ago to now; 0 with nothing to go on."""
-        from decalign.train.cpu_threads import others_cores
-
         now = self.sample() if self.available else None
         if now is None:
             return 0.0

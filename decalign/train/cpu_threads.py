@@ -16,16 +16,13 @@ unless asked.
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
-from pathlib import Path
 
+from ..cpu_share import machine_cpu_seconds, others_cores, own_cpu_seconds, threads_left, usable_cores
 from .callbacks import Callback
 
 CHECK_EVERY_S = 0.5
-STAT = Path("/proc/stat")
 
 
 class ShareCpuCallback(Callback):
@@ -35,7 +32,7 @@ class ShareCpuCallback(Callback):
         self.check_every_s = check_every_s
         self.max_threads = 0
         self.used: set[int] = set()
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.cores = usable_cores()
         self._last: tuple[float, float, float] | None = None
         self.changes: list[tuple[float, int]] = []  # (seconds since the start, threads)
 
@@ -81,28 +78,4 @@ class ShareCpuCallback(Callback):
         busy = machine_cpu_seconds()
         if busy is None:
             return None
-        return time.monotonic(), busy, sum(os.times()[:2])
-
-
-def machine_cpu_seconds() -> float | None:
-    """CPU seconds every process on the machine has used since boot (``/proc/stat``, neither idle nor
-    iowait); None without ``/proc/stat``."""
-    try:
-        fields = STAT.read_text(encoding="ascii").split("\n", 1)[0].split()
-    except OSError:
-        return None
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields)) / tick
-
-
-def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
-    """Cores the other processes kept busy on average between two samples."""
-    wall = after[0] - before[0]
-    if wall <= 0:
-        return 0.0
-    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall
-
-
-def threads_left(cores: int, others: float, max_threads: int) -> int:
-    """Threads for the cores the others leave: a core counts as taken from half its time on."""
-    return max(1, min(max_threads, cores - math.floor(others + 0.5)))
+        return time.monotonic(), busy, own_cpu_seconds()

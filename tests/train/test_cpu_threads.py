@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from decalign import cpu_share
-from decalign.cpu_share import CpuWatch, share_with_training
-from decalign.train import cpu_threads
-from decalign.train.cpu_threads import ShareCpuCallback, others_cores, threads_left
+from decalign.cpu_share import CpuWatch, others_cores, share_with_training, threads_left
+from decalign.train.cpu_threads import ShareCpuCallback
 
 
 def test_others_cores_subtracts_own_time():
@@ -84,7 +83,7 @@ def _tick_until(callback, condition, deadline_s: float) -> None:
 
 
 def test_governor_without_proc_stat_keeps_the_threads(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_threads, "STAT", tmp_path / "missing")
+    monkeypatch.setattr(cpu_share, "STAT", tmp_path / "missing")
     before = torch.get_num_threads()
     callback = ShareCpuCallback(check_every_s=0.0)
     callback.on_train_start(1, 1, 10)
@@ -130,7 +129,7 @@ def _page_threads() -> int:
 @pytest.mark.parametrize(("others", "expected"), [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.0, 1)])
 def test_server_thread_computes_on_the_cores_the_others_leave(monkeypatch, others, expected):
     monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(others))
-    monkeypatch.setattr(cpu_share, "_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
     monkeypatch.setattr(cpu_share, "_default_threads", 2)
     assert _page_threads() == expected
 
@@ -153,7 +152,7 @@ def test_cpu_watch_measures_the_last_window_without_this_process():
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="measures other processes through /proc/stat")
 def test_server_thread_leaves_a_busy_core_alone(monkeypatch):
     """A real process spinning on one of two cores: pages compute on one thread, on two once it stops."""
-    monkeypatch.setattr(cpu_share, "_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
     monkeypatch.setattr(cpu_share, "_default_threads", 2)
     watch = CpuWatch(every_s=0.1, window_s=0.5)
     monkeypatch.setattr(cpu_share, "_watch", lambda: watch)
