@@ -57,10 +57,6 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def own_cpu_seconds() -> float:
-    return sum(os.times()[:2])
-
-
 def machine_cpu_seconds() -> float | None:
     """CPU seconds every process on the machine has used since boot (``/proc/stat``, neither idle nor
     iowait); None without ``/proc/stat``."""
@@ -70,6 +66,12 @@ def machine_cpu_seconds() -> float | None:
         return None
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields)) / tick
+
+
+def cpu_sample() -> tuple[float, float, float] | None:
+    """(monotonic seconds, CPU seconds of every process, CPU seconds of this one); None without ``/proc/stat``."""
+    busy = machine_cpu_seconds()
+    return None if busy is None else (time.monotonic(), busy, sum(os.times()[:2]))
 
 
 def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
@@ -89,37 +91,34 @@ class CpuWatch:
     """Samples (monotonic s, the machine's CPU s, this process's CPU s) every ``every_s`` in a daemon thread."""
 
     def __init__(self, every_s: float = SAMPLE_EVERY_S, window_s: float = WINDOW_S):
-        self._machine = machine_cpu_seconds
         self.every_s, self.window_s = every_s, window_s
         self._samples: deque[tuple[float, float, float]] = deque(maxlen=int(window_s / every_s) + 2)
         self._lock = threading.Lock()
-        first = self.sample()
+        first = cpu_sample()
         self.available = first is not None
         if self.available:
             self._samples.append(first)
             threading.Thread(target=self._run, name="cpu-watch", daemon=True).start()
 
-    def sample(self) -> tuple[float, float, float] | None:
-        busy = self._machine()
-        return None if busy is None else (time.monotonic(), busy, own_cpu_seconds())
-
     def _run(self) -> None:
         while True:
             time.sleep(self.every_s)
-            now = self.sample()
+            now = cpu_sample()
             if now is not None:
                 with self._lock:
                     self._samples.append(now)
 
     def others_lately(self) -> float:
         """Cores the other processes kept busy from about ``window_s`` ago to now; 0 with nothing to go on."""
-        now = self.sample() if self.available else None
+        now = cpu_sample() if self.available else None
         if now is None:
             return 0.0
-        with self._lock:
-            past = [s for s in self._samples if now[0] - s[0] >= min(self.every_s, self.window_s) / 2]
-        start = next((s for s in reversed(past) if now[0] - s[0] >= self.window_s), past[0] if past else None)
-        return 0.0 if start is None else others_cores(start, now)
+        with self._lock:  # oldest first; one fresher than half a period measures too short a time
+            old_enough = [s for s in self._samples if now[0] - s[0] >= min(self.every_s, self.window_s) / 2]
+        if not old_enough:
+            return 0.0
+        start = next((s for s in reversed(old_enough) if now[0] - s[0] >= self.window_s), old_enough[0])
+        return others_cores(start, now)
 
 
 _watch_lock = threading.Lock()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..cpu_share import machine_cpu_seconds, others_cores, own_cpu_seconds, threads_left, usable_cores
+from ..cpu_share import cpu_sample, others_cores, threads_left, usable_cores
 from .callbacks import Callback
 
 CHECK_EVERY_S = 0.5
@@ -41,7 +41,7 @@ class ShareCpuCallback(Callback):
 
         self.max_threads = torch.get_num_threads()
         self._start = time.monotonic()
-        self._last = self._sample()
+        self._last = cpu_sample()
         if self._last is not None:  # start on one thread: a wrong guess costs less this way round
             self._apply(1)
         self.used = {torch.get_num_threads()}
@@ -51,7 +51,7 @@ class ShareCpuCallback(Callback):
             return
         if time.monotonic() - self._last[0] < self.check_every_s:
             return
-        now = self._sample()
+        now = cpu_sample()
         if now is None:
             self._last = None  # no /proc/stat: nothing to measure, keep the threads as they are
             return
@@ -72,10 +72,3 @@ class ShareCpuCallback(Callback):
             torch.set_num_threads(threads)
             self.changes.append((round(time.monotonic() - self._start, 2), threads))
             self.used.add(threads)
-
-    def _sample(self) -> tuple[float, float, float] | None:
-        """(monotonic seconds, CPU seconds of every process, CPU seconds of this one)."""
-        busy = machine_cpu_seconds()
-        if busy is None:
-            return None
-        return time.monotonic(), busy, own_cpu_seconds()

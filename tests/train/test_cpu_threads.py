@@ -134,11 +134,11 @@ def test_server_thread_computes_on_the_cores_the_others_leave(monkeypatch, other
     assert _page_threads() == expected
 
 
-def test_cpu_watch_measures_the_last_window_without_this_process():
+def test_cpu_watch_measures_the_last_window_without_this_process(monkeypatch):
     """From the newest sample at least a window old to now: other processes' CPU time over wall time."""
     counters = {"machine": 100.0}
     watch = CpuWatch(every_s=60.0, window_s=1.0)  # its thread sleeps through the test
-    watch._machine = lambda: counters["machine"]
+    monkeypatch.setattr(cpu_share, "machine_cpu_seconds", lambda: counters["machine"])
     now, own = time.monotonic(), sum(os.times()[:2])
     watch._samples.clear()
     watch._samples.extend([(now - 3.0, 90.0, own), (now - 2.0, 96.0, own), (now - 1.0, 99.0, own),
