@@ -81,10 +81,15 @@ def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
     keys = kt.shape[-1]
     kt, vt = _steps_contiguous(kt), _steps_contiguous(vt)
     out = qt.new_empty((n0, n1, queries, n2, width)).permute(0, 1, 3, 4, 2)
-    weights = qt.new_empty((n0 * n1 * n2, queries, keys)) if keep_weights else None
-    mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)
     per_mask = 0 if mask is None else n0 * n1 * n2 // mask.shape[0]
     shape, strides = _layout(q5, keys, (q5, _five(kt), _five(vt), out))
+    if keep is None and not keep_weights and q5.stride(-1) == 1:  # eval and inference: queries in lanes
+        mask_by_key = None if mask is None else mask.transpose(1, 2).contiguous().view(torch.uint8)
+        _check(library().sha_forward_eval(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_by_key), per_mask,
+                                          _ptr(out), torch.get_num_threads(), attention_lanes()))
+        return out.reshape(qt.shape), None
+    weights = qt.new_empty((n0 * n1 * n2, queries, keys)) if keep_weights else None
+    mask_bytes = None if mask is None else mask.contiguous().view(torch.uint8)
     _check(library().sha_forward(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_bytes), per_mask,
                                  _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights), torch.get_num_threads(),
                                  attention_lanes()))
@@ -485,6 +490,8 @@ def _load() -> ctypes.CDLL | None:
     size, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sha_forward.argtypes = [ptr] * 6 + [size] + [ptr] * 4 + [ctypes.c_int] * 2
     lib.sha_backward.argtypes = [ptr] * 12 + [ctypes.c_int] * 2
+    lib.sha_forward_eval.argtypes = [ptr] * 6 + [size, ptr] + [ctypes.c_int] * 2
+    lib.sha_forward_eval.restype = ctypes.c_int
     lib.sha_forward.restype = lib.sha_backward.restype = lib.sha_widest_lanes.restype = ctypes.c_int
     lib.sha_widest_lanes.argtypes = []
     word = ctypes.c_uint64

@@ -111,6 +111,25 @@ static inline TARGET VEC NAME(exp_nonpositive)(VEC x) {
     return VOP(mul_ps)(p, AS_FLOATS(VOP(slli_epi32)(AS_BITS(biased), 23)));
 }
 
+/* 2^y for y <= 0 or NaN: a degree-6 polynomial (its fit to 2^r on [-1/2, 1/2], weighted for relative error, is within
+ * 7.9e-8 evaluated in float, about 1 ulp) times 2^n for n = y rounded, rounded as in exp_nonpositive; the clamp at
+ * -127 makes 2^-127's exponent bits 0, so 2^-inf is exactly 0. Seven multiplies and adds on the FMA units where
+ * exp_nonpositive takes ten: the queries-in-lanes path scores in base 2 (its queries scaled by log2(e)). */
+static inline TARGET VEC NAME(exp2_nonpositive)(VEC y) {
+    const VEC round_bias = VOP(set1_ps)(12583039.0f);  /* 1.5 * 2^23 + 127 */
+    y = VOP(max_ps)(VOP(set1_ps)(-127.0f), y);
+    const VEC biased = VOP(add_ps)(y, round_bias);
+    const VEC r = VOP(sub_ps)(y, VOP(sub_ps)(biased, round_bias));
+    VEC p = VOP(set1_ps)(1.5337577497e-4f);
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.3399859890e-3f));
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(9.6185198054e-3f));
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(5.5503290147e-2f));
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(2.4022646248e-1f));
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(6.9314718246e-1f));
+    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.0f));
+    return VOP(mul_ps)(p, AS_FLOATS(VOP(slli_epi32)(AS_BITS(biased), 23)));
+}
+
 /* One head, one pass of scores (kept in `row`, -inf where not allowed) and one of exponentials applied to the
  * values; the weights are normalised only where they are kept. A NaN score, or an infinite one, makes the row's
  * sum NaN, and the row is NaN then, as torch's softmax makes it. */
@@ -225,6 +244,110 @@ static inline __attribute__((always_inline)) TARGET void NAME(backward_wide)(con
             }
         }
         for (int64_t c = 0; c < hd; c++) dq[c * dqc + i * dqt] = NAME(hsum)(acc[c]);
+    }
+}
+
+/* Queries `first` .. `first` + `count` - 1 of head n, `vectors` (1 or 2, a constant where inlined) vectors of them,
+ * with the queries in the lanes, against one key at a time, the key's channels broadcast. A softmax over the keys is
+ * then a max, a sum and a weighted sum per lane, with no horizontal reduction per query row, which the key-lane path
+ * pays six times a row (the reductions were most of its time at 4-wide heads and 50 queries). Two vectors share each
+ * broadcast. The scores wait in `scores` (Tk x 2 vectors) between the pass that finds each query's largest score and
+ * the pass that applies the exponentials, in base 2 (the queries scaled by log2(e)). Eval only: no dropout, no weights
+ * kept. The mask, when there is one, is transposed, (S, Tk, Tq), so that a key's flags for consecutive queries are
+ * adjacent. NaN as torch's softmax: a lane whose scores hold a NaN or +inf, or whose keys are all masked, sums to NaN
+ * (2^NaN is NaN, as is -inf minus -inf). */
+static inline __attribute__((always_inline)) TARGET void NAME(queries_in_lanes)(const Work *w, int64_t n, float *scores,
+                                                                                 const int64_t hd, const int vectors,
+                                                                                 int64_t first, int64_t count) {
+    const int64_t tq = w->tq, tk = w->tk;
+    const float *q = w->qt + head_at(w, Q, n) + first, *k = w->kt + head_at(w, K, n), *v = w->vt + head_at(w, V, n);
+    const int64_t qc_stride = w->at[Q].channel, kc = w->at[K].channel, vc = w->at[V].channel;
+    const int64_t count_a = count < LANES ? count : LANES, count_b = count - count_a;
+    const LANEMASK lanes_a = NAME(first)(count_a), lanes_b = NAME(first)(count_b);
+    const uint8_t *allowed = w->heads_per_mask ? w->mask + (n / w->heads_per_mask) * tk * tq + first : NULL;
+    const VEC minus_inf = VOP(set1_ps)(-INFINITY), log2e = VOP(set1_ps)(1.44269504088896341f);
+    VEC qa[MAX_HD], qb[MAX_HD], acc_a[MAX_HD], acc_b[MAX_HD];
+    for (int64_t c = 0; c < hd; c++) {
+        qa[c] = VOP(mul_ps)(log2e, NAME(load)(q + c * qc_stride, count_a, lanes_a));
+        if (vectors == 2) qb[c] = VOP(mul_ps)(log2e, NAME(load)(q + c * qc_stride + LANES, count_b, lanes_b));
+    }
+    VEC top_a = minus_inf, top_b = minus_inf;
+    for (int64_t j = 0; j < tk; j++) {
+        VEC key = VOP(set1_ps)(k[j]);
+        VEC sa = VOP(mul_ps)(qa[0], key), sb = vectors == 2 ? VOP(mul_ps)(qb[0], key) : minus_inf;
+        for (int64_t c = 1; c < hd; c++) {
+            key = VOP(set1_ps)(k[c * kc + j]);
+            sa = VOP(fmadd_ps)(qa[c], key, sa);
+            if (vectors == 2) sb = VOP(fmadd_ps)(qb[c], key, sb);
+        }
+        if (allowed) {
+            sa = NAME(select)(NAME(flags)(allowed + j * tq, count_a), sa, minus_inf);
+            if (vectors == 2) sb = NAME(select)(NAME(flags)(allowed + j * tq + LANES, count_b), sb, minus_inf);
+        }
+        VOP(storeu_ps)(scores + vectors * LANES * j, sa);
+        top_a = VOP(max_ps)(top_a, sa);
+        if (vectors == 2) {
+            VOP(storeu_ps)(scores + vectors * LANES * j + LANES, sb);
+            top_b = VOP(max_ps)(top_b, sb);
+        }
+    }
+    VEC sum_a = VOP(setzero_ps)(), sum_b = VOP(setzero_ps)();
+    for (int64_t c = 0; c < hd; c++) acc_a[c] = acc_b[c] = VOP(setzero_ps)();
+    for (int64_t j = 0; j < tk; j++) {
+        const VEC ea = NAME(exp2_nonpositive)(VOP(sub_ps)(VOP(loadu_ps)(scores + vectors * LANES * j), top_a));
+        const VEC eb = vectors == 2 ? NAME(exp2_nonpositive)(VOP(sub_ps)(VOP(loadu_ps)(scores + 2 * LANES * j + LANES),
+                                                                        top_b)) : sum_b;
+        sum_a = VOP(add_ps)(sum_a, ea);
+        if (vectors == 2) sum_b = VOP(add_ps)(sum_b, eb);
+        for (int64_t c = 0; c < hd; c++) {
+            const VEC value = VOP(set1_ps)(v[c * vc + j]);
+            acc_a[c] = VOP(fmadd_ps)(ea, value, acc_a[c]);
+            if (vectors == 2) acc_b[c] = VOP(fmadd_ps)(eb, value, acc_b[c]);
+        }
+    }
+    /* The output is token-major underneath (a query's channels adjacent): out via a small buffer, a query at a time. */
+    float attended[MAX_HD][2 * LANES];
+    const VEC inverse_a = VOP(div_ps)(VOP(set1_ps)(1.0f), sum_a), inverse_b = VOP(div_ps)(VOP(set1_ps)(1.0f), sum_b);
+    for (int64_t c = 0; c < hd; c++) {
+        VOP(storeu_ps)(attended[c], VOP(mul_ps)(acc_a[c], inverse_a));
+        if (vectors == 2) VOP(storeu_ps)(attended[c] + LANES, VOP(mul_ps)(acc_b[c], inverse_b));
+    }
+    float *out = w->out + head_at(w, OUT, n);
+    const int64_t oc = w->at[OUT].channel, ot = w->at[OUT].step;
+    for (int64_t i = 0; i < count; i++)
+        for (int64_t c = 0; c < hd; c++) out[c * oc + (first + i) * ot] = attended[c][i];
+}
+
+/* `count` queries from `first` on, in `vectors` vectors, at 4-wide heads unrolled. */
+static inline __attribute__((always_inline)) TARGET void NAME(query_block)(const Work *w, int64_t n, float *scores,
+                                                                            int vectors, int64_t first, int64_t count) {
+    if (w->hd == 4) {
+        if (vectors == 2) NAME(queries_in_lanes)(w, n, scores, 4, 2, first, count);
+        else NAME(queries_in_lanes)(w, n, scores, 4, 1, first, count);
+    } else {
+        if (vectors == 2) NAME(queries_in_lanes)(w, n, scores, w->hd, 2, first, count);
+        else NAME(queries_in_lanes)(w, n, scores, w->hd, 1, first, count);
+    }
+}
+
+/* A head's queries in blocks of two vectors, then what is left in one or two. At 16 lanes a last part of at most
+ * 8 queries runs at AVX2's 8 (on a CPU that splits 512-bit operations in two, half the work of a 16-lane vector
+ * mostly empty): 50 queries cost 3.5 vectors instead of 4. */
+static TARGET void NAME(eval_head)(const Work *w, int64_t n, float *scores) {
+    int64_t first = 0;
+    for (; w->tq - first > 3 * LANES; first += 2 * LANES) NAME(query_block)(w, n, scores, 2, first, 2 * LANES);
+    while (first < w->tq) {
+        const int64_t left = w->tq - first;
+#if LANES == 16
+        if (left <= 8) {
+            query_block_avx2(w, n, scores, 1, first, left);
+            return;
+        }
+#endif
+        const int vectors = left > LANES + LANES / 2 ? 2 : 1;
+        const int64_t count = left < vectors * LANES ? left : vectors * LANES;
+        NAME(query_block)(w, n, scores, vectors, first, count);
+        first += count;
     }
 }
 

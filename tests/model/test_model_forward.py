@@ -79,17 +79,24 @@ def test_eval_is_deterministic_and_training_applies_dropout(widths):
 
 @pytest.mark.parametrize("lengths", [5, {"text": 5, "audio": 5, "vision": 3}])  # one batched group; groups of 2 and 1
 def test_forward_without_autograd_gives_the_autograd_forward_to_the_bit(widths, lengths):
-    # Without autograd, eval layers write sums, ReLU and LayerNorm scales into their fresh results
+    # Without autograd, eval layers write sums, ReLU and LayerNorm scales into their fresh results. Asked for the
+    # attention weights, attention takes the path autograd takes (weights kept), so the numbers agree to the bit;
+    # without them, the native kernel's eval path sums in its own order: they agree to rounding.
     model = DecAlign(small_config(num_layers=2), widths, 3).eval()
     x = random_inputs(widths, lengths)
     kept_for_backward = model(x)
     with torch.no_grad():
-        no_grad = model(x)
+        no_grad = model(x, need_attention=True)
+        no_grad_eval_path = model(x)
     with torch.inference_mode():
-        inference = model(x)
+        inference = model(x, need_attention=True)
+        inference_eval_path = model(x)
     for out in (no_grad, inference):
         assert torch.equal(out.prediction, kept_for_backward.prediction)
         assert torch.equal(out.branch_inputs, kept_for_backward.branch_inputs)
+    for out in (no_grad_eval_path, inference_eval_path):
+        torch.testing.assert_close(out.prediction, kept_for_backward.prediction, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.branch_inputs, kept_for_backward.branch_inputs, atol=1e-6, rtol=1e-5)
     torch.manual_seed(3)
     dropped = model.train()(x, align=False).prediction
     torch.manual_seed(3)

@@ -76,7 +76,8 @@ def case(n, hd, tq, tk, masked, dropped, seed=0):
     return q, k, v, mask, keep, scale
 
 
-SHAPES = [(8, 4, 50, 100), (6, 4, 7, 13), (4, 5, 3, 8), (4, 16, 9, 21), (2, 1, 1, 1), (2, 3, 4, 17)]
+SHAPES = [(8, 4, 50, 100), (6, 4, 7, 13), (4, 5, 3, 8), (4, 16, 9, 21), (2, 1, 1, 1), (2, 3, 4, 17),
+          (4, 4, 41, 45), (2, 4, 100, 104)]  # the eval path's blocks: 50 = 32 + 16 + 2, 41 = 32 + 9, 100 = 3 x 32 + 4
 
 
 @needs_kernel
@@ -89,7 +90,11 @@ def test_kernel_matches_float64_textbook_attention(shape, masked, dropped, lanes
     expected, expected_weights = textbook(q, k, v, mask, keep, scale)
     torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(weights.double(), expected_weights, atol=1e-6, rtol=1e-5)
-    assert torch.equal(native.forward(q, k, v, mask, keep, scale, keep_weights=False)[0], out)
+    without_weights = native.forward(q, k, v, mask, keep, scale, keep_weights=False)[0]
+    if keep is None:  # the eval path, queries in lanes: its own sums, as close to the textbook
+        torch.testing.assert_close(without_weights.double(), expected, atol=2e-6, rtol=1e-5)
+    else:  # dropout takes the path that keeps the weights, weights or not
+        assert torch.equal(without_weights, out)
 
     upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
@@ -99,21 +104,24 @@ def test_kernel_matches_float64_textbook_attention(shape, masked, dropped, lanes
 
 
 @needs_kernel
-def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch(lanes):
+@pytest.mark.parametrize("keep_weights", [True, False], ids=["weights kept", "eval path"])
+def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch(lanes, keep_weights):
     q, k, v, _, _, _ = case(4, 4, 3, 10, None, False)
     mask = torch.ones(2, 3, 10, dtype=torch.bool)
     mask[1, 2] = False  # heads 2 and 3, query 2: every key masked
     q[0, 1, 1] = math.nan  # head 0, query 1: NaN scores
-    out, weights = native.forward(q, k, v, mask, None, None, keep_weights=True)
+    out, weights = native.forward(q, k, v, mask, None, None, keep_weights=keep_weights)
     expected, expected_weights = textbook(q, k, v, mask, None, None)
-    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(weights.isnan(), expected_weights.isnan())
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert not keep_weights or torch.equal(weights.isnan(), expected_weights.isnan())
     assert out.isnan().any(dim=1).sum() == 3  # (head 0, query 1), (head 2, query 2), (head 3, query 2)
     torch.testing.assert_close(out.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
 
 
 @needs_kernel
 def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_nan_row_as_in_torch(lanes):
-    """The kernel's exponential takes shifted scores only (at most 0), clamped at -88 where 2^n is 0."""
+    """The kernel's exponential takes shifted scores only (at most 0), clamped at -88 where 2^n is 0 (the eval
+    path's, in base 2, at -127)."""
     q, k, v, _, _, _ = case(2, 4, 5, 19, None, False)
     q[0] = 0.0
     q[0, 0] = torch.linspace(1, 10, 5)
@@ -123,6 +131,9 @@ def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_na
     expected, expected_weights = textbook(q, k, v, None, None, None)
     assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(weights.isnan(), expected_weights.isnan())
     assert out[1, :, 3].isnan().all() and out.isnan().sum() == 4
+    evaluated = native.forward(q, k, v, None, None, None, keep_weights=False)[0]
+    assert torch.equal(evaluated.isnan(), expected.isnan())
+    torch.testing.assert_close(evaluated.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
     assert (weights[0] == 0).sum() > 0 and (weights[0] >= 0).all()  # far below the top: exactly 0
     torch.testing.assert_close(out.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(weights.nan_to_num(), expected_weights.float().nan_to_num(), atol=1e-6, rtol=1e-5)
