@@ -14,8 +14,9 @@ threads took 2.7-3.1 ms against torch's 6.2-14.5 ms (20 alternating rounds, stop
 at AVX-512's 16 lanes against AVX2's 8 (12 alternating rounds). Both paths draw the dropout decisions block by block from
 the same generator stream, so they drop the same elements and agree to rounding. Without dropout and without the
 weights (eval and inference), the kernel puts queries rather than keys in its vector lanes (``sha_forward_eval``):
-an eval layer at MOSI shapes took 1.1-1.35 ms against the key-lane path's 2.4-3.1 ms (stop 45), with its sums in
-another order, so an eval forward agrees with the autograd forward (which keeps the weights) to rounding.
+an eval layer at MOSI shapes took 1.08 ms against the key-lane path's 1.68 ms on 2 threads, 2.20 ms against 3.36 ms
+on one (10 alternating processes each, stop 45), with its sums in another order, so an eval forward agrees with the
+autograd forward (which keeps the weights) to rounding.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ int sha_backward(const int64_t *shape, const int64_t *strides, const float *qt, 
 }
 
 /* The forward without dropout and without the weights (eval and inference), queries in lanes (`queries_in_lanes`
- * in the body): an eval layer at MOSI shapes in less than half the key-lane path's time. Queries need step
+ * in the body): an eval layer at MOSI shapes in two thirds of the key-lane path's time. Queries need step
  * stride 1; the mask, if any, is transposed: (S, Tk, Tq). */
 int sha_forward_eval(const int64_t *shape, const int64_t *strides, const float *qt, const float *kt, const float *vt,
                      const uint8_t *mask_by_key, int64_t heads_per_mask, float *out, int threads, int lanes) {
