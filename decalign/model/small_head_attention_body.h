@@ -89,6 +89,19 @@ static inline TARGET float NAME(hmax)(VEC x) {
 }
 #endif
 
+/* The polynomial with these coefficients, highest degree first, at r (Horner's rule, one FMA a degree). */
+static inline TARGET VEC NAME(horner)(VEC r, const float *highest_first, const int count) {
+    VEC p = VOP(set1_ps)(highest_first[0]);
+#pragma GCC unroll 8
+    for (int i = 1; i < count; i++) p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(highest_first[i]));
+    return p;
+}
+
+/* p * 2^n, for `biased` = n + 1.5 * 2^23 + 127 (n + 127 in its low mantissa bits, as the exponentials round n). */
+static inline TARGET VEC NAME(times_two_to)(VEC p, VEC biased) {
+    return VOP(mul_ps)(p, AS_FLOATS(VOP(slli_epi32)(AS_BITS(biased), 23)));
+}
+
 /* exp(x) for x <= 0 or NaN (a softmax's shifted scores): Cephes' single-precision polynomial (about 1 ulp) on
  * [-ln2/2, ln2/2] times 2^n. No upper clamp is needed; the lower one at -88 makes n = -127 at most, whose 2^n
  * has exponent bits 0: exp(-inf) is exactly 0, so masked scores need no select. `max` takes its second operand
@@ -101,14 +114,8 @@ static inline TARGET VEC NAME(exp_nonpositive)(VEC x) {
     const VEC biased = VOP(fmadd_ps)(x, VOP(set1_ps)(1.44269504088896341f), round_bias);
     const VEC n = VOP(sub_ps)(biased, round_bias);
     const VEC r = VOP(fnmadd_ps)(n, VOP(set1_ps)(0.693147180559945f), x);
-    VEC p = VOP(set1_ps)(1.9875691500e-4f);
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.3981999507e-3f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(8.3334519073e-3f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(4.1665795894e-2f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.6666665459e-1f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(5.0000001201e-1f));
-    p = VOP(fmadd_ps)(VOP(mul_ps)(p, r), r, VOP(add_ps)(r, VOP(set1_ps)(1.0f)));
-    return VOP(mul_ps)(p, AS_FLOATS(VOP(slli_epi32)(AS_BITS(biased), 23)));
+    const VEC p = NAME(horner)(r, EXP_CEPHES, sizeof EXP_CEPHES / sizeof *EXP_CEPHES);
+    return NAME(times_two_to)(VOP(fmadd_ps)(VOP(mul_ps)(p, r), r, VOP(add_ps)(r, VOP(set1_ps)(1.0f))), biased);
 }
 
 /* 2^y for y <= 0 or NaN: a degree-6 polynomial (its fit to 2^r on [-1/2, 1/2], weighted for relative error, is within
@@ -120,14 +127,7 @@ static inline TARGET VEC NAME(exp2_nonpositive)(VEC y) {
     y = VOP(max_ps)(VOP(set1_ps)(-127.0f), y);
     const VEC biased = VOP(add_ps)(y, round_bias);
     const VEC r = VOP(sub_ps)(y, VOP(sub_ps)(biased, round_bias));
-    VEC p = VOP(set1_ps)(1.5337577497e-4f);
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.3399859890e-3f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(9.6185198054e-3f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(5.5503290147e-2f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(2.4022646248e-1f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(6.9314718246e-1f));
-    p = VOP(fmadd_ps)(p, r, VOP(set1_ps)(1.0f));
-    return VOP(mul_ps)(p, AS_FLOATS(VOP(slli_epi32)(AS_BITS(biased), 23)));
+    return NAME(times_two_to)(NAME(horner)(r, EXP2_FIT, sizeof EXP2_FIT / sizeof *EXP2_FIT), biased);
 }
 
 /* One head, one pass of scores (kept in `row`, -inf where not allowed) and one of exponentials applied to the
