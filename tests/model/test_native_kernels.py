@@ -118,6 +118,42 @@ def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch(lanes, k
     torch.testing.assert_close(out.nan_to_num(), expected.float().nan_to_num(), atol=2e-6, rtol=1e-5)
 
 
+class _RecordingLibrary:
+    """The loaded kernels, noting which attention forward each call takes."""
+
+    def __init__(self, lib):
+        self.lib, self.forwards = lib, []
+
+    def __getattr__(self, name):
+        if name.startswith("sha_forward"):
+            self.forwards.append(name)
+        return getattr(self.lib, name)
+
+
+@needs_kernel
+def test_eval_and_inference_take_the_eval_path_and_weights_autograd_or_dropout_do_not(monkeypatch):
+    """The eval path is the speed of every eval forward and inference; the weights (attention maps, the backward)
+    and dropout's decisions need the key-lane path."""
+    recording = _RecordingLibrary(native.library())
+    monkeypatch.setattr(native, "library", lambda: recording)
+    model = DecAlign(small_config(attn_dropout=0.5), WIDTHS, 1).eval()  # every modality's attention drops
+    x = random_inputs(WIDTHS)
+
+    def forwards(run):
+        recording.forwards.clear()
+        run()
+        return set(recording.forwards)
+
+    eval_path, weights_path = {"sha_forward_eval"}, {"sha_forward"}
+    with torch.inference_mode():
+        assert forwards(lambda: model(x)) == eval_path
+        assert forwards(lambda: model(x, need_attention=True)) == weights_path
+    with torch.no_grad():
+        assert forwards(lambda: model(x)) == eval_path
+        assert forwards(lambda: model.train()(x, align=False)) == weights_path  # dropout's decisions
+    assert forwards(lambda: model.eval()(x)) == weights_path  # autograd keeps the weights for the backward
+
+
 @needs_kernel
 def test_scores_far_below_the_top_weigh_nothing_and_an_infinite_score_makes_a_nan_row_as_in_torch(lanes):
     """The kernel's exponential takes shifted scores only (at most 0), clamped at -88 where 2^n is 0 (the eval
