@@ -47,7 +47,8 @@ from ..cache import cache_root
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("small_head_attention.c", "dropout_mask.c", "sinkhorn_sweeps.c", "official_em.c",
                              "residual_layer_norm.c", "small_products.c"))
-HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),)  # included by the attention kernel
+HEADERS = (Path(__file__).with_name("small_head_attention_body.h"),  # included by the attention kernel
+           Path(__file__).with_name("row_layer_norm.h"))  # by the LayerNorm and products kernels
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 MAX_HEAD_WIDTH = 16  # the kernel's MAX_HD
 MAX_SWEEP_AXES = 16  # the sweeps kernel's MAX_AXES
@@ -341,6 +342,32 @@ def product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
     return out
 
 
+def encoder_layer_eval(x: torch.Tensor, attended: torch.Tensor, parameters: list[torch.Tensor],
+                       eps: tuple[float, float]) -> torch.Tensor:
+    """A post-norm encoder layer after its attention, in eval (``small_products.c``'s fused layer): for each
+    group m, ``LN2(x1 + W2 relu(W1 x1 + b1) + b2)`` with ``x1 = LN1(x + Wo a + bo)``. x and the attention's
+    token-major output ``attended``: (M, ..., d); parameters: Wo (M, d, d), bo, W1 (M, hidden, d), b1, W2
+    (M, d, hidden), b2, then LN1's and LN2's scale and shift (M, d), as ``_LAYER_PARAMETERS`` orders them.
+    Returns the result, written over ``attended`` (nothing may need it)."""
+    groups, hidden, width = parameters[2].shape
+    expected = [(groups, width, width), (groups, width), (groups, hidden, width), (groups, hidden),
+                (groups, width, hidden)] + [(groups, width)] * 5
+    if [tuple(t.shape) for t in parameters] != expected or x.shape != attended.shape or x.shape[0] != groups or (
+            x.shape[-1] != width):
+        raise ValueError(f"encoder_layer_eval takes x and attended (M, ..., d) and the layer's parameters "
+                         f"{expected}: got x {tuple(x.shape)}, attended {tuple(attended.shape)}, parameters "
+                         f"{[tuple(t.shape) for t in parameters]}")
+    x, attended = x.contiguous(), attended.contiguous()
+    parameters = [t if t[0].is_contiguous() else t.contiguous() for t in parameters]  # each group's slice
+    shape = (ctypes.c_int64 * 4)(groups, x.numel() // (groups * width), width, hidden)
+    pointers = (ctypes.c_void_p * 12)(_ptr(attended), _ptr(x), *map(_ptr, parameters))
+    strides = (ctypes.c_int64 * 10)(*(t.stride(0) for t in parameters))
+    if library().sp_encoder_layer_eval(shape, pointers, strides, (ctypes.c_float * 2)(*eps), _ptr(attended),
+                                       torch.get_num_threads()):
+        raise MemoryError("the fused encoder layer could not allocate its scratch")
+    return attended
+
+
 def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inverse_std: torch.Tensor,
                                  weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of the sum ``x + residual`` (so of each), of the scales and of the shifts."""
@@ -514,6 +541,8 @@ def _load() -> ctypes.CDLL | None:
     lib.rln_forward.restype = lib.rln_backward.restype = ctypes.c_int
     lib.sp_product.argtypes = [ptr] * 5 + [ctypes.c_int, ptr, ctypes.c_int]
     lib.sp_product.restype = ctypes.c_int
+    lib.sp_encoder_layer_eval.argtypes = [ptr] * 5 + [ctypes.c_int]
+    lib.sp_encoder_layer_eval.restype = ctypes.c_int
     return lib
 
 

@@ -18,14 +18,9 @@ construct a thread that failed to allocate would skip), and the scale's and shif
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK_ROWS 64 /* rows per partial sum of the scale's and shift's gradients */
+#include "row_layer_norm.h"
 
-static inline float row_mean(const float *s, int64_t d) {
-    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t j = 0; j < d; j++) total += s[j];
-    return total / (float)d;
-}
+#define CHUNK_ROWS 64 /* rows per partial sum of the scale's and shift's gradients */
 
 /* y = (s - mean) / sqrt(var + eps) * w + b for s = x + r (r may be NULL); with `xhat`, the normalised row and
  * `rstd` its 1 / sqrt(var + eps) are kept for the backward. y may be x or r (the eval forward's in place). */
@@ -42,22 +37,9 @@ int rln_forward(int64_t groups, int64_t rows_per_group, int64_t d, const float *
             failed |= 1;
         } else {
             for (int64_t i = rows * part / parts; i < rows * (part + 1) / parts; i++) {
-                const float *xi = x + i * d, *ri = r ? r + i * d : NULL;
                 const float *wg = w + (i / rows_per_group) * w_stride, *bg = b + (i / rows_per_group) * b_stride;
-#pragma omp simd
-                for (int64_t j = 0; j < d; j++) s[j] = ri ? xi[j] + ri[j] : xi[j];
-                const float mean = row_mean(s, d);
-                float squares = 0.0f;
-#pragma omp simd reduction(+ : squares)
-                for (int64_t j = 0; j < d; j++) squares += (s[j] - mean) * (s[j] - mean);
-                const float inverse = 1.0f / sqrtf(squares / (float)d + eps);
-                float *yi = y + i * d, *hi = xhat ? xhat + i * d : NULL;
-#pragma omp simd
-                for (int64_t j = 0; j < d; j++) {
-                    const float normed = (s[j] - mean) * inverse;
-                    if (hi) hi[j] = normed;
-                    yi[j] = normed * wg[j] + bg[j];
-                }
+                const float inverse = row_layer_norm(d, x + i * d, r ? r + i * d : NULL, wg, bg, eps, s, y + i * d,
+                                                     xhat ? xhat + i * d : NULL);
                 if (rstd) rstd[i] = inverse;
             }
             free(s);

@@ -16,6 +16,8 @@
 
 #include <immintrin.h>
 
+#include "row_layer_norm.h"
+
 #define TILE_ROWS 6
 #define PANEL 16 /* columns: two vectors of 8 */
 
@@ -99,13 +101,15 @@ static void tiles(const Product *p, const float *packed, int64_t packed_from, in
     const float *bias = p->bias ? p->bias + g * p->bias_group : NULL;
     for (int64_t q = first; q < last; q++) {
         const int64_t width = p->n - PANEL * q < PANEL ? p->n - PANEL * q : PANEL;
-        const int in_place = q < packed_from;
+        const int in_place = q < packed_from, vectors = width > 8 ? 2 : 1;
+        const float *column_bias = bias && p->bias_along == 2 ? bias + PANEL * q : NULL;
+        float padded[PANEL] = {0}; /* a partial panel's column biases: the tile loads whole vectors */
+        if (column_bias && width < 8 * vectors) column_bias = memcpy(padded, column_bias, sizeof(float) * width);
         const float *panel = in_place ? p->b + g * p->b_group + PANEL * q
                                       : packed + ((g * (panels - packed_from)) + q - packed_from) * p->k * PANEL;
-        any_tile((int)rows, width > 8 ? 2 : 1, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, p->a_k, panel,
+        any_tile((int)rows, vectors, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, p->a_k, panel,
                  in_place ? p->b_k : PANEL, p->c + g * p->c_group + row * p->c_row + PANEL * q, p->c_row,
-                 bias && p->bias_along == 1 ? bias + row : NULL, bias && p->bias_along == 2 ? bias + PANEL * q : NULL,
-                 width);
+                 bias && p->bias_along == 1 ? bias + row : NULL, column_bias, width);
     }
 }
 
@@ -152,4 +156,119 @@ int sp_product(const int64_t *shape, const int64_t *strides, const float *a, con
     const Product p = {shape[0], shape[1], shape[2], shape[3], a, strides[0], strides[1], strides[2], b, strides[3],
                        strides[4], strides[5], bias, strides[6], bias ? bias_along : 0, c, strides[7], strides[8]};
     return run(&p, threads);
+}
+
+/* ---- A post-norm encoder layer after its attention, fused for eval (no dropout, nothing kept for a backward) ----
+ *
+ * y = LN2(x1 + W2 relu(W1 x1 + b1) + b2) with x1 = LN1(x + Wo a + bo), row by row: a the attention's token-major
+ * output, x the layer's input. Unfused, each of the three products, the ReLU and the two LayerNorms was a call
+ * of its own that wrote its whole (rows, d or hidden) result to memory for the next to read back. Here a block
+ * of BLOCK_ROWS rows goes through all of them in per-thread scratch, in L1 cache, with the products' own tiles
+ * (each panel of a weight in turn over the block's tiles of 6 rows, so the panel stays in L1) and the shared
+ * LayerNorm row: the same operations in the same order as the unfused calls, so the same bits. y may be a (the
+ * block's rows of a are read before its rows of y are written). */
+#define BLOCK_ROWS 12
+
+typedef struct {
+    int64_t groups, rows, d, hidden;
+    const float *a, *x; /* (groups, rows, d) contiguous */
+    const float *weight[3], *bias[3]; /* Wo (d x d), W1 (hidden x d), W2 (d x hidden), each (out, in) contiguous */
+    const float *scale[2], *shift[2]; /* LN1's and LN2's, d each */
+    int64_t weight_group[3], bias_group[3], scale_group[2], shift_group[2]; /* strides between the groups' slices */
+    float eps[2];
+    float *y;
+} Layer;
+
+static int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
+
+/* Product j's weight as its transpose in zero-padded panels of 16 columns (K x 16 each), then its bias padded
+ * to whole panels, for every group: the layout `tile` reads. Returns the floats one group's copy takes. */
+static int64_t packed_size(const Layer *l, int j) {
+    const int64_t in = j == 2 ? l->hidden : l->d, out = j == 1 ? l->hidden : l->d;
+    return panels_of(out) * PANEL * (in + 1);
+}
+
+static void pack_weight(const Layer *l, int j, int64_t g, float *into) {
+    const int64_t in = j == 2 ? l->hidden : l->d, out = j == 1 ? l->hidden : l->d, panels = panels_of(out);
+    const Product transposed = {.k = in, .n = out, .b = l->weight[j], .b_group = l->weight_group[j], .b_k = 1, .b_n = in};
+    for (int64_t q = 0; q < panels; q++) pack(&transposed, g, q, into + q * in * PANEL);
+    float *bias = into + panels * in * PANEL;
+    for (int64_t i = 0; i < panels * PANEL; i++) bias[i] = i < out ? l->bias[j][g * l->bias_group[j] + i] : 0.0f;
+}
+
+/* c (n x width of the panels, row stride ldc) = bias + a (n x in, row stride lda) W^T from a packed weight. */
+static void block_product(int64_t n, int64_t in, int64_t out, const float *a, int64_t lda, const float *packed,
+                          float *c, int64_t ldc) {
+    const float *bias = packed + panels_of(out) * in * PANEL;
+    for (int64_t q = 0; q < panels_of(out); q++) {
+        const int vectors = out - PANEL * q > 8 ? 2 : 1;
+        for (int64_t row = 0; row < n; row += TILE_ROWS)
+            any_tile(n - row < TILE_ROWS ? (int)(n - row) : TILE_ROWS, vectors, in, a + row * lda, lda, 1,
+                     packed + q * in * PANEL, PANEL, c + row * ldc + PANEL * q, ldc, NULL, bias + PANEL * q,
+                     8 * vectors);
+    }
+}
+
+/* Rows [first, first + n) of group g; scratch: x1 (n x ld_d), then hidden (n x ld_h), then sums (n x ld_d). */
+static void layer_block(const Layer *l, const float *packed, int64_t g, int64_t first, int64_t n, float *scratch) {
+    const int64_t d = l->d, hidden = l->hidden, ld_d = panels_of(d) * PANEL, ld_h = panels_of(hidden) * PANEL;
+    const int64_t at = (g * l->rows + first) * d;
+    const float *wo = packed, *w1 = wo + packed_size(l, 0), *w2 = w1 + packed_size(l, 1);
+    float *x1 = scratch, *h = x1 + BLOCK_ROWS * ld_d, *sums = h + BLOCK_ROWS * ld_h, row[ld_d];
+    block_product(n, d, d, l->a + at, d, wo, sums, ld_d);
+    for (int64_t i = 0; i < n; i++)
+        row_layer_norm(d, l->x + at + i * d, sums + i * ld_d, l->scale[0] + g * l->scale_group[0],
+                       l->shift[0] + g * l->shift_group[0], l->eps[0], row, x1 + i * ld_d, NULL);
+    block_product(n, d, hidden, x1, ld_d, w1, h, ld_h);
+    for (int64_t i = 0; i < n; i++)
+#pragma omp simd
+        for (int64_t j = 0; j < hidden; j++) h[i * ld_h + j] = h[i * ld_h + j] < 0.0f ? 0.0f : h[i * ld_h + j];
+    block_product(n, hidden, d, h, ld_h, w2, sums, ld_d);
+    for (int64_t i = 0; i < n; i++)
+        row_layer_norm(d, x1 + i * ld_d, sums + i * ld_d, l->scale[1] + g * l->scale_group[1],
+                       l->shift[1] + g * l->shift_group[1], l->eps[1], row, l->y + at + i * d, NULL);
+}
+
+/* Packs every group's weights, then runs the blocks, on `threads` OpenMP threads. All memory is had before the
+ * parallel region (a thread that failed inside a worksharing loop would skip its share). Returns 0, or 1 when the
+ * memory could not be had. */
+static int run_layer(const Layer *l, int threads) {
+    threads = threads < 1 ? 1 : threads;
+    const int64_t per_group = packed_size(l, 0) + packed_size(l, 1) + packed_size(l, 2);
+    const int64_t scratch = BLOCK_ROWS * (2 * panels_of(l->d) + panels_of(l->hidden)) * PANEL;
+    float *memory = aligned_alloc(64, sizeof(float) * (size_t)(l->groups * per_group + threads * scratch + 16));
+    if (!memory) return 1;
+    float *packed = memory, *scratches = memory + l->groups * per_group;
+    const int64_t blocks = (l->rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t g = 0; g < l->groups; g++)
+            for (int j = 0; j < 3; j++)
+                pack_weight(l, j, g, packed + g * per_group + (j > 0) * packed_size(l, 0) + (j > 1) * packed_size(l, 1));
+        float *mine = scratches + omp_get_thread_num() * scratch;
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t g = 0; g < l->groups; g++)
+            for (int64_t b = 0; b < blocks; b++) {
+                const int64_t first = b * BLOCK_ROWS;
+                layer_block(l, packed + g * per_group, g, first, l->rows - first < BLOCK_ROWS ? l->rows - first : BLOCK_ROWS,
+                            mine);
+            }
+    }
+    free(memory);
+    return 0;
+}
+
+/* shape: groups, rows (per group), d, hidden. tensors: a, x, Wo, bo, W1, b1, W2, b2, LN1 scale, LN1 shift, LN2
+ * scale, LN2 shift. strides: between the groups' slices of the ten parameters, in that order. */
+int sp_encoder_layer_eval(const int64_t *shape, const float *const *tensors, const int64_t *strides, const float *eps,
+                          float *y, int threads) {
+    const Layer l = {
+        .groups = shape[0], .rows = shape[1], .d = shape[2], .hidden = shape[3], .a = tensors[0], .x = tensors[1],
+        .weight = {tensors[2], tensors[4], tensors[6]}, .bias = {tensors[3], tensors[5], tensors[7]},
+        .scale = {tensors[8], tensors[10]}, .shift = {tensors[9], tensors[11]},
+        .weight_group = {strides[0], strides[2], strides[4]}, .bias_group = {strides[1], strides[3], strides[5]},
+        .scale_group = {strides[6], strides[8]}, .shift_group = {strides[7], strides[9]},
+        .eps = {eps[0], eps[1]}, .y = y};
+    return run_layer(&l, threads);
 }

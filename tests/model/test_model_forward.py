@@ -114,10 +114,10 @@ def test_layer_without_autograd_keeps_the_promoting_sum_of_mixed_dtypes(widths):
     x, attended = torch.randn(1, 3, 4, 8, generator=g), torch.randn(1, 3, 4, 8, generator=g).bfloat16()
     layer = encoder.layers[0]
     with torch.inference_mode():
-        promoted = fusion._after_attention(layer, params, x, attended.clone(), False)
+        promoted = fusion._after_projection(layer, params, x, attended.clone(), False)
         assert promoted.dtype == torch.float32
         assert torch.equal(promoted, fusion._residual_blocks(layer, params, x, attended, False))
-        same = fusion._after_attention(layer, params, x, attended.float(), False)  # in place: the same numbers
+        same = fusion._after_projection(layer, params, x, attended.float(), False)  # in place: the same numbers
         assert torch.equal(same, fusion._residual_blocks(layer, params, x, attended.float(), False))
 
 

@@ -119,13 +119,14 @@ def test_a_row_with_nowhere_to_attend_or_a_nan_score_is_nan_as_in_torch(lanes, k
 
 
 class _RecordingLibrary:
-    """The loaded kernels, noting which attention forward each call takes."""
+    """The loaded kernels, noting the calls whose names start with ``prefix`` (by default, which attention
+    forward each call takes)."""
 
-    def __init__(self, lib):
-        self.lib, self.forwards = lib, []
+    def __init__(self, lib, prefix: str = "sha_forward"):
+        self.lib, self.prefix, self.forwards = lib, prefix, []
 
     def __getattr__(self, name):
-        if name.startswith("sha_forward"):
+        if name.startswith(self.prefix):
             self.forwards.append(name)
         return getattr(self.lib, name)
 
@@ -152,6 +153,28 @@ def test_eval_and_inference_take_the_eval_path_and_weights_autograd_or_dropout_d
         assert forwards(lambda: model(x)) == eval_path
         assert forwards(lambda: model.train()(x, align=False)) == weights_path  # dropout's decisions
     assert forwards(lambda: model.eval()(x)) == weights_path  # autograd keeps the weights for the backward
+
+
+@needs_kernel
+def test_eval_and_inference_layers_take_the_fused_layer_and_autograd_or_dropout_do_not(monkeypatch):
+    """The fused layer after attention (``native.encoder_layer_eval``) is for forwards that keep nothing and drop
+    nothing: one call a layer, whether or not the attention weights are asked for."""
+    recording = _RecordingLibrary(native.library(), prefix="sp_encoder_layer")
+    monkeypatch.setattr(native, "library", lambda: recording)
+    model = DecAlign(small_config(num_layers=3), WIDTHS, 1).eval()
+    x = random_inputs(WIDTHS)
+
+    def calls(run):
+        recording.forwards.clear()
+        run()
+        return len(recording.forwards)
+
+    with torch.inference_mode():
+        assert calls(lambda: model(x)) == calls(lambda: model(x, need_attention=True)) == 3  # one batched group
+    with torch.no_grad():
+        assert calls(lambda: model(x)) == 3
+        assert calls(lambda: model.train()(x, align=False)) == 0  # dropout
+    assert calls(lambda: model.eval()(x)) == 0  # autograd keeps the intermediates for the backward
 
 
 @needs_kernel
