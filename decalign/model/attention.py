@@ -34,7 +34,8 @@ BLOCK_BYTES = 1 << 20  # measured best on the CPU among 128 KiB .. 8 MiB (less t
 
 def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None = None,
               drop: tuple[float, ...] = (0.0,), training: bool = False,
-              need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+              need_weights: bool = False, mask_by_key: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(Q K^T + mask) V over ``N`` heads in ``G`` equal groups, each with its own dropout rate.
 
     Parameters
@@ -48,6 +49,9 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     drop : attention dropout probability of each of the G groups of N / G heads (one per modality).
     training : apply the dropout.
     need_weights : also return the (N, Tq, Tk) attention weights (before dropout).
+    mask_by_key : optionally ``mask.transpose(1, 2).contiguous()``, the layout the fused kernel's eval path
+        reads, from a caller that hands the same mask to several calls (``fusion.encode``, to every layer):
+        transposed once, not once a call.
 
     Returns
     -------
@@ -58,7 +62,7 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     heads = qt.shape[:-2]
     if native.applies(qt, kt, vt):
         differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
-        out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable)
+        out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable, mask_by_key)
     else:
         flat = (t.reshape(-1, *t.shape[-2:]) for t in (qt, kt, vt))
         out, weights = _SmallHeadAttention.apply(*flat, mask, rates, need_weights)
@@ -70,20 +74,20 @@ class _FusedAttention(torch.autograd.Function):
     """The native kernel; the weights (before dropout) are kept when asked for or for the backward."""
 
     @staticmethod
-    def forward(ctx, qt, kt, vt, mask, rates, keep_weights):
+    def forward(ctx, qt, kt, vt, mask, rates, keep_weights, mask_by_key):
         keep, head_scale = _dropout_flags(qt, kt, mask, rates)
-        out, weights = native.forward(qt, kt, vt, mask, keep, head_scale, keep_weights)
+        out, weights = native.forward(qt, kt, vt, mask, keep, head_scale, keep_weights, mask_by_key=mask_by_key)
         ctx.save_for_backward(qt, kt, vt, weights, keep, head_scale)
         return _outputs(ctx, out, weights)
 
     @staticmethod
     def backward(ctx, d_out, _):
         if d_out is None:
-            return _NO_GRADIENTS
-        return (*native.backward(*ctx.saved_tensors, d_out), None, None, None)
+            return _NO_GRADIENTS + (None,)
+        return (*native.backward(*ctx.saved_tensors, d_out), None, None, None, None)
 
 
-_NO_GRADIENTS = (None,) * 6  # both Functions take six inputs
+_NO_GRADIENTS = (None,) * 6  # _SmallHeadAttention's six inputs (_FusedAttention takes a seventh)
 
 
 def _outputs(ctx, out: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

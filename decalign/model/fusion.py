@@ -93,6 +93,7 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     first = encoders[0]
     batch = queries.shape[1]
     flat_mask = None if masks is None else masks.expand(-1, batch, -1, -1).flatten(0, 1)  # (M*B, Tq, Tk)
+    mask_by_key = _eval_mask_layout(first, flat_mask, need_weights)
     params = _stacked_parameters(encoders)  # name -> (M, L, ...)
     x = _embed(first, queries)  # (M, B, Tq, d)
     keys = values = None
@@ -107,10 +108,19 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     for index, settings in enumerate(first.layers):
         layer = {name: p[index] for name, p in per_layer.items()}
         kt, vt = (keys[index], values[index]) if keys is not None else _self_projections(layer, x, first.heads)
-        x, w = _layer(settings, first.heads, layer, x, kt, vt, flat_mask, rates, need_weights)
+        x, w = _layer(settings, first.heads, layer, x, kt, vt, (flat_mask, mask_by_key), rates, need_weights)
         if need_weights:
             weights.append(w)
     return x, weights
+
+
+def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, need_weights: bool):
+    """The mask transposed, (M*B, Tk, Tq), for the attention kernel's eval path (an eval forward without autograd
+    or weights), once for all layers: transposed in every layer it cost 0.58 ms of a 14.7 ms layer at unaligned
+    MOSI lengths (32 samples, 500 queries, 425 keys). None where that path does not run."""
+    if flat_mask is None or need_weights or first.training or torch.is_grad_enabled():
+        return None
+    return flat_mask.transpose(1, 2).contiguous()
 
 
 def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
@@ -165,14 +175,15 @@ def _self_projections(layer, x: torch.Tensor, heads: int):
 
 
 def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch.Tensor, kt: torch.Tensor,
-           vt: torch.Tensor, mask, rates: tuple[float, ...], need_weights: bool):
+           vt: torch.Tensor, masks, rates: tuple[float, ...], need_weights: bool):
     """One post-norm layer of every encoder: ``first`` gives the settings, ``p`` the stacked parameters
-    (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M, B, h, hd, Tk)."""
+    (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M, B, h, hd, Tk); masks: the mask and its eval layout (either
+    may be None)."""
     train, d = first.training, x.shape[-1]
     scale = 1.0 / math.sqrt(d // heads)  # folded into the query projection
     qt = _head_projection(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale,
                           heads)
-    out, weights = attention(qt, kt, vt, mask, rates, train, need_weights)
+    out, weights = attention(qt, kt, vt, masks[0], rates, train, need_weights, mask_by_key=masks[1])
     x = _after_attention(first, p, x, _token_major(out, x.shape), train)
     averaged = weights.view(*x.shape[:2], heads, *weights.shape[1:]).mean(2) if need_weights else None
     return x, averaged

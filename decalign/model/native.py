@@ -68,14 +68,15 @@ def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
 
 def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None,
             keep: torch.Tensor | None, head_scale: torch.Tensor | None,
-            keep_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            keep_weights: bool, mask_by_key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(*H, hd, Tq) attended values and, with ``keep_weights``, the (N, Tq, Tk) weights before dropout.
 
     qt (*H, hd, Tq), kt and vt (*H, hd, Tk), any strides: N heads indexed by one to three leading
     dimensions H, in row-major order. The output is token-major underneath ((*H[:-1], Tq, H[-1], hd), the
     layout an output projection reads), returned as a view. mask: (S or 1, Tq, Tk) bool for S groups of
     N / S consecutive heads; keep: (N, Tq, Tk) bool dropout decisions, read for the heads whose
-    ``head_scale`` (N,) float32, 1 / (1 - p), is not 0.
+    ``head_scale`` (N,) float32, 1 / (1 - p), is not 0. mask_by_key: optionally the mask transposed, (S or 1, Tk,
+    Tq) contiguous, the eval path's layout (else that path transposes ``mask`` itself).
     """
     q5 = _five(qt)
     n0, n1, n2, width, queries = q5.shape
@@ -85,7 +86,9 @@ def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
     per_mask = 0 if mask is None else n0 * n1 * n2 // mask.shape[0]
     shape, strides = _layout(q5, keys, (q5, _five(kt), _five(vt), out))
     if keep is None and not keep_weights and q5.stride(-1) == 1:  # eval and inference: queries in lanes
-        mask_by_key = None if mask is None else mask.transpose(1, 2).contiguous().view(torch.uint8)
+        if mask is not None and not _is_transposed(mask_by_key, mask):
+            mask_by_key = mask.transpose(1, 2).contiguous()
+        mask_by_key = None if mask is None else mask_by_key.view(torch.uint8)
         _check(library().sha_forward_eval(shape, strides, _ptr(qt), _ptr(kt), _ptr(vt), _ptr(mask_by_key), per_mask,
                                           _ptr(out), torch.get_num_threads(), attention_lanes()))
         return out.reshape(qt.shape), None
@@ -95,6 +98,13 @@ def forward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
                                  _ptr(keep), _ptr(head_scale), _ptr(out), _ptr(weights), torch.get_num_threads(),
                                  attention_lanes()))
     return out.reshape(qt.shape), weights
+
+
+def _is_transposed(mask_by_key: torch.Tensor | None, mask: torch.Tensor) -> bool:
+    """Whether ``mask_by_key`` has the layout of ``mask.transpose(1, 2).contiguous()`` (its values are the
+    caller's word)."""
+    return (mask_by_key is not None and mask_by_key.dtype == mask.dtype and mask_by_key.is_contiguous()
+            and mask_by_key.shape == (mask.shape[0], mask.shape[2], mask.shape[1]))
 
 
 def backward(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, weights: torch.Tensor,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from decalign.model import DecAlign, native
+from decalign.model import DecAlign, fusion, native
 from decalign.model.attention import attention
 from decalign.model.dropout import _cut as dropout_cut
 from decalign.model.dropout import dropout, keep_flags, keep_flags_in_spans, keep_mask, relu_dropout
@@ -175,6 +175,34 @@ def test_eval_and_inference_layers_take_the_fused_layer_and_autograd_or_dropout_
         assert calls(lambda: model(x)) == 3
         assert calls(lambda: model.train()(x, align=False)) == 0  # dropout
     assert calls(lambda: model.eval()(x)) == 0  # autograd keeps the intermediates for the backward
+
+
+@needs_kernel
+@pytest.mark.parametrize("cross_modal", [True, False])
+def test_an_eval_forward_transposes_its_mask_once_a_call_and_masks_as_the_autograd_forward(monkeypatch, cross_modal):
+    """fusion.encode hands every layer the same mask: the eval path's layout of it is made once per call (the
+    layers' attention all get the same tensor), with the numbers of a layer transposing it itself."""
+    model = DecAlign(small_config(use_sequence_mask=True, cross_modal_attention=cross_modal, num_layers=3), WIDTHS,
+                     1).eval()
+    lengths = {"text": torch.tensor([6, 2, 4]), "audio": torch.tensor([3, 7, 5]), "vision": torch.tensor([1, 5, 3])}
+    x = random_inputs(WIDTHS, {"text": 6, "audio": 7, "vision": 5}, batch=3, seed=1)  # three groups of one
+    kept_for_backward = model(x, lengths).prediction
+    handed, real = [], native.forward
+
+    def recording(qt, kt, vt, mask, *rest, mask_by_key=None):
+        handed.append((mask, mask_by_key))
+        return real(qt, kt, vt, mask, *rest, mask_by_key=mask_by_key)
+
+    monkeypatch.setattr(native, "forward", recording)
+    with torch.inference_mode():
+        evaluated = model(x, lengths).prediction
+        monkeypatch.setattr(fusion, "_eval_mask_layout", lambda *args: None)
+        transposed_by_each_layer = model(x, lengths).prediction
+    assert len(handed) == 18 and all(by_key is None for _, by_key in handed[9:])
+    assert [len({id(by_key) for _, by_key in handed[i:i + 3]}) for i in (0, 3, 6)] == [1, 1, 1]  # one per call
+    assert all(torch.equal(by_key, mask.transpose(1, 2)) for mask, by_key in handed[:9])
+    assert torch.equal(evaluated, transposed_by_each_layer)
+    torch.testing.assert_close(evaluated, kept_for_backward, atol=1e-6, rtol=1e-5)
 
 
 @needs_kernel
