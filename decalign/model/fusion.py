@@ -125,11 +125,20 @@ def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, 
 
 def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
     """Each layer parameter of every encoder, stacked: name -> (M, L, *shape)."""
-    names = [name for name, _ in encoders[0].layers[0].named_parameters()]
-    per_encoder = [dict(e.layers.named_parameters()) for e in encoders]
-    layers = len(encoders[0].layers)
-    return {name: torch.stack([p[f"{i}.{name}"] for p in per_encoder for i in range(layers)])
-            .unflatten(0, (len(encoders), layers)) for name in names}
+    per_layer = [_parameters_of(layer) for e in encoders for layer in e.layers]  # encoder-major, as stacked
+    shape = (len(encoders), len(encoders[0].layers))
+    return {name: torch.stack([p[name] for p in per_layer]).unflatten(0, shape) for name in per_layer[0]}
+
+
+def _parameters_of(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``dict(module.named_parameters())``, in its order, without its bookkeeping for shared parameters (none in
+    a layer): the walk took half of ``_stacked_parameters``' 0.28 ms a forward (it is made every forward, as the
+    parameters may change between forwards)."""
+    found = {prefix + name: p for name, p in module._parameters.items() if p is not None}
+    for name, child in module._modules.items():
+        if child is not None:
+            found.update(_parameters_of(child, f"{prefix}{name}."))
+    return found
 
 
 def _embed(encoder: CrossModalEncoder, x: torch.Tensor) -> torch.Tensor:

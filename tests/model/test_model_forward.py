@@ -273,3 +273,23 @@ def test_bad_inputs_name_the_modality(widths):
         model(dict(x, audio=torch.randn(4, 5, 5)))
     with pytest.raises(ValueError, match="at least two modalities"):
         DecAlign(small_config(), {"text": 3}, 1)
+
+
+def test_stacked_parameters_are_every_encoders_layers_parameters_by_name(widths):
+    """fusion walks the layers itself (not named_parameters): the same names in the same order, each slice the
+    parameter's values, and a parameter replaced or changed in place is seen by the next forward."""
+    model = DecAlign(small_config(num_layers=3), widths, 1)
+    encoders = [model.transformers[m] for m in widths]
+    stacked = fusion._stacked_parameters(encoders)
+    layer_names = [name for name, _ in encoders[0].layers[0].named_parameters()]
+    assert list(stacked) == layer_names and len(layer_names) == 12
+    for i, encoder in enumerate(encoders):
+        for name, p in encoder.layers.named_parameters():
+            layer, name = name.split(".", 1)
+            assert torch.equal(stacked[name][i, int(layer)], p)
+    with torch.no_grad():
+        encoders[1].layers[2].fc2.bias.add_(1.0)
+    encoders[2].layers[0].attn_layer_norm.weight = torch.nn.Parameter(torch.full((8,), 3.0))
+    again = fusion._stacked_parameters(encoders)
+    assert torch.equal(again["fc2.bias"][1, 2], stacked["fc2.bias"][1, 2] + 1.0)
+    assert torch.equal(again["attn_layer_norm.weight"][2, 0], torch.full((8,), 3.0))
