@@ -357,18 +357,18 @@ def encoder_layer_eval(x: torch.Tensor, attended: torch.Tensor, parameters: list
     """A post-norm encoder layer after its attention, in eval (``small_products.c``'s fused layer): for each
     group m, ``LN2(x1 + W2 relu(W1 x1 + b1) + b2)`` with ``x1 = LN1(x + Wo a + bo)``. x and the attention's
     token-major output ``attended``: (M, ..., d); parameters: Wo (M, d, d), bo, W1 (M, hidden, d), b1, W2
-    (M, d, hidden), b2, then LN1's and LN2's scale and shift (M, d), as ``_LAYER_PARAMETERS`` orders them.
-    Returns the result, written over ``attended`` (nothing may need it)."""
+    (M, d, hidden), b2, then LN1's and LN2's scale and shift (M, d), as ``fusion._AFTER_ATTENTION`` orders
+    them. Returns the result, written over ``attended`` (nothing may need it)."""
     groups, hidden, width = parameters[2].shape
     expected = [(groups, width, width), (groups, width), (groups, hidden, width), (groups, hidden),
                 (groups, width, hidden)] + [(groups, width)] * 5
-    if [tuple(t.shape) for t in parameters] != expected or x.shape != attended.shape or x.shape[0] != groups or (
+    if [t.shape for t in parameters] != expected or x.shape != attended.shape or x.shape[0] != groups or (
             x.shape[-1] != width):
         raise ValueError(f"encoder_layer_eval takes x and attended (M, ..., d) and the layer's parameters "
                          f"{expected}: got x {tuple(x.shape)}, attended {tuple(attended.shape)}, parameters "
                          f"{[tuple(t.shape) for t in parameters]}")
     x, attended = x.contiguous(), attended.contiguous()
-    parameters = [t if t[0].is_contiguous() else t.contiguous() for t in parameters]  # each group's slice
+    parameters = [t if _slices_contiguous(t) else t.contiguous() for t in parameters]
     shape = (ctypes.c_int64 * 4)(groups, x.numel() // (groups * width), width, hidden)
     pointers = (ctypes.c_void_p * 12)(_ptr(attended), _ptr(x), *map(_ptr, parameters))
     strides = (ctypes.c_int64 * 10)(*(t.stride(0) for t in parameters))
@@ -376,6 +376,12 @@ def encoder_layer_eval(x: torch.Tensor, attended: torch.Tensor, parameters: list
                                        torch.get_num_threads()):
         raise MemoryError("the fused encoder layer could not allocate its scratch")
     return attended
+
+
+def _slices_contiguous(t: torch.Tensor) -> bool:
+    """Whether each group's slice ``t[m]`` of a (M, n) or (M, n, k) parameter is contiguous (a layer's slice of the
+    stacked parameters is: read where it lies), without making the M views (6 us of a fused layer's call)."""
+    return t.stride(-1) == 1 and (t.dim() == 2 or t.stride(1) == t.shape[2])
 
 
 def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inverse_std: torch.Tensor,
