@@ -601,3 +601,19 @@ def test_flag_blocks_refuse_spans_past_their_flags():
         native.dropout_flag_blocks([1, 2], [(0, 6, -100, 0.5)], np.zeros(10, dtype=bool))
     with pytest.raises(ValueError, match="contiguous bool"):
         native.dropout_flag_blocks([1], [(0, 6, -100, 0.5)], np.zeros(10, dtype=np.uint8))
+
+
+@needs_kernel
+@pytest.mark.parametrize("keep_weights", [False, True], ids=["eval path", "key-lane path"])
+def test_two_keys_give_the_sigmoid_of_their_score_gap_to_the_exponentials_precision(lanes, keep_weights):
+    """One query against scores (q, 0) and values (1, 0) attends sigmoid(q): the exponentials' error, seen
+    directly. The key-lane path's base-e polynomial is within 2e-7 everywhere; the eval path's degree-5 base-2
+    one within 3e-7 for gaps up to 5, and up to 20 within the 1.5e-6 that rounding q log2(e) to float costs."""
+    q = torch.linspace(-20, 20, 97).view(1, 1, 97)  # 97 queries: two vectors and a tail, at either width
+    out = native.forward(q, torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[1.0, 0.0]]]), None, None, None,
+                         keep_weights=keep_weights)[0]
+    expected = torch.sigmoid(q.double())
+    error = ((out.double() - expected) / expected).abs()[0, 0]
+    near = q[0, 0].abs() <= 5
+    assert error[near].max() < (2e-7 if keep_weights else 3e-7)
+    assert error.max() < (2e-7 if keep_weights else 1.5e-6)
