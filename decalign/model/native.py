@@ -11,7 +11,8 @@ an update where numpy made a dozen calls; the EM kernel runs ``decalign.model.of
 reverses the same way. The LayerNorm kernel runs a post-norm layer's residual sum, normalisation, and
 per-encoder scale and shift (and their backward) in one pass a row, where torch ran four operators forward and
 six backward over the whole tensor. The products kernel runs the layers' batched matrix products, whose
-inner dimension (40 to 160 at MOSI shapes) is too short for MKL's blocking.
+inner dimension (40 to 160 at MOSI shapes) is too short for MKL's blocking, and in eval a layer's whole work after
+its attention in one call (``encoder_layer_eval``).
 
 The library is built with the system's C compiler (``$CC``, else ``cc`` or ``gcc``; about 1 s) the first
 time a process needs it, into ``build/`` beside this file (``scripts/install.sh`` builds it there ahead),

@@ -6,7 +6,8 @@
  * here. This computes C in tiles of 6 rows by 16 columns held in twelve AVX2 registers for the whole K loop,
  * one broadcast of A and two loads of B per six pairs of fused multiply-adds. B is read in place where its rows
  * are contiguous, else copied once into 16-column panels. Each element of C is summed by one thread over k in
- * order, so results do not depend on the thread count. Built and loaded by native.py with the other kernels
+ * order, so results do not depend on the thread count. In eval, sp_encoder_layer_eval runs a whole encoder layer
+ * after its attention through the same tiles (see below). Built and loaded by native.py with the other kernels
  * (-mavx2 -mfma -fopenmp).
  */
 #include <omp.h>
