@@ -116,8 +116,8 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
 
 def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, need_weights: bool):
     """The mask transposed, (M*B, Tk, Tq), for the attention kernel's eval path (an eval forward without autograd
-    or weights), once for all layers: transposed in every layer it cost 0.58 ms of a 14.7 ms layer at unaligned
-    MOSI lengths (32 samples, 500 queries, 425 keys). None where that path does not run."""
+    or weights), once for all layers: transposed in every layer, a masked eval forward at unaligned MOSI lengths
+    (50, 375 and 500 steps, batch 32) took 264 ms instead of 232 ms. None where that path does not run."""
     if flat_mask is None or need_weights or first.training or torch.is_grad_enabled():
         return None
     return flat_mask.transpose(1, 2).contiguous()
