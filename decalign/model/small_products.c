@@ -104,8 +104,11 @@ static void tiles(const Product *p, const float *packed, int64_t packed_from, in
         const int64_t width = p->n - PANEL * q < PANEL ? p->n - PANEL * q : PANEL;
         const int in_place = q < packed_from, vectors = width > 8 ? 2 : 1;
         const float *column_bias = bias && p->bias_along == 2 ? bias + PANEL * q : NULL;
-        float padded[PANEL] = {0}; /* a partial panel's column biases: the tile loads whole vectors */
-        if (column_bias && width < 8 * vectors) column_bias = memcpy(padded, column_bias, sizeof(float) * width);
+        float padded[PANEL]; /* a partial panel's column biases: the tile loads whole vectors */
+        if (column_bias && width < 8 * vectors) {
+            memset(padded, 0, sizeof padded);
+            column_bias = memcpy(padded, column_bias, sizeof(float) * width);
+        }
         const float *panel = in_place ? p->b + g * p->b_group + PANEL * q
                                       : packed + ((g * (panels - packed_from)) + q - packed_from) * p->k * PANEL;
         any_tile((int)rows, vectors, p->k, p->a + g * p->a_group + row * p->a_row, p->a_row, p->a_k, panel,
@@ -182,16 +185,27 @@ typedef struct {
 
 static int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
 
+/* Product j's inner and output widths: Wo d to d, W1 d to hidden, W2 hidden to d. */
+static int64_t inputs_of(const Layer *l, int j) { return j == 2 ? l->hidden : l->d; }
+static int64_t outputs_of(const Layer *l, int j) { return j == 1 ? l->hidden : l->d; }
+
 /* Product j's weight as its transpose in zero-padded panels of 16 columns (K x 16 each), then its bias padded
- * to whole panels, for every group: the layout `tile` reads. Returns the floats one group's copy takes. */
+ * to whole panels, for every group: the layout `tile` reads. packed_size: the floats one product takes;
+ * packed_at: where product j starts in a group's copy (the three one after another). */
 static int64_t packed_size(const Layer *l, int j) {
-    const int64_t in = j == 2 ? l->hidden : l->d, out = j == 1 ? l->hidden : l->d;
-    return panels_of(out) * PANEL * (in + 1);
+    return panels_of(outputs_of(l, j)) * PANEL * (inputs_of(l, j) + 1);
+}
+
+static int64_t packed_at(const Layer *l, int j) {
+    int64_t at = 0;
+    for (int before = 0; before < j; before++) at += packed_size(l, before);
+    return at;
 }
 
 static void pack_weight(const Layer *l, int j, int64_t g, float *into) {
-    const int64_t in = j == 2 ? l->hidden : l->d, out = j == 1 ? l->hidden : l->d, panels = panels_of(out);
-    const Product transposed = {.k = in, .n = out, .b = l->weight[j], .b_group = l->weight_group[j], .b_k = 1, .b_n = in};
+    const int64_t in = inputs_of(l, j), out = outputs_of(l, j), panels = panels_of(out);
+    const Product transposed = {.k = in, .n = out, .b = l->weight[j], .b_group = l->weight_group[j], .b_k = 1,
+                                .b_n = in};
     for (int64_t q = 0; q < panels; q++) pack(&transposed, g, q, into + q * in * PANEL);
     float *bias = into + panels * in * PANEL;
     for (int64_t i = 0; i < panels * PANEL; i++) bias[i] = i < out ? l->bias[j][g * l->bias_group[j] + i] : 0.0f;
@@ -214,7 +228,7 @@ static void block_product(int64_t n, int64_t in, int64_t out, const float *a, in
 static void layer_block(const Layer *l, const float *packed, int64_t g, int64_t first, int64_t n, float *scratch) {
     const int64_t d = l->d, hidden = l->hidden, ld_d = panels_of(d) * PANEL, ld_h = panels_of(hidden) * PANEL;
     const int64_t at = (g * l->rows + first) * d;
-    const float *wo = packed, *w1 = wo + packed_size(l, 0), *w2 = w1 + packed_size(l, 1);
+    const float *wo = packed + packed_at(l, 0), *w1 = packed + packed_at(l, 1), *w2 = packed + packed_at(l, 2);
     float *x1 = scratch, *h = x1 + BLOCK_ROWS * ld_d, *sums = h + BLOCK_ROWS * ld_h, row[ld_d];
     block_product(n, d, d, l->a + at, d, wo, sums, ld_d);
     for (int64_t i = 0; i < n; i++)
@@ -235,9 +249,10 @@ static void layer_block(const Layer *l, const float *packed, int64_t g, int64_t 
  * memory could not be had. */
 static int run_layer(const Layer *l, int threads) {
     threads = threads < 1 ? 1 : threads;
-    const int64_t per_group = packed_size(l, 0) + packed_size(l, 1) + packed_size(l, 2);
+    const int64_t per_group = packed_at(l, 3);
     const int64_t scratch = BLOCK_ROWS * (2 * panels_of(l->d) + panels_of(l->hidden)) * PANEL;
-    float *memory = aligned_alloc(64, sizeof(float) * (size_t)(l->groups * per_group + threads * scratch + 16));
+    /* both parts are whole panels of 16 floats, so the size is a multiple of the alignment, as aligned_alloc asks */
+    float *memory = aligned_alloc(64, sizeof(float) * (size_t)(l->groups * per_group + threads * scratch));
     if (!memory) return 1;
     float *packed = memory, *scratches = memory + l->groups * per_group;
     const int64_t blocks = (l->rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
@@ -246,14 +261,14 @@ static int run_layer(const Layer *l, int threads) {
 #pragma omp for schedule(static) collapse(2)
         for (int64_t g = 0; g < l->groups; g++)
             for (int j = 0; j < 3; j++)
-                pack_weight(l, j, g, packed + g * per_group + (j > 0) * packed_size(l, 0) + (j > 1) * packed_size(l, 1));
+                pack_weight(l, j, g, packed + g * per_group + packed_at(l, j));
         float *mine = scratches + omp_get_thread_num() * scratch;
 #pragma omp for schedule(static) collapse(2)
         for (int64_t g = 0; g < l->groups; g++)
             for (int64_t b = 0; b < blocks; b++) {
                 const int64_t first = b * BLOCK_ROWS;
-                layer_block(l, packed + g * per_group, g, first, l->rows - first < BLOCK_ROWS ? l->rows - first : BLOCK_ROWS,
-                            mine);
+                const int64_t count = l->rows - first < BLOCK_ROWS ? l->rows - first : BLOCK_ROWS;
+                layer_block(l, packed + g * per_group, g, first, count, mine);
             }
     }
     free(memory);
