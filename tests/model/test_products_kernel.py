@@ -33,11 +33,14 @@ def operands(groups, m, k, n, seed=0):
 
 
 def layouts(b):
-    """B as it comes: contiguous (read in place), transposed (copied into panels), a slice with a row gap."""
+    """B as it comes: contiguous (read in place), transposed (copied into panels, whole ones 8 x 8 at a time), a
+    slice with a row gap, and transposed with a gap between its columns (a slice of X in B = X^T)."""
     padded = torch.zeros(b.shape[0], b.shape[1], b.shape[2] + 3)
     padded[..., : b.shape[2]] = b
+    columns_padded = torch.zeros(b.shape[0], b.shape[2], b.shape[1] + 3)
+    columns_padded[..., : b.shape[1]] = b.transpose(1, 2)
     return {"contiguous": b, "transposed": b.transpose(1, 2).contiguous().transpose(1, 2),
-            "row gap": padded[..., : b.shape[2]]}
+            "row gap": padded[..., : b.shape[2]], "column gap": columns_padded[..., : b.shape[1]].transpose(1, 2)}
 
 
 @needs_kernel
