@@ -62,6 +62,8 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     heads = qt.shape[:-2]
     if native.applies(qt, kt, vt):
         differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
+        if not (differentiable or need_weights or any(rates)):  # eval: the kernel itself, no autograd node
+            return native.forward(qt, kt, vt, mask, None, None, False, mask_by_key=mask_by_key)
         out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable, mask_by_key)
     else:
         flat = (t.reshape(-1, *t.shape[-2:]) for t in (qt, kt, vt))

@@ -249,3 +249,35 @@ def test_column_biases_of_a_partial_panel_are_read_within_the_bias():
     child = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
     assert child.returncode == 0, f"the product read past the bias (exit {child.returncode}): {child.stderr[-2000:]}"
+
+
+@needs_kernel
+def test_eval_runs_the_kernels_without_autograd_functions_and_training_through_them(monkeypatch):
+    """Without autograd (eval, inference) the products and the attention call their kernels directly: an autograd
+    Function's ``apply`` took 0.18 ms of a forward (README "What changed at stop 47"). With it, the Functions run,
+    so that the backward exists: the products give the same bits, the attention's kernel with the weights kept (for
+    its backward) the eval path's values to rounding."""
+    from decalign.model import attention as attention_module
+
+    gen = torch.Generator().manual_seed(3)
+    x, weight, bias = torch.randn(2, 30, 8, generator=gen), torch.randn(2, 12, 8, generator=gen), torch.randn(2, 12)
+    qt, kt, vt = (torch.randn(2, 3, 4, steps, generator=gen) for steps in (6, 9, 9))
+    calls = []
+    for name, function in (("linear", products._Linear), ("feature_major", products._FeatureMajor),
+                           ("attention", attention_module._FusedAttention)):
+        original = function.apply
+        monkeypatch.setattr(function, "apply", lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+
+    def run():
+        return (products.linear(x, weight, bias), products.feature_major(x, weight, bias),
+                attention_module.attention(qt, kt, vt)[0])
+
+    weight.requires_grad_(True)
+    qt.requires_grad_(True)
+    with torch.no_grad():
+        evaluated = run()
+    assert calls == []
+    trained = run()
+    assert calls == ["linear", "feature_major", "attention"] and all(t.requires_grad for t in trained)
+    assert torch.equal(evaluated[0], trained[0].detach()) and torch.equal(evaluated[1], trained[1].detach())
+    torch.testing.assert_close(evaluated[2], trained[2].detach(), rtol=1e-6, atol=1e-6)
