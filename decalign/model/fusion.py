@@ -95,6 +95,7 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     flat_mask = None if masks is None else masks.expand(-1, batch, -1, -1).flatten(0, 1)  # (M*B, Tq, Tk)
     mask_by_key = _eval_mask_layout(first, flat_mask, need_weights)
     params = _stacked_parameters(encoders)  # name -> (M, L, ...)
+    params.update(_scaled_queries(params, first.heads))
     x = _embed(first, queries)  # (M, B, Tq, d)
     keys = values = None
     if memories is not None:
@@ -121,6 +122,15 @@ def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, 
     if flat_mask is None or need_weights or first.training or torch.is_grad_enabled():
         return None
     return flat_mask.transpose(1, 2).contiguous()
+
+
+def _scaled_queries(params: dict[str, torch.Tensor], heads: int) -> dict[str, torch.Tensor]:
+    """Every layer's query projection (M, L, d, d) and bias, times 1 / sqrt(head width) (the scores' scale folded
+    into the queries): two operators for all layers, not two a layer."""
+    weight, bias = params["self_attn.in_proj_weight"], params["self_attn.in_proj_bias"]
+    d = weight.shape[-1]
+    scale = 1.0 / math.sqrt(d // heads)
+    return {"query.weight": weight[:, :, :d] * scale, "query.bias": bias[:, :, :d] * scale}
 
 
 def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
@@ -188,10 +198,8 @@ def _layer(first: EncoderLayer, heads: int, p: dict[str, torch.Tensor], x: torch
     """One post-norm layer of every encoder: ``first`` gives the settings, ``p`` the stacked parameters
     (name -> (M, ...)); x (M, B, Tq, d); kt, vt (M, B, h, hd, Tk); masks: the mask and its eval layout (either
     may be None)."""
-    train, d = first.training, x.shape[-1]
-    scale = 1.0 / math.sqrt(d // heads)  # folded into the query projection
-    qt = _head_projection(x, p["self_attn.in_proj_weight"][:, :d] * scale, p["self_attn.in_proj_bias"][:, :d] * scale,
-                          heads)
+    train = first.training
+    qt = _head_projection(x, p["query.weight"], p["query.bias"], heads)  # scaled (_scaled_queries)
     out, weights = attention(qt, kt, vt, masks[0], rates, train, need_weights, mask_by_key=masks[1])
     x = _after_attention(first, p, x, _token_major(out, x.shape), train)
     averaged = weights.view(*x.shape[:2], heads, *weights.shape[1:]).mean(2) if need_weights else None
