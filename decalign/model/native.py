@@ -62,7 +62,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 def applies(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> bool:
     """Whether the kernel takes these queries, keys and values (and is available here): float32 on the CPU,
     one to three head dimensions (``_five``), heads up to ``MAX_HEAD_WIDTH`` wide."""
-    return (qt.device.type == "cpu" and qt.dtype == kt.dtype == vt.dtype == torch.float32
+    return (qt.is_cpu and qt.dtype == kt.dtype == vt.dtype == torch.float32
             and 3 <= qt.dim() <= 5 and 1 <= qt.shape[-2] <= MAX_HEAD_WIDTH and not torch.compiler.is_compiling()
             and library() is not None)
 
@@ -299,7 +299,7 @@ def em_reverse(tape: EMTape, grads: list[np.ndarray]) -> np.ndarray:
 def layer_norm_applies(*tensors: torch.Tensor) -> bool:
     """Whether the residual LayerNorm kernel takes these tensors (and is available here): float32 on the CPU,
     outside ``torch.compile``."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return (all(t.is_cpu and t.dtype is torch.float32 for t in tensors)  # is_cpu: a third of device.type's time
             and not torch.compiler.is_compiling() and library() is not None)
 
 
