@@ -120,16 +120,28 @@ static inline TARGET VEC NAME(exp_nonpositive)(VEC x) {
 
 /* 2^y for y <= 0 or NaN: a degree-5 polynomial (its fit to 2^r on [-1/2, 1/2] within 1.7e-7 evaluated in float; the
  * degree-6 fit of stop 45, within 7.9e-8, cost 5% more of an eval attention layer, and the eval path's error is the
- * rounding of q log2(e) to float more than either: see the sigmoid test) times 2^n for n = y rounded, rounded as in
- * exp_nonpositive; the clamp at -127 makes 2^-127's exponent bits 0, so 2^-inf is exactly 0. Six multiplies and adds
- * on the FMA units where exp_nonpositive takes ten: the queries-in-lanes path scores in base 2 (its queries scaled
- * by log2(e)). */
+ * rounding of q log2(e) to float more than either: see the sigmoid test) at r = y - n, times 2^n for n = y rounded;
+ * exactly 0 for y at or below -126.5 (so 2^-inf is 0), NaN for NaN. Six multiplies and adds on the FMA units where
+ * exp_nonpositive takes ten: the queries-in-lanes path scores in base 2 (its queries scaled by log2(e)).
+ * At 16 lanes AVX-512 rounds n in one instruction (ties to even) and scales by 2^n in another, whose mask zeroes the
+ * lanes at or below -126.5 (NaN compares unordered and is kept): an eval attention layer at MOSI shapes took 0.20 ms
+ * less on one thread, 0.04 ms less on two (40 alternating rounds of two builds in one process, faster in 31 of 40
+ * each) than with the rounding by adding 1.5 * 2^23 and the power built by a shift and multiplied, which the 8-lane
+ * path keeps (its clamp at -127 makes 2^-127's exponent bits 0). The two round halfway cases apart (to even here, to
+ * odd there), and agree elsewhere to the bit. */
 static inline TARGET VEC NAME(exp2_nonpositive)(VEC y) {
+#if LANES == 16
+    const __mmask16 kept = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-126.5f), _CMP_NLE_UQ);
+    const VEC n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_maskz_scalef_ps(kept, NAME(horner)(_mm512_sub_ps(y, n), EXP2_FIT, sizeof EXP2_FIT / sizeof *EXP2_FIT),
+                                  n);
+#else
     const VEC round_bias = VOP(set1_ps)(12583039.0f);  /* 1.5 * 2^23 + 127 */
     y = VOP(max_ps)(VOP(set1_ps)(-127.0f), y);
     const VEC biased = VOP(add_ps)(y, round_bias);
     const VEC r = VOP(sub_ps)(y, VOP(sub_ps)(biased, round_bias));
     return NAME(times_two_to)(NAME(horner)(r, EXP2_FIT, sizeof EXP2_FIT / sizeof *EXP2_FIT), biased);
+#endif
 }
 
 /* One head, one pass of scores (kept in `row`, -inf where not allowed) and one of exponentials applied to the

@@ -617,3 +617,19 @@ def test_two_keys_give_the_sigmoid_of_their_score_gap_to_the_exponentials_precis
     near = q[0, 0].abs() <= 5
     assert error[near].max() < (2e-7 if keep_weights else 3e-7)
     assert error.max() < (2e-7 if keep_weights else 1.5e-6)
+
+
+@needs_kernel
+def test_the_eval_paths_exponential_is_exactly_zero_below_two_to_the_minus_126_and_a_power_of_two_above(lanes):
+    """One query, scores (0, -g) over values (0, 1), attends 2^y / (1 + 2^y) with y = -g log2(e): the eval path's
+    2^y is exactly 0 at or below y = -126.5 and the normal (or just subnormal) power of two above it, at both widths
+    (AVX-512 rounds and scales with roundscale and a masked scalef, 8 lanes by adding 1.5 * 2^23 and a shift)."""
+    y = torch.tensor([-0.5, -1.5, -20.0, -100.0, -120.0, -125.9, -126.4, -126.6, -127.5, -130.0, -200.0, -1000.0])
+    gaps = (-y / math.log2(math.e)).view(1, 1, -1)
+    out = native.forward(gaps, torch.tensor([[[0.0, -1.0]]]), torch.tensor([[[0.0, 1.0]]]), None, None, None,
+                         keep_weights=False)[0][0, 0]
+    expected = torch.exp(-gaps[0, 0].double()) / (1 + torch.exp(-gaps[0, 0].double()))
+    assert torch.equal(out[7:], torch.zeros(5)), out[7:]
+    assert (out[:7] > 0).all()
+    torch.testing.assert_close(out[:5].double(), expected[:5], rtol=3e-6, atol=0.0)
+    torch.testing.assert_close(out[5:7].double(), expected[5:7], rtol=1e-2, atol=0.0)  # subnormal: fewer bits
