@@ -101,6 +101,8 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     if memories is not None:
         key_in = _embed(first, memories)
         value_in = _embed(first, memories) if first.training and first.embed_dropout > 0 else key_in
+        if _in_one_call(first, params, x, key_in, value_in, need_weights):
+            return _encode_in_one_call(first, params, x, key_in, flat_mask, mask_by_key), []
         keys, values = _memory_projections(params, key_in, value_in, first.heads)  # L x (M, B, h, hd, Tk)
     rates = tuple(e.layers[0].self_attn.dropout for e in encoders)
     # unbind, not indexing: the backward of L slices would build L full-size gradients and add them up
@@ -113,6 +115,26 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
         if need_weights:
             weights.append(w)
     return x, weights
+
+
+def _in_one_call(first: CrossModalEncoder, params, x: torch.Tensor, key_in: torch.Tensor, value_in: torch.Tensor,
+                 need_weights: bool) -> bool:
+    """Whether every layer runs in one native call (``native.encoder_eval``): in eval without autograd or weights,
+    with a memory whose keys and values are one product, where the kernels take these tensors."""
+    return (not (first.training or torch.is_grad_enabled() or need_weights) and value_in is key_in
+            and x.shape[-1] // first.heads <= native.MAX_HEAD_WIDTH
+            and native.products_apply(x, key_in, *(params[name] for name in _IN_ONE_CALL)))
+
+
+def _encode_in_one_call(first: CrossModalEncoder, params, x: torch.Tensor, key_in: torch.Tensor,
+                        flat_mask: torch.Tensor | None, mask_by_key: torch.Tensor | None) -> torch.Tensor:
+    """Every layer as the loop of :func:`encode` runs it in eval, in one call: the same kernels in the same order, so
+    the same bits, without the Python between them (README "What changed at stop 47")."""
+    kv = _memory_product(params, key_in, first.heads)  # (M, L, 2, h, hd, B, Tk)
+    layer = first.layers[0]
+    return native.encoder_eval(x, [params[name] for name in _IN_ONE_CALL], kv, first.heads,
+                               (layer.attn_layer_norm.eps, layer.final_layer_norm.eps),
+                               None if flat_mask is None else mask_by_key)
 
 
 def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, need_weights: bool):
@@ -166,17 +188,27 @@ def _memory_projections(params, key_in: torch.Tensor, value_in: torch.Tensor, he
     permuted: the backward stacks the layers' gradients into that layout, which the product's backward reads
     as it is. Unbinding after permuting the layers to the front cost a 7.7 MB copy more per projection and step
     at MOSI shapes, to bring the stacked gradients back into the product's layout."""
-    weight, bias = params["self_attn.in_proj_weight"], params["self_attn.in_proj_bias"]  # (M, L, 3d, d)
-    layers, d = weight.shape[1], weight.shape[3]
-    weight = weight[:, :, d:].unflatten(2, (2, d))  # (M, L, k|v, d, d)
-    bias = bias[:, :, d:].unflatten(2, (2, d))
     if key_in is value_in:  # no separate dropout: one product for keys and values
-        kv = _product_layout(key_in, weight.flatten(1, 3), bias.flatten(1), heads, (layers, 2))
-        pairs = [layer.unbind(1) for layer in kv.unbind(1)]  # L x (keys, values), each (M, h, hd, B, Tk)
-        return [_heads_first(k) for k, _ in pairs], [_heads_first(v) for _, v in pairs]
+        pairs = [layer.unbind(1) for layer in _memory_product(params, key_in, heads).unbind(1)]
+        return [_heads_first(k) for k, _ in pairs], [_heads_first(v) for _, v in pairs]  # each (M, h, hd, B, Tk)
+    weight, bias = _key_value_parameters(params)
+    layers = weight.shape[1]
     keys = _product_layout(key_in, weight[:, :, 0].flatten(1, 2), bias[:, :, 0].flatten(1), heads, (layers,))
     values = _product_layout(value_in, weight[:, :, 1].flatten(1, 2), bias[:, :, 1].flatten(1), heads, (layers,))
     return [_heads_first(k) for k in keys.unbind(1)], [_heads_first(v) for v in values.unbind(1)]
+
+
+def _memory_product(params, key_in: torch.Tensor, heads: int) -> torch.Tensor:
+    """Every layer's keys and values of one memory in one product, in its own layout (M, L, 2, h, hd, B, Tk)."""
+    weight, bias = _key_value_parameters(params)
+    return _product_layout(key_in, weight.flatten(1, 3), bias.flatten(1), heads, (weight.shape[1], 2))
+
+
+def _key_value_parameters(params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys' and values' projections of every layer: (M, L, k|v, d, d) and (M, L, k|v, d), views."""
+    weight, bias = params["self_attn.in_proj_weight"], params["self_attn.in_proj_bias"]  # (M, L, 3d, d)
+    d = weight.shape[3]
+    return weight[:, :, d:].unflatten(2, (2, d)), bias[:, :, d:].unflatten(2, (2, d))
 
 
 def _heads_first(x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +256,7 @@ def _after_attention(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.T
 _AFTER_ATTENTION = ("self_attn.out_proj.weight", "self_attn.out_proj.bias", "fc1.weight", "fc1.bias", "fc2.weight",
                     "fc2.bias", "attn_layer_norm.weight", "attn_layer_norm.bias", "final_layer_norm.weight",
                     "final_layer_norm.bias")  # in the order native.encoder_layer_eval takes them
+_IN_ONE_CALL = ("query.weight", "query.bias", *_AFTER_ATTENTION)  # in the order native.encoder_eval takes them
 
 
 def _after_projection(first: EncoderLayer, p: dict[str, torch.Tensor], x: torch.Tensor, attended: torch.Tensor,

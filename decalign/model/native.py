@@ -379,6 +379,44 @@ def encoder_layer_eval(x: torch.Tensor, attended: torch.Tensor, parameters: list
     return attended
 
 
+def encoder_eval(x: torch.Tensor, parameters: list[torch.Tensor], kv: torch.Tensor, heads: int,
+                 eps: tuple[float, float], mask_by_key: torch.Tensor | None = None) -> torch.Tensor:
+    """Every layer of M stacked cross-modal encoders in eval, in one call (``small_products.c``'s
+    ``sp_encoder_eval``): each layer's queries' projection, its attention (the eval path) and the rest of the layer
+    (:func:`encoder_layer_eval`), as ``fusion.encode`` runs them call by call, with the same bits. x (M, B, T, d), the
+    first layer's input; parameters: the queries' weight (M, L, d, d) and bias (M, L, d), already scaled by
+    1 / sqrt(d / heads), then :func:`encoder_layer_eval`'s ten, each (M, L, ...); kv (M, L, 2, heads, d / heads, B,
+    Tk): every layer's keys and values of the memory; mask_by_key: (M * B, Tk, T) bool, True where a query may attend,
+    or None. Returns the last layer's output (M, B, T, d)."""
+    groups, batch, steps, width = x.shape
+    layers, hidden, keys = parameters[0].shape[1], parameters[4].shape[2], kv.shape[-1]
+    shapes = [(width, width), (width,), (width, width), (width,), (hidden, width), (hidden,), (width, hidden)] + [
+        (width,)] * 5
+    expected = [(groups, layers, *shape) for shape in shapes]
+    kv_shape, mask_shape = (groups, layers, 2, heads, width // heads, batch, keys), (groups * batch, keys, steps)
+    if ([t.shape for t in parameters] != expected or kv.shape != kv_shape or width % heads or (
+            mask_by_key is not None and mask_by_key.shape != mask_shape)):
+        raise ValueError(f"encoder_eval takes x (M, B, T, d), parameters {expected}, kv {kv_shape} and a mask "
+                         f"{mask_shape} (M * B, Tk, T): got x {tuple(x.shape)}, parameters "
+                         f"{[tuple(t.shape) for t in parameters]}, kv {tuple(kv.shape)}, mask "
+                         f"{None if mask_by_key is None else tuple(mask_by_key.shape)}")
+    x, kv = x.contiguous(), kv.contiguous()
+    parameters = [t if t.stride(-1) == 1 and (t.dim() == 3 or t.stride(2) == t.shape[3]) else t.contiguous()
+                  for t in parameters]  # each (m, l) slice contiguous: read where it lies
+    mask = None if mask_by_key is None else mask_by_key.contiguous().view(torch.uint8)
+    buffers = [x.new_empty(groups, width, batch * steps), torch.empty_like(x), torch.empty_like(x)]
+    dims = (ctypes.c_int64 * 8)(layers, groups, batch, steps, keys, width, hidden, heads)
+    strides = (ctypes.c_int64 * 24)(*(s for t in parameters for s in t.stride()[:2]))
+    status = library().sp_encoder_eval(dims, _ptr(x), (ctypes.c_void_p * 12)(*map(_ptr, parameters)), strides,
+                                       _ptr(kv), _ptr(mask), 0 if mask is None else heads, (ctypes.c_float * 2)(*eps),
+                                       (ctypes.c_void_p * 3)(*map(_ptr, buffers)), torch.get_num_threads(),
+                                       attention_lanes())
+    if status == 1:
+        raise MemoryError("the encoder's kernels could not allocate their scratch")
+    _check(status)
+    return buffers[1 + (layers - 1) % 2]
+
+
 def _slices_contiguous(t: torch.Tensor) -> bool:
     """Whether each group's slice ``t[m]`` of a (M, n) or (M, n, k) parameter is contiguous (a layer's slice of the
     stacked parameters is: read where it lies), without making the M views (6 us of a fused layer's call)."""
@@ -560,6 +598,8 @@ def _load() -> ctypes.CDLL | None:
     lib.sp_product.restype = ctypes.c_int
     lib.sp_encoder_layer_eval.argtypes = [ptr] * 5 + [ctypes.c_int]
     lib.sp_encoder_layer_eval.restype = ctypes.c_int
+    lib.sp_encoder_eval.argtypes = [ptr] * 6 + [size, ptr, ptr, ctypes.c_int, ctypes.c_int]
+    lib.sp_encoder_eval.restype = ctypes.c_int
     return lib
 
 

@@ -327,3 +327,53 @@ int sp_encoder_layer_eval(const int64_t *shape, const float *const *tensors, con
         .eps = {eps[0], eps[1]}, .y = y};
     return run_layer(&l, threads);
 }
+
+/* ---- Every layer of the stacked encoders in eval, in one call ----
+ *
+ * For each layer l, as fusion's per-layer calls run them: the queries' projection, feature-major (`run`), the
+ * attention's eval path (sha_forward_eval, small_head_attention.c) into a token-major buffer, and the rest of the
+ * layer (`run_layer`) written over that buffer, which is the next layer's input. The same kernels in the same order,
+ * so the same bits, without the Python that prepared each call (README "What changed at stop 47").
+ *
+ * dims: layers L, groups M, batch B, steps T, keys Tk, d, hidden, heads. x: the first layer's input (M, B * T, d)
+ * contiguous. params: the queries' weight (scaled) and bias, then the ten of sp_encoder_layer_eval in its order, each
+ * at params[j] + m * strides[2 j] + l * strides[2 j + 1] for group m and layer l. kv: every layer's keys and values
+ * of the memory, (M, L, 2, heads, d / heads, B, Tk) contiguous. mask_by_key: (S, Tk, T) or NULL. buffers: the queries
+ * (M, d, B * T), then two (M, B * T, d) that the layers write in turn (layer l into buffers[1 + l % 2]). Returns 0,
+ * or the first failing kernel's status (1: memory; 2 to 4: sha_forward_eval's). */
+int sha_forward_eval(const int64_t *shape, const int64_t *strides, const float *qt, const float *kt, const float *vt,
+                     const uint8_t *mask_by_key, int64_t heads_per_mask, float *out, int threads, int lanes);
+
+int sp_encoder_eval(const int64_t *dims, const float *x, const float *const *params, const int64_t *strides,
+                    const float *kv, const uint8_t *mask_by_key, int64_t heads_per_mask, const float *eps,
+                    float *const *buffers, int threads, int lanes) {
+    const int64_t layers = dims[0], m = dims[1], batch = dims[2], steps = dims[3], keys = dims[4], d = dims[5];
+    const int64_t hidden = dims[6], heads = dims[7], hd = d / heads, rows = batch * steps, memory = d * batch * keys;
+    const int64_t shape[6] = {m, batch, heads, hd, steps, keys};
+    const int64_t layout[20] = {d * rows, steps, hd * rows, rows, 1,                       /* queries (M, B, h, hd, T) */
+                                layers * 2 * memory, keys, hd * batch * keys, batch * keys, 1, /* keys */
+                                layers * 2 * memory, keys, hd * batch * keys, batch * keys, 1, /* values */
+                                rows * d, steps * d, hd, 1, d};                             /* output, token-major */
+    const float *in = x;
+    for (int64_t l = 0; l < layers; l++) {
+        const float *p[12];
+        for (int j = 0; j < 12; j++) p[j] = params[j] + l * strides[2 * j + 1];
+        float *attended = buffers[1 + l % 2];
+        const Product query = {m, d, rows, d, p[0], strides[0], d, 1, in, rows * d, 1, d, p[1], strides[2], 1,
+                               buffers[0], d * rows, rows};
+        int status = run(&query, threads);
+        const float *k = kv + l * 2 * memory;
+        if (!status)
+            status = sha_forward_eval(shape, layout, buffers[0], k, k + memory, mask_by_key, heads_per_mask, attended,
+                                      threads, lanes);
+        const Layer rest = {.groups = m, .rows = rows, .d = d, .hidden = hidden, .a = attended, .x = in,
+                            .weight = {p[2], p[4], p[6]}, .bias = {p[3], p[5], p[7]}, .scale = {p[8], p[10]},
+                            .shift = {p[9], p[11]}, .weight_group = {strides[4], strides[8], strides[12]},
+                            .bias_group = {strides[6], strides[10], strides[14]}, .scale_group = {strides[16], strides[20]},
+                            .shift_group = {strides[18], strides[22]}, .eps = {eps[0], eps[1]}, .y = attended};
+        if (!status) status = run_layer(&rest, threads);
+        if (status) return status;
+        in = attended;
+    }
+    return 0;
+}

@@ -122,7 +122,7 @@ class _RecordingLibrary:
     """The loaded kernels, noting the calls whose names start with ``prefix`` (by default, which attention
     forward each call takes)."""
 
-    def __init__(self, lib, prefix: str = "sha_forward"):
+    def __init__(self, lib, prefix: str | tuple[str, ...] = ("sha_forward", "sp_encoder_eval")):
         self.lib, self.prefix, self.forwards = lib, prefix, []
 
     def __getattr__(self, name):
@@ -133,8 +133,9 @@ class _RecordingLibrary:
 
 @needs_kernel
 def test_eval_and_inference_take_the_eval_path_and_weights_autograd_or_dropout_do_not(monkeypatch):
-    """The eval path is the speed of every eval forward and inference; the weights (attention maps, the backward)
-    and dropout's decisions need the key-lane path."""
+    """The eval path is the speed of every eval forward and inference (there, with a memory, every layer runs in one
+    call, ``sp_encoder_eval``, which takes it); the weights (attention maps, the backward) and dropout's decisions
+    need the key-lane path."""
     recording = _RecordingLibrary(native.library())
     monkeypatch.setattr(native, "library", lambda: recording)
     model = DecAlign(small_config(attn_dropout=0.5), WIDTHS, 1).eval()  # every modality's attention drops
@@ -145,7 +146,7 @@ def test_eval_and_inference_take_the_eval_path_and_weights_autograd_or_dropout_d
         run()
         return set(recording.forwards)
 
-    eval_path, weights_path = {"sha_forward_eval"}, {"sha_forward"}
+    eval_path, weights_path = {"sp_encoder_eval"}, {"sha_forward"}
     with torch.inference_mode():
         assert forwards(lambda: model(x)) == eval_path
         assert forwards(lambda: model(x, need_attention=True)) == weights_path
@@ -158,8 +159,9 @@ def test_eval_and_inference_take_the_eval_path_and_weights_autograd_or_dropout_d
 @needs_kernel
 def test_eval_and_inference_layers_take_the_fused_layer_and_autograd_or_dropout_do_not(monkeypatch):
     """The fused layer after attention (``native.encoder_layer_eval``) is for forwards that keep nothing and drop
-    nothing: one call a layer, whether or not the attention weights are asked for."""
-    recording = _RecordingLibrary(native.library(), prefix="sp_encoder_layer")
+    nothing: one call a layer where the attention weights are asked for, and inside the one call of every layer
+    (``sp_encoder_eval``) where they are not."""
+    recording = _RecordingLibrary(native.library(), prefix="sp_encoder")
     monkeypatch.setattr(native, "library", lambda: recording)
     model = DecAlign(small_config(num_layers=3), WIDTHS, 1).eval()
     x = random_inputs(WIDTHS)
@@ -170,9 +172,9 @@ def test_eval_and_inference_layers_take_the_fused_layer_and_autograd_or_dropout_
         return len(recording.forwards)
 
     with torch.inference_mode():
-        assert calls(lambda: model(x)) == calls(lambda: model(x, need_attention=True)) == 3  # one batched group
+        assert calls(lambda: model(x)) == 1 and calls(lambda: model(x, need_attention=True)) == 3  # one group
     with torch.no_grad():
-        assert calls(lambda: model(x)) == 3
+        assert calls(lambda: model(x)) == 1
         assert calls(lambda: model.train()(x, align=False)) == 0  # dropout
     assert calls(lambda: model.eval()(x)) == 0  # autograd keeps the intermediates for the backward
 
@@ -194,6 +196,7 @@ def test_an_eval_forward_transposes_its_mask_once_a_call_and_masks_as_the_autogr
         return real(qt, kt, vt, mask, *rest, mask_by_key=mask_by_key)
 
     monkeypatch.setattr(native, "forward", recording)
+    monkeypatch.setattr(fusion, "_in_one_call", lambda *args: False)  # layer by layer (the one call: below)
     with torch.inference_mode():
         evaluated = model(x, lengths).prediction
         monkeypatch.setattr(fusion, "_eval_mask_layout", lambda *args: None)
@@ -633,3 +636,48 @@ def test_the_eval_paths_exponential_is_exactly_zero_below_two_to_the_minus_126_a
     assert (out[:7] > 0).all()
     torch.testing.assert_close(out[:5].double(), expected[:5], rtol=3e-6, atol=0.0)
     torch.testing.assert_close(out[5:7].double(), expected[5:7], rtol=1e-2, atol=0.0)  # subnormal: fewer bits
+
+
+@needs_kernel
+@pytest.mark.parametrize("masked", [False, True])
+def test_every_layer_in_one_call_gives_the_bits_of_the_calls_layer_by_layer(monkeypatch, masked):
+    """In eval, with a memory, fusion.encode runs every layer in one native call (``native.encoder_eval``): the
+    queries' projection, the attention and the rest of each layer, as the calls layer by layer run them, so the same
+    bits, masked or not, at aligned and unaligned lengths; the mask handed over is the eval path's layout."""
+    config = small_config(use_sequence_mask=masked, num_layers=3)
+    model = DecAlign(config, WIDTHS, 1).eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # no zero biases or unit scales, which would hide a parameter read wrong
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=gen))
+    steps = {"text": 6, "audio": 7, "vision": 5} if masked else None
+    x = random_inputs(WIDTHS, steps, batch=3, seed=2) if masked else random_inputs(WIDTHS)
+    lengths = {"text": torch.tensor([6, 2, 4]), "audio": torch.tensor([3, 7, 5]),
+               "vision": torch.tensor([1, 5, 3])} if masked else None
+    handed, real = [], native.encoder_eval
+
+    def recording(x, parameters, kv, heads, eps, mask_by_key=None):
+        handed.append(mask_by_key)
+        return real(x, parameters, kv, heads, eps, mask_by_key)
+
+    monkeypatch.setattr(native, "encoder_eval", recording)
+    with torch.inference_mode():
+        in_one_call = model(x, lengths).prediction
+        monkeypatch.setattr(fusion, "_in_one_call", lambda *args: False)
+        layer_by_layer = model(x, lengths).prediction
+    assert len(handed) == (3 if masked else 1) and all((mask is not None) == masked for mask in handed)
+    assert torch.equal(in_one_call, layer_by_layer)
+
+
+@needs_kernel
+def test_every_layer_in_one_call_refuses_mismatched_shapes_and_names_them():
+    x, kv = torch.zeros(2, 3, 4, 8), torch.zeros(2, 1, 2, 2, 4, 3, 5)
+    shapes = [(8, 8), (8,), (8, 8), (8,), (32, 8), (32,), (8, 32)] + [(8,)] * 5
+    parameters = [torch.zeros(2, 1, *shape) for shape in shapes]
+    assert native.encoder_eval(x, parameters, kv, 2, (1e-5, 1e-5)).shape == x.shape
+    with pytest.raises(ValueError, match=r"kv \(2, 1, 2, 2, 4, 3, 5\).*got x .*kv \(2, 1, 2, 2, 4, 2, 5\)"):
+        native.encoder_eval(x, parameters, torch.zeros(2, 1, 2, 2, 4, 2, 5), 2, (1e-5, 1e-5))  # batch 2, not 3
+    with pytest.raises(ValueError, match=r"mask \(6, 5, 4\)"):
+        native.encoder_eval(x, parameters, kv, 2, (1e-5, 1e-5), torch.ones(6, 4, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="parameters"):
+        native.encoder_eval(x, parameters[:11] + [torch.zeros(2, 1, 9)], kv, 2, (1e-5, 1e-5))
