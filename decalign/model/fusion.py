@@ -102,7 +102,7 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
         key_in = _embed(first, memories)
         value_in = _embed(first, memories) if first.training and first.embed_dropout > 0 else key_in
         if _in_one_call(first, params, x, key_in, value_in, need_weights):
-            return _encode_in_one_call(first, params, x, key_in, flat_mask, mask_by_key), []
+            return _encode_in_one_call(first, params, x, key_in, mask_by_key), []
         keys, values = _memory_projections(params, key_in, value_in, first.heads)  # L x (M, B, h, hd, Tk)
     rates = tuple(e.layers[0].self_attn.dropout for e in encoders)
     # unbind, not indexing: the backward of L slices would build L full-size gradients and add them up
@@ -122,19 +122,19 @@ def _in_one_call(first: CrossModalEncoder, params, x: torch.Tensor, key_in: torc
     """Whether every layer runs in one native call (``native.encoder_eval``): in eval without autograd or weights,
     with a memory whose keys and values are one product, where the kernels take these tensors."""
     return (not (first.training or torch.is_grad_enabled() or need_weights) and value_in is key_in
-            and x.shape[-1] // first.heads <= native.MAX_HEAD_WIDTH
+            and len(first.layers) > 0 and x.shape[-1] // first.heads <= native.MAX_HEAD_WIDTH
             and native.products_apply(x, key_in, *(params[name] for name in _IN_ONE_CALL)))
 
 
 def _encode_in_one_call(first: CrossModalEncoder, params, x: torch.Tensor, key_in: torch.Tensor,
-                        flat_mask: torch.Tensor | None, mask_by_key: torch.Tensor | None) -> torch.Tensor:
+                        mask_by_key: torch.Tensor | None) -> torch.Tensor:
     """Every layer as the loop of :func:`encode` runs it in eval, in one call: the same kernels in the same order, so
-    the same bits, without the Python between them (README "What changed at stop 47")."""
+    the same bits, without the Python between them (README "What changed at stop 47"). mask_by_key: the eval path's
+    layout of the mask (:func:`_eval_mask_layout`), or None."""
     kv = _memory_product(params, key_in, first.heads)  # (M, L, 2, h, hd, B, Tk)
     layer = first.layers[0]
     return native.encoder_eval(x, [params[name] for name in _IN_ONE_CALL], kv, first.heads,
-                               (layer.attn_layer_norm.eps, layer.final_layer_norm.eps),
-                               None if flat_mask is None else mask_by_key)
+                               (layer.attn_layer_norm.eps, layer.final_layer_norm.eps), mask_by_key)
 
 
 def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, need_weights: bool):

@@ -387,14 +387,14 @@ def encoder_eval(x: torch.Tensor, parameters: list[torch.Tensor], kv: torch.Tens
     first layer's input; parameters: the queries' weight (M, L, d, d) and bias (M, L, d), already scaled by
     1 / sqrt(d / heads), then :func:`encoder_layer_eval`'s ten, each (M, L, ...); kv (M, L, 2, heads, d / heads, B,
     Tk): every layer's keys and values of the memory; mask_by_key: (M * B, Tk, T) bool, True where a query may attend,
-    or None. Returns the last layer's output (M, B, T, d)."""
+    or None. Returns the last layer's output (M, B, T, d) (at least one layer)."""
     groups, batch, steps, width = x.shape
     layers, hidden, keys = parameters[0].shape[1], parameters[4].shape[2], kv.shape[-1]
     shapes = [(width, width), (width,), (width, width), (width,), (hidden, width), (hidden,), (width, hidden)] + [
         (width,)] * 5
     expected = [(groups, layers, *shape) for shape in shapes]
     kv_shape, mask_shape = (groups, layers, 2, heads, width // heads, batch, keys), (groups * batch, keys, steps)
-    if ([t.shape for t in parameters] != expected or kv.shape != kv_shape or width % heads or (
+    if ([t.shape for t in parameters] != expected or kv.shape != kv_shape or width % heads or layers < 1 or (
             mask_by_key is not None and mask_by_key.shape != mask_shape)):
         raise ValueError(f"encoder_eval takes x (M, B, T, d), parameters {expected}, kv {kv_shape} and a mask "
                          f"{mask_shape} (M * B, Tk, T): got x {tuple(x.shape)}, parameters "

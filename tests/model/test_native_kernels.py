@@ -681,3 +681,5 @@ def test_every_layer_in_one_call_refuses_mismatched_shapes_and_names_them():
         native.encoder_eval(x, parameters, kv, 2, (1e-5, 1e-5), torch.ones(6, 4, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="parameters"):
         native.encoder_eval(x, parameters[:11] + [torch.zeros(2, 1, 9)], kv, 2, (1e-5, 1e-5))
+    with pytest.raises(ValueError, match="kv \\(2, 0, 2"):  # no layer: nothing would be written
+        native.encoder_eval(x, [t[:, :0] for t in parameters], kv[:, :0], 2, (1e-5, 1e-5))
