@@ -4,7 +4,9 @@ The modules only hold the parameters (same names and shapes as the official ``st
 runs several encoders of equal shapes as one batched computation, stacking their weights at forward time:
 three modalities cost one set of kernels instead of three. In cross-modal attention the keys and values
 are the embedded input of every layer (as in the official encoder), so all layers' key and value
-projections are one matrix product. Attention itself is ``attention.attention`` (head-major layout).
+projections are one matrix product. Attention itself is ``attention.attention`` (head-major layout). In eval
+(no autograd, no attention weights) with a memory, every layer runs in one native call
+(``native.encoder_eval``): the same kernels as the layer-by-layer calls, in the same order.
 """
 
 from __future__ import annotations
