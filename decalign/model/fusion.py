@@ -123,7 +123,7 @@ def _in_one_call(first: CrossModalEncoder, params, x: torch.Tensor, key_in: torc
                  need_weights: bool) -> bool:
     """Whether every layer runs in one native call (``native.encoder_eval``): in eval without autograd or weights,
     with a memory whose keys and values are one product, where the kernels take these tensors."""
-    return (not (first.training or torch.is_grad_enabled() or need_weights) and value_in is key_in
+    return (_keeps_nothing(first, need_weights) and value_in is key_in
             and len(first.layers) > 0 and x.shape[-1] // first.heads <= native.MAX_HEAD_WIDTH
             and native.products_apply(x, key_in, *(params[name] for name in _IN_ONE_CALL)))
 
@@ -143,9 +143,14 @@ def _eval_mask_layout(first: CrossModalEncoder, flat_mask: torch.Tensor | None, 
     """The mask transposed, (M*B, Tk, Tq), for the attention kernel's eval path (an eval forward without autograd
     or weights), once for all layers: transposed in every layer, a masked eval forward at unaligned MOSI lengths
     (50, 375 and 500 steps, batch 32) took 264 ms instead of 232 ms. None where that path does not run."""
-    if flat_mask is None or need_weights or first.training or torch.is_grad_enabled():
+    if flat_mask is None or not _keeps_nothing(first, need_weights):
         return None
     return flat_mask.transpose(1, 2).contiguous()
+
+
+def _keeps_nothing(first: CrossModalEncoder, need_weights: bool) -> bool:
+    """An eval forward without autograd or attention weights: where the attention's eval path runs."""
+    return not (first.training or torch.is_grad_enabled() or need_weights)
 
 
 def _scaled_queries(params: dict[str, torch.Tensor], heads: int) -> dict[str, torch.Tensor]:

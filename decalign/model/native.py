@@ -361,15 +361,14 @@ def encoder_layer_eval(x: torch.Tensor, attended: torch.Tensor, parameters: list
     (M, d, hidden), b2, then LN1's and LN2's scale and shift (M, d), as ``fusion._AFTER_ATTENTION`` orders
     them. Returns the result, written over ``attended`` (nothing may need it)."""
     groups, hidden, width = parameters[2].shape
-    expected = [(groups, width, width), (groups, width), (groups, hidden, width), (groups, hidden),
-                (groups, width, hidden)] + [(groups, width)] * 5
+    expected = [(groups, *shape) for shape in _layer_shapes(width, hidden)]
     if [t.shape for t in parameters] != expected or x.shape != attended.shape or x.shape[0] != groups or (
             x.shape[-1] != width):
         raise ValueError(f"encoder_layer_eval takes x and attended (M, ..., d) and the layer's parameters "
                          f"{expected}: got x {tuple(x.shape)}, attended {tuple(attended.shape)}, parameters "
                          f"{[tuple(t.shape) for t in parameters]}")
     x, attended = x.contiguous(), attended.contiguous()
-    parameters = [t if _slices_contiguous(t) else t.contiguous() for t in parameters]
+    parameters = [t if _slices_contiguous(t, 1) else t.contiguous() for t in parameters]
     shape = (ctypes.c_int64 * 4)(groups, x.numel() // (groups * width), width, hidden)
     pointers = (ctypes.c_void_p * 12)(_ptr(attended), _ptr(x), *map(_ptr, parameters))
     strides = (ctypes.c_int64 * 10)(*(t.stride(0) for t in parameters))
@@ -390,9 +389,7 @@ def encoder_eval(x: torch.Tensor, parameters: list[torch.Tensor], kv: torch.Tens
     or None. Returns the last layer's output (M, B, T, d) (at least one layer)."""
     groups, batch, steps, width = x.shape
     layers, hidden, keys = parameters[0].shape[1], parameters[4].shape[2], kv.shape[-1]
-    shapes = [(width, width), (width,), (width, width), (width,), (hidden, width), (hidden,), (width, hidden)] + [
-        (width,)] * 5
-    expected = [(groups, layers, *shape) for shape in shapes]
+    expected = [(groups, layers, *shape) for shape in [(width, width), (width,), *_layer_shapes(width, hidden)]]
     kv_shape, mask_shape = (groups, layers, 2, heads, width // heads, batch, keys), (groups * batch, keys, steps)
     if ([t.shape for t in parameters] != expected or kv.shape != kv_shape or width % heads or layers < 1 or (
             mask_by_key is not None and mask_by_key.shape != mask_shape)):
@@ -401,8 +398,7 @@ def encoder_eval(x: torch.Tensor, parameters: list[torch.Tensor], kv: torch.Tens
                          f"{[tuple(t.shape) for t in parameters]}, kv {tuple(kv.shape)}, mask "
                          f"{None if mask_by_key is None else tuple(mask_by_key.shape)}")
     x, kv = x.contiguous(), kv.contiguous()
-    parameters = [t if t.stride(-1) == 1 and (t.dim() == 3 or t.stride(2) == t.shape[3]) else t.contiguous()
-                  for t in parameters]  # each (m, l) slice contiguous: read where it lies
+    parameters = [t if _slices_contiguous(t, 2) else t.contiguous() for t in parameters]
     mask = None if mask_by_key is None else mask_by_key.contiguous().view(torch.uint8)
     buffers = [x.new_empty(groups, width, batch * steps), torch.empty_like(x), torch.empty_like(x)]
     dims = (ctypes.c_int64 * 8)(layers, groups, batch, steps, keys, width, hidden, heads)
@@ -417,10 +413,16 @@ def encoder_eval(x: torch.Tensor, parameters: list[torch.Tensor], kv: torch.Tens
     return buffers[1 + (layers - 1) % 2]
 
 
-def _slices_contiguous(t: torch.Tensor) -> bool:
-    """Whether each group's slice ``t[m]`` of a (M, n) or (M, n, k) parameter is contiguous (a layer's slice of the
-    stacked parameters is: read where it lies), without making the M views (6 us of a fused layer's call)."""
-    return t.stride(-1) == 1 and (t.dim() == 2 or t.stride(1) == t.shape[2])
+def _layer_shapes(width: int, hidden: int) -> list[tuple[int, ...]]:
+    """The shapes of one encoder layer's ten parameters after its attention, in :func:`encoder_layer_eval`'s order."""
+    return [(width, width), (width,), (hidden, width), (hidden,), (width, hidden)] + [(width,)] * 5
+
+
+def _slices_contiguous(t: torch.Tensor, leading: int) -> bool:
+    """Whether each slice over the ``leading`` dimensions (``t[m]``, or ``t[m, l]``) of a parameter with one or two
+    dimensions of its own is contiguous (a layer's slice of the stacked parameters is: read where it lies), without
+    making the views (6 us of a fused layer's call)."""
+    return t.stride(-1) == 1 and (t.dim() == leading + 1 or t.stride(-2) == t.shape[-1])
 
 
 def residual_layer_norm_backward(grad: torch.Tensor, normed: torch.Tensor, inverse_std: torch.Tensor,

@@ -21,7 +21,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     """Per-encoder ``F.linear``: x (M, R, in), weight (M, out, in), bias (M, out) -> (M, R, out)."""
     if native.products_apply(x, weight, bias):
         if not _differentiable(x, weight, bias):  # eval: the kernel itself, no autograd node
-            return native.product(x, weight.transpose(1, 2), bias, bias_along="columns")
+            return _token_major_product(x, weight, bias)
         return _Linear.apply(x, weight, bias)
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
@@ -31,7 +31,7 @@ def feature_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     (M, rows) -> (M, rows, R), that is ``bias + weight @ x^T``."""
     if native.products_apply(x, weight, bias):
         if not _differentiable(x, weight, bias):
-            return native.product(weight, x.transpose(1, 2), bias, bias_along="rows")
+            return _feature_major_product(x, weight, bias)
         return _FeatureMajor.apply(x, weight, bias)
     return torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2))
 
@@ -42,11 +42,19 @@ def _differentiable(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _token_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return native.product(x, weight.transpose(1, 2), bias, bias_along="columns")
+
+
+def _feature_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return native.product(weight, x.transpose(1, 2), bias, bias_along="rows")
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        return native.product(x, weight.transpose(1, 2), bias, bias_along="columns")
+        return _token_major_product(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -62,7 +70,7 @@ class _FeatureMajor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        return native.product(weight, x.transpose(1, 2), bias, bias_along="rows")
+        return _feature_major_product(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

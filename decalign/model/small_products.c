@@ -314,17 +314,24 @@ static int run_layer(const Layer *l, int threads) {
     return 0;
 }
 
+/* The Layer of `groups` x `rows` rows of width d from the ten parameters in sp_encoder_layer_eval's order (Wo, bo,
+ * W1, b1, W2, b2, LN1 scale, LN1 shift, LN2 scale, LN2 shift), parameter j's group stride at group_strides[j * step]. */
+static Layer layer_of(int64_t groups, int64_t rows, int64_t d, int64_t hidden, const float *a, const float *x,
+                      const float *const ten[10], const int64_t *group_strides, int step, const float *eps, float *y) {
+    int64_t s[10];
+    for (int j = 0; j < 10; j++) s[j] = group_strides[j * step];
+    return (Layer){.groups = groups, .rows = rows, .d = d, .hidden = hidden, .a = a, .x = x,
+                   .weight = {ten[0], ten[2], ten[4]}, .bias = {ten[1], ten[3], ten[5]}, .scale = {ten[6], ten[8]},
+                   .shift = {ten[7], ten[9]}, .weight_group = {s[0], s[2], s[4]}, .bias_group = {s[1], s[3], s[5]},
+                   .scale_group = {s[6], s[8]}, .shift_group = {s[7], s[9]}, .eps = {eps[0], eps[1]}, .y = y};
+}
+
 /* shape: groups, rows (per group), d, hidden. tensors: a, x, Wo, bo, W1, b1, W2, b2, LN1 scale, LN1 shift, LN2
  * scale, LN2 shift. strides: between the groups' slices of the ten parameters, in that order. */
 int sp_encoder_layer_eval(const int64_t *shape, const float *const *tensors, const int64_t *strides, const float *eps,
                           float *y, int threads) {
-    const Layer l = {
-        .groups = shape[0], .rows = shape[1], .d = shape[2], .hidden = shape[3], .a = tensors[0], .x = tensors[1],
-        .weight = {tensors[2], tensors[4], tensors[6]}, .bias = {tensors[3], tensors[5], tensors[7]},
-        .scale = {tensors[8], tensors[10]}, .shift = {tensors[9], tensors[11]},
-        .weight_group = {strides[0], strides[2], strides[4]}, .bias_group = {strides[1], strides[3], strides[5]},
-        .scale_group = {strides[6], strides[8]}, .shift_group = {strides[7], strides[9]},
-        .eps = {eps[0], eps[1]}, .y = y};
+    const Layer l = layer_of(shape[0], shape[1], shape[2], shape[3], tensors[0], tensors[1], tensors + 2, strides, 1,
+                             eps, y);
     return run_layer(&l, threads);
 }
 
@@ -366,11 +373,7 @@ int sp_encoder_eval(const int64_t *dims, const float *x, const float *const *par
         if (!status)
             status = sha_forward_eval(shape, layout, buffers[0], k, k + memory, mask_by_key, heads_per_mask, attended,
                                       threads, lanes);
-        const Layer rest = {.groups = m, .rows = rows, .d = d, .hidden = hidden, .a = attended, .x = in,
-                            .weight = {p[2], p[4], p[6]}, .bias = {p[3], p[5], p[7]}, .scale = {p[8], p[10]},
-                            .shift = {p[9], p[11]}, .weight_group = {strides[4], strides[8], strides[12]},
-                            .bias_group = {strides[6], strides[10], strides[14]}, .scale_group = {strides[16], strides[20]},
-                            .shift_group = {strides[18], strides[22]}, .eps = {eps[0], eps[1]}, .y = attended};
+        const Layer rest = layer_of(m, rows, d, hidden, attended, in, p + 2, strides + 4, 2, eps, attended);
         if (!status) status = run_layer(&rest, threads);
         if (status) return status;
         in = attended;
