@@ -17,14 +17,14 @@ prefetched = prefetch.start()  # before the imports below, which wait for the la
 charts.whole_pixel_chart_widths()
 
 from app import loaders, session, sidebar, views
-from decalign.cpu_share import share_with_training
+from decalign.cpu_share import script_run
 from decalign.train.background import training_alive
 
 PAGES = [views.page(name, default=name == "overview") for name in views.TITLES]
 navigation = st.navigation(PAGES)
-share_with_training(training_alive())  # a run started here keeps its speed while pages compute
-session.share_uploaded_bytes_when_copied()
-sidebar.render()
-navigation.run()
+with script_run(training_alive()):  # a run started here keeps its speed, other sessions' runs share the cores
+    session.share_uploaded_bytes_when_copied()
+    sidebar.render()
+    navigation.run()
 prefetch.finish(prefetched)
 loaders.warm_up_projections()  # after the page: the worker's start must not delay the first chart

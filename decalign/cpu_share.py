@@ -18,6 +18,14 @@ included) does not count as the others'.
 The torch thread count is set per script run, in the thread that runs it (Streamlit runs each script run
 in a thread of its own). The thread's scheduling priority is left alone: a lower one also delayed the
 Train page's own live view behind the run it shows.
+
+Two sessions whose script runs compute at the same moment are one process, invisible to each other in
+``/proc/stat``: each took every free core, and their spinning teams took turns on them. So a script run
+counts itself among this process's running ones for as long as it runs (:func:`script_run`), each run
+gets its part of the free cores (at least one thread), and a long computation takes its part again
+between chunks (:func:`keep_share`), when another run has started or ended meanwhile. Inference on 1,000
+MOSI-shaped samples in two runs at once, on a quiet 2-core machine: both done after 1.55 s with two
+threads each, 1.34 s with one each (one alone: 0.85 s on two).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SAMPLE_EVERY_S = 0.25
@@ -37,9 +47,43 @@ STAT = Path("/proc/stat")
 _default_threads: int | None = None
 
 
+_runs_lock = threading.Lock()
+_script_runs: dict[int, bool] = {}  # thread ident of each script run now running -> a training run alive
+
+
+@contextmanager
+def script_run(training: bool) -> Iterator[None]:
+    """The calling thread runs a script run until the block ends: it counts among this process's running
+    ones, and its torch threads are set (:func:`share_with_training`)."""
+    ident = threading.get_ident()
+    with _runs_lock:
+        _script_runs[ident] = training
+    try:
+        share_with_training(training)
+        yield
+    finally:
+        with _runs_lock:
+            _script_runs.pop(ident, None)
+
+
+def keep_share() -> None:
+    """Between chunks of a long computation: the calling script run's threads for the runs running now (a
+    no-op outside a script run, e.g. on the command line)."""
+    training = _script_runs.get(threading.get_ident())
+    if training is not None:
+        share_with_training(training)
+
+
+def running_script_runs() -> int:
+    """Script runs of this process running now (at least one: the caller's)."""
+    with _runs_lock:
+        return max(1, len(_script_runs))
+
+
 def share_with_training(training: bool) -> None:
-    """Set the calling thread's torch threads: one while a run is alive (``training``), else the cores the
-    other processes left free lately, at most the process's default."""
+    """Set the calling thread's torch threads: one while a run is alive (``training``), else this script
+    run's part of the cores the other processes left free lately (:func:`threads_for_run`), at most the
+    process's default."""
     if not training and "torch" not in sys.modules:
         return  # no thread can have changed torch's count, and a fresh server's first page needs no torch
     import torch  # here, not at the top: importing this module stays light
@@ -47,9 +91,15 @@ def share_with_training(training: bool) -> None:
     global _default_threads
     if _default_threads is None:
         _default_threads = torch.get_num_threads()
-    wanted = 1 if training else threads_left(usable_cores(), _watch().others_lately(), _default_threads)
+    wanted = 1 if training else threads_for_run(
+        threads_left(usable_cores(), _watch().others_lately(), _default_threads), running_script_runs())
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+
+
+def threads_for_run(free_threads: int, runs: int) -> int:
+    """One run's part of ``free_threads`` shared by ``runs`` running at once; at least one thread."""
+    return max(1, free_threads // max(1, runs))
 
 
 def usable_cores() -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cpu_share import keep_share
 from .data.dataset import Split
 from .data.torch_batches import Batch, iterate_batches
 from .model import DecAlign, DecAlignOutput, Prototypes, posteriors
@@ -137,6 +138,7 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int |
             done += len(batch)
             if progress:
                 progress(done, len(split))
+            keep_share()  # a dashboard session that began computing meanwhile gets its part of the cores
     head = model.head
     return InferenceResult(
         ids=split.ids, labels=split.labels, outputs=_cat(chunks["out"], (0, model.output_dim)),

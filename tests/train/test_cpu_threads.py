@@ -172,3 +172,103 @@ def _until(condition, deadline_s: float) -> None:
     while not condition():
         assert time.monotonic() < end, f"still {_page_threads()} threads after {deadline_s} s"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("free", "runs", "expected"), [(2, 1, 2), (2, 2, 1), (2, 3, 1), (4, 2, 2), (5, 2, 2),
+                                                          (1, 1, 1), (3, 0, 3)])
+def test_threads_for_run(free, runs, expected):
+    assert cpu_share.threads_for_run(free, runs) == expected
+
+
+def _quiet_two_cores(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(0.0))
+    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "_default_threads", 2)
+
+
+def test_script_runs_at_once_share_the_cores(monkeypatch):
+    """A run alone takes both free cores; a second run starting takes one, and the first takes one too at
+    its next chunk; once the second ends, the first takes both again. Outside a run, keep_share does nothing."""
+    _quiet_two_cores(monkeypatch)
+    started, ended, step, seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def second_run():
+        with cpu_share.script_run(False):
+            seen["second"] = torch.get_num_threads()
+            started.set()
+            step.wait(60)
+        ended.set()
+
+    def first_run():
+        with cpu_share.script_run(False):
+            seen["alone"] = torch.get_num_threads()
+            other = threading.Thread(target=second_run)
+            other.start()
+            started.wait(60)
+            seen["before its next chunk"] = torch.get_num_threads()
+            cpu_share.keep_share()
+            seen["beside the second"] = torch.get_num_threads()
+            step.set()
+            ended.wait(60)
+            cpu_share.keep_share()
+            seen["after the second"] = torch.get_num_threads()
+            other.join()
+        torch.set_num_threads(1)
+        cpu_share.keep_share()  # no longer in a run: left alone
+        seen["outside"] = torch.get_num_threads()
+
+    worker = threading.Thread(target=first_run)
+    worker.start()
+    worker.join()
+    assert seen == {"alone": 2, "second": 1, "before its next chunk": 2, "beside the second": 1,
+                    "after the second": 2, "outside": 1}
+    assert cpu_share.running_script_runs() == 1  # both runs left the count (1: the floor)
+    assert not cpu_share._script_runs
+
+
+def test_a_run_left_by_an_error_leaves_the_count(monkeypatch):
+    _quiet_two_cores(monkeypatch)
+
+    def failing_run():
+        with pytest.raises(RuntimeError), cpu_share.script_run(False):
+            raise RuntimeError("a page failed")
+
+    worker = threading.Thread(target=failing_run)
+    worker.start()
+    worker.join()
+    assert not cpu_share._script_runs
+
+
+def test_inference_takes_its_share_between_chunks(monkeypatch):
+    """run_inference in a script run: a second run starting during its first chunk leaves it one thread from
+    the second chunk on."""
+    from decalign.data import make_synthetic
+    from decalign.inference import run_inference
+    from decalign.model import DecAlign
+    from tests.model.helpers import WIDTHS, small_config
+
+    _quiet_two_cores(monkeypatch)
+    model = DecAlign(small_config(), WIDTHS, 1)
+    split = make_synthetic(0, 0, 12, widths=WIDTHS, seq_len=3, seed=0).splits["test"]
+    started, release, threads = threading.Event(), threading.Event(), []
+
+    def second_run():
+        with cpu_share.script_run(False):
+            started.set()
+            release.wait(60)
+
+    def on_chunk(batch, output):
+        threads.append(torch.get_num_threads())
+        if len(threads) == 1:
+            threading.Thread(target=second_run).start()
+            started.wait(60)
+
+    def page():
+        with cpu_share.script_run(False):
+            run_inference(model, split, task="regression", batch_size=4, on_chunk=on_chunk)
+        release.set()
+
+    worker = threading.Thread(target=page)
+    worker.start()
+    worker.join()
+    assert threads == [2, 1, 1]
