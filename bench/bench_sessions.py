@@ -3,8 +3,9 @@
 Each session's script run is a thread of the one server process, so the other processes' CPU time
 (``decalign.cpu_share``'s measure) cannot see it. Here two threads, each inside
 ``cpu_share.script_run`` as the dashboard runs a page, run inference on 1,000 MOSI-shaped samples at once
-(the official MOSI config, random weights; 2 cores): with the rule (each run takes its part of the free cores,
-and takes it again between chunks) and without it (each run takes every free core, as before stop 48),
+(the official MOSI config, random weights; 2 cores): with the rule (each computing run takes its part of the
+free cores, and takes it again between chunks) and without it (each run takes every free core, as before
+stop 48),
 in alternating rounds; and one run alone. Figures: seconds until both are done.
 
 Run ``python bench/bench_sessions.py [--rounds N]``; writes bench/results/sessions.json.
@@ -41,9 +42,9 @@ def _session(model: DecAlign, split, seconds: list[float], slot: int) -> None:
 
 def both_done_s(model: DecAlign, splits: list, shared: bool) -> float:
     """Seconds until two sessions started together are both done; ``shared``: the rule for runs at once."""
-    counted = cpu_share.running_script_runs
+    counted = cpu_share.computing_runs
     if not shared:  # as before the rule: every run sees itself alone
-        cpu_share.running_script_runs = lambda: 1
+        cpu_share.computing_runs = lambda: 1
     try:
         seconds = [0.0, 0.0]
         threads = [threading.Thread(target=_session, args=(model, split, seconds, i)) for i, split in enumerate(splits)]
@@ -53,7 +54,7 @@ def both_done_s(model: DecAlign, splits: list, shared: bool) -> float:
             thread.join()
         return max(seconds)
     finally:
-        cpu_share.running_script_runs = counted
+        cpu_share.computing_runs = counted
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,12 +20,12 @@ in a thread of its own). The thread's scheduling priority is left alone: a lower
 Train page's own live view behind the run it shows.
 
 Two sessions whose script runs compute at the same moment are one process, invisible to each other in
-``/proc/stat``: each took every free core, and their spinning teams took turns on them. So a script run
-counts itself among this process's running ones for as long as it runs (:func:`script_run`), each run
-gets its part of the free cores (at least one thread), and a long computation takes its part again
-between chunks (:func:`keep_share`), when another run has started or ended meanwhile. Inference on 1,000
-MOSI-shaped samples in two runs at once, on a quiet 2-core machine: both done after 1.55 s with two
-threads each, 1.34 s with one each (one alone: 0.85 s on two).
+``/proc/stat``: each took every free core, and their spinning teams took turns on them. So a script run's
+long computations (:func:`computing`: inference on a whole split) count themselves among this process's
+computing runs while they last, each run gets its part of the free cores (at least one thread), and takes
+it again between chunks (:func:`keep_share`), when another run has begun or ended computing meanwhile.
+Inference on 1,000 MOSI-shaped samples in two runs at once, on a quiet 2-core machine: both done after
+1.55 s with two threads each, 1.34 s with one each (one alone: 0.85 s on two).
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ _default_threads: int | None = None
 
 _runs_lock = threading.Lock()
 _script_runs: dict[int, bool] = {}  # thread ident of each script run now running -> a training run alive
+_computing: dict[int, int] = {}  # thread ident of each script run inside computing() -> its depth there
 
 
 @contextmanager
 def script_run(training: bool) -> Iterator[None]:
-    """The calling thread runs a script run until the block ends: it counts among this process's running
-    ones, and its torch threads are set (:func:`share_with_training`)."""
+    """The calling thread runs a script run until the block ends; its torch threads are set now
+    (:func:`share_with_training`) and again where it computes (:func:`computing`, :func:`keep_share`)."""
     ident = threading.get_ident()
     with _runs_lock:
         _script_runs[ident] = training
@@ -64,20 +65,45 @@ def script_run(training: bool) -> Iterator[None]:
     finally:
         with _runs_lock:
             _script_runs.pop(ident, None)
+            _computing.pop(ident, None)
+
+
+@contextmanager
+def computing() -> Iterator[None]:
+    """A long computation of the calling script run (e.g. inference on a whole split): while it lasts the run
+    counts among those that share the free cores, and its threads are its part (a no-op outside a script run).
+    Only computing runs count: a run waiting for another's cached result (Streamlit lets one compute it)
+    takes no core, and counting it had left the run that computes on one thread."""
+    ident = threading.get_ident()
+    with _runs_lock:
+        inside = ident in _script_runs
+        if inside:
+            _computing[ident] = _computing.get(ident, 0) + 1
+    try:
+        keep_share()
+        yield
+    finally:
+        if inside:
+            with _runs_lock:
+                depth = _computing.pop(ident, 1) - 1
+                if depth:
+                    _computing[ident] = depth
 
 
 def keep_share() -> None:
-    """Between chunks of a long computation: the calling script run's threads for the runs running now (a
+    """Between chunks of a long computation: the calling script run's threads for the runs computing now (a
     no-op outside a script run, e.g. on the command line)."""
     training = _script_runs.get(threading.get_ident())
     if training is not None:
         share_with_training(training)
 
 
-def running_script_runs() -> int:
-    """Script runs of this process running now (at least one: the caller's)."""
+def computing_runs() -> int:
+    """Script runs of this process computing now, the caller's counted whether or not it is inside
+    :func:`computing` (it is about to compute, or it would not ask)."""
+    ident = threading.get_ident()
     with _runs_lock:
-        return max(1, len(_script_runs))
+        return len(_computing) + (ident not in _computing)
 
 
 def share_with_training(training: bool) -> None:
@@ -92,7 +118,7 @@ def share_with_training(training: bool) -> None:
     if _default_threads is None:
         _default_threads = torch.get_num_threads()
     wanted = 1 if training else threads_for_run(
-        threads_left(usable_cores(), _watch().others_lately(), _default_threads), running_script_runs())
+        threads_left(usable_cores(), _watch().others_lately(), _default_threads), computing_runs())
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cpu_share import keep_share
+from .cpu_share import computing, keep_share
 from .data.dataset import Split
 from .data.torch_batches import Batch, iterate_batches
 from .model import DecAlign, DecAlignOutput, Prototypes, posteriors
@@ -120,7 +120,7 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int |
     unique, common, post = {m: [] for m in model.modalities}, {m: [] for m in model.modalities}, {}
     spread = {m: [] for m in model.modalities}
     done = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), computing():  # a dashboard session computing beside others takes its part
         for batch in iterate_batches(split, batch_size, shuffle=False, device=device):
             out = model(batch.inputs, batch.lengths)
             chunks["out"].append(out.prediction.float().cpu().numpy())
@@ -138,7 +138,7 @@ def run_inference(model: DecAlign, split: Split, *, task: str, batch_size: int |
             done += len(batch)
             if progress:
                 progress(done, len(split))
-            keep_share()  # a dashboard session that began computing meanwhile gets its part of the cores
+            keep_share()  # a session that began or ended computing meanwhile changes this one's part
     head = model.head
     return InferenceResult(
         ids=split.ids, labels=split.labels, outputs=_cat(chunks["out"], (0, model.output_dim)),

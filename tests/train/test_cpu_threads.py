@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -186,62 +187,81 @@ def _quiet_two_cores(monkeypatch) -> None:
     monkeypatch.setattr(cpu_share, "_default_threads", 2)
 
 
-def test_script_runs_at_once_share_the_cores(monkeypatch):
-    """A run alone takes both free cores; a second run starting takes one, and the first takes one too at
-    its next chunk; once the second ends, the first takes both again. Outside a run, keep_share does nothing."""
+def test_computing_runs_share_the_cores_and_waiting_runs_do_not_count(monkeypatch):
+    """A run computing alone takes both free cores. A second run starting takes one (it is about to compute),
+    but while it only waits (for a cached result another run computes) the first keeps both at its next
+    chunk; once the second computes too, each has one; once it is done computing, the first has both again."""
     _quiet_two_cores(monkeypatch)
-    started, ended, step, seen = threading.Event(), threading.Event(), threading.Event(), {}
+    seen, steps = {}, [threading.Event() for _ in range(4)]
 
     def second_run():
         with cpu_share.script_run(False):
-            seen["second"] = torch.get_num_threads()
-            started.set()
-            step.wait(60)
-        ended.set()
+            seen["second starting"] = torch.get_num_threads()
+            steps[0].set()
+            steps[1].wait(60)
+            with cpu_share.computing():
+                seen["second computing"] = torch.get_num_threads()
+                steps[2].set()
+                steps[3].wait(60)
 
     def first_run():
-        with cpu_share.script_run(False):
+        with cpu_share.script_run(False), cpu_share.computing():
             seen["alone"] = torch.get_num_threads()
             other = threading.Thread(target=second_run)
             other.start()
-            started.wait(60)
-            seen["before its next chunk"] = torch.get_num_threads()
+            steps[0].wait(60)
             cpu_share.keep_share()
-            seen["beside the second"] = torch.get_num_threads()
-            step.set()
-            ended.wait(60)
+            seen["beside a waiting run"] = torch.get_num_threads()
+            steps[1].set()
+            steps[2].wait(60)
             cpu_share.keep_share()
-            seen["after the second"] = torch.get_num_threads()
+            seen["beside a computing run"] = torch.get_num_threads()
+            steps[3].set()
             other.join()
-        torch.set_num_threads(1)
-        cpu_share.keep_share()  # no longer in a run: left alone
-        seen["outside"] = torch.get_num_threads()
+            cpu_share.keep_share()
+            seen["after it"] = torch.get_num_threads()
 
     worker = threading.Thread(target=first_run)
     worker.start()
     worker.join()
-    assert seen == {"alone": 2, "second": 1, "before its next chunk": 2, "beside the second": 1,
-                    "after the second": 2, "outside": 1}
-    assert cpu_share.running_script_runs() == 1  # both runs left the count (1: the floor)
-    assert not cpu_share._script_runs
+    assert seen == {"alone": 2, "second starting": 1, "beside a waiting run": 2, "second computing": 1,
+                    "beside a computing run": 1, "after it": 2}
+    assert not cpu_share._script_runs and not cpu_share._computing
+
+
+def test_computing_outside_a_script_run_leaves_the_threads_alone(monkeypatch):
+    _quiet_two_cores(monkeypatch)
+    seen = []
+
+    def command_line():
+        torch.set_num_threads(1)
+        with cpu_share.computing():
+            seen.append(torch.get_num_threads())
+            seen.append(dict(cpu_share._computing))
+
+    worker = threading.Thread(target=command_line)
+    worker.start()
+    worker.join()
+    assert seen == [1, {}]
 
 
 def test_a_run_left_by_an_error_leaves_the_count(monkeypatch):
     _quiet_two_cores(monkeypatch)
 
     def failing_run():
-        with pytest.raises(RuntimeError), cpu_share.script_run(False):
+        with pytest.raises(RuntimeError), cpu_share.script_run(False), cpu_share.computing(), cpu_share.computing():
             raise RuntimeError("a page failed")
 
     worker = threading.Thread(target=failing_run)
     worker.start()
     worker.join()
-    assert not cpu_share._script_runs
+    assert not cpu_share._script_runs and not cpu_share._computing
 
 
-def test_inference_takes_its_share_between_chunks(monkeypatch):
-    """run_inference in a script run: a second run starting during its first chunk leaves it one thread from
-    the second chunk on."""
+@pytest.mark.parametrize(("second_computes", "expected"), [(True, [2, 1, 1]), (False, [2, 2, 2])])
+def test_inference_takes_its_share_between_chunks(monkeypatch, second_computes, expected):
+    """run_inference in a script run: a second run that starts computing during its first chunk gets one
+    thread and leaves it one from the second chunk on; one that only waits leaves it both."""
     from decalign.data import make_synthetic
     from decalign.inference import run_inference
     from decalign.model import DecAlign
@@ -250,10 +270,11 @@ def test_inference_takes_its_share_between_chunks(monkeypatch):
     _quiet_two_cores(monkeypatch)
     model = DecAlign(small_config(), WIDTHS, 1)
     split = make_synthetic(0, 0, 12, widths=WIDTHS, seq_len=3, seed=0).splits["test"]
-    started, release, threads = threading.Event(), threading.Event(), []
+    started, release, threads, second = threading.Event(), threading.Event(), [], []
 
     def second_run():
-        with cpu_share.script_run(False):
+        with cpu_share.script_run(False), cpu_share.computing() if second_computes else contextlib.nullcontext():
+            second.append(torch.get_num_threads())
             started.set()
             release.wait(60)
 
@@ -271,4 +292,5 @@ def test_inference_takes_its_share_between_chunks(monkeypatch):
     worker = threading.Thread(target=page)
     worker.start()
     worker.join()
-    assert threads == [2, 1, 1]
+    assert threads == expected
+    assert second == [1]  # the inference counts as computing, whether or not the second run computes
