@@ -24,8 +24,9 @@ Two sessions whose script runs compute at the same moment are one process, invis
 long computations (:func:`computing`: inference on a whole split) count themselves among this process's
 computing runs while they last, each run gets its part of the free cores (at least one thread), and takes
 it again between chunks (:func:`keep_share`), when another run has begun or ended computing meanwhile.
-Inference on 1,000 MOSI-shaped samples in two runs at once, on a quiet 2-core machine: both done after
-1.55 s with two threads each, 1.34 s with one each (one alone: 0.85 s on two).
+Inference on 1,000 MOSI-shaped samples in two runs at once on this project's 2-core machine: both done after
+1.55 s with two threads each, 1.34 s with one each (one alone: 0.85 s on two) at a busy moment of its host,
+1.00 s against 0.97 s at a quieter one (``bench/bench_sessions.py``).
 """
 
 from __future__ import annotations
