@@ -61,7 +61,7 @@ def attention(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.
     rates = tuple(float(p) if training else 0.0 for p in drop)
     heads = qt.shape[:-2]
     if native.applies(qt, kt, vt):
-        differentiable = torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad or vt.requires_grad)
+        differentiable = native.records_autograd(qt, kt, vt)
         if not (differentiable or need_weights or any(rates)):  # eval: the kernel itself, no autograd node
             return native.forward(qt, kt, vt, mask, None, None, False, mask_by_key=mask_by_key)
         out, weights = _FusedAttention.apply(qt, kt, vt, mask, rates, need_weights or differentiable, mask_by_key)

@@ -296,6 +296,12 @@ def em_reverse(tape: EMTape, grads: list[np.ndarray]) -> np.ndarray:
     return d_x
 
 
+def records_autograd(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on these: where not (eval, inference), the kernels run without an
+    autograd Function around them, whose ``apply`` cost more than a small product's own Python."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def layer_norm_applies(*tensors: torch.Tensor) -> bool:
     """Whether the residual LayerNorm kernel takes these tensors (and is available here): float32 on the CPU,
     outside ``torch.compile``."""

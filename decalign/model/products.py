@@ -20,7 +20,7 @@ from . import native
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Per-encoder ``F.linear``: x (M, R, in), weight (M, out, in), bias (M, out) -> (M, R, out)."""
     if native.products_apply(x, weight, bias):
-        if not _differentiable(x, weight, bias):  # eval: the kernel itself, no autograd node
+        if not native.records_autograd(x, weight, bias):  # eval: the kernel itself, no autograd node
             return _token_major_product(x, weight, bias)
         return _Linear.apply(x, weight, bias)
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
@@ -30,16 +30,10 @@ def feature_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
     """Per-encoder projection with the output features as rows: x (M, R, d), weight (M, rows, d), bias
     (M, rows) -> (M, rows, R), that is ``bias + weight @ x^T``."""
     if native.products_apply(x, weight, bias):
-        if not _differentiable(x, weight, bias):
+        if not native.records_autograd(x, weight, bias):
             return _feature_major_product(x, weight, bias)
         return _FeatureMajor.apply(x, weight, bias)
     return torch.baddbmm(bias.unsqueeze(2), weight, x.transpose(1, 2))
-
-
-def _differentiable(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records a product of these: where not (eval, inference), the kernel runs without an autograd
-    Function around it, whose ``apply`` cost more than a small product's own Python."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _token_major_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
