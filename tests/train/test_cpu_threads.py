@@ -119,6 +119,13 @@ def test_server_thread_uses_one_torch_thread_while_training(monkeypatch):
     assert seen[False] == (default, 0)
 
 
+def _two_cores(monkeypatch, others: float = 0.0) -> None:
+    """A 2-core machine whose other processes keep ``others`` cores busy; the process's default two threads."""
+    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(others))
+    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cpu_share, "_default_threads", 2)
+
+
 def _page_threads() -> int:
     seen = []
     worker = threading.Thread(target=lambda: (share_with_training(False), seen.append(torch.get_num_threads())))
@@ -129,9 +136,7 @@ def _page_threads() -> int:
 
 @pytest.mark.parametrize(("others", "expected"), [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.0, 1)])
 def test_server_thread_computes_on_the_cores_the_others_leave(monkeypatch, others, expected):
-    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(others))
-    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
-    monkeypatch.setattr(cpu_share, "_default_threads", 2)
+    _two_cores(monkeypatch, others)
     assert _page_threads() == expected
 
 
@@ -181,17 +186,11 @@ def test_threads_for_run(free, runs, expected):
     assert cpu_share.threads_for_run(free, runs) == expected
 
 
-def _quiet_two_cores(monkeypatch) -> None:
-    monkeypatch.setattr(cpu_share, "_watch", lambda: _Others(0.0))
-    monkeypatch.setattr(cpu_share, "usable_cores", lambda: 2)
-    monkeypatch.setattr(cpu_share, "_default_threads", 2)
-
-
 def test_computing_runs_share_the_cores_and_waiting_runs_do_not_count(monkeypatch):
     """A run computing alone takes both free cores. A second run starting takes one (it is about to compute),
     but while it only waits (for a cached result another run computes) the first keeps both at its next
     chunk; once the second computes too, each has one; once it is done computing, the first has both again."""
-    _quiet_two_cores(monkeypatch)
+    _two_cores(monkeypatch)
     seen, steps = {}, [threading.Event() for _ in range(4)]
 
     def second_run():
@@ -230,7 +229,7 @@ def test_computing_runs_share_the_cores_and_waiting_runs_do_not_count(monkeypatc
 
 
 def test_computing_outside_a_script_run_leaves_the_threads_alone(monkeypatch):
-    _quiet_two_cores(monkeypatch)
+    _two_cores(monkeypatch)
     seen = []
 
     def command_line():
@@ -246,7 +245,7 @@ def test_computing_outside_a_script_run_leaves_the_threads_alone(monkeypatch):
 
 
 def test_a_run_left_by_an_error_leaves_the_count(monkeypatch):
-    _quiet_two_cores(monkeypatch)
+    _two_cores(monkeypatch)
 
     def failing_run():
         with pytest.raises(RuntimeError), cpu_share.script_run(False), cpu_share.computing(), cpu_share.computing():
@@ -267,7 +266,7 @@ def test_inference_takes_its_share_between_chunks(monkeypatch, second_computes, 
     from decalign.model import DecAlign
     from tests.model.helpers import WIDTHS, small_config
 
-    _quiet_two_cores(monkeypatch)
+    _two_cores(monkeypatch)
     model = DecAlign(small_config(), WIDTHS, 1)
     split = make_synthetic(0, 0, 12, widths=WIDTHS, seq_len=3, seed=0).splits["test"]
     started, release, threads, second = threading.Event(), threading.Event(), [], []
