@@ -5,8 +5,9 @@ bug, a size field nobody checked). So every file a user hands us is parsed by
 ``python -m decalign._sandbox_worker`` in a fresh process that first limits its own address space
 (``RLIMIT_AS``), CPU time, file size and core dumps; the parent adds a wall-clock deadline and kills
 it when that passes. The worker returns JSON plus the arrays' raw bytes in one file of a private
-folder; the parent reads each array back after checking its dtype (numeric, bool and fixed-width string
-only), shape and place in that file, then deletes the folder. Nothing the child writes is ever
+folder (a large array that lies in a file the parent gave it in memory, in that file: an upload's features
+are not written twice); the parent reads each array back after checking its dtype (numeric, bool and
+fixed-width string only), shape and place in that file, then deletes the folder. Nothing the child writes is ever
 unpickled, and whatever happens in the child, the parent gets one line.
 
 A long-lived process (the dashboard) may keep one child started ahead (:func:`keep_spare`): its Python
@@ -102,6 +103,7 @@ class SandboxReport:
     peak_rss_bytes: int | None
     wall_seconds: float
     returncode: int
+    in_place_bytes: int = 0  # of the arrays, handed back where they lay in the given files (not written again)
 
 
 @dataclass
@@ -130,13 +132,14 @@ def run(task: str, args: dict[str, Any], limits: Limits, *, files: dict[str, byt
             folder, spill = _make_folders(given, folders)
             for name, data in (files or {}).items():
                 (folder / name).write_bytes(data)
+            in_place = sorted(files or {}) if spill is not None else []  # in memory: may be handed back from
             request = {"task": task, "args": {**args, "folder": str(folder)}, "limits": _limit_values(limits),
-                       "spill": spill}
+                       "spill": spill, "in_place": {"files": in_place, "min_bytes": MAP_MIN_BYTES}}
             (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
             report = _spawn(folder, limits)
         except OSError as exc:  # a full temporary folder, no process left to start
             raise _not_started(exc) from None
-        value, report = _collect(folder, limits, report, spill)
+        value, report = _collect(folder, limits, report, spill, in_place)
         return SandboxResult(value, report)
     finally:
         for made in folders:
@@ -346,12 +349,14 @@ def _hand_to_spare(folder: Path) -> subprocess.Popen | None:
 atexit.register(keep_spare, False)
 
 
-def _collect(folder: Path, limits: Limits, report: SandboxReport, spill: dict[str, Any] | None
-             ) -> tuple[Any, SandboxReport]:
+def _collect(folder: Path, limits: Limits, report: SandboxReport, spill: dict[str, Any] | None,
+             in_place: list[str]) -> tuple[Any, SandboxReport]:
     manifest = _read_manifest(folder / "result.json")
     code = report.returncode
     peak = manifest.get("peak_rss") if manifest is not None else None
-    report = SandboxReport(peak if isinstance(peak, int) else None, report.wall_seconds, code)
+    moved = manifest.get("in_place_bytes") if manifest is not None else None
+    report = SandboxReport(peak if isinstance(peak, int) else None, report.wall_seconds, code,
+                           moved if _whole(moved) else 0)
     if manifest is not None and "error" in manifest:
         error = manifest["error"]
         kind = error.get("kind", "failed")
@@ -373,7 +378,8 @@ def _collect(folder: Path, limits: Limits, report: SandboxReport, spill: dict[st
     if total > limits.memory_bytes:
         raise SandboxError(f"the parser handed back {total:,} bytes, more than its limit", "output", report)
     try:
-        return _decode(manifest["value"], out, mapped=out.parent.parent == MEMORY_ROOT), report
+        given = {name: folder / name for name in in_place}
+        return _decode(manifest["value"], out, mapped=out.parent.parent == MEMORY_ROOT, given=given), report
     except (OSError, ValueError) as exc:
         raise SandboxError(f"the parser handed back an unreadable result ({exc})", "failed", report) from None
 
@@ -407,13 +413,16 @@ def _read_manifest(path: Path) -> dict | None:
 # --------------------------------------------------------------------------- arrays back in the parent
 
 
-def _decode(value: Any, out: Path, mapped: bool = False) -> Any:
+def _decode(value: Any, out: Path, mapped: bool = False, given: dict[str, Path] | None = None) -> Any:
     """Replace every ``{"$array": [offset, dtype, shape]}`` by that array, read from ``out/arrays.bin``
-    after its dtype, shape and place are checked (:func:`_array_place`).
+    after its dtype, shape and place are checked (:func:`_array_place`); ``{"$array": [offset, dtype, shape,
+    name]}`` likewise from ``given[name]``, a file the parent gave the child in memory (the child's
+    :func:`decalign._sandbox_worker._in_place_plan`).
 
     ``mapped`` (the file is in memory, :data:`MEMORY_ROOT`): an array of at least :data:`MAP_MIN_BYTES` is
     a private copy-on-write mapping of its own bytes in the file instead of a copy: the same pages, never
-    touched twice. Each has its own mapping, so an array kept alone does not keep the others' memory."""
+    touched twice. Each has its own mapping, so an array kept alone does not keep the others' memory. The
+    given files are in memory."""
     refs: list[tuple[Any, Any, Any]] = []  # (reference, its parent container, its key there)
     stack = [(value, None, None)]
     while stack:
@@ -424,13 +433,34 @@ def _decode(value: Any, out: Path, mapped: bool = False) -> Any:
             stack.extend((v, item, k) for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((v, item, i) for i, v in enumerate(item))
-    if not refs:
-        return value
-    path = out / ARRAYS_FILE
-    size = path.stat().st_size
-    places = [_array_place(ref, size) for ref, _, _ in refs]
-    _check_apart(places)
     top = value
+    for path, in_memory, file_refs in _by_file(refs, out / ARRAYS_FILE, mapped, given or {}):
+        for array, parent, key in _read_arrays(path, in_memory, file_refs):
+            if parent is None:
+                top = array
+            else:
+                parent[key] = array
+    return top
+
+
+def _by_file(refs: list, arrays_file: Path, mapped: bool, given: dict[str, Path]) -> list:
+    """[(file, whether it is in memory, [(reference without the name, parent, key)])], one entry a file read."""
+    groups: dict[str | None, list] = {}
+    for ref, parent, key in refs:
+        name = ref[3] if isinstance(ref, list) and len(ref) == 4 else None
+        if name is not None and (not isinstance(name, str) or name not in given):
+            raise ValueError(f"bad array reference {str(ref)[:80]!r}: not a file given to the parser")
+        groups.setdefault(name, []).append((ref if name is None else ref[:3], parent, key))
+    return [(arrays_file if name is None else given[name], mapped if name is None else True, found)
+            for name, found in groups.items()]
+
+
+def _read_arrays(path: Path, mapped: bool, refs: list) -> list:
+    """[(array, parent, key)] for ``refs`` into the file ``path``, each checked first."""
+    size = path.stat().st_size
+    places = [_array_place(ref, size, path.name) for ref, _, _ in refs]
+    _check_apart(places, path.name)
+    got = []
     with open(path, "rb") as handle:
         for (offset, dtype, shape, nbytes), (_, parent, key) in zip(places, refs):
             if mapped and nbytes >= MAP_MIN_BYTES and offset % dtype.alignment == 0:
@@ -440,12 +470,9 @@ def _decode(value: Any, out: Path, mapped: bool = False) -> Any:
                 if nbytes:
                     handle.seek(offset)
                     if handle.readinto(array.reshape(-1).view(np.uint8)) != nbytes:
-                        raise ValueError(f"{ARRAYS_FILE}: an array ends past the file's end")
-            if parent is None:
-                top = array
-            else:
-                parent[key] = array
-    return top
+                        raise ValueError(f"{path.name}: an array ends past the file's end")
+            got.append((array, parent, key))
+    return got
 
 
 def _mapped_array(handle, offset: int, dtype: np.dtype, shape: tuple[int, ...], nbytes: int) -> np.ndarray:
@@ -454,8 +481,8 @@ def _mapped_array(handle, offset: int, dtype: np.dtype, shape: tuple[int, ...], 
     return np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset - start).reshape(shape)
 
 
-def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...], int]:
-    """(offset, dtype, shape, bytes) of an array reference, checked against the arrays file's ``size``."""
+def _array_place(ref: Any, size: int, file: str = ARRAYS_FILE) -> tuple[int, np.dtype, tuple[int, ...], int]:
+    """(offset, dtype, shape, bytes) of an array reference, checked against the ``size`` of its ``file``."""
     if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[1], str) and isinstance(ref[2], list)):
         raise ValueError(f"bad array reference {str(ref)[:80]!r}")
     offset, name, shape = ref
@@ -470,7 +497,7 @@ def _array_place(ref: Any, size: int) -> tuple[int, np.dtype, tuple[int, ...], i
         raise ValueError(f"dtype {dtype} is not a plain numeric, bool or fixed-width string type")
     nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
     if nbytes and offset + nbytes > size:
-        raise ValueError(f"{ARRAYS_FILE}: an array of {nbytes:,} bytes at {offset:,} ends past the file's "
+        raise ValueError(f"{file}: an array of {nbytes:,} bytes at {offset:,} ends past the file's "
                          f"{size:,} bytes")
     return offset, dtype, tuple(shape), nbytes
 
@@ -479,12 +506,12 @@ def _whole(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...], int]]) -> None:
+def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...], int]], file: str = ARRAYS_FILE) -> None:
     """No two arrays share bytes (each is read into its own memory anyway; overlap means a broken child)."""
     end = 0
     for offset, _, _, nbytes in sorted(places, key=lambda p: p[0]):
         if nbytes and offset < end:
-            raise ValueError(f"{ARRAYS_FILE}: two arrays overlap at byte {offset:,}")
+            raise ValueError(f"{file}: two arrays overlap at byte {offset:,}")
         end = max(end, offset + nbytes)
 
 

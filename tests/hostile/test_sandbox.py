@@ -237,9 +237,9 @@ def test_arrays_over_the_memory_roots_room_spill_to_the_temporary_folder(memory_
     used = _folders_used(monkeypatch)
     outputs = []
     collect = sandbox._collect
-    monkeypatch.setattr(sandbox, "_collect", lambda folder, limits, report, spill: outputs.append(
+    monkeypatch.setattr(sandbox, "_collect", lambda folder, limits, report, spill, in_place: outputs.append(
         {f.parent for f in (folder, Path(spill["folder"])) if (f / "out" / "arrays.bin").exists()})
-        or collect(folder, limits, report, spill))
+        or collect(folder, limits, report, spill, in_place))
     given = 1000
     expected = _large_arrays()
     arrays = sum(a.nbytes + 64 for a in expected.values())
@@ -252,6 +252,105 @@ def test_arrays_over_the_memory_roots_room_spill_to_the_temporary_folder(memory_
         assert outputs[-1] == {where}
     assert [folder.parent for folder in used] == [memory_root, memory_root]
     assert listing(memory_root) == set() and listing(default) == set()
+
+
+MIB = 1 << 20
+
+
+def _given_file(seed: int = 0, size: int = 5 * MIB) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def _views(data: bytes, views: dict) -> dict[str, np.ndarray]:
+    """The self-test's "views" made here: {name: [start, bytes, dtype]} of ``data``."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    return {name: raw[start:start + n].view(dtype) for name, (start, n, dtype) in views.items()}
+
+
+def _run_views(data: bytes, views: dict, **args) -> sandbox.SandboxResult:
+    return sandbox.run("selftest", {"mode": "views", "file": "input.bin", "views": views, **args}, SMALL,
+                       files={"input.bin": data})
+
+
+def test_large_views_of_a_given_file_in_memory_come_back_from_where_they_lie(memory_root, monkeypatch):
+    """Arrays that are views of a file the parent gave (an npz upload's stored members) are moved down to a
+    64-byte boundary in that file and handed back from there, not written again; arrays that the move would
+    touch (in the gap below a moved one) or met a second time are copied first, and everything is equal."""
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 * MIB)
+    data = _given_file()
+    views = {"a": [3, 2 * MIB, "<f4"],  # moved 3 bytes down to offset 0
+             "close_below": [2 * MIB + 3 + 16, 40, "<f4"],  # small: copied; overwritten by b's move
+             "b": [2 * MIB + 3 + 61, 1 * MIB + 4, "<i2"],  # the gap below it holds close_below's end
+             "overlaps_b": [3 * MIB + 100, MIB, "<f4"],  # starts 33 bytes before b ends: copied
+             "too_small": [4 * MIB + 200, MIB - 4, "<f4"]}
+    result = _run_views(data, views, twice=["a"])
+    expected = _views(data, views)
+    for name, array in expected.items():
+        assert result.value[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(result.value[name], array, err_msg=name)
+    np.testing.assert_array_equal(result.value["twice"][0], expected["a"])  # the same array a second time
+    assert result.report.in_place_bytes == 2 * MIB + (MIB + 4)  # a and b
+    assert listing(memory_root) == set()
+
+
+def test_views_are_written_as_before_where_the_file_is_not_in_memory_or_not_filled_or_not_given(
+        memory_root, monkeypatch, tmp_path):
+    default = tmp_path / "default-tmp"
+    default.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(default))
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 * MIB)
+    data = _given_file(1)
+    half = {"x": [5, 2 * MIB + 4, "<f4"]}  # under half of the 5 MiB file: its mapping would keep 5 MiB alive
+    result = _run_views(data, half)
+    np.testing.assert_array_equal(result.value["x"], _views(data, half)["x"])
+    assert result.report.in_place_bytes == 0
+    most = {"x": [5, 4 * MIB, "<f4"]}
+    assert _run_views(data, most).report.in_place_bytes == 4 * MIB
+    user_file = tmp_path / "user.bin"  # a file read where it is (not given): never rewritten
+    user_file.write_bytes(data)
+    result = sandbox.run("selftest", {"mode": "views", "path": str(user_file), "views": most}, SMALL)
+    np.testing.assert_array_equal(result.value["x"], _views(data, most)["x"])
+    assert result.report.in_place_bytes == 0 and user_file.read_bytes() == data
+    monkeypatch.setattr(sandbox, "MEMORY_ROOT", None)  # no memory root: the temporary folder, a disk
+    result = _run_views(data, most)
+    np.testing.assert_array_equal(result.value["x"], _views(data, most)["x"])
+    assert result.report.in_place_bytes == 0 and listing(default) == set() and listing(memory_root) == set()
+
+
+def test_when_the_moves_cannot_be_mapped_every_array_is_written_and_nothing_moves(tmp_path, monkeypatch):
+    from decalign import _sandbox_worker as worker
+
+    data = _given_file(2)
+    (tmp_path / "input.bin").write_bytes(data)
+    value = worker.selftest({"mode": "views", "folder": str(tmp_path), "file": "input.bin",
+                             "views": {"x": [7, 4 * MIB, "<f4"]}})
+    plan = worker._in_place_plan(value, tmp_path, {"files": ["input.bin"], "min_bytes": MIB})
+    assert [spot[1:] for spot in plan.values()] == [(7, 0, 4 * MIB)]
+
+    def no_room(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", no_room)
+    encoded = worker._encode(value, tmp_path / "out", plan, tmp_path)
+    assert encoded["x"] == {sandbox.ARRAY_KEY: [0, "<f4", [MIB]]} and plan == {}
+    assert (tmp_path / "input.bin").read_bytes() == data
+    np.testing.assert_array_equal(sandbox._decode(encoded, tmp_path / "out")["x"], _views(data, {"x": [7, 4 * MIB, "<f4"]})["x"])
+
+
+def test_the_parent_reads_from_a_given_file_only_where_the_reference_is_sound(tmp_path):
+    (tmp_path / "out").mkdir()
+    given = {"input.bin": tmp_path / "input.bin"}
+    given["input.bin"].write_bytes(bytes(64) + np.arange(4, dtype="<i4").tobytes())
+    ref = lambda *r: {"x": {sandbox.ARRAY_KEY: list(r)}}
+    got = sandbox._decode(ref(64, "<i4", [4], "input.bin"), tmp_path / "out", given=given)
+    np.testing.assert_array_equal(got["x"], [0, 1, 2, 3])
+    for value, message in ((ref(64, "<i4", [4], "request.json"), "not a file given"),
+                           (ref(64, "<i4", [4], "../input.bin"), "not a file given"), (ref(64, "<i4", [4], 7), "not a file given"),
+                           (ref(64, "<i4", [5], "input.bin"), "input.bin: an array of 20 bytes at 64 ends past"),
+                           ({"a": ref(0, "<i4", [17], "input.bin"), "b": ref(64, "<i4", [1], "input.bin")},
+                            "input.bin: two arrays overlap")):
+        with pytest.raises(ValueError, match=message):
+            sandbox._decode(value, tmp_path / "out", given=given)
 
 
 def test_folders_left_by_a_process_that_is_gone_are_swept_once(memory_root):
