@@ -32,6 +32,7 @@ MEMORY_EXIT = 86  # as decalign.sandbox.MEMORY_EXIT (not imported: it imports nu
 ARRAY_KEY = "$array"
 ARRAYS_FILE = "arrays.bin"
 ARRAY_ALIGN = 64  # every array starts at a multiple of this in ARRAYS_FILE
+MOVE_WINDOW = 16 << 20  # bytes of an array moved in place per mapping (_move_in_place)
 STANDBY = "--standby"
 
 
@@ -152,7 +153,7 @@ def _in_place_plan(value, root: Path, offer: dict | None) -> dict[int, tuple[str
             plan[key], end[name] = (name, offset, target, nbytes), offset + nbytes
             counted[name] = counted.get(name, 0) + nbytes
     full = {name for name in counted if 2 * counted[name] >= (root / name).stat().st_size}
-    return {key: spot for key, spot in plan.items() if spot[0] in full}
+    return {key: spot for key, spot in plan.items() if spot[0] in full} if _movable(root, full) else {}
 
 
 def _file_mappings(root: Path, names: list[str]) -> list[tuple[int, int, int, str]]:
@@ -177,32 +178,40 @@ def _spot(array, maps) -> tuple[str, int, int] | None:
     return None
 
 
-def _move_in_place(root: Path, plan: dict) -> None:
-    """Move every planned array down to its boundary. Every mapping is made first, so a failure (no address
-    space left) happens before any byte has moved; the caller then writes every array as usual."""
+def _movable(root: Path, names: set[str]) -> bool:
+    """Whether a window of each file can be mapped for writing (address space left, a writable file). Checked
+    before any move is planned: a move that failed half-way would leave its array neither here nor there."""
     import mmap
 
-    moves = []
     try:
-        for name, offset, target, nbytes in plan.values():
-            if target == offset:
-                continue
-            start = target - target % mmap.ALLOCATIONGRANULARITY
+        for name in names:
             with open(root / name, "r+b") as handle:
-                moves.append((mmap.mmap(handle.fileno(), offset + nbytes - start, offset=start), offset - start,
-                              target - start, nbytes))
-        for view, source, destination, nbytes in moves:
-            view.move(destination, source, nbytes)
-    finally:
-        for view, *_ in moves:
-            view.close()
+                mmap.mmap(handle.fileno(), min(MOVE_WINDOW, os.fstat(handle.fileno()).st_size)).close()
+    except (OSError, ValueError, MemoryError):
+        return False
+    return True
+
+
+def _move_in_place(root: Path, plan: dict) -> None:
+    """Move every planned array down to its boundary, a window at a time: while a window moves, its pages are
+    mapped twice (the reader's mapping and the window), and the child's peak resident memory counts them twice."""
+    import mmap
+
+    for name, offset, target, nbytes in plan.values():
+        with open(root / name, "r+b") as handle:
+            for done in range(0, nbytes if target != offset else 0, MOVE_WINDOW):
+                n = min(MOVE_WINDOW, nbytes - done)
+                start = target + done - (target + done) % mmap.ALLOCATIONGRANULARITY
+                with mmap.mmap(handle.fileno(), offset + done + n - start, offset=start) as window:
+                    window.move(target + done - start, offset + done - start, n)
 
 
 def _encode(value, out: Path, plan: dict, root: Path):
     """JSON-ready copy of ``value`` with every numpy array's bytes appended to ``out/arrays.bin`` and the
     array replaced by ``{"$array": [offset, dtype, shape]}`` (C order; one file, not a file per array: the
     parent reads a model's hundreds of weights in one pass); an array in ``plan`` (:func:`_in_place_plan`)
-    by ``{"$array": [offset, dtype, shape, file name]}`` instead, and moved there once every copy is written."""
+    by ``{"$array": [offset, dtype, shape, file name]}`` instead, and moved there once every copy is written
+    (the first time it is met; a second time, it is copied)."""
     import numpy as np
 
     arrays, placed = None, set()
@@ -240,11 +249,7 @@ def _encode(value, out: Path, plan: dict, root: Path):
     finally:
         if arrays is not None:
             arrays.close()
-    try:
-        _move_in_place(root, plan)
-    except (OSError, ValueError, MemoryError):  # nothing moved: every array written as usual
-        plan.clear()
-        return _encode(value, out, plan, root)
+    _move_in_place(root, plan)  # after every copy: a move may overwrite the end of an array copied
     return encoded
 
 

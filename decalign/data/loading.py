@@ -119,7 +119,8 @@ def _load_stream(file: BinaryIO, shown: str, suffix: str, max_bytes: int, *, map
     if suffix == ".npz":
         raw = npz.read_npz(file, shown, max_bytes, mapped=mapped)
     else:
-        raw = mmsa.read_mmsa(file, shown, hint="; the content looks like text" if content == "text" else "")
+        raw = mmsa.read_mmsa(file, shown, hint="; the content looks like text" if content == "text" else "",
+                             mapped=mapped)
     return build_dataset(raw, shown)
 
 

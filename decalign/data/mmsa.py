@@ -27,9 +27,9 @@ import numpy as np
 from ..atomic import atomic_write_file
 from .class_names import recognise_mmsa_names
 from .dataset import SPLITS, DataError, MultimodalDataset
-from .pickle_numpy import AllocationBudget
+from .pickle_numpy import AllocationBudget, type_name
 from .plain import to_plain_array
-from .raw import RawData, RawSplit
+from .raw import RawData, RawSplit, mapped_view
 from .safe_pickle import safe_load
 
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)
@@ -40,20 +40,21 @@ PER_MODALITY_LABEL = re.compile(r"(regression|classification)_labels_[A-Za-z]+$"
 KNOWN_KEYS = (*MODALITIES, *LABEL_KEYS, *LENGTH_KEYS, *IGNORED_KEYS, "raw_text", "id", "text_bert")
 
 
-def read_mmsa(file: BinaryIO, shown: str, hint: str = "") -> RawData:
+def read_mmsa(file: BinaryIO, shown: str, hint: str = "", *, mapped: bool = False) -> RawData:
     """Unpickle an MMSA file safely and take it apart into raw splits (checked later, in one place).
 
     Regression is the task when ``regression_labels`` exist; otherwise (IEMOCAP-like files) the
     ``classification_labels``. ``text_bert``, ``annotations`` and per-modality labels are ignored
-    and the report says so.
+    and the report says so. ``mapped`` (a file on disk, in the sandbox's child only): large arrays are
+    read-only views of the file mapped into memory (:func:`.safe_pickle.safe_load`'s ``view``).
     """
     here = file.tell()
     budget = AllocationBudget(file.seek(0, 2) - here, shown)
     file.seek(here)
-    obj = safe_load(file, shown, hint, budget)
+    obj = safe_load(file, shown, hint, budget, view=mapped_view(file) if mapped else None)
     if not isinstance(obj, dict):
         raise DataError(
-            f"{shown}: the pickle holds a {type(obj).__name__} at the top level; "
+            f"{shown}: the pickle holds a {type_name(obj)} at the top level; "
             f"expected a dict with keys {', '.join(SPLITS)}"
         )
     unknown_top = sorted(repr(k)[:80] for k in obj if k not in SPLITS)
@@ -99,7 +100,7 @@ def _annotations(part: dict, split: str, shown: str, budget: AllocationBudget) -
 
 def _check_split(part: Any, split: str, shown: str) -> None:
     if not isinstance(part, dict):
-        raise DataError(f"{shown}: key [{split!r}] holds a {type(part).__name__}; expected a dict of arrays")
+        raise DataError(f"{shown}: key [{split!r}] holds a {type_name(part)}; expected a dict of arrays")
 
 
 def _unknown_keys(part: dict) -> list[str]:

@@ -17,7 +17,6 @@ header is checked against the member's size before anything is allocated.
 from __future__ import annotations
 
 import math
-import mmap
 import re
 import struct
 import zipfile
@@ -31,7 +30,7 @@ from ..atomic import atomic_write_file
 from ..safe_zip import MAX_RATIO, RATIO_SLACK, ZIP_ERRORS, check_member, open_archive
 from ..sandbox import is_plain_dtype, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
-from .raw import RawData, RawSplit
+from .raw import RawData, RawSplit, mapped_view
 
 RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths", "label_names")
 LABEL_NAMES = "label_names"
@@ -60,7 +59,7 @@ def read_npz(file: BinaryIO, shown: str, max_bytes: int, *, mapped: bool = False
     size = file.seek(0, 2)
     file.seek(0)
     archive = open_archive(file, shown, DataError, "an npz archive")
-    view = _mapping(file) if mapped else None
+    view = mapped_view(file) if mapped else None
     with archive:
         members = archive.infolist()
         total = sum(info.file_size for info in members)
@@ -99,14 +98,6 @@ def _parse_key(key: str, shown: str) -> tuple[str, str]:
     if not ok:
         raise DataError(f"{shown}: unknown key {key!r}; expected {EXPECTED_KEYS}")
     return split, fieldname
-
-
-def _mapping(file: BinaryIO) -> memoryview | None:
-    """The whole file mapped read-only, None when it has no descriptor (bytes in memory) or is empty."""
-    try:
-        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shown: str,

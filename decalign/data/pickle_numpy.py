@@ -112,12 +112,18 @@ def _resolve_dtype(dtype: Any) -> np.dtype | str:
     raise Refused(f"an array of dtype {dtype!r:.80}")
 
 
+def type_name(value: Any) -> str:
+    """The type a message names: ``bytes`` for a bytes payload the unpickler gave as a view of the mapped file
+    (``safe_pickle.VIEW_MIN_BYTES``), so that a message reads the same either way."""
+    return "bytes" if isinstance(value, memoryview) else type(value).__name__
+
+
 def _raw_bytes(raw: Any) -> bytes | bytearray | memoryview:
     if isinstance(raw, str):  # Python 2 pickles: 8-bit strings decoded as latin-1
         return raw.encode("latin1")
     if isinstance(raw, (bytes, bytearray, memoryview)):
         return raw
-    raise Refused(f"array data given as {type(raw).__name__}; expected raw bytes")
+    raise Refused(f"array data given as {type_name(raw)}; expected raw bytes")
 
 
 def _from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:

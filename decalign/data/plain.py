@@ -15,7 +15,7 @@ import numpy as np
 
 from ..sandbox import is_plain_dtype
 from .dataset import DataError
-from .pickle_numpy import MAX_NDIM, AllocationBudget
+from .pickle_numpy import MAX_NDIM, AllocationBudget, type_name
 
 _NUMBER_TYPES = (bool, int, float, np.bool_, np.integer, np.floating)
 
@@ -35,7 +35,7 @@ def to_plain_array(value: Any, where: str, expected: str, budget: AllocationBudg
             raise DataError(f"{where} holds dtype {value.dtype}; expected {expected}")
         return value
     if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where} holds a {type(value).__name__}; expected {expected}")
+        raise DataError(f"{where} holds a {type_name(value)}; expected {expected}")
     size = _measure(value, where)
     if size.depth > MAX_NDIM:
         raise DataError(f"{where} is nested {size.depth} levels deep; expected {expected}")
@@ -93,7 +93,7 @@ def _leaf(item: Any, done: dict[int, _Size]) -> _Size:
         return _Size(1, 0, frozenset({"number"}), 0)
     if isinstance(item, np.ndarray) and item.dtype.kind in "biuf":
         return _Size(item.size, 0, frozenset({"array"}), item.ndim)
-    return _Size(1, 0, frozenset({type(item).__name__}), 0)
+    return _Size(1, 0, frozenset({type_name(item)}), 0)
 
 
 def _combine(parts: list[_Size]) -> _Size:

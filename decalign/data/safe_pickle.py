@@ -26,9 +26,10 @@ import struct
 from typing import Any, BinaryIO, ClassVar
 
 from .dataset import DataError
-from .pickle_numpy import NDARRAY, AllocationBudget, Builder, NumpyFunctions, Refused
+from .pickle_numpy import NDARRAY, AllocationBudget, Builder, NumpyFunctions, Refused, type_name
 
 MEMO_ENTRY_BYTES = 128  # what one memo entry may be charged
+VIEW_MIN_BYTES = 1 << 20  # a bytes payload at least this large is a view of a mapped file (not a copy)
 _LATIN1_NAMES = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
 
 
@@ -55,11 +56,11 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
     """``bytearray`` from bytes or latin-1 text only: ``bytearray(n)`` would allocate n bytes."""
-    if isinstance(source, (bytes, bytearray)) and encoding is None:
+    if isinstance(source, (bytes, bytearray, memoryview)) and encoding is None:
         return bytearray(source)
     if isinstance(source, str) and str(encoding).lower().replace("_", "-") in _LATIN1_NAMES:
         return bytearray(source.encode("latin1"))
-    raise Refused(f"bytearray({type(source).__name__}) (only bytearray(bytes) is read)")
+    raise Refused(f"bytearray({type_name(source)}) (only bytearray(bytes) is read)")
 
 
 def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
@@ -90,10 +91,24 @@ _NEW_ALLOWED = {complex: _complex, collections.OrderedDict: collections.OrderedD
 
 
 class _BoundedFile:
-    """The file as the unpickler reads it: a length field larger than what is left is refused."""
+    """The file as the unpickler reads it: a length field larger than what is left is refused. With ``view``
+    (the whole file mapped), a large payload is a read-only view of it (:meth:`read_payload`)."""
 
-    def __init__(self, file: BinaryIO, size: int) -> None:
-        self.file, self.left = file, size
+    def __init__(self, file: BinaryIO, size: int, view: memoryview | None = None) -> None:
+        self.file, self.left, self.view = file, size, view
+
+    def read_payload(self, n: int) -> bytes | memoryview:
+        """``read(n)``, or a view of the mapped file for at least :data:`VIEW_MIN_BYTES`: an MMSA pickle's
+        arrays (349 MB for MOSI) are then neither read into new memory nor, in the sandbox's child, written
+        again (``decalign._sandbox_worker._in_place_plan``)."""
+        if self.view is None or n < VIEW_MIN_BYTES:
+            return self.read(n)
+        if n > self.left:
+            raise EOFError(f"it declares {n:,} bytes where only {self.left:,} remain")
+        start = self.file.tell()
+        self.file.seek(start + n)
+        self.left -= n
+        return self.view[start:start + n]
 
     def read(self, n: int) -> bytes:
         if n > self.left:  # EOFError: the message says "ends early"
@@ -116,8 +131,9 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: BinaryIO, size: int, budget: AllocationBudget) -> None:
-        super().__init__(_BoundedFile(file, size), encoding="latin1")
+    def __init__(self, file: BinaryIO, size: int, budget: AllocationBudget, view: memoryview | None = None) -> None:
+        self.bounded = _BoundedFile(file, size, view)
+        super().__init__(self.bounded, encoding="latin1")
         self.budget = budget
         self.max_memo = budget.limit // MEMO_ENTRY_BYTES
         self.allowed = _allowed_globals(NumpyFunctions(budget))
@@ -132,6 +148,18 @@ class RestrictedUnpickler(pickle._Unpickler):
         except KeyError:
             raise RefusedGlobal(module, name) from None
 
+    def load_binbytes(self) -> None:
+        (size,) = struct.unpack("<I", self.read(4))
+        self.append(self._payload(size))
+
+    def load_binbytes8(self) -> None:
+        (size,) = struct.unpack("<Q", self.read(8))
+        self.append(self._payload(size))
+
+    def _payload(self, size: int) -> bytes | memoryview:
+        # Outside a frame (where the pickler puts large payloads) the file's position is the payload's.
+        return self.read(size) if self._unframer.current_frame else self.bounded.read_payload(size)
+
     def load_bytearray8(self) -> None:
         (size,) = struct.unpack("<Q", self.read(8))
         self.append(bytearray(self.read(size)))  # read (bounded) before allocating
@@ -140,7 +168,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         state = self.stack.pop()
         target = self.stack[-1]
         if not isinstance(target, Builder) or target.done:
-            raise Refused(f"setting the state of a {type(target).__name__}")
+            raise Refused(f"setting the state of a {type_name(target)}")
         target.built, target.done = target.build(state, self.budget), True
         self.stack[-1] = target.built
 
@@ -197,12 +225,14 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _dict(self) -> dict:
         target = self.stack[-1]
         if not isinstance(target, dict):
-            raise Refused(f"setting items of a {type(target).__name__}")
+            raise Refused(f"setting items of a {type_name(target)}")
         return target
 
     def _refuse_opcode(self) -> None:
         raise pickle.UnpicklingError("class instances (INST/OBJ/NEWOBJ_EX opcodes) are not supported")
 
+    dispatch[pickle.BINBYTES[0]] = load_binbytes
+    dispatch[pickle.BINBYTES8[0]] = load_binbytes8
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.PUT[0]] = load_put
@@ -220,7 +250,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     del _opcode
 
 
-def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudget | None = None) -> Any:
+def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudget | None = None,
+              view: memoryview | None = None) -> Any:
     """Unpickle ``file`` allowing only plain numpy arrays, numpy scalars and builtin containers.
 
     Parameters
@@ -233,6 +264,9 @@ def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudg
         Appended to the message when the content cannot be unpickled (e.g. "; the content looks like text").
     budget
         What conversions may allocate; by default :class:`AllocationBudget` of the bytes left in ``file``.
+    view
+        The whole of ``file`` mapped read-only (the sandbox's child): bytes payloads of at least
+        :data:`VIEW_MIN_BYTES` are then views of it, not copies.
 
     Raises
     ------
@@ -243,7 +277,7 @@ def safe_load(file: BinaryIO, shown: str, hint: str = "", budget: AllocationBudg
     size = _bytes_left(file)
     budget = budget or AllocationBudget(size, shown)
     try:
-        return RestrictedUnpickler(file, size, budget).load()
+        return RestrictedUnpickler(file, size, budget, view).load()
     except DataError:
         raise
     except RefusedGlobal as err:

@@ -62,3 +62,27 @@ def npz_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def sandbox_in_memory(tmp_path, monkeypatch) -> list:
+    """The sandbox's folders in a memory root of this test's own (no temporary folder chosen), arrays of 1 MiB
+    and more mapped; the list fills with each run's ``SandboxReport``."""
+    from decalign import sandbox
+
+    root = tmp_path / "shm"
+    root.mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sandbox, "MEMORY_ROOT", root)
+    monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 << 20)
+    reports = []
+    collect = sandbox._collect
+
+    def collect_and_keep(*args):
+        value, report = collect(*args)
+        reports.append(report)
+        return value, report
+
+    monkeypatch.setattr(sandbox, "_collect", collect_and_keep)
+    return reports

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from decalign.data import load_dataset, load_dataset_bytes, make_synthetic, write_mmsa_pickle
+from decalign.data import DataError, load_dataset, load_dataset_bytes, make_synthetic, write_mmsa_pickle
 from decalign.data import mmsa as mmsa_module
 
 
@@ -129,3 +129,31 @@ def test_plain_arrays_from_lists_are_counted_before_they_are_built():
                            ("text", "holds a str"), ([[1.0], [1.0, 2.0]], "could not be read as an array")]:
         with pytest.raises(DataError, match=message):
             to_plain_array(value, "k", "numbers", budget)
+
+
+def test_an_uploaded_pickle_comes_back_equal_with_its_large_arrays_handed_back_where_they_lay(
+        tmp_path, sandbox_in_memory):
+    """In the sandbox's child an MMSA pickle's large arrays are views of the mapped file
+    (``safe_pickle.safe_load``'s ``view``), handed back from the parent's copy of the upload, not written again:
+    the dataset equals the in-process read."""
+    dataset = make_synthetic(300, 60, 100, widths={"text": 300, "audio": 5, "vision": 20}, seq_len=20)
+    path = tmp_path / "x.pkl"
+    write_mmsa_pickle(dataset, path)
+    got = load_dataset_bytes(path.read_bytes(), "x.pkl")
+    expected = load_dataset(path, sandbox=False)
+    for split, part in expected.splits.items():
+        for modality, features in part.features.items():
+            np.testing.assert_array_equal(got.splits[split].features[modality], features)
+        np.testing.assert_array_equal(got.splits[split].labels, part.labels)
+        assert list(got.splits[split].ids) == list(part.ids)
+    text = {split: part.features["text"].nbytes for split, part in dataset.splits.items()}  # 7.2, 1.4, 2.4 MB
+    assert sandbox_in_memory[-1].in_place_bytes == sum(text.values())
+
+
+def test_a_large_bytes_value_where_an_array_belongs_is_named_bytes(mmsa_payload, dump):
+    """In the sandbox's child such a payload is a view of the mapped file; the message still says bytes."""
+    mmsa_payload["train"]["text"] = b"z" * (2 << 20)
+    path = dump(mmsa_payload, protocol=4)
+    for sandboxed in (True, False):
+        with pytest.raises(DataError, match=r"key \"\['train'\]\['text'\]\" holds a bytes; expected a float array"):
+            load_dataset(path, sandbox=sandboxed)

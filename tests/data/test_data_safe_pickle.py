@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import mmap
 import os
 import pickle
 import subprocess
@@ -99,6 +100,36 @@ def test_numpy_payloads_round_trip_under_every_protocol(protocol):
     assert back["scalar"] == np.float32(2.5) and back["scalar"].dtype == np.float32
     assert back["lengths"] == [3, 4] and back["ordered"] == {"a": 1}
     assert back["tuple_set"] == obj["tuple_set"]
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_large_payloads_of_a_mapped_file_are_read_only_views_of_it(tmp_path, monkeypatch, protocol):
+    """``view`` (the sandbox's child): a bytes payload of at least VIEW_MIN_BYTES outside the pickle's frames is
+    a view of the mapped file, so an array built on it is too; smaller ones, Python 2's text payloads
+    (protocol 2) and bytearrays (protocol 5's arrays) are copies as before. Everything loads equal."""
+    from decalign.data import safe_pickle
+    from decalign.data.raw import mapped_view
+
+    monkeypatch.setattr(safe_pickle, "VIEW_MIN_BYTES", 1000)
+    big = np.arange(20_000, dtype=np.float32).reshape(200, 100)  # over protocol 4's 64 KiB frames
+    obj = {"big": big, "small": np.arange(10, dtype=np.float32), "raw": b"x" * 70_000, "again": big,
+           "mutable": bytearray(b"y" * 70_000)}
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    with open(path, "rb") as handle:
+        back = safe_pickle.safe_load(handle, "x.pkl", view=mapped_view(handle))
+    np.testing.assert_array_equal(back["big"], big)
+    np.testing.assert_array_equal(back["small"], obj["small"])
+    assert back["raw"] == b"x" * 70_000 and back["again"] is back["big"]
+    assert type(back["mutable"]) is bytearray and back["mutable"] == obj["mutable"]
+    assert isinstance(back["raw"], memoryview) == (protocol >= 3)  # bytes are BINBYTES from protocol 3 on
+    assert _mapped_file(back["big"]) == (protocol in (3, 4)) and not _mapped_file(back["small"])  # 5: BYTEARRAY8
+
+
+def _mapped_file(array: np.ndarray) -> bool:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
 
 
 def test_truncated_pickle_is_reported():

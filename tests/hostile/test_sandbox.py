@@ -317,24 +317,29 @@ def test_views_are_written_as_before_where_the_file_is_not_in_memory_or_not_fill
     assert result.report.in_place_bytes == 0 and listing(default) == set() and listing(memory_root) == set()
 
 
-def test_when_the_moves_cannot_be_mapped_every_array_is_written_and_nothing_moves(tmp_path, monkeypatch):
+def test_arrays_are_moved_a_window_at_a_time_or_not_at_all_when_no_window_can_be_mapped(tmp_path, monkeypatch):
     from decalign import _sandbox_worker as worker
 
+    monkeypatch.setattr(worker, "MOVE_WINDOW", 1 << 16)  # 64 windows, each overlapping the one before it
     data = _given_file(2)
     (tmp_path / "input.bin").write_bytes(data)
-    value = worker.selftest({"mode": "views", "folder": str(tmp_path), "file": "input.bin",
-                             "views": {"x": [7, 4 * MIB, "<f4"]}})
-    plan = worker._in_place_plan(value, tmp_path, {"files": ["input.bin"], "min_bytes": MIB})
-    assert [spot[1:] for spot in plan.values()] == [(7, 0, 4 * MIB)]
+    views = {"x": [7, 4 * MIB, "<f4"]}
+    value = worker.selftest({"mode": "views", "folder": str(tmp_path), "file": "input.bin", "views": views})
+    offer = {"files": ["input.bin"], "min_bytes": MIB}
+    mapping = mmap.mmap
 
     def no_room(*args, **kwargs):
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr(mmap, "mmap", no_room)
+    assert worker._in_place_plan(value, tmp_path, offer) == {}  # every array is then written as usual
+    monkeypatch.setattr(mmap, "mmap", mapping)
+    plan = worker._in_place_plan(value, tmp_path, offer)
+    assert [spot[1:] for spot in plan.values()] == [(7, 0, 4 * MIB)]
     encoded = worker._encode(value, tmp_path / "out", plan, tmp_path)
-    assert encoded["x"] == {sandbox.ARRAY_KEY: [0, "<f4", [MIB]]} and plan == {}
-    assert (tmp_path / "input.bin").read_bytes() == data
-    np.testing.assert_array_equal(sandbox._decode(encoded, tmp_path / "out")["x"], _views(data, {"x": [7, 4 * MIB, "<f4"]})["x"])
+    assert encoded["x"] == {sandbox.ARRAY_KEY: [0, "<f4", [MIB], "input.bin"]}
+    moved = (tmp_path / "input.bin").read_bytes()
+    assert moved[:4 * MIB] == data[7:7 + 4 * MIB] and moved[4 * MIB + 7:] == data[4 * MIB + 7:]
 
 
 def test_the_parent_reads_from_a_given_file_only_where_the_reference_is_sound(tmp_path):
