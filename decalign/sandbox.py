@@ -421,8 +421,9 @@ def _decode(value: Any, out: Path, mapped: bool = False, given: dict[str, Path] 
 
     ``mapped`` (the file is in memory, :data:`MEMORY_ROOT`): an array of at least :data:`MAP_MIN_BYTES` is
     a private copy-on-write mapping of its own bytes in the file instead of a copy: the same pages, never
-    touched twice. Each has its own mapping, so an array kept alone does not keep the others' memory. The
-    given files are in memory."""
+    touched twice. Each has its own mapping, so an array kept alone does not keep the others' memory; but one
+    from a given file (in memory) keeps the whole of that file, which is why the child hands back from there
+    only arrays that fill at least half of it."""
     refs: list[tuple[Any, Any, Any]] = []  # (reference, its parent container, its key there)
     stack = [(value, None, None)]
     while stack:
