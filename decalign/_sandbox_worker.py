@@ -4,7 +4,7 @@ It limits itself before it opens the file, runs one task from :data:`TASKS` on `
 arguments, and writes ``FOLDER/result.json`` (``{"value": ...}`` or ``{"error": {...}}``) with the arrays'
 bytes one after another in ``FOLDER/out/arrays.bin`` (or in the spill folder, :func:`_output_folder`). Only
 the standard library is imported at the top. Never imports torch. Large arrays that are views of a file the
-parent gave it in memory (an upload's stored npz members) are handed back from that file instead
+parent gave it in memory (an upload's stored npz members, an MMSA pickle's arrays) are handed back from that file instead
 (:func:`_in_place_plan`).
 
 ``python -m decalign._sandbox_worker --standby`` is a spare started ahead of need (``sandbox.keep_spare``):
@@ -127,9 +127,9 @@ def _arrays(item) -> list:
 
 # ------------------------------------------------------------------ arrays handed back where they lie
 # A large array the task returns as a view of a file the parent gave this child in memory (an npz upload's
-# stored member, mapped by the reader) is not written again: it is moved down, in that file, to the 64-byte
-# boundary before it (into its own member's headers, read already), and handed back as a reference into the
-# file. Writing a 1,000-sample MOSI upload's 154 MB of text features into new pages took the child 0.07-0.09 s
+# stored member or an MMSA pickle's array payload, mapped by the reader) is not written again: it is moved down,
+# in that file, to the 64-byte boundary before it (into bytes parsed already: the member's headers, the opcodes
+# before the payload), and handed back as a reference into the file. Writing a 1,000-sample MOSI upload's 154 MB of text features into new pages took the child 0.07-0.09 s
 # alone and 0.36 s of CPU in a server whose browser was drawing; the move takes 0.015 s, in pages that exist.
 
 

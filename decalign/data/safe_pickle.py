@@ -103,16 +103,18 @@ class _BoundedFile:
         again (``decalign._sandbox_worker._in_place_plan``)."""
         if self.view is None or n < VIEW_MIN_BYTES:
             return self.read(n)
-        if n > self.left:
-            raise EOFError(f"it declares {n:,} bytes where only {self.left:,} remain")
+        self._check_left(n)
         start = self.file.tell()
         self.file.seek(start + n)
         self.left -= n
         return self.view[start:start + n]
 
-    def read(self, n: int) -> bytes:
+    def _check_left(self, n: int) -> None:
         if n > self.left:  # EOFError: the message says "ends early"
             raise EOFError(f"it declares {n:,} bytes where only {self.left:,} remain")
+
+    def read(self, n: int) -> bytes:
+        self._check_left(n)
         data = self.file.read(n)
         self.left -= len(data)
         return data
