@@ -86,3 +86,20 @@ def sandbox_in_memory(tmp_path, monkeypatch) -> list:
 
     monkeypatch.setattr(sandbox, "_collect", collect_and_keep)
     return reports
+
+
+@pytest.fixture
+def upload_matches_file():
+    """Load ``path``'s bytes as an upload (the sandbox) and check every split's features, labels and ids against
+    the file read in this process."""
+    from decalign.data import load_dataset, load_dataset_bytes
+
+    def check(path: Path) -> None:
+        got = load_dataset_bytes(path.read_bytes(), path.name)
+        for split, part in load_dataset(path, sandbox=False).splits.items():
+            for modality, features in part.features.items():
+                np.testing.assert_array_equal(got.splits[split].features[modality], features)
+            np.testing.assert_array_equal(got.splits[split].labels, part.labels)
+            assert list(got.splits[split].ids) == list(part.ids)
+
+    return check
