@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .card_schema import CheckpointError, check_card, parameter_count, parse_card_json, read_card_file
+from .data.raw import mapped_view
 from .safe_zip import MAX_RATIO, RATIO_SLACK, open_archive, read_member
 
 CARD_NAME = "card.json"
@@ -42,7 +43,8 @@ def read_checkpoint_files(args: dict[str, Any]) -> dict[str, Any]:
     values = _values_needed(card, str(card_path))
     try:
         with open(weights, "rb") as handle:
-            tensors = read_safetensors(handle, os.fstat(handle.fileno()).st_size, str(weights), values)
+            tensors = read_safetensors(handle, os.fstat(handle.fileno()).st_size, str(weights), values,
+                                       view=mapped_view(handle))  # this runs in the sandbox's child
     except FileNotFoundError:
         raise CheckpointError(f"{weights}: weights file not found") from None
     except OSError as exc:
@@ -84,11 +86,14 @@ def zip_input_size(size: int) -> int:
     return min(MAX_ZIP_BYTES, MAX_RATIO * size + RATIO_SLACK)
 
 
-def read_safetensors(handle: BinaryIO, size: int, shown: str, max_values: int) -> dict[str, np.ndarray]:
+def read_safetensors(handle: BinaryIO, size: int, shown: str, max_values: int,
+                     view: memoryview | None = None) -> dict[str, np.ndarray]:
     """Tensors of a safetensors stream as float32 arrays, after checking the header against the file.
 
     ``max_values``: how many values the card's model has; a file larger than that many float64 values
-    (plus the largest header allowed) is refused unread.
+    (plus the largest header allowed) is refused unread. ``view``: the whole file mapped (the sandbox's child):
+    float32 tensors are then read-only views of it, not read into memory and copied again (a 752 MB weights
+    file's tensors were read, then widened by a copy, before the child wrote them back).
     """
     if size > _max_file_bytes(max_values):
         raise CheckpointError(f"{shown}: {size:,} bytes, more than the card's model needs "
@@ -102,7 +107,7 @@ def read_safetensors(handle: BinaryIO, size: int, shown: str, max_values: int) -
     # Within that size the tensors are read, and the parent names any that do not fit the card's model.
     entries = _entries(_header(handle.read(header_size), shown), size - 8 - header_size, shown)
     start = 8 + header_size
-    return {name: _tensor(handle, start + begin, dtype, shape) for name, dtype, shape, begin in entries}
+    return {name: _tensor(handle, start + begin, dtype, shape, view) for name, dtype, shape, begin in entries}
 
 
 def _header(raw: bytes, shown: str) -> dict[str, Any]:
@@ -138,10 +143,14 @@ def _entries(header: dict[str, Any], data_size: int, shown: str) -> list[tuple[s
     return entries
 
 
-def _tensor(handle: BinaryIO, offset: int, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-    handle.seek(offset)
-    dtype = DTYPES[kind]
-    raw = np.frombuffer(handle.read(math.prod(shape) * dtype.itemsize), dtype=dtype)
+def _tensor(handle: BinaryIO, offset: int, kind: str, shape: tuple[int, ...], view: memoryview | None
+            ) -> np.ndarray:
+    dtype, count = DTYPES[kind], math.prod(shape)
+    if view is not None:
+        raw = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    else:
+        handle.seek(offset)
+        raw = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype)
     if kind == "BF16":  # the upper half of a float32: widen through uint32
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    return raw.astype(np.float32).reshape(shape)
+    return raw.astype(np.float32, copy=False).reshape(shape)  # float32 already: no copy

@@ -166,3 +166,36 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path, widths):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "card.json", "last.safetensors"]
     assert model_fingerprint(tmp_path) == before
     assert len(before) == 64 and model_fingerprint(tmp_path, tag="last") != before
+
+
+def test_float32_weights_of_a_mapped_file_are_views_of_it_and_other_floats_are_widened(tmp_path):
+    """In the sandbox's child the weights file is mapped: float32 tensors are views of it, not read and copied
+    (float16 and float64 become float32 copies, as before); every tensor equals the one read without a mapping."""
+    import mmap
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from decalign.checkpoint_files import read_safetensors
+    from decalign.data.raw import mapped_view
+
+    tensors = {"f32": np.arange(12, dtype=np.float32).reshape(3, 4), "f16": np.linspace(-1, 1, 5).astype(np.float16),
+               "f64": np.arange(3.0).reshape(1, 3), "empty": np.zeros((0, 2), dtype=np.float32)}
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path))
+    with open(path, "rb") as handle:
+        read = read_safetensors(handle, path.stat().st_size, "w", 100)
+        handle.seek(0)
+        mapped = read_safetensors(handle, path.stat().st_size, "w", 100, view=mapped_view(handle))
+
+    def of_the_file(array) -> bool:
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
+
+    for name, tensor in tensors.items():
+        assert read[name].dtype == mapped[name].dtype == np.float32 and mapped[name].shape == tensor.shape, name
+        np.testing.assert_array_equal(mapped[name], read[name])
+        np.testing.assert_array_equal(mapped[name], tensor.astype(np.float32))
+    assert of_the_file(mapped["f32"]) and not of_the_file(mapped["f16"]) and not of_the_file(mapped["f64"])
+    assert not of_the_file(read["f32"])
