@@ -26,6 +26,21 @@ def _isolated_user_state(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture
+def memory_root(tmp_path, monkeypatch):
+    """The sandbox's memory root (``/dev/shm``) stood for by a folder of this test's own, no temporary folder
+    chosen, and a fresh record of sweeps."""
+    from decalign import sandbox
+
+    root = tmp_path / "shm"
+    root.mkdir()
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sandbox, "MEMORY_ROOT", root)
+    monkeypatch.setattr(sandbox, "_swept", set())
+    return root
+
+
 def save_tiny_bert(folder, *, vocab: int = 40, hidden: int = 64, layers: int = 2, positions: int = 32,
                    seed: int = 0):
     """A small random BERT saved with ``save_pretrained`` (a local folder, as users pass ``pretrained``);

@@ -65,16 +65,11 @@ def npz_file(tmp_path):
 
 
 @pytest.fixture
-def sandbox_in_memory(tmp_path, monkeypatch) -> list:
-    """The sandbox's folders in a memory root of this test's own (no temporary folder chosen), arrays of 1 MiB
-    and more mapped; the list fills with each run's ``SandboxReport``."""
+def sandbox_in_memory(memory_root, monkeypatch) -> list:
+    """The sandbox's folders in a memory root of this test's own (``memory_root``), arrays of 1 MiB and more
+    mapped; the list fills with each run's ``SandboxReport``."""
     from decalign import sandbox
 
-    root = tmp_path / "shm"
-    root.mkdir()
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sandbox, "MEMORY_ROOT", root)
     monkeypatch.setattr(sandbox, "MAP_MIN_BYTES", 1 << 20)
     reports = []
     collect = sandbox._collect

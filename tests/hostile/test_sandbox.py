@@ -129,18 +129,6 @@ def test_a_temporary_folder_that_cannot_be_written_is_one_line(tmp_path, monkeyp
     assert error.kind == "failed" and str(error).startswith("the parser could not be started (")
 
 
-@pytest.fixture
-def memory_root(tmp_path, monkeypatch) -> Path:
-    """A folder standing for /dev/shm, no temporary folder chosen, and a fresh record of sweeps."""
-    root = tmp_path / "shm"
-    root.mkdir()
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sandbox, "MEMORY_ROOT", root)
-    monkeypatch.setattr(sandbox, "_swept", set())
-    return root
-
-
 def _folders_used(monkeypatch) -> list:
     used = []
     spawn = sandbox._spawn
