@@ -149,7 +149,7 @@ def _in_place_plan(value, root: Path, offer: dict | None) -> dict[int, tuple[str
     plan, end, counted = {}, {}, {}
     for key, (name, offset, nbytes) in sorted(spots, key=lambda s: (s[1][0], s[1][1])):
         target = offset - offset % ARRAY_ALIGN
-        if key not in plan and target >= end.get(name, 0):
+        if target >= end.get(name, 0):  # an array met twice starts below its own end: taken once
             plan[key], end[name] = (name, offset, target, nbytes), offset + nbytes
             counted[name] = counted.get(name, 0) + nbytes
     full = {name for name in counted if 2 * counted[name] >= (root / name).stat().st_size}

@@ -482,7 +482,7 @@ def _mapped_array(handle, offset: int, dtype: np.dtype, shape: tuple[int, ...], 
     return np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset - start).reshape(shape)
 
 
-def _array_place(ref: Any, size: int, file: str = ARRAYS_FILE) -> tuple[int, np.dtype, tuple[int, ...], int]:
+def _array_place(ref: Any, size: int, file: str) -> tuple[int, np.dtype, tuple[int, ...], int]:
     """(offset, dtype, shape, bytes) of an array reference, checked against the ``size`` of its ``file``."""
     if not (isinstance(ref, list) and len(ref) == 3 and isinstance(ref[1], str) and isinstance(ref[2], list)):
         raise ValueError(f"bad array reference {str(ref)[:80]!r}")
@@ -507,7 +507,7 @@ def _whole(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...], int]], file: str = ARRAYS_FILE) -> None:
+def _check_apart(places: list[tuple[int, np.dtype, tuple[int, ...], int]], file: str) -> None:
     """No two arrays share bytes (each is read into its own memory anyway; overlap means a broken child)."""
     end = 0
     for offset, _, _, nbytes in sorted(places, key=lambda p: p[0]):
