@@ -21,8 +21,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .card_schema import CheckpointError, check_card, parameter_count, parse_card_json, read_card_file
-from .data.raw import mapped_view
 from .safe_zip import MAX_RATIO, RATIO_SLACK, open_archive, read_member
+from .sandbox import mapped_view
 
 CARD_NAME = "card.json"
 MAX_HEADER_BYTES = 8 << 20  # a DecAlign header is tens of kB; safetensors itself allows 100 MB

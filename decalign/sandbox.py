@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -520,6 +520,17 @@ def is_plain_dtype(dtype: np.dtype) -> bool:
     """Numeric, bool or fixed-width string, with no fields, sub-arrays or metadata: safe to share."""
     return (dtype.kind in PLAIN_KINDS and dtype.names is None and dtype.subdtype is None
             and not dtype.hasobject and dtype.metadata is None and dtype.itemsize > 0)
+
+
+def mapped_view(file: BinaryIO) -> memoryview | None:
+    """The whole file mapped read-only, None when it has no descriptor (bytes in memory) or is empty.
+
+    For the sandbox's child only: a file truncated while mapped stops the process that maps it (SIGBUS), which
+    the parent then reports as the parser's crash."""
+    try:
+        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def read_npy_header(handle, *, plain: bool = True) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -25,11 +25,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..atomic import atomic_write_file
+from ..sandbox import mapped_view
 from .class_names import recognise_mmsa_names
 from .dataset import SPLITS, DataError, MultimodalDataset
 from .pickle_numpy import AllocationBudget, type_name
 from .plain import to_plain_array
-from .raw import RawData, RawSplit, mapped_view
+from .raw import RawData, RawSplit
 from .safe_pickle import safe_load
 
 MODALITIES = ("text", "audio", "vision")  # the official fusion order (l, a, v)

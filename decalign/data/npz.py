@@ -28,9 +28,9 @@ import numpy as np
 
 from ..atomic import atomic_write_file
 from ..safe_zip import MAX_RATIO, RATIO_SLACK, ZIP_ERRORS, check_member, open_archive
-from ..sandbox import is_plain_dtype, read_npy_header
+from ..sandbox import is_plain_dtype, mapped_view, read_npy_header
 from .dataset import SPLITS, DataError, MultimodalDataset
-from .raw import RawData, RawSplit, mapped_view
+from .raw import RawData, RawSplit
 
 RESERVED = ("labels", "ids", "raw_text", "text_bert", "lengths", "label_names")
 LABEL_NAMES = "label_names"

@@ -5,9 +5,8 @@ The readers (:mod:`.mmsa`, :mod:`.npz`) produce these; :func:`.loading.build_dat
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 
 @dataclass
@@ -38,14 +37,3 @@ class RawData:
     notes: list[str] = field(default_factory=list)
     label_names: Any | None = None
     label_names_key: str = "label_names"
-
-
-def mapped_view(file: BinaryIO) -> memoryview | None:
-    """The whole file mapped read-only, None when it has no descriptor (bytes in memory) or is empty.
-
-    For the sandbox's child only: a file truncated while mapped stops the process that maps it (SIGBUS), which
-    the parent then reports as the parser's crash."""
-    try:
-        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
-    except (AttributeError, OSError, ValueError):
-        return None

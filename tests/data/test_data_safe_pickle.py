@@ -108,7 +108,7 @@ def test_large_payloads_of_a_mapped_file_are_read_only_views_of_it(tmp_path, mon
     a view of the mapped file, so an array built on it is too; smaller ones, Python 2's text payloads
     (protocol 2) and bytearrays (protocol 5's arrays) are copies as before. Everything loads equal."""
     from decalign.data import safe_pickle
-    from decalign.data.raw import mapped_view
+    from decalign.sandbox import mapped_view
 
     monkeypatch.setattr(safe_pickle, "VIEW_MIN_BYTES", 1000)
     big = np.arange(20_000, dtype=np.float32).reshape(200, 100)  # over protocol 4's 64 KiB frames

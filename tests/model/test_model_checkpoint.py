@@ -177,7 +177,7 @@ def test_float32_weights_of_a_mapped_file_are_views_of_it_and_other_floats_are_w
     from safetensors.numpy import save_file
 
     from decalign.checkpoint_files import read_safetensors
-    from decalign.data.raw import mapped_view
+    from decalign.sandbox import mapped_view
 
     tensors = {"f32": np.arange(12, dtype=np.float32).reshape(3, 4), "f16": np.linspace(-1, 1, 5).astype(np.float16),
                "f64": np.arange(3.0).reshape(1, 3), "empty": np.zeros((0, 2), dtype=np.float32)}
