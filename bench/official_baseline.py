@@ -103,7 +103,8 @@ def time_official(
             optimizer.step()
 
         def eval_forward() -> None:
-            model.eval()
+            if model.training:  # once, as an evaluation loop does (bench_model's eval forward: the same rule)
+                model.eval()
             with torch.no_grad():
                 model(*inputs)
 
