@@ -1,9 +1,8 @@
 """Cross-modal transformer encoders, laid out parameter for parameter like the official DecAlign's.
 
 The modules only hold the parameters (same names and shapes as the official ``state_dict``); ``encode``
-runs several encoders of equal shapes as one batched computation, stacking their weights at forward time (a
-forward without autograd uses the previous such forward's stack again while no parameter changed): three
-modalities cost one set of kernels instead of three. In cross-modal attention the keys and values
+runs several encoders of equal shapes as one batched computation, stacking their weights at forward time:
+three modalities cost one set of kernels instead of three. In cross-modal attention the keys and values
 are the embedded input of every layer (as in the official encoder), so all layers' key and value
 projections are one matrix product. Attention itself is ``attention.attention`` (head-major layout). In eval
 (no autograd, no attention weights) with a memory, every layer runs in one native call
@@ -13,7 +12,6 @@ projections are one matrix product. Attention itself is ``attention.attention`` 
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from torch import nn
@@ -98,7 +96,8 @@ def encode(encoders: list[CrossModalEncoder], queries: torch.Tensor, memories: t
     batch = queries.shape[1]
     flat_mask = None if masks is None else masks.expand(-1, batch, -1, -1).flatten(0, 1)  # (M*B, Tq, Tk)
     mask_by_key = _eval_mask_layout(first, flat_mask, need_weights)
-    params = _encoder_parameters(encoders, first.heads, reuse=_keeps_nothing(first, need_weights))  # (M, L, ...)
+    params = _stacked_parameters(encoders)  # name -> (M, L, ...)
+    params.update(_scaled_queries(params, first.heads))
     x = _embed(first, queries)  # (M, B, Tq, d)
     keys = values = None
     if memories is not None:
@@ -163,40 +162,6 @@ def _scaled_queries(params: dict[str, torch.Tensor], heads: int) -> dict[str, to
     return {"query.weight": weight[:, :, :d] * scale, "query.bias": bias[:, :, :d] * scale}
 
 
-# An eval forward's stacked parameters, by the group's first encoder: (signature, parameters, the tensors stacked,
-# their storages)
-_KEPT_STACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-KEPT_STACK_MAX_BYTES = 8 << 20
-
-
-def _encoder_parameters(encoders, heads: int, reuse: bool) -> dict[str, torch.Tensor]:
-    """The layers' parameters stacked (name -> (M, L, ...)) with the queries' projection scaled.
-
-    With ``reuse`` (a forward without autograd) the stack of the group's previous such forward is used again while
-    each parameter is the same tensor at the same version and storage (an in-place change, a parameter replaced and
-    ``Module.to`` each change one): stacking took 0.3 ms of a 13 ms eval forward at MOSI shapes. Groups whose
-    parameters pass ``KEPT_STACK_MAX_BYTES`` stack every time: the copy would double their weights' memory, and
-    0.3 ms is noise next to their forward."""
-    if not reuse:
-        return _fresh_parameters(encoders, heads)
-    found = [p for e in encoders for layer in e.layers for p in _parameters_of(layer).values()]
-    signature = [heads, *(v for p in found for v in (id(p), p._version, p.data_ptr()))]
-    kept = _KEPT_STACKS.get(encoders[0])
-    if kept is not None and kept[0] == signature:
-        return kept[1]
-    params = _fresh_parameters(encoders, heads)
-    if sum(p.numel() * p.element_size() for p in found) <= KEPT_STACK_MAX_BYTES:
-        # the parameters and their storages stay alive with the entry: no id or address in the signature is reused
-        _KEPT_STACKS[encoders[0]] = (signature, params, found, [p.detach() for p in found])
-    return params
-
-
-def _fresh_parameters(encoders, heads: int) -> dict[str, torch.Tensor]:
-    params = _stacked_parameters(encoders)
-    params.update(_scaled_queries(params, heads))
-    return params
-
-
 def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
     """Each layer parameter of every encoder, stacked: name -> (M, L, *shape)."""
     per_layer = [_parameters_of(layer) for e in encoders for layer in e.layers]  # encoder-major, as stacked
@@ -206,8 +171,8 @@ def _stacked_parameters(encoders) -> dict[str, torch.Tensor]:
 
 def _parameters_of(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """``dict(module.named_parameters())``, in its order, without its bookkeeping for shared parameters (none in
-    a layer): the walk took half of ``_stacked_parameters``' 0.28 ms a forward (the stack is made every forward that
-    autograd records, and every other is checked against it, as the parameters may change between forwards)."""
+    a layer): the walk took half of ``_stacked_parameters``' 0.28 ms a forward (it is made every forward, as the
+    parameters may change between forwards)."""
     found = {prefix + name: p for name, p in module._parameters.items() if p is not None}
     for name, child in module._modules.items():
         if child is not None:

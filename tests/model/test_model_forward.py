@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,54 +293,3 @@ def test_stacked_parameters_are_every_encoders_layers_parameters_by_name(widths)
     again = fusion._stacked_parameters(encoders)
     assert torch.equal(again["fc2.bias"][1, 2], stacked["fc2.bias"][1, 2] + 1.0)
     assert torch.equal(again["attn_layer_norm.weight"][2, 0], torch.full((8,), 3.0))
-
-
-def test_an_eval_forward_reuses_its_stack_until_a_parameter_changes(widths):
-    """fusion keeps the stacked parameters of a forward without autograd for the next one (README "What changed at
-    stop 50"); each way a parameter changes reaches the next forward, which then gives what a model that never kept
-    anything gives: a change in place, a parameter replaced, ``Module.to``, an optimiser's step."""
-    torch.manual_seed(0)
-    model = DecAlign(small_config(num_layers=2), widths, 1).eval()
-    inputs = random_inputs(widths, {"text": 6, "audio": 6, "vision": 6})
-    encoders = list(model.transformers.values())
-
-    def predict(net=model, x=inputs):
-        with torch.inference_mode():
-            return net(x).prediction
-
-    def unkept(x=inputs):
-        return predict(copy.deepcopy(model), x)  # new encoders: nothing kept for them
-
-    first = predict()
-    kept = [fusion._KEPT_STACKS[e][1] for e in encoders if e in fusion._KEPT_STACKS]
-    assert kept and torch.equal(predict(), first)
-    assert [fusion._KEPT_STACKS[e][1] for e in encoders if e in fusion._KEPT_STACKS] == kept  # used, not made again
-    with torch.no_grad():
-        encoders[1].layers[1].fc2.bias.add_(0.5)
-    changed = predict()
-    assert not torch.equal(changed, first) and torch.equal(changed, unkept())
-    encoders[2].layers[0].fc1.weight = torch.nn.Parameter(torch.randn_like(encoders[2].layers[0].fc1.weight))
-    assert torch.equal(predict(), unkept())
-    model.double()
-    as_double = {m: x.double() for m, x in inputs.items()}
-    assert predict(x=as_double).dtype == torch.float64 and torch.equal(predict(x=as_double), unkept(as_double))
-    model.float()  # float -> double -> float: the same values, new storages
-    assert torch.equal(predict(), unkept())
-    model.half().float()  # rounded to half: new values, perhaps at the addresses the kept stack came from
-    rounded = predict()
-    assert torch.equal(rounded, unkept()) and not torch.equal(rounded, changed)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    total_loss(model(inputs, align=True), torch.zeros(len(first))).backward()
-    optimizer.step()
-    stepped = predict(model.eval())
-    assert torch.equal(stepped, unkept()) and not torch.equal(stepped, changed)
-
-
-def test_a_large_model_stacks_its_parameters_every_forward(widths, monkeypatch):
-    """Over KEPT_STACK_MAX_BYTES nothing is kept: the copy would double the weights' memory."""
-    monkeypatch.setattr(fusion, "KEPT_STACK_MAX_BYTES", 0)
-    model = DecAlign(small_config(), widths, 1).eval()
-    with torch.inference_mode():
-        model(random_inputs(widths, {"text": 4, "audio": 4, "vision": 4}))
-    assert not any(e in fusion._KEPT_STACKS for e in model.transformers.values())

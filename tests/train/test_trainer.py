@@ -285,6 +285,36 @@ def test_the_optimizer_is_fused_adam_on_the_cpu_with_default_adams_numbers_to_ro
         assert float(older.state_dict()["state"][0]["step"]) == 6
 
 
+
+def test_an_eval_forward_after_a_fused_adam_step_gives_the_stepped_weights():
+    """torch's fused Adam, the trainer's optimizer on the CPU, writes the parameters without bumping their version
+    counters (0 before and after a step), so nothing derived from the weights may be kept across forwards by those
+    counters: a kept stack of the encoders' weights once served a run's validation an earlier epoch's weights
+    (README "What changed at stop 50"). Each eval forward after a step gives what a copy of the stepped model gives."""
+    from decalign.model import DecAlign
+    from decalign.train.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    cfg = config()
+    model = DecAlign(cfg.model, {"a": 4, "b": 6}, 1)
+    optimizer = make_optimizer(model, cfg.train)
+    x = {"a": torch.randn(8, 3, 4), "b": torch.randn(8, 3, 6)}
+
+    def predict(net):
+        net.eval()
+        with torch.inference_mode():
+            return net(x).prediction
+
+    before = predict(model)
+    for _ in range(2):
+        model.train()
+        optimizer.zero_grad()
+        model(x, align=True).prediction.square().mean().backward()
+        optimizer.step()
+        after = predict(model)
+        assert not torch.equal(after, before) and torch.equal(after, predict(copy.deepcopy(model)))
+        before = after
+
 def test_a_run_whose_data_cannot_give_a_baseline_still_finishes(tmp_path):
     # One validation sample: training accepts it, the linear baseline needs two to choose its
     # regularisation. The run used to train every epoch and then fail on the baseline.
