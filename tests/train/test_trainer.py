@@ -285,7 +285,6 @@ def test_the_optimizer_is_fused_adam_on_the_cpu_with_default_adams_numbers_to_ro
         assert float(older.state_dict()["state"][0]["step"]) == 6
 
 
-
 def test_an_eval_forward_after_a_fused_adam_step_gives_the_stepped_weights():
     """torch's fused Adam, the trainer's optimizer on the CPU, writes the parameters without bumping their version
     counters (0 before and after a step), so nothing derived from the weights may be kept across forwards by those
@@ -314,6 +313,7 @@ def test_an_eval_forward_after_a_fused_adam_step_gives_the_stepped_weights():
         after = predict(model)
         assert not torch.equal(after, before) and torch.equal(after, predict(copy.deepcopy(model)))
         before = after
+
 
 def test_a_run_whose_data_cannot_give_a_baseline_still_finishes(tmp_path):
     # One validation sample: training accepts it, the linear baseline needs two to choose its
