@@ -9,8 +9,8 @@
    second tab opens the Embeddings and Sample pages; the same run from the command line alone after each;
    epoch times compared with the command runs' mean.
 2. 1,000 uploaded MOSI-shaped samples (text 768, audio 5, vision 20, T = 50) on a small trained MOSI-shaped
-   model: time from the upload to the predictions table, to the PCA view's last chart drawn (``_drawn_s``) and
-   to the UMAP view.
+   model: time from the upload to the predictions table, to the PCA view's last chart drawn (``_drawn_s``; the
+   median of three new files uploaded one after another) and to the UMAP view.
 2b. A researcher's run: ``decalign train`` with the official MOSI settings on MOSI-shaped data (CMU-MOSI's
    split sizes, 1 epoch), loaded from its run directory; 1,000 MOSI-shaped samples uploaded: time to the
    predictions table, then every page's first open with that data and its second open.
@@ -412,35 +412,45 @@ def _upload_request_times(page) -> _UploadRequest:
     return sent
 
 
-def bench_mosi(page, tmp: Path) -> dict:
+def bench_mosi(page, tmp: Path, pca_rounds: int = 3) -> dict:
+    """1,000 MOSI-shaped uploads: to the predictions table once, then ``pca_rounds`` new files uploaded while the
+    Embeddings page shows PCA (each to its last chart drawn; the median stands, as one upload's time moves by a
+    second with the machine's hour), then the last one's UMAP view."""
     train = make_synthetic(300, 60, 0, widths=MOSI_WIDTHS, seq_len=50, seed=1)
     run = make_tiny_run(train, tmp / "mosi_run", epochs=1, source="synthetic MOSI-shaped")
     path = _mosi_upload(tmp, "mosi_1000.npz", 2)
     table = _table_after_upload(page, run, path)
-    # A second, new file uploaded while the Embeddings page shows PCA: upload -> PCA view, then UMAP.
     page.locator('[data-testid="stSidebarNav"] a', has_text="Embeddings").first.click()
     _heading(page, "Embeddings")
     _idle(page)
     _projection(page, "PCA")
-    second = make_synthetic(0, 0, 1000, widths=MOSI_WIDTHS, seq_len=50, seed=3)
-    path2 = tmp / "mosi_1000_b.npz"
-    save_npz(MultimodalDataset({"test": second.splits["test"]}, second.task), path2, compress=False)
-    _watch_draws(page)
-    sent = _upload_request_times(page)
-    start = _upload(page, path2)
-    pca = _drawn_s(page)
-    page.remove_listener("request", sent.started)
-    page.remove_listener("requestfinished", sent.finished)
+    rounds = [_upload_to_pca_view(page, _mosi_upload(tmp, f"mosi_1000_{seed}.npz", seed))
+              for seed in range(3, 3 + pca_rounds)]
     umap_start = time.perf_counter()
     _projection(page, "UMAP")
     _chart(page)
     umap = time.perf_counter() - umap_start
+    pca = float(np.median([r["drawn_s"] for r in rounds]))
     return {"samples": 1000, "file_mb": round(path.stat().st_size / 2**20, 1),
             "upload_to_predictions_table_s": round(table, 3), "upload_to_pca_view_s": round(pca, 3),
+            "upload_to_pca_view_rounds_s": [r["drawn_s"] for r in rounds],
             "pca_to_umap_view_s": round(umap, 3), "upload_to_umap_view_s": round(pca + umap, 3),
-            "browser_sends_file_after_s": sent.since(start, "started"),
-            "server_has_file_after_s": sent.since(start, "finished"),
+            "browser_sends_file_after_s": [r["sends_s"] for r in rounds],
+            "server_has_file_after_s": [r["has_file_s"] for r in rounds],
             "targets": {"predictions_and_pca_s": 3.0, "umap_s": 10.0}}
+
+
+def _upload_to_pca_view(page, path: Path) -> dict:
+    """Upload ``path`` while the Embeddings page shows PCA: seconds to the last chart drawn, and when the browser
+    began and finished sending the file."""
+    _watch_draws(page)
+    sent = _upload_request_times(page)
+    start = _upload(page, path)
+    drawn = _drawn_s(page)
+    page.remove_listener("request", sent.started)
+    page.remove_listener("requestfinished", sent.finished)
+    return {"drawn_s": round(drawn, 3), "sends_s": sent.since(start, "started"),
+            "has_file_s": sent.since(start, "finished")}
 
 
 def bench_official(page, tmp: Path) -> dict:
