@@ -108,7 +108,7 @@ def _model_picker() -> None:
         if upload is not None and session.first_sight(Key.MODEL_ZIP_SEEN, upload.file_id):
             data = upload.getvalue()
             _try_model(ModelSource("zip", upload.name, None, hashlib.sha256(data).hexdigest()), data)
-            session.empty_uploader_and_rerun(Key.MODEL_ZIP_GEN)
+            session.empty_uploader_and_rerun(Key.MODEL_ZIP_GEN, upload)
         model = session.model_source()
         if model is not None and model.kind == "zip":
             st.caption(f"**{markdown_text(model.label)}** is in use. Drop another zip above to replace it.")
@@ -202,7 +202,7 @@ def _data_picker() -> None:
         upload = st.file_uploader("MMSA pickle (.pkl) or .npz", type=["pkl", "pickle", "npz"], key=key)
         if upload is not None and session.first_sight(Key.DATA_UPLOAD_SEEN, upload.file_id):
             _try_data(upload.getvalue(), upload.name)
-            session.empty_uploader_and_rerun(Key.DATA_UPLOAD_GEN)
+            session.empty_uploader_and_rerun(Key.DATA_UPLOAD_GEN, upload)
         data = session.data_source()
         if data.kind == "upload":
             st.caption(f"**{markdown_text(data.label)}** is in use. Drop another file above to replace it.")

@@ -136,7 +136,7 @@ def _pick_data() -> tuple | None:
     upload = st.file_uploader("MMSA pickle (.pkl) or .npz with train and valid splits",
                               type=["pkl", "pickle", "npz"], key=key)
     if upload is not None:
-        _take_upload(upload.getvalue(), upload.name)
+        _take_upload(upload)
     if session.error(session.Key.TRAIN_UPLOAD_ERROR):
         st.error(markdown_text(session.error(session.Key.TRAIN_UPLOAD_ERROR)))
     taken = session.train_upload()
@@ -149,10 +149,11 @@ def _pick_data() -> tuple | None:
     return data, name, dataset.task, dataset
 
 
-def _take_upload(data: bytes, name: str) -> None:
-    """Read a dropped file; keep it as the training data when it reads, else say why (the previous one
-    stays). Either way the uploader is emptied (``session.empty_uploader_and_rerun``): this page also hashed
-    a file left in it again on every rerun."""
+def _take_upload(upload) -> None:
+    """Read a dropped file (the uploader's value); keep it as the training data when it reads, else say why
+    (the previous one stays). Either way the uploader is emptied (``session.empty_uploader_and_rerun``): this
+    page also hashed a file left in it again on every rerun."""
+    data, name = upload.getvalue(), upload.name
     digest = hashlib.sha256(data).hexdigest()
     try:
         check_trainable(loaders.dataset_from_bytes(digest, data, name))
@@ -163,7 +164,7 @@ def _take_upload(data: bytes, name: str) -> None:
     else:
         session.set_train_upload(name, digest, data)
         session.clear_error(session.Key.TRAIN_UPLOAD_ERROR)
-    session.empty_uploader_and_rerun(session.Key.TRAIN_UPLOAD_GEN)
+    session.empty_uploader_and_rerun(session.Key.TRAIN_UPLOAD_GEN, upload)
 
 
 def _glance(dataset, name: str) -> None:
