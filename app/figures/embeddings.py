@@ -21,11 +21,12 @@ from .style import CONTINUOUS, category_colours, compact_legend, point_trace
 COLOUR_BY = ("modality", "label", "prediction", "error", "prototype")
 # WebGL draws 10^5 points smoothly; above this, markers get smaller and more transparent.
 DENSE_POINTS = 5000
-# Samples drawn per chart (so SVG markers, style.SVG_POINTS; the joint chart's too, up to three modalities).
-# Without a GPU the browser renders WebGL in software: a colour change on the Embeddings page of 20,000 samples
-# took 7.8-8.9 s drawing every sample (180,000 points in 7 charts), 3.4 s drawing 5,000 per chart and 1.9 s
-# drawing 2,000 (bench_dashboard, quiet machine).
-MAX_SHOWN_SAMPLES = 2000
+# Points the Embeddings page's charts draw together at most: a unique and a common chart per modality and the
+# joint chart of every modality's common features, so 3 points per modality for each sample drawn (all SVG,
+# style.SVG_POINTS). A colour change redraws them all and the browser's time grows with their number: on 20,000
+# samples of three modalities (headless Chromium here, the median of 8 colour changes that redraw, two runs each)
+# 9,000 points took 1.19-1.26 s, 13,500 1.63-1.67 s, 18,000 (2,000 samples a chart until stop 52) 2.42-3.07 s.
+MAX_DRAWN_POINTS = 13_500
 
 
 def spaces(result: InferenceResult) -> list[str]:
@@ -112,20 +113,26 @@ def _short(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-def shown_samples(n: int, most: int | None = None, seed: int = 0) -> np.ndarray:
-    """Sorted rows of the samples the charts draw: all ``n`` up to ``most`` (default ``MAX_SHOWN_SAMPLES``),
-    else a seeded random sample of ``most`` (the same in every chart)."""
-    most = MAX_SHOWN_SAMPLES if most is None else most
+def most_shown(modalities: int) -> int:
+    """Samples each chart draws at most for a model of ``modalities`` modalities (see MAX_DRAWN_POINTS)."""
+    return MAX_DRAWN_POINTS // (3 * max(1, modalities))
+
+
+def shown_samples(n: int, modalities: int, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the samples the charts draw: all ``n`` up to :func:`most_shown`, else a seeded random
+    sample of that many (the same in every chart)."""
+    most = most_shown(modalities)
     if n <= most:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
 
 
-def shown_note(n: int) -> str:
+def shown_note(n: int, modalities: int) -> str:
     """What the charts leave out, in words; "" when they draw every sample."""
-    if n <= MAX_SHOWN_SAMPLES:
+    most = most_shown(modalities)
+    if n <= most:
         return ""
-    return (f"The charts draw a random {MAX_SHOWN_SAMPLES:,} of the {n:,} samples (seed 0, the same samples in "
+    return (f"The charts draw a random {most:,} of the {n:,} samples (seed 0, the same samples in "
             "every chart) so that the browser redraws them quickly; the projections and the numbers use all of "
             "them, and a selection lists the points drawn.")
 

@@ -27,9 +27,10 @@ CONTINUOUS = "Viridis"
 # Up to this many points a chart draws SVG markers, above it WebGL. Each WebGL chart costs the browser a
 # drawing context, and without a GPU a software renderer: the Embeddings page's seven WebGL charts of the
 # demo took 3.0 s to appear warm in headless Chromium here. SVG stays smooth at a few thousand points: 6,000
-# is the joint chart of three modalities at embeddings.MAX_SHOWN_SAMPLES each. (At 2,000 that chart of 1,000
-# uploads drew WebGL, 0.4-0.9 s of the browser's time; with 6,000 the page opened again in 1.1-2.4 s, median
-# 1.55 s, against 1.7-2.8 s, median 2.2 s, on a researcher's run: 3 alternating runs of 3 opens each.)
+# held the Embeddings page's joint chart of three modalities at 2,000 samples (a third of
+# embeddings.MAX_DRAWN_POINTS since). (At 2,000 that chart of 1,000 uploads drew WebGL, 0.4-0.9 s of the
+# browser's time; with 6,000 the page opened again in 1.1-2.4 s, median 1.55 s, against 1.7-2.8 s, median
+# 2.2 s, on a researcher's run: 3 alternating runs of 3 opens each.)
 SVG_POINTS = 6000
 MAX_EPOCH_TICKS = 10
 HASH_CHARS = 10

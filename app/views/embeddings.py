@@ -6,7 +6,7 @@ open one on the Sample page."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -102,6 +102,17 @@ def _joint(ctx: Context, side: Side | None, method: str, features: dict[str, np.
     return _view(replace(ctx, model_id=side.model_id), JOINT, method, stacked, waiting, side.reference), owners
 
 
+@dataclass(frozen=True)
+class Shown:
+    """The samples a run's charts draw: their ``rows`` in the result, the result cut to them, their hover texts,
+    and the result's ``total`` of samples."""
+
+    rows: np.ndarray
+    result: InferenceResult
+    hover: np.ndarray
+    total: int
+
+
 def _await_umap(waiting: list[Request]) -> None:
     """Progress of the UMAP views computed in the background; redraws the page once they are all there."""
     worker = loaders.projection_worker()
@@ -136,7 +147,8 @@ def render() -> None:
     waiting: list[Request] = []
     progress = st.container()
     st.subheader("Common features of all modalities, one shared projection")
-    selected |= _joint_section(ctx, method, colour, notes, waiting)
+    shown = _shown(ctx, ctx.result)
+    selected |= _joint_section(ctx, shown, method, colour, notes, waiting)
     _alignment_changed(ctx, method, colour, notes, waiting)
     st.subheader("Each modality: unique features (left) and aligned common features (right)")
     for m in ctx.model.modalities:
@@ -145,9 +157,9 @@ def render() -> None:
             proj = _view(ctx, space, method, fig.space_features(ctx.result, space), waiting, ctx.reference)
             notes.add(proj.note)
             with col:
-                selected |= _chart(ctx, ctx.result, proj.coords, m, colour,
+                selected |= _chart(ctx, shown, proj.coords, m, colour,
                                    f"{space} · {proj.method.upper()}", f"emb_chart_{space}")
-    if shown_note := fig.shown_note(len(ctx.result)):
+    if shown_note := fig.shown_note(len(ctx.result), len(ctx.model.modalities)):
         st.caption(shown_note)
     if waiting:
         with progress:
@@ -161,14 +173,15 @@ def _groups(ctx: Context, result: InferenceResult) -> np.ndarray | None:
     return label_groups(result.labels, result.task, ctx.class_names)
 
 
-def _joint_section(ctx: Context, method: str, colour: str, notes: set[str], waiting: list[Request]) -> set[int]:
+def _joint_section(ctx: Context, shown: Shown, method: str, colour: str, notes: set[str], waiting: list[Request]
+                   ) -> set[int]:
     common = fig.common_features(ctx.result)
     overlap, separation = _separability(ctx.model_id, ctx.data_id, ctx.split, "common", common,
                                         _groups(ctx, ctx.result))
     _numbers(overlap, separation)
     joint, owners = _joint(ctx, None, method, common, waiting)
     notes.add(joint.note)
-    chosen = _joint_chart(ctx, ctx.result, joint, owners, colour, "emb_chart_joint",
+    chosen = _joint_chart(ctx, shown, joint, owners, colour, "emb_chart_joint",
                           f"common:* · {joint.method.upper()}")
     st.caption(overlap_sentence(overlap, separation, "labels" if ctx.card.task == "classification"
                                 else "sign of the label") + " Both are cross-validated k-nearest-neighbour "
@@ -203,8 +216,8 @@ def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str], 
         with col:
             st.markdown(f"**{side.title}** ({markdown_text(side.label)})")
             _numbers(*numbers[side.title])
-            _joint_chart(ctx, side.result, joint, owners, colour, f"emb_twin_chart_{side.title.split()[0]}",
-                         f"common:* · {joint.method.upper()}", select=False)
+            _joint_chart(ctx, _shown(ctx, side.result), joint, owners, colour,
+                         f"emb_twin_chart_{side.title.split()[0]}",                         f"common:* · {joint.method.upper()}", select=False)
     with_overlap, without_overlap = numbers[sides[0].title][0], numbers[sides[1].title][0]
     if with_overlap is not None and without_overlap is not None:
         st.info(alignment_effect_sentence(with_overlap, without_overlap))
@@ -229,37 +242,40 @@ def _space_table(ctx: Context, sides: tuple[Side, Side]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _chart(ctx: Context, result: InferenceResult, coords: np.ndarray, modality: str, colour: str, title: str,
+def _shown(ctx: Context, result: InferenceResult) -> Shown:
+    """The samples the charts draw (``fig.shown_samples``), cut out of ``result`` once a run: colours and hover
+    texts are made for them alone (on 20,000 samples every chart made them for all 20,000 until stop 52)."""
+    rows = fig.shown_samples(len(result), len(fig.common_features(result)))
+    raw_text = ctx.split_data.raw_text
+    part = result.subset(rows)
+    return Shown(rows, part, fig.hover_texts(part, None if raw_text is None else raw_text[rows]), len(result))
+
+
+def _chart(ctx: Context, shown: Shown, coords: np.ndarray, modality: str, colour: str, title: str,
            key: str) -> set[int]:
-    rows = fig.shown_samples(len(result))
-    values, continuous = fig.colour_values(result, colour, modality, ctx.class_names, ctx.card)
-    hover = fig.hover_texts(result, ctx.split_data.raw_text)
-    order = fig.category_order(result, colour, ctx.class_names, ctx.model.modalities)
-    figure = fig.scatter_figure(coords[rows], values[rows], continuous, hover[rows], rows, title, colour, order)
+    values, continuous = fig.colour_values(shown.result, colour, modality, ctx.class_names, ctx.card)
+    order = fig.category_order(shown.result, colour, ctx.class_names, ctx.model.modalities)
+    figure = fig.scatter_figure(coords[shown.rows], values, continuous, shown.hover, shown.rows, title, colour,
+                                order)
     event = charts.show(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"))
     return set(fig.selected_rows(event.selection if event else None).tolist())
 
 
-def _joint_chart(ctx: Context, result: InferenceResult, joint: Projection, owners: np.ndarray, colour: str,
+def _joint_chart(ctx: Context, shown: Shown, joint: Projection, owners: np.ndarray, colour: str,
                  key: str, title: str, select: bool = True) -> set[int]:
-    n = len(result)
-    modalities = list(fig.common_features(result))
-    rows = np.tile(np.arange(n), len(modalities))
-    parts, continuous = [], False
-    for m in modalities:
-        values, continuous = fig.colour_values(result, colour, m, ctx.class_names, ctx.card)
-        parts.append(values)
-    values = np.concatenate(parts)
-    order = fig.category_order(result, colour, ctx.class_names, modalities)
+    modalities = list(fig.common_features(shown.result))
+    picked = np.concatenate([k * shown.total + shown.rows for k in range(len(modalities))])  # stacked by modality
+    owners = owners[picked]
+    parts = [fig.colour_values(shown.result, colour, m, ctx.class_names, ctx.card) for m in modalities]
+    values, continuous = np.concatenate([values for values, _ in parts]), parts[-1][1]
+    order = fig.category_order(shown.result, colour, ctx.class_names, modalities)
     if colour == "prototype":  # the same prototype number means different things in different modalities
         values = np.array([f"{o} {v}" for o, v in zip(owners, values)], dtype=object)
         order = None
-    hover = np.array([f"{h}<br>modality: {o}" for h, o in
-                      zip(np.tile(fig.hover_texts(result, ctx.split_data.raw_text), len(parts)), owners)],
+    hover = np.array([f"{h}<br>modality: {o}" for h, o in zip(np.tile(shown.hover, len(modalities)), owners)],
                      dtype=object)
-    shown = np.concatenate([k * n + fig.shown_samples(n) for k in range(len(modalities))])  # stacked by modality
-    figure = fig.scatter_figure(joint.coords[shown], values[shown], continuous, hover[shown], rows[shown], title,
-                                colour, order)
+    rows = np.tile(shown.rows, len(modalities))
+    figure = fig.scatter_figure(joint.coords[picked], values, continuous, hover, rows, title, colour, order)
     if not select:
         charts.show(figure, key=key)
         return set()

@@ -62,6 +62,24 @@ def test_scatter_is_svg_when_small_webgl_when_large():
         assert {type(t) for t in proto.data[:-1]} == {kind}
 
 
+def test_embeddings_charts_draw_at_most_max_drawn_points_together_all_svg():
+    """Per chart: all samples up to most_shown(modalities), else a seeded sample of that many; the page's 3 points
+    per modality for each sample drawn stay within MAX_DRAWN_POINTS, the joint chart within SVG markers."""
+    from app.figures.style import SVG_POINTS
+
+    assert efig.most_shown(3) == 1500
+    for modalities in (1, 2, 3, 4, 7):
+        most = efig.most_shown(modalities)
+        assert 3 * modalities * most <= efig.MAX_DRAWN_POINTS < 3 * modalities * (most + 1)
+        assert modalities * most <= SVG_POINTS
+        np.testing.assert_array_equal(efig.shown_samples(most, modalities), np.arange(most))
+        assert efig.shown_note(most, modalities) == ""
+        rows = efig.shown_samples(most + 5, modalities)
+        assert len(np.unique(rows)) == most and (np.diff(rows) > 0).all() and rows[-1] < most + 5
+        np.testing.assert_array_equal(rows, efig.shown_samples(most + 5, modalities))  # seeded
+        assert f"random {most:,} of the {most + 5:,} samples" in efig.shown_note(most + 5, modalities)
+
+
 def test_scatter_has_row_customdata_per_category():
     res = _result()
     values, cont = efig.colour_values(res, "label", "a")

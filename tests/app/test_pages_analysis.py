@@ -153,15 +153,15 @@ def test_embeddings_places_the_data_on_the_training_map(page_test, demo_dir):
 
 
 def test_embeddings_draws_a_seeded_sample_of_large_sets(page_test, demo_dir, monkeypatch):
-    """Above MAX_SHOWN_SAMPLES the charts draw the same seeded sample of samples, and the page says so."""
+    """Above MAX_DRAWN_POINTS the charts draw the same seeded sample of samples, and the page says so."""
     from app.figures import embeddings as emb_fig
 
-    monkeypatch.setattr(emb_fig, "MAX_SHOWN_SAMPLES", 40)
+    m = len(_modalities(demo_dir))
+    monkeypatch.setattr(emb_fig, "MAX_DRAWN_POINTS", 40 * 3 * m)  # 40 samples a chart
     st.cache_data.clear()
     at = page_test("embeddings")
     at.session_state["emb_method"] = "PCA"
     _ok(at.run())
-    m = len(_modalities(demo_dir))
     n = len(load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"])
     expected = np.sort(np.random.default_rng(0).choice(n, 40, replace=False))
     for chart in at.get("plotly_chart"):
@@ -171,3 +171,45 @@ def test_embeddings_draws_a_seeded_sample_of_large_sets(page_test, demo_dir, mon
         assert len(rows) == 40 * (m if joint else 1)
         np.testing.assert_array_equal(np.unique(rows), expected)
     assert any(f"random 40 of the {n:,} samples" in c.value for c in at.caption)
+
+
+def test_embeddings_colours_and_hover_of_the_drawn_rows_are_the_full_results(page_test, demo_dir, monkeypatch):
+    """Above MAX_DRAWN_POINTS every chart's point of row r has the colour and hover text the full result
+    gives row r, for every colouring, and colours and hover texts are built for the drawn rows alone."""
+    from app.figures import embeddings as emb_fig
+    from decalign.inference import run_inference
+
+    monkeypatch.setattr(emb_fig, "MAX_DRAWN_POINTS", 40 * 3 * len(_modalities(demo_dir)))  # 40 samples a chart
+    hover_sizes = []
+    hover_texts = emb_fig.hover_texts
+    monkeypatch.setattr(emb_fig, "hover_texts", lambda result, raw: hover_sizes.append(len(result)) or
+                        hover_texts(result, raw))
+    st.cache_data.clear()
+    model, card = load_model(demo_dir)[:2]
+    split = load_dataset(ROOT / "assets" / "uci_digits.npz").splits["test"]
+    full = run_inference(model, split, task=card.task, prototypes=card.prototype_tensors())
+    names = card.class_names
+    hover = hover_texts(full, split.raw_text)
+    at = page_test("embeddings")
+    at.session_state["emb_method"] = "PCA"
+    _ok(at.run())
+    for colour in emb_fig.COLOUR_BY:
+        _ok(at.selectbox(key="emb_colour").set_value(colour).run())
+        checked = 0
+        for chart in at.get("plotly_chart"):
+            spec = json.loads(chart.proto.spec)
+            space = spec["layout"]["title"]["text"].split(" · ")[0]
+            for trace in spec["data"]:
+                rows = _values(trace["customdata"]).astype(int)
+                for row, text in zip(rows, trace["text"]):
+                    # one trace per category (its name), or one for more categories than colours (in the text)
+                    text, drawn = (text, trace["name"]) if "name" in trace else text.rsplit(f"<br>{colour}: ", 1)
+                    joint = space == "common:*"
+                    text, modality = text.rsplit("<br>modality: ", 1) if joint else (text, space.split(":")[1])
+                    value = emb_fig.colour_values(full, colour, modality, names, card)[0][row]
+                    if colour == "prototype" and space == "common:*":
+                        value = f"{modality} {value}"
+                    assert (drawn, text) == (str(value), hover[row]), (space, colour, row)
+                    checked += 1
+        assert checked == 40 * (2 * len(model.modalities) + len(model.modalities))
+    assert hover_sizes and max(hover_sizes) == 40
