@@ -245,7 +245,7 @@ def _space_table(ctx: Context, sides: tuple[Side, Side]) -> pd.DataFrame:
 def _shown(ctx: Context, result: InferenceResult) -> Shown:
     """The samples the charts draw (``fig.shown_samples``), cut out of ``result`` once a run: colours and hover
     texts are made for them alone (on 20,000 samples every chart made them for all 20,000 until stop 52)."""
-    rows = fig.shown_samples(len(result), len(fig.common_features(result)))
+    rows = fig.shown_samples(len(result), len(ctx.model.modalities))
     raw_text = ctx.split_data.raw_text
     part = result.subset(rows)
     return Shown(rows, part, fig.hover_texts(part, None if raw_text is None else raw_text[rows]), len(result))
