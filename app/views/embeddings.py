@@ -217,7 +217,8 @@ def _alignment_changed(ctx: Context, method: str, colour: str, notes: set[str], 
             st.markdown(f"**{side.title}** ({markdown_text(side.label)})")
             _numbers(*numbers[side.title])
             _joint_chart(ctx, _shown(ctx, side.result), joint, owners, colour,
-                         f"emb_twin_chart_{side.title.split()[0]}",                         f"common:* · {joint.method.upper()}", select=False)
+                         f"emb_twin_chart_{side.title.split()[0]}", f"common:* · {joint.method.upper()}",
+                         select=False)
     with_overlap, without_overlap = numbers[sides[0].title][0], numbers[sides[1].title][0]
     if with_overlap is not None and without_overlap is not None:
         st.info(alignment_effect_sentence(with_overlap, without_overlap))
