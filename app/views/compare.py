@@ -66,14 +66,27 @@ def _created(path: Path) -> str:
 
 
 def default_pair(choices: dict[str, Path]) -> tuple[int, int]:
-    """Positions of the two most recent different models (different weights) among ``choices``; a model
-    alone is compared with itself."""
-    labels = list(choices)
-    if not labels:
+    """Positions in ``choices`` of A, the first model, and B, the first other model (different weights) that takes
+    the same inputs and does the same task, so the page opens on a comparison it can make (a MOSI run beside the
+    bundled digits models would open on an error); without one, the first other model, and the page says why
+    they cannot be compared. A model alone is compared with itself."""
+    paths = list(choices.values())
+    if not paths:
         return 0, 0
-    first = model_fingerprint(choices[labels[0]])
-    second = next((i for i, label in enumerate(labels[1:], 1) if model_fingerprint(choices[label]) != first), 0)
-    return 0, second
+    first = model_fingerprint(paths[0])
+    others = [i for i, path in enumerate(paths[1:], 1) if model_fingerprint(path) != first]
+    inputs = _inputs(paths[0])
+    comparable = [i for i in others if inputs is not None and _inputs(paths[i]) == inputs]
+    return 0, (comparable or others or [0])[0]
+
+
+def _inputs(path: Path) -> tuple | None:
+    """What a model takes and does, from its card: (task, modalities and widths, BERT text); None if unreadable."""
+    try:
+        card = load_card(path)
+    except (CheckpointError, OSError):
+        return None
+    return card.task, tuple(sorted(card.widths.items())), card.has_bert
 
 
 def _pick(side: str, choices: dict[str, Path], default: int) -> Side | None:

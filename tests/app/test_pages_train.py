@@ -199,3 +199,21 @@ def test_a_live_runs_progress_and_charts_refresh_in_fragments_of_their_own(monke
     assert view.CHART_REFRESH_S > view.REFRESH_S
     monkeypatch.setattr(view.bg, "list_runs", list)
     view._charts_panel()  # the run folders removed while the page refreshes: nothing to draw, no error
+
+
+def test_compare_opens_on_two_models_that_take_the_same_inputs(runs_dir):
+    """B is the first other model with A's task and inputs: the bundled digits model, listed between the two
+    fixture runs (two modalities a and b), is passed over; without a comparable model B is the next one, and the
+    page says why they cannot be compared."""
+    from app.loaders import demo_model_dir
+    from app.views.compare import default_pair
+
+    root, _ = runs_dir
+    newer, older = (root / name for name in reversed(FIXTURE_RUNS))
+    demo = demo_model_dir()
+    assert default_pair({"newer": newer, "demo": demo, "older": older}) == (0, 2)
+    assert default_pair({"newer": newer, "again": newer, "older": older}) == (0, 2)  # the same weights: passed over
+    assert default_pair({"newer": newer, "demo": demo}) == (0, 1)
+    assert default_pair({"demo": demo, "newer": newer, "older": older}) == (0, 1)
+    assert default_pair({"newer": newer}) == (0, 0)
+    assert default_pair({}) == (0, 0)
