@@ -73,11 +73,16 @@ def default_pair(choices: dict[str, Path]) -> tuple[int, int]:
     paths = list(choices.values())
     if not paths:
         return 0, 0
-    first = model_fingerprint(paths[0])
-    others = [i for i, path in enumerate(paths[1:], 1) if model_fingerprint(path) != first]
-    inputs = _inputs(paths[0])
-    comparable = [i for i in others if inputs is not None and _inputs(paths[i]) == inputs]
-    return 0, (comparable or others or [0])[0]
+    first, inputs = model_fingerprint(paths[0]), _inputs(paths[0])
+    fallback = 0
+    # lazily, as the page reruns on every click: the cards and fingerprints are read only up to the pick
+    for i, path in enumerate(paths[1:], 1):
+        if model_fingerprint(path) == first:
+            continue
+        if inputs is not None and _inputs(path) == inputs:
+            return 0, i
+        fallback = fallback or i
+    return 0, fallback
 
 
 def _inputs(path: Path) -> tuple | None:
